@@ -1,0 +1,39 @@
+"""Task-agnostic adversarial attacks and general noises on tensors.
+
+Every attack is called as ``atk(model, x, target, loss_fn=None, success_fn=None,
+generator=None) -> x_adv`` (or ``atk.perturb(...) -> AttackResult``), where ``model`` is any
+callable and ``loss_fn(output, target) -> Tensor[B]`` is a per-sample loss; tasks differ only in
+the ``loss_fn`` (and ``success_fn``) they hand over. Nothing here knows Lightning, tasks or
+datasets.
+"""
+
+from . import losses
+from .base import Attack, AttackResult, input_gradient, per_sample_norm
+from .cw import CW
+from .gradient import BIM, FGSM, MIFGSM, PGD
+from .losses import loss_above, misclassified
+from .mode import attack_mode
+from .noise import GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from .registry import ATTACKS, build_attack
+
+__all__ = [
+    "ATTACKS",
+    "BIM",
+    "CW",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "GaussianNoise",
+    "SaltPepperNoise",
+    "SpeckleNoise",
+    "UniformNoise",
+    "attack_mode",
+    "build_attack",
+    "input_gradient",
+    "loss_above",
+    "losses",
+    "misclassified",
+    "per_sample_norm",
+]

@@ -1,0 +1,275 @@
+"""Gradient attacks inside an L∞ or L2 ball: FGSM / fast gradient method, BIM, PGD, MI-FGSM.
+
+All four are one loop (:meth:`PGD._run`) with different defaults:
+
+=========  ==========================  =====================  ==============  ============
+attack     paper                       default step_size      random start    steps
+=========  ==========================  =====================  ==============  ============
+FGSM       Goodfellow et al. 2015      eps (1.25·eps with     off (optional,  1
+                                       random start)          Wong et al.
+                                                              2020 "fast")
+BIM        Kurakin et al. 2017         2.5·eps/steps          never           10
+PGD        Madry et al. 2018           2.5·eps/steps          on              10
+MI-FGSM    Dong et al. 2018            eps/steps              never           10
+=========  ==========================  =====================  ==============  ============
+
+L∞ steps move by ``step_size·sign(g)``; L2 steps by ``step_size·g/‖g‖₂`` (per sample). After
+every step the iterate is projected onto the ``eps`` ball around ``x`` and clamped to
+``bounds``. A per-sample ``eps``/``step_size`` (tensor ``[B]``) gives each sample its own ball.
+
+PGD's random start (``init_radius`` defaults to ``eps``): L∞ — uniform in the cube
+``[-r, r]^n``; L2 — a uniformly random direction scaled to norm *exactly* ``r`` (in high
+dimension the uniform distribution on the ball concentrates at its surface anyway, and AMAT
+needs a start of a prescribed norm). The start is then projected onto the ``eps`` ball and
+clamped to ``bounds``, which can only shorten it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Attack, Scalar, _Call, _check_scalar, _fmt, per_sample_norm
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018, "Towards Deep Learning Models Resistant
+    to Adversarial Attacks"): ``steps`` projected gradient-ascent steps on the per-sample loss
+    from a random start, best of ``restarts`` random starts per sample.
+
+    Args:
+        eps: budget, float or ``[B]`` tensor, ``>= 0``, in input units (``bounds``' scale).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: number of gradient steps (forward + input-gradient backward each), ``>= 1``.
+        step_size: float or ``[B]``; ``None`` → ``2.5·eps/steps`` (Madry et al.: enough to
+            cross the ball and back).
+        random_start: start from a random point of the ball (see module docstring).
+        restarts: independent random starts; each sample keeps its worst case (higher loss
+            wins; with a ``success_fn``, a successful restart beats an unsuccessful one, and
+            the remaining restarts are skipped once every sample is adversarial). Needs
+            ``random_start=True`` when ``> 1``. Within a restart the last iterate is kept.
+        init_radius: radius of the random start, float or ``[B]``; ``None`` → ``eps``.
+            AMAT starts at ``max(E - δ, δ)``.
+        bounds, bn_mode, dropout_mode: see :class:`attacks.base.Attack`.
+
+    Cost: ``steps`` × (forward + backward) per restart, plus one no-grad forward per restart
+    when ``restarts > 1`` or when called through :meth:`perturb` (to report loss/success).
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        eps: Scalar = 0.004,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: Scalar | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        init_radius: Scalar | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        bn_mode: str = "eval",
+        dropout_mode: str = "eval",
+    ) -> None:
+        if norm is None:
+            raise ValueError(f"norm must be 'linf' or 'l2' for {type(self).__name__}, got None")
+        super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
+        _check_scalar("eps", eps)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        self.steps = steps
+        self.step_size = _check_scalar("step_size", step_size, allow_none=True)
+        self.random_start = bool(random_start)
+        if restarts > 1 and not self.random_start:
+            raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
+        self.restarts = restarts
+        self.init_radius = _check_scalar("init_radius", init_radius, allow_none=True)
+
+    # -------------------------------------------------------------- defaults
+    def default_step_size(self, eps: Scalar) -> Scalar:
+        """Step size used when ``step_size=None`` (``eps`` float or ``[B]``)."""
+        return eps * (2.5 / self.steps)
+
+    def _resolved_step_size_for_report(self) -> Scalar | None:
+        if self.step_size is not None:
+            return self.step_size
+        return self.default_step_size(self.eps)  # type: ignore[arg-type]
+
+    def _n_restarts(self) -> int:
+        return self.restarts
+
+    def _validate_call(self, call: _Call) -> None:
+        if self.eps is None:
+            raise ValueError("eps must be a float or a tensor of shape [B], got None")
+        for name in ("eps", "step_size", "init_radius"):
+            self._eps_tensor(call, getattr(self, name), name)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.init_radius is not None:
+            d["init_radius"] = _fmt(self.init_radius)
+        return d
+
+    # -------------------------------------------------------------- the loop
+    def _random_start(self, call: _Call, eps: Scalar) -> Tensor:
+        radius = self._eps_tensor(call, self.init_radius, "init_radius")
+        r = call.per_sample(eps if radius is None else radius)
+        if self.norm == "linf":
+            noise = self._rand(call, "uniform").mul_(2).sub_(1)
+        else:
+            noise = self._rand(call, "normal")
+            n = per_sample_norm(noise, "l2").clamp_min(torch.finfo(noise.dtype).tiny)
+            noise.div_(call.per_sample(n))
+        return call.x + noise * r
+
+    def _run(self, call: _Call) -> Tensor:
+        eps = self._eps_tensor(call, self.eps, "eps")
+        alpha = self._eps_tensor(call, self.step_size, "step_size")
+        if alpha is None:
+            alpha = self.default_step_size(eps)
+        alpha_b = call.per_sample(alpha)
+        x_adv = self._random_start(call, eps) if self.random_start else call.x.clone()
+
+        direction = self._direction(call)
+        if self.norm == "linf":
+            lower, upper = self._linf_box(call, eps)
+            x_adv.clamp_(lower, upper)
+
+            def project(xa: Tensor) -> Tensor:
+                # One clamp against the precomputed (eps ball ∩ bounds) box.
+                return xa.clamp_(lower, upper)
+
+        else:
+            x_adv = self._project_l2(call, x_adv, eps)
+
+            def project(xa: Tensor) -> Tensor:
+                return self._project_l2(call, xa, eps)
+
+        def step(xa: Tensor, grad: Tensor, t: int) -> Tensor:
+            d = direction(grad)
+            if isinstance(alpha_b, Tensor):
+                xa.addcmul_(d, alpha_b)
+            else:
+                xa.add_(d, alpha=alpha_b)
+            return project(xa)
+
+        return self._iterate(call, x_adv, self.steps, step)
+
+    def _direction(self, call: _Call) -> Callable[[Tensor], Tensor]:
+        """Map a raw input gradient (a fresh tensor, safe to modify in place) to the step
+        direction: its sign (L∞) or its per-sample L2-normalised version (L2)."""
+        return _sign if self.norm == "linf" else _l2_normalise
+
+
+def _sign(grad: Tensor) -> Tensor:
+    return grad.sign_()
+
+
+def _l2_normalise(grad: Tensor) -> Tensor:
+    n = per_sample_norm(grad, "l2").clamp_min(torch.finfo(grad.dtype).tiny)
+    return grad.div_(n.view(-1, *([1] * (grad.ndim - 1))))
+
+
+class BIM(PGD):
+    """Basic iterative method / I-FGSM (Kurakin et al. 2017, "Adversarial examples in the
+    physical world"): PGD without random start, so it starts at ``x`` and is deterministic.
+    Default ``step_size`` ``2.5·eps/steps``; L∞ (as in the paper) or L2."""
+
+    name = "bim"
+
+    def __init__(
+        self,
+        eps: Scalar = 0.004,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: Scalar | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        bn_mode: str = "eval",
+        dropout_mode: str = "eval",
+    ) -> None:
+        super().__init__(eps, norm, steps, step_size, False, 1, None, bounds, bn_mode,
+                         dropout_mode)
+
+
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al. 2015, "Explaining and Harnessing
+    Adversarial Examples"): one step ``x + eps·sign(∇x L)`` (L∞), or the fast gradient
+    method ``x + eps·∇x L/‖∇x L‖₂`` (L2), then clamped to ``bounds``.
+
+    ``random_start=True`` gives the "fast adversarial training" variant (Wong et al. 2020):
+    uniform start in the ball and default ``step_size = 1.25·eps``, projected back onto the ball.
+    """
+
+    name = "fgsm"
+
+    def __init__(
+        self,
+        eps: Scalar = 0.004,
+        norm: str = "linf",
+        step_size: Scalar | None = None,
+        random_start: bool = False,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        bn_mode: str = "eval",
+        dropout_mode: str = "eval",
+        steps: int = 1,
+    ) -> None:
+        if steps != 1:  # accepted so configs can state steps uniformly for every attack
+            raise ValueError(f"FGSM takes exactly one step, got steps={steps!r}; use BIM/PGD")
+        super().__init__(eps, norm, 1, step_size, random_start, 1, None, bounds, bn_mode,
+                         dropout_mode)
+
+    def default_step_size(self, eps: Scalar) -> Scalar:
+        return eps * (1.25 if self.random_start else 1.0)
+
+
+class MIFGSM(PGD):
+    """Momentum iterative FGSM (Dong et al. 2018, "Boosting Adversarial Attacks with
+    Momentum"): ``g ← μ·g + ∇/‖∇‖₁``, step ``step_size·sign(g)`` (L∞) or
+    ``step_size·g/‖g‖₂`` (L2), from ``x`` (no random start). Default ``step_size = eps/steps``
+    as in the paper (the accumulated direction rarely turns, so it need not overshoot), decay
+    ``μ = 1``."""
+
+    name = "mifgsm"
+
+    def __init__(
+        self,
+        eps: Scalar = 0.004,
+        norm: str = "linf",
+        steps: int = 10,
+        step_size: Scalar | None = None,
+        decay: float = 1.0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        bn_mode: str = "eval",
+        dropout_mode: str = "eval",
+    ) -> None:
+        super().__init__(eps, norm, steps, step_size, False, 1, None, bounds, bn_mode,
+                         dropout_mode)
+        if not decay >= 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.decay = float(decay)
+
+    def default_step_size(self, eps: Scalar) -> Scalar:
+        return eps * (1.0 / self.steps)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "decay": self.decay}
+
+    def _direction(self, call: _Call) -> Callable[[Tensor], Tensor]:
+        momentum = torch.zeros_like(call.x)  # per call, so the attack object stays stateless
+        base = super()._direction(call)
+        decay = self.decay
+
+        def direction(grad: Tensor) -> Tensor:
+            # L1-normalise per sample (a mean instead of a sum: equal up to a constant factor,
+            # which cancels in the sign / L2 normalisation of the accumulated direction).
+            l1 = grad.abs().reshape(grad.shape[0], -1).mean(dim=1)
+            l1 = l1.clamp_min(torch.finfo(grad.dtype).tiny).view(-1, *([1] * (grad.ndim - 1)))
+            momentum.mul_(decay).add_(grad.div_(l1))
+            return base(momentum.clone())
+
+        return direction

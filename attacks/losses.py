@@ -1,0 +1,229 @@
+"""Per-sample losses and success tests for attacks and training methods.
+
+Every loss here maps ``(output, target)`` to a tensor of shape ``[B]`` (one value per sample,
+never reduced over the batch): attacks ascend each sample's own loss, AMAT thresholds it per
+sample, and the evaluation callback keeps per-sample worst cases. Reductions over classes and
+spatial dimensions are means, so values do not depend on image size.
+
+Spatial code is dimension-agnostic: the same function takes 2-D ``[B, K, H, W]`` and 3-D
+``[B, K, D, H, W]`` maps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "cross_entropy",
+    "dice_loss",
+    "dice_ce_loss",
+    "heatmap_mse",
+    "margin_loss",
+    "misclassified",
+    "loss_above",
+    "unwrap_target",
+]
+
+
+def unwrap_target(target: Any, key: str = "target") -> Tensor:
+    """The label tensor inside ``target``: the tensor itself, or ``target[key]`` for a batch dict.
+
+    Lets the default losses accept a whole batch dict ``{"image", "target", ...}``; anything
+    else needs its own ``loss_fn``.
+    """
+    if isinstance(target, Tensor):
+        return target
+    if isinstance(target, Mapping) and key in target and isinstance(target[key], Tensor):
+        return target[key]
+    raise TypeError(
+        f"expected target to be a Tensor or a mapping with a Tensor under {key!r}, got "
+        f"{type(target).__name__}; pass a loss_fn/success_fn that understands your target"
+    )
+
+
+def _mean_per_sample(t: Tensor) -> Tensor:
+    """Mean over every dim but the first: ``[B, *] -> [B]``."""
+    return t.reshape(t.shape[0], -1).mean(dim=1) if t.ndim > 1 else t
+
+
+def cross_entropy(output: Tensor, target: Any) -> Tensor:
+    """Per-sample cross-entropy, ``-> [B]`` (float32).
+
+    Accepted pairs:
+      * logits ``[B, K, *spatial]`` (``K >= 2``, spatial may be empty) with integer class
+        indices ``[B, *spatial]`` (or ``[B, 1, *spatial]``): softmax CE, averaged over spatial
+        positions;
+      * a single logit ``[B]`` or ``[B, 1, *spatial]`` with 0/1 targets of the same number of
+        elements per sample (int or float): binary CE with logits;
+      * multi-label logits ``[B, K, *]`` with targets of the same shape (float or int 0/1):
+        BCE with logits, averaged over labels (and positions).
+    ``target`` may also be a batch dict holding the labels under ``"target"``.
+    """
+    target = unwrap_target(target)
+    output = output.float()  # autocast may hand over bf16/fp16 logits; CE wants fp32
+    b = output.shape[0]
+    if target.shape == output.shape:  # binary [B] / multi-label [B, K, *]
+        return _mean_per_sample(
+            F.binary_cross_entropy_with_logits(output, target.to(output.dtype), reduction="none")
+        )
+    if output.ndim >= 2 and output.shape[1] == 1 and target.numel() == output.numel():
+        # single-logit binary map [B, 1, *] with targets [B, *]
+        logit = output.reshape(b, -1)
+        tgt = target.reshape(b, -1).to(output.dtype)
+        return F.binary_cross_entropy_with_logits(logit, tgt, reduction="none").mean(dim=1)
+    if output.ndim < 2:
+        raise ValueError(
+            f"cross_entropy: output of shape {tuple(output.shape)} needs target of the same "
+            f"shape (binary), got {tuple(target.shape)}"
+        )
+    if target.ndim == output.ndim and target.shape[1] == 1:  # MONAI-style [B, 1, *] labels
+        target = target.squeeze(1)
+    if target.is_floating_point():
+        raise ValueError(
+            "cross_entropy: logits [B, K, *] need integer class targets [B, *] (or float "
+            f"targets of the logits' shape for multi-label); got output {tuple(output.shape)}, "
+            f"target {tuple(target.shape)} {target.dtype}"
+        )
+    return _mean_per_sample(F.cross_entropy(output, target.long(), reduction="none"))
+
+
+def _one_hot_like(target: Tensor, output: Tensor) -> Tensor:
+    """Integer labels ``[B, *spatial]`` or ``[B, 1, *spatial]`` -> one-hot ``[B, K, *spatial]``;
+    a target already shaped like ``output`` is returned as float."""
+    if target.shape == output.shape:
+        return target.to(output.dtype)
+    k = output.shape[1]
+    if target.ndim == output.ndim:  # [B, 1, *spatial]
+        target = target.squeeze(1)
+    if k == 1:  # binary segmentation with a single foreground channel
+        return target.unsqueeze(1).to(output.dtype)
+    one_hot = F.one_hot(target.long(), k)  # [B, *spatial, K]
+    return one_hot.movedim(-1, 1).to(output.dtype)
+
+
+def dice_loss(
+    output: Tensor,
+    target: Any,
+    include_background: bool = False,
+    softmax: bool = True,
+    smooth: float = 1e-5,
+) -> Tensor:
+    """Per-sample soft Dice loss ``1 - mean_k Dice_k``, ``-> [B]`` in ``[0, 1]``.
+
+    Args:
+        output: ``[B, K, *spatial]`` logits (or probabilities if ``softmax=False``).
+            ``K == 1`` is binary segmentation (sigmoid of the single foreground channel).
+        target: integer labels ``[B, *spatial]`` / ``[B, 1, *spatial]``, or a one-hot/soft
+            target ``[B, K, *spatial]``; or a batch dict with it under ``"target"``.
+        include_background: count channel 0 in the mean (ignored when ``K == 1``).
+        softmax: turn logits into probabilities (softmax over K, sigmoid if ``K == 1``).
+        smooth: added to numerator and denominator, so a class absent from both prediction and
+            target scores Dice 1 (loss 0) rather than 0/0.
+    """
+    target = unwrap_target(target)
+    output = output.float()
+    if output.ndim < 3:
+        raise ValueError(f"dice_loss: output must be [B, K, *spatial], got {tuple(output.shape)}")
+    k = output.shape[1]
+    if softmax:
+        prob = torch.sigmoid(output) if k == 1 else output.softmax(dim=1)
+    else:
+        prob = output
+    onehot = _one_hot_like(target, output)
+    if k > 1 and not include_background:
+        prob, onehot = prob[:, 1:], onehot[:, 1:]
+    dims = tuple(range(2, output.ndim))
+    inter = (prob * onehot).sum(dim=dims)
+    denom = prob.sum(dim=dims) + onehot.sum(dim=dims)
+    dice = (2.0 * inter + smooth) / (denom + smooth)  # [B, K']
+    return 1.0 - dice.mean(dim=1)
+
+
+def dice_ce_loss(
+    output: Tensor,
+    target: Any,
+    include_background: bool = False,
+    lambda_dice: float = 1.0,
+    lambda_ce: float = 1.0,
+) -> Tensor:
+    """``lambda_dice * dice_loss + lambda_ce * cross_entropy`` per sample, ``-> [B]``."""
+    return lambda_dice * dice_loss(
+        output, target, include_background=include_background
+    ) + lambda_ce * cross_entropy(output, target)
+
+
+def heatmap_mse(output: Tensor, target: Any) -> Tensor:
+    """Mean squared error per sample over ``[K, *spatial]`` (landmark heatmaps), ``-> [B]``."""
+    target = unwrap_target(target)
+    if target.shape != output.shape:
+        raise ValueError(
+            f"heatmap_mse: output {tuple(output.shape)} and target {tuple(target.shape)} "
+            "must have the same shape"
+        )
+    diff = output.float() - target.float()
+    return _mean_per_sample(diff * diff)
+
+
+def margin_loss(output: Tensor, target: Any, kappa: float = math.inf) -> Tensor:
+    """Carlini–Wagner logit margin ``max_{i != y} z_i - z_y`` per sample, ``-> [B]``.
+
+    Positive exactly when the sample is misclassified; maximising it is the CW (2017) /
+    "margin" attack objective, which does not saturate like cross-entropy. ``kappa`` caps it
+    (CW's confidence: no reward for a margin beyond ``kappa``). Logits ``[B, K, *spatial]``
+    with integer targets ``[B, *spatial]``; spatial margins are averaged.
+    """
+    target = unwrap_target(target).long()
+    output = output.float()
+    if output.ndim < 2 or output.shape[1] < 2:
+        raise ValueError(f"margin_loss: needs logits [B, K>=2, *], got {tuple(output.shape)}")
+    true = output.gather(1, target.unsqueeze(1))  # [B, 1, *]
+    # Mask the true class with -inf to take the best other class.
+    others = output.scatter(1, target.unsqueeze(1), float("-inf"))
+    margin = (others.amax(dim=1, keepdim=True) - true).squeeze(1)
+    if math.isfinite(kappa):
+        margin = margin.clamp(max=kappa)
+    return _mean_per_sample(margin)
+
+
+def misclassified(output: Tensor, target: Any) -> Tensor:
+    """Success test for classification, ``-> Bool[B]``: the prediction differs from the label.
+
+    Logits ``[B, K]`` (``K >= 2``) with integer labels ``[B]``: argmax != label. A single logit
+    ``[B]`` / ``[B, 1]`` with 0/1 labels: ``(logit > 0) != label``. Multi-label ``[B, K]``
+    with targets of the same shape: any label wrong. For segmentation or landmarks use a
+    loss-defined test, :func:`loss_above`.
+    """
+    target = unwrap_target(target)
+    b = output.shape[0]
+    if target.shape == output.shape or (output.ndim == 2 and output.shape[1] == 1):
+        pred = output.reshape(b, -1) > 0
+        truth = target.reshape(b, -1) > 0.5
+        return (pred != truth).any(dim=1)
+    if output.ndim != 2:
+        raise ValueError(
+            f"misclassified: expects logits [B, K], got {tuple(output.shape)}; for dense "
+            "outputs use attacks.losses.loss_above(loss_fn, threshold)"
+        )
+    return output.argmax(dim=1) != target.long()
+
+
+def loss_above(
+    loss_fn: Callable[[Any, Any], Tensor], threshold: float | Tensor
+) -> Callable[[Any, Any], Tensor]:
+    """Loss-defined success test: ``success_fn(output, target) = loss_fn(output, target) >
+    threshold`` (threshold a float or a per-sample tensor ``[B]``). This is AMAT's "violation"
+    for segmentation/landmarks/detection, e.g. ``loss_above(dice_loss, 1 - clean_mean_dice)``.
+    """
+
+    def success_fn(output: Any, target: Any) -> Tensor:
+        loss = loss_fn(output, target)
+        thr = threshold.to(loss.device) if isinstance(threshold, Tensor) else threshold
+        return loss > thr
+
+    return success_fn
