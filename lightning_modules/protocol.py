@@ -6,6 +6,7 @@ tasks; they talk to a task only through this protocol. A new task is one file im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -25,6 +26,17 @@ class RobustTask(Protocol):
     task: str
     #: the data description the model was built from (bounds, classes, number of samples…)
     data_info: DataInfo
+    #: how :meth:`violation_statistic` relates to a violation: ``"above"`` (a loss: violated
+    #: when it exceeds the threshold), ``"below"`` (a score such as Dice: violated under it) or
+    #: ``None`` (the test needs no threshold, e.g. classification's misclassification).
+    violation_direction: str | None
+    #: the pipeline's parts: ``attack_model() = net ∘ (method's embedded module) ∘ normalizer``
+    normalizer: nn.Module
+    net: nn.Module
+    #: Lightning's counters (0 without a trainer); methods use them for schedules and seeding
+    current_epoch: int
+    global_step: int
+    global_rank: int
 
     def attack_model(self) -> nn.Module:
         """The whole differentiable pipeline an attacker faces, as an ``nn.Module``.
@@ -44,11 +56,26 @@ class RobustTask(Protocol):
         """Bool ``[B]``: the sample is no longer "correct" (AMAT's loss-defined margin test).
 
         Classification: misclassified (``threshold`` unused). Other tasks: the task's violation
-        statistic crosses ``threshold`` (e.g. Dice below it, loss above it).
+        statistic crosses ``threshold`` (e.g. Dice below it, loss above it) in the sense of
+        :attr:`violation_direction`; ``threshold=None`` uses the task's own default (a module
+        hyperparameter, e.g. ``violation_threshold`` of the segmentation module), so callers
+        that have no threshold (evaluation callbacks) still get a meaningful test.
         """
 
     def violation_statistic(self, output: Any, batch: Batch) -> torch.Tensor:
         """Per-sample statistic ``[B]`` from which a violation threshold is computed."""
+
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> torch.Tensor:
+        """Per-sample divergence ``[B]`` of ``out_adv`` from ``out_clean`` (TRADES' robust term).
+
+        Classification: ``KL(p_clean ‖ p_adv)``; segmentation: the per-pixel KL averaged over
+        pixels; landmarks: MSE of heatmaps. Differentiable w.r.t. both outputs.
+        """
+
+    def forward_joint(self, xs: Sequence[torch.Tensor]) -> list[Any]:
+        """``[attack_model()(x) for x in xs]`` computed as *one* forward over the concatenated
+        batch where the task's outputs allow it (one set of BatchNorm batch statistics: correct
+        under DDP and cheaper); a task whose outputs cannot be split runs them one by one."""
 
     def build_metrics(self) -> MetricCollection:
         """A fresh collection of the task's torchmetrics (synced across DDP ranks)."""

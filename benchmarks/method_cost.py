@@ -1,0 +1,130 @@
+"""Wall time per training epoch of clean, SAT-k and AMAT-k training on the same data and net.
+
+    python benchmarks/method_cost.py                 # k = 10, synthetic 32x32, 512 samples
+    python benchmarks/method_cost.py --steps 20 --epochs 3 --out results/method_cost.json
+
+Each method trains the same small CNN (same seed, same in-memory data, same batch order) for
+``--epochs`` epochs, exactly as ``TaskModule.training_step`` does (method loss, backward,
+optimizer step, the method's epoch hooks); the methods take turns epoch by epoch so that a
+change in machine load affects all of them alike. The first epoch is a warm-up and is excluded;
+the reported time is the median of the others. Data are generated once before timing.
+On a shared CPU use ``--threads 1``: oversubscribed OpenMP threads make timings erratic.
+Printed: seconds per epoch per method and the ratios AMAT/SAT (the AMAT paper reports AMAT ≈
+SAT; target ≤ 1.10) and SAT/clean. SAT is timed twice: adversarial-only batches (Madry et al.,
+``beta=1``) and the ``0.5·clean + 0.5·adv`` mix AMAT uses (``beta=0.5``), so the ratio isolates
+AMAT's own overhead (per-sample budgets, early stopping, margin bookkeeping) from the cost of
+its extra clean term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules.base import collate_batch  # noqa: E402
+from datamodules.synthetic import SyntheticDataModule  # noqa: E402
+from lightning_modules import AMAT, SAT, ClassificationModule, Clean  # noqa: E402
+
+
+def train_epoch(model: ClassificationModule, optimizer: torch.optim.Optimizer,
+                batches: list[dict]) -> float:
+    """One training epoch exactly as ``TaskModule.training_step`` runs it (method loss,
+    backward, step, the method's epoch hooks); returns its wall time in seconds."""
+    device = next(model.parameters()).device
+    model.train()
+    model.method.on_train_epoch_start(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = model.method.training_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+    model.method.on_train_epoch_end(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="PGD steps k of SAT and AMAT")
+    p.add_argument("--num-train", type=int, default=512)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per method (first excluded)")
+    p.add_argument("--features", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--accelerator", default="cpu", help="cpu | gpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dm = SyntheticDataModule(task="classification", num_train=args.num_train, num_val=8,
+                             num_test=8, image_size=(args.image_size, args.image_size))
+    items = [dm.dataset("train")[i] for i in range(args.num_train)]  # generated once
+    net = {"class_path": "lightning_modules.nets.SmallCNN",
+           "init_args": {"features": list(args.features)}}
+    k = args.steps
+    methods = {
+        "clean": lambda: Clean(),
+        f"sat-{k} (adv only)": lambda: SAT(eps=0.02, steps=k, beta=1.0),
+        f"sat-{k} (0.5 clean + 0.5 adv)": lambda: SAT(eps=0.02, steps=k, beta=0.5),
+        f"amat-{k}": lambda: AMAT(delta=0.05, max_margin=1.0, steps=k),
+    }
+    # Interleave the methods epoch by epoch, so a change in machine load hits all of them
+    # alike; each method keeps its own model, optimizer and data order.
+    device = torch.device("cuda" if args.accelerator == "gpu" else args.accelerator)
+    runs = {}
+    for name, make in methods.items():
+        L.seed_everything(0, verbose=False)
+        model = ClassificationModule(net=net, data_info=dm.info, method=make()).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+        runs[name] = (model, opt, gen, [])
+    for _ in range(args.epochs):
+        for model, opt, gen, times in runs.values():
+            order = torch.randperm(len(items), generator=gen).tolist()
+            batches = [collate_batch([items[i] for i in order[j:j + args.batch_size]])
+                       for j in range(0, len(order), args.batch_size)]
+            times.append(train_epoch(model, opt, batches))
+    results: dict[str, float] = {}
+    for name, (_, _, _, times) in runs.items():
+        timed = times[1:] or times
+        results[name] = statistics.median(timed)
+        print(f"{name:32s} {results[name]:8.2f} s/epoch   (epochs: "
+              + ", ".join(f"{t:.2f}" for t in times) + ")", flush=True)
+
+    clean = results["clean"]
+    sat1 = results[f"sat-{k} (adv only)"]
+    sat05 = results[f"sat-{k} (0.5 clean + 0.5 adv)"]
+    amat = results[f"amat-{k}"]
+    ratios = {"amat/sat": amat / sat1, "amat/sat(beta=0.5)": amat / sat05, "sat/clean": sat1 / clean}
+    print(f"\nAMAT/SAT           = {ratios['amat/sat']:.3f}   (target <= 1.10)")
+    print(f"AMAT/SAT(beta=0.5) = {ratios['amat/sat(beta=0.5)']:.3f}")
+    print(f"SAT/clean          = {ratios['sat/clean']:.2f}")
+    report = {"settings": vars(args) | {"out": str(args.out) if args.out else None},
+              "seconds_per_epoch": results, "ratios": ratios,
+              "device": str(torch.device(args.accelerator)), "torch_threads": torch.get_num_threads()}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Image classification: binary (two logits or one), multi-class and multi-label.
+
+Batch: ``image`` ``[B, C, *spatial]`` in ``data_info.bounds``; ``label`` int64 ``[B]``
+(binary / multi-class) or float ``[B, K]`` in {0, 1} (multi-label, ``data_info.multilabel``).
+Network output: logits ``[B, K]`` (``[B, 1]`` with ``binary_single_logit``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    AUROC,
+    Accuracy,
+    F1Score,
+    MulticlassRecall,
+    MultilabelStatScores,
+)
+
+from datamodules.info import DataInfo
+from lightning_modules.base import TaskModule
+from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.protocol import Batch
+
+
+class MultilabelBalancedAccuracy(Metric):
+    """Mean over labels of ``(sensitivity + specificity) / 2`` (balanced accuracy per label,
+    macro-averaged); labels without positives or without negatives count only their defined
+    half."""
+
+    full_state_update = False
+
+    def __init__(self, num_labels: int, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.stats = MultilabelStatScores(num_labels, threshold=threshold, average=None)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.stats.update(preds, target)
+
+    def compute(self) -> Tensor:
+        s = self.stats.compute()  # [K, 5]: tp, fp, tn, fn, support
+        tp, fp, tn, fn = (s[:, i].float() for i in range(4))
+        sens = tp / (tp + fn)
+        spec = tn / (tn + fp)
+        return torch.stack([sens, spec], dim=1).nanmean(dim=1).nanmean()
+
+    def reset(self) -> None:
+        super().reset()
+        self.stats.reset()
+
+
+class ClassificationModule(TaskModule):
+    """Classification task module.
+
+    Args:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+            see :class:`lightning_modules.base.TaskModule`.
+        binary_single_logit: for two classes, output one logit (sigmoid / BCE) instead of two
+            (softmax / CE). Ignored for more classes and for multi-label data.
+        label_smoothing: cross-entropy label smoothing (multi-class and two-logit binary).
+
+    Loss: cross-entropy (softmax), or binary cross-entropy with logits averaged over labels
+    (single logit, multi-label). Violation (AMAT, evaluation): the sample is misclassified —
+    for multi-label any label wrong (no threshold). Metrics: ``accuracy``,
+    ``balanced_accuracy`` (macro recall; multi-label: mean of per-label (TPR + TNR)/2),
+    ``auroc`` and ``f1`` (binary: positive class; otherwise macro).
+    """
+
+    task = "classification"
+    default_net = "lightning_modules.nets.SmallCNN"
+    violation_direction = None
+    main_metric: ClassVar[str] = "accuracy"
+
+    def __init__(
+        self,
+        net: dict | None = None,
+        data_info: DataInfo | None = None,
+        method: TrainingMethod | None = None,
+        binary_single_logit: bool = False,
+        label_smoothing: float = 0.0,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
+    ) -> None:
+        super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
+                         mean=mean, std=std)
+        k = self.data_info.num_classes
+        if k < 2 and not (self.data_info.multilabel and k >= 1):
+            raise ValueError(
+                f"ClassificationModule needs data_info.num_classes >= 2 (or >= 1 label for "
+                f"multi-label), got {k}"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"ClassificationModule.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.multilabel = bool(self.data_info.multilabel)
+        self.num_classes = k
+        self.single_logit = bool(binary_single_logit) and k == 2 and not self.multilabel
+        self.binary = k == 2 and not self.multilabel
+        self.label_smoothing = float(label_smoothing)
+        self.build()
+
+    def output_channels(self) -> int:
+        return 1 if self.single_logit else self.num_classes
+
+    # ------------------------------------------------------------------ outputs
+    def _logits(self, output: Any) -> Tensor:
+        if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[1] != self.output_channels():
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"classification expects logits [B, {self.output_channels()}] from the net, got {got}"
+            )
+        return output.float()
+
+    def probabilities(self, output: Any) -> Tensor:
+        """Class probabilities: ``[B, K]`` (softmax; two columns for a single logit) or
+        per-label sigmoid ``[B, K]`` for multi-label."""
+        logits = self._logits(output)
+        if self.multilabel:
+            return torch.sigmoid(logits)
+        if self.single_logit:
+            p = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        return logits.softmax(dim=1)
+
+    def _labels(self, batch: Batch) -> Tensor:
+        y = batch["label"]
+        if self.multilabel:
+            return y.float().reshape(y.shape[0], -1)
+        return y.long().reshape(-1)
+
+    # ------------------------------------------------------------------ protocol
+    def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
+        logits = self._logits(output)
+        y = self._labels(batch)
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=1)
+        if self.single_logit:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction="none")
+        return F.cross_entropy(logits, y, reduction="none", label_smoothing=self.label_smoothing)
+
+    def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
+        probs = self.probabilities(output)
+        y = self._labels(batch)
+        if self.multilabel:
+            return ((probs > 0.5) != (y > 0.5)).any(dim=1)
+        return probs.argmax(dim=1) != y
+
+    def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
+        """Per-sample loss (violation itself needs no threshold for classification)."""
+        return self.per_sample_loss(output, batch).detach()
+
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
+        """``KL(p_clean ‖ p_adv)`` per sample (TRADES); Bernoulli KL summed over labels for
+        multi-label and single-logit outputs."""
+        a, c = self._logits(out_adv), self._logits(out_clean)
+        if self.multilabel or self.single_logit:
+            pc = torch.sigmoid(c)
+            kl = pc * (F.logsigmoid(c) - F.logsigmoid(a)) + (1 - pc) * (
+                F.logsigmoid(-c) - F.logsigmoid(-a)
+            )
+            return kl.sum(dim=1)
+        logp_c, logp_a = c.log_softmax(dim=1), a.log_softmax(dim=1)
+        return (logp_c.exp() * (logp_c - logp_a)).sum(dim=1)
+
+    def build_metrics(self) -> MetricCollection:
+        k = self.num_classes
+        metrics: dict[str, Metric]
+        if self.multilabel:
+            metrics = {
+                "accuracy": Accuracy(task="multilabel", num_labels=k, average="micro"),
+                "balanced_accuracy": MultilabelBalancedAccuracy(k),
+                "auroc": AUROC(task="multilabel", num_labels=k, average="macro"),
+                "f1": F1Score(task="multilabel", num_labels=k, average="macro"),
+            }
+        elif self.binary:
+            metrics = {
+                "accuracy": Accuracy(task="binary"),
+                "balanced_accuracy": MulticlassRecall(num_classes=2, average="macro"),
+                "auroc": AUROC(task="binary"),
+                "f1": F1Score(task="binary"),
+            }
+        else:
+            metrics = {
+                "accuracy": Accuracy(task="multiclass", num_classes=k, average="micro"),
+                "balanced_accuracy": MulticlassRecall(num_classes=k, average="macro"),
+                "auroc": AUROC(task="multiclass", num_classes=k, average="macro"),
+                "f1": F1Score(task="multiclass", num_classes=k, average="macro"),
+            }
+        # Metrics get different views of the same output (see update_metrics), so no compute
+        # groups: those assume identical update() inputs.
+        return MetricCollection(metrics, compute_groups=False)
+
+    def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
+        probs = self.probabilities(output).detach()
+        y = self._labels(batch)
+        if self.multilabel:
+            yi = (y > 0.5).long()
+            for name in metrics.keys(keep_base=True):
+                metrics[name].update(probs, yi)
+            return
+        if self.binary:
+            p1 = probs[:, 1]
+            for name in metrics.keys(keep_base=True):
+                if name == "balanced_accuracy":
+                    metrics[name].update((p1 > 0.5).long(), y)
+                else:
+                    metrics[name].update(p1, y)
+            return
+        for name in metrics.keys(keep_base=True):
+            metrics[name].update(probs, y)
+
+    def predict_for_display(self, output: Any) -> dict[str, Tensor]:
+        """``label`` ``[B]`` (multi-label: ``[B, K]`` 0/1), ``confidence`` ``[B]`` and ``probs``
+        ``[B, K]``."""
+        probs = self.probabilities(output).detach()
+        if self.multilabel:
+            return {"label": (probs > 0.5).long(), "confidence": probs.max(dim=1).values,
+                    "probs": probs}
+        conf, label = probs.max(dim=1)
+        return {"label": label, "confidence": conf, "probs": probs}

@@ -1,0 +1,12 @@
+"""Training methods, written once for every task (they use only the RobustTask protocol)."""
+
+from lightning_modules.methods.amat import AMAT, margin_update
+from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.methods.clean import Clean
+from lightning_modules.methods.denoise import Denoise
+from lightning_modules.methods.sat import SAT
+from lightning_modules.methods.schedules import EpsSchedule
+from lightning_modules.methods.trades import TRADES
+
+__all__ = ["AMAT", "SAT", "TRADES", "Clean", "Denoise", "EpsSchedule", "TrainingMethod",
+           "margin_update"]

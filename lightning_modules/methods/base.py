@@ -1,0 +1,162 @@
+"""The training-method plug-in: what every method (clean, SAT, AMAT, denoise, TRADES…) is.
+
+A method is an ``nn.Module`` so that its state (AMAT's margins, the denoiser's weights) lives in
+the task module's ``state_dict`` and is checkpointed, moved to the device and synchronised like
+any other parameter or buffer. It talks to the task only through
+:class:`lightning_modules.protocol.RobustTask` — it never knows which task it trains.
+
+Hooks (all optional except :meth:`TrainingMethod.training_loss`):
+
+* ``setup(task)`` once, when the task module is built (the net exists, ``data_info`` is known):
+  allocate buffers sized by the data, build embedded modules;
+* ``training_loss(task, batch) -> (loss, logs)`` every training step;
+* ``on_train_epoch_start(task)`` / ``on_train_epoch_end(task) -> logs`` around each epoch; the
+  task guarantees ``on_train_epoch_end`` runs once per epoch, after the last training batch and
+  *before* validation and checkpointing, on every rank;
+* ``embedded_module()``: a module placed between normalization and the network at train *and*
+  test time (the denoiser), so attacks see it;
+* ``signals()``: the method's current state for callbacks and logs (SAT's ε…).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.protocol import Batch, RobustTask
+
+Logs = dict[str, float | Tensor]
+
+
+class TrainingMethod(nn.Module):
+    """Base class of the training methods. Subclasses set :attr:`name` and implement
+    :meth:`training_loss`.
+
+    The constructor arguments of every method are recorded automatically, so
+    :meth:`config` can describe the method as ``{class_path, init_args}`` — what the task module
+    saves in its checkpoint hyperparameters to rebuild the method (no pickled objects).
+    Constructor arguments must therefore be plain values (numbers, strings, lists, dicts).
+    """
+
+    name: ClassVar[str] = "method"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainingMethod:
+        obj = super().__new__(cls)
+        # Record the call before __init__ runs; config() binds it to the signature later.
+        object.__setattr__(obj, "_init_call", (args, dict(kwargs)))
+        return obj
+
+    # ------------------------------------------------------------------ description
+    def config(self) -> dict[str, Any]:
+        """``{"class_path": "pkg.module.Class", "init_args": {...}}`` rebuilding this method."""
+        args, kwargs = getattr(self, "_init_call", ((), {}))
+        sig = inspect.signature(type(self).__init__)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init_args = {}
+        for key, value in list(bound.arguments.items())[1:]:
+            kind = sig.parameters[key].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                init_args.update({k: _plain(v, f"{type(self).__name__}.{k}") for k, v in value.items()})
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{type(self).__name__}: *args constructors cannot be recorded")
+            else:
+                init_args[key] = _plain(value, f"{type(self).__name__}.{key}")
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config()["init_args"].items())
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, task: RobustTask) -> None:
+        """Called once by the task module's constructor (``task.net`` and ``task.data_info``
+        exist). Allocate data-sized buffers and embedded modules here."""
+
+    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+        """The scalar training loss of ``batch`` and the method's signals to log."""
+        raise NotImplementedError
+
+    def on_train_epoch_start(self, task: RobustTask) -> None:
+        """Called at the start of every training epoch, on every rank."""
+
+    def on_train_epoch_end(self, task: RobustTask) -> Logs:
+        """Called once per epoch after the last training batch, on every rank (collective
+        operations are allowed); returns epoch-level signals to log."""
+        return {}
+
+    def embedded_module(self) -> nn.Module | None:
+        """A module applied between normalization and the network (train and test)."""
+        return None
+
+    def signals(self) -> dict[str, float]:
+        """The method's current state for callbacks (e.g. ``{"eps": 0.002}``)."""
+        return {}
+
+    # ------------------------------------------------------------------ helpers
+    def generator(self, task: RobustTask, device: torch.device, seed: int | None) -> torch.Generator | None:
+        """A generator for this step's attack randomness, seeded by ``(seed, global step,
+        rank)``: reproducible, different on every rank and step, and identical when a run is
+        resumed from a checkpoint. ``seed=None``: ``None`` (the global RNG)."""
+        if seed is None:
+            return None
+        key = f"{seed}-{int(task.global_step)}-{int(task.global_rank)}".encode()
+        value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        gen = torch.Generator(device=device)
+        gen.manual_seed(value)
+        return gen
+
+
+def detach_output(out: Any) -> Any:
+    """Detach a task output of any structure (tensor, dict, list, tuple)."""
+    if isinstance(out, Tensor):
+        return out.detach()
+    if isinstance(out, Mapping):
+        return {k: detach_output(v) for k, v in out.items()}
+    if isinstance(out, list | tuple) and not hasattr(out, "_fields"):
+        return type(out)(detach_output(v) for v in out)
+    return out
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Config-safe copy of ``value``: numbers, strings, None, lists and str-keyed dicts."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.item()
+    raise TypeError(
+        f"{where}={value!r}: method arguments must be plain values (numbers, strings, lists, "
+        "dicts) so that checkpoints can rebuild the method"
+    )
+
+
+def check_choice(owner: str, field: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ``ValueError`` naming ``owner.field`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{owner}.{field} must be one of {list(choices)}, got {value!r}")
+
+
+def check_range(
+    owner: str, field: str, value: float, lo: float | None = None, hi: float | None = None,
+    lo_open: bool = False, hi_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``owner.field`` when ``value`` is outside the range."""
+    bad = not isinstance(value, int | float) or isinstance(value, bool)
+    if not bad and lo is not None:
+        bad = value <= lo if lo_open else value < lo
+    if not bad and hi is not None:
+        bad = value >= hi if hi_open else value > hi
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+        raise ValueError(f"{owner}.{field} must be a number in {rng}, got {value!r}")

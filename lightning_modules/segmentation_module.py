@@ -1,0 +1,200 @@
+"""Semantic segmentation, 2-D and 3-D.
+
+Batch: ``image`` ``[B, C, *spatial]`` in ``data_info.bounds``; ``mask`` int64 ``[B, *spatial]``
+of class indices, 0 = background, ``data_info.num_classes`` classes including background.
+Network output: logits ``[B, K, *spatial]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+
+from attacks.losses import dice_ce_loss
+from datamodules.info import DataInfo
+from lightning_modules.base import TaskModule
+from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.protocol import Batch
+
+
+def hard_overlap(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-sample, per-class Dice and IoU of label maps.
+
+    Args:
+        pred, target: int ``[B, *spatial]`` class indices.
+        num_classes: ``K`` (including background).
+
+    Returns:
+        ``(dice, iou)``, each ``[B, K]``; NaN where the class is absent from both prediction and
+        target (undefined — such entries are skipped by the means, not counted as 1 or 0).
+    """
+    b = pred.shape[0]
+    p = F.one_hot(pred.reshape(b, -1).long(), num_classes).bool()  # [B, N, K]
+    t = F.one_hot(target.reshape(b, -1).long(), num_classes).bool()
+    inter = (p & t).sum(dim=1).float()
+    ps, ts = p.sum(dim=1).float(), t.sum(dim=1).float()
+    union = ps + ts - inter
+    nan = torch.full_like(inter, float("nan"))
+    dice = torch.where(ps + ts > 0, 2 * inter / (ps + ts).clamp_min(1), nan)
+    iou = torch.where(union > 0, inter / union.clamp_min(1), nan)
+    return dice, iou
+
+
+class DiceIoU(Metric):
+    """Dataset-level Dice and IoU: per class, the mean over images of the per-image score
+    (images where the class is absent from both prediction and target are skipped); the
+    reported ``dice`` / ``iou`` are the means over foreground classes (background excluded,
+    as it dominates the pixel count and would inflate the score), plus one entry per class
+    (``dice_<name>``, ``iou_<name>``, background included for reference).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, class_names: list[str]) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_names = class_names
+        for name in ("dice_sum", "iou_sum", "count"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        dice, iou = hard_overlap(pred, target, self.num_classes)
+        valid = ~torch.isnan(dice)
+        self.dice_sum += torch.where(valid, dice, 0.0).sum(dim=0).double()
+        self.iou_sum += torch.where(valid, iou, 0.0).sum(dim=0).double()
+        self.count += valid.sum(dim=0).double()
+
+    def compute(self) -> dict[str, Tensor]:
+        dice = (self.dice_sum / self.count).float()  # NaN for never-seen classes
+        iou = (self.iou_sum / self.count).float()
+        fg = slice(1, None) if self.num_classes > 1 else slice(0, None)
+        out = {"dice": dice[fg].nanmean(), "iou": iou[fg].nanmean()}
+        for i, name in enumerate(self.class_names):
+            out[f"dice_{name}"] = dice[i]
+            out[f"iou_{name}"] = iou[i]
+        return out
+
+
+class SegmentationModule(TaskModule):
+    """Segmentation task module (2-D and 3-D: the same code for ``[B, C, H, W]`` and
+    ``[B, C, D, H, W]``).
+
+    Args:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+            see :class:`lightning_modules.base.TaskModule`.
+        include_background_in_loss: count the background channel in the soft Dice term.
+        lambda_dice, lambda_ce: weights of the Dice + cross-entropy loss.
+        violation_threshold: default Dice threshold of :meth:`is_violated` when the caller
+            gives none (evaluation callbacks): a sample whose foreground Dice is below it is
+            "no longer correct". AMAT uses its own threshold (given, or from the clean training
+            Dice — Ma & Liang).
+
+    Loss: ``lambda_dice · soft Dice + lambda_ce · CE`` per sample (``attacks.losses``).
+    Violation statistic: the per-sample hard Dice over foreground classes (violated when
+    *below* the threshold). Metrics: ``dice``, ``iou`` (foreground mean) and per class.
+    """
+
+    task = "segmentation"
+    default_net = "lightning_modules.nets.SmallUNet"
+    violation_direction = "below"
+    main_metric: ClassVar[str] = "dice"
+
+    def __init__(
+        self,
+        net: dict | None = None,
+        data_info: DataInfo | None = None,
+        method: TrainingMethod | None = None,
+        include_background_in_loss: bool = False,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        violation_threshold: float = 0.5,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
+    ) -> None:
+        super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
+                         mean=mean, std=std)
+        if self.data_info.num_classes < 2:
+            raise ValueError(
+                "SegmentationModule needs data_info.num_classes >= 2 (background + at least one "
+                f"class), got {self.data_info.num_classes}"
+            )
+        if not 0.0 <= violation_threshold <= 1.0:
+            raise ValueError(
+                f"SegmentationModule.violation_threshold must be a Dice in [0, 1], got {violation_threshold}"
+            )
+        self.num_classes = self.data_info.num_classes
+        self.include_background_in_loss = bool(include_background_in_loss)
+        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.violation_threshold = float(violation_threshold)
+        self.build()
+
+    def output_channels(self) -> int:
+        return self.num_classes
+
+    def _logits(self, output: Any, batch: Batch | None = None) -> Tensor:
+        nd = self.data_info.spatial_dims + 2
+        if not isinstance(output, Tensor) or output.ndim != nd or output.shape[1] != self.num_classes:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"segmentation expects logits [B, {self.num_classes}, *spatial] "
+                f"({self.data_info.spatial_dims}-D) from the net, got {got}"
+            )
+        if batch is not None and output.shape[2:] != batch["mask"].shape[1:]:
+            raise ValueError(
+                f"net output spatial size {tuple(output.shape[2:])} differs from the mask's "
+                f"{tuple(batch['mask'].shape[1:])}"
+            )
+        return output
+
+    # ------------------------------------------------------------------ protocol
+    def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
+        logits = self._logits(output, batch)
+        return dice_ce_loss(logits, batch["mask"], include_background=self.include_background_in_loss,
+                            lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)
+
+    def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
+        """Per-sample hard Dice ``[B]`` over foreground classes (1.0 when no foreground class
+        is present in either prediction or target)."""
+        pred = self._logits(output, batch).detach().argmax(dim=1)
+        dice, _ = hard_overlap(pred, batch["mask"], self.num_classes)
+        d = dice[:, 1:]
+        score = d.nanmean(dim=1)
+        return torch.nan_to_num(score, nan=1.0)
+
+    def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
+        thr = self.violation_threshold if threshold is None else float(threshold)
+        return self.violation_statistic(output, batch) < thr
+
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
+        """Per-pixel ``KL(p_clean ‖ p_adv)`` over classes, averaged over pixels: ``[B]``."""
+        a, c = self._logits(out_adv).float(), self._logits(out_clean).float()
+        logp_c, logp_a = c.log_softmax(dim=1), a.log_softmax(dim=1)
+        kl = (logp_c.exp() * (logp_c - logp_a)).sum(dim=1)
+        return kl.reshape(kl.shape[0], -1).mean(dim=1)
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {"overlap": DiceIoU(self.num_classes, self.metric_names_per_class())},
+            compute_groups=False,
+        )
+
+    def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
+        pred = self._logits(output, batch).detach().argmax(dim=1)
+        for name in metrics.keys(keep_base=True):
+            metrics[name].update(pred, batch["mask"])
+
+    def predict_for_display(self, output: Any) -> dict[str, Tensor]:
+        """``mask`` ``[B, *spatial]`` (argmax) and ``confidence`` ``[B, *spatial]``."""
+        probs = self._logits(output).detach().float().softmax(dim=1)
+        conf, mask = probs.max(dim=1)
+        return {"mask": mask, "confidence": conf}

@@ -1,0 +1,242 @@
+"""AMAT: the margin rule, a hand-made batch, checkpoint/resume, DDP consistency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datamodules.base import collate_batch
+from datamodules.info import DataInfo
+from datamodules.synthetic import SyntheticDataModule
+from lightning_modules import AMAT, ClassificationModule
+from lightning_modules.methods.amat import first_occurrence, margin_update, robust_threshold
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY_CNN = {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [4, 8]}}
+
+
+# ---------------------------------------------------------------------------- the rule
+def test_margin_update_rule() -> None:
+    old = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.95])
+    violated = torch.tensor([False, True, False, True, False])
+    correct = torch.tensor([True, True, False, False, True])
+    noise = torch.tensor([0.0, 0.1, 0.2, 0.05, 0.3])
+    new = margin_update(old, violated, correct, noise, delta=0.1, max_margin=1.0)
+    expected = torch.tensor([0.2, 0.15, 0.25, 0.225, 1.0])  # grow, shrink ×3, grow + clamp
+    assert torch.allclose(new, expected)
+
+
+def test_threshold_and_dedup_helpers() -> None:
+    s = torch.tensor([0.1, 0.2, 0.3, 0.4, 10.0])  # an outlier does not move the median
+    assert robust_threshold(s, 0.0, "below") == pytest.approx(0.3, abs=1e-6)
+    mad = 1.4826 * 0.1
+    assert robust_threshold(s, 2.0, "above") == pytest.approx(0.3 + 2 * mad, abs=1e-6)
+    assert robust_threshold(s, 2.0, "below") == pytest.approx(0.3 - 2 * mad, abs=1e-6)
+    index = torch.tensor([3, 1, 3, 0])
+    keys = torch.tensor([5, 2, 1, 7])
+    assert first_occurrence(index, keys, 4).tolist() == [False, True, True, True]
+
+
+class MeanLogit(nn.Module):
+    """Two logits ``[0, 10·mean(z)]`` of the normalized image ``z``: the decision depends only
+    on the mean intensity, so how far each sample is from the boundary is known exactly."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        m = z.flatten(1).mean(dim=1)
+        return torch.stack([torch.zeros_like(m), 10 * m], dim=1)
+
+
+def test_amat_hand_made_batch_grows_robust_and_shrinks_violated() -> None:
+    info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
+                    num_train=4)
+    m = ClassificationModule(net=TINY_CNN, data_info=info,
+                             method=AMAT(delta=0.1, max_margin=0.55, steps=20, alpha=4.0))
+    m.net = MeanLogit()
+    # 16×16 images in [0, 1], normalization (x − 0.5)/0.25. Flipping a sample needs a uniform
+    # shift of its mean; the L2 norm of that shift is 16 × (mean shift).
+    level = torch.tensor([0.6, 0.51, 0.6, 0.6])  # robust / near the boundary / wrong / robust
+    x = level.view(4, 1, 1, 1).expand(4, 1, 16, 16).clone()
+    batch = {"image": x, "label": torch.tensor([1, 1, 0, 1]), "index": torch.arange(4)}
+    m.method.margins.copy_(torch.tensor([0.5, 0.5, 0.5, 0.1]))
+    m.method.on_train_epoch_start(m)
+    loss, logs = m.method.training_loss(m, batch)
+    assert torch.isfinite(loss)
+    assert float(logs["violated"]) == 0.5  # samples 1 (attack found) and 2 (already wrong)
+    assert torch.equal(m.method.margins, torch.tensor([0.5, 0.5, 0.5, 0.1]))  # applied at epoch end
+    m.method.on_train_epoch_end(m)
+    new = m.method.margins
+    assert new[0] == pytest.approx(0.55)  # 0.5 + δ, clamped to max_margin
+    assert new[3] == pytest.approx(0.2)  # 0.1 + δ
+    # sample 1 needs a noise of norm 0.16 to flip: found inside its 0.5 ball → halfway down
+    assert 0.25 <= float(new[1]) < 0.5
+    # sample 2 is misclassified clean: violated at its random start of norm 0.5 − δ = 0.4
+    assert float(new[2]) == pytest.approx((0.5 + 0.4) / 2, abs=1e-4)
+
+
+def test_duplicates_keep_the_first_occurrence() -> None:
+    info = DataInfo(task="classification", in_channels=1, num_classes=2, num_train=3)
+    method = AMAT(delta=0.1)
+    ClassificationModule(net=TINY_CNN, data_info=info, method=method)
+    # rows: [global order key, index, new margin, statistic]; index 1 seen twice
+    method._pending = [torch.tensor([[4.0, 1.0, 0.9, 0.0], [0.0, 1.0, 0.3, 0.0],
+                                     [1.0, 2.0, 0.2, 0.0]], dtype=torch.float64)]
+    method.on_train_epoch_end(None)  # type: ignore[arg-type]
+    assert torch.allclose(method.margins, torch.tensor([0.1, 0.3, 0.2]))
+
+
+def test_attack_forwards_leave_bn_stats_and_grads() -> None:
+    """Inside an AMAT step the attack runs in eval-mode BN: running statistics and parameter
+    gradients are untouched until the joint training forward."""
+    info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
+                    num_train=8)
+    m = ClassificationModule(net=TINY_CNN, data_info=info, method=AMAT(steps=3))
+    m.train()
+    before = {k: v.clone() for k, v in m.net.state_dict().items() if "running" in k or "num_batches" in k}
+    seen = {}
+    original = m.forward_joint
+
+    def spy(xs: list[torch.Tensor]) -> list:
+        seen["stats"] = {k: v.clone() for k, v in m.net.state_dict().items() if k in before}
+        seen["grads"] = [p.grad for p in m.parameters()]
+        seen["training"] = [mod.training for mod in m.modules()]
+        return original(xs)
+
+    m.forward_joint = spy  # type: ignore[method-assign]
+    batch = {"image": torch.rand(8, 1, 16, 16), "label": torch.arange(8) % 2, "index": torch.arange(8)}
+    m.method.training_loss(m, batch)
+    assert all(torch.equal(before[k], seen["stats"][k]) for k in before)
+    assert all(g is None for g in seen["grads"])
+    assert all(seen["training"])  # modes restored after the attack
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class OrderedSynthetic(SyntheticDataModule):
+    """Synthetic data with a fixed training order (so runs are comparable sample by sample)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=collate_batch)
+
+
+class MarginsAtEpochStart(Callback):
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: ClassificationModule) -> None:
+        self.seen.append(pl_module.method.margins.clone())
+
+
+def _fit(tmp: Path, epochs: int, ckpt: str | None = None, callbacks: list | None = None):
+    L.seed_everything(0)
+    dm = OrderedSynthetic(task="classification", num_train=24, num_val=8, num_test=8,
+                          image_size=(16, 16), batch_size=8)
+    model = ClassificationModule(net=TINY_CNN, data_info=dm.info,
+                                 method=AMAT(delta=0.05, max_margin=1.0, steps=3))
+    trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=1, accelerator="cpu",
+                        callbacks=[ModelCheckpoint(dirpath=tmp, save_last=True, save_top_k=0),
+                                   *(callbacks or [])])
+    trainer.fit(model, dm, ckpt_path=ckpt)
+    return model
+
+
+def test_margins_survive_checkpoint_and_resume(tmp_path: Path) -> None:
+    first = _fit(tmp_path / "a", epochs=1)
+    saved = first.method.margins.clone()
+    assert not torch.equal(saved, torch.full_like(saved, 0.05))  # the epoch did update them
+    ckpt = tmp_path / "a" / "last.ckpt"
+    loaded = ClassificationModule.load_from_checkpoint(ckpt)
+    assert torch.equal(loaded.method.margins, saved)  # bit for bit
+    assert loaded.method.config() == first.method.config()
+
+    watch = MarginsAtEpochStart()
+    resumed = _fit(tmp_path / "b", epochs=2, ckpt=str(ckpt), callbacks=[watch])
+    assert torch.equal(watch.seen[0], saved)  # the resumed epoch starts from them
+    straight = _fit(tmp_path / "c", epochs=2)
+    # Same data order, attack seeds from (seed, step, rank), restored optimizer and BN state:
+    # resuming gives exactly the margins of an uninterrupted run.
+    assert torch.equal(resumed.method.margins, straight.method.margins)
+
+
+# ---------------------------------------------------------------------------- DDP
+DDP_SCRIPT = textwrap.dedent('''
+    """Run by test_ddp_margins_match: one AMAT epoch, then every rank saves its margins."""
+    import sys
+    from pathlib import Path
+
+    import lightning as L
+    import torch
+
+    from datamodules.synthetic import SyntheticDataModule
+    from lightning_modules import AMAT, ClassificationModule
+
+
+    class Save(L.Callback):
+        def __init__(self, out):
+            self.out = Path(out)
+
+        def on_train_end(self, trainer, pl_module):
+            torch.save(pl_module.method.margins.cpu(), self.out / f"margins_rank{trainer.global_rank}.pt")
+
+
+    def run(devices, out):
+        L.seed_everything(0)
+        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in.
+        dm = SyntheticDataModule(task="classification", num_train=11, num_val=4, num_test=4,
+                                 image_size=(16, 16), batch_size=4 // devices)
+        # lr = 0 and no BatchNorm: each sample's margin depends on that sample only, so 1 and 2
+        # processes must agree; random_start=False removes the RNG from the attack.
+        net = {"class_path": "lightning_modules.nets.SmallCNN",
+               "init_args": {"features": [4, 8], "norm": "none"}}
+        model = ClassificationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
+                                     method=AMAT(delta=0.05, max_margin=1.0, steps=3,
+                                                 random_start=False))
+        trainer = L.Trainer(accelerator="cpu", devices=devices,
+                            strategy="ddp" if devices > 1 else "auto", max_epochs=1,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, callbacks=[Save(out)])
+        trainer.fit(model, dm)
+
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        run(int(sys.argv[1]), sys.argv[2])
+''')
+
+
+@pytest.mark.slow
+def test_ddp_margins_match(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_amat.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    # 2 processes: Lightning's DDP launcher re-runs the script once per extra rank.
+    proc = subprocess.run([sys.executable, str(script), "2", str(out2)], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {2: [torch.load(out2 / f"margins_rank{r}.pt") for r in range(2)]}
+    # 1 process: the same code, here.
+    out1 = tmp_path / "out1"
+    out1.mkdir()
+    namespace: dict = {"__name__": "ddp_amat"}
+    exec(compile(DDP_SCRIPT, str(script), "exec"), namespace)
+    namespace["run"](1, str(out1))
+    results[1] = [torch.load(out1 / "margins_rank0.pt")]
+    rank0, rank1 = results[2]
+    assert torch.equal(rank0, rank1)  # identical on both ranks
+    single = results[1][0]
+    assert not torch.equal(single, torch.full_like(single, 0.05))  # margins moved
+    assert torch.allclose(rank0, single, atol=1e-5)  # and as with one process

@@ -1,0 +1,88 @@
+"""Segmentation module: 2-D and 3-D, Dice/IoU metrics, violation test, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.info import DataInfo
+from lightning_modules import AMAT, SegmentationModule
+from lightning_modules.segmentation_module import DiceIoU, hard_overlap
+
+TINY_UNET = {"class_path": "lightning_modules.nets.SmallUNet", "init_args": {"features": [4, 8]}}
+
+
+def info(dims: int = 2, k: int = 3) -> DataInfo:
+    return DataInfo(task="segmentation", in_channels=1, spatial_dims=dims, image_size=(8,) * dims,
+                    num_classes=k, num_train=4, class_names=["background", "lesion", "core"][:k])
+
+
+def test_hard_overlap_known_values() -> None:
+    target = torch.tensor([[[0, 1, 1, 0], [0, 0, 2, 2]]])  # [1, 2, 4]
+    pred = torch.tensor([[[0, 1, 0, 0], [0, 0, 2, 2]]])
+    dice, iou = hard_overlap(pred, target, 3)
+    assert dice.shape == (1, 3)
+    assert math.isclose(float(dice[0, 1]), 2 * 1 / (1 + 2), rel_tol=1e-6)
+    assert math.isclose(float(iou[0, 1]), 1 / 2, rel_tol=1e-6)
+    assert float(dice[0, 2]) == 1.0 and float(iou[0, 2]) == 1.0
+    # a class absent from both prediction and target is undefined, not 0 or 1
+    dice, _ = hard_overlap(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long), 3)
+    assert torch.isnan(dice[0, 1:]).all()
+
+
+def test_dice_iou_metric_means_over_images_and_foreground() -> None:
+    metric = DiceIoU(3, ["background", "lesion", "core"])
+    t = torch.tensor([[0, 1, 1, 2], [0, 1, 1, 0]])
+    p = torch.tensor([[0, 1, 1, 2], [0, 1, 0, 0]])
+    metric.update(p, t)
+    out = metric.compute()
+    lesion = (1.0 + 2 * 1 / 3) / 2
+    assert math.isclose(float(out["dice_lesion"]), lesion, rel_tol=1e-6)
+    assert math.isclose(float(out["dice_core"]), 1.0)  # only the first image has a core
+    assert math.isclose(float(out["dice"]), (lesion + 1.0) / 2, rel_tol=1e-6)
+    assert "iou" in out and "dice_background" in out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_segmentation_module_2d_3d(dims: int) -> None:
+    m = SegmentationModule(net=TINY_UNET, data_info=info(dims))
+    x = torch.rand(2, 1, *(8,) * dims)
+    mask = torch.randint(0, 3, (2, *(8,) * dims))
+    b = {"image": x, "mask": mask, "index": torch.arange(2)}
+    out = m(x)
+    assert out.shape == (2, 3, *(8,) * dims)
+    loss = m.per_sample_loss(out, b)
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    perfect = F.one_hot(mask, 3).movedim(-1, 1).float() * 30
+    assert torch.allclose(m.violation_statistic(perfect, b), torch.ones(2))
+    assert not m.is_violated(perfect, b).any()
+    assert m.is_violated(-perfect, b).all()  # every pixel wrong: Dice 0 < default 0.5
+    assert m.is_violated(perfect, b, threshold=1.01).all()  # explicit threshold wins
+    div = m.output_divergence(out, out)
+    assert div.shape == (2,) and torch.allclose(div, torch.zeros(2), atol=1e-6)
+    metrics = m.build_metrics()
+    m.update_metrics(metrics, perfect, b)
+    values = metrics.compute()
+    assert float(values["dice"]) == 1.0 and float(values["iou"]) == 1.0
+    assert m.predict_for_display(out)["mask"].shape == mask.shape
+
+
+def test_segmentation_amat_step_with_threshold() -> None:
+    """AMAT on segmentation: warm-up step (no threshold yet), then a threshold from the clean
+    Dice statistics, then an adversarial step."""
+    m = SegmentationModule(net=TINY_UNET, data_info=info(), method=AMAT(steps=2, delta=0.1))
+    b = {"image": torch.rand(4, 1, 8, 8), "mask": torch.randint(0, 3, (4, 8, 8)),
+         "index": torch.arange(4)}
+    m.method.on_train_epoch_start(m)
+    loss, logs = m.method.training_loss(m, b)
+    assert logs.get("warmup") == 1.0 and torch.isfinite(loss)
+    logs = m.method.on_train_epoch_end(m)
+    assert "threshold" in logs and 0.0 <= logs["threshold"] <= 1.0
+    assert torch.equal(m.method.margins, torch.full((4,), 0.1))  # no update in warm-up
+    m.method.on_train_epoch_start(m)
+    loss, logs = m.method.training_loss(m, b)
+    assert "violated" in logs and torch.isfinite(loss)
+    loss.backward()
