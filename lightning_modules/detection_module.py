@@ -1,0 +1,215 @@
+"""Object detection with torchvision detectors (Faster R-CNN, RetinaNet, FCOS, or a tiny FCOS).
+
+Batch (the contract in :mod:`datamodules.info`): ``image`` ``[B, C, H, W]`` in
+``data_info.bounds``; ``boxes`` a list of ``B`` float32 ``[N_i, 4]`` xyxy absolute pixels;
+``labels`` a list of ``B`` int64 ``[N_i]`` in ``[0, C)`` (no background class); ``N_i`` may be 0.
+
+The network is a :class:`~lightning_modules.nets.detectors.DetectorWrapper` around the detector
+named by ``net.class_path`` (a torchvision builder or class, built with ``weights=None,
+weights_backbone=None``). Its output, a :class:`~lightning_modules.nets.detectors.DetectionOutput`,
+holds the batch's backbone features; losses and detections are computed from it on demand:
+
+* ``per_sample_loss`` = the sum of the detector's training losses *per image* (exact, see
+  :mod:`lightning_modules.nets.detectors` for how and what it costs), differentiable w.r.t. the
+  input — the attack loss and the loss SAT / AMAT / TRADES train on;
+* ``violation_statistic`` = that loss, ``violation_direction = "above"`` (Ma & Liang's AMAT
+  for detection: violated when the loss exceeds a threshold computed from the clean model's
+  training losses; AMAT computes it, ``violation_threshold`` is only the default for callers
+  without one);
+* metrics: ``map`` (mAP@[.5:.95]), ``map_50``, ``map_75`` (torchmetrics, pycocotools backend),
+  from eval-mode post-processed detections.
+
+``output_divergence`` (TRADES' robust term) has no canonical form for detectors. Our choice:
+
+* single-stage detectors (FCOS, RetinaNet, the tiny default): the binary KL between the clean
+  and the adversarial per-location class probabilities (and FCOS centre-ness), summed over
+  classes and averaged over locations — the dense analogue of TRADES' KL, differentiable w.r.t.
+  both outputs. Box regression is not in it (no distribution to compare);
+* two-stage and other detectors: the detection loss of the adversarial output against the
+  clean output's detections with score ``>= pseudo_label_score`` as pseudo-targets (detached:
+  only the adversarial side gets gradients). Early in training, when the clean model detects
+  nothing, this pulls the adversarial output towards "no object".
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from datamodules.info import DataInfo
+from lightning_modules.base import TaskModule
+from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.metrics.detection import DetectionMAP
+from lightning_modules.nets.builder import import_object
+from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
+from lightning_modules.protocol import Batch
+
+DIVERGENCES = ("auto", "dense", "pseudo_label")
+
+
+class DetectionModule(TaskModule):
+    """Object detection task module.
+
+    Args:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+            see :class:`lightning_modules.base.TaskModule`. ``net`` names a detector:
+            ``{class_path: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn,
+            init_args: {...}}`` (any torchvision detector builder or class, or
+            ``lightning_modules.nets.detectors.tiny_fcos`` / ``tiny_fasterrcnn``, the default
+            being ``tiny_fcos``). ``num_classes`` (plus a background slot where the model
+            needs one), ``min_size`` / ``max_size`` (the data's image size: no rescaling) and
+            an identity ``image_mean`` / ``image_std`` (our normalization is the first layer)
+            are filled in; ``weights`` / ``weights_backbone`` are always ``None``.
+        label_offset: 1 if the detector reserves class 0 for background; ``None`` = from the
+            detector type (R-CNN family and SSD: 1; FCOS, RetinaNet: 0).
+        sampling_seed: seed of the detector's random proposal sampling (Faster R-CNN) when the
+            loss is computed in eval mode (attacks, validation): the same input always gives
+            the same loss and the global RNG is untouched. In train mode the global RNG is used,
+            as torchvision does. ``None``: global RNG always.
+        violation_threshold: default per-image loss threshold of :meth:`is_violated`.
+        divergence: TRADES' divergence, ``"auto"`` (dense for single-stage detectors,
+            pseudo-labels otherwise), ``"dense"`` or ``"pseudo_label"``.
+        pseudo_label_score: score above which clean detections become pseudo-targets.
+    """
+
+    task = "detection"
+    default_net = "lightning_modules.nets.detectors.tiny_fcos"
+    violation_direction = "above"
+    main_metric: ClassVar[str] = "map_50"
+
+    def __init__(
+        self,
+        net: dict | None = None,
+        data_info: DataInfo | None = None,
+        method: TrainingMethod | None = None,
+        label_offset: int | None = None,
+        sampling_seed: int | None = 0,
+        violation_threshold: float = 1.5,
+        divergence: str = "auto",
+        pseudo_label_score: float = 0.5,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        mean: float | list[float] | None = None,
+        std: float | list[float] | None = None,
+    ) -> None:
+        super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
+                         mean=mean, std=std)
+        owner = type(self).__name__
+        info = self.data_info
+        if info.num_classes < 1:
+            raise ValueError(f"{owner} needs data_info.num_classes >= 1 (object classes, no "
+                             f"background), got {info.num_classes}")
+        if info.spatial_dims != 2:
+            raise ValueError(f"{owner} handles 2-D images; data_info.spatial_dims={info.spatial_dims}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"{owner}.divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
+        if label_offset not in (None, 0, 1):
+            raise ValueError(f"{owner}.label_offset must be None, 0 or 1, got {label_offset!r}")
+        self.num_classes = info.num_classes
+        self.label_offset_arg = label_offset
+        self.sampling_seed = sampling_seed
+        self.violation_threshold = float(violation_threshold)
+        self.divergence = divergence
+        self.pseudo_label_score = float(pseudo_label_score)
+        self.build()
+
+    # ------------------------------------------------------------------ construction
+    def output_channels(self) -> int:
+        return self.num_classes
+
+    def build_network(self, spec: dict | None) -> nn.Module:
+        spec = dict(spec or {})
+        unknown = set(spec) - {"class_path", "init_args"}
+        if unknown:
+            raise ValueError(f"net has unknown keys {sorted(unknown)}; expected class_path, init_args")
+        class_path = spec.get("class_path") or self.default_net
+        builder = import_object(class_path, "net.class_path")
+        info = self.data_info
+        detector, offset, takes_channels = build_detector(
+            builder, self.num_classes, info.in_channels, info.image_size,
+            dict(spec.get("init_args") or {}), self.label_offset_arg)
+        if not takes_channels and info.in_channels not in (1, 3):
+            raise ValueError(
+                f"net.class_path={class_path!r} expects 3-channel images and the data has "
+                f"{info.in_channels}; use a detector that takes in_channels (tiny_fcos) or 1/3 "
+                "channel data"
+            )
+        return DetectorWrapper(detector, label_offset=offset,
+                               repeat_channels=not takes_channels and info.in_channels == 1,
+                               sampling_seed=self.sampling_seed)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _output(output: Any) -> DetectionOutput:
+        if not isinstance(output, DetectionOutput):
+            raise ValueError(
+                "detection expects the DetectionOutput of a DetectorWrapper net, got "
+                f"{type(output).__name__}"
+            )
+        return output
+
+    # ------------------------------------------------------------------ protocol
+    def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
+        """``[B]``: sum of the detector's training losses of each image."""
+        return self._output(output).loss(batch["boxes"], batch["labels"])
+
+    def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
+        """The per-image loss ``[B]`` (violated when *above* the threshold)."""
+        with torch.no_grad():
+            return self.per_sample_loss(output, batch).detach()
+
+    def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
+        thr = self.violation_threshold if threshold is None else float(threshold)
+        return self.violation_statistic(output, batch) > thr
+
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
+        """``[B]`` divergence of the adversarial from the clean output (see module docstring)."""
+        adv, clean = self._output(out_adv), self._output(out_clean)
+        dense_ok = adv.wrapper.family in ("fcos", "retinanet")
+        kind = self.divergence if self.divergence != "auto" else ("dense" if dense_ok else "pseudo_label")
+        if kind == "dense":
+            if not dense_ok:
+                raise ValueError(
+                    f"DetectionModule.divergence='dense' needs a single-stage detector (FCOS, "
+                    f"RetinaNet); this one is {adv.wrapper.family!r}: use 'pseudo_label'"
+                )
+            ha, hc = adv.head_outputs(), clean.head_outputs()
+            div = _binary_kl(hc["cls_logits"], ha["cls_logits"]).sum(dim=2).mean(dim=1)
+            if "bbox_ctrness" in ha:
+                div = div + _binary_kl(hc["bbox_ctrness"], ha["bbox_ctrness"]).sum(dim=2).mean(dim=1)
+            return div
+        dets = clean.detached_detections()
+        boxes = [d["boxes"][d["scores"] >= self.pseudo_label_score] for d in dets]
+        labels = [d["labels"][d["scores"] >= self.pseudo_label_score] for d in dets]
+        return adv.loss(boxes, labels)
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection({"detection": DetectionMAP()}, compute_groups=False)
+
+    def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
+        preds = self._output(output).detached_detections()
+        target = [{"boxes": b.detach().to(p["boxes"].device).float().reshape(-1, 4),
+                   "labels": lab.detach().to(p["boxes"].device).long().reshape(-1)}
+                  for b, lab, p in zip(batch["boxes"], batch["labels"], preds)]
+        for name in metrics.keys(keep_base=True):
+            metrics[name].update(preds, target)
+
+    def predict_for_display(self, output: Any) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes": [N, 4] xyxy pixels, "labels": [N] in [0, C), "scores": [N]}``."""
+        return self._output(output).detached_detections()
+
+
+def _binary_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
+    """Elementwise ``KL(Bernoulli(σ(p)) ‖ Bernoulli(σ(q)))`` from logits, numerically stable."""
+    p = torch.sigmoid(logit_p.float())
+    log_p, log_1p = F.logsigmoid(logit_p.float()), F.logsigmoid(-logit_p.float())
+    log_q, log_1q = F.logsigmoid(logit_q.float()), F.logsigmoid(-logit_q.float())
+    return p * (log_p - log_q) + (1 - p) * (log_1p - log_1q)
