@@ -1,0 +1,183 @@
+"""Cost of the per-epoch robustness evaluation relative to a training epoch.
+
+Builds the experiment of ``--config`` (default: the quickstart) through ``train.py``'s CLI,
+trains it for ``--epochs`` epochs with :class:`callbacks.AdversarialEvaluation` (its default
+settings, or the suite configured in the experiment with ``--suite config``) and reports, per
+epoch, the wall time of
+
+* the training batches (data loading, method — e.g. AMAT/SAT attacks — forward, backward, step),
+* Lightning's own validation loop (the model's ``validation_step`` over the whole val split),
+* the robustness evaluation (``adv/eval_seconds``),
+
+and the fraction ``evaluation / training batches``. The first epoch (warm-up) is excluded from
+the summary; both are measured in the same process, interleaved, so machine load affects them
+alike.
+
+    python benchmarks/eval_cost.py                      # default callback settings
+    python benchmarks/eval_cost.py --suite config       # the experiment's own callback settings
+    python benchmarks/eval_cost.py --set '{"subset": 128}' --json results/eval_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+from callbacks import AdversarialEvaluation  # noqa: E402
+
+
+class EpochTimer(Callback):
+    """Wall and CPU time of the training batches, Lightning's validation loop and the
+    robustness evaluation, per epoch.
+
+    Put one instance first and ``after`` (see :meth:`after_evaluation`) last in the callback
+    list: Lightning calls ``on_validation_epoch_end`` in list order, so the evaluation runs
+    between the two marks.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._mark = (0.0, 0.0)
+        self._row: dict[str, float] = {}
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        # process_time: CPU seconds of all this process's threads — robust to other load
+        return time.perf_counter(), time.process_time()
+
+    def _lap(self, name: str) -> None:
+        wall, cpu = self._now()
+        self._row[f"{name}_wall_s"] = wall - self._mark[0]
+        self._row[f"{name}_cpu_s"] = cpu - self._mark[1]
+        self._mark = (wall, cpu)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._row = {}
+        self._mark = self._now()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._lap("train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._lap("val_loop")
+
+    def after_evaluation(self) -> Callback:
+        timer = self
+
+        class _After(Callback):
+            def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+                if not trainer.sanity_checking:
+                    timer._lap("eval")
+                    timer.rows.append(dict(timer._row))
+
+        return _After()
+
+
+def configured_eval_kwargs(cli_config: Any) -> dict[str, Any] | None:
+    """``init_args`` of the AdversarialEvaluation in the experiment's trainer callbacks."""
+    for cb in cli_config.get("trainer", {}).get("callbacks") or []:
+        if str(getattr(cb, "class_path", "")).endswith("AdversarialEvaluation"):
+            args = cb.init_args
+            return dict(args.as_dict() if hasattr(args, "as_dict") else args)
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "experiment" / "quickstart.yaml"))
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--suite", choices=("default", "config"), default="default",
+                   help="evaluation settings: the callback's defaults or the experiment's own")
+    p.add_argument("--set", default="{}", metavar="JSON",
+                   help='override callback arguments, e.g. \'{"subset": 128, "attacks": [{"name": "pgd", "steps": 10}]}\'')
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives the steadiest numbers on a shared machine)")
+    p.add_argument("--json", default=None, help="also write the summary here")
+    args = p.parse_args(argv)
+
+    from train import cli_main
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = cli_main(["--config", args.config, "--trainer.default_root_dir", tmp,
+                        "--trainer.max_epochs", str(args.epochs)], run=False)
+        if args.suite == "config":
+            kwargs = configured_eval_kwargs(cli.config)
+            if kwargs is None:
+                raise SystemExit(f"{args.config} configures no AdversarialEvaluation")
+            kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        else:
+            kwargs = {}
+        kwargs.update(json.loads(args.set))
+        kwargs.update(write_json=False, plot=False, report=False)
+        evaluation = AdversarialEvaluation(**kwargs)
+        timer = EpochTimer()
+        trainer = L.Trainer(
+            accelerator=args.accelerator, devices=1, max_epochs=args.epochs, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, callbacks=[timer, evaluation, timer.after_evaluation()],
+            default_root_dir=tmp,
+        )
+        trainer.fit(cli.model, cli.datamodule)
+        rec = evaluation.last_record["val"]
+
+    rows = timer.rows
+    steady = rows[1:] or rows
+    n_every = rec["settings"]["every_n_epochs"]
+
+    summary = {
+        "config": str(Path(args.config).resolve().relative_to(ROOT)),
+        "suite": args.suite,
+        "epochs": args.epochs,
+        "settings": {
+            "attacks": [{k: e[k] for k in ("attack", "norm", "steps", "step_size", "restarts", "random_start")}
+                        for e in rec["attacks"] if e["eps"] == rec["attacks"][0]["eps"]],
+            "eps": sorted({e["eps"] for e in rec["attacks"]}),
+            "subset": rec["subset"]["size"],
+            "every_n_epochs": n_every,
+            "batch_size": rec["settings"]["batch_size"],
+        },
+        "per_epoch": rows,
+        # median of the per-epoch ratios (each measured back to back, so slow drifts of the
+        # machine's load cancel); one evaluation every n epochs
+        "fraction_cpu": statistics.median(r["eval_cpu_s"] / r["train_cpu_s"] for r in steady) / n_every,
+        "fraction_wall": statistics.median(r["eval_wall_s"] / r["train_wall_s"] for r in steady) / n_every,
+        "threads": args.threads,
+    }
+    print(f"config: {summary['config']}  suite: {args.suite}  epochs: {args.epochs}")
+    print(f"evaluation settings: {json.dumps(summary['settings'])}")
+    for i, r in enumerate(rows):
+        print(f"  epoch {i}: training {r['train_wall_s']:6.2f} s wall / {r['train_cpu_s']:6.2f} s CPU"
+              f" · val loop {r['val_loop_wall_s']:5.2f} s · robustness eval {r['eval_wall_s']:5.2f} s wall"
+              f" / {r['eval_cpu_s']:5.2f} s CPU")
+    print(f"per-epoch evaluation cost (median of epochs 1..{len(rows) - 1}): "
+          f"{summary['fraction_cpu']:.1%} of a training epoch in CPU time, "
+          f"{summary['fraction_wall']:.1%} in wall time")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

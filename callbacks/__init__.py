@@ -1,0 +1,32 @@
+"""Lightning callbacks that measure and show robustness while a model trains.
+
+* :class:`AdversarialEvaluation` — attacks × ε on a fixed subset every N epochs and at
+  validate/test: logged scalars (``adv/…``), ``robustness.json``, curves, ``report.md``.
+* :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
+* :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
+
+Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`.
+"""
+
+from callbacks.adversarial_evaluation import (
+    DEFAULT_ATTACKS,
+    DEFAULT_EPS,
+    AdversarialEvaluation,
+    robust_area,
+)
+from callbacks.adversarial_examples import AdversarialExamples
+from callbacks.margin_monitor import MarginMonitor
+from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
+from callbacks.report import write_report
+
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "DEFAULT_EPS",
+    "AdversarialEvaluation",
+    "AdversarialExamples",
+    "MarginMonitor",
+    "MinimalEpsConfig",
+    "minimal_eps_batch",
+    "robust_area",
+    "write_report",
+]
