@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 quickstart: $(STAMP)
-	$(PY) benchmarks/attack_demo.py
+	$(PY) train.py fit --config configs/experiment/quickstart.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
