@@ -1,0 +1,256 @@
+"""Tables, curves and ``report.md`` of a paper suite (``benchmarks/run.py``), built only from the
+``robustness.json`` records the runs wrote (test split, the configs' test-time attack suite)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.paper_suites import Group, Suite  # noqa: E402
+from callbacks.common import lower_is_better  # noqa: E402
+from callbacks.report import package_versions  # noqa: E402
+
+
+def fmt(v: Any) -> str:
+    """Numbers as the tables show them (3 decimals; ``–`` for missing)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def fmt_eps(eps: float) -> str:
+    return f"{eps:g}"
+
+
+def attack_columns(rec: dict[str, Any]) -> list[tuple[str, float]]:
+    """``(attack label, ε)`` of a record's attacks, in attack order then ε."""
+    labels = list(dict.fromkeys(e["attack"] for e in rec["attacks"]))
+    eps = sorted({float(e["eps"]) for e in rec["attacks"]})
+    return [(a, e) for a in labels for e in eps]
+
+
+def lookup(rec: dict[str, Any], attack: str, eps: float, metric: str) -> float | None:
+    entries = rec["ensemble"] if attack == "ensemble" else rec["attacks"]
+    for e in entries:
+        if (attack == "ensemble" or e["attack"] == attack) and math.isclose(float(e["eps"]), eps):
+            return e["metrics"].get(metric)
+    return None
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: str,
+                 ensemble_only: bool = False, only_eps: float | None = None) -> str:
+    """Rows: methods; columns: clean, then attack × ε (or the worst case per ε, or every attack
+    at ``only_eps``) of ``metric``."""
+    runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
+    if not runs:
+        return "_no results_"
+    first = results[runs[0].key]["test"]
+    if ensemble_only:
+        cols = [("ensemble", e) for e in sorted({float(x["eps"]) for x in first["ensemble"]})]
+    else:
+        cols = [c for c in attack_columns(first) if only_eps is None or math.isclose(c[1], only_eps)]
+        if only_eps is not None and first["ensemble"]:
+            cols.append(("ensemble", only_eps))
+    steps = {e["attack"]: e.get("steps") for e in first["attacks"]}
+
+    def name(a: str, e: float) -> str:
+        label = "worst case" if a == "ensemble" else f"{a.upper()}" + (f"-{steps[a]}" if steps.get(a, 1) not in (None, 0, 1) else "")
+        txt = f"{label} ε={fmt_eps(e)}"
+        return f"**{txt}**" if suite.headline_eps is not None and math.isclose(e, suite.headline_eps) else txt
+
+    head = ["method", f"clean {metric}", *(name(a, e) for a, e in cols), "robust area"]
+    rows = []
+    for r in runs:
+        rec = results[r.key]["test"]
+        area = rec["robust_area"]["value"] if rec["robust_area"]["metric"] == metric else None
+        rows.append([results[r.key]["label"], fmt(rec["clean"].get(metric)),
+                     *(fmt(lookup(rec, a, e, metric)) for a, e in cols), fmt(area)])
+    return _table(head, rows)
+
+
+def noise_table(suite: Suite, group: Group, results: dict[str, Any], metric: str) -> str:
+    """Rows: methods; columns: clean, then each general-noise level (``robustness_noise.json``)."""
+    runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("noise")]
+    if not runs:
+        return "_no noise results_"
+    labels = [e["attack"] for e in results[runs[0].key]["noise"]["attacks"]]
+    rows = []
+    for r in runs:
+        rec = results[r.key]["noise"]
+        by = {e["attack"]: e["metrics"].get(metric) for e in rec["attacks"]}
+        mean = [v for v in by.values() if v is not None]
+        rows.append([results[r.key]["label"], fmt(rec["clean"].get(metric)), *(fmt(by.get(x)) for x in labels),
+                     fmt(sum(mean) / len(mean) if mean else None)])
+    return _table(["method", f"clean {metric}", *labels, "mean"], rows)
+
+
+def cost_table(suite: Suite, group: Group, results: dict[str, Any]) -> str:
+    head = ["method", "config", "epochs", "best epoch (0-based)", "train s/epoch (eval excluded)", "fit s",
+            "test s", "test samples"]
+    rows = []
+    for r in suite.runs:
+        res = results.get(r.key)
+        if r.group != group.name or not res:
+            continue
+        rec = res.get("test") or {}
+        secs = [f"{res[k]:.1f}" if isinstance(res.get(k), (int, float)) else "–"
+                for k in ("train_s_per_epoch", "fit_s", "test_s")]
+        rows.append([res["label"], f"`{r.config}`", fmt(res.get("epochs")), fmt(res.get("best_epoch")),
+                     *secs, fmt((rec.get("subset") or {}).get("size"))])
+    return _table(head, rows)
+
+
+def plot_group(suite: Suite, group: Group, results: dict[str, Any], path: Path) -> Path | None:
+    """Metric vs ε per attack (one panel each, plus the per-sample worst case), one line per method."""
+    runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
+    if not runs:
+        return None
+    first = results[runs[0].key]["test"]
+    attacks = list(dict.fromkeys(e["attack"] for e in first["attacks"]))
+    panels = attacks + (["ensemble"] if len(attacks) > 1 and first["ensemble"] else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
+    for ax, attack in zip(axes[0], panels):
+        for r in runs:
+            rec = results[r.key]["test"]
+            entries = rec["ensemble"] if attack == "ensemble" else [e for e in rec["attacks"] if e["attack"] == attack]
+            pts = sorted((float(e["eps"]), e["metrics"].get(group.metric)) for e in entries)
+            xs, ys = [p[0] for p in pts], [math.nan if p[1] is None else p[1] for p in pts]
+            clean = rec["clean"].get(group.metric)
+            if suite.log_eps:  # log axis: the clean value is a dashed level of the same colour
+                line, = ax.plot(xs, ys, marker="o", ms=3, label=results[r.key]["label"])
+                ax.axhline(clean, color=line.get_color(), ls=":", lw=1)
+            else:
+                ax.plot([0.0, *xs], [clean, *ys], marker="o", ms=3, label=results[r.key]["label"])
+        if suite.log_eps:
+            ax.set_xscale("log")
+        if suite.headline_eps is not None:
+            ax.axvline(suite.headline_eps, color="grey", lw=0.8, ls="--")
+        norm = next((e.get("norm") for e in first["attacks"] if e["attack"] == attack), None) or "linf"
+        ax.set_title("worst case over attacks" if attack == "ensemble" else attack.upper(), fontsize=10)
+        ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'}, pixels on [0, 1])")
+        ax.grid(alpha=0.3)
+    arrow = "↓" if lower_is_better(group.metric) else "↑"
+    axes[0][0].set_ylabel(f"{group.metric} {arrow}")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{suite.name}: {group.title} (test split)", fontsize=10, y=1.03)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def attack_settings(results: dict[str, Any], suite: Suite) -> list[str]:
+    """One line per distinct test-time attack as run (from the records)."""
+    seen: dict[str, str] = {}
+    for r in suite.runs:
+        rec = results.get(r.key, {}).get("test")
+        for e in (rec or {}).get("attacks", []):
+            if e["attack"] not in seen:
+                keep = {k: e.get(k) for k in ("name", "norm", "steps", "restarts", "random_start")}
+                seen[e["attack"]] = ", ".join(f"{k}={v}" for k, v in keep.items() if v is not None)
+    return [f"- `{a}`: {d}; step size per ε in each run's robustness.json" for a, d in seen.items()]
+
+
+def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], figures: dict[str, str],
+                  heading: str = "#") -> str:
+    """The tables, curves and claim comparison of one suite (report.md and docs/benchmarks.md)."""
+    h = heading
+    parts = [f"{h} {suite.title}", "", f"Paper: {suite.paper}.", "",
+             f"Command: `{meta['command']}`  ",
+             f"Mode: **{meta['mode']}** · wall time **{meta['wall_s']:.0f} s** ({meta['wall_s'] / 60:.1f} min) · "
+             f"torch threads {meta['threads']} · seeds: `seed_everything` {meta['seeds']} (configs), "
+             "evaluation seed 0 (subset and attack random starts)  ",
+             f"Machine: {meta['machine']}  ",
+             f"Load average (1 min) at start / end: {meta['load_start']} / {meta['load_end']}. {meta.get('note', '')}",
+             ""]
+    for group in suite.groups:
+        if not any(r.group == group.name and r.key in results for r in suite.runs):
+            continue
+        parts += [f"{h}# {group.title}", "",
+                  f"Test split, every attack × ε on the same test images; `{group.metric}` "
+                  f"({'lower' if lower_is_better(group.metric) else 'higher'} is better). Worst case = per "
+                  "sample, the worst of the attacks at that ε.", ""]
+        if suite.headline_eps is not None:  # a fine ε grid: worst case per ε, attacks at the headline ε
+            parts += [metric_table(suite, group, results, group.metric, ensemble_only=True), "",
+                      f"Each attack at the headline ε = {fmt_eps(suite.headline_eps)}:", "",
+                      metric_table(suite, group, results, group.metric, only_eps=suite.headline_eps), ""]
+        else:
+            parts += [metric_table(suite, group, results, group.metric), ""]
+        if group.secondary:
+            parts += [f"`{group.secondary}`, worst case over the attacks:", "",
+                      metric_table(suite, group, results, group.secondary, ensemble_only=True), ""]
+        if suite.noise:
+            parts += [f"General noises (`{group.metric}`; Gaussian / speckle std, salt-and-pepper fraction):", "",
+                      noise_table(suite, group, results, group.metric), ""]
+        if group.name in figures:
+            parts += [f"![{group.name} curves]({figures[group.name]})", ""]
+        parts += ["Runs:", "", cost_table(suite, group, results), ""]
+    claims = suite.claims(results)
+    parts += [f"{h}# What the paper claims / what we measured", "",
+              "Rules fixed before measuring (benchmarks/paper_suites.py); verdicts are computed from the "
+              "numbers above and reported either way.", "",
+              _table(["claim", "measured", "verdict"],
+                     [[c["claim"], c["measured"], f"**{c['verdict']}**"] for c in claims]) if claims
+              else "_no complete comparison_", ""]
+    return "\n".join(parts)
+
+
+def settings_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any]) -> str:
+    parts = ["## Exact settings", "",
+             "Each run is the shipped config plus the overrides listed (none in the full mode but "
+             "per-run ones); the resolved config is in the run folder (`config.yaml`) and in "
+             f"`results/{suite.name}/configs/`.", ""]
+    for r in suite.runs:
+        res = results.get(r.key)
+        if not res:
+            continue
+        ov = res.get("overrides") or {}
+        shown = "; ".join(f"`{k}` = `{v}`" for k, v in ov.items()) or "none"
+        parts.append(f"- **{r.key}** (`configs/experiment/{r.config}.yaml`, seed {res.get('seed')}): "
+                     f"overrides {shown}. Run folder `{res.get('log_dir')}`, checkpoint `{res.get('ckpt')}`.")
+    parts += ["", "Test-time attacks:", "", *attack_settings(results, suite), "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()), ""]
+    return "\n".join(parts)
+
+
+def write_report(suite: Suite, results: dict[str, Any], meta: dict[str, Any], out_dir: Path) -> Path:
+    """``out_dir/report.md`` and one ``<group>_curves.png`` per group; returns the report path."""
+    figures = {}
+    for group in suite.groups:
+        p = plot_group(suite, group, results, out_dir / f"{group.name}_curves.png")
+        if p is not None:
+            figures[group.name] = p.name
+    text = (suite_section(suite, results, meta, figures) + "\n" + settings_section(suite, results, meta)
+            + f"\nGenerated {_dt.datetime.now().isoformat(timespec='seconds')}.\n")
+    path = out_dir / "report.md"
+    path.write_text(text)
+    return path
+
+
+def update_docs(docs: Path, suite: Suite, results: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Replace this suite's section of ``docs`` (between its markers) with the latest tables."""
+    start, end = f"<!-- suite:{suite.name}:start -->", f"<!-- suite:{suite.name}:end -->"
+    body = suite_section(suite, results, meta, {}, heading="##")
+    body += (f"\nCurves and the exact settings: `results/{suite.name}/report.md` (not committed).\n")
+    block = f"{start}\n{body}\n{end}"
+    text = docs.read_text() if docs.exists() else "# Paper benchmarks\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(text)

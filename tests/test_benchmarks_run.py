@@ -1,0 +1,102 @@
+"""benchmarks/run.py: the paper-suite runner end to end on a sliver of the real data (--smoke),
+and its config-override machinery."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import run as runner
+from benchmarks.paper_report import fmt
+from benchmarks.paper_suites import AMAT, JOEL, SUITES, XUE
+from tests.conftest import PROJECT_ROOT
+
+
+def test_every_suite_run_names_a_shipped_config() -> None:
+    for suite in SUITES.values():
+        groups = {g.name for g in suite.groups}
+        for run in suite.runs:
+            assert (PROJECT_ROOT / "configs" / "experiment" / f"{run.config}.yaml").is_file(), run.config
+            assert run.group in groups
+    assert len({r.key for r in AMAT.runs}) == len(AMAT.runs)
+
+
+def test_set_path_selects_callbacks_and_skips_missing_parents() -> None:
+    cfg = yaml.safe_load((PROJECT_ROOT / "configs/experiment/classification_ph2_clean-xue2019.yaml").read_text())
+    assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation:noise].init_args.test_subset", 5)
+    assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation].init_args.subset", 3)
+    assert not runner.set_path(cfg, "model.init_args.method.init_args.steps", 3)  # Clean has no args
+    sat = yaml.safe_load((PROJECT_ROOT / "configs/experiment/classification_ph2_sat-xue2019.yaml").read_text())
+    assert not runner.set_path(sat, "model.init_args.method[Denoise].init_args.denoiser", {})
+    assert runner.set_path(sat, "model.init_args.method[SAT].init_args.steps", 2)
+    assert "denoiser" not in sat["model"]["init_args"]["method"]["init_args"]
+    assert sat["model"]["init_args"]["method"]["init_args"]["steps"] == 2
+    adv, noise = [cb["init_args"] for cb in cfg["trainer"]["callbacks"][1:]]
+    assert adv["subset"] == 3 and adv["test_subset"] is None
+    assert noise["prefix"] == "noise" and noise["test_subset"] == 5
+
+
+def test_quick_scales_l2_budgets_with_the_image() -> None:
+    """--quick halves the PH2 segmentation image side: every L2 budget is halved with it, the
+    L∞ ones of the classification suites are untouched."""
+    run = next(r for r in AMAT.runs if r.key == "segmentation/amat")
+    full, _ = runner.derive_config(run, AMAT.group("segmentation"), "full")
+    quick, applied = runner.derive_config(run, AMAT.group("segmentation"), "quick")
+    f_m, q_m = full["model"]["init_args"]["method"]["init_args"], quick["model"]["init_args"]["method"]["init_args"]
+    assert q_m["delta"] == pytest.approx(f_m["delta"] / 2) and q_m["max_margin"] == pytest.approx(f_m["max_margin"] / 2)
+    f_eps = full["trainer"]["callbacks"][1]["init_args"]["test_eps"]
+    q_eps = quick["trainer"]["callbacks"][1]["init_args"]["test_eps"]
+    assert q_eps == pytest.approx([e / 2 for e in f_eps])
+    assert quick["data"]["init_args"]["image_size"] == [64, 64] and "trainer.max_epochs" in applied
+    sat = next(r for r in XUE.runs if r.key == "ph2/sat")
+    q_sat, _ = runner.derive_config(sat, XUE.group("ph2"), "quick")
+    assert q_sat["model"]["init_args"]["method"]["init_args"]["eps"] == 0.004
+    assert q_sat["trainer"]["callbacks"][1]["init_args"]["test_eps"] == [0.001, 0.002, 0.004, 0.008]
+
+
+def test_smoke_run_writes_report_from_robustness_json(tmp_path: Path, shared_data: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDROBUST_DATA", str(shared_data))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (report,) = runner.main(["--suite", "joel2022", "--smoke", "--only", "pneumoniamnist",
+                             "--threads", "1", "--out", str(tmp_path), "--fail-fast"])
+    out = tmp_path / "joel2022"
+    assert report == out / "report.md" and report.is_file()
+    png = out / "pneumoniamnist_curves.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.read_text()
+    assert "![pneumoniamnist curves](pneumoniamnist_curves.png)" in text
+    assert "What the paper claims / what we measured" in text and "wall time" in text
+
+    results = json.loads((out / "results.json").read_text())["runs"]
+    assert set(results) == {"pneumoniamnist/naive", "pneumoniamnist/staged"}
+    table_rows: dict[str, str] = {}  # first table row per label: the worst-case accuracy table
+    for line in text.splitlines():
+        if line.startswith("| "):
+            table_rows.setdefault(line.split(" | ")[0].lstrip("| "), line)
+    for res in results.values():
+        rec = json.loads((PROJECT_ROOT / res["log_dir"] / "robustness.json").read_text())
+        assert rec == res["test"] and rec["split"] == "test"
+        assert rec["subset"]["size"] == 8  # --smoke: 8 test images
+        assert {e["attack"] for e in rec["attacks"]} == {"fgsm", "bim", "pgd"}
+        assert len({e["eps"] for e in rec["attacks"]}) == 13  # the fine grid 1e-4 … 0.02
+        row = table_rows[res["label"]]  # the worst-case table of the report
+        cells = [c.strip() for c in row.strip("| ").split(" | ")]
+        worst = [e["metrics"]["accuracy"] for e in sorted(rec["ensemble"], key=lambda e: e["eps"])]
+        assert cells[1] == fmt(rec["clean"]["accuracy"])
+        assert cells[2:2 + len(worst)] == [fmt(v) for v in worst]
+        assert not math.isnan(res["train_s_per_epoch"])
+    headline = [e for e in results["pneumoniamnist/naive"]["test"]["attacks"]
+                if e["attack"] == "pgd" and e["eps"] == JOEL.headline_eps]
+    assert f"PGD alone {fmt(headline[0]['metrics']['accuracy'])}" in text
+
+    # --report-only rebuilds the same report from results.json, without training
+    before = report.read_text().split("\nGenerated ")[0]
+    png.unlink()
+    (again,) = runner.main(["--suite", "joel2022", "--report-only", "--out", str(tmp_path)])
+    assert again == report and png.is_file()
+    assert report.read_text().split("\nGenerated ")[0] == before
