@@ -107,3 +107,14 @@ def test_trades_segmentation_uses_the_task_divergence() -> None:
     loss.backward()
     assert torch.isfinite(loss) and logs["divergence"] >= 0
     assert set(logs) == {"eps", "loss_clean", "divergence"}
+
+
+@pytest.mark.parametrize("name", ["SAT", "TRADES", "AMAT", "Denoise"])
+def test_attack_modes_are_checked_and_kept(name: str) -> None:
+    import lightning_modules.methods as methods
+
+    cls = getattr(methods, name)
+    method = cls(attack_bn_mode="train", attack_dropout_mode="keep")
+    assert (method.attack_bn_mode, method.attack_dropout_mode) == ("train", "keep")
+    with pytest.raises(ValueError, match=rf"{name}\.attack_dropout_mode must be one of"):
+        cls(attack_dropout_mode="frozen")

@@ -45,11 +45,9 @@ from attacks import PGD, per_sample_norm
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    check_choice,
     check_range,
     detach_output,
 )
-from lightning_modules.methods.sat import ATTACK_MODES
 from lightning_modules.protocol import Batch, RobustTask
 
 MAD_TO_SIGMA = 1.4826
@@ -124,8 +122,6 @@ class AMAT(TrainingMethod):
         check_range(owner, "alpha", alpha, 0.0, lo_open=True)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
         check_range(owner, "warmup_epochs", warmup_epochs, 0)
-        check_choice(owner, "attack_bn_mode", attack_bn_mode, ATTACK_MODES)
-        check_choice(owner, "attack_dropout_mode", attack_dropout_mode, ATTACK_MODES)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
         self.delta, self.max_margin = float(delta), float(max_margin)
@@ -135,7 +131,7 @@ class AMAT(TrainingMethod):
         self.threshold_z = float(threshold_z)
         self.warmup_epochs = int(warmup_epochs)
         self.random_start = bool(random_start)
-        self.attack_bn_mode, self.attack_dropout_mode = attack_bn_mode, attack_dropout_mode
+        self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
         self._direction: str | None = None
         self._pending: list[Tensor] = []

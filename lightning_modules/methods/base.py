@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from attacks.mode import check_mode
 from lightning_modules.protocol import Batch, RobustTask
 
 Logs = dict[str, float | Tensor]
@@ -72,6 +73,14 @@ class TrainingMethod(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config()["init_args"].items())
+
+    def set_attack_modes(self, bn: str, dropout: str) -> None:
+        """Check and keep the BatchNorm / Dropout modes the method's attack forwards run in
+        (``"eval"``, ``"train"`` or ``"keep"``, see :func:`attacks.mode.attack_mode`) as
+        ``self.attack_bn_mode`` / ``self.attack_dropout_mode``."""
+        owner = type(self).__name__
+        self.attack_bn_mode = check_mode(bn, f"{owner}.attack_bn_mode")
+        self.attack_dropout_mode = check_mode(dropout, f"{owner}.attack_dropout_mode")
 
     # ------------------------------------------------------------------ hooks
     def setup(self, task: RobustTask) -> None:

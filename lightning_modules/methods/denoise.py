@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from attacks import PGD, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
 from lightning_modules.methods.base import Logs, TrainingMethod, check_choice, check_range
-from lightning_modules.methods.sat import ATTACK_MODES
 from lightning_modules.nets.builder import build_net
 from lightning_modules.protocol import Batch, RobustTask
 
@@ -108,8 +107,6 @@ class Denoise(TrainingMethod):
         check_range(owner, "salt_pepper_amount", salt_pepper_amount, 0.0, 1.0)
         check_range(owner, "adversarial_fraction", adversarial_fraction, 0.0, 1.0)
         check_choice(owner, "adv_norm", adv_norm, ("linf", "l2"))
-        check_choice(owner, "attack_bn_mode", attack_bn_mode, ATTACK_MODES)
-        check_choice(owner, "attack_dropout_mode", attack_dropout_mode, ATTACK_MODES)
         if isinstance(adv_steps, bool) or not isinstance(adv_steps, int) or adv_steps < 1:
             raise ValueError(f"{owner}.adv_steps must be an int >= 1, got {adv_steps!r}")
         self.denoiser_spec = denoiser
@@ -119,7 +116,7 @@ class Denoise(TrainingMethod):
         self.adv_eps, self.adv_norm, self.adv_steps = float(adv_eps), adv_norm, adv_steps
         self.lambda_rec, self.lambda_inv = float(lambda_rec), float(lambda_inv)
         self.feature_layer = feature_layer
-        self.attack_bn_mode, self.attack_dropout_mode = attack_bn_mode, attack_dropout_mode
+        self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
 
     # ------------------------------------------------------------------ setup

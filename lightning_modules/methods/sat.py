@@ -17,8 +17,6 @@ from lightning_modules.methods.base import (
 from lightning_modules.methods.schedules import SCHEDULES, EpsSchedule
 from lightning_modules.protocol import Batch, RobustTask
 
-ATTACK_MODES = ("eval", "train", "keep")
-
 
 class SAT(TrainingMethod):
     """Madry et al. 2018 adversarial training, task-agnostic.
@@ -76,8 +74,6 @@ class SAT(TrainingMethod):
         owner = type(self).__name__
         check_choice(owner, "norm", norm, ("linf", "l2"))
         check_choice(owner, "schedule", schedule, SCHEDULES)
-        check_choice(owner, "attack_bn_mode", attack_bn_mode, ATTACK_MODES)
-        check_choice(owner, "attack_dropout_mode", attack_dropout_mode, ATTACK_MODES)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
@@ -91,7 +87,7 @@ class SAT(TrainingMethod):
         self.norm, self.steps = norm, steps
         self.step_size, self.rel_step_size = step_size, rel_step_size
         self.random_start, self.beta = bool(random_start), float(beta)
-        self.attack_bn_mode, self.attack_dropout_mode = attack_bn_mode, attack_dropout_mode
+        self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
         self._current_eps = self.schedule(0)
 

@@ -14,7 +14,6 @@ from lightning_modules.methods.base import (
     check_range,
     detach_output,
 )
-from lightning_modules.methods.sat import ATTACK_MODES
 from lightning_modules.protocol import Batch, RobustTask
 
 
@@ -53,8 +52,6 @@ class TRADES(TrainingMethod):
         super().__init__()
         owner = type(self).__name__
         check_choice(owner, "norm", norm, ("linf", "l2"))
-        check_choice(owner, "attack_bn_mode", attack_bn_mode, ATTACK_MODES)
-        check_choice(owner, "attack_dropout_mode", attack_dropout_mode, ATTACK_MODES)
         check_range(owner, "eps", eps, 0.0, lo_open=True)
         check_range(owner, "beta", beta, 0.0)
         check_range(owner, "init_radius", init_radius, 0.0, 1.0, lo_open=True)
@@ -64,7 +61,7 @@ class TRADES(TrainingMethod):
             raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
         self.eps, self.norm, self.steps, self.step_size = float(eps), norm, steps, step_size
         self.beta, self.init_radius = float(beta), float(init_radius)
-        self.attack_bn_mode, self.attack_dropout_mode = attack_bn_mode, attack_dropout_mode
+        self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
 
     def signals(self) -> dict[str, float]:
