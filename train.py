@@ -25,6 +25,9 @@ earlier ones; command-line flags override files).
 * ``--ckpt_path last`` with ``fit`` resumes from the newest ``last*.ckpt`` of earlier runs of the
   same experiment under ``default_root_dir`` (Lightning alone would only look in the new run's
   empty folder).
+* ``--batch_scaling global`` (the default) reads ``data.batch_size`` as the global batch,
+  split over ``num_nodes × devices`` processes, so a run means the same on 1 or 8 GPUs;
+  ``--speed.channels_last`` / ``--speed.compile`` are GPU speed options (docs/scaling.md).
 * Real datasets are found through ``$MEDROBUST_DATA`` (e.g. ``MEDROBUST_DATA=../shared/data``)
   or an explicit ``--data.init_args.root`` path. Nothing is downloaded.
 """
@@ -41,6 +44,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
+from callbacks.scaling import BATCH_SCALING_MODES, BatchScaling, SpeedOptions
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
@@ -127,6 +131,7 @@ class MedRobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.data_info", compute_fn=data_info_of,
                               apply_on="instantiate")
+        add_scaling_arguments(parser)
 
     # ---------------------------------------------------------------- run naming / logging
     def run_name(self) -> str:
@@ -158,6 +163,7 @@ class MedRobustCLI(LightningCLI):
             # under <default_root_dir>/<experiment>/version_<n>.
             config["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd(),
                                          name=self.run_name())
+        callbacks = [*callbacks, *scaling_callbacks(self._subconfig())]
         return super()._instantiate_trainer(config, callbacks)
 
     # ---------------------------------------------------------------- resume
@@ -217,6 +223,38 @@ class MedRobustCLI(LightningCLI):
             if found:
                 return max(found, key=lambda p: p.stat().st_mtime)
         return None
+
+
+def add_scaling_arguments(parser: LightningArgumentParser) -> None:
+    """``--batch_scaling`` and ``--speed.*`` (see :mod:`callbacks.scaling` and docs/scaling.md);
+    top-level keys, so a ``configs/trainer/*.yaml`` can set them without replacing an
+    experiment's callback list."""
+    parser.add_argument(
+        "--batch_scaling", type=str, default="global",
+        help="how data.batch_size and model.lr scale with num_nodes × devices: 'global' "
+             "(batch_size is the global batch, split over processes), 'linear' (per-process "
+             "batch, lr × world size) or 'per_device' (Lightning's default)")
+    parser.add_argument("--speed.channels_last", type=bool, default=False,
+                        help="channels-last weights and images (NHWC; faster on GPUs)")
+    parser.add_argument("--speed.compile", type=bool, default=False,
+                        help="torch.compile the task's network (attacks run it too)")
+    parser.add_argument("--speed.compile_mode", type=str | None, default=None,
+                        help="torch.compile mode: default, reduce-overhead, max-autotune")
+
+
+def scaling_callbacks(cfg: Any) -> list[Callback]:
+    """The callbacks that ``--batch_scaling`` and ``--speed.*`` ask for."""
+    mode = cfg.get("batch_scaling", "global")
+    if mode not in BATCH_SCALING_MODES:
+        raise ValueError(f"--batch_scaling must be one of {list(BATCH_SCALING_MODES)}, got {mode!r}")
+    out: list[Callback] = [BatchScaling(mode)]
+    speed = cfg.get("speed") or {}
+    opts = SpeedOptions(channels_last=bool(speed.get("channels_last", False)),
+                        compile=bool(speed.get("compile", False)),
+                        compile_mode=speed.get("compile_mode"))
+    if opts.enabled:
+        out.append(opts)
+    return out
 
 
 def summarise_record(rec: dict[str, Any], metric: str | None) -> str:

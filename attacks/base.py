@@ -20,7 +20,9 @@ Calling contexts:
   produced by such a loop) are cloned here — ``x`` and every tensor inside ``target`` —
   so the caller cannot forget it;
 * under ``torch.autocast`` the model runs in reduced precision but the input gradient is taken
-  wrt a float32 ``x`` and is float32;
+  wrt a float32 ``x`` and is float32; bfloat16 autocast is the supported mixed precision,
+  float16 autocast warns (:class:`attacks.precision.HalfPrecisionAttackWarning`: its input
+  gradients underflow without loss scaling);
 * half-precision ``x`` is attacked in float32 and cast back at the end, so the budget then
   holds only up to half-precision rounding;
 * prefer the inner module (``ddp.module``) to a ``DistributedDataParallel`` wrapper: the
@@ -42,6 +44,7 @@ from torch import Tensor
 
 from . import losses
 from .mode import attack_mode, check_mode
+from .precision import warn_if_fp16_autocast
 
 LossFn = Callable[[Any, Any], Tensor]
 SuccessFn = Callable[[Any, Any], Tensor]
@@ -412,6 +415,7 @@ class Attack(ABC):
             )
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        warn_if_fp16_autocast(x, type(self).__name__)  # bf16 is fine, fp16 underflows
         if x.ndim < 2:
             raise ValueError(f"x must be batched, [B, *] with ndim >= 2, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
