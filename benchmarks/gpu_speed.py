@@ -216,7 +216,7 @@ def measure_config(name: str, base: Any, spec: ModelSpec, train: list[dict[str, 
 def measure(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
             deadline: float) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     reduced = args.reduced
-    batch = spec.reduced_batch if reduced else spec.batch
+    batch = args.batch or (spec.reduced_batch if reduced else spec.batch)
     n_val = args.n_val or (2 * batch if reduced else 4 * batch)
     n_train = batch * max(args.train_steps, 1)
     base, dm = build(spec, reduced, n_train, n_val)
@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also bf16+channels_last+compile (default: on for cuda, off for cpu)")
+    p.add_argument("--batch", type=int, default=None, help="batch size of every model")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
     p.add_argument("--train-steps", type=int, default=None, help="fp32 SAT pre-training steps")
     p.add_argument("--n-val", type=int, default=None, help="validation samples for the metric")
