@@ -181,6 +181,18 @@ class AMAT(TrainingMethod):
         self._pending = []
         self._seen = 0
 
+    def epoch_state(self) -> dict[str, object]:
+        # The margin records of this epoch's batches so far: a mid-epoch checkpoint without
+        # them would resume with those samples' updates lost.
+        rows = (torch.cat(self._pending).cpu() if self._pending
+                else torch.zeros((0, 4), dtype=torch.float64))
+        return {"pending_rows": rows, "seen": int(self._seen)}
+
+    def load_epoch_state(self, state: dict[str, object]) -> None:
+        rows = state.get("pending_rows")
+        self._pending = [rows.to(self.margins.device)] if isinstance(rows, Tensor) and rows.numel() else []
+        self._seen = int(state.get("seen", 0))  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ training
     def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]

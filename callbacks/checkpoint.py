@@ -1,0 +1,71 @@
+"""``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state, so ``--ckpt_path last``
+resumes where the run stopped.
+
+Lightning 2.6's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only "whenever a
+checkpoint file gets saved": with a ``monitor`` and ``save_top_k: 1`` (every medrobust config:
+the best robust area) that is only in epochs where the monitored value improved. A run killed
+five epochs after its best epoch then resumes five epochs back and trains them again, with no
+word. :class:`ModelCheckpoint` here also writes ``last.ckpt`` at every epoch end (and at every
+``every_n_train_steps`` step) where no top-k file was written. Nothing else changes: top-k
+selection, file names and the callback's state are Lightning's.
+
+:func:`upgrade_checkpoint_callbacks` turns the plain Lightning callbacks of a trainer into this
+class (same attributes, no new state), so existing configs naming
+``lightning.pytorch.callbacks.ModelCheckpoint`` get the fix; the task modules call it in
+``setup``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``; with ``save_last=True`` ``last.ckpt`` is refreshed at
+    every save opportunity, not only when a top-k checkpoint was written (module doc)."""
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        if self.save_last is not True:  # "link" and False keep Lightning's behaviour
+            return
+        if (trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != pl.trainer.states.TrainerFn.FITTING):
+            return
+        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+            return  # a top-k file (and last.ckpt with it) was written at this step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self._every_n_train_steps
+        if n >= 1 and trainer.global_step % n == 0:
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+            self._refresh_last(trainer)
+
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        n = self._every_n_epochs
+        return n >= 1 and (trainer.current_epoch + 1) % n == 0
+
+
+def upgrade_checkpoint_callbacks(trainer: Any) -> int:
+    """Make every plain ``lightning.pytorch.callbacks.ModelCheckpoint`` of ``trainer`` a
+    :class:`ModelCheckpoint` (a subclass adding only methods, so the swap keeps its state).
+    Returns how many were upgraded."""
+    count = 0
+    for cb in getattr(trainer, "callbacks", []):
+        if type(cb) is _LightningModelCheckpoint:
+            cb.__class__ = ModelCheckpoint
+            count += 1
+    return count
