@@ -6,8 +6,17 @@ checkpoint file gets saved": with a ``monitor`` and ``save_top_k: 1`` (every med
 the best robust area) that is only in epochs where the monitored value improved. A run killed
 five epochs after its best epoch then resumes five epochs back and trains them again, with no
 word. :class:`ModelCheckpoint` here also writes ``last.ckpt`` at every epoch end (and at every
-``every_n_train_steps`` step) where no top-k file was written. Nothing else changes: top-k
-selection, file names and the callback's state are Lightning's.
+``every_n_train_steps`` step) where no top-k file was written.
+
+Second, the top-k record survives a resume into a new log folder. ``train.py fit --ckpt_path
+last`` continues in a new ``version_<n>`` folder, so the callback's ``dirpath`` differs from the
+checkpoint's, and Lightning then drops ``best_model_score``, ``best_k_models`` and
+``kth_value``: the first epoch after the resume becomes "best" even when an earlier epoch scored
+higher (a denoise run in ``benchmarks/fault_resume.py`` picked a worse epoch this way). Here they
+are restored (entries whose files are gone are dropped); Lightning never deletes checkpoint
+files outside the current ``dirpath``, so the earlier run's best file stays where it is and
+``best_model_path`` keeps pointing at it until a better epoch comes. Top-k selection and file
+names are otherwise Lightning's.
 
 :func:`upgrade_checkpoint_callbacks` turns the plain Lightning callbacks of a trainer into this
 class (same attributes, no new state), so existing configs naming
@@ -17,6 +26,8 @@ class (same attributes, no new state), so existing configs naming
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -53,6 +64,29 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._refresh_last(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_dir = state_dict.get("dirpath", self.dirpath)
+        with warnings.catch_warnings():  # "dirpath has changed ... won't be reloaded": it is, below
+            if saved_dir != self.dirpath:
+                warnings.filterwarnings("ignore", message="The dirpath has changed")
+            super().load_state_dict(state_dict)
+        if saved_dir == self.dirpath or state_dict.get("monitor") != self.monitor:
+            return  # same folder: Lightning restored everything; other monitor: nothing to keep
+        kept = {path: score for path, score in (state_dict.get("best_k_models") or {}).items()
+                if Path(path).exists()}
+        self.best_k_models = kept
+        if kept:
+            self.best_model_score = state_dict.get("best_model_score")
+            self.current_score = state_dict.get("current_score")
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+            if self.kth_best_model_path not in kept:  # its file is gone: the worst of the rest
+                worst = (max if self.mode == "min" else min)(kept, key=lambda p: float(kept[p]))
+                self.kth_best_model_path, self.kth_value = worst, kept[worst]
+            if self.best_model_path not in kept:
+                best = (min if self.mode == "min" else max)(kept, key=lambda p: float(kept[p]))
+                self.best_model_path, self.best_model_score = best, kept[best]
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
         n = self._every_n_epochs
