@@ -381,6 +381,7 @@ def compare_pair(run: FaultRun) -> dict[str, Any]:
     return {
         "method": run.method, "boundary": run.boundary, "seconds": run.seconds,
         "checkpoint": whole.as_dict(), "groups": groups,
+        "buffer_keys": sorted(groups_a["buffers"]),
         "epoch_metrics": metrics.as_dict(), "metric_epochs": sorted(m_ref),
         "robustness_history": history.as_dict(),
         "robustness_json_equal": final_a == final_b,

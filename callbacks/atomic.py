@@ -14,7 +14,8 @@ file in the *system* temp directory (``tempfile.mkstemp()``) and commits with ``
 When the run folder is on another file system than ``/tmp`` (the usual cluster layout: node-local
 ``/tmp``, shared scratch for runs) ``shutil.move`` falls back to copy + delete, so a kill during
 the copy leaves a torn ``last.ckpt``; nothing is fsynced either. :class:`AtomicCheckpointIO`
-keeps Lightning's format and loading and only replaces the write.
+(in :mod:`callbacks.checkpoint`) keeps Lightning's format and loading and only replaces the
+write. This module itself needs only the standard library.
 
 Appending to a JSON-lines history is made atomic the same way: the file is rewritten whole
 (old lines + the new one) through a temporary file. Histories hold one line per evaluated epoch,
@@ -24,23 +25,11 @@ so the copy is cheap, and a reader never sees half a line.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.types import _PATH
-
-__all__ = [
-    "AtomicCheckpointIO",
-    "append_line_atomic",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "install_atomic_checkpoint_io",
-]
+__all__ = ["append_line_atomic", "atomic_write_bytes", "atomic_write_text"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -124,41 +113,3 @@ def append_line_atomic(path: str | os.PathLike[str], line: str, encoding: str = 
     if "\n" in line:
         raise ValueError("append_line_atomic: the line must not contain a newline")
     return atomic_write_bytes(path, old + (line + "\n").encode(encoding))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO`` with a crash-safe local write (see the module doc).
-
-    Same file format (``torch.save`` of Lightning's checkpoint dict) and same loading; remote
-    paths (``s3://`` …) keep Lightning's fsspec writer.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
-                        storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(
-                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
-                f" is not supported for `{type(self).__name__}`. Please implement your custom"
-                " `CheckpointIO` to define how you'd like to use `storage_options`."
-            )
-        if "://" in str(path):
-            super().save_checkpoint(checkpoint, path)
-            return
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-
-
-def install_atomic_checkpoint_io(trainer: Any) -> bool:
-    """Make ``trainer``'s strategy write checkpoints with :class:`AtomicCheckpointIO` when it
-    uses Lightning's plain ``TorchCheckpointIO`` (single device, DDP). Strategies with their
-    own writer (FSDP, DeepSpeed, XLA) and user-given plugins are left alone. Returns whether it
-    replaced the writer."""
-    strategy = getattr(trainer, "strategy", None)
-    if strategy is None:
-        return False
-    current = strategy.checkpoint_io
-    if type(current) is TorchCheckpointIO:
-        strategy.checkpoint_io = AtomicCheckpointIO()
-        return True
-    return False

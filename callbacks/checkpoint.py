@@ -21,17 +21,24 @@ names are otherwise Lightning's.
 :func:`upgrade_checkpoint_callbacks` turns the plain Lightning callbacks of a trainer into this
 class (same attributes, no new state), so existing configs naming
 ``lightning.pytorch.callbacks.ModelCheckpoint`` get the fix; the task modules call it in
-``setup``.
+``setup``, and :func:`install_atomic_checkpoint_io` (the crash-safe writer of
+:mod:`callbacks.atomic` as the trainer's ``CheckpointIO``).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+
+from callbacks.atomic import atomic_write_bytes
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -91,6 +98,44 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
         n = self._every_n_epochs
         return n >= 1 and (trainer.current_epoch + 1) % n == 0
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with a crash-safe local write (see the module doc).
+
+    Same file format (``torch.save`` of Lightning's checkpoint dict) and same loading; remote
+    paths (``s3://`` …) keep Lightning's fsspec writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
+                f" is not supported for `{type(self).__name__}`. Please implement your custom"
+                " `CheckpointIO` to define how you'd like to use `storage_options`."
+            )
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def install_atomic_checkpoint_io(trainer: Any) -> bool:
+    """Make ``trainer``'s strategy write checkpoints with :class:`AtomicCheckpointIO` when it
+    uses Lightning's plain ``TorchCheckpointIO`` (single device, DDP). Strategies with their
+    own writer (FSDP, DeepSpeed, XLA) and user-given plugins are left alone. Returns whether it
+    replaced the writer."""
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None:
+        return False
+    current = strategy.checkpoint_io
+    if type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+        return True
+    return False
 
 
 def upgrade_checkpoint_callbacks(trainer: Any) -> int:

@@ -1,7 +1,7 @@
 """The ``skip_nonfinite`` policy: train on past batches with NaN / Inf images or losses.
 
 Without this callback a non-finite training step is an error naming the batch's sample
-``index`` values (see :func:`lightning_modules.fault_tolerance.check_finite_step`). With it, such
+``index`` values (see :func:`lightning_modules.fault_tolerance.guarded_training_loss`). With it, such
 a batch is skipped (no backward, no optimizer step), a warning names the samples, and the
 running count is logged as ``train/nonfinite_skipped``; the count is part of the callback's
 checkpointed state, so it survives a resume. ``max_skipped`` turns a flood of skips (a diverged

@@ -47,8 +47,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from callbacks.atomic import install_atomic_checkpoint_io
-from callbacks.checkpoint import upgrade_checkpoint_callbacks
+from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoint_callbacks
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
 from lightning_modules.methods.base import TrainingMethod
@@ -247,7 +246,7 @@ class TaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
-        # Crash-safe checkpoint writes (temp file + fsync + rename, callbacks/atomic.py) and a
+        # Crash-safe checkpoint writes (temp file + fsync + rename, callbacks/checkpoint.py) and a
         # last.ckpt that is always the latest state (callbacks/checkpoint.py).
         if self._trainer is not None:
             install_atomic_checkpoint_io(self._trainer)
@@ -268,9 +267,11 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self._require_built()
-        loss, logs = self.method.training_loss(self, batch)
-        if not fault_tolerance.check_finite_step(self, batch, loss, batch_idx):
+        # the method's loss, with the non-finite guard around it (lightning_modules/fault_tolerance.py)
+        guarded = fault_tolerance.guarded_training_loss(self, batch, batch_idx)
+        if guarded is None:
             return None  # skipped by the SkipNonFinite policy (no backward, no step)
+        loss, logs = guarded
         bs = batch_size_of(batch)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  sync_dist=True, batch_size=bs)

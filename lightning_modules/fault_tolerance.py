@@ -9,7 +9,7 @@ under ``checkpoint["medrobust"]``, as plain tensors and numbers so the file stil
 ``torch.load(..., weights_only=True)``; :func:`restore_rng_at_train_start` puts the generators
 back when training starts (after Lightning's restore, before the first resumed batch).
 
-It also holds the training step's non-finite guard (:func:`check_finite_step`): a NaN/Inf image
+It also holds the training step's non-finite guard (:func:`guarded_training_loss`): a NaN/Inf image
 or loss is an error naming the batch's sample ``index`` values, unless the
 :class:`callbacks.SkipNonFinite` policy is set on the trainer (it then counts, warns and logs
 what it skips).
@@ -136,37 +136,63 @@ def nonfinite_images(batch: Any) -> Tensor | None:
     return ~torch.isfinite(image.detach()).reshape(image.shape[0], -1).all(dim=1)
 
 
-def check_finite_step(task: Any, batch: Any, loss: Tensor, batch_idx: int) -> bool:
-    """The training step's guard, after the method computed ``loss`` (scalar).
+def _where(task: Any, batch_idx: int) -> str:
+    return f"epoch {int(task.current_epoch)}, global step {int(task.global_step)}, batch_idx {batch_idx}"
 
-    Returns ``True`` to train on the batch, ``False`` to skip it (policy set). Raises
-    :class:`NonFiniteError` naming the sample indices otherwise. Under DDP every rank takes the
-    same decision (one all-reduce of a flag per step).
+
+def _skip_or_raise(task: Any, reason: str, indices: list[int]) -> None:
+    """Hand the batch to the skip policy, or raise when there is none."""
+    policy: NonFinitePolicy | None = getattr(task, "nonfinite_policy", None)
+    if policy is not None:
+        policy.skip(task, reason, indices)
+        return
+    raise NonFiniteError(
+        f"{type(task).__name__}.training_step: {reason}. Check those samples in the dataset "
+        "(or lower the learning rate if the loss diverged); to skip such batches instead, add "
+        "the callback callbacks.SkipNonFinite (it counts and logs every skip)."
+    )
+
+
+def guarded_training_loss(task: Any, batch: Any, batch_idx: int) -> tuple[Tensor, dict[str, Any]] | None:
+    """``task.method.training_loss(task, batch)`` inside the non-finite guard.
+
+    1. Images are checked *before* any forward, so a NaN never reaches the network (its
+       BatchNorm statistics), the attack or a method's per-sample records.
+    2. The loss is checked after; when the skip policy drops the batch, the module's buffers
+       (BatchNorm running statistics, …) are put back as they were before the step.
+
+    Returns the method's ``(loss, logs)``, or ``None`` when the batch is skipped. Raises
+    :class:`NonFiniteError` naming the sample ``index`` values when no skip policy is set.
+    Under DDP every rank takes the same decision (a one-element all-reduce per check).
     """
     bad_images = nonfinite_images(batch)
-    image_bad = bool(bad_images.any()) if bad_images is not None else False
-    loss_bad = not bool(torch.isfinite(loss.detach()).all())
-    if not _any_rank(image_bad or loss_bad, loss.device):
-        return True
-    where = (f"epoch {int(task.current_epoch)}, global step {int(task.global_step)}, "
-             f"batch_idx {batch_idx}")
-    if image_bad:
-        indices = _batch_indices(batch, bad_images)
-        reason = f"non-finite (NaN/Inf) values in batch['image'] of samples index={indices}"
-    elif loss_bad:
+    local_bad = bool(bad_images.any()) if bad_images is not None else False
+    device = batch["image"].device if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor) \
+        else torch.device("cpu")
+    if _any_rank(local_bad, device):
+        if local_bad:
+            indices = _batch_indices(batch, bad_images)
+            reason = f"non-finite (NaN/Inf) values in batch['image'] of samples index={indices}"
+        else:
+            indices, reason = [], "a batch with non-finite images on another DDP rank"
+        _skip_or_raise(task, f"{reason} ({_where(task, batch_idx)})", indices)
+        return None
+    skipping = getattr(task, "nonfinite_policy", None) is not None
+    saved = [b.detach().clone() for b in task.buffers()] if skipping else None
+    loss, logs = task.method.training_loss(task, batch)
+    local_bad = not bool(torch.isfinite(loss.detach()).all())
+    if not _any_rank(local_bad, loss.device):
+        return loss, logs
+    if local_bad:
         indices = _batch_indices(batch)
         value = float(loss.detach().float().reshape(-1)[0]) if loss.numel() else math.nan
         reason = (f"non-finite training loss ({value}) from the {task.method.name!r} method; "
                   f"the batch holds samples index={indices}")
-    else:  # another rank's batch was non-finite
-        indices = []
-        reason = "a non-finite batch on another DDP rank"
-    policy: NonFinitePolicy | None = getattr(task, "nonfinite_policy", None)
-    if policy is not None:
-        policy.skip(task, f"{reason} ({where})", indices)
-        return False
-    raise NonFiniteError(
-        f"{type(task).__name__}.training_step: {reason} ({where}). Check those samples in the "
-        "dataset (or lower the learning rate if the loss diverged); to skip such batches "
-        "instead, add the callback callbacks.SkipNonFinite (it counts and logs every skip)."
-    )
+    else:
+        indices, reason = [], "a non-finite training loss on another DDP rank"
+    if saved is not None:
+        with torch.no_grad():
+            for buf, old in zip(task.buffers(), saved):
+                buf.copy_(old)
+    _skip_or_raise(task, f"{reason} ({_where(task, batch_idx)})", indices)
+    return None
