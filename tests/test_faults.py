@@ -455,3 +455,32 @@ def test_nonfinite_pixels_at_load(tmp_path: Path) -> None:
     Image.fromarray(arr, mode="F").save(path)
     with pytest.raises(BadSampleError, match=r"scan\.tiff holds 1 non-finite"):
         read_image(path, 1)
+
+
+def test_nonfinite_voxels_at_load(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from datamodules.volumes import DecathlonDataModule
+
+    task = tmp_path / "Task04_Hippocampus"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    training = []
+    for i in range(4):
+        image = np.random.default_rng(i).normal(300.0, 50.0, (8, 8, 6)).astype(np.float32)
+        if i == 2:
+            image[3, 3, 3] = np.nan
+        label = np.zeros((8, 8, 6), np.uint8)
+        label[2:5, 2:5, 1:3] = 1
+        name = f"hippocampus_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, np.eye(4)), task / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label, np.eye(4)), task / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Hippocampus", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a"},
+        "numTraining": 4, "training": training, "test": []}))
+    ds = DecathlonDataModule(root=str(tmp_path), split_fractions=(1.0, 0.0, 0.0),
+                             batch_size=2).build_split("train")
+    ds[1]  # a finite volume loads
+    with pytest.raises(BadSampleError, match=r"hippocampus_002\.nii\.gz holds \d+ non-finite"):
+        ds[2]
