@@ -484,3 +484,23 @@ def test_nonfinite_voxels_at_load(tmp_path: Path) -> None:
     ds[1]  # a finite volume loads
     with pytest.raises(BadSampleError, match=r"hippocampus_002\.nii\.gz holds \d+ non-finite"):
         ds[2]
+
+
+def test_amat_in_epoch_records_round_trip_and_split_by_rank(monkeypatch) -> None:
+    from lightning_modules.methods import amat as amat_mod
+
+    m = amat_mod.AMAT()
+    m.setup(SimpleNamespace(data_info=SimpleNamespace(num_train=8), violation_direction=None))
+    rows = torch.tensor([[k, 7 - k, 0.1 * k, float("nan")] for k in range(6)], dtype=torch.float64)
+    m._pending, m._seen = [rows[:4], rows[4:]], 6
+    state = m.epoch_state()
+    fresh = amat_mod.AMAT()
+    fresh.setup(SimpleNamespace(data_info=SimpleNamespace(num_train=8), violation_direction=None))
+    fresh.load_epoch_state(state)
+    assert torch.allclose(torch.cat(fresh._pending), rows, rtol=0, atol=0, equal_nan=True)
+    assert fresh._seen == 6
+    # under DDP (keys are position·W + rank) every rank takes back its own rows
+    monkeypatch.setattr(amat_mod, "_world_size", lambda: 2)
+    monkeypatch.setattr(amat_mod.dist, "get_rank", lambda: 1)
+    fresh.load_epoch_state({"pending_rows": rows})
+    assert fresh._pending[0][:, 0].tolist() == [1.0, 3.0, 5.0] and fresh._seen == 3
