@@ -167,7 +167,24 @@ class MedRobustCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     # ---------------------------------------------------------------- resume
+    def _load_weights_only(self) -> None:
+        # Checkpoints hold tensors and plain values only (lightning_modules/base.py,
+        # lightning_modules/fault_tolerance.py), so they load without unpickling code.
+        cfg = self.config_init[self.subcommand]
+        if "weights_only" in cfg and cfg.get("weights_only") is None:
+            cfg["weights_only"] = True
+
+    def before_validate(self) -> None:
+        self._load_weights_only()
+
+    def before_test(self) -> None:
+        self._load_weights_only()
+
+    def before_predict(self) -> None:
+        self._load_weights_only()
+
     def before_fit(self) -> None:
+        self._load_weights_only()
         cfg = self.config_init[self.subcommand]
         if cfg.get("ckpt_path") == "last":
             found = self.find_last_checkpoint()

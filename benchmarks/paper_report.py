@@ -14,6 +14,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.paper_suites import Group, Suite  # noqa: E402
+from callbacks.atomic import atomic_write_text  # noqa: E402
 from callbacks.common import lower_is_better  # noqa: E402
 from callbacks.report import package_versions  # noqa: E402
 
@@ -236,7 +237,7 @@ def write_report(suite: Suite, results: dict[str, Any], meta: dict[str, Any], ou
     text = (suite_section(suite, results, meta, figures) + "\n" + settings_section(suite, results, meta)
             + f"\nGenerated {_dt.datetime.now().isoformat(timespec='seconds')}.\n")
     path = out_dir / "report.md"
-    path.write_text(text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -252,5 +253,4 @@ def update_docs(docs: Path, suite: Suite, results: dict[str, Any], meta: dict[st
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(text)
+    atomic_write_text(docs, text)

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import yaml  # noqa: E402
 
 from benchmarks.paper_suites import SMOKE, SUITES, Group, Overrides, Run, Suite  # noqa: E402
+from callbacks.atomic import atomic_write_text  # noqa: E402
 
 _SELECTOR = re.compile(r"^(?P<key>[^\[]+)\[(?P<cls>[^:\]]+)(?::(?P<prefix>[^\]]+))?\]$")
 _ADV_EVAL = "AdversarialEvaluation"
@@ -255,8 +256,8 @@ def rebuild_report(suite: Suite, args: argparse.Namespace) -> Path:
 def _append_failures(report: Path, results: dict[str, Any]) -> None:
     failed = {k: v["error"] for k, v in results.items() if "error" in v}
     if failed:
-        with open(report, "a") as fh:
-            fh.write("\n## Failed runs\n\n" + "\n".join(f"- `{k}`: {e}" for k, e in failed.items()) + "\n")
+        atomic_write_text(report, report.read_text() + "\n## Failed runs\n\n"
+                          + "\n".join(f"- `{k}`: {e}" for k, e in failed.items()) + "\n")
 
 
 def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
@@ -299,7 +300,7 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
         print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done}",
               flush=True)
     meta.update(wall_s=time.perf_counter() - t_suite, load_end=_load(), seeds=sorted(seeds))
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "runs": results}, indent=1))
     report = write_report(suite, results, meta, out)
     _append_failures(report, results)
     if args.docs:

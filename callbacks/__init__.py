@@ -4,6 +4,7 @@
   validate/test: logged scalars (``adv/…``), ``robustness.json``, curves, ``report.md``.
 * :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
+* :class:`SkipNonFinite` — the ``skip_nonfinite`` policy: skip (count, log) NaN/Inf batches.
 
 Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`.
 """
@@ -17,6 +18,7 @@ from callbacks.adversarial_evaluation import (
 from callbacks.adversarial_examples import AdversarialExamples
 from callbacks.margin_monitor import MarginMonitor
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
+from callbacks.nonfinite import SkipNonFinite
 from callbacks.report import write_report
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "AdversarialExamples",
     "MarginMonitor",
     "MinimalEpsConfig",
+    "SkipNonFinite",
     "minimal_eps_batch",
     "robust_area",
     "write_report",

@@ -503,9 +503,13 @@ class AdversarialEvaluation(Callback):
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.write_json:
             safe = json_safe(record)
-            (log_dir / self.file_name("robustness.json")).write_text(json.dumps(safe, indent=2, allow_nan=False))
-            with open(log_dir / self.file_name("robustness_history.jsonl"), "a") as fh:
-                fh.write(json.dumps(safe, allow_nan=False) + "\n")
+            from callbacks.atomic import append_line_atomic, atomic_write_text
+
+            # Crash-safe: a kill leaves the previous complete file or the new one.
+            atomic_write_text(log_dir / self.file_name("robustness.json"),
+                              json.dumps(safe, indent=2, allow_nan=False))
+            append_line_atomic(log_dir / self.file_name("robustness_history.jsonl"),
+                               json.dumps(safe, allow_nan=False))
         if self.plot:
             from callbacks.plotting import plot_robustness_curves
 

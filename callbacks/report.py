@@ -131,6 +131,7 @@ def write_report(
         desc = {k: v for k, v in e.items() if k not in ("metrics", "eps", "attack", "step_size")}
         parts.append(f"- `{e['attack']}`: " + ", ".join(f"{k}={_fmt(v)}" for k, v in desc.items()))
     parts.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    from callbacks.atomic import atomic_write_text
+
+    atomic_write_text(path, "\n".join(parts))  # crash-safe (creates the folder)
     return path

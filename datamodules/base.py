@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.info import DataInfo
+from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
 
 SPLITS = ("train", "val", "test")
 
@@ -108,10 +109,14 @@ class BaseDataModule(L.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
+        dataset, cls, order = self.dataset(split), DataLoader, {"shuffle": shuffle}
+        if split == "train":  # order fixed by (seed, epoch), resumable mid-epoch: resumable.py
+            cls = ResumableDataLoader
+            order = {"sampler": EpochRandomSampler(dataset)} if shuffle else {"shuffle": False}
+        return cls(
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            **order,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_batch,

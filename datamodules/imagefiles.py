@@ -66,6 +66,9 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
         # 16-bit PNG/TIFF (PIL opens them as I;16 or I): scale by the 16-bit range.
         return np.clip(arr.astype(np.float32) / 65535.0, 0.0, 1.0)
     if np.issubdtype(arr.dtype, np.floating):
+        bad = int((~np.isfinite(arr)).sum())
+        if bad:  # a float TIFF can hold NaN / Inf; caught here, not as a NaN loss later
+            raise BadSampleError(f"image {path} holds {bad} non-finite (NaN/Inf) pixel values")
         return arr.astype(np.float32)
     raise BadSampleError(f"image {path} has unsupported pixel type {arr.dtype}")
 

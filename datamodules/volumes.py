@@ -204,6 +204,9 @@ class VolumeLoader:
         # [C, X, Y, Z] -> [C, Z, Y, X] = [C, D, H, W]
         image = _plain(data["image"]).permute(0, 3, 2, 1).contiguous().float()
         label = _plain(data["label"]).permute(0, 3, 2, 1).contiguous()
+        if not bool(torch.isfinite(image).all()):  # NaN survives scaling and clamping
+            raise BadSampleError(f"image {case.image_path} holds "
+                                 f"{int((~torch.isfinite(image)).sum())} non-finite (NaN/Inf) voxels")
         if label.shape[0] != 1:
             raise BadSampleError(f"label {case.label_path} has {label.shape[0]} channels; "
                                  "expected a single 3-D label map")

@@ -47,7 +47,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoint_callbacks
 from datamodules.info import DataInfo
+from lightning_modules import fault_tolerance
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.nets.builder import build_net, import_object
 from lightning_modules.nets.normalize import Normalize
@@ -149,6 +151,8 @@ class TaskModule(L.LightningModule):
         self._built = False
         self._epoch_closed = True
         self._pipeline: Pipeline | None = None
+        #: set by callbacks.SkipNonFinite; None = a non-finite training step is an error
+        self.nonfinite_policy: fault_tolerance.NonFinitePolicy | None = None
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -241,13 +245,33 @@ class TaskModule(L.LightningModule):
         return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        # Crash-safe checkpoint writes (temp file + fsync + rename, callbacks/checkpoint.py) and a
+        # last.ckpt that is always the latest state (callbacks/checkpoint.py).
+        if self._trainer is not None:
+            install_atomic_checkpoint_io(self._trainer)
+            upgrade_checkpoint_callbacks(self._trainer)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        fault_tolerance.save_extra_state(self, checkpoint)  # RNG + in-epoch method state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        fault_tolerance.load_extra_state(self, checkpoint)
+
+    def on_train_start(self) -> None:
+        fault_tolerance.restore_rng_at_train_start(self)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_closed = False
         self.method.on_train_epoch_start(self)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self._require_built()
-        loss, logs = self.method.training_loss(self, batch)
+        # the method's loss, with the non-finite guard around it (lightning_modules/fault_tolerance.py)
+        guarded = fault_tolerance.guarded_training_loss(self, batch, batch_idx)
+        if guarded is None:
+            return None  # skipped by the SkipNonFinite policy (no backward, no step)
+        loss, logs = guarded
         bs = batch_size_of(batch)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,
                  sync_dist=True, batch_size=bs)

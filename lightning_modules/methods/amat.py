@@ -181,6 +181,25 @@ class AMAT(TrainingMethod):
         self._pending = []
         self._seen = 0
 
+    def epoch_state(self) -> dict[str, object]:
+        # The margin records of this epoch's batches so far, of every rank (a collective: the
+        # task calls this on all ranks while saving): a mid-epoch checkpoint without them
+        # would resume with those samples' updates lost.
+        rows = (torch.cat(self._pending) if self._pending
+                else torch.zeros((0, 4), dtype=torch.float64, device=self.margins.device))
+        return {"pending_rows": _all_gather_rows(rows).cpu()}
+
+    def load_epoch_state(self, state: dict[str, object]) -> None:
+        rows = state.get("pending_rows")
+        if not isinstance(rows, Tensor) or not rows.numel():
+            self._pending, self._seen = [], 0
+            return
+        # Keep this rank's rows: a row's key is its global position p·W + rank.
+        world = _world_size()
+        rank = dist.get_rank() if world > 1 else 0
+        mine = rows[rows[:, 0].long() % world == rank].to(self.margins.device)
+        self._pending, self._seen = [mine], int(mine.shape[0])
+
     # ------------------------------------------------------------------ training
     def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]

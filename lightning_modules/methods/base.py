@@ -107,6 +107,15 @@ class TrainingMethod(nn.Module):
         """The method's current state for callbacks (e.g. ``{"eps": 0.002}``)."""
         return {}
 
+    def epoch_state(self) -> dict[str, Any]:
+        """State accumulated during the current epoch that is not a buffer (e.g. AMAT's margin
+        records of the batches trained so far), as tensors and plain values: saved in
+        checkpoints so that a resume from a mid-epoch checkpoint loses nothing."""
+        return {}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`epoch_state` (``{}`` for checkpoints without it)."""
+
     # ------------------------------------------------------------------ helpers
     def generator(self, task: RobustTask, device: torch.device, seed: int | None) -> torch.Generator | None:
         """A generator for this step's attack randomness, seeded by ``(seed, global step,
