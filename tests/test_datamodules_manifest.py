@@ -273,6 +273,17 @@ def test_medmnist_label_out_of_range_caught_at_load(tmp_path: Path) -> None:
         dm.setup("test")
 
 
+def test_medmnist_unknown_flag_names_classes_missing_from_train(tmp_path: Path) -> None:
+    images = np.zeros((3, 28, 28), np.uint8)
+    np.savez(tmp_path / "mydata.npz", train_images=images, train_labels=np.array([[0], [1], [0]], np.uint8),
+             val_images=images, val_labels=np.array([[0], [1], [1]], np.uint8),
+             test_images=images, test_labels=np.array([[0], [3], [1]], np.uint8))
+    with pytest.warns(UserWarning, match=r"mydata.npz: 1 rows of test_labels hold classes no training "
+                                         r"row has \(\[3\], rows \[1\]\)"):
+        info = MedMNISTDataModule(root=str(tmp_path / "mydata.npz"), flag="mydata").info
+    assert info.num_classes == 4
+
+
 def test_medmnist_plus_size_by_file_name(tmp_path: Path) -> None:
     images = np.zeros((2, 64, 64), np.uint8)
     labels = np.array([[0], [1]], np.uint8)
