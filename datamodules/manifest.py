@@ -281,6 +281,7 @@ class Sample:
     boxes: np.ndarray | None = None
     box_labels: np.ndarray | None = None
     raw_labels: list[Any] = field(default_factory=list)
+    label_rows: list[int] = field(default_factory=list)  # detection: the row of each raw label
 
 
 class ManifestDataset(Dataset):
@@ -667,6 +668,7 @@ class ManifestDataModule(BaseDataModule):
             if fixed is not None:
                 boxes.append(fixed)
                 s.raw_labels.append(label)
+                s.label_rows.append(s.rows[-1])
         old = s.boxes if s.boxes is not None else np.zeros((0, 4), np.float32)
         s.boxes = np.concatenate([old, np.asarray(boxes, np.float32).reshape(-1, 4)])
 
@@ -695,9 +697,11 @@ class ManifestDataModule(BaseDataModule):
         k = self.num_classes or len(names)
         for s in samples:
             idx = []
+            rows = s.label_rows or [s.rows[0]] * len(s.raw_labels)
+            at = s.rows[0]  # the row a bad label is reported at
             try:
-                for v in s.raw_labels:
-                    text = str(v).strip()
+                for v, row in zip(s.raw_labels, rows):
+                    at, text = row, str(v).strip()
                     if re.fullmatch(r"-?\d+(\.0+)?", text):
                         i = int(float(text))
                         if not 0 <= i < k:
@@ -710,7 +714,7 @@ class ManifestDataModule(BaseDataModule):
                         raise BadSampleError(f"unknown label {text!r} for image {s.image} "
                                              f"(classes: {names})")
             except BadSampleError as err:
-                self._flag(bad, s.rows[0], s.id, str(err))
+                self._flag(bad, at, s.id, str(err))
                 continue
             if self.task == "detection":
                 s.box_labels = np.asarray(idx, dtype=np.int64)

@@ -59,6 +59,8 @@ CLASS_NAMES: dict[str, list[str]] = {
     "synapsemnist3d": ["inhibitory synapse", "excitatory synapse"],
 }
 MULTILABEL = {"chestmnist"}
+#: image sides of the official files: MedMNIST v2 (28) and MedMNIST+ (64, 128, 224)
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 def base_flag(name: str) -> str:
@@ -164,6 +166,9 @@ class MedMNISTDataModule(BaseDataModule):
                          eval_batch_size=eval_batch_size)
         self.root = root
         self.flag = flag
+        if size is not None and size not in MEDMNIST_SIZES:
+            raise ValueError(f"MedMNIST size must be one of {MEDMNIST_SIZES} (MedMNIST+ files "
+                             f"<flag>_<size>.npz; 28 = <flag>.npz), got {size}")
         self.size = size
         self.image_size = tuple(image_size) if image_size is not None else None
         self.augment = augment

@@ -223,6 +223,25 @@ def test_detection_degenerate_boxes_policy(tmp_path: Path) -> None:
     assert rec.boxes[0, [0, 2]].tolist() == [x1, x2]
 
 
+def test_detection_label_error_names_the_box_row(tmp_path: Path) -> None:
+    """One row per box: an unknown or out-of-range label names the row of that box, not the
+    image's first row; the whole image is left out with skip (its other boxes would be wrong
+    negatives otherwise)."""
+    path = write_example_manifest(tmp_path, "detection", n=6, image_size=(16, 16))
+    rows = _rows(path)
+    assert rows[1]["image"] == rows[2]["image"] == "images/001.png"  # image 1 has two boxes
+    rows[2]["label"] = "platelet"
+    _write_rows(path, rows)
+    with pytest.raises(BadSampleError, match=r"row 3 \(images/001.png\): unknown label 'platelet'"):
+        _ = ManifestDataModule(str(path), task="detection", class_names=["large", "small"],
+                               split_file=None).info
+    with pytest.warns(UserWarning, match="skipping 1 bad sample"):
+        dm = ManifestDataModule(str(path), task="detection", class_names=["large", "small"],
+                                split_file=None, on_bad_sample="skip")
+        ids = {s.id for v in dm.index()["splits"].values() for s in v}
+    assert "images/001.png" not in ids and len(ids) == 5
+
+
 # ------------------------------------------------------------------------------ paired folders
 def _pairs(root: Path, stems: list[str], masks: list[str], suffix: str = "_mask") -> None:
     (root / "images").mkdir(parents=True)
@@ -291,6 +310,8 @@ def test_medmnist_plus_size_by_file_name(tmp_path: Path) -> None:
                                                    for k, v in (("images", images), ("labels", labels))})
     dm = MedMNISTDataModule(root=str(tmp_path), flag="pneumoniamnist", size=64)
     assert dm.info.image_size == (64, 64) and dm.file.name == "pneumoniamnist_64.npz"
+    with pytest.raises(ValueError, match=r"size must be one of \(28, 64, 128, 224\).*got 96"):
+        MedMNISTDataModule(root=str(tmp_path), flag="pneumoniamnist", size=96)
     with pytest.raises(FileNotFoundError, match="pneumoniamnist_128.npz"):
         _ = MedMNISTDataModule(root=str(tmp_path), flag="pneumoniamnist", size=128).info
 
