@@ -1,8 +1,9 @@
 """How fast do the datamodules deliver training batches, and does the loader keep up?
 
 Measures samples/s of the *training* loader (augmentation on: hflip, rotation, brightness /
-contrast, gamma) for PH2 at 224x224 and for synthetic classification data, with the same worker
-count, and beside it the samples/s of one forward + backward + optimizer step of the default
+contrast, gamma) for PH2 at 224x224, for a manifest (:class:`ManifestDataModule`) over the very
+same PH2 files (so the two rows differ only in the loader), and for synthetic classification
+data, with the same worker count, and beside it the samples/s of one forward + backward + optimizer step of the default
 small CNN on batches of the same shape. If the loader delivers more samples/s than the model
 consumes, training does not wait on data.
 
@@ -19,8 +20,10 @@ skipped with the reason.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import AugmentConfig, BaseDataModule, PH2DataModule, SyntheticDataModule  # noqa: E402
+from datamodules.manifest import ManifestDataModule  # noqa: E402
 
 AUGMENT = AugmentConfig(hflip=0.5, rotate_deg=15.0, brightness=0.1, contrast=0.1, gamma=0.1,
                         p_intensity=0.5)
@@ -51,6 +55,21 @@ def default_net(in_channels: int, num_classes: int) -> nn.Module:
             ch = width
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(ch, num_classes))
+
+
+def ph2_manifest(ph2_root: str | None, folder: Path) -> Path:
+    """A manifest CSV over PH2's own files (absolute paths): ``image, mask, label``, the split
+    of the PH2 loader as a ``split`` column — the same samples the PH2 rows read."""
+    ph2 = PH2DataModule(root=ph2_root)
+    cases, ids = ph2.cases(), ph2.split_ids()
+    path = folder / "ph2_manifest.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "mask", "label", "split"])
+        for split, members in ids.items():
+            for c in members:
+                writer.writerow([cases[c].image, cases[c].mask, cases[c].label, split])
+    return path
 
 
 def loader_rate(dm: BaseDataModule, samples: int) -> tuple[float, float, int]:
@@ -118,6 +137,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     common = dict(batch_size=args.batch_size, num_workers=args.workers, augment=AUGMENT)
+    tmp = Path(tempfile.mkdtemp(prefix="data_speed_"))
+
+    def manifest(task: str) -> BaseDataModule:
+        return ManifestDataModule(str(ph2_manifest(args.ph2_root, tmp)), task=task,
+                                  image_size=(224, 224), channels=3, **common)
 
     candidates: list[tuple[str, Callable[[], BaseDataModule]]] = [
         ("PH2 classification 224x224 RGB",
@@ -125,6 +149,8 @@ def main() -> None:
         ("PH2 segmentation 224x224 RGB",
          lambda: PH2DataModule(root=args.ph2_root, task="segmentation", image_size=(224, 224),
                                **common)),
+        ("manifest (PH2 files) classif. 224 RGB", lambda: manifest("classification")),
+        ("manifest (PH2 files) segment. 224 RGB", lambda: manifest("segmentation")),
         ("synthetic classification 64x64 grey",
          lambda: SyntheticDataModule(image_size=(64, 64), num_train=512, **common)),
         ("synthetic classification 224x224 grey",

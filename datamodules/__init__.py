@@ -7,6 +7,7 @@ from datamodules.imagefiles import BadSampleError
 from datamodules.info import DataInfo
 from datamodules.isic import ISICDataModule
 from datamodules.landmarks import CephalometricDataModule
+from datamodules.manifest import ManifestDataModule, PairedFoldersDataModule
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.paths import resolve_data_path
 from datamodules.ph2 import PH2DataModule
@@ -26,8 +27,10 @@ __all__ = [
     "DecathlonDataModule",
     "ISICDataModule",
     "JointTransform",
+    "ManifestDataModule",
     "MedMNISTDataModule",
     "PH2DataModule",
+    "PairedFoldersDataModule",
     "SyntheticDataModule",
     "VOCDetectionDataModule",
     "collate_batch",

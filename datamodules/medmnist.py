@@ -59,6 +59,8 @@ CLASS_NAMES: dict[str, list[str]] = {
     "synapsemnist3d": ["inhibitory synapse", "excitatory synapse"],
 }
 MULTILABEL = {"chestmnist"}
+#: image sides of the official files: MedMNIST v2 (28) and MedMNIST+ (64, 128, 224)
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 def base_flag(name: str) -> str:
@@ -164,6 +166,9 @@ class MedMNISTDataModule(BaseDataModule):
                          eval_batch_size=eval_batch_size)
         self.root = root
         self.flag = flag
+        if size is not None and size not in MEDMNIST_SIZES:
+            raise ValueError(f"MedMNIST size must be one of {MEDMNIST_SIZES} (MedMNIST+ files "
+                             f"<flag>_<size>.npz; 28 = <flag>.npz), got {size}")
         self.size = size
         self.image_size = tuple(image_size) if image_size is not None else None
         self.augment = augment
@@ -223,6 +228,17 @@ class MedMNISTDataModule(BaseDataModule):
             num_classes = len(names)
         else:
             num_classes = max(2, int(max(lab.max() for lab in labels.values() if lab.size)) + 1)
+            # Unknown flag: classes are inferred from every split; a class that only val/test
+            # hold is legal but untrainable, so it is named rather than passed on silently.
+            seen = set(labels["train"][:, 0].tolist())
+            for s in ("val", "test"):
+                rows = np.flatnonzero(~np.isin(labels[s][:, 0], list(seen)))
+                if rows.size:
+                    warnings.warn(f"{path}: {rows.size} rows of {s}_labels hold classes no "
+                                  f"training row has ({sorted(set(labels[s][rows, 0].tolist()))}, "
+                                  f"rows {rows[:10].tolist()}); classes are inferred as "
+                                  f"0..{num_classes - 1} for the unknown flag {flag!r}",
+                                  stacklevel=2)
         if names is None or len(names) != num_classes:
             names = [f"class_{i}" for i in range(num_classes)]
         self._meta = {"spatial_dims": spatial_dims, "channels": channels,
