@@ -36,11 +36,13 @@ def apgd_checkpoints(steps: int) -> list[int]:
     """Iterations ``w_j`` (``1 <= w_j < steps``) at which APGD may halve its step size."""
     p = [0.0, 0.22]
     while True:
-        nxt = p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)
+        nxt = round(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06), 9)
         if nxt > 1:
             break
         p.append(nxt)
-    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+    # round first: 0.22 + 0.19 + 0.16 is 0.5700000000000001 in floating point, not 0.57
+    ws = {math.ceil(round(q * steps, 9)) for q in p[1:]}
+    return sorted(w for w in ws if 0 < w < steps)
 
 
 @register_attack
