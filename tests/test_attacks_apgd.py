@@ -103,7 +103,7 @@ def test_step_halving_converges_where_fixed_steps_oscillate() -> None:
     assert err_apgd < 1e-3 < err_pgd, (err_apgd, err_pgd)
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("linf", 0.06), ("l2", 0.5), ("l2", 1.0)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.006), ("linf", 0.01), ("l2", 0.05), ("l2", 0.1)])
 def test_apgd_never_weaker_than_pgd_same_iterations(norm: str, eps: float) -> None:
     module, batch = trained("classification")
     model = module.attack_model()
@@ -115,7 +115,7 @@ def test_apgd_never_weaker_than_pgd_same_iterations(norm: str, eps: float) -> No
     with torch.no_grad():
         acc_pgd = (model(r_pgd.x_adv).argmax(1) == y).float().mean().item()
         acc_apgd = (model(r_apgd.x_adv).argmax(1) == y).float().mean().item()
-    assert acc_apgd <= acc_pgd, (acc_apgd, acc_pgd)
+    assert 0 < acc_apgd <= acc_pgd < 1, (acc_apgd, acc_pgd)  # an informative budget
     assert r_apgd.loss.mean() >= r_pgd.loss.mean()
 
 
