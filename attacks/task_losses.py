@@ -26,6 +26,7 @@ the attack's iterations (it counts its own calls).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,12 +117,18 @@ def _seg_inputs(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def _mask_ce(clean: Tensor | None, steps: int) -> Loss:
     """Croce et al. 2024 (SEA), Mask-CE: CE summed over pixels that are still correct, divided
-    by all pixels, so already-broken pixels stop drawing the gradient."""
+    by all pixels, so already-broken pixels stop drawing the gradient.
+
+    A broken pixel adds the constant ``log K`` instead of 0 (no gradient, same direction as
+    Mask-CE). Why: a correct pixel's CE is at most ``log K``, so the *value* then grows with
+    every pixel broken, and an attack that keeps its highest-loss iterate (APGD) keeps the
+    iterate that broke the most pixels, not one where few pixels broke (plain Mask-CE drops
+    when a pixel flips)."""
     def loss(z: Tensor, y: Tensor) -> Tensor:
         z, y = _seg_inputs(z, y)
         ce = F.cross_entropy(z, y, reduction="none")
         correct = (z.argmax(dim=1) == y).float()
-        return _per_sample(ce * correct)
+        return _per_sample(ce * correct + math.log(z.shape[1]) * (1 - correct))
 
     return loss
 

@@ -362,7 +362,7 @@ class AdversarialEvaluation(Callback):
             evaluator = RobustnessEvaluator(
                 task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble,
                 sequential=self._sequential(pl_module, suite),
-                large_eps=0.5 * (hi - lo) if check and math.isfinite(hi - lo) else None,
+                large_eps=0.25 * (hi - lo) if check and math.isfinite(hi - lo) else None,
             )
             for i, raw in enumerate(self._batches(key, dataset, mine, collate_fn)):
                 batch_no, idx, counted = mine[i]

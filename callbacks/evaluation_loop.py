@@ -165,8 +165,11 @@ class RobustnessEvaluator:
         if large_eps is not None:
             from attacks import APGD
 
+            # From x, not a random start: at such a budget a uniform start is a noise image,
+            # often far from every decision boundary the gradient could follow.
             self._large_attack = APGD(eps=float(large_eps), norm="linf", steps=self.large_eps_steps,
-                                      bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
+                                      random_start=False, bounds=bounds, bn_mode=bn_mode,
+                                      dropout_mode=dropout_mode)
         device = next((p.device for p in task.parameters()), torch.device("cpu"))
         self.device = device
         self.metrics = EvalMetrics(

@@ -9,7 +9,7 @@ becomes an entry of ``robustness.json["sanity"]`` — ``{"flag": bool, "value", 
 ``gradient``        fraction of attacked samples whose input gradient was non-finite at some
                     step or exactly zero at every step, worst gradient attack (``> 5%``)
 ``monotone``        the ensemble's robust metric gets *better* as ε grows (by more than 0.01)
-``large_eps``       APGD at a huge L∞ budget (half the input range) breaks fewer than 90% of
+``large_eps``       APGD-20 at a huge L∞ budget (a quarter of the input range) breaks fewer than 90% of
                     the samples
 ``black_box``       a gradient-free attack (Square) sets the worst case of more than 1% of the
                     samples that the white-box attacks did not break
