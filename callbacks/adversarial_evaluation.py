@@ -576,7 +576,7 @@ class AdversarialEvaluation(Callback):
             path = plot_histogram(
                 values, log_dir / self.file_name("minimal_eps.png"),
                 f"minimal ε per sample ({me['censored_fraction']:.0%} not broken at ε_max={me['eps_max']:g})",
-                f"ε ({me['norm']}, PGD-{me['steps']}, {me['n_bisect']} bisections)", marks, bins=20,
+                f"ε ({me['norm']}, {me.get('attack', 'pgd').upper()}-{me['steps']}, {me['n_bisect']} bisections)", marks, bins=20,
             )
             log_image(trainer, f"{self.prefix}/minimal_eps_{record['split']}", path)
         metrics = list(record["clean"])

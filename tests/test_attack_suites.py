@@ -150,3 +150,26 @@ def test_square_is_marked_gradient_free_and_in_every_standard_suite() -> None:
     for task in ("classification", "segmentation", "landmarks", "detection"):
         assert any(c["name"] == "square" for c in suite_configs("standard", task))
     assert losses.dlr_loss is not None
+
+
+def test_minimal_eps_with_apgd_is_an_upper_bound_no_looser_than_pgd() -> None:
+    from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
+
+    module, batch = trained("classification")
+    model = module.attack_model()
+    vals = {}
+    for attack in ("pgd", "apgd"):
+        cfg = MinimalEpsConfig.parse({"eps_max": 0.05, "steps": 10, "n_bisect": 5, "attack": attack})
+        vals[attack] = minimal_eps_batch(module, model, batch, cfg)
+    finite = torch.isfinite(vals["apgd"])
+    assert finite.float().mean() > 0.5
+    # every finite APGD estimate is a real adversarial budget: APGD breaks the sample there
+    eps = vals["apgd"].clone()
+    eps[~finite] = 0.05
+    res = APGD(eps=eps, steps=10, random_start=False).perturb(
+        model, batch["image"], batch, loss_fn=module.per_sample_loss,
+        success_fn=lambda o, b: module.is_violated(o, b))
+    assert bool(res.success[finite].all())
+    assert vals["apgd"].median() <= vals["pgd"].median()
+    with pytest.raises(ValueError, match="attack must be"):
+        MinimalEpsConfig.parse({"attack": "cw"})
