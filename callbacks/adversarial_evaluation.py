@@ -185,6 +185,11 @@ class AdversarialEvaluation(Callback):
         # in setup(). Its sequential rule (skip broken samples) applies only to named suites.
         self._suite_names = {"per_epoch": attacks if isinstance(attacks, str) else None,
                              "test": test_attacks if isinstance(test_attacks, str) else None}
+        from attacks.suites import SUITES
+
+        for fname, value in (("attacks", attacks), ("test_attacks", test_attacks)):
+            if isinstance(value, str) and value not in SUITES:
+                raise ValueError(f"AdversarialEvaluation.{fname}: unknown suite {value!r}; known suites: {sorted(SUITES)}")
         if sanity not in ("test", "always", "never"):
             raise ValueError(f"AdversarialEvaluation.sanity must be 'test', 'always' or 'never', got {sanity!r}")
         self.sanity = sanity

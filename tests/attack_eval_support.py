@@ -23,7 +23,7 @@ def _batches(dm: SyntheticDataModule, split: str, n: int) -> dict[str, Any]:
     return collate_batch([ds[i] for i in range(min(n, len(ds)))])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(task: str, num_classes: int = 4, steps: int = 150, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """``(module in eval mode, a validation batch of 32)`` for ``task``, trained clean."""
     torch.manual_seed(seed)
