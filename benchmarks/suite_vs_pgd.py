@@ -7,7 +7,7 @@ a few epochs with ``train.py fit`` (their own configs, only ``max_epochs`` / the
 validation samples with :class:`callbacks.evaluation_loop.RobustnessEvaluator` (the same loop
 as ``AdversarialEvaluation``), at the configs' own ε grid.
 
-    python benchmarks/suite_vs_pgd.py --epochs 3 --subset 64 --out results/suite_vs_pgd
+    python benchmarks/suite_vs_pgd.py --epochs 8 --seg-epochs 3 --subset 32 --out results/suite_vs_pgd
 
 Prints a markdown table (also written to ``<out>/table.md``): clean, PGD-10 and suite
 robust metric per ε, the gap, and seconds of each evaluation (suite / PGD-10 cost ratio).
@@ -57,7 +57,8 @@ def train(task: str, method: str, epochs: int, out: Path) -> tuple[Path, dict[st
 
 
 def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
-    ckpt, cfg = train(task, method, args.epochs, args.out)
+    epochs = args.epochs if task == "classification" else args.seg_epochs
+    ckpt, cfg = train(task, method, epochs, args.out)
     data = cfg["data"]
     dm = _cls(data["class_path"])(**data["init_args"])
     dm.setup("validate")
@@ -90,6 +91,7 @@ def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seg-epochs", type=int, default=3, help="training epochs of segmentation")
     p.add_argument("--subset", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
@@ -107,9 +109,9 @@ def main() -> None:
                 f"| {task} | {method} | {METRIC[task]} | {pg['clean']:.3f} | {e:g} | {pg['curve'][e]:.3f} | "
                 f"{st['curve'][e]:.3f} | {pg['curve'][e] - st['curve'][e]:+.3f} | {pg['seconds']:.1f} | "
                 f"{st['seconds']:.1f} | {st['seconds'] / max(pg['seconds'], 1e-9):.1f} |")
-        print(lines[-1], flush=True)
+        print("\n".join(lines[-len(r["eps"]):]), flush=True)
     table = "\n".join(lines)
-    note = (f"\n\n{args.epochs} training epochs, first {args.subset} validation samples, "
+    note = (f"\n\n{args.epochs} (classification) / {args.seg_epochs} (segmentation) training epochs, first {args.subset} validation samples, "
             f"{args.threads} thread(s), CPU seconds (process time) of the whole evaluation "
             "(clean + attacks + ensemble). standard members: see attacks/suites.py.\n")
     (args.out / "table.md").write_text(table + note)

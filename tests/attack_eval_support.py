@@ -11,10 +11,12 @@ from torch import nn
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import ClassificationModule, SegmentationModule
+from lightning_modules.landmark_module import LandmarkModule
 
 NETS = {
     "classification": {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [8, 16]}},
     "segmentation": {"class_path": "lightning_modules.nets.SmallUNet", "init_args": {"features": [8, 16]}},
+    "landmarks": {"class_path": "lightning_modules.nets.SmallUNet", "init_args": {"features": [8, 16]}},
 }
 
 
@@ -27,11 +29,15 @@ def _batches(dm: SyntheticDataModule, split: str, n: int) -> dict[str, Any]:
 def trained(task: str, num_classes: int = 4, steps: int = 150, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """``(module in eval mode, a validation batch of 32)`` for ``task``, trained clean."""
     torch.manual_seed(seed)
-    kw = {"num_classes": num_classes} if task == "classification" else {}
-    dm = SyntheticDataModule(task=task, num_train=256, num_val=32, num_test=8, image_size=(16, 16),
+    kw: dict[str, Any] = {"num_classes": num_classes} if task == "classification" else {}
+    if task == "landmarks":
+        kw["num_landmarks"] = 3
+    size = (24, 24) if task == "landmarks" else (16, 16)
+    dm = SyntheticDataModule(task=task, num_train=256, num_val=32, num_test=8, image_size=size,
                              seed=seed, batch_size=32, **kw)
     dm.setup("fit")
-    cls = ClassificationModule if task == "classification" else SegmentationModule
+    cls = {"classification": ClassificationModule, "segmentation": SegmentationModule,
+           "landmarks": LandmarkModule}[task]
     module = cls(net=NETS[task], data_info=dm.info, lr=3e-3)
     model = module.attack_model()
     train = _batches(dm, "train", 256)
