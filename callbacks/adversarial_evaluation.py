@@ -121,7 +121,11 @@ class AdversarialEvaluation(Callback):
         attacks: the per-epoch suite, a list of ``{name, label?, **params}`` (any attack of
             :mod:`attacks`, every constructor parameter but ``eps``/``bounds``), e.g.
             ``[{name: pgd, norm: linf, steps: 10}, {name: fgsm}]``. ``label`` renames an entry
-            (needed when one attack appears twice). Default: :data:`DEFAULT_ATTACKS`.
+            (needed when one attack appears twice). Default: :data:`DEFAULT_ATTACKS`. Or the
+            name of a suite (``"standard"``, ``"quick"``; :mod:`attacks.suites`), resolved for
+            the task at setup; a named classification suite is sequential (AutoAttack: later
+            members skip samples already broken). ``loss`` in an entry names an attack loss
+            (:mod:`attacks.task_losses`).
         eps: the ε grid, in the data's pixel units (``data_info.bounds``). Default
             :data:`DEFAULT_EPS`.
         subset: evaluation samples: a count (``int``) or a fraction of the split (``float``),
@@ -152,6 +156,10 @@ class AdversarialEvaluation(Callback):
             transform to one draw, so the subset really is the same every time.
         test_subset: the subset at ``validate``/``test`` (``"same"``: ``subset``; ``None`` or
             ``1.0``: the whole split).
+        sanity: when to run the gradient-masking checks of :mod:`callbacks.sanity` and write
+            them under ``"sanity"`` in ``robustness.json`` (warnings when they fire):
+            ``"test"`` (validate/test only; costs one APGD-20 at a large ε and one extra clean
+            forward per batch), ``"always"`` or ``"never"``.
         prefix: first part of every scalar name (``adv``); a second evaluation callback in the
             same run needs its own prefix, and then writes ``robustness_<prefix>.json`` etc.
     """
