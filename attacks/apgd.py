@@ -132,8 +132,17 @@ class APGD(Attack):
             def project(xa: Tensor) -> Tensor:
                 return xa.clamp_(lower, upper)
         else:
+            lo, hi = call.lo, call.hi
+            e_b = view(eps_t)
+            tiny = torch.finfo(x.dtype).tiny
+
             def project(xa: Tensor) -> Tensor:
-                return self._project_l2(call, xa, eps)
+                # In place on a fresh tensor (APGD projects twice per step): the ε ball, then
+                # bounds; clamping only shrinks each coordinate, so the ball still holds.
+                d = xa.sub_(x)
+                n = per_sample_norm(d, "l2").clamp_min_(tiny)
+                d.mul_((e_b / view(n)).clamp_(max=1.0))
+                return d.add_(x).clamp_(lo, hi)
 
         if self.random_start:
             if self.norm == "linf":
@@ -162,12 +171,12 @@ class APGD(Attack):
             if active is not None and not bool(active.any()):
                 break
             with torch.no_grad():
-                z = project(x_k + view(eta) * direction(grad))
+                z = project(direction(grad).mul_(view(eta)).add_(x_k))
                 if k == 1:
                     x_new = z
-                else:
+                else:  # x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}), in place on z
                     a = self.momentum
-                    x_new = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+                    x_new = project(z.sub_(x_k).mul_(a).add_(x_k - x_prev, alpha=1 - a).add_(x_k))
                 if active is not None:  # adversarial samples keep their iterate
                     x_new = torch.where(view(active), x_new, x_k)
                 x_prev, x_k = x_k, x_new
@@ -182,9 +191,10 @@ class APGD(Attack):
                     better = (better & active) | newly
                     best_success |= newly
                     active = active & ~success
-                best_x = torch.where(view(better), x_k, best_x)
-                best_grad = torch.where(view(better), grad, best_grad)
-                best_loss = torch.where(better, loss, best_loss)
+                if bool(better.any()):  # copy only the improved samples
+                    best_x[better] = x_k[better]
+                    best_grad[better] = grad[better]
+                    best_loss = torch.where(better, loss, best_loss)
                 if k in checkpoints:
                     span = k - last_ckpt
                     few_increases = increases < self.rho * span
