@@ -7,17 +7,30 @@ the ``loss_fn`` (and ``success_fn``) they hand over. Nothing here knows Lightnin
 datasets.
 """
 
-from . import losses
-from .base import Attack, AttackResult, input_gradient, per_sample_norm
+from . import losses, task_losses
+from .apgd import APGD
+from .base import Attack, AttackResult, GradientStats, input_gradient, per_sample_norm
 from .cw import CW
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .losses import loss_above, misclassified
 from .mode import attack_mode
 from .noise import GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
-from .registry import ATTACKS, build_attack
+from .registry import ATTACKS, build_attack, register_attack
+from .spec import AttackSpec, parse_attack_specs
+from .square import Square
+from .suites import SUITES, suite_configs
 
 __all__ = [
+    "APGD",
     "ATTACKS",
+    "SUITES",
+    "AttackSpec",
+    "GradientStats",
+    "Square",
+    "parse_attack_specs",
+    "register_attack",
+    "suite_configs",
+    "task_losses",
     "BIM",
     "CW",
     "FGSM",

@@ -66,12 +66,38 @@ class AttackResult:
             noise called without a model).
         delta_norm: ``[B]`` norm of ``x_adv - x`` in the attack's norm (L∞ for noises and
             for attacks without a norm, L2 for CW).
+        gradients: per-sample input-gradient health over the call, see
+            :class:`GradientStats` (``None`` for attacks that never took a gradient).
     """
 
     x_adv: Tensor
     success: Tensor | None
     loss: Tensor | None
     delta_norm: Tensor
+    gradients: GradientStats | None = None
+
+
+@dataclass
+class GradientStats:
+    """Input-gradient health of one attack call, per sample (a gradient-masking check in the
+    spirit of AutoAttack's ``checks.py``: reported, never repaired silently).
+
+    Attributes:
+        nonfinite: ``Bool[B]``, some step's gradient had a NaN/inf entry (those entries were
+            replaced by 0 so the iterate stays finite — the attack then had no information).
+        zero: ``Bool[B]``, every gradient the attack took for this sample was exactly zero
+            (e.g. a quantising first layer or a saturated softmax: the attack cannot move).
+        evaluations: number of input-gradient evaluations of the call (forward + backward).
+    """
+
+    nonfinite: Tensor
+    zero: Tensor
+    evaluations: int = 0
+
+    def merge(self, nonfinite: Tensor, zero: Tensor) -> None:
+        self.nonfinite |= nonfinite
+        self.zero &= zero
+        self.evaluations += 1
 
 
 @dataclass
@@ -86,6 +112,7 @@ class _Call:
     generator: torch.Generator | None
     lo: float
     hi: float
+    gradients: GradientStats | None = None
 
     @property
     def batch(self) -> int:
@@ -162,6 +189,7 @@ class Attack(ABC):
 
     name: ClassVar[str] = "attack"
     uses_model: ClassVar[bool] = True  # noises set False: __call__ then never runs the model
+    last_gradients: GradientStats | None = None
 
     def __init__(
         self,
@@ -267,8 +295,17 @@ class Attack(ABC):
                 success = self._check_success(call.success_fn(_detach(output), call.target), call)
         if grad.dtype != xv.dtype:  # autograd already matches x's dtype; guard, never bf16
             grad = grad.to(xv.dtype)
-        # A NaN/inf gradient would poison x_adv; treat it as "no information" instead.
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        # A NaN/inf gradient would poison x_adv; treat it as "no information" instead — but
+        # count it (and all-zero gradients) per sample, so gradient masking is reported.
+        flat = grad.detach().reshape(grad.shape[0], -1)
+        nonfinite = ~torch.isfinite(flat).all(dim=1)
+        if bool(nonfinite.any()):
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            flat = grad.reshape(grad.shape[0], -1)
+        zero = ~(flat != 0).any(dim=1) if flat.shape[1] else torch.ones_like(nonfinite)
+        if call.gradients is None:
+            call.gradients = GradientStats(nonfinite.clone(), zero.clone(), 0)
+        call.gradients.merge(nonfinite, zero)
         return grad, loss.detach().float(), success
 
     def _evaluate(self, call: _Call, x_adv: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -495,11 +532,15 @@ class Attack(ABC):
         if x_adv.dtype != x.dtype:
             x_adv = x_adv.to(x.dtype).clamp_(call.lo, call.hi)
         delta_norm = per_sample_norm(x_adv.float() - call.x.float(), self.norm or "linf")
+        #: the last call's gradient health (also on the result): the evaluation's sanity
+        #: checks read it after ``atk(...)``, which returns only ``x_adv``.
+        self.last_gradients = call.gradients
         return AttackResult(
             x_adv=x_adv,
             success=best_success.detach() if best_success is not None else None,
             loss=best_loss.detach() if best_loss is not None else None,
             delta_norm=delta_norm,
+            gradients=call.gradients,
         )
 
     def _validate_call(self, call: _Call) -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "cross_entropy",
     "dice_loss",
     "dice_ce_loss",
+    "dlr_loss",
+    "dlr_targeted_loss",
     "heatmap_mse",
     "margin_loss",
     "misclassified",
@@ -189,6 +191,56 @@ def margin_loss(output: Tensor, target: Any, kappa: float = math.inf) -> Tensor:
     if math.isfinite(kappa):
         margin = margin.clamp(max=kappa)
     return _mean_per_sample(margin)
+
+
+def _dlr_inputs(output: Tensor, target: Any, min_classes: int, what: str) -> tuple[Tensor, Tensor]:
+    labels = unwrap_target(target).long().reshape(-1)
+    output = output.float()
+    if output.ndim != 2 or output.shape[0] != labels.shape[0]:
+        raise ValueError(f"{what}: needs logits [B, K] and labels [B], got {tuple(output.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if output.shape[1] < min_classes:
+        raise ValueError(
+            f"{what}: needs K >= {min_classes} classes (its denominator uses the "
+            f"{min_classes - 1 if min_classes == 3 else min_classes}-th largest logit), got K = "
+            f"{output.shape[1]}; for binary classification use margin_loss (the CW margin), as "
+            "the classification `standard` suite does"
+        )
+    return output, labels
+
+
+def dlr_loss(output: Tensor, target: Any) -> Tensor:
+    """Difference-of-logits-ratio loss (Croce & Hein 2020), ``-> [B]``:
+    ``-(z_y − max_{i≠y} z_i) / (z_π1 − z_π3)`` with ``z_π`` the logits sorted decreasingly.
+
+    Invariant to shifting and rescaling the logits, so a model whose softmax saturates (or is
+    scaled to hide its gradient) cannot mislead it. Positive exactly when misclassified.
+    Needs logits ``[B, K]`` with ``K >= 3`` (raises otherwise; use :func:`margin_loss` for 2).
+    """
+    z, y = _dlr_inputs(output, target, 3, "dlr_loss")
+    srt = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    z_other = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return -(z_y - z_other) / (srt[:, 0] - srt[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(output: Tensor, target: Any, target_class: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein 2020), ``-> [B]``:
+    ``-(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)``; increasing it moves the prediction to the
+    target class ``t`` (``target_class`` ``[B]`` int). Needs ``K >= 4`` classes."""
+    z, y = _dlr_inputs(output, target, 4, "dlr_targeted_loss")
+    t = target_class.long().to(z.device).reshape(-1, 1)
+    srt = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    z_t = z.gather(1, t).squeeze(1)
+    return -(z_y - z_t) / (srt[:, 0] - (srt[:, 2] + srt[:, 3]) / 2 + 1e-12)
+
+
+def ce_targeted_loss(output: Tensor, target: Any, target_class: Tensor) -> Tensor:
+    """Targeted cross-entropy, ``-> [B]``: ``−CE(z, t)``; increasing it pulls the prediction
+    towards ``target_class`` ``[B]``. Logits ``[B, K, *spatial]`` (targets per position then)."""
+    t = target_class.long().to(output.device)
+    return -_mean_per_sample(F.cross_entropy(output.float(), t, reduction="none"))
 
 
 def misclassified(output: Tensor, target: Any) -> Tensor:

@@ -1,25 +1,35 @@
-"""Attacks by name, for configs: ``build_attack("pgd", eps=0.004, steps=10)``."""
+"""Attacks by name, for configs: ``build_attack("pgd", eps=0.004, steps=10)``.
+
+The registry key is the attack class's ``name``; an attack module registers its class with
+:func:`register_attack` (a decorator), so a new attack is one file plus its import in
+``attacks/__init__.py``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import Attack
 from .cw import CW
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .noise import GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
 
-ATTACKS: dict[str, type[Attack]] = {
-    "fgsm": FGSM,
-    "bim": BIM,
-    "pgd": PGD,
-    "mifgsm": MIFGSM,
-    "cw": CW,
-    "gaussian": GaussianNoise,
-    "uniform": UniformNoise,
-    "salt_pepper": SaltPepperNoise,
-    "speckle": SpeckleNoise,
-}
+ATTACKS: dict[str, type[Attack]] = {}
+
+A = TypeVar("A", bound=type[Attack])
+
+
+def register_attack(cls: A) -> A:
+    """Class decorator: make ``cls`` buildable by its ``name`` (``build_attack(cls.name)``)."""
+    key = cls.name
+    if key in ATTACKS and ATTACKS[key] is not cls:
+        raise ValueError(f"attack name {key!r} is registered twice ({ATTACKS[key]} and {cls})")
+    ATTACKS[key] = cls
+    return cls
+
+
+for _cls in (FGSM, BIM, PGD, MIFGSM, CW, GaussianNoise, UniformNoise, SaltPepperNoise, SpeckleNoise):
+    register_attack(_cls)
 
 # Spellings people use in papers and configs.
 _ALIASES = {
@@ -35,6 +45,9 @@ _ALIASES = {
     "saltpepper": "salt_pepper",
     "s&p": "salt_pepper",
     "speckle_noise": "speckle",
+    "auto_pgd": "apgd",
+    "autopgd": "apgd",
+    "square_attack": "square",
 }
 
 

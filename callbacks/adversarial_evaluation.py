@@ -121,7 +121,11 @@ class AdversarialEvaluation(Callback):
         attacks: the per-epoch suite, a list of ``{name, label?, **params}`` (any attack of
             :mod:`attacks`, every constructor parameter but ``eps``/``bounds``), e.g.
             ``[{name: pgd, norm: linf, steps: 10}, {name: fgsm}]``. ``label`` renames an entry
-            (needed when one attack appears twice). Default: :data:`DEFAULT_ATTACKS`.
+            (needed when one attack appears twice). Default: :data:`DEFAULT_ATTACKS`. Or the
+            name of a suite (``"standard"``, ``"quick"``; :mod:`attacks.suites`), resolved for
+            the task at setup; a named classification suite is sequential (AutoAttack: later
+            members skip samples already broken). ``loss`` in an entry names an attack loss
+            (:mod:`attacks.task_losses`).
         eps: the ε grid, in the data's pixel units (``data_info.bounds``). Default
             :data:`DEFAULT_EPS`.
         subset: evaluation samples: a count (``int``) or a fraction of the split (``float``),
@@ -152,20 +156,24 @@ class AdversarialEvaluation(Callback):
             transform to one draw, so the subset really is the same every time.
         test_subset: the subset at ``validate``/``test`` (``"same"``: ``subset``; ``None`` or
             ``1.0``: the whole split).
+        sanity: when to run the gradient-masking checks of :mod:`callbacks.sanity` and write
+            them under ``"sanity"`` in ``robustness.json`` (warnings when they fire):
+            ``"test"`` (validate/test only; costs one APGD-20 at a large ε and one extra clean
+            forward per batch), ``"always"`` or ``"never"``.
         prefix: first part of every scalar name (``adv``); a second evaluation callback in the
             same run needs its own prefix, and then writes ``robustness_<prefix>.json`` etc.
     """
 
     def __init__(
         self,
-        attacks: list[dict[str, Any]] | None = None,
+        attacks: list[dict[str, Any]] | str | None = None,
         eps: list[float] | None = None,
         subset: int | float | None = 64,
         every_n_epochs: int = 1,
         bn_mode: str = "eval",
         dropout_mode: str = "eval",
         batch_size: int | None = None,
-        test_attacks: list[dict[str, Any]] | None = None,
+        test_attacks: list[dict[str, Any]] | str | None = None,
         test_eps: list[float] | None = None,
         seed: int = 0,
         write_json: bool = True,
@@ -178,14 +186,31 @@ class AdversarialEvaluation(Callback):
         cache_mb: float = 256.0,
         test_subset: int | float | None | str = "same",
         prefix: str = "adv",
+        sanity: str = "test",
     ) -> None:
         super().__init__()
-        self.attack_configs = [dict(a) for a in (attacks if attacks is not None else DEFAULT_ATTACKS)]
-        self.specs = parse_attack_specs(self.attack_configs, "AdversarialEvaluation.attacks")
+        # A named suite ("standard", "quick"; attacks/suites.py) depends on the task: resolved
+        # in setup(). Its sequential rule (skip broken samples) applies only to named suites.
+        self._suite_names = {"per_epoch": attacks if isinstance(attacks, str) else None,
+                             "test": test_attacks if isinstance(test_attacks, str) else None}
+        from attacks.suites import SUITES
+
+        for fname, value in (("attacks", attacks), ("test_attacks", test_attacks)):
+            if isinstance(value, str) and value not in SUITES:
+                raise ValueError(f"AdversarialEvaluation.{fname}: unknown suite {value!r}; known suites: {sorted(SUITES)}")
+        if sanity not in ("test", "always", "never"):
+            raise ValueError(f"AdversarialEvaluation.sanity must be 'test', 'always' or 'never', got {sanity!r}")
+        self.sanity = sanity
+        if isinstance(attacks, str):
+            self.attack_configs: Any = attacks
+            self.specs = []
+        else:
+            self.attack_configs = [dict(a) for a in (attacks if attacks is not None else DEFAULT_ATTACKS)]
+            self.specs = parse_attack_specs(self.attack_configs, "AdversarialEvaluation.attacks")
         self.eps = check_eps_grid(eps if eps is not None else DEFAULT_EPS, "AdversarialEvaluation.eps")
         self.test_specs = (
             parse_attack_specs(test_attacks, "AdversarialEvaluation.test_attacks")
-            if test_attacks is not None else self.specs
+            if test_attacks is not None and not isinstance(test_attacks, str) else self.specs
         )
         self.test_eps = (
             check_eps_grid(test_eps, "AdversarialEvaluation.test_eps") if test_eps is not None else self.eps
@@ -231,6 +256,7 @@ class AdversarialEvaluation(Callback):
     # --- hooks ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_robust_task(pl_module, "AdversarialEvaluation")
+        self.resolve_suites(pl_module)
         twins = [cb for cb in trainer.callbacks
                  if isinstance(cb, AdversarialEvaluation) and cb is not self and cb.prefix == self.prefix]
         if twins:
@@ -239,6 +265,25 @@ class AdversarialEvaluation(Callback):
                 "and robustness.json would mix; give the second one another `prefix`, or replace "
                 "the experiment's callback list instead of appending to it"
             )
+
+    def resolve_suites(self, pl_module: Any) -> None:
+        """Turn named suites into specs for this task (idempotent)."""
+        task, k = getattr(pl_module, "task", None), getattr(pl_module, "num_classes", None)
+        per, test = self._suite_names["per_epoch"], self._suite_names["test"]
+        if per is not None:
+            self.specs = parse_attack_specs(per, "AdversarialEvaluation.attacks", task, k)
+        if test is not None:
+            self.test_specs = parse_attack_specs(test, "AdversarialEvaluation.test_attacks", task, k)
+        elif per is not None:
+            self.test_specs = self.specs
+
+    def _sequential(self, pl_module: Any, suite: str) -> bool:
+        from attacks.suites import is_sequential
+
+        name = self._suite_names["test" if suite == "test" else "per_epoch"]
+        if suite == "test" and name is None and self._suite_names["per_epoch"] and self.test_specs is self.specs:
+            name = self._suite_names["per_epoch"]
+        return name is not None and is_sequential(getattr(pl_module, "task", None))
 
     def file_name(self, name: str) -> str:
         """``robustness.json`` → ``robustness_<prefix>.json`` unless the prefix is ``adv``."""
@@ -322,8 +367,15 @@ class AdversarialEvaluation(Callback):
         with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model), \
                 trainer.precision_plugin.forward_context():  # the trainer's autocast, if any
             set_eval_mode(pl_module, model)
+            if not specs:
+                self.resolve_suites(pl_module)
+                specs = self.test_specs if suite == "test" else self.specs
+            check = self.sanity == "always" or (self.sanity == "test" and suite == "test")
+            lo, hi = (float(b) for b in task.data_info.bounds)
             evaluator = RobustnessEvaluator(
-                task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble
+                task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble,
+                sequential=self._sequential(pl_module, suite),
+                large_eps=0.25 * (hi - lo) if check and math.isfinite(hi - lo) else None,
             )
             for i, raw in enumerate(self._batches(key, dataset, mine, collate_fn)):
                 batch_no, idx, counted = mine[i]
@@ -347,6 +399,12 @@ class AdversarialEvaluation(Callback):
         if self.minimal_eps.enabled:
             values = [v for _, v in sorted(minimal)]
             record["minimal_eps"] = summarise(values, self.minimal_eps)
+        if check:
+            from callbacks.sanity import sanity_report
+
+            ra = record["robust_area"]
+            record["sanity"] = sanity_report(outcome, ra["metric"], ra["metric_lower_is_better"],
+                                             warn=trainer.is_global_zero)
         self._log_scalars(pl_module, record)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
@@ -405,7 +463,12 @@ class AdversarialEvaluation(Callback):
                 "random_start": desc.get("random_start"),
                 "metrics": metrics,
                 "in_ensemble": spec.budgeted,
+                "loss": spec.describe().get("loss", "task"),
+                "gradients": outcome.gradients.get((label, eps)),
             }
+            if outcome.sequential:
+                entry["note"] = ("sequential suite: attacks only samples no earlier member broke; "
+                                 "metrics are the worst case over this and earlier members")
             if not spec.budgeted:
                 entry["note"] = "no ε budget: run with its own parameters at every grid point"
             extra = {k: v for k, v in desc.items() if k not in entry and k not in ("eps", "bounds")}
@@ -439,6 +502,10 @@ class AdversarialEvaluation(Callback):
             "split": split,
             "global_step": int(trainer.global_step),
             "suite": suite,
+            "suite_name": self._suite_names["test" if suite == "test" else "per_epoch"] or (
+                self._suite_names["per_epoch"] if suite == "test" and self.test_specs is self.specs else None),
+            "sequential": outcome.sequential,
+            "members": [_member(sp, outcome) for sp in specs_used],
             "clean": outcome.clean,
             "attacks": attacks,
             "ensemble": ensemble,
@@ -526,7 +593,7 @@ class AdversarialEvaluation(Callback):
             path = plot_histogram(
                 values, log_dir / self.file_name("minimal_eps.png"),
                 f"minimal ε per sample ({me['censored_fraction']:.0%} not broken at ε_max={me['eps_max']:g})",
-                f"ε ({me['norm']}, PGD-{me['steps']}, {me['n_bisect']} bisections)", marks, bins=20,
+                f"ε ({me['norm']}, {me.get('attack', 'pgd').upper()}-{me['steps']}, {me['n_bisect']} bisections)", marks, bins=20,
             )
             log_image(trainer, f"{self.prefix}/minimal_eps_{record['split']}", path)
         metrics = list(record["clean"])
@@ -534,6 +601,12 @@ class AdversarialEvaluation(Callback):
         rows += [[e["attack"], e["eps"], *(e["metrics"].get(m) for m in metrics)] for e in record["attacks"]]
         rows += [["ensemble", e["eps"], *(e["metrics"].get(m) for m in metrics)] for e in record["ensemble"]]
         log_table(trainer, f"{self.prefix}/robustness_table_{record['split']}", ["attack", "eps", *metrics], rows)
+
+
+def _member(spec: Any, outcome: EvalOutcome) -> dict[str, Any]:
+    """A suite member for ``robustness.json``: its spec with the steps and restarts it ran."""
+    desc = next((d for (label, _), d in outcome.descriptions.items() if label == spec.label), {})
+    return {**spec.describe(), "steps": desc.get("steps"), "restarts": desc.get("restarts")}
 
 
 def json_safe(obj: Any) -> Any:

@@ -15,7 +15,6 @@ ensemble is never better than any single attack on a sample-wise basis.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,99 +23,41 @@ from typing import Any
 import torch
 from torch import nn
 
+# The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
+# here for compatibility.
+from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from callbacks.common import compute_metrics
 
 
-def _known_attacks() -> list[str]:
-    from attacks import ATTACKS
+def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take.
 
-    return sorted(ATTACKS)
-
-
-def _canonical(name: str, where: str) -> str:
-    """Registry key of ``name`` (aliases such as ``ifgsm`` allowed); the error names the field."""
-    from attacks.registry import canonical_name
-
-    try:
-        return canonical_name(str(name))
-    except ValueError:
-        raise ValueError(f"{where}.name: unknown attack {name!r}; known attacks: {_known_attacks()}") from None
-
-
-@dataclass
-class AttackSpec:
-    """One configured attack of a suite: ``{name, label?, **params}`` without ``eps``.
-
-    ``label`` names it in logs and files (default: ``name``); two entries of the same attack
-    with different settings need distinct labels. ``budgeted`` is False for attacks without an
-    ε (``salt_pepper``): they are run at every grid point with their own parameters, reported,
-    but kept out of the ensemble, whose candidates must lie inside the ε-ball.
+    classification: logits ``[B, K]``, labels ``[B]``; segmentation: logits
+    ``[B, K, *spatial]``, mask ``[B, *spatial]``; landmarks: heatmaps ``[B, L, h, w]`` and
+    ``[B, L, 3]`` = (x, y) in the heatmap frame + visibility.
     """
-
-    label: str
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    budgeted: bool = True
-
-    def build(self, eps: float, bounds: tuple[float, float], bn_mode: str, dropout_mode: str) -> Any:
-        from attacks import build_attack
-
-        params = {"bn_mode": bn_mode, "dropout_mode": dropout_mode, **self.params}
-        if self.budgeted:
-            params["eps"] = eps
-        return build_attack(self.name, bounds=bounds, **params)
+    kind = getattr(task, "task", None)
+    if kind == "classification":
+        return task._logits(output), task._labels(batch)
+    if kind == "segmentation":
+        return task._logits(output, batch), batch["mask"]
+    if kind == "landmarks":
+        heat, _ = task._parts(output)
+        pts = task._to_heatmap(batch["landmarks"].to(heat.device, torch.float32), heat)
+        vis = batch["visible"].to(heat.device, torch.float32)
+        return heat, torch.cat([pts, vis[..., None]], dim=-1)
+    raise ValueError(f"no named attack losses for task {kind!r}; drop `loss:` to use the task's own loss")
 
 
-def _takes_eps(name: str) -> bool:
-    from attacks import ATTACKS
-
-    return "eps" in inspect.signature(ATTACKS[name].__init__).parameters
-
-
-def parse_attack_specs(configs: Sequence[dict[str, Any]] | None, field_name: str) -> list[AttackSpec]:
-    """Check a YAML attack list and turn it into :class:`AttackSpec` s.
-
-    Errors name the offending field (``attacks[1].name`` …) and list the known attacks.
-    """
-    if configs is None:
-        raise ValueError(f"{field_name}: give a list of attacks, e.g. [{{name: pgd, steps: 10}}]")
-    if isinstance(configs, dict):
-        configs = [configs]
-    if len(configs) == 0:
-        raise ValueError(f"{field_name}: the attack list is empty")
-    known = _known_attacks()
-    specs: list[AttackSpec] = []
-    for i, cfg in enumerate(configs):
-        where = f"{field_name}[{i}]"
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{where}: each attack is a mapping like {{name: pgd, steps: 10}}, got {cfg!r}")
-        params = dict(cfg)
-        name = params.pop("name", None)
-        if name is None:
-            raise ValueError(f"{where}.name is missing; known attacks: {known}")
-        name = _canonical(name, where)
-        if "eps" in params:
-            raise ValueError(
-                f"{where}.eps: the budget comes from the callback's ε grid (eps / test_eps), "
-                "not from the attack entry"
-            )
-        for forbidden in ("bounds",):
-            if forbidden in params:
-                raise ValueError(f"{where}.{forbidden}: taken from the task's data_info, remove it")
-        label = str(params.pop("label", name))
-        spec = AttackSpec(label=label, name=name, params=params, budgeted=_takes_eps(name))
-        try:  # fail at configuration time, not at the first evaluation
-            spec.build(1e-3, (0.0, 1.0), "eval", "eval")
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {name} does not accept {params}: {err}") from None
-        specs.append(spec)
-    labels = [s.label for s in specs]
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
-    if dupes:
-        raise ValueError(f"{field_name}: attacks {dupes} appear twice; give each a distinct `label`")
-    if "clean" in labels or "ensemble" in labels:
-        raise ValueError(f"{field_name}: 'clean' and 'ensemble' are reserved labels")
-    return specs
+def _take(obj: Any, idx: torch.Tensor, size: int) -> Any:
+    """The samples ``idx`` of a batch structure (tensors / lists whose first dim is ``size``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj[idx] if obj.ndim and obj.shape[0] == size else obj
+    if isinstance(obj, dict):
+        return {k: _take(v, idx, size) for k, v in obj.items()}
+    if isinstance(obj, list) and len(obj) == size:
+        return [obj[int(i)] for i in idx]
+    return obj
 
 
 def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list[float]:
@@ -158,6 +99,17 @@ class EvalOutcome:
     descriptions: dict[tuple[str, float], dict[str, Any]]
     ensemble_rule: str
     num_samples: int
+    #: per (attack, ε): samples attacked, with a non-finite / an all-zero input gradient
+    gradients: dict[tuple[str, float], dict[str, int]] = field(default_factory=dict)
+    #: fraction of subset samples whose two clean eval-mode forwards differed
+    clean_randomness: float = 0.0
+    sequential: bool = False
+    #: per ε: samples whose worst case came from a gradient-free attack and violates
+    blackbox_wins: dict[float, int] = field(default_factory=dict)
+    #: the large-ε check: ``{"eps", "steps", "broken", "samples"}`` or None
+    large_eps: dict[str, Any] | None = None
+    #: subset samples over all ranks
+    total_samples: int = 0
 
 
 class RobustnessEvaluator:
@@ -183,8 +135,12 @@ class RobustnessEvaluator:
         dropout_mode: str = "eval",
         seed: int = 0,
         ensemble: bool = True,
+        sequential: bool = False,
+        large_eps: float | None = None,
+        large_eps_steps: int = 20,
     ) -> None:
         self.task = task
+        self.sequential = bool(sequential) and ensemble
         self.specs = list(specs)
         self.eps = list(eps)
         self.seed = int(seed)
@@ -196,6 +152,24 @@ class RobustnessEvaluator:
         }
         self._violation_ok = True
         self.num_samples = 0
+        self.gradients = {k: {"attacked": 0, "nonfinite": 0, "zero": 0} for k in self.attacks}
+        self._random_clean = 0
+        self._gradient_free = {i for i, sp in enumerate(self.specs)
+                               if getattr(self.attacks[(sp.label, self.eps[0])], "gradient_free", False)}
+        self.blackbox_wins = dict.fromkeys(self.eps, 0)
+        # Sanity check: a huge budget must break (almost) everything (Carlini et al. 2019,
+        # "On evaluating adversarial robustness"); APGD on the task loss, L∞.
+        self.large_eps = large_eps
+        self.large_eps_steps = int(large_eps_steps)
+        self.large_broken = 0
+        if large_eps is not None:
+            from attacks import APGD
+
+            # From x, not a random start: at such a budget a uniform start is a noise image,
+            # often far from every decision boundary the gradient could follow.
+            self._large_attack = APGD(eps=float(large_eps), norm="linf", steps=self.large_eps_steps,
+                                      random_start=False, bounds=bounds, bn_mode=bn_mode,
+                                      dropout_mode=dropout_mode)
         device = next((p.device for p in task.parameters()), torch.device("cpu"))
         self.device = device
         self.metrics = EvalMetrics(
@@ -223,6 +197,38 @@ class RobustnessEvaluator:
                 self._violation_ok = False
         return torch.zeros(size, dtype=torch.bool, device=self.device)
 
+    def _loss_fn(self, spec: AttackSpec, out_clean: Any, idx: torch.Tensor | None, size: int,
+                 default: Any) -> Any:
+        """The attack's loss: the task's per-sample loss, or the spec's named attack loss on the
+        task's ``(logits, labels)`` (targets of targeted losses from the clean output)."""
+        if spec.loss is None:
+            return default
+        from attacks.task_losses import make_attack_loss
+
+        task = self.task
+        steps = int(spec.params.get("steps", 1))
+        clean_logits = None
+        if getattr(task, "task", None) == "classification":
+            clean_logits = task._logits(out_clean).detach()
+            if idx is not None:
+                clean_logits = clean_logits[idx]
+        fn = make_attack_loss(spec.loss, clean_logits, steps, **spec.loss_args)
+
+        def loss(output: Any, batch: Any) -> torch.Tensor:
+            logits, labels = task_loss_tensors(task, output, batch)
+            return fn(logits, labels)
+
+        return loss
+
+    def _count_gradients(self, key: tuple[str, float], attack: Any, attacked: int) -> None:
+        stats = getattr(attack, "last_gradients", None)
+        g = self.gradients[key]
+        g["attacked"] += attacked
+        if stats is not None and attacked:
+            g["nonfinite"] += int(stats.nonfinite.sum())
+            g["zero"] += int(stats.zero.sum())
+            attack.last_gradients = None
+
     def forward(self, x: torch.Tensor) -> Any:
         with torch.no_grad():
             return self.model(x)
@@ -240,12 +246,17 @@ class RobustnessEvaluator:
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
             self.num_samples += size
-        if self.ensemble:
+            # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
+            self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
+        if self.ensemble or any(sp.loss for sp in self.specs):
             loss_clean = self._loss(out_clean, batch)
             viol_clean = self._violated(out_clean, batch, size)
 
-        def loss_fn(output: Any, target: Any) -> torch.Tensor:
+        def task_loss(output: Any, target: Any) -> torch.Tensor:
             return task.per_sample_loss(output, target)
+
+        def success_fn(output: Any, target: Any) -> torch.Tensor:
+            return task.is_violated(output, target).bool().reshape(-1)
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
@@ -255,7 +266,23 @@ class RobustnessEvaluator:
             for a_i, spec in enumerate(self.specs):
                 attack = self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
-                x_adv = attack(self.model, x, batch, loss_fn=loss_fn, generator=gen)
+                if self.sequential and spec.budgeted:
+                    # AutoAttack's rule: later members spend nothing on samples already broken.
+                    todo = (~best_viol).nonzero().flatten()
+                    x_adv = best_x.clone()
+                    if todo.numel():
+                        sub = _take(batch, todo, size)
+                        x_adv[todo] = attack(self.model, x[todo], sub,
+                                             loss_fn=self._loss_fn(spec, out_clean, todo, size, task_loss),
+                                             success_fn=success_fn if self._violation_ok else None,
+                                             generator=gen)
+                else:
+                    todo = None
+                    x_adv = attack(self.model, x, batch,
+                                   loss_fn=self._loss_fn(spec, out_clean, None, size, task_loss),
+                                   generator=gen)
+                if counted:
+                    self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
                 out = self.forward(x_adv)
                 if counted:
                     task.update_metrics(self.metrics.attacks[(spec.label, eps)], out, batch)
@@ -273,6 +300,11 @@ class RobustnessEvaluator:
                     outputs[a_i] = out
             if not (self.ensemble and counted):
                 continue
+            if self._gradient_free:
+                gf = torch.zeros_like(best_viol)
+                for i in self._gradient_free:
+                    gf |= winner == i
+                self.blackbox_wins[eps] += int((gf & best_viol).sum() if self._violation_ok else gf.sum())
             # One candidate won every sample: reuse its output; otherwise forward the mix once.
             first = int(winner[0])
             if bool((winner == first).all()) and first in outputs:
@@ -280,6 +312,12 @@ class RobustnessEvaluator:
             else:
                 ens_out = self.forward(best_x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
+
+        if self.large_eps is not None and counted:
+            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
+            x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
+            out_big = self.forward(x_big)
+            self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
 
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
@@ -292,4 +330,45 @@ class RobustnessEvaluator:
         ensemble = {e: compute_metrics(m) for e, m in self.metrics.ensemble.items()}
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
         rule = "violation_then_loss" if self._violation_ok else "loss"
-        return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples)
+        gradients = {k: _sum_counts(v) for k, v in self.gradients.items()}
+        total = _sum_counts({"n": self.num_samples})["n"]
+        randomness = _sum_counts({"n": self._random_clean})["n"] / max(total, 1)
+        wins = {e: _sum_counts({"n": v})["n"] for e, v in self.blackbox_wins.items()}
+        large = None
+        if self.large_eps is not None:
+            c = _sum_counts({"broken": self.large_broken, "samples": self.num_samples})
+            large = {"eps": self.large_eps, "steps": self.large_eps_steps, "attack": "apgd linf, task loss",
+                     "decidable": self._violation_ok, **c}
+        return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
+                           gradients, randomness, self.sequential, wins, large, total)
+
+
+def _differs(a: Any, b: Any, size: int) -> torch.Tensor:
+    """``Bool[B]``: two outputs of one input differ (beyond float noise) for each sample."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.ndim == 0 or a.shape[0] != size:
+            return torch.zeros(size, dtype=torch.bool, device=a.device)
+        d = (a.float() - b.float()).abs().reshape(size, -1)
+        scale = a.float().abs().reshape(size, -1).amax(dim=1, keepdim=True).clamp_min(1.0)
+        return (d > 1e-4 * scale).any(dim=1)
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = torch.zeros(size, dtype=torch.bool)
+        for k in a:
+            if k in b:
+                r = _differs(a[k], b[k], size)
+                out = out.to(r.device) | r
+        return out
+    return torch.zeros(size, dtype=torch.bool)
+
+
+def _sum_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Sum integer counters over DDP ranks (identity without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(counts)
+    keys = sorted(counts)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(counts[k]) for k in keys], device=dev)
+    dist.all_reduce(t)
+    return {k: int(v) for k, v in zip(keys, t.tolist())}

@@ -1,0 +1,115 @@
+"""Gradient-masking sanity checks of a robustness evaluation: reported, never repaired.
+
+An evaluation that hides gradient masking reports robustness that is not there (Athalye et al.
+2018, "Obfuscated gradients give a false sense of security"; Carlini et al. 2019, "On
+evaluating adversarial robustness"; AutoAttack's ``checks.py``, Croce & Hein 2020). Each check
+becomes an entry of ``robustness.json["sanity"]`` — ``{"flag": bool, "value", "threshold",
+"message"}`` — and a ``UserWarning`` when it fires:
+
+``gradient``        fraction of attacked samples whose input gradient was non-finite at some
+                    step or exactly zero at every step, worst gradient attack (``> 5%``)
+``monotone``        the ensemble's robust metric gets *better* as ε grows (by more than 0.01)
+``large_eps``       APGD-20 at a huge L∞ budget (a quarter of the input range) breaks fewer than 90% of
+                    the samples
+``black_box``       a gradient-free attack (Square) sets the worst case of more than 1% of the
+                    samples that the white-box attacks did not break
+``randomness``      two eval-mode clean forwards of the same input differ (on any sample)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from callbacks.evaluation_loop import EvalOutcome
+
+
+@dataclass
+class SanityThresholds:
+    """When each flag fires (see the module docstring)."""
+
+    gradient: float = 0.05
+    monotone: float = 0.01
+    large_eps: float = 0.90
+    black_box: float = 0.01
+    randomness: float = 0.0
+
+
+def _entry(flag: bool, value: Any, threshold: Any, message: str) -> dict[str, Any]:
+    return {"flag": bool(flag), "value": value, "threshold": threshold, "message": message}
+
+
+def sanity_report(
+    outcome: EvalOutcome,
+    monitor: str,
+    lower_is_better: bool,
+    thresholds: SanityThresholds | None = None,
+    warn: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """The sanity entries of one evaluation (``robustness.json["sanity"]``)."""
+    th = thresholds or SanityThresholds()
+    out: dict[str, dict[str, Any]] = {}
+
+    # 1. zero / non-finite input gradients (gradient attacks only)
+    worst, worst_label = 0.0, None
+    for (label, eps), g in outcome.gradients.items():
+        desc = outcome.descriptions.get((label, eps), {})
+        if desc.get("gradient_free") or not g.get("attacked"):
+            continue
+        frac = (g["nonfinite"] + g["zero"]) / g["attacked"]
+        if frac > worst or worst_label is None:
+            worst, worst_label = frac, f"{label} @ eps={eps:g}"
+    if worst_label is not None:
+        out["gradient"] = _entry(
+            worst > th.gradient, worst, th.gradient,
+            f"{worst:.1%} of attacked samples had a zero or non-finite input gradient ({worst_label}); "
+            "NaN/inf entries were set to 0 — the attack had no information there",
+        )
+
+    # 2. robust metric monotone in ε (ensemble curve, ε = 0 is clean)
+    if outcome.ensemble and monitor:
+        pts = [(0.0, outcome.clean.get(monitor, math.nan))]
+        pts += [(e, m.get(monitor, math.nan)) for e, m in sorted(outcome.ensemble.items())]
+        sign = -1.0 if lower_is_better else 1.0  # robustness = sign * metric
+        rise = max((sign * (b[1] - a[1]) for a, b in zip(pts, pts[1:])
+                    if math.isfinite(a[1]) and math.isfinite(b[1])), default=0.0)
+        out["monotone"] = _entry(
+            rise > th.monotone, rise, th.monotone,
+            f"the ensemble {monitor} improves by {rise:.4g} between consecutive ε: a stronger "
+            "budget should never help; the attack is failing at the larger ε",
+        )
+
+    # 3. a large ε must break (almost) everything
+    large = outcome.large_eps
+    if large is not None and large.get("decidable") and large.get("samples"):
+        rate = large["broken"] / large["samples"]
+        out["large_eps"] = _entry(
+            rate < th.large_eps, rate, th.large_eps,
+            f"APGD-{large['steps']} at L∞ ε={large['eps']:g} broke only {rate:.1%} of the samples",
+        )
+
+    # 4. black box beating white box
+    if outcome.blackbox_wins and outcome.num_samples:
+        worst_e = max(outcome.blackbox_wins, key=lambda e: outcome.blackbox_wins[e])
+        n = outcome.blackbox_wins[worst_e]
+        total = max(outcome.total_samples or outcome.num_samples, 1)
+        frac = n / total
+        out["black_box"] = _entry(
+            frac > th.black_box, frac, th.black_box,
+            f"a gradient-free attack set the worst case of {frac:.1%} of the samples at ε={worst_e:g} "
+            "that no gradient attack broke: the gradients are not informative (masking)",
+        )
+
+    # 5. randomness in the model
+    out["randomness"] = _entry(
+        outcome.clean_randomness > th.randomness, outcome.clean_randomness, th.randomness,
+        f"{outcome.clean_randomness:.1%} of the samples got different outputs from two eval-mode "
+        "clean forwards: a randomised model needs EOT attacks (Athalye et al. 2018)",
+    )
+    if warn:
+        for name, e in out.items():
+            if e["flag"]:
+                warnings.warn(f"robustness sanity check '{name}' fired: {e['message']}", stacklevel=2)
+    return out
