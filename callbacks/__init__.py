@@ -5,9 +5,12 @@
 * :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
 
-Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`.
+Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`;
+a LightningModule of one's own gets there through :class:`RobustTaskAdapter` (a model, a
+per-sample loss and metrics; see :mod:`callbacks.adapter`).
 """
 
+from callbacks.adapter import RobustTaskAdapter
 from callbacks.adversarial_evaluation import (
     DEFAULT_ATTACKS,
     DEFAULT_EPS,
@@ -26,6 +29,7 @@ __all__ = [
     "AdversarialExamples",
     "MarginMonitor",
     "MinimalEpsConfig",
+    "RobustTaskAdapter",
     "minimal_eps_batch",
     "robust_area",
     "write_report",

@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.adapter import batch_for
 from callbacks.common import (
     DEFAULT_MONITOR,
     check_robust_task,
@@ -327,7 +328,7 @@ class AdversarialEvaluation(Callback):
             )
             for i, raw in enumerate(self._batches(key, dataset, mine, collate_fn)):
                 batch_no, idx, counted = mine[i]
-                batch = to_autograd_safe(raw, device)
+                batch = to_autograd_safe(batch_for(task, raw), device)
                 evaluator.run_batch(batch_no, batch, counted)
                 if self.minimal_eps.enabled:
                     gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
@@ -342,7 +343,7 @@ class AdversarialEvaluation(Callback):
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
 
-        record = self._record(trainer, pl_module, split, suite, outcome, list(specs), indices,
+        record = self._record(trainer, task, split, suite, outcome, list(specs), indices,
                               len(dataset), batch_size, world_size, seconds)
         if self.minimal_eps.enabled:
             values = [v for _, v in sorted(minimal)]

@@ -49,7 +49,7 @@ from torchmetrics import MetricCollection
 
 from datamodules.info import DataInfo
 from lightning_modules.methods.base import TrainingMethod
-from lightning_modules.nets.builder import build_net, import_object
+from lightning_modules.nets.builder import build_net, import_object, net_instance_marker
 from lightning_modules.nets.normalize import Normalize
 from lightning_modules.protocol import Batch
 
@@ -77,7 +77,9 @@ class TaskModule(L.LightningModule):
 
     Args:
         net: ``{class_path, init_args}`` of the network (ours, MONAI, torchvision, anything
-            importable). ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims``
+            importable), or a built ``nn.Module`` (from Python; it must map normalised
+            ``[B, C, *spatial]`` images to the task's output; checkpoints then store a marker
+            and ``load_from_checkpoint(path, net=MyNet())`` takes the network again). ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims``
             are filled from ``data_info`` when the constructor takes them and ``init_args`` does
             not set them. ``None``: the task's small default network.
         data_info: the :class:`DataInfo` of the data (``train.py`` links it from ``data.info``;
@@ -140,12 +142,14 @@ class TaskModule(L.LightningModule):
 
         # Plain-value hyperparameters: the method as {class_path, init_args}, data_info as a
         # dict. Checkpoints are then loadable with weights_only=True (LightningCLI does that).
-        self.save_hyperparameters(ignore=["data_info", "method"])
+        self.save_hyperparameters(ignore=["data_info", "method", *(["net"] if isinstance(net, nn.Module) else [])])
         plain_info = data_info_to_dict(self.data_info)
         method_cfg = self._method_arg.config()
         for store in (self._hparams, self._hparams_initial):
             store["data_info"] = plain_info
             store["method"] = method_cfg
+            if isinstance(net, nn.Module):  # a built network: its weights are in state_dict
+                store["net"] = net_instance_marker(net)
         self._built = False
         self._epoch_closed = True
         self._pipeline: Pipeline | None = None
@@ -239,6 +243,14 @@ class TaskModule(L.LightningModule):
         k = max(self.data_info.num_classes, 0)
         names = list(self.data_info.class_names)
         return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
+
+    # ------------------------------------------------------------------ batches
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The batch contract at the boundary: a dict with the task's keys, else a clear error
+        # naming them (a TensorDataset tuple would fail deep inside a loss).
+        from lightning_modules.batch import check_batch
+
+        return check_batch(batch, self.task, type(self).__name__)
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
