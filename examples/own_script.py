@@ -19,14 +19,15 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
 from medrobust.callbacks import AdversarialEvaluation, RobustTaskAdapter
 from medrobust.datamodules.info import DataInfo
 from medrobust.lightning_modules import ClassificationModule
 from medrobust.lightning_modules.batch import DictDataset
 from medrobust.lightning_modules.methods import SAT
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
 
 
 def toy_data(n: int, seed: int) -> TensorDataset:
