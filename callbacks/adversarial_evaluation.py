@@ -89,6 +89,7 @@ from callbacks.evaluation_loop import (
     parse_attack_specs,
 )
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch, summarise
+from callbacks.progress import progress_bar
 
 #: Default per-epoch suite, sized by benchmarks/eval_cost.py to stay under 30% of a quickstart
 #: training epoch: PGD-3 (L∞, no random start: deterministic, identical on 1 or N processes) at
@@ -326,7 +327,10 @@ class AdversarialEvaluation(Callback):
             evaluator = RobustnessEvaluator(
                 task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble
             )
-            for i, raw in enumerate(self._batches(key, dataset, mine, collate_fn)):
+            batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
+                self._batches(key, dataset, mine, collate_fn), len(mine),
+                f"{self.prefix} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
+            for i, raw in enumerate(batches):
                 batch_no, idx, counted = mine[i]
                 batch = to_autograd_safe(batch_for(task, raw), device)
                 evaluator.run_batch(batch_no, batch, counted)
