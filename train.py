@@ -43,6 +43,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
+from medrobust.config_checks import check_config
 
 DEFAULT_RUN_NAME = "medrobust"
 
@@ -123,6 +124,22 @@ class MedRobustCLI(LightningCLI):
     """LightningCLI with the data → model link, a CSV logger by default and ``--ckpt_path
     last`` resolution across runs."""
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `--print_config` prints and exits inside the parse: check what jsonargparse cannot
+        # (net.init_args keys, data task names) on a parse without it first.
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        if any(str(a).startswith("--print_config") for a in argv):
+            quiet = [a for a in argv if not str(a).startswith("--print_config")]
+            try:
+                cfg = parser.parse_args(quiet)
+            except SystemExit:
+                cfg = None  # the real parse below reports it
+            if cfg is not None:
+                problems = check_config(cfg.get(str(cfg.get("subcommand")), cfg))
+                if problems:
+                    parser.error("; ".join(problems))
+        super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.data_info", compute_fn=data_info_of,
                               apply_on="instantiate")
@@ -150,6 +167,9 @@ class MedRobustCLI(LightningCLI):
         from medrobust.run_folders import configure_loggers, find_last_checkpoint
 
         cfg = self._subconfig()
+        problems = check_config(cfg)
+        if problems:
+            raise ValueError("; ".join(problems))
         trainer_cfg = cfg.trainer
         root = Path(trainer_cfg.default_root_dir or os.getcwd())
         name = self.run_name()
