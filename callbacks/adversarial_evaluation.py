@@ -64,7 +64,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.adapter import batch_for
+from callbacks.adapter import batch_for, robust_task_of
 from callbacks.common import (
     DEFAULT_MONITOR,
     check_robust_task,
@@ -514,8 +514,10 @@ class AdversarialEvaluation(Callback):
         if self.plot:
             from callbacks.plotting import plot_robustness_curves
 
+            info = getattr(robust_task_of(trainer.lightning_module), "data_info", None)
             path = plot_robustness_curves(record, log_dir / self.file_name("robustness.png"),
-                                          record["robust_area"]["metric"])
+                                          record["robust_area"]["metric"],
+                                          bounds=getattr(info, "bounds", None))  # x-axis units
             log_image(trainer, f"{self.prefix}/robustness_curve_{record['split']}", path,
                       caption=f"epoch {record['epoch']}")
         if self.plot and "minimal_eps" in record:
