@@ -70,7 +70,9 @@ def load_train_module() -> ModuleType:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
-    load_train_module().cli_main(args)
+    train = load_train_module()
+    sys.argv = sys.argv[:1]  # the flags travel as `args` (LightningCLI warns when both carry them)
+    train.cli_main(args)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,17 @@ def test_namespace_survives_a_users_callbacks_module(wheel_venv: tuple[Path, dic
     """))
     out = run([str(venv / "bin" / "python"), "script.py"], tmp_path, env)
     assert "ok ClassificationModule" in out
+
+
+def test_config_paths_resolve_to_the_shipped_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medrobust
+    from medrobust.cli import resolve_config_args
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    shipped = str(medrobust.CONFIG_DIR / "experiment" / "quickstart.yaml")
+    assert resolve_config_args(["fit", "--config", "configs/experiment/quickstart.yaml"]) == [
+        "fit", "--config", shipped]
+    assert resolve_config_args(["--config=experiment/quickstart.yaml"]) == [f"--config={shipped}"]
+    (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
+    assert resolve_config_args(["--config", "mine.yaml"]) == ["--config", "mine.yaml"]  # own file
+    assert resolve_config_args(["--config", "absent.yaml"]) == ["--config", "absent.yaml"]
