@@ -19,12 +19,15 @@ earlier ones; command-line flags override files).
   (``data.info → model.init_args.data_info``), so configs never repeat channels, classes,
   bounds or the training-set size.
 * Runs log under ``<trainer.default_root_dir>/<experiment name>/version_<n>/`` (CSV by default;
-  ``configs/logger/wandb.yaml`` for W&B, offline without an account) — that is
-  ``trainer.log_dir``; the resolved config is saved there as ``config.yaml`` (never
-  overwritten: a clash gets a numbered name) and checkpoints go to its ``checkpoints/``.
+  ``configs/logger/wandb.yaml`` for W&B, offline without an account; TensorBoard alike) — that
+  is ``trainer.log_dir``, one folder per run for every logger (medrobust/run_folders.py); the
+  resolved config is saved there as ``config.yaml`` (never overwritten: a clash gets a numbered
+  name) and checkpoints go to its ``checkpoints/``.
 * ``--ckpt_path last`` with ``fit`` resumes from the newest ``last*.ckpt`` of earlier runs of the
   same experiment under ``default_root_dir`` (Lightning alone would only look in the new run's
-  empty folder).
+  empty folder); a resumed run continues in its run folder (same ``version_<n>``, CSV rows and
+  W&B run id kept).
+* Installed (``pip install .``), the same CLI is the ``medrobust`` command (medrobust/cli.py).
 * Real datasets are found through ``$MEDROBUST_DATA`` (e.g. ``MEDROBUST_DATA=../shared/data``)
   or an explicit ``--data.init_args.root`` path. Nothing is downloaded.
 """
