@@ -177,15 +177,16 @@ class MedRobustCLI(LightningCLI):
         root = Path(trainer_cfg.default_root_dir or os.getcwd())
         name = self.run_name()
         resume: Path | None = None
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            resume = find_last_checkpoint([root / name, root])
-            if resume is not None:
-                print(f"[medrobust] resuming from {resume}", file=sys.stderr)
-                cfg["ckpt_path"] = str(resume)
+        if cfg.get("ckpt_path") == "last":  # fit resumes it; validate / test evaluate it
+            found = find_last_checkpoint([root / name, root])
+            if found is not None:
+                verb = "resuming from" if self.subcommand == "fit" else "checkpoint"
+                print(f"[medrobust] {verb} {found}", file=sys.stderr)
+                cfg["ckpt_path"] = str(found)
             else:
                 print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
                       "Lightning will look in this run's checkpoint folder", file=sys.stderr)
-        elif self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "best", "hpc"):
+        if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
             resume = Path(cfg["ckpt_path"])  # continues in its run folder if it is one of ours
         if trainer_cfg.logger in (None, True) and not trainer_cfg.get("fast_dev_run"):
             # Lightning's default is TensorBoard when installed; medrobust's default is CSV,
