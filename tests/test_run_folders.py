@@ -127,3 +127,29 @@ def test_next_version(tmp_path: Path) -> None:
     (tmp_path / "version_4").mkdir()
     (tmp_path / "version_x").mkdir()
     assert next_version(tmp_path) == 5
+
+
+def test_configure_loggers_gives_every_logger_the_run_folder(tmp_path: Path) -> None:
+    """TensorBoard (not installed here, so checked on the parsed config), CSV and W&B."""
+    from jsonargparse import Namespace
+
+    from medrobust.run_folders import configure_loggers
+
+    (tmp_path / "exp" / "version_0").mkdir(parents=True)
+    tb = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                   init_args=Namespace(save_dir=str(tmp_path), name="lightning_logs", version=None))
+    wb = Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                   init_args=Namespace(save_dir=".", name=None, id=None))
+    first = configure_loggers([tb, wb], tmp_path, "exp", None)
+    assert first == tmp_path / "exp" / "version_1"
+    assert tb.init_args.name == "exp" and tb.init_args.version == 1
+    assert wb.init_args.save_dir == str(tmp_path / "exp" / "version_1")
+    assert wb.init_args.name == "exp/version_1"
+    # resuming a checkpoint of version_0 keeps version_0, and the W&B run id found there
+    (tmp_path / "exp" / "version_0" / "wandb" / "offline-run-20260101_000000-abc123").mkdir(parents=True)
+    tb.init_args.version = None
+    wb.init_args["save_dir"], wb.init_args["name"] = ".", None
+    ckpt = tmp_path / "exp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert configure_loggers([tb, wb], tmp_path, "exp", ckpt) == tmp_path / "exp" / "version_0"
+    assert tb.init_args.version == 0 and wb.init_args.id == "abc123"
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing written
