@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
     train = load_train_module()
-    sys.argv = sys.argv[:1]  # the flags travel as `args` (LightningCLI warns when both carry them)
-    train.cli_main(args)
+    # The resolved flags go through sys.argv: Lightning's DDP launcher restarts this command
+    # from sys.argv for the other ranks.
+    sys.argv = [sys.argv[0], *args]
+    train.cli_main(None)
 
 
 if __name__ == "__main__":
