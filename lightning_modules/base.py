@@ -79,9 +79,10 @@ class TaskModule(L.LightningModule):
         net: ``{class_path, init_args}`` of the network (ours, MONAI, torchvision, anything
             importable), or a built ``nn.Module`` (from Python; it must map normalised
             ``[B, C, *spatial]`` images to the task's output; checkpoints then store a marker
-            and ``load_from_checkpoint(path, net=MyNet())`` takes the network again). ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims``
-            are filled from ``data_info`` when the constructor takes them and ``init_args`` does
-            not set them. ``None``: the task's small default network.
+            and ``load_from_checkpoint(path, net=MyNet())`` takes the network again).
+            ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims`` are filled
+            from ``data_info`` when the constructor takes them and ``init_args`` does not set
+            them. ``None``: the task's small default network.
         data_info: the :class:`DataInfo` of the data (``train.py`` links it from ``data.info``;
             a dict with its fields is accepted, as stored in checkpoints).
         method: the training method, a :class:`TrainingMethod` (in YAML by ``class_path``) or
@@ -142,13 +143,14 @@ class TaskModule(L.LightningModule):
 
         # Plain-value hyperparameters: the method as {class_path, init_args}, data_info as a
         # dict. Checkpoints are then loadable with weights_only=True (LightningCLI does that).
-        self.save_hyperparameters(ignore=["data_info", "method", *(["net"] if isinstance(net, nn.Module) else [])])
+        built_net = ["net"] if isinstance(net, nn.Module) else []  # weights live in state_dict
+        self.save_hyperparameters(ignore=["data_info", "method", *built_net])
         plain_info = data_info_to_dict(self.data_info)
         method_cfg = self._method_arg.config()
         for store in (self._hparams, self._hparams_initial):
             store["data_info"] = plain_info
             store["method"] = method_cfg
-            if isinstance(net, nn.Module):  # a built network: its weights are in state_dict
+            if built_net:
                 store["net"] = net_instance_marker(net)
         self._built = False
         self._epoch_closed = True

@@ -53,6 +53,14 @@ def test_module_instance_as_net_and_tuple_batches_error(tmp_path: Path) -> None:
         quiet_trainer(tmp_path, []).fit(module, DataLoader(data(), batch_size=8))
     quiet_trainer(tmp_path, []).fit(module, DataLoader(DictDataset(data()), batch_size=8))
     assert module.trainer.global_step == 2
+    # the checkpoint holds plain values only; the network is passed again to load it
+    path = tmp_path / "m.ckpt"
+    module.trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)
+    with pytest.raises(ValueError, match="pass it again"):
+        ClassificationModule.load_from_checkpoint(path)
+    loaded = ClassificationModule.load_from_checkpoint(path, net=tiny_net())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.net.state_dict().values()))
     with pytest.raises(KeyError, match=r"lacks \['label'\]"):
         check_batch({"image": torch.zeros(1)}, "classification", "ClassificationModule")
 
