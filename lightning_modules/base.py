@@ -247,12 +247,25 @@ class TaskModule(L.LightningModule):
         return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
 
     # ------------------------------------------------------------------ batches
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # The batch contract at the boundary: a dict with the task's keys, else a clear error
-        # naming them (a TensorDataset tuple would fail deep inside a loss).
+    # The batch contract at the boundary: a dict with the task's keys, else a clear error naming
+    # them (a TensorDataset tuple would fail deep inside a loss). The *_batch_start hooks rather
+    # than on_before_batch_transfer, which Lightning warns about whenever a datamodule is used.
+    def _check_batch(self, batch: Any) -> None:
         from lightning_modules.batch import check_batch
 
-        return check_batch(batch, self.task, type(self).__name__)
+        check_batch(batch, self.task, type(self).__name__)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._check_batch(batch)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
 
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:

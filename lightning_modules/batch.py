@@ -3,7 +3,7 @@
 Every medrobust datamodule yields ``{"image": [B, C, *spatial], <targets>, "index": [B]}``. A
 user's own data often comes as tuples (``TensorDataset`` gives ``(x, y)``); without a check it
 fails deep inside a loss with a ``TypeError`` about tuple indices. :func:`check_batch` runs in
-``TaskModule.on_before_batch_transfer`` and names the expected keys instead, and
+the ``on_*_batch_start`` hooks of ``TaskModule`` and names the expected keys instead, and
 :class:`DictDataset` is the one-line fix::
 
     train = DictDataset(TensorDataset(x, y), keys=("image", "label"))   # adds "index"
