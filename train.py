@@ -19,15 +19,18 @@ earlier ones; command-line flags override files).
   (``data.info → model.init_args.data_info``), so configs never repeat channels, classes,
   bounds or the training-set size.
 * Runs log under ``<trainer.default_root_dir>/<experiment name>/version_<n>/`` (CSV by default;
-  ``configs/logger/wandb.yaml`` for W&B, offline without an account) — that is
-  ``trainer.log_dir``; the resolved config is saved there as ``config.yaml`` (never
-  overwritten: a clash gets a numbered name) and checkpoints go to its ``checkpoints/``.
+  ``configs/logger/wandb.yaml`` for W&B, offline without an account; TensorBoard alike) — that
+  is ``trainer.log_dir``, one folder per run for every logger (medrobust/run_folders.py); the
+  resolved config is saved there as ``config.yaml`` (never overwritten: a clash gets a numbered
+  name) and checkpoints go to its ``checkpoints/``.
 * ``--ckpt_path last`` with ``fit`` resumes from the newest ``last*.ckpt`` of earlier runs of the
   same experiment under ``default_root_dir`` (Lightning alone would only look in the new run's
-  empty folder).
+  empty folder); a resumed run continues in its run folder (same ``version_<n>``, CSV rows and
+  W&B run id kept).
 * ``--batch_scaling global`` (the default) reads ``data.batch_size`` as the global batch,
   split over ``num_nodes × devices`` processes, so a run means the same on 1 or 8 GPUs;
   ``--speed.channels_last`` / ``--speed.compile`` are GPU speed options (docs/scaling.md).
+* Installed (``pip install .``), the same CLI is the ``medrobust`` command (medrobust/cli.py).
 * Real datasets are found through ``$MEDROBUST_DATA`` (e.g. ``MEDROBUST_DATA=../shared/data``)
   or an explicit ``--data.init_args.root`` path. Nothing is downloaded.
 """
@@ -42,12 +45,12 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
 
 from callbacks.scaling import BATCH_SCALING_MODES, BatchScaling, SpeedOptions
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
+from medrobust.config_checks import check_config
 
 DEFAULT_RUN_NAME = "medrobust"
 
@@ -128,6 +131,22 @@ class MedRobustCLI(LightningCLI):
     """LightningCLI with the data → model link, a CSV logger by default and ``--ckpt_path
     last`` resolution across runs."""
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `--print_config` prints and exits inside the parse: check what jsonargparse cannot
+        # (net.init_args keys, data task names) on a parse without it first.
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        if any(str(a).startswith("--print_config") for a in argv):
+            quiet = [a for a in argv if not str(a).startswith("--print_config")]
+            try:
+                cfg = parser.parse_args(quiet)
+            except SystemExit:
+                cfg = None  # the real parse below reports it
+            if cfg is not None:
+                problems = check_config(cfg.get(str(cfg.get("subcommand")), cfg))
+                if problems:
+                    parser.error("; ".join(problems))
+        super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data", "model.init_args.data_info", compute_fn=data_info_of,
                               apply_on="instantiate")
@@ -136,35 +155,69 @@ class MedRobustCLI(LightningCLI):
     # ---------------------------------------------------------------- run naming / logging
     def run_name(self) -> str:
         """The experiment's name: the stem of its config file (the last one under
-        ``experiment/`` if several are given), else ``medrobust``."""
+        ``experiment/`` if several are given, never a ``logger/``, ``trainer/`` or
+        ``callbacks/`` piece), else ``medrobust``."""
         cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
         paths = [str(p) for p in (cfg.get("config") or []) if p is not None]
         if not paths:
             return DEFAULT_RUN_NAME
         experiments = [p for p in paths if "experiment" in Path(p).parts]
-        return Path((experiments or paths)[-1]).stem
+        # pieces that add a logger / trainer / callbacks do not name the experiment
+        named = [p for p in paths if not {"logger", "trainer", "callbacks"} & set(Path(p).parts[-2:-1])]
+        return Path((experiments or named or paths)[-1]).stem
 
     def _subconfig(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        trainer_cfg = self._subconfig().trainer
-        root = trainer_cfg.default_root_dir or os.getcwd()
-        loggers = trainer_cfg.logger
-        for lg in loggers if isinstance(loggers, list) else [loggers]:
-            # W&B writes ./wandb by default; keep it under the run's root like everything else.
-            if getattr(lg, "class_path", "").endswith("WandbLogger"):
-                if lg.init_args.get("save_dir") in (None, "", "."):
-                    lg.init_args["save_dir"] = str(root)
+        # One folder per run for every logger, and `fit --ckpt_path last` continuing in the
+        # resumed run's folder (see medrobust/run_folders.py). Nothing is created on disk here.
+        from medrobust.run_folders import configure_loggers, find_last_checkpoint
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        if config.get("logger") in (None, True) and not config.get("fast_dev_run"):
+        cfg = self._subconfig()
+        problems = check_config(cfg)
+        if problems:
+            raise ValueError("; ".join(problems))
+        trainer_cfg = cfg.trainer
+        root = Path(trainer_cfg.default_root_dir or os.getcwd())
+        name = self.run_name()
+        resume: Path | None = None
+        if cfg.get("ckpt_path") == "last":  # fit resumes it; validate / test evaluate it
+            found = find_last_checkpoint([root / name, root])
+            if found is not None:
+                verb = "resuming from" if self.subcommand == "fit" else "checkpoint"
+                print(f"[medrobust] {verb} {found}", file=sys.stderr)
+                cfg["ckpt_path"] = str(found)
+            else:
+                print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
+                      "Lightning will look in this run's checkpoint folder", file=sys.stderr)
+        if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
+            resume = Path(cfg["ckpt_path"])  # continues in its run folder if it is one of ours
+        if trainer_cfg.logger in (None, True) and not trainer_cfg.get("fast_dev_run"):
             # Lightning's default is TensorBoard when installed; medrobust's default is CSV,
             # under <default_root_dir>/<experiment>/version_<n>.
-            config["logger"] = CSVLogger(save_dir=config.get("default_root_dir") or os.getcwd(),
-                                         name=self.run_name())
+            from jsonargparse import Namespace
+
+            trainer_cfg.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                           init_args=Namespace(save_dir=str(root), name=name))
+        self._run_folder = configure_loggers(trainer_cfg.logger, root, name, resume)
+        self._resuming = resume is not None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = [*callbacks, *scaling_callbacks(self._subconfig())]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        folder = getattr(self, "_run_folder", None)
+        if folder is not None:
+            # Checkpoints in <run folder>/checkpoints for every logger (Lightning would use
+            # <save_dir>/<project>/<run id>/checkpoints for W&B).
+            for cb in trainer.checkpoint_callbacks:
+                if getattr(cb, "dirpath", None) is None:
+                    cb.dirpath = str(Path(folder) / "checkpoints")
+        if getattr(self, "_resuming", False) and trainer.is_global_zero:
+            from medrobust.run_folders import keep_csv_history
+
+            keep_csv_history(trainer.loggers)
+        return trainer
 
     # ---------------------------------------------------------------- resume
     def _load_weights_only(self) -> None:
@@ -174,6 +227,9 @@ class MedRobustCLI(LightningCLI):
         if "weights_only" in cfg and cfg.get("weights_only") is None:
             cfg["weights_only"] = True
 
+    def before_fit(self) -> None:
+        self._load_weights_only()
+
     def before_validate(self) -> None:
         self._load_weights_only()
 
@@ -182,18 +238,6 @@ class MedRobustCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._load_weights_only()
-
-    def before_fit(self) -> None:
-        self._load_weights_only()
-        cfg = self.config_init[self.subcommand]
-        if cfg.get("ckpt_path") == "last":
-            found = self.find_last_checkpoint()
-            if found is not None:
-                print(f"[medrobust] resuming from {found}", file=sys.stderr)
-                cfg["ckpt_path"] = str(found)
-            else:
-                print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
-                      "Lightning will look in this run's checkpoint folder", file=sys.stderr)
 
     def after_fit(self) -> None:
         self.print_robustness()
@@ -219,27 +263,6 @@ class MedRobustCLI(LightningCLI):
                 line = summarise_record(rec, metric)
                 if line:
                     print(f"[medrobust] {split}: {line}")
-
-    def find_last_checkpoint(self) -> Path | None:
-        """Newest ``last*.ckpt`` of earlier runs: under the logger's run folder
-        (``<save_dir>/<name>/version_*/checkpoints``), else anywhere up to four levels below
-        ``default_root_dir``."""
-        trainer = self.trainer
-        roots: list[Path] = []
-        logger = trainer.logger
-        if logger is not None and getattr(logger, "root_dir", None):
-            roots.append(Path(logger.root_dir))
-        roots.append(Path(trainer.default_root_dir))
-        for root in roots:
-            if not root.is_dir():
-                continue
-            found: list[Path] = []
-            for depth in range(0, 4):
-                pattern = "/".join(["*"] * depth + ["checkpoints", "last*.ckpt"])
-                found += [p for p in root.glob(pattern) if p.is_file()]
-            if found:
-                return max(found, key=lambda p: p.stat().st_mtime)
-        return None
 
 
 def add_scaling_arguments(parser: LightningArgumentParser) -> None:

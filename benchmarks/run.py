@@ -180,13 +180,17 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def execute(cfg_path: Path, root: Path, accelerator: str | None) -> dict[str, Any]:
+def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = "") -> dict[str, Any]:
     """``train.py fit`` with ``cfg_path`` under ``root``, then ``test`` of the best checkpoint;
-    returns timings and the records of the run folder."""
+    returns timings and the records of the run folder. Progress: one line per epoch
+    (``callbacks.progress.EpochLine``) and a bar over the robustness evaluations on a terminal."""
     from train import cli_main
 
+    epoch_line = json.dumps({"class_path": "callbacks.progress.EpochLine",
+                             "init_args": {"prefix": f"[run.py] {label}".rstrip()}})
     args = ["fit", "--config", str(cfg_path), "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            f"--trainer.callbacks+={epoch_line}"]
     if accelerator:
         args += ["--trainer.accelerator", accelerator]
     t0 = time.perf_counter()
@@ -289,7 +293,7 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
         entry: dict[str, Any] = {"label": label, "config": run.config, "overrides": applied,
                                  "seed": cfg.get("seed_everything", 0), "derived_config": os.path.relpath(cfg_path, ROOT)}
         try:
-            entry.update(execute(cfg_path, out / "runs", args.accelerator))
+            entry.update(execute(cfg_path, out / "runs", args.accelerator, f"{i}/{len(runs)} {run.key}"))
         except Exception as err:  # a failed run is reported, the suite goes on
             if args.fail_fast:
                 raise
@@ -297,8 +301,10 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
             entry["error"] = f"{type(err).__name__}: {err}"
         results[run.key] = entry
         done = entry.get("test", {}).get("clean") if entry.get("test") else entry.get("error")
-        print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done}",
-              flush=True)
+        elapsed = time.perf_counter() - t_suite
+        eta = elapsed / i * (len(runs) - i)
+        print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done} "
+              f"· {i}/{len(runs)} runs done, {elapsed:.0f} s so far, about {eta:.0f} s left", flush=True)
     meta.update(wall_s=time.perf_counter() - t_suite, load_end=_load(), seeds=sorted(seeds))
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "runs": results}, indent=1))
     report = write_report(suite, results, meta, out)

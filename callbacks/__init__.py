@@ -6,9 +6,12 @@
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
 * :class:`SkipNonFinite` — the ``skip_nonfinite`` policy: skip (count, log) NaN/Inf batches.
 
-Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`.
+Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`;
+a LightningModule of one's own gets there through :class:`RobustTaskAdapter` (a model, a
+per-sample loss and metrics; see :mod:`callbacks.adapter`).
 """
 
+from callbacks.adapter import RobustTaskAdapter
 from callbacks.adversarial_evaluation import (
     DEFAULT_ATTACKS,
     DEFAULT_EPS,
@@ -28,6 +31,7 @@ __all__ = [
     "AdversarialExamples",
     "MarginMonitor",
     "MinimalEpsConfig",
+    "RobustTaskAdapter",
     "SkipNonFinite",
     "minimal_eps_batch",
     "robust_area",

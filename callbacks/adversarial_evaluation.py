@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.adapter import batch_for, robust_task_of
 from callbacks.common import (
     DEFAULT_MONITOR,
     check_robust_task,
@@ -88,6 +89,7 @@ from callbacks.evaluation_loop import (
     parse_attack_specs,
 )
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch, summarise
+from callbacks.progress import progress_bar
 
 #: Default per-epoch suite, sized by benchmarks/eval_cost.py to stay under 30% of a quickstart
 #: training epoch: PGD-3 (L∞, no random start: deterministic, identical on 1 or N processes) at
@@ -377,9 +379,12 @@ class AdversarialEvaluation(Callback):
                 sequential=self._sequential(pl_module, suite),
                 large_eps=0.25 * (hi - lo) if check and math.isfinite(hi - lo) else None,
             )
-            for i, raw in enumerate(self._batches(key, dataset, mine, collate_fn)):
+            batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
+                self._batches(key, dataset, mine, collate_fn), len(mine),
+                f"{self.prefix} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
+            for i, raw in enumerate(batches):
                 batch_no, idx, counted = mine[i]
-                batch = to_autograd_safe(raw, device)
+                batch = to_autograd_safe(batch_for(task, raw), device)
                 evaluator.run_batch(batch_no, batch, counted)
                 if self.minimal_eps.enabled:
                     gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
@@ -394,7 +399,7 @@ class AdversarialEvaluation(Callback):
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
 
-        record = self._record(trainer, pl_module, split, suite, outcome, list(specs), indices,
+        record = self._record(trainer, task, split, suite, outcome, list(specs), indices,
                               len(dataset), batch_size, world_size, seconds)
         if self.minimal_eps.enabled:
             values = [v for _, v in sorted(minimal)]
@@ -580,8 +585,10 @@ class AdversarialEvaluation(Callback):
         if self.plot:
             from callbacks.plotting import plot_robustness_curves
 
+            info = getattr(robust_task_of(trainer.lightning_module), "data_info", None)
             path = plot_robustness_curves(record, log_dir / self.file_name("robustness.png"),
-                                          record["robust_area"]["metric"])
+                                          record["robust_area"]["metric"],
+                                          bounds=getattr(info, "bounds", None))  # x-axis units
             log_image(trainer, f"{self.prefix}/robustness_curve_{record['split']}", path,
                       caption=f"epoch {record['epoch']}")
         if self.plot and "minimal_eps" in record:

@@ -36,14 +36,21 @@ def lower_is_better(metric: str) -> bool:
 
 
 def check_robust_task(pl_module: Any, who: str) -> RobustTask:
-    """Fail early, naming what is missing, when ``pl_module`` does not implement the protocol."""
+    """Fail early, naming what is missing, when ``pl_module`` does not implement the protocol.
+
+    A module of the user's own passes through its ``robust_task`` adapter
+    (:class:`callbacks.adapter.RobustTaskAdapter`), which is what is returned then."""
+    from callbacks.adapter import robust_task_of
+
+    pl_module = robust_task_of(pl_module)
     needed = ("task", "data_info", "attack_model", "per_sample_loss", "is_violated",
               "build_metrics", "update_metrics", "predict_for_display")
     missing = [n for n in needed if not hasattr(pl_module, n)]
     if missing:
         raise TypeError(
-            f"{who} needs a LightningModule implementing lightning_modules.protocol.RobustTask; "
-            f"{type(pl_module).__name__} lacks {missing}"
+            f"{who} needs a LightningModule implementing lightning_modules.protocol.RobustTask "
+            f"or a `robust_task = callbacks.RobustTaskAdapter(self, model, per_sample_loss, "
+            f"metrics)` attribute; {type(pl_module).__name__} lacks {missing}"
         )
     return pl_module  # type: ignore[return-value]
 

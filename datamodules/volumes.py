@@ -495,8 +495,14 @@ class DecathlonDataModule(BaseDataModule):
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 raise ValueError(f"{self.what}: dataset.json training[{i}] = {entry!r} lacks "
                                  "'image' or 'label'")
-            image_path = (self.root / str(entry["image"])).resolve()
-            label_path = (self.root / str(entry["label"])).resolve()
+        # MONAI's reader of the Decathlon datalist: paths joined to the task folder
+        from monai.data import load_decathlon_datalist
+
+        entries = load_decathlon_datalist(str(self.root / "dataset.json"), is_segmentation=True,
+                                          data_list_key="training", base_dir=str(self.root))
+        for entry in entries:
+            image_path = Path(entry["image"]).resolve()
+            label_path = Path(entry["label"]).resolve()
             case_id = _strip_nifti(image_path.name)
             if case_id in all_ids:
                 raise ValueError(f"{self.what}: case {case_id} listed twice in dataset.json")

@@ -1,12 +1,15 @@
 """LightningModules: one per task over a shared base, with pluggable training methods.
 
-``TaskModule`` (base) → ``ClassificationModule``, ``SegmentationModule``; methods in
+``TaskModule`` (base) → ``ClassificationModule``, ``SegmentationModule``, ``LandmarkModule``,
+``DetectionModule``; methods in
 :mod:`lightning_modules.methods` (``Clean``, ``SAT``, ``AMAT``, ``Denoise``, ``TRADES``);
 networks in :mod:`lightning_modules.nets`.
 """
 
 from lightning_modules.base import Pipeline, TaskModule
 from lightning_modules.classification_module import ClassificationModule
+from lightning_modules.detection_module import DetectionModule
+from lightning_modules.landmark_module import LandmarkModule
 from lightning_modules.methods import AMAT, SAT, TRADES, Clean, Denoise, TrainingMethod
 from lightning_modules.protocol import RobustTask
 from lightning_modules.segmentation_module import SegmentationModule
@@ -18,6 +21,8 @@ __all__ = [
     "ClassificationModule",
     "Clean",
     "Denoise",
+    "DetectionModule",
+    "LandmarkModule",
     "Pipeline",
     "RobustTask",
     "SegmentationModule",

@@ -51,7 +51,7 @@ from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoin
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
 from lightning_modules.methods.base import TrainingMethod
-from lightning_modules.nets.builder import build_net, import_object
+from lightning_modules.nets.builder import build_net, import_object, net_instance_marker
 from lightning_modules.nets.normalize import Normalize
 from lightning_modules.protocol import Batch
 
@@ -79,9 +79,12 @@ class TaskModule(L.LightningModule):
 
     Args:
         net: ``{class_path, init_args}`` of the network (ours, MONAI, torchvision, anything
-            importable). ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims``
-            are filled from ``data_info`` when the constructor takes them and ``init_args`` does
-            not set them. ``None``: the task's small default network.
+            importable), or a built ``nn.Module`` (from Python; it must map normalised
+            ``[B, C, *spatial]`` images to the task's output; checkpoints then store a marker
+            and ``load_from_checkpoint(path, net=MyNet())`` takes the network again).
+            ``in_channels`` / ``out_channels`` / ``num_classes`` / ``spatial_dims`` are filled
+            from ``data_info`` when the constructor takes them and ``init_args`` does not set
+            them. ``None``: the task's small default network.
         data_info: the :class:`DataInfo` of the data (``train.py`` links it from ``data.info``;
             a dict with its fields is accepted, as stored in checkpoints).
         method: the training method, a :class:`TrainingMethod` (in YAML by ``class_path``) or
@@ -142,12 +145,15 @@ class TaskModule(L.LightningModule):
 
         # Plain-value hyperparameters: the method as {class_path, init_args}, data_info as a
         # dict. Checkpoints are then loadable with weights_only=True (LightningCLI does that).
-        self.save_hyperparameters(ignore=["data_info", "method"])
+        built_net = ["net"] if isinstance(net, nn.Module) else []  # weights live in state_dict
+        self.save_hyperparameters(ignore=["data_info", "method", *built_net])
         plain_info = data_info_to_dict(self.data_info)
         method_cfg = self._method_arg.config()
         for store in (self._hparams, self._hparams_initial):
             store["data_info"] = plain_info
             store["method"] = method_cfg
+            if built_net:
+                store["net"] = net_instance_marker(net)
         self._built = False
         self._epoch_closed = True
         self._pipeline: Pipeline | None = None
@@ -243,6 +249,27 @@ class TaskModule(L.LightningModule):
         k = max(self.data_info.num_classes, 0)
         names = list(self.data_info.class_names)
         return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
+
+    # ------------------------------------------------------------------ batches
+    # The batch contract at the boundary: a dict with the task's keys, else a clear error naming
+    # them (a TensorDataset tuple would fail deep inside a loss). The *_batch_start hooks rather
+    # than on_before_batch_transfer, which Lightning warns about whenever a datamodule is used.
+    def _check_batch(self, batch: Any) -> None:
+        from lightning_modules.batch import check_batch
+
+        check_batch(batch, self.task, type(self).__name__)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._check_batch(batch)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_batch(batch)
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:

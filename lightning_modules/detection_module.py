@@ -46,6 +46,7 @@ from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.detection import DetectionMAP
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
+from lightning_modules.nets.weights import load_weights, pop_weight_options
 from lightning_modules.protocol import Batch
 
 DIVERGENCES = ("auto", "dense", "pseudo_label")
@@ -126,7 +127,13 @@ class DetectionModule(TaskModule):
         return self.num_classes
 
     def build_network(self, spec: dict | None) -> nn.Module:
+        if isinstance(spec, nn.Module):
+            return spec  # a built detector wrapper from a script
         spec = dict(spec or {})
+        init = dict(spec.get("init_args") or {})
+        weights = pop_weight_options(spec, {})  # net.weights_path / net.init_args.weights_path
+        weights = weights if weights[0] else pop_weight_options(init, {})
+        spec["init_args"] = init
         unknown = set(spec) - {"class_path", "init_args"}
         if unknown:
             raise ValueError(f"net has unknown keys {sorted(unknown)}; expected class_path, init_args")
@@ -142,6 +149,8 @@ class DetectionModule(TaskModule):
                 f"{info.in_channels}; use a detector that takes in_channels (tiny_fcos) or 1/3 "
                 "channel data"
             )
+        if weights[0] is not None:
+            load_weights(detector, weights[0], weights[1], "net")
         return DetectorWrapper(detector, label_offset=offset,
                                repeat_channels=not takes_channels and info.in_channels == 1,
                                sampling_seed=self.sampling_seed)

@@ -45,38 +45,55 @@ def hard_overlap(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor
 
 
 class DiceIoU(Metric):
-    """Dataset-level Dice and IoU: per class, the mean over images of the per-image score
-    (images where the class is absent from both prediction and target are skipped); the
-    reported ``dice`` / ``iou`` are the means over foreground classes (background excluded,
-    as it dominates the pixel count and would inflate the score), plus one entry per class
-    (``dice_<name>``, ``iou_<name>``, background included for reference).
+    """Dataset-level Dice and IoU from torchmetrics' ``DiceScore`` and ``MeanIoU``: per class,
+    the mean over images of the per-image score (``aggregation_level="samplewise"``; images where
+    the class is absent from both prediction and target are skipped); the reported ``dice`` /
+    ``iou`` are the means over foreground classes (background excluded, as it dominates the
+    pixel count and would inflate the score), plus one entry per class (``dice_<name>``,
+    ``iou_<name>``, background included for reference).
+
+    A class never seen in any image has no score: ``DiceScore`` gives NaN and ``MeanIoU`` the
+    sentinel ``-1``, which is turned into NaN here, so both are left out of the means and
+    ``iou_<name>`` reads NaN (as ``dice_<name>``) instead of a misleading -1.
+
+    Args:
+        num_classes: ``K`` (including background, ``>= 2``).
+        class_names: ``K`` names for the per-class entries.
     """
 
     full_state_update = False
 
     def __init__(self, num_classes: int, class_names: list[str]) -> None:
         super().__init__()
+        from torchmetrics.segmentation import DiceScore, MeanIoU
+
         self.num_classes = num_classes
         self.class_names = class_names
-        for name in ("dice_sum", "iou_sum", "count"):
-            self.add_state(name, torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.dice = DiceScore(num_classes=num_classes, include_background=True, average="none",
+                              aggregation_level="samplewise", input_format="index")
+        self.iou = MeanIoU(num_classes=num_classes, include_background=True, per_class=True,
+                           input_format="index")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        dice, iou = hard_overlap(pred, target, self.num_classes)
-        valid = ~torch.isnan(dice)
-        self.dice_sum += torch.where(valid, dice, 0.0).sum(dim=0).double()
-        self.iou_sum += torch.where(valid, iou, 0.0).sum(dim=0).double()
-        self.count += valid.sum(dim=0).double()
+        """``pred``, ``target``: int class indices ``[B, *spatial]``."""
+        self.dice.update(pred.long(), target.long())
+        self.iou.update(pred.long(), target.long())
 
     def compute(self) -> dict[str, Tensor]:
-        dice = (self.dice_sum / self.count).float()  # NaN for never-seen classes
-        iou = (self.iou_sum / self.count).float()
+        dice = self.dice.compute().float().reshape(-1)
+        iou = self.iou.compute().float().reshape(-1)
+        iou = torch.where(iou < 0, torch.full_like(iou, float("nan")), iou)  # MeanIoU's -1
         fg = slice(1, None) if self.num_classes > 1 else slice(0, None)
         out = {"dice": dice[fg].nanmean(), "iou": iou[fg].nanmean()}
         for i, name in enumerate(self.class_names):
             out[f"dice_{name}"] = dice[i]
             out[f"iou_{name}"] = iou[i]
         return out
+
+    def reset(self) -> None:
+        super().reset()
+        self.dice.reset()
+        self.iou.reset()
 
 
 class SegmentationModule(TaskModule):

@@ -103,7 +103,7 @@ def test_fit_validate_test_resume(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == 2 * steps_per_epoch  # continued, not restarted
     # every run kept its own resolved config; none was overwritten
-    configs = sorted((Path(root) / EXPERIMENT.stem).glob("version_*/config.yaml"))
+    configs = sorted((Path(root) / EXPERIMENT.stem).glob("version_*/config*.yaml"))
     assert len(configs) == 4
 
 

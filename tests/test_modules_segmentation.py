@@ -86,3 +86,26 @@ def test_segmentation_amat_step_with_threshold() -> None:
     loss, logs = m.method.training_loss(m, b)
     assert "violated" in logs and torch.isfinite(loss)
     loss.backward()
+
+
+def test_dice_iou_from_torchmetrics_match_the_per_image_definition() -> None:
+    """DiceIoU (torchmetrics DiceScore / MeanIoU) equals the per-image mean of hard_overlap,
+    skipping absent classes; a class never seen reads NaN, not MeanIoU's -1."""
+    from lightning_modules.segmentation_module import DiceIoU, hard_overlap
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 8, 8), (2, 4, 6, 6)]:  # 2-D and 3-D
+        pred = torch.randint(0, 3, shape, generator=g)
+        target = torch.randint(0, 3, shape, generator=g)
+        target[0][target[0] == 2] = 1
+        pred[0][pred[0] == 2] = 0  # class 2 absent from sample 0; class 3 never present
+        metric = DiceIoU(4, ["bg", "a", "b", "never"])
+        metric.update(pred[:1], target[:1])
+        metric.update(pred[1:], target[1:])
+        out = metric.compute()
+        dice, iou = hard_overlap(pred, target, 4)
+        for k, name in enumerate(["bg", "a", "b"]):
+            assert out[f"dice_{name}"].item() == pytest.approx(dice[:, k].nanmean().item(), abs=1e-6)
+            assert out[f"iou_{name}"].item() == pytest.approx(iou[:, k].nanmean().item(), abs=1e-6)
+        assert torch.isnan(out["dice_never"]) and torch.isnan(out["iou_never"])
+        assert out["iou"].item() == pytest.approx(iou[:, 1:3].nanmean(dim=0).mean().item(), abs=1e-6)

@@ -4,7 +4,9 @@ A config names a network (ours, MONAI's, torchvision's or anything importable) a
 arguments that are a modelling choice; what follows from the data — input channels, output
 channels / classes, spatial dims — is filled in here when the constructor takes it and the
 config did not say it. Nothing is ever downloaded: pretrained-weight arguments are forced to
-``None``/``False`` and a config asking for weights is an error.
+``None``/``False`` and a config asking for weights is an error; local weights come from
+``net.weights_path`` (see :mod:`lightning_modules.nets.weights`). From Python, ``net`` may also be
+a built ``nn.Module``, used as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from datamodules.info import DataInfo
+from lightning_modules.nets.weights import load_weights, pop_weight_options
+
+#: what a checkpoint's hyperparameters hold for a network given as a built ``nn.Module``
+NET_INSTANCE = "nn.Module instance"
+
+
+def net_instance_marker(net: nn.Module) -> str:
+    """The plain value stored as the ``net`` hyperparameter for a built network."""
+    return f"{NET_INSTANCE} {type(net).__module__}.{type(net).__qualname__}"
 
 #: constructor arguments that would fetch pretrained weights from the internet
 WEIGHT_ARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
@@ -77,8 +88,9 @@ def build_net(
     """Instantiate the network described by ``spec`` for data ``info``.
 
     Args:
-        spec: ``{"class_path": "monai.networks.nets.DenseNet121", "init_args": {...}}`` or
-            ``None`` for ``default_class_path`` with its defaults. Keys beside ``class_path`` /
+        spec: ``{"class_path": "monai.networks.nets.DenseNet121", "init_args": {...},
+            "weights_path": <local file>?, "weights_skip": [<key prefix>]?}``, ``None`` for
+            ``default_class_path`` with its defaults, or a built ``nn.Module`` (returned as is). Keys beside ``class_path`` /
             ``init_args`` override ``init_args`` (how command-line overrides arrive).
         info: the data description (channels, spatial dims).
         out_channels: what the task needs the network to output (logits / classes / channels).
@@ -95,6 +107,14 @@ def build_net(
     networks (3 input channels, no ``in_channels`` argument) get a :class:`ChannelAdapter`
     when the data has another number of channels.
     """
+    if isinstance(spec, nn.Module):
+        return spec  # built by the caller (a script); it already fits the data
+    if isinstance(spec, str) and spec.startswith(NET_INSTANCE):
+        raise ValueError(
+            f"{field}: this checkpoint was trained with a network passed as an object "
+            f"({spec[len(NET_INSTANCE):].strip()}); pass it again: "
+            "Module.load_from_checkpoint(path, net=MyNet(...))"
+        )
     if spec is None:
         spec = {}
     if not isinstance(spec, Mapping):
@@ -110,6 +130,7 @@ def build_net(
     if not callable(target):
         raise ValueError(f"{field}.class_path={class_path!r} is not callable")
     params, var_kw = _signature(target)
+    weights_path, weights_skip = pop_weight_options(init_args, params)
     module_name = getattr(target, "__module__", "") or ""
     is_torchvision = module_name.startswith("torchvision.models")
 
@@ -145,6 +166,8 @@ def build_net(
         raise ValueError(f"{field}: cannot build {class_path} with init_args {init_args}: {err}") from err
     if not isinstance(net, nn.Module):
         raise ValueError(f"{field}.class_path={class_path!r} did not return an nn.Module")
+    if weights_path is not None:
+        load_weights(net, weights_path, weights_skip, field)
 
     if adapt_channels and is_torchvision and "in_channels" not in params:
         if info.spatial_dims != 2:

@@ -1,0 +1,192 @@
+"""Use :class:`callbacks.AdversarialEvaluation` on your own LightningModule.
+
+medrobust's task modules implement :class:`lightning_modules.protocol.RobustTask`; a module of
+your own does not need to. Give it a ``robust_task`` attribute, a :class:`RobustTaskAdapter`
+built from three things — the model an attacker faces, a per-sample loss, the metrics — and the
+callback evaluates it (clean, every attack × ε, the per-sample worst case, ``robustness.json``,
+the curve)::
+
+    import torch.nn.functional as F
+    from torchmetrics.classification import MulticlassAccuracy
+    from callbacks import AdversarialEvaluation, RobustTaskAdapter
+
+    class MyModule(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = MyNet()            # images in [0, 1] → logits [B, K]
+            self.robust_task = RobustTaskAdapter(
+                self,
+                model=lambda: self.model,   # or the module itself
+                per_sample_loss=lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
+                metrics={"accuracy": MulticlassAccuracy(num_classes=K)},
+                bounds=(0.0, 1.0),          # the range attacks clamp to; ε is in these units
+            )
+
+    trainer = L.Trainer(callbacks=[AdversarialEvaluation(eps=[2/255, 4/255])])
+    trainer.fit(MyModule(), train_loader, val_loader)   # tuple batches (x, y) are fine
+
+Batches may be tuples ``(x, y)`` (as from a ``TensorDataset``) or dicts: the adapter turns a
+tuple into ``{keys[0]: x, keys[1]: y}`` (``keys=("image", "label")`` by default). Per-sample
+loss and metrics receive ``(output, target)`` with ``target = batch[keys[1]]``.
+
+What "still correct" means (used to pick the worst attack per sample): with ``task=
+"classification"`` (the default) the arg-max of the output differs from the label; otherwise
+pass ``is_violated(output, target) -> bool[B]``, or the worst case ranks by loss alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+
+from datamodules.info import TASKS, DataInfo
+
+
+class RobustTaskAdapter:
+    """:class:`~lightning_modules.protocol.RobustTask` for a LightningModule of your own.
+
+    Args:
+        module: your LightningModule (logging, device, rank come from it).
+        model: the ``nn.Module`` mapping images ``[B, C, *spatial]`` in ``bounds`` to the
+            output, or a zero-argument callable returning it (so it is looked up when needed).
+        per_sample_loss: ``(output, target) -> Tensor[B]``, differentiable w.r.t. the input
+            (the attacks ascend it).
+        metrics: torchmetrics, ``{name: Metric}`` or a ``MetricCollection``, updated with
+            ``(output, target)`` (a fresh copy per attack × ε).
+        task: a medrobust task name (``classification``…); decides the default violation test
+            and the robust-area metric's direction.
+        bounds: the images' value range; attacks keep ``x_adv`` inside it.
+        keys: the dict keys a tuple batch is given (image, target).
+        is_violated: ``(output, target) -> bool[B]``; default for classification: arg-max ≠
+            label (multi-dimensional outputs: ``argmax(dim=1)``).
+        method: the name written as ``method`` in ``robustness.json``.
+        prepare_metric_input: maps the output before ``metric.update`` (e.g. softmax); default
+            identity.
+    """
+
+    violation_direction = None
+
+    def __init__(
+        self,
+        module: nn.Module,
+        model: nn.Module | Callable[[], nn.Module],
+        per_sample_loss: Callable[[Any, Any], Tensor],
+        metrics: Mapping[str, Metric] | MetricCollection,
+        task: str = "classification",
+        bounds: tuple[float, float] = (0.0, 1.0),
+        keys: Sequence[str] = ("image", "label"),
+        is_violated: Callable[[Any, Any], Tensor] | None = None,
+        method: str = "user",
+        prepare_metric_input: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
+        if len(tuple(keys)) < 2:
+            raise ValueError(f"RobustTaskAdapter.keys needs (image key, target key), got {keys!r}")
+        if not callable(per_sample_loss):
+            raise TypeError("RobustTaskAdapter.per_sample_loss must be callable (output, target) -> [B]")
+        object.__setattr__(self, "_module", module)  # no nn.Module registration (no cycle)
+        self._model = model
+        self._loss = per_sample_loss
+        self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(dict(metrics))
+        self.task = task
+        self.keys = tuple(keys)
+        self._is_violated = is_violated
+        self._prepare = prepare_metric_input or (lambda out: out)
+        self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
+        self.method = type("UserMethod", (), {"name": method})()
+
+    # -- what the callback reaches through the module ------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        # log, device, trainer, global_rank … are the module's
+        return getattr(object.__getattribute__(self, "_module"), name)
+
+    def parameters(self) -> Any:
+        return self.attack_model().parameters()
+
+    # -- RobustTask ---------------------------------------------------------------------------------
+    def attack_model(self) -> nn.Module:
+        model = self._model if isinstance(self._model, nn.Module) else self._model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"RobustTaskAdapter.model must give an nn.Module, got {type(model).__name__}")
+        return model
+
+    def as_batch(self, batch: Any) -> dict[str, Any]:
+        """A tuple ``(image, target, …)`` as ``{keys[i]: …}``; a dict is checked for the keys."""
+        if isinstance(batch, Mapping):
+            missing = [k for k in self.keys[:2] if k not in batch]
+            if missing:
+                raise KeyError(f"RobustTaskAdapter: the batch lacks {missing}; keys {list(self.keys)}")
+            return dict(batch)
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return dict(zip(self.keys, batch))
+        raise TypeError(
+            f"RobustTaskAdapter: a batch must be a tuple (image, target) or a dict with keys "
+            f"{list(self.keys)}, got {type(batch).__name__}"
+        )
+
+    def _target(self, batch: Mapping[str, Any]) -> Any:
+        return batch[self.keys[1]]
+
+    def per_sample_loss(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
+        loss = self._loss(output, self._target(batch))
+        if not isinstance(loss, Tensor) or loss.ndim != 1:
+            got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"RobustTaskAdapter.per_sample_loss must return a Tensor[B] "
+                             f"(reduction='none'), got {got}")
+        return loss
+
+    def is_violated(self, output: Any, batch: Mapping[str, Any], threshold: float | None = None) -> Tensor:
+        if self._is_violated is not None:
+            return self._is_violated(output, self._target(batch))
+        if self.task == "classification" and isinstance(output, Tensor):
+            return output.argmax(dim=1) != self._target(batch).reshape(-1).long()
+        raise NotImplementedError("no violation test: pass is_violated to RobustTaskAdapter")
+
+    def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
+        return self.per_sample_loss(output, batch).detach()
+
+    def build_metrics(self) -> MetricCollection:
+        return self._metrics.clone()
+
+    def update_metrics(self, metrics: MetricCollection, output: Any, batch: Mapping[str, Any]) -> None:
+        prepared = self._prepare(output)
+        target = self._target(batch)
+        for name in metrics.keys(keep_base=True):
+            metrics[name].update(prepared.detach() if isinstance(prepared, Tensor) else prepared, target)
+
+    def predict_for_display(self, output: Any) -> Any:
+        if isinstance(output, Tensor) and output.ndim == 2:
+            probs = output.detach().float().softmax(dim=1)
+            conf, label = probs.max(dim=1)
+            return {"label": label, "confidence": conf, "probs": probs}
+        return output
+
+    def forward_joint(self, xs: Sequence[Tensor]) -> list[Any]:
+        model = self.attack_model()
+        return [model(x) for x in xs]
+
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
+        raise NotImplementedError("RobustTaskAdapter has no output divergence (TRADES training)")
+
+
+def robust_task_of(pl_module: Any) -> Any:
+    """``pl_module.robust_task`` when the module offers an adapter, else the module itself."""
+    adapter = getattr(pl_module, "robust_task", None)
+    return adapter if isinstance(adapter, RobustTaskAdapter) else pl_module
+
+
+def batch_for(task: Any, batch: Any) -> Any:
+    """The evaluation loop's batch as a dict: through the adapter, or checked against the task's
+    keys (:func:`lightning_modules.batch.check_batch`)."""
+    if isinstance(task, RobustTaskAdapter):
+        return task.as_batch(batch)
+    from lightning_modules.batch import check_batch
+
+    return check_batch(batch, getattr(task, "task", ""), type(task).__name__)
+
+
+__all__ = ["RobustTaskAdapter", "batch_for", "robust_task_of"]

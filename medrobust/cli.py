@@ -1,0 +1,81 @@
+"""The ``medrobust`` console command: ``medrobust {fit,validate,test,predict} --config …``.
+
+The same CLI as ``python train.py`` (which stays the entry point of the source tree). Config
+paths that do not exist relative to the working directory are looked up in the shipped configs
+(:data:`medrobust.CONFIG_DIR`), so after ``pip install medrobust`` the README's commands work
+from any folder::
+
+    medrobust fit --config configs/experiment/quickstart.yaml --trainer.max_epochs 1
+    medrobust fit --config experiment/quickstart.yaml          # the same file
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import medrobust
+
+
+def resolve_config_path(value: str) -> str:
+    """``value`` if it exists; else the shipped config it names (``configs/x.yaml`` or
+    ``x.yaml`` under :data:`medrobust.CONFIG_DIR`); else ``value`` unchanged (the CLI then
+    reports the missing file)."""
+    path = Path(value)
+    if path.exists() or path.is_absolute():
+        return value
+    parts = path.parts[1:] if path.parts and path.parts[0] == "configs" else path.parts
+    shipped = medrobust.CONFIG_DIR.joinpath(*parts) if parts else medrobust.CONFIG_DIR
+    return str(shipped) if shipped.is_file() else value
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """Every ``--config PATH`` / ``--config=PATH`` of ``args`` through :func:`resolve_config_path`."""
+    out: list[str] = []
+    take = False
+    for arg in args:
+        if take:
+            out.append(resolve_config_path(arg))
+            take = False
+        elif arg == "--config":
+            out.append(arg)
+            take = True
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_config_path(arg.split("=", 1)[1]))
+        else:
+            out.append(arg)
+    return out
+
+
+def load_train_module() -> ModuleType:
+    """``train.py``: shipped inside the package as ``medrobust/_train.py`` by a wheel, at the
+    top of the source tree otherwise. Loaded by file path, so no top-level ``train`` module is
+    installed (a generic name a user's own ``train.py`` would clash with)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_train.py", medrobust.ROOT / "train.py"):
+        if candidate.is_file():
+            for name in medrobust.PACKAGES:  # bind the framework's names before train.py does
+                getattr(medrobust, name)
+            spec = importlib.util.spec_from_file_location("medrobust._train", candidate)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["medrobust._train"] = module
+            spec.loader.exec_module(module)
+            return module
+    raise ImportError(f"medrobust: train.py not found beside {here}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    train = load_train_module()
+    # The resolved flags go through sys.argv: Lightning's DDP launcher restarts this command
+    # from sys.argv for the other ranks.
+    sys.argv = [sys.argv[0], *args]
+    train.cli_main(None)
+
+
+if __name__ == "__main__":
+    main()

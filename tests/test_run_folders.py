@@ -1,0 +1,155 @@
+"""One folder per run for every logger (CSV, W&B offline), resume in the run's folder, no empty
+folders from failed parses (medrobust/run_folders.py, train.py)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medrobust.run_folders import next_version, version_of
+from train import cli_main
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = PROJECT_ROOT / "configs" / "experiment"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+         "--trainer.accelerator", "cpu"]
+
+
+def tiny(tmp_path: Path, experiment: str) -> Path:
+    """A shipped synthetic classification experiment with tiny sizes, same file name."""
+    cfg = yaml.safe_load((EXPERIMENTS / f"{experiment}.yaml").read_text())
+    cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[16, 16],
+                                    batch_size=8)
+    cfg["trainer"]["callbacks"] = [
+        cb for cb in cfg["trainer"]["callbacks"] if not cb["class_path"].endswith("MarginMonitor")]
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("AdversarialEvaluation"):
+            cb["init_args"].update(subset=8, attacks=[{"name": "pgd", "norm": "linf", "steps": 1}])
+    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4, 8]
+    method = cfg["model"]["init_args"]["method"]["init_args"]
+    method["steps"] = 1
+    path = tmp_path / "cfg" / f"{experiment}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_versions() -> None:
+    assert version_of(Path("/r/x/version_3/checkpoints/last.ckpt"), Path("/r/x")) == 3
+    assert version_of(Path("/r/y/version_3/last.ckpt"), Path("/r/x")) is None
+
+
+def test_csv_resume_continues_in_its_run_folder(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    common = ["--config", str(tiny(tmp_path, "classification_synthetic_sat")),
+              "--trainer.default_root_dir", str(root), *QUIET]
+    first = cli_main(["fit", *common, "--trainer.max_epochs", "1"])
+    folder = Path(first.trainer.log_dir)
+    assert folder == root / "classification_synthetic_sat" / "version_0"
+    other = cli_main(["fit", *common, "--trainer.max_epochs", "1"])  # a new run: a new folder
+    assert Path(other.trainer.log_dir) == folder.parent / "version_1"
+    # resume version_0 by path (the newest last.ckpt is version_1's): it continues there
+    resumed = cli_main(["fit", *common, "--trainer.max_epochs", "2",
+                        "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")])
+    assert resumed.trainer.current_epoch == 2
+    assert Path(resumed.trainer.log_dir) == folder
+    # `last` finds the newest last.ckpt (now version_0's) and continues in place as well
+    again = cli_main(["fit", *common, "--trainer.max_epochs", "3", "--ckpt_path", "last"])
+    assert Path(again.trainer.log_dir) == folder
+    assert again.trainer.current_epoch == 3
+    assert not (folder.parent / "version_2").exists()
+    with open(folder / "metrics.csv", newline="") as fh:
+        epochs = {int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")}
+    assert epochs == {0, 1, 2}  # the earlier epochs of the run were kept, not deleted
+    history = (folder / "robustness_history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [0, 1, 2]
+    assert sorted(p.name for p in folder.glob("config*.yaml")) == [
+        "config-1.yaml", "config-2.yaml", "config.yaml"]  # every segment's config kept
+
+
+def test_failed_parse_leaves_no_folder(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    with pytest.raises(ValueError, match="lr must be"):
+        cli_main(["fit", "--config", str(tiny(tmp_path, "classification_synthetic_sat")),
+                  "--trainer.default_root_dir", str(root), "--model.init_args.lr", "-1", *QUIET])
+    assert not root.exists() or not any(root.rglob("*")), list(root.rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed")
+def test_two_wandb_runs_keep_separate_folders_and_resume_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DISABLE_GIT": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("WANDB_DIR", None)
+
+    def fit(experiment: str, *extra: str) -> None:
+        cmd = [sys.executable, "train.py", "fit", "--config", str(tiny(tmp_path, experiment)),
+               "--config", "configs/logger/wandb.yaml", "--trainer.default_root_dir", str(root),
+               "--trainer.limit_train_batches", "1", *QUIET, *extra]
+        proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    fit("classification_synthetic_amat", "--trainer.max_epochs", "1")
+    fit("classification_synthetic_sat", "--trainer.max_epochs", "1")
+    amat, sat = (root / n / "version_0" for n in ("classification_synthetic_amat",
+                                                    "classification_synthetic_sat"))
+    for folder, method in ((amat, "amat"), (sat, "sat")):
+        records = [json.loads(x) for x in (folder / "robustness_history.jsonl").read_text().splitlines()]
+        assert [r["method"] for r in records] == [method]
+        assert json.loads((folder / "robustness.json").read_text())["method"] == method
+        assert (folder / "config.yaml").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
+        assert list((folder / "wandb").glob("offline-run-*")), f"no W&B run in {folder}"
+    # nothing of a run lands directly in the root
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        ["classification_synthetic_amat", "classification_synthetic_sat"])
+
+    fit("classification_synthetic_sat", "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert not (root / "classification_synthetic_sat" / "version_1").exists()
+    records = [json.loads(x) for x in (sat / "robustness_history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    runs = sorted((sat / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # same W&B id
+
+
+def test_next_version(tmp_path: Path) -> None:
+    assert next_version(tmp_path / "absent") == 0
+    (tmp_path / "version_0").mkdir()
+    (tmp_path / "version_4").mkdir()
+    (tmp_path / "version_x").mkdir()
+    assert next_version(tmp_path) == 5
+
+
+def test_configure_loggers_gives_every_logger_the_run_folder(tmp_path: Path) -> None:
+    """TensorBoard (not installed here, so checked on the parsed config), CSV and W&B."""
+    from jsonargparse import Namespace
+
+    from medrobust.run_folders import configure_loggers
+
+    (tmp_path / "exp" / "version_0").mkdir(parents=True)
+    tb = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                   init_args=Namespace(save_dir=str(tmp_path), name="lightning_logs", version=None))
+    wb = Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                   init_args=Namespace(save_dir=".", name=None, id=None))
+    first = configure_loggers([tb, wb], tmp_path, "exp", None)
+    assert first == tmp_path / "exp" / "version_1"
+    assert tb.init_args.name == "exp" and tb.init_args.version == 1
+    assert wb.init_args.save_dir == str(tmp_path / "exp" / "version_1")
+    assert wb.init_args.name == "exp/version_1"
+    # resuming a checkpoint of version_0 keeps version_0, and the W&B run id found there
+    (tmp_path / "exp" / "version_0" / "wandb" / "offline-run-20260101_000000-abc123").mkdir(parents=True)
+    tb.init_args.version = None
+    wb.init_args["save_dir"], wb.init_args["name"] = ".", None
+    ckpt = tmp_path / "exp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert configure_loggers([tb, wb], tmp_path, "exp", ckpt) == tmp_path / "exp" / "version_0"
+    assert tb.init_args.version == 0 and wb.init_args.id == "abc123"
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing written
