@@ -16,6 +16,7 @@ name             task            paper
 ``js``           segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
 ``segpgd``       segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
 ``soft_argmax``  landmarks       distance of the soft-argmax point from the truth (ours)
+``vanishing``    detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
 ===============  ==============  ==========================================================
 
 Factories are called once per attack call as ``factory(clean_logits, steps, **args)`` and
@@ -209,6 +210,41 @@ def _soft_argmax(clean: Tensor | None, steps: int, beta: float = 50.0) -> Loss:
     return loss
 
 
+# ---------------------------------------------------------------------- detection
+def _vanishing(clean: Tensor | None, steps: int, score_thresh: float = 0.05) -> Loss:
+    """Chow et al. 2020, "Adversarial Objectness Gradient Attacks in Real-time Object
+    Detection Systems" (TOG-vanishing): make every object vanish by driving the detector's
+    confident outputs towards "no object", whatever the ground truth.
+
+    Per image: ``Σ_{s_j >= score_thresh} log(1 − s_j)`` over the scores ``s_j`` of the
+    detector's eval-mode, post-processed detections (``scores`` ``[B, N]`` in ``[0, 1]``,
+    zero-padded; see :func:`callbacks.evaluation_loop.task_loss_tensors`). It is ``<= 0`` and
+    reaches 0 when nothing is detected above the threshold, so ascending it lowers every
+    confident score, and an attack that keeps its highest-loss iterate (APGD) keeps the one
+    with the fewest / weakest detections. The ``labels`` argument is not used.
+
+    What the scores are: for FCOS (and the tiny default) ``sqrt(σ(class logit)·σ(centre-ness))``
+    of the locations that survive the detector's score threshold, top-k and NMS; for Faster
+    R-CNN the RoI head's softmax class probability of each kept box (the RPN proposals are
+    detached in torchvision's eval path, so the gradient reaches the image through the RoI
+    head's features). The paper attacks YOLO's pre-NMS objectness; we use the post-NMS outputs
+    because they are what every torchvision detector exposes alike — when the strongest box
+    of a cluster is suppressed, its NMS-hidden neighbour surfaces and is attacked next step.
+    """
+    thr = float(score_thresh)
+    if not 0.0 <= thr < 1.0:
+        raise ValueError(f"vanishing: score_thresh must be in [0, 1), got {score_thresh!r}")
+
+    def loss(scores: Tensor, labels: Tensor) -> Tensor:
+        if scores.ndim != 2:
+            raise ValueError(f"vanishing attack loss: scores must be [B, N], got {tuple(scores.shape)}")
+        s = scores.float().clamp(0.0, 1.0 - 1e-6)
+        keep = (s >= thr).float()
+        return (torch.log1p(-s) * keep).sum(dim=1)
+
+    return loss
+
+
 ATTACK_LOSSES: dict[str, AttackLoss] = {
     "ce": AttackLoss("classification", _ce, "cross-entropy"),
     "margin": AttackLoss("classification", _margin, "CW logit margin"),
@@ -220,6 +256,7 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
+    "vanishing": AttackLoss("detection", _vanishing, "TOG-vanishing: suppress confident detections"),
 }
 
 

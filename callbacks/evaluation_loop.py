@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
@@ -34,7 +35,9 @@ def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[to
 
     classification: logits ``[B, K]``, labels ``[B]``; segmentation: logits
     ``[B, K, *spatial]``, mask ``[B, *spatial]``; landmarks: heatmaps ``[B, L, h, w]`` and
-    ``[B, L, 3]`` = (x, y) in the heatmap frame + visibility.
+    ``[B, L, 3]`` = (x, y) in the heatmap frame + visibility; detection: the scores of the
+    eval-mode detections ``[B, N]`` (differentiable, zero-padded to the most detections in
+    the batch) and their labels ``[B, N]`` (``-1`` in the padding).
     """
     kind = getattr(task, "task", None)
     if kind == "classification":
@@ -46,6 +49,13 @@ def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[to
         pts = task._to_heatmap(batch["landmarks"].to(heat.device, torch.float32), heat)
         vis = batch["visible"].to(heat.device, torch.float32)
         return heat, torch.cat([pts, vis[..., None]], dim=-1)
+    if kind == "detection":
+        dets = task._output(output).detections
+        n = max([1] + [d["scores"].numel() for d in dets])
+        pad = [n - d["scores"].numel() for d in dets]
+        scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
+        labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
+        return scores, labels
     raise ValueError(f"no named attack losses for task {kind!r}; drop `loss:` to use the task's own loss")
 
 
