@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
+from callbacks.margin_monitor import MarginMonitor
 from datamodules.base import collate_batch
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
@@ -367,15 +369,25 @@ def test_margins_grow_by_delta_per_epoch_when_samples_stay_correct(tmp_path: Pat
                                  method=AMAT(delta=delta, max_margin=5.0, steps=5))
     model.net = FarApart()
     rec = RecordMargins()
+    monitor = MarginMonitor(budgets=(0.4, 0.5))
     loader = DataLoader(Constant(n), batch_size=4, shuffle=True, collate_fn=collate_batch)
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", callbacks=[rec],
+                        enable_model_summary=False, accelerator="cpu", callbacks=[rec, monitor],
                         limit_val_batches=0)
     trainer.fit(model, train_dataloaders=loader)
     assert len(rec.after) == epochs
     for e, margins in enumerate(rec.after, 1):
         assert torch.allclose(margins, torch.full((n,), delta * (1 + e)), atol=1e-6), e
+    # MarginMonitor's per-epoch diagnostics: margins 0.3, 0.45, 0.6 against budgets 0.4, 0.5
+    lines = [json.loads(x) for x in (tmp_path / "margins" / "diagnostics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in lines] == [0, 1, 2]
+    assert [row["margin_ge0.4"] for row in lines] == [0.0, 1.0, 1.0]
+    assert [row["margin_ge0.5"] for row in lines] == [0.0, 0.0, 1.0]
+    assert all(row["margin_grown"] == 1.0 and row["margin_shrunk"] == 0.0 for row in lines)
+    assert all(row["clean_violated"] == 0.0 for row in lines)
+    png = tmp_path / "margins" / "epoch=002.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------- clean-model threshold
@@ -476,3 +488,87 @@ def test_clean_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         AMAT(threshold_from="running", clean_checkpoint="x.ckpt")
     with pytest.raises(ValueError, match="adv_loss_on"):
         AMAT(adv_loss_on="some")
+
+
+DDP_SEG_SCRIPT = textwrap.dedent('''
+    """Run by test_ddp_segmentation_margins_and_threshold_match: one AMAT epoch on segmentation
+    with the threshold from a clean checkpoint; every rank saves margins and threshold."""
+    import sys
+    from pathlib import Path
+
+    import lightning as L
+    import torch
+
+    from datamodules.synthetic import SyntheticDataModule
+    from lightning_modules import AMAT, SegmentationModule
+
+
+    class Save(L.Callback):
+        def __init__(self, out):
+            self.out = Path(out)
+
+        def on_train_end(self, trainer, pl_module):
+            m = pl_module.method
+            torch.save({"margins": m.margins.cpu(), "threshold": m.threshold_value.cpu()},
+                       self.out / f"state_rank{trainer.global_rank}.pt")
+
+
+    def run(devices, out, clean):
+        L.seed_everything(0)
+        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in (also in the
+        # threshold's statistics pass).
+        dm = SyntheticDataModule(task="segmentation", num_train=11, num_val=4, num_test=4,
+                                 image_size=(16, 16), batch_size=4 // devices)
+        net = {"class_path": "lightning_modules.nets.SmallUNet",
+               "init_args": {"features": [4, 8], "norm": "none"}}
+        model = SegmentationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
+                                   method=AMAT(delta=0.3, max_margin=3.0, steps=3,
+                                               random_start=False, clean_checkpoint=clean))
+        trainer = L.Trainer(accelerator="cpu", devices=devices,
+                            strategy="ddp" if devices > 1 else "auto", max_epochs=1,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0,
+                            num_sanity_val_steps=0, callbacks=[Save(out)])
+        trainer.fit(model, dm)
+
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        run(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+''')
+
+
+@pytest.mark.slow
+def test_ddp_segmentation_margins_and_threshold_match(tmp_path: Path) -> None:
+    """The reference defaults on segmentation (no early stop, threshold from a clean
+    checkpoint gathered over ranks): 2 DDP processes give the margins and threshold of 1."""
+    from lightning_modules import SegmentationModule
+
+    torch.manual_seed(1)
+    dm = SyntheticDataModule(task="segmentation", num_train=11, num_val=4, num_test=4,
+                             image_size=(16, 16), batch_size=4)
+    clean_net = SegmentationModule(net=TINY_UNET, data_info=dm.info)
+    clean = tmp_path / "clean.ckpt"
+    torch.save({"state_dict": clean_net.state_dict()}, clean)
+    script = tmp_path / "ddp_amat_seg.py"
+    script.write_text(DDP_SEG_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    proc = subprocess.run([sys.executable, str(script), "2", str(out2), str(clean)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(out2 / f"state_rank{r}.pt") for r in range(2))
+    out1 = tmp_path / "out1"
+    out1.mkdir()
+    namespace: dict = {"__name__": "ddp_amat_seg"}
+    exec(compile(DDP_SEG_SCRIPT, str(script), "exec"), namespace)
+    namespace["run"](1, str(out1), str(clean))
+    single = torch.load(out1 / "state_rank0.pt")
+    assert torch.equal(rank0["margins"], rank1["margins"])
+    assert torch.equal(rank0["threshold"], rank1["threshold"])
+    assert torch.isfinite(single["threshold"])
+    assert torch.allclose(rank0["threshold"], single["threshold"], atol=1e-6)
+    m = single["margins"]
+    assert bool((m != 0.3).any())  # margins moved
+    assert torch.allclose(rank0["margins"], m, atol=1e-5)

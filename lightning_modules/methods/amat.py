@@ -74,8 +74,9 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
 
 Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`):
 ``margin_grown`` / ``margin_shrunk`` / ``margin_held`` (fractions of the updated samples that
-took the +δ branch / ended below their old margin / neither) and ``clean_violated`` (fraction
-whose clean input fails the threshold test, whether or not it counts as correct).
+took the +δ branch / ended more than 1 % below their old margin / neither) and
+``clean_violated`` (fraction whose clean input fails the threshold test, whether or not it
+counts as correct).
 """
 
 from __future__ import annotations
@@ -475,7 +476,9 @@ class AMAT(TrainingMethod):
                 self.margins[index[upd]] = new[upd].to(self.margins.dtype)
                 now = self.margins[index[upd]]
                 grew = rows[upd, 4] > 0.5
-                shrunk = (~grew) & (now < old - 1e-6 * old.abs().clamp(min=1.0))
+                # "shrunk": ended more than 1 % below the old margin (without early stopping a
+                # violated margin moves halfway to a final noise norm just under E: "held").
+                shrunk = (~grew) & (now < 0.99 * old)
                 diag = {"margin_grown": grew.float().mean(), "margin_shrunk": shrunk.float().mean(),
                         "margin_held": ((~grew) & ~shrunk).float().mean(),
                         "clean_violated": (rows[upd, 5] > 0.5).float().mean()}
@@ -487,6 +490,9 @@ class AMAT(TrainingMethod):
                 if s.numel():
                     self.threshold_value.fill_(threshold_of(s, self.threshold_z, self._direction,
                                                             self.threshold_centre))
+        thr = self.current_threshold()
+        if self.last_diagnostics and thr is not None:
+            self.last_diagnostics["threshold"] = thr
         logs.update(self.signals())
         return logs
 
