@@ -50,9 +50,10 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
   The authors' attack does not clip to the image range (commented out); ours keeps the
   ``data_info.bounds`` clamp of every medrobust attack.
 * Threshold (thresholded tasks). The authors hard-code the clean model's *training* statistics
-  per dataset ("avg mean" Dice of D2 / D4 / D5 in ``nnUNetTrainerV2.py``; "train 1z" / "2z"
-  losses in ``train_AMAT_2zscore.py``; fixed loss levels in ``train_AMAT.py``), fixed before
-  AMAT starts. ``threshold_from="clean_checkpoint"`` (default) does that: at the start of the
+  per dataset ("avg mean" Dice of D2 / D4 / D5 in ``nnUNetTrainerV2.py``; "train 1z" (active)
+  and "2z" loss levels in ``train_AMAT_2zscore.py``; fixed loss levels in ``train_AMAT.py``),
+  fixed before AMAT starts. ``threshold_from="clean_checkpoint"`` (default) does that: at the
+  start of the
   fit (first training epoch) the net weights of ``clean_checkpoint`` are run in eval mode over
   the training loader, the per-sample violation statistics are gathered (all ranks,
   de-duplicated) and ``threshold_value = centre ± z·scale`` is stored in a buffer — saved in
