@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from benchmarks.paper_suites import Group, Suite  # noqa: E402
 from callbacks.atomic import atomic_write_text  # noqa: E402
 from callbacks.common import lower_is_better  # noqa: E402
 from callbacks.report import package_versions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fmt(v: Any) -> str:
@@ -114,6 +117,41 @@ def cost_table(suite: Suite, group: Group, results: dict[str, Any]) -> str:
     return _table(head, rows)
 
 
+def _margin_history(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch lines of ``margins/diagnostics.jsonl`` (``MarginMonitor``) of a run."""
+    log_dir = res.get("log_dir")
+    path = (ROOT / log_dir / "margins" / "diagnostics.jsonl") if log_dir else None
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def margin_table(suite: Suite, group: Group, results: dict[str, Any]) -> str | None:
+    """AMAT's final margin distribution (after the last epoch) against the SAT budgets, and
+    how the margins moved in each epoch (fraction grown by δ; clean-violated)."""
+    rows, budgets = [], None
+    for r in suite.runs:
+        res = results.get(r.key)
+        hist = _margin_history(res) if r.group == group.name and res else []
+        if not hist:
+            continue
+        last = hist[-1]
+        budgets = last.get("budgets") or []
+        ge = [fmt(last.get(f"margin_ge{e:g}")) for e in budgets]
+        grown = " / ".join(f"{100 * h['margin_grown']:.0f}" for h in hist if "margin_grown" in h)
+        viol = " / ".join(f"{100 * h['clean_violated']:.0f}" for h in hist if "clean_violated" in h)
+        rows.append([res["label"], fmt(last.get("threshold")),
+                     *[fmt(last.get(k)) for k in ("margin_q10", "margin_q50", "margin_q90", "margin_mean",
+                                                 "margin_max")],
+                     *ge, grown or "–", viol or "–"])
+    if not rows:
+        return None
+    head = ["method", "threshold", "q10", "median", "q90", "mean", "max",
+            *[f"share ≥ SAT ε={e:g}" for e in budgets or []], "grown by δ, % per epoch",
+            "clean-violated, % per epoch"]
+    return _table(head, rows)
+
+
 def plot_group(suite: Suite, group: Group, results: dict[str, Any], path: Path) -> Path | None:
     """Metric vs ε per attack (one panel each, plus the per-sample worst case), one line per method."""
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
@@ -198,6 +236,10 @@ def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], f
                       noise_table(suite, group, results, group.metric), ""]
         if group.name in figures:
             parts += [f"![{group.name} curves]({figures[group.name]})", ""]
+        margins = margin_table(suite, group, results)
+        if margins:
+            parts += ["AMAT's margins (L2) after the last training epoch, against the SAT ε of this "
+                      "table (as trained), and their movement per epoch:", "", margins, ""]
         parts += ["Runs:", "", cost_table(suite, group, results), ""]
     claims = suite.claims(results)
     parts += [f"{h}# What the paper claims / what we measured", "",

@@ -340,6 +340,15 @@ JOEL = Suite(
 
 # ------------------------------------------------------------------------------ Ma & Liang (AMAT)
 AMAT_SAT_EPS = {"segmentation": (0.5, 2.0), "landmarks": (0.25, 1.0), "detection": (0.5, 2.0)}
+#: --quick L2 scale per AMAT task (images halved for segmentation and landmarks)
+AMAT_QUICK_L2 = {"segmentation": 0.5, "landmarks": 0.5, "detection": 1.0}
+_AMAT_ARGS = "model.init_args.method.init_args"
+
+
+def _amat_budgets(task: str) -> Overrides:
+    """--quick: the MarginMonitor histogram marks the SAT ε as the quick runs use them."""
+    return {"trainer.callbacks[MarginMonitor].init_args.budgets":
+            [round(e * AMAT_QUICK_L2[task], 6) for e in AMAT_SAT_EPS[task]]}
 
 
 def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
@@ -392,7 +401,11 @@ def _amat_runs() -> list[Run]:
         for eps in AMAT_SAT_EPS[task]:
             runs.append(Run(f"{task}/sat{eps:g}", task, "SAT ε={eps:g}", f"{cfg}_sat-maliang2022",
                             {"model.init_args.method.init_args.eps": eps}))
-        runs.append(Run(f"{task}/amat", task, "AMAT", f"{cfg}_amat-maliang2022"))
+        # AMAT's threshold: the training statistics of this suite's clean run of the task
+        # (run before it), as the authors fix it from a clean model before AMAT starts.
+        runs.append(Run(f"{task}/amat", task, "AMAT", f"{cfg}_amat-maliang2022",
+                        {f"{_AMAT_ARGS}.clean_checkpoint":
+                         f"{{default_root_dir}}/{task}_clean/version_*/checkpoints/best-*.ckpt"}))
     return runs
 
 
@@ -415,14 +428,15 @@ AMAT = Suite(
     groups=[
         Group("segmentation", "PH2 lesion segmentation (Dice ↑)", "dice",
               quick={"trainer.max_epochs": 10, "data.init_args.image_size": [64, 64],
-                     f"{_CNN}.features": [8, 16, 32, 64], **_AMAT_QUICK_STEPS},
-              quick_l2_scale=0.5, secondary="iou"),
+                     f"{_CNN}.features": [8, 16, 32, 64], **_AMAT_QUICK_STEPS,
+                     **_amat_budgets("segmentation")},
+              quick_l2_scale=AMAT_QUICK_L2["segmentation"], secondary="iou"),
         Group("landmarks", "cephalometric landmarks (MRE in px ↓)", "mre",
               quick={"trainer.max_epochs": 12, "data.init_args.image_size": [80, 64],
                      f"{_CNN}.features": [8, 16, 32], "model.init_args.sigma": 1.5,
                      "model.init_args.lr": 0.003,  # 12 epochs: lr 0.001 had not converged
-                     **_AMAT_QUICK_STEPS},
-              quick_l2_scale=0.5),
+                     **_AMAT_QUICK_STEPS, **_amat_budgets("landmarks")},
+              quick_l2_scale=AMAT_QUICK_L2["landmarks"]),
         Group("detection", "BCCD blood-cell detection (mAP ↑)", "map",
               # The shipped 144×192 images: at 72×96 platelets shrink to a few pixels and the
               # quick detector did not learn (mAP@0.5 0.1; 0.54 at 144×192, same epochs).
@@ -430,8 +444,8 @@ AMAT = Suite(
                      "trainer.limit_train_batches": 16,  # 128 of the 205 images per epoch
                      f"{_CNN}.widths": [8, 16, 32], f"{_CNN}.out_channels": 32,
                      "model.init_args.lr": 0.003,
-                     **_AMAT_QUICK_STEPS},
-              secondary="map_50"),
+                     **_AMAT_QUICK_STEPS, **_amat_budgets("detection")},
+              quick_l2_scale=AMAT_QUICK_L2["detection"], secondary="map_50"),
     ],
     runs=_amat_runs(),
     claims=amat_claims,

@@ -1,4 +1,4 @@
-"""Adaptive-margin adversarial training (AMAT, Ma & Liang): one L2 margin per training sample.
+"""Adaptive-margin adversarial training (AMAT, Ma & Liang 2022): one L2 margin per training sample.
 
 Each training sample ``i`` has a margin ``E[i]`` (its own adversarial budget), a buffer of this
 module — so it is saved in checkpoints, restored on resume and moved with the model — and is
@@ -6,13 +6,17 @@ identical on every DDP rank.
 
 Per batch (all samples in parallel, each inside its own ball):
 
-1. L2 PGD with ``steps`` steps of size ``alpha·E[i]/steps`` from a random start of norm
-   ``max(E[i] − δ, δ)`` (capped at ``E[i]``), ascending the task's per-sample loss, with early
-   stopping: a sample stops moving at the first iterate where it *violates* — the task's
-   loss-defined test (classification: misclassified; segmentation: Dice below the threshold;
-   landmarks / detection: loss above it). Its final noise norm is then the norm at which the
-   violation was found.
-2. Loss ``(1 − β)·L(x) + β·L(x_adv)`` from one joint forward of clean and adversarial images.
+1. L2 PGD with ``steps`` steps of size ``alpha·E[i]/steps`` (normalised gradient, projection
+   onto the ``E[i]`` ball) from a random start of norm ``max(E[i] − δ, δ)`` (capped at
+   ``E[i]``), ascending the task's per-sample loss. Every iterate's forward also runs the
+   task's *violation* test (classification: misclassified; segmentation: Dice below the
+   threshold; landmarks / detection: loss above it). ``early_stop=False`` (reference): all
+   steps run and the test only records whether some iterate violated; ``early_stop=True``: a
+   sample stops moving at its first violating iterate, whose noise norm is then recorded.
+2. Loss ``(1 − β)·mean_B L(x) + β·L_adv`` from one joint forward of clean and adversarial
+   images, where ``L_adv`` is the mean adversarial loss over the samples that are correct on
+   their clean input (``adv_loss_on="clean_correct"``, 0 when there are none) or over the whole
+   batch (``"all"``).
 3. The new margin is recorded: ``E[i] + δ`` if no violation was found and the clean prediction
    is correct, else ``(E[i] + ‖x_adv − x‖₂) / 2``; clamped to ``[0, max_margin]``.
 
@@ -23,19 +27,68 @@ last round with repeats) keeps the record of its first occurrence in the global 
 PyTorch's ``DistributedSampler``): the padding is at the end of that order, so the kept record
 is the one 1 process would have made. The resolution is deterministic either way.
 
-Violation threshold (tasks with ``violation_direction`` ``"above"`` / ``"below"``): ``threshold``
-if given; otherwise computed at the end of every epoch from the per-sample clean violation
-statistics of that epoch — gathered across ranks and de-duplicated like the margins — as a
-robust centre ± z·scale: median and 1.4826·MAD (the MAD scaled to a Gaussian's σ), because a
-few failed samples must not move the threshold. The median with ``threshold_z = 0`` follows Ma &
-Liang ("Dice below the clean model's training mean"); ``z > 0`` tolerates more before a sample
-counts as violated. These statistics come for free from the clean half of the joint forward.
-Until a first value exists (first epoch) the method trains clean (a warm-up epoch) unless an
-``initial_threshold`` is given. Classification needs no threshold.
+Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/nnunet/AMAT``,
+``nnUNet/.../nnUNetTrainerV2.py``, ``landmark_detection/train_AMAT_*``, ``yolov5/train_AMAT.py``):
+
+* ``clean_counts_as_correct=True`` (default). In the authors' code the *clean* correctness test
+  of segmentation is ``Dice >= 0`` and those of landmarks / detection use thresholds that no
+  sample reaches (1.0 on a heatmap L1, 1e10 on the YOLO losses): every clean input counts as
+  correct, only the adversarial test uses the threshold. Applies to the thresholded tasks
+  (segmentation, landmarks, detection); classification keeps "argmax is the label", which is
+  what correctness means there and what the classification code does. ``False``: the clean
+  input must pass the same threshold test (the variant this module had before).
+* ``adv_loss_on="clean_correct"`` (default): ``AMAT_loss`` adds the adversarial term only for
+  ``idx_n`` = the clean-correct samples, divided by their number, with ``beta_position=1``:
+  ``(1 − β)·(loss1 + loss2) + β·loss3`` = ``(1 − β)·mean clean + β·mean adv over clean-correct``.
+  ``"all"``: every sample's adversarial loss (SAT's form).
+* ``early_stop=False`` (default): ``pgd_attack`` in ``RobustDNN_AMAT_claregseg.py`` runs all
+  ``max_iter`` (20) steps with ``normalize_grad_`` and ``clip_norm_``, counting violations
+  (``advc``) at every iterate; a sample grows when ``advc == 0``, else its margin moves halfway
+  to the norm of the *final* iterate — which the projection keeps at (or near) ``E[i]``, so a
+  violated margin stays put rather than halving. ``True``: stop at the first violation (the
+  earlier variant; then the halfway step uses the norm where the violation was found).
+  The authors' attack does not clip to the image range (commented out); ours keeps the
+  ``data_info.bounds`` clamp of every medrobust attack.
+* Threshold (thresholded tasks). The authors hard-code the clean model's *training* statistics
+  per dataset ("avg mean" Dice of D2 / D4 / D5 in ``nnUNetTrainerV2.py``; "train 1z" (active)
+  and "2z" loss levels in ``train_AMAT_2zscore.py``; fixed loss levels in ``train_AMAT.py``),
+  fixed before AMAT starts. ``threshold_from="clean_checkpoint"`` (default) does that: at the
+  start of the
+  fit (first training epoch) the net weights of ``clean_checkpoint`` are run in eval mode over
+  the training loader, the per-sample violation statistics are gathered (all ranks,
+  de-duplicated) and ``threshold_value = centre ± z·scale`` is stored in a buffer — saved in
+  every checkpoint and, once set, never recomputed (a resumed run keeps it). The pass restores
+  the RNG state, so it does not change the training run's randomness. ``clean_checkpoint`` may
+  be a glob (newest match) and may start with ``{default_root_dir}`` (the trainer's), so a
+  suite can point at the clean run of the same suite. Without ``clean_checkpoint`` (and without
+  ``threshold``) the module warns and falls back to ``"running"``.
+  ``threshold_from="running"``: recomputed at the end of every epoch from that epoch's clean
+  statistics (the earlier variant; no value in the first epoch → a clean warm-up epoch unless
+  ``initial_threshold`` is given). ``threshold`` fixes the value by hand.
+  ``threshold_centre="mean"`` (default, the authors' "avg mean" / z-scores: mean ± z·std) or
+  ``"median"`` (median ± z·1.4826·MAD, robust to a few failed samples).
+* δ (``delta``) and ``max_margin`` are in L2 units of ``data_info.bounds`` (pixels in [0, 1]).
+  The authors sweep δ per dataset (``run_AMAT_training.py``: 1–9 on D2, 0.1–1.9 on D4,
+  17–21 on D5, on nnU-Net's normalised 3D patches); the configs choose δ from the margin
+  diagnostics and write the reasoning in their headers.
+* β = 0.5 and α = 4 (step ``α·E/steps``) as in ``run_AMAT_training.py``; 20 steps there.
+
+Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`):
+``margin_grown`` / ``margin_shrunk`` / ``margin_held`` (fractions of the updated samples that
+took the +δ branch / ended more than 1 % below their old margin / neither) and
+``clean_violated`` (fraction whose clean input fails the threshold test, whether or not it
+counts as correct).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import random
+import warnings
+from typing import Any
+
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -45,12 +98,16 @@ from attacks import PGD, per_sample_norm
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
+    check_choice,
     check_range,
     detach_output,
 )
 from lightning_modules.protocol import Batch, RobustTask
 
 MAD_TO_SIGMA = 1.4826
+#: columns of a per-sample record row (float64): global order key, sample index, new margin
+#: (NaN: no update), clean violation statistic, took the +δ branch, clean input violated
+_COLS = 6
 
 
 def margin_update(
@@ -72,6 +129,19 @@ def margin_update(
     return new.clamp(0.0, max_margin)
 
 
+def adversarial_term(loss_adv: Tensor, clean_correct: Tensor, on: str) -> Tensor:
+    """``L_adv`` of a batch from per-sample adversarial losses ``[B]``.
+
+    ``on="all"``: their mean. ``on="clean_correct"``: the mean over the samples with
+    ``clean_correct`` (Bool ``[B]``), 0 (still differentiable) when there are none — Ma &
+    Liang's ``loss3``.
+    """
+    if on == "all":
+        return loss_adv.mean()
+    mask = clean_correct.to(loss_adv.dtype)
+    return (loss_adv * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 class AMAT(TrainingMethod):
     """Adaptive-margin adversarial training (Ma & Liang), task-agnostic.
 
@@ -81,9 +151,20 @@ class AMAT(TrainingMethod):
         steps: L2 PGD steps (paper: 20).
         alpha: step size factor: step ``alpha·E[i]/steps`` (paper: 4–5).
         beta: weight of the adversarial loss (paper: 0.5).
+        clean_counts_as_correct: thresholded tasks: every clean input counts as correct
+            (authors' code); ``False``: it must pass the threshold test too.
+        adv_loss_on: ``"clean_correct"`` (authors) or ``"all"`` samples in the adversarial term.
+        early_stop: stop a sample's attack at its first violation (``False``: all steps run,
+            as the authors' code).
+        threshold_from: ``"clean_checkpoint"`` (statistics of ``clean_checkpoint``'s net on the
+            training set, once at fit start) or ``"running"`` (every epoch's clean statistics).
+        clean_checkpoint: Lightning checkpoint of a clean model of the same net (path or glob,
+            may start with ``{default_root_dir}``).
         threshold: fixed violation threshold (task units: Dice, loss…); ``None`` → computed.
-        initial_threshold: used until the first computed value exists (skips the warm-up).
-        threshold_z: ``z`` of the computed threshold ``median ± z·1.4826·MAD``.
+        initial_threshold: ``"running"``: used until the first computed value exists (skips
+            the warm-up); ``"clean_checkpoint"`` without a checkpoint: the threshold.
+        threshold_z: ``z`` of the computed threshold ``centre ± z·scale``.
+        threshold_centre: ``"mean"`` (± z·std, authors) or ``"median"`` (± z·1.4826·MAD).
         warmup_epochs: clean epochs at the start (statistics are still collected). A task that
             needs a threshold trains clean until one exists anyway.
         random_start: random start of norm ``max(E − δ, δ)`` (``False``: start at ``x``; makes
@@ -94,7 +175,8 @@ class AMAT(TrainingMethod):
     Buffers: ``margins`` ``[data_info.num_train]``, ``threshold_value`` (scalar, NaN until
     computed). Logged per step: ``violated``, ``noise_norm``, ``loss_clean``, ``loss_adv``;
     per epoch: ``margin_mean`` / ``margin_median`` / ``margin_min`` / ``margin_max``,
-    ``margin_grown`` (fraction of updated samples that grew) and ``threshold``.
+    ``margin_grown`` / ``margin_shrunk`` / ``margin_held`` / ``clean_violated`` and
+    ``threshold``.
     """
 
     name = "amat"
@@ -106,9 +188,15 @@ class AMAT(TrainingMethod):
         steps: int = 20,
         alpha: float = 4.0,
         beta: float = 0.5,
+        clean_counts_as_correct: bool = True,
+        adv_loss_on: str = "clean_correct",
+        early_stop: bool = False,
+        threshold_from: str = "clean_checkpoint",
+        clean_checkpoint: str | None = None,
         threshold: float | None = None,
         initial_threshold: float | None = None,
         threshold_z: float = 0.0,
+        threshold_centre: str = "mean",
         warmup_epochs: int = 0,
         random_start: bool = True,
         attack_bn_mode: str = "eval",
@@ -122,13 +210,25 @@ class AMAT(TrainingMethod):
         check_range(owner, "alpha", alpha, 0.0, lo_open=True)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
         check_range(owner, "warmup_epochs", warmup_epochs, 0)
+        check_choice(owner, "adv_loss_on", adv_loss_on, ("clean_correct", "all"))
+        check_choice(owner, "threshold_from", threshold_from, ("clean_checkpoint", "running"))
+        check_choice(owner, "threshold_centre", threshold_centre, ("mean", "median"))
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
+        if clean_checkpoint is not None and threshold_from != "clean_checkpoint":
+            raise ValueError(f"{owner}.clean_checkpoint is only used with "
+                             f"threshold_from='clean_checkpoint', got threshold_from={threshold_from!r}")
         self.delta, self.max_margin = float(delta), float(max_margin)
         self.steps, self.alpha, self.beta = steps, float(alpha), float(beta)
+        self.clean_counts_as_correct = bool(clean_counts_as_correct)
+        self.adv_loss_on = adv_loss_on
+        self.early_stop = bool(early_stop)
+        self.threshold_from = threshold_from
+        self.clean_checkpoint = None if clean_checkpoint is None else str(clean_checkpoint)
         self.threshold = None if threshold is None else float(threshold)
         self.initial_threshold = None if initial_threshold is None else float(initial_threshold)
         self.threshold_z = float(threshold_z)
+        self.threshold_centre = threshold_centre
         self.warmup_epochs = int(warmup_epochs)
         self.random_start = bool(random_start)
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
@@ -136,6 +236,8 @@ class AMAT(TrainingMethod):
         self._direction: str | None = None
         self._pending: list[Tensor] = []
         self._seen = 0
+        #: the last epoch's margin diagnostics (fractions), read by ``MarginMonitor``
+        self.last_diagnostics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup / state
     def setup(self, task: RobustTask) -> None:
@@ -151,6 +253,16 @@ class AMAT(TrainingMethod):
         self._direction = direction
         self.register_buffer("margins", torch.full((n,), self.delta, dtype=torch.float32))
         self.register_buffer("threshold_value", torch.tensor(float("nan")))
+        if (direction is not None and self.threshold is None and self.initial_threshold is None
+                and self.threshold_from == "clean_checkpoint" and self.clean_checkpoint is None):
+            warnings.warn(
+                "AMAT(threshold_from='clean_checkpoint') without clean_checkpoint: falling back "
+                "to running statistics of the model being trained (give clean_checkpoint, or "
+                "threshold_from='running' to silence this)", stacklevel=2)
+
+    @property
+    def _running(self) -> bool:
+        return self.threshold_from == "running" or self.clean_checkpoint is None
 
     def current_threshold(self) -> float | None:
         """The violation threshold in force (``None``: not needed, or not available yet)."""
@@ -180,6 +292,74 @@ class AMAT(TrainingMethod):
     def on_train_epoch_start(self, task: RobustTask) -> None:
         self._pending = []
         self._seen = 0
+        if (self._direction is not None and self.threshold is None and not self._running
+                and float(self.threshold_value) != float(self.threshold_value)):
+            self.threshold_value.fill_(self.threshold_from_clean_model(task))
+
+    # ------------------------------------------------------------------ clean-model threshold
+    def resolve_checkpoint(self, task: RobustTask) -> str:
+        """The file ``clean_checkpoint`` names (``{default_root_dir}`` filled in; a glob picks
+        its newest match)."""
+        pattern = str(self.clean_checkpoint)
+        trainer = getattr(task, "_trainer", None)
+        root = str(getattr(trainer, "default_root_dir", None) or os.getcwd())
+        pattern = pattern.replace("{default_root_dir}", root)
+        matches = sorted(glob.glob(pattern), key=os.path.getmtime) if glob.has_magic(pattern) else (
+            [pattern] if os.path.isfile(pattern) else [])
+        if not matches:
+            raise FileNotFoundError(f"AMAT.clean_checkpoint={self.clean_checkpoint!r}: no file at "
+                                    f"{pattern!r} (a clean run's Lightning checkpoint is expected)")
+        return matches[-1]
+
+    def threshold_from_clean_model(self, task: RobustTask) -> float:
+        """``centre ± z·scale`` of the clean checkpoint's per-sample violation statistics on the
+        training loader (eval mode, no gradients; all ranks, de-duplicated). The task's net
+        weights and every RNG are restored afterwards."""
+        path = self.resolve_checkpoint(task)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        net_state = {k[4:]: v for k, v in (state or {}).items() if k.startswith("net.")}
+        if not net_state:
+            raise ValueError(f"AMAT.clean_checkpoint {path}: no 'net.*' weights in its state_dict")
+        trainer = getattr(task, "_trainer", None)
+        loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+        if loader is None:
+            raise ValueError("AMAT.threshold_from='clean_checkpoint' needs a trainer with a "
+                             "training dataloader (it runs at the start of fit)")
+        own = {k: v.detach().clone() for k, v in task.net.state_dict().items()}
+        rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())  # noqa: NPY002
+        model = task.attack_model()
+        modes = [m.training for m in model.modules()]
+        device = self.margins.device
+        rows, seen, rank, world = [], 0, int(task.global_rank), _world_size()
+        try:
+            task.net.load_state_dict(net_state)
+            model.eval()
+            with torch.no_grad():
+                for batch in loader:
+                    batch = _to_device(batch, device)
+                    b = int(batch["image"].shape[0])
+                    keys = (seen + torch.arange(b, device=device)) * world + rank
+                    seen += b
+                    stats = task.violation_statistic(model(batch["image"]), batch).float().reshape(-1)
+                    rows.append(torch.stack([keys.double(), batch["index"].to(device).double(),
+                                             stats.to(device).double()], dim=1))
+        finally:
+            task.net.load_state_dict(own)
+            for m, mode in zip(model.modules(), modes):
+                m.training = mode
+            torch.set_rng_state(rng[0])
+            np.random.set_state(rng[1])  # noqa: NPY002
+            random.setstate(rng[2])
+        table = torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.float64, device=device)
+        table = _all_gather_rows(table)
+        first = first_occurrence(table[:, 1].long(), table[:, 0].long(), self.margins.shape[0])
+        s = table[first, 2]
+        s = s[~torch.isnan(s)]
+        if not s.numel():
+            raise ValueError(f"AMAT.clean_checkpoint {path}: no finite violation statistic on "
+                             "the training set")
+        return threshold_of(s, self.threshold_z, str(self._direction), self.threshold_centre)
 
     def epoch_state(self) -> dict[str, object]:
         # The margin records of this epoch's batches so far, of every rank (a collective: the
@@ -223,24 +403,28 @@ class AMAT(TrainingMethod):
             out = model(x)
             loss_clean = task.per_sample_loss(out, batch)
             stats = task.violation_statistic(detach_output(out), batch).detach().float()
-            self._record(keys, index, torch.full_like(stats, float("nan")), stats)
+            nan = torch.full_like(stats, float("nan"))
+            self._record(keys, index, nan, stats, nan, nan)
             return loss_clean.mean(), {"loss_clean": loss_clean.mean().detach(), "warmup": 1.0}
 
-        if (self.attack_bn_mode == "train" and world > 1
+        if (self.early_stop and self.attack_bn_mode == "train" and world > 1
                 and any(isinstance(m, SyncBatchNorm) for m in model.modules())):
             raise ValueError(
-                "AMAT.attack_bn_mode='train' with SyncBatchNorm under DDP: early stopping gives "
-                "ranks different numbers of attack forwards and SyncBatchNorm would deadlock; "
-                "use attack_bn_mode='eval'"
+                "AMAT.attack_bn_mode='train' with SyncBatchNorm under DDP and early_stop=True: "
+                "early stopping gives ranks different numbers of attack forwards and "
+                "SyncBatchNorm would deadlock; use attack_bn_mode='eval' or early_stop=False"
             )
         thr = self.current_threshold()
         margins = self.margins[index.to(self.margins.device)].to(x.device, torch.float32)
         found = torch.zeros(b, dtype=torch.bool, device=x.device)
+        early_stop = self.early_stop
 
         def violated_fn(output: object, target: Batch) -> Tensor:
             hit = task.is_violated(output, target, thr)
             found.logical_or_(hit.to(found.device))
-            return hit
+            # Without early stopping the attack is told "not yet" and runs every step; the
+            # violation is only recorded (the authors' advc counter).
+            return hit if early_stop else torch.zeros_like(hit)
 
         start = torch.maximum(margins - self.delta, torch.full_like(margins, self.delta))
         atk = PGD(eps=margins, norm="l2", steps=self.steps,
@@ -251,60 +435,84 @@ class AMAT(TrainingMethod):
                     generator=self.generator(task, x.device, self.seed))
 
         out_clean, out_adv = task.forward_joint([x, x_adv])
-        loss_clean = task.per_sample_loss(out_clean, batch).mean()
-        loss_adv = task.per_sample_loss(out_adv, batch).mean()
+        per_clean = task.per_sample_loss(out_clean, batch)
+        per_adv = task.per_sample_loss(out_adv, batch)
+        with torch.no_grad():
+            oc, oa = detach_output(out_clean), detach_output(out_adv)
+            clean_violated = task.is_violated(oc, batch, thr).reshape(-1)
+            if self._direction is not None and self.clean_counts_as_correct:
+                clean_ok = torch.ones_like(clean_violated)
+            else:
+                clean_ok = ~clean_violated
+        loss_clean = per_clean.mean()
+        loss_adv = adversarial_term(per_adv, clean_ok, self.adv_loss_on)
         loss = (1 - self.beta) * loss_clean + self.beta * loss_adv
 
         with torch.no_grad():
-            oc, oa = detach_output(out_clean), detach_output(out_adv)
-            clean_ok = ~task.is_violated(oc, batch, thr)
             # A violation found during the attack (eval-mode forwards) or at the final point
             # (this training forward: the last PGD step is not evaluated by the attack).
             violated = found | task.is_violated(oa, batch, thr)
             noise = per_sample_norm((x_adv - x).float(), "l2")
             new = margin_update(margins, violated, clean_ok, noise, self.delta, self.max_margin)
             stats = task.violation_statistic(oc, batch).detach().float()
-            self._record(keys, index, new, stats)
+            grew = ((~violated) & clean_ok).float()
+            self._record(keys, index, new, stats, grew, clean_violated.float())
         logs: Logs = {
             "loss_clean": loss_clean.detach(),
             "loss_adv": loss_adv.detach(),
             "violated": violated.float().mean(),
             "noise_norm": noise.mean(),
+            "clean_correct": clean_ok.float().mean(),
         }
         return loss, logs
 
-    def _record(self, keys: Tensor, index: Tensor, new: Tensor, stats: Tensor) -> None:
-        # One float64 row per sample: [global order key, index, new margin (NaN: none), stat].
-        # float64 holds the integer keys exactly and lets one collective carry everything.
-        rows = torch.stack([keys.double(), index.to(keys.device).double(),
-                            new.to(keys.device).double(), stats.to(keys.device).double()], dim=1)
+    def _record(self, keys: Tensor, index: Tensor, new: Tensor, stats: Tensor, grew: Tensor,
+                clean_violated: Tensor) -> None:
+        # One float64 row per sample (see _COLS); float64 holds the integer keys exactly and
+        # lets one collective carry everything.
+        d = keys.device
+        rows = torch.stack([keys.double(), index.to(d).double(), new.to(d).double(),
+                            stats.to(d).double(), grew.to(d).double(),
+                            clean_violated.to(d).double()], dim=1)
         self._pending.append(rows)
 
     # ------------------------------------------------------------------ epoch end
     def on_train_epoch_end(self, task: RobustTask) -> Logs:
         device = self.margins.device
         rows = (torch.cat(self._pending).to(device) if self._pending
-                else torch.zeros((0, 4), dtype=torch.float64, device=device))
+                else torch.zeros((0, _COLS), dtype=torch.float64, device=device))
         self._pending = []
         self._seen = 0
         rows = _all_gather_rows(rows)
         logs: Logs = {}
+        self.last_diagnostics = {}
         if rows.shape[0]:
             keys, index = rows[:, 0].long(), rows[:, 1].long()
             first = first_occurrence(index, keys, self.margins.shape[0])
             new, stats = rows[:, 2], rows[:, 3]
             upd = first & ~torch.isnan(new)
             if bool(upd.any()):
-                old = self.margins[index[upd]]
+                old = self.margins[index[upd]].clone()
                 self.margins[index[upd]] = new[upd].to(self.margins.dtype)
-                # "grew" = took the +δ branch (the halfway branch never adds δ/2 or more).
-                grew = self.margins[index[upd]] > old + self.delta / 2
-                logs["margin_grown"] = grew.float().mean()
-            if self._direction is not None and self.threshold is None:
+                now = self.margins[index[upd]]
+                grew = rows[upd, 4] > 0.5
+                # "shrunk": ended more than 1 % below the old margin (without early stopping a
+                # violated margin moves halfway to a final noise norm just under E: "held").
+                shrunk = (~grew) & (now < 0.99 * old)
+                diag = {"margin_grown": grew.float().mean(), "margin_shrunk": shrunk.float().mean(),
+                        "margin_held": ((~grew) & ~shrunk).float().mean(),
+                        "clean_violated": (rows[upd, 5] > 0.5).float().mean()}
+                self.last_diagnostics = {k: float(v) for k, v in diag.items()}
+                logs.update(diag)
+            if self._direction is not None and self.threshold is None and self._running:
                 s = stats[first]
                 s = s[~torch.isnan(s)]
                 if s.numel():
-                    self.threshold_value.fill_(robust_threshold(s, self.threshold_z, self._direction))
+                    self.threshold_value.fill_(threshold_of(s, self.threshold_z, self._direction,
+                                                            self.threshold_centre))
+        thr = self.current_threshold()
+        if self.last_diagnostics and thr is not None:
+            self.last_diagnostics["threshold"] = thr
         logs.update(self.signals())
         return logs
 
@@ -319,12 +527,32 @@ def robust_threshold(stats: Tensor, z: float, direction: str) -> float:
     return float(med + sign * z * scale)
 
 
+def threshold_of(stats: Tensor, z: float, direction: str, centre: str = "mean") -> float:
+    """``mean ± z·std`` (``centre="mean"``, population std) or :func:`robust_threshold`."""
+    if centre == "median":
+        return robust_threshold(stats, z, direction)
+    s = stats.double()
+    sign = 1.0 if direction == "above" else -1.0
+    std = s.std(unbiased=False) if s.numel() > 1 else s.new_zeros(())
+    return float(s.mean() + sign * z * std)
+
+
 def first_occurrence(index: Tensor, keys: Tensor, size: int) -> Tensor:
     """Bool mask: the row holding the smallest ``key`` among the rows of each ``index``."""
     big = torch.iinfo(torch.int64).max
     best = torch.full((size,), big, dtype=torch.int64, device=index.device)
     best.scatter_reduce_(0, index, keys, reduce="amin")
     return keys == best[index]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
 
 
 def _world_size() -> int:
