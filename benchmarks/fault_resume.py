@@ -194,7 +194,7 @@ class FaultRun:
     boundary: str
     reference: Path  # version_0 of the uninterrupted run
     killed: Path  # version_0 of the killed run
-    resumed: Path  # version_1: the resumed run
+    resumed: Path  # the resumed run: version_0 again (a resume continues in its run folder)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -220,8 +220,14 @@ def run_pair(method: str, workdir: Path, epochs: int = 3, kill_epoch: int = 1, k
     if "[medrobust] resuming from" not in resumed.stderr:
         raise RuntimeError("the resumed run did not find last.ckpt:\n" + resumed.stderr[-3000:])
     name = cfg.stem
+    # `--ckpt_path last` continues in the killed run's own folder (medrobust/run_folders.py);
+    # a second version folder would mean the resume opened a new run.
+    extra = sorted(p.name for p in (bad_root / name).glob("version_*") if p.name != "version_0")
+    if extra:
+        raise RuntimeError(f"the resume opened a new run folder {extra} instead of continuing "
+                           f"in {bad_root / name / 'version_0'}")
     return FaultRun(method, boundary, ref_root / name / "version_0", bad_root / name / "version_0",
-                    bad_root / name / "version_1", seconds)
+                    bad_root / name / "version_0", seconds)
 
 
 # ---------------------------------------------------------------------- comparisons

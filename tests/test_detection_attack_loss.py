@@ -1,21 +1,22 @@
 """The TOG-vanishing detection attack loss (Chow et al. 2020): its shape and gradient on
-torchvision detectors, its registry / suite entry, and that it makes confident detections
-vanish on a trained tiny FCOS more than PGD on the detection training loss does."""
+torchvision detectors and its registry / suite entry.
+
+Not claimed (issue 12 stays open on it): that it raises the detection error more than PGD on the
+training loss. On a trained tiny FCOS it removed more confident detections than PGD when the
+fixture was trained alone, fewer when trained inside the whole suite, and it never lowered
+mAP@0.5 more (it lowers scores without reordering them)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attacks import APGD, PGD
 from attacks.spec import parse_attack_specs
 from attacks.suites import suite_configs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from callbacks.evaluation_loop import task_loss_tensors
 from lightning_modules.detection_module import DetectionModule
 from tests.test_detection import TINY_FCOS, TINY_RCNN, _batch, _info, _val_batch, trained  # noqa: F401
-
-CONFIDENT = 0.3  # operating score threshold at which "vanished" is counted
 
 
 def _vanishing_fn(module: DetectionModule, steps: int):
@@ -57,36 +58,6 @@ def test_vanishing_loss_shape_and_gradient(path: str) -> None:
     (grad,) = torch.autograd.grad(loss.sum(), x)
     assert grad.shape == x.shape and torch.isfinite(grad).all()
     assert grad.abs().sum() > 0
-
-
-def _confident(module: DetectionModule, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        dets = module(x).detached_detections()
-    return sum(int((d["scores"] >= CONFIDENT).sum()) for d in dets)
-
-
-@pytest.mark.parametrize("eps", [0.02, 0.03])
-def test_vanishing_removes_more_confident_detections_than_pgd_on_the_task_loss(trained, eps: float) -> None:  # noqa: F811
-    """At the same L∞ budget and 10 iterations, APGD on the vanishing loss leaves fewer than
-    half as many confident detections (score >= 0.3) as PGD on the detection training loss.
-
-    Measured (8 validation images, 28 confident clean detections): eps 0.02: PGD-task 24,
-    APGD-vanishing 8; eps 0.03: 16 vs 2. Not claimed: mAP@0.5 over all detections. The
-    vanishing loss lowers scores without reordering them, and mAP only depends on the order, so
-    it stays near its clean value (0.36 -> 0.37 at eps 0.02) while PGD on the training loss,
-    which mislocates boxes, takes it to 0.18."""
-    module, dm = trained
-    batch = _val_batch(dm)
-    model, x = module.attack_model(), batch["image"]
-    clean = _confident(module, x)
-    gen = torch.Generator().manual_seed(0)
-    base = _confident(module, PGD(eps=eps, steps=10)(model, x, batch, loss_fn=module.per_sample_loss,
-                                                     generator=gen))
-    gen = torch.Generator().manual_seed(0)
-    x_adv = APGD(eps=eps, steps=10)(model, x, batch, loss_fn=_vanishing_fn(module, 10), generator=gen)
-    vanished = _confident(module, x_adv)
-    assert clean >= 10, clean  # the trained model does detect confidently
-    assert vanished < 0.5 * base, (clean, base, vanished)
 
 
 def test_evaluator_runs_a_vanishing_spec_with_live_gradients() -> None:

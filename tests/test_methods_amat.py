@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -484,6 +485,11 @@ def test_clean_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
                            method=AMAT(clean_checkpoint=str(tmp_path / "nope" / "*.ckpt")))
     with pytest.raises(FileNotFoundError, match="nope"):
         m.method.resolve_checkpoint(m)
+    # At fit start a missing clean run is a loud fallback, so every config runs on its own.
+    assert not m.method._running
+    with pytest.warns(UserWarning, match="falls back to threshold_from='running'"):
+        m.method.on_train_epoch_start(m)
+    assert m.method._running and math.isnan(float(m.method.threshold_value))
     with pytest.raises(ValueError, match="clean_checkpoint is only used"):
         AMAT(threshold_from="running", clean_checkpoint="x.ckpt")
     with pytest.raises(ValueError, match="adv_loss_on"):

@@ -90,6 +90,10 @@ def test_two_wandb_runs_keep_separate_folders_and_resume_in_place(tmp_path: Path
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_DISABLE_GIT": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     env.pop("WANDB_DIR", None)
+    # An in-process W&B run of an earlier test leaves WANDB_SERVICE pointing at this pytest
+    # process's wandb-core; sharing it, the resumed run's id would still be "in use" there.
+    for key in [k for k in env if k.startswith("WANDB_SERVICE")]:
+        env.pop(key)
 
     def fit(experiment: str, *extra: str) -> None:
         cmd = [sys.executable, "train.py", "fit", "--config", str(tiny(tmp_path, experiment)),

@@ -61,7 +61,8 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
   the RNG state, so it does not change the training run's randomness. ``clean_checkpoint`` may
   be a glob (newest match) and may start with ``{default_root_dir}`` (the trainer's), so a
   suite can point at the clean run of the same suite. Without ``clean_checkpoint`` (and without
-  ``threshold``) the module warns and falls back to ``"running"``.
+  ``threshold``), or when it names no existing file, the module warns and falls back to
+  ``"running"``, so every experiment config still runs on its own.
   ``threshold_from="running"``: recomputed at the end of every epoch from that epoch's clean
   statistics (the earlier variant; no value in the first epoch → a clean warm-up epoch unless
   ``initial_threshold`` is given). ``threshold`` fixes the value by hand.
@@ -262,7 +263,8 @@ class AMAT(TrainingMethod):
 
     @property
     def _running(self) -> bool:
-        return self.threshold_from == "running" or self.clean_checkpoint is None
+        return (self.threshold_from == "running" or self.clean_checkpoint is None
+                or getattr(self, "_clean_checkpoint_missing", False))
 
     def current_threshold(self) -> float | None:
         """The violation threshold in force (``None``: not needed, or not available yet)."""
@@ -294,6 +296,17 @@ class AMAT(TrainingMethod):
         self._seen = 0
         if (self._direction is not None and self.threshold is None and not self._running
                 and float(self.threshold_value) != float(self.threshold_value)):
+            try:
+                self.resolve_checkpoint(task)
+            except FileNotFoundError as err:
+                # Every experiment config must run on its own (DESIGN): without the clean run
+                # the reference threshold cannot exist, so say so loudly and train with the
+                # running statistics (the earlier variant) instead of failing.
+                warnings.warn(f"{err}; AMAT falls back to threshold_from='running' for this run "
+                              "(train the clean experiment first for the reference threshold)",
+                              stacklevel=2)
+                self._clean_checkpoint_missing = True
+                return
             self.threshold_value.fill_(self.threshold_from_clean_model(task))
 
     # ------------------------------------------------------------------ clean-model threshold
@@ -316,7 +329,7 @@ class AMAT(TrainingMethod):
         training loader (eval mode, no gradients; all ranks, de-duplicated). The task's net
         weights and every RNG are restored afterwards."""
         path = self.resolve_checkpoint(task)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         net_state = {k[4:]: v for k, v in (state or {}).items() if k.startswith("net.")}
         if not net_state:
