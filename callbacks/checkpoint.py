@@ -8,9 +8,9 @@ five epochs after its best epoch then resumes five epochs back and trains them a
 word. :class:`ModelCheckpoint` here also writes ``last.ckpt`` at every epoch end (and at every
 ``every_n_train_steps`` step) where no top-k file was written.
 
-Second, the top-k record survives a resume into a new log folder. ``train.py fit --ckpt_path
-last`` continues in a new ``version_<n>`` folder, so the callback's ``dirpath`` differs from the
-checkpoint's, and Lightning then drops ``best_model_score``, ``best_k_models`` and
+Second, the top-k record survives a resume, also into a new log folder (``train.py fit
+--ckpt_path last`` continues in its own run folder, but a checkpoint can be resumed from
+anywhere). When the callback's ``dirpath`` differs from the checkpoint's, Lightning drops ``best_model_score``, ``best_k_models`` and
 ``kth_value``: the first epoch after the resume becomes "best" even when an earlier epoch scored
 higher (a denoise run in ``benchmarks/fault_resume.py`` picked a worse epoch this way). Here they
 are restored (entries whose files are gone are dropped); Lightning never deletes checkpoint
@@ -78,8 +78,13 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             if saved_dir != self.dirpath:
                 warnings.filterwarnings("ignore", message="The dirpath has changed")
             super().load_state_dict(state_dict)
-        if saved_dir == self.dirpath or state_dict.get("monitor") != self.monitor:
-            return  # same folder: Lightning restored everything; other monitor: nothing to keep
+        if state_dict.get("monitor") != self.monitor:
+            return  # other monitor: nothing to keep
+        if saved_dir == self.dirpath:
+            # Same folder: Lightning restored the top-k record but not the score of the last
+            # save, which the next epoch's checkpoint then carries; keep it too.
+            self.current_score = state_dict.get("current_score", self.current_score)
+            return
         kept = {path: score for path, score in (state_dict.get("best_k_models") or {}).items()
                 if Path(path).exists()}
         self.best_k_models = kept
