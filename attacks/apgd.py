@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_scalar, per_sample_norm
+from .base import Attack, Scalar, _Call, _check_count, _check_scalar, per_sample_norm
 from .gradient import _l2_normalise, _sign
 from .registry import register_attack
 
@@ -90,10 +90,8 @@ class APGD(Attack):
             raise ValueError("norm must be 'linf' or 'l2' for APGD, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
         _check_scalar("eps", eps)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        _check_count("steps", steps)
+        _check_count("restarts", restarts)
         if not 0 < rho <= 1 or not 0 <= momentum <= 1:
             raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
         if restarts > 1 and not random_start:

@@ -620,6 +620,13 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_count(name: str, value: Any) -> int:
+    """An iteration or restart count: an ``int >= 1`` (``bool`` is refused, though it is an int)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
 def _check_scalar(
     name: str,
     value: Any,

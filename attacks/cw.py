@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_scalar
+from .base import Attack, Scalar, _Call, _check_count, _check_scalar
 from .losses import unwrap_target
 
 
@@ -71,9 +71,8 @@ class CW(Attack):
             raise ValueError(f"kappa must be >= 0, got {kappa}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        for arg, val in (("steps", steps), ("binary_search_steps", binary_search_steps)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{arg} must be an int >= 1, got {val!r}")
+        _check_count("steps", steps)
+        _check_count("binary_search_steps", binary_search_steps)
         _check_scalar("eps", eps, allow_none=True)
         self.c, self.kappa, self.lr = float(c), float(kappa), float(lr)
         self.steps, self.binary_search_steps = steps, binary_search_steps

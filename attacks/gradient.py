@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_scalar, _fmt, per_sample_norm
+from .base import Attack, Scalar, _Call, _check_count, _check_scalar, _fmt, per_sample_norm
 
 
 class PGD(Attack):
@@ -78,10 +78,8 @@ class PGD(Attack):
             raise ValueError(f"norm must be 'linf' or 'l2' for {type(self).__name__}, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
         _check_scalar("eps", eps)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        _check_count("steps", steps)
+        _check_count("restarts", restarts)
         self.steps = steps
         self.step_size = _check_scalar("step_size", step_size, allow_none=True)
         self.random_start = bool(random_start)

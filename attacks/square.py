@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_scalar, per_sample_norm
+from .base import Attack, Scalar, _Call, _check_count, _check_scalar, per_sample_norm
 from .registry import register_attack
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -67,10 +67,8 @@ class Square(Attack):
             raise ValueError("norm must be 'linf' or 'l2' for Square, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
         _check_scalar("eps", eps)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+        _check_count("steps", steps)
+        _check_count("restarts", restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.steps = steps
