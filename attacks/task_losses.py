@@ -128,7 +128,7 @@ def _mask_ce(clean: Tensor | None, steps: int) -> Loss:
     def loss(z: Tensor, y: Tensor) -> Tensor:
         z, y = _seg_inputs(z, y)
         ce = F.cross_entropy(z, y, reduction="none")
-        correct = (z.argmax(dim=1) == y).float()
+        correct = (losses.class_argmax(z) == y).float()
         return _per_sample(ce * correct + math.log(z.shape[1]) * (1 - correct))
 
     return loss
@@ -179,7 +179,7 @@ def _segpgd(clean: Tensor | None, steps: int) -> Loss:
             state["t"] += 1
         lam = min((state["t"] - 1) / (2 * max(steps, 1)), 0.5)
         ce = F.cross_entropy(z, y, reduction="none")
-        correct = (z.argmax(dim=1) == y).float()
+        correct = (losses.class_argmax(z) == y).float()
         return _per_sample(ce * ((1 - lam) * correct + lam * (1 - correct)))
 
     return loss

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from attacks.losses import dice_ce_loss
+from attacks.losses import class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -32,11 +31,17 @@ def hard_overlap(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor
         ``(dice, iou)``, each ``[B, K]``; NaN where the class is absent from both prediction and
         target (undefined — such entries are skipped by the means, not counted as 1 or 0).
     """
-    b = pred.shape[0]
-    p = F.one_hot(pred.reshape(b, -1).long(), num_classes).bool()  # [B, N, K]
-    t = F.one_hot(target.reshape(b, -1).long(), num_classes).bool()
-    inter = (p & t).sum(dim=1).float()
-    ps, ts = p.sum(dim=1).float(), t.sum(dim=1).float()
+    b, k = pred.shape[0], num_classes
+    p, t = pred.reshape(b, -1).long(), target.reshape(b, -1).long()
+    if p.numel() and (int(torch.minimum(p.min(), t.min())) < 0 or int(torch.maximum(p.max(), t.max())) >= k):
+        raise ValueError(f"hard_overlap: class indices must lie in [0, {k - 1}], got prediction range "
+                         f"[{int(p.min())}, {int(p.max())}] and target range [{int(t.min())}, {int(t.max())}]")
+    # Per-sample confusion counts [B, K(true), K(pred)] from one scatter-add, instead of two
+    # [B, N, K] one-hot maps: the same integers, ~5x faster (AMAT evaluates it every attack step).
+    joint = torch.zeros(b, k * k, dtype=torch.long, device=p.device)
+    joint = joint.scatter_add_(1, t * k + p, torch.ones_like(p)).view(b, k, k)
+    inter = joint.diagonal(dim1=1, dim2=2).float()
+    ps, ts = joint.sum(dim=1).float(), joint.sum(dim=2).float()
     union = ps + ts - inter
     nan = torch.full_like(inter, float("nan"))
     dice = torch.where(ps + ts > 0, 2 * inter / (ps + ts).clamp_min(1), nan)
@@ -182,7 +187,7 @@ class SegmentationModule(TaskModule):
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         """Per-sample hard Dice ``[B]`` over foreground classes (1.0 when no foreground class
         is present in either prediction or target)."""
-        pred = self._logits(output, batch).detach().argmax(dim=1)
+        pred = class_argmax(self._logits(output, batch).detach())
         dice, _ = hard_overlap(pred, batch["mask"], self.num_classes)
         d = dice[:, 1:]
         score = d.nanmean(dim=1)
@@ -206,7 +211,7 @@ class SegmentationModule(TaskModule):
         )
 
     def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
-        pred = self._logits(output, batch).detach().argmax(dim=1)
+        pred = class_argmax(self._logits(output, batch).detach())
         for name in metrics.keys(keep_base=True):
             metrics[name].update(pred, batch["mask"])
 

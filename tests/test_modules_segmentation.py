@@ -33,6 +33,40 @@ def test_hard_overlap_known_values() -> None:
     assert torch.isnan(dice[0, 1:]).all()
 
 
+def test_hard_overlap_equals_one_hot_counts_and_rejects_bad_indices() -> None:
+    """The confusion-count Dice/IoU equals the one-hot definition on random 2-D and 3-D maps,
+    and a class index outside [0, K) is an error (a scatter would silently miscount it)."""
+    g = torch.Generator().manual_seed(0)
+    for shape, k in (((4, 9, 7), 3), ((2, 5, 6, 4), 4)):
+        pred, target = torch.randint(0, k, shape, generator=g), torch.randint(0, k, shape, generator=g)
+        target[0] = 0  # a sample where foreground classes are absent from the target
+        p = F.one_hot(pred.reshape(shape[0], -1), k).bool()
+        t = F.one_hot(target.reshape(shape[0], -1), k).bool()
+        inter, ps, ts = (p & t).sum(1).float(), p.sum(1).float(), t.sum(1).float()
+        want_dice = torch.where(ps + ts > 0, 2 * inter / (ps + ts).clamp_min(1), torch.nan)
+        dice, iou = hard_overlap(pred, target, k)
+        torch.testing.assert_close(dice, want_dice, equal_nan=True)
+        torch.testing.assert_close(iou, torch.where(ps + ts - inter > 0, inter / (ps + ts - inter), torch.nan),
+                                   equal_nan=True)
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 2\]"):
+        hard_overlap(torch.tensor([[0, 3]]), torch.tensor([[0, 1]]), 3)
+
+
+def test_class_argmax_equals_argmax() -> None:
+    """The CPU fast path gives argmax's answer: first maximum on ties, NaN maps, 3-D maps."""
+    from attacks.losses import class_argmax
+
+    g = torch.Generator().manual_seed(1)
+    for shape in ((3, 2, 8, 8), (2, 5, 4, 3, 6), (4, 3, 5, 5)):
+        z = torch.randn(*shape, generator=g)
+        z[0, 1] = z[0, 0]  # exact ties: the lower class wins
+        assert torch.equal(class_argmax(z), z.argmax(dim=1))
+        z.view(-1)[::7] = float("nan")
+        assert torch.equal(class_argmax(z), z.argmax(dim=1))
+    ints = torch.randint(0, 3, (4, 3, 6, 6), generator=g).float()  # many ties
+    assert torch.equal(class_argmax(ints), ints.argmax(dim=1))
+
+
 def test_dice_iou_metric_means_over_images_and_foreground() -> None:
     metric = DiceIoU(3, ["background", "lesion", "core"])
     t = torch.tensor([[0, 1, 1, 2], [0, 1, 1, 0]])
