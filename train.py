@@ -314,6 +314,28 @@ def summarise_record(rec: dict[str, Any], metric: str | None) -> str:
     return " · ".join(parts)
 
 
+def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:
+    """The config that ``python train.py <subcommand> --config <config>`` runs with: every piece
+    it references inlined and every default filled in, as ``--print_config`` prints it (without
+    its ``# lightning.pytorch==…`` header). Nothing is instantiated and no data is read."""
+    import contextlib
+    import io
+
+    import yaml
+
+    out = io.StringIO()
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both carry flags
+    try:
+        with contextlib.redirect_stdout(out):
+            cli_main([subcommand, "--config", str(config), "--print_config"])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        sys.argv = saved_argv
+    return yaml.safe_load(out.getvalue())
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> MedRobustCLI:
     """Build and run the CLI (``args=None``: ``sys.argv``). Returns the CLI object."""
     return MedRobustCLI(

@@ -1,0 +1,67 @@
+"""Every ``configs/experiment/*.yaml`` resolves, through train.py's parser, to the config in its
+golden snapshot ``tests/data/resolved_configs/<name>.yaml``.
+
+The experiments are short overrides of shared pieces (``configs/callbacks/…`` referenced by
+path); this pins what each of them means once resolved, so moving a block into a shared piece
+cannot change a run. When a change is *meant* to alter resolved configs (a new init argument, a
+new default), rewrite the snapshots and review their diff::
+
+    python tests/test_config_snapshots.py --write
+
+Real-data experiments resolve with ``MEDROBUST_DATA`` pointing nowhere: parsing reads no data.
+Nothing is excluded from the comparison (the ``# lightning.pytorch==…`` header of
+``--print_config`` is a comment and not part of the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train import resolved_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((PROJECT_ROOT / "configs" / "experiment").glob("*.yaml"))
+SNAPSHOTS = PROJECT_ROOT / "tests" / "data" / "resolved_configs"
+NO_DATA = "/nonexistent-medrobust-data"
+
+
+def snapshot_path(experiment: Path) -> Path:
+    return SNAPSHOTS / experiment.name
+
+
+def test_every_experiment_has_a_snapshot() -> None:
+    assert EXPERIMENTS
+    missing = [p.name for p in EXPERIMENTS if not snapshot_path(p).is_file()]
+    stale = sorted({p.name for p in SNAPSHOTS.glob("*.yaml")} - {p.name for p in EXPERIMENTS})
+    assert not missing, f"no snapshot for {missing}: run python tests/test_config_snapshots.py --write"
+    assert not stale, f"snapshots without an experiment: {stale}"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_experiment_resolves_to_its_snapshot(experiment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDROBUST_DATA", NO_DATA)
+    expected = yaml.safe_load(snapshot_path(experiment).read_text())
+    assert resolved_config(experiment) == expected
+
+
+def write_snapshots() -> None:
+    os.environ["MEDROBUST_DATA"] = NO_DATA
+    SNAPSHOTS.mkdir(parents=True, exist_ok=True)
+    for path in EXPERIMENTS:
+        cfg = resolved_config(path)
+        snapshot_path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        print(f"wrote {snapshot_path(path).relative_to(PROJECT_ROOT)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="rewrite every snapshot")
+    if parser.parse_args().write:
+        write_snapshots()
+    else:
+        parser.print_help()
