@@ -46,6 +46,7 @@ import yaml  # noqa: E402
 
 from benchmarks.paper_suites import SMOKE, SUITES, Group, Overrides, Run, Suite  # noqa: E402
 from callbacks.atomic import atomic_write_text  # noqa: E402
+from medrobust.config_pieces import load_config  # noqa: E402
 
 _SELECTOR = re.compile(r"^(?P<key>[^\[]+)\[(?P<cls>[^:\]]+)(?::(?P<prefix>[^\]]+))?\]$")
 _ADV_EVAL = "AdversarialEvaluation"
@@ -144,7 +145,7 @@ def derive_config(run: Run, group: Group, mode: str) -> tuple[dict[str, Any], Ov
     """The shipped config of ``run`` with its per-run overrides and those of ``mode``
     (``full`` | ``quick`` | ``smoke``); returns the config and every override applied."""
     path = ROOT / "configs" / "experiment" / f"{run.config}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    cfg = load_config(path)  # shared pieces inlined: the derived copy lives elsewhere
     applied: Overrides = {}
 
     def apply(overrides: Overrides) -> None:

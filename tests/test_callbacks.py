@@ -115,7 +115,7 @@ def test_robust_area_is_normalised_and_higher_is_better() -> None:
 def test_callback_yaml_pieces_instantiate() -> None:
     import yaml
 
-    pieces = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))
+    pieces = sorted((ROOT / "configs" / "callbacks").rglob("*.yaml"))  # evaluation/ too
     assert {p.name for p in pieces} >= {"adversarial_eval.yaml", "adversarial_eval_strong.yaml"}
     for path in pieces:
         cfg = yaml.safe_load(path.read_text())

@@ -65,3 +65,46 @@ if __name__ == "__main__":
         write_snapshots()
     else:
         parser.print_help()
+
+
+def test_load_config_inlines_pieces_like_the_parser(tmp_path: Path) -> None:
+    """``load_config`` gives the experiment's callbacks as dicts, as the CLI reads them, so an
+    edited copy written anywhere still runs (benchmarks/run.py, shrinking tests)."""
+    from medrobust.config_pieces import load_config
+
+    path = PROJECT_ROOT / "configs" / "experiment" / "classification_ph2_sat-xue2019.yaml"
+    raw = yaml.safe_load(path.read_text())["trainer"]["callbacks"]
+    assert all(isinstance(item, str) for item in raw)  # the experiment references its pieces
+    cfg = load_config(path)
+    callbacks = cfg["trainer"]["callbacks"]
+    assert [cb["class_path"].rsplit(".", 1)[-1] for cb in callbacks] == [
+        "ModelCheckpoint", "AdversarialEvaluation", "AdversarialEvaluation"]
+    assert callbacks[2]["init_args"]["prefix"] == "noise"
+    copy = tmp_path / "elsewhere" / path.name
+    copy.parent.mkdir()
+    copy.write_text(yaml.safe_dump(cfg))
+    resolved = yaml.safe_load(snapshot_path(path).read_text())
+    assert resolved_config(copy)["trainer"]["callbacks"] == resolved["trainer"]["callbacks"]
+
+
+def test_a_missing_piece_is_named(tmp_path: Path) -> None:
+    from medrobust.config_pieces import load_config
+
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("trainer:\n  callbacks:\n    - ../callbacks/nope.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"trainer\.callbacks\[0\].*nope\.yaml"):
+        load_config(cfg)
+    (tmp_path / "bad.yaml").write_text("- 1\n")
+    cfg.write_text("trainer:\n  callbacks:\n    - bad.yaml\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*class_path"):
+        load_config(cfg)
+
+
+def test_every_shared_piece_is_used() -> None:
+    """A piece under configs/callbacks/evaluation/ that no experiment lists is dead config."""
+    listed = {item for p in EXPERIMENTS
+              for item in yaml.safe_load(p.read_text())["trainer"].get("callbacks") or []
+              if isinstance(item, str)}
+    used = {(PROJECT_ROOT / "configs" / "experiment" / item).resolve() for item in listed}
+    pieces = set((PROJECT_ROOT / "configs" / "callbacks" / "evaluation").glob("*.yaml"))
+    assert pieces and not {p.resolve() for p in pieces} - used
