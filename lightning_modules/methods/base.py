@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from attacks.mode import check_mode
+from attacks.tree import tree_map
 from lightning_modules.protocol import Batch, RobustTask
 
 Logs = dict[str, float | Tensor]
@@ -132,13 +133,7 @@ class TrainingMethod(nn.Module):
 
 def detach_output(out: Any) -> Any:
     """Detach a task output of any structure (tensor, dict, list, tuple)."""
-    if isinstance(out, Tensor):
-        return out.detach()
-    if isinstance(out, Mapping):
-        return {k: detach_output(v) for k, v in out.items()}
-    if isinstance(out, list | tuple) and not hasattr(out, "_fields"):
-        return type(out)(detach_output(v) for v in out)
-    return out
+    return tree_map(Tensor.detach, out)
 
 
 def _plain(value: Any, where: str) -> Any:
