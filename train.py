@@ -46,6 +46,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from attacks.options import check_choice
 from callbacks.scaling import BATCH_SCALING_MODES, BatchScaling, SpeedOptions
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
@@ -285,8 +286,7 @@ def add_scaling_arguments(parser: LightningArgumentParser) -> None:
 def scaling_callbacks(cfg: Any) -> list[Callback]:
     """The callbacks that ``--batch_scaling`` and ``--speed.*`` ask for."""
     mode = cfg.get("batch_scaling", "global")
-    if mode not in BATCH_SCALING_MODES:
-        raise ValueError(f"--batch_scaling must be one of {list(BATCH_SCALING_MODES)}, got {mode!r}")
+    check_choice("--batch_scaling", mode, BATCH_SCALING_MODES)
     out: list[Callback] = [BatchScaling(mode)]
     speed = cfg.get("speed") or {}
     opts = SpeedOptions(channels_last=bool(speed.get("channels_last", False)),

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from attacks.losses import bernoulli_kl
+from attacks.options import check_choice
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -110,8 +111,7 @@ class DetectionModule(TaskModule):
                              f"background), got {info.num_classes}")
         if info.spatial_dims != 2:
             raise ValueError(f"{owner} handles 2-D images; data_info.spatial_dims={info.spatial_dims}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"{owner}.divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
+        check_choice(f"{owner}.divergence", divergence, DIVERGENCES)
         if label_offset not in (None, 0, 1):
             raise ValueError(f"{owner}.label_offset must be None, 0 or 1, got {label_offset!r}")
         self.num_classes = info.num_classes
