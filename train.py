@@ -13,7 +13,10 @@ Examples::
 
 Composable pieces: ``--config configs/trainer/cpu.yaml --config configs/data/<…>.yaml
 --config configs/model/<…>.yaml [--config configs/logger/wandb.yaml]`` (later files override
-earlier ones; command-line flags override files).
+earlier ones; command-line flags override files). Inside an experiment, callbacks it shares
+with others are listed by path relative to the file (``- ../callbacks/checkpoint_robust_area.yaml``,
+``- ../callbacks/evaluation/ph2.yaml``): jsonargparse loads them (see
+:mod:`medrobust.config_pieces`); :func:`resolved_config` gives the fully resolved result.
 
 * The datamodule's :class:`~datamodules.info.DataInfo` is linked into the model
   (``data.info → model.init_args.data_info``), so configs never repeat channels, classes,
