@@ -6,7 +6,7 @@ path); this pins what each of them means once resolved, so moving a block into a
 cannot change a run. When a change is *meant* to alter resolved configs (a new init argument, a
 new default), rewrite the snapshots and review their diff::
 
-    python tests/test_config_snapshots.py --write
+    python -m tests.test_config_snapshots --write      # from the repo root
 
 Real-data experiments resolve with ``MEDROBUST_DATA`` pointing nowhere: parsing reads no data.
 Nothing is excluded from the comparison (the ``# lightning.pytorch==…`` header of
@@ -38,7 +38,7 @@ def test_every_experiment_has_a_snapshot() -> None:
     assert EXPERIMENTS
     missing = [p.name for p in EXPERIMENTS if not snapshot_path(p).is_file()]
     stale = sorted({p.name for p in SNAPSHOTS.glob("*.yaml")} - {p.name for p in EXPERIMENTS})
-    assert not missing, f"no snapshot for {missing}: run python tests/test_config_snapshots.py --write"
+    assert not missing, f"no snapshot for {missing}: run python -m tests.test_config_snapshots --write"
     assert not stale, f"snapshots without an experiment: {stale}"
 
 
