@@ -13,7 +13,10 @@ Examples::
 
 Composable pieces: ``--config configs/trainer/cpu.yaml --config configs/data/<…>.yaml
 --config configs/model/<…>.yaml [--config configs/logger/wandb.yaml]`` (later files override
-earlier ones; command-line flags override files).
+earlier ones; command-line flags override files). Inside an experiment, callbacks it shares
+with others are listed by path relative to the file (``- ../callbacks/checkpoint_robust_area.yaml``,
+``- ../callbacks/evaluation/ph2.yaml``): jsonargparse loads them (see
+:mod:`medrobust.config_pieces`); :func:`resolved_config` gives the fully resolved result.
 
 * The datamodule's :class:`~datamodules.info.DataInfo` is linked into the model
   (``data.info → model.init_args.data_info``), so configs never repeat channels, classes,
@@ -46,6 +49,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from attacks.options import check_choice
 from callbacks.scaling import BATCH_SCALING_MODES, BatchScaling, SpeedOptions
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
@@ -285,8 +289,7 @@ def add_scaling_arguments(parser: LightningArgumentParser) -> None:
 def scaling_callbacks(cfg: Any) -> list[Callback]:
     """The callbacks that ``--batch_scaling`` and ``--speed.*`` ask for."""
     mode = cfg.get("batch_scaling", "global")
-    if mode not in BATCH_SCALING_MODES:
-        raise ValueError(f"--batch_scaling must be one of {list(BATCH_SCALING_MODES)}, got {mode!r}")
+    check_choice("--batch_scaling", mode, BATCH_SCALING_MODES)
     out: list[Callback] = [BatchScaling(mode)]
     speed = cfg.get("speed") or {}
     opts = SpeedOptions(channels_last=bool(speed.get("channels_last", False)),
@@ -312,6 +315,28 @@ def summarise_record(rec: dict[str, Any], metric: str | None) -> str:
         steps = f" ({entry['steps']} steps)" if entry.get("steps") else ""
         parts.append(f"{entry.get('attack')}{norm} eps={entry.get('eps'):g}{steps} {metric} {value:.3f}")
     return " · ".join(parts)
+
+
+def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:
+    """The config that ``python train.py <subcommand> --config <config>`` runs with: every piece
+    it references inlined and every default filled in, as ``--print_config`` prints it (without
+    its ``# lightning.pytorch==…`` header). Nothing is instantiated and no data is read."""
+    import contextlib
+    import io
+
+    import yaml
+
+    out = io.StringIO()
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both carry flags
+    try:
+        with contextlib.redirect_stdout(out):
+            cli_main([subcommand, "--config", str(config), "--print_config"])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        sys.argv = saved_argv
+    return yaml.safe_load(out.getvalue())
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MedRobustCLI:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -45,6 +45,7 @@ from torch import Tensor
 from . import losses
 from .mode import attack_mode, check_mode
 from .precision import warn_if_fp16_autocast
+from .tree import tree_leaves, tree_map
 
 LossFn = Callable[[Any, Any], Tensor]
 SuccessFn = Callable[[Any, Any], Tensor]
@@ -146,28 +147,12 @@ def _fmt(value: Scalar | None) -> Any:
     return float(value)
 
 
-def _has_inference(obj: Any) -> bool:
-    if isinstance(obj, Tensor):
-        return obj.is_inference()
-    if isinstance(obj, Mapping):
-        return any(_has_inference(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return any(_has_inference(v) for v in obj)
-    return False
-
-
 def _clone_inference(obj: Any) -> Any:
     """Clone inference tensors (e.g. a Lightning batch after leaving ``inference_mode``) so
     autograd can save them; a structure without any is returned as is (no copy)."""
-    if not _has_inference(obj):
+    if not any(t.is_inference() for t in tree_leaves(obj)):
         return obj
-    if isinstance(obj, Tensor):
-        return obj.clone()
-    if isinstance(obj, Mapping):
-        return {k: _clone_inference(v) for k, v in obj.items()}
-    if hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_clone_inference(v) for v in obj))
-    return type(obj)(_clone_inference(v) for v in obj)
+    return tree_map(lambda t: t.clone() if t.is_inference() else t, obj)
 
 
 class Attack(ABC):
@@ -292,7 +277,7 @@ class Attack(ABC):
         success = None
         if call.success_fn is not None:
             with torch.no_grad():
-                success = self._check_success(call.success_fn(_detach(output), call.target), call)
+                success = self._check_success(call.success_fn(tree_map(Tensor.detach, output), call.target), call)
         if grad.dtype != xv.dtype:  # autograd already matches x's dtype; guard, never bf16
             grad = grad.to(xv.dtype)
         # A NaN/inf gradient would poison x_adv; treat it as "no information" instead — but
@@ -597,17 +582,6 @@ def _model_rng(call: _Call, needed: bool) -> Iterator[None]:
             with torch.cuda.device(devices[0]):
                 torch.cuda.manual_seed(seed)
         yield
-
-
-def _detach(output: Any) -> Any:
-    """Detach a model output of any structure (tensor, dict, list, tuple)."""
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, dict):
-        return {k: _detach(v) for k, v in output.items()}
-    if isinstance(output, list | tuple) and not hasattr(output, "_fields"):
-        return type(output)(_detach(v) for v in output)
-    return output
 
 
 def _check_bounds(bounds: Any) -> tuple[float, float]:

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "bernoulli_kl",
+    "categorical_kl",
     "cross_entropy",
     "dice_loss",
     "dice_ce_loss",
@@ -263,6 +265,26 @@ def ce_targeted_loss(output: Tensor, target: Any, target_class: Tensor) -> Tenso
     towards ``target_class`` ``[B]``. Logits ``[B, K, *spatial]`` (targets per position then)."""
     t = target_class.long().to(output.device)
     return -_mean_per_sample(F.cross_entropy(output.float(), t, reduction="none"))
+
+
+def bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
+    """Elementwise ``KL(Bernoulli(σ(p)) ‖ Bernoulli(σ(q)))`` from logits (any shape, the same
+    for both), in float32 and numerically stable (log-sigmoids, never ``log(σ)``).
+
+    Used by TRADES (Zhang et al. 2019) for single-logit / multi-label classifiers and for the
+    dense heads of one-stage detectors; ``p`` is the reference (clean) output.
+    """
+    p_, q_ = logit_p.float(), logit_q.float()
+    p = torch.sigmoid(p_)
+    return p * (F.logsigmoid(p_) - F.logsigmoid(q_)) + (1 - p) * (F.logsigmoid(-p_) - F.logsigmoid(-q_))
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor, dim: int = 1) -> Tensor:
+    """``KL(softmax(p) ‖ softmax(q))`` over the class dimension ``dim`` (summed out), in
+    float32: ``[B, K, *S] → [B, *S]``. TRADES's divergence for classifiers (``[B, K] → [B]``)
+    and, per pixel, for segmentation."""
+    logp, logq = logits_p.float().log_softmax(dim=dim), logits_q.float().log_softmax(dim=dim)
+    return (logp.exp() * (logp - logq)).sum(dim=dim)
 
 
 def misclassified(output: Tensor, target: Any) -> Tensor:

@@ -19,6 +19,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from .options import check_choice
+
 Mode = Literal["eval", "train", "keep"]
 _MODES = ("eval", "train", "keep")
 
@@ -51,8 +53,7 @@ def is_norm_with_stats(module: nn.Module) -> bool:
 
 def check_mode(value: str, name: str) -> str:
     """Validate a mode name (``"eval"``, ``"train"`` or ``"keep"``)."""
-    if value not in _MODES:
-        raise ValueError(f"{name} must be one of {_MODES}, got {value!r}")
+    check_choice(name, value, _MODES)
     return value
 
 

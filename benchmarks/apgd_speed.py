@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from attack_speed import floor_fn, small_cnn  # benchmarks/ is on sys.path when run as a script
 
 from attacks import APGD, Square
+from benchmarks.attack_speed import floor_fn, small_cnn
 
 
 def main() -> None:

@@ -11,17 +11,13 @@ each with its steps. CPU only, well under a minute.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attacks import BIM, CW, FGSM, PGD, Attack, GaussianNoise  # noqa: E402
+from attacks import BIM, CW, FGSM, PGD, Attack, GaussianNoise
 
 SIZE = 16
 CENTRES = [(4.0, 4.0), (4.0, 11.0), (11.0, 7.5)]  # one blob position per class

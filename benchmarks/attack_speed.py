@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attacks import BIM, MIFGSM, PGD  # noqa: E402
+from attacks import BIM, MIFGSM, PGD
 
 
 def small_cnn(in_ch: int, n_classes: int = 10) -> nn.Module:

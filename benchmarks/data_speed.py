@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,10 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules import AugmentConfig, BaseDataModule, PH2DataModule, SyntheticDataModule  # noqa: E402
-from datamodules.manifest import ManifestDataModule  # noqa: E402
+from datamodules import AugmentConfig, BaseDataModule, PH2DataModule, SyntheticDataModule
+from datamodules.manifest import ManifestDataModule
 
 AUGMENT = AugmentConfig(hflip=0.5, rotate_deg=15.0, brightness=0.1, contrast=0.1, gamma=0.1,
                         p_intensity=0.5)

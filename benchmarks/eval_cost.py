@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from callbacks import AdversarialEvaluation
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import lightning as L  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-
-from callbacks import AdversarialEvaluation  # noqa: E402
 
 
 class EpochTimer(Callback):
@@ -111,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", default=None, help="also write the summary here")
     args = p.parse_args(argv)
 
-    from train import cli_main
+    from medrobust.cli import load_train_module  # train.py is not an installed module
+
+    cli_main = load_train_module().cli_main
 
     if args.threads:
         import torch

@@ -152,7 +152,9 @@ def _train_forked(args: list[str], root: Path) -> subprocess.CompletedProcess[st
     """Run ``train.cli_main(args)`` in a forked child; its stdout/stderr go to a log file."""
     import traceback
 
-    import train as train_py  # imported once, in the parent, before forking
+    from medrobust.cli import load_train_module  # train.py is not an installed module
+
+    train_py = load_train_module()  # loaded once, in the parent, before forking
 
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / f"train-{time.time_ns()}.log"
@@ -458,6 +460,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     raise SystemExit(main())

@@ -39,13 +39,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attacks import PGD  # noqa: E402
-from callbacks.scaling import channels_last_input, compile_network, to_channels_last  # noqa: E402
-from datamodules.base import collate_batch  # noqa: E402
-from datamodules.synthetic import SyntheticDataModule  # noqa: E402
-from lightning_modules import SAT, ClassificationModule, SegmentationModule  # noqa: E402
+from attacks import PGD
+from callbacks.scaling import channels_last_input, compile_network, to_channels_last
+from datamodules.base import collate_batch
+from datamodules.synthetic import SyntheticDataModule
+from lightning_modules import SAT, ClassificationModule, SegmentationModule
 
 
 @dataclass

@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.paper_suites import JOEL_EPS
+from lightning_modules import ClassificationModule
 
-from benchmarks.paper_suites import JOEL_EPS  # noqa: E402
-from lightning_modules import ClassificationModule  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def gradient_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -26,20 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import lightning as L
+import torch
+
+from datamodules.base import collate_batch
+from datamodules.synthetic import SyntheticDataModule
+from lightning_modules import AMAT, SAT, ClassificationModule, Clean, SegmentationModule
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-
-from datamodules.base import collate_batch  # noqa: E402
-from datamodules.synthetic import SyntheticDataModule  # noqa: E402
-from lightning_modules import AMAT, SAT, ClassificationModule, Clean, SegmentationModule  # noqa: E402
 
 
 def train_epoch(model: ClassificationModule | SegmentationModule, optimizer: torch.optim.Optimizer,

@@ -38,14 +38,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from benchmarks.paper_suites import SMOKE, SUITES, Group, Overrides, Run, Suite
+from callbacks.atomic import atomic_write_text
+from medrobust.config_pieces import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import yaml  # noqa: E402
-
-from benchmarks.paper_suites import SMOKE, SUITES, Group, Overrides, Run, Suite  # noqa: E402
-from callbacks.atomic import atomic_write_text  # noqa: E402
 
 _SELECTOR = re.compile(r"^(?P<key>[^\[]+)\[(?P<cls>[^:\]]+)(?::(?P<prefix>[^\]]+))?\]$")
 _ADV_EVAL = "AdversarialEvaluation"
@@ -144,7 +143,7 @@ def derive_config(run: Run, group: Group, mode: str) -> tuple[dict[str, Any], Ov
     """The shipped config of ``run`` with its per-run overrides and those of ``mode``
     (``full`` | ``quick`` | ``smoke``); returns the config and every override applied."""
     path = ROOT / "configs" / "experiment" / f"{run.config}.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    cfg = load_config(path)  # shared pieces inlined: the derived copy lives elsewhere
     applied: Overrides = {}
 
     def apply(overrides: Overrides) -> None:
@@ -184,7 +183,9 @@ def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = ""
     """``train.py fit`` with ``cfg_path`` under ``root``, then ``test`` of the best checkpoint;
     returns timings and the records of the run folder. Progress: one line per epoch
     (``callbacks.progress.EpochLine``) and a bar over the robustness evaluations on a terminal."""
-    from train import cli_main
+    from medrobust.cli import load_train_module  # train.py is not an installed module
+
+    cli_main = load_train_module().cli_main
 
     epoch_line = json.dumps({"class_path": "callbacks.progress.EpochLine",
                              "init_args": {"prefix": f"[run.py] {label}".rstrip()}})

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from attacks import parse_attack_specs
 from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.base import collate_batch
+from medrobust.config_pieces import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [("classification", "clean"), ("classification", "sat"),
@@ -53,7 +53,7 @@ def train(task: str, method: str, epochs: int, out: Path) -> tuple[Path, dict[st
                         "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"],
                        check=True, env=env, cwd=ROOT)
         ckpts = sorted(run_dir.rglob("last.ckpt"))
-    return ckpts[-1], yaml.safe_load(cfg_path.read_text())
+    return ckpts[-1], load_config(cfg_path)
 
 
 def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:

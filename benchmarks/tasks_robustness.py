@@ -28,16 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
+import yaml
+
+from attacks import PGD
+from lightning_modules.nets.builder import import_object
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from attacks import PGD  # noqa: E402
-from lightning_modules.nets.builder import import_object  # noqa: E402
 
 METHODS = ("clean", "sat", "amat")
 MAIN = {"landmarks": ("mre", "sdr_2px"), "detection": ("map_50", "map")}

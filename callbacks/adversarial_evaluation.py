@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from attacks.tree import tree_leaves
 from callbacks.adapter import batch_for, robust_task_of
 from callbacks.common import (
     DEFAULT_MONITOR,
@@ -633,13 +634,7 @@ def json_safe(obj: Any) -> Any:
 
 def _nbytes(obj: Any) -> int:
     """Bytes held by the tensors of a batch."""
-    if isinstance(obj, torch.Tensor):
-        return obj.element_size() * obj.nelement()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
+    return sum(t.element_size() * t.nelement() for t in tree_leaves(obj))
 
 
 def _gather_pairs(pairs: list[tuple[int, float]], world_size: int) -> list[tuple[int, float]]:

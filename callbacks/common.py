@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from attacks.tree import tree_map
 from lightning_modules.protocol import RobustTask
 
 #: The task's main metric and whether larger values are better (used for the robust area).
@@ -163,15 +164,7 @@ def to_autograd_safe(obj: Any, device: torch.device) -> Any:
     made inside ``inference_mode(False)`` (see :func:`gradients_enabled`), so it is a normal
     tensor whatever mode the caller ran in. Cheap next to an attack.
     """
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=False).clone()
-    if isinstance(obj, dict):
-        return {k: to_autograd_safe(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_autograd_safe(v, device) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_autograd_safe(v, device) for v in obj)
-    return obj
+    return tree_map(lambda t: t.to(device, non_blocking=False).clone(), obj)
 
 
 @contextmanager

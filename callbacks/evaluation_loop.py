@@ -27,6 +27,7 @@ from torch import nn
 # The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
 # here for compatibility.
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
+from attacks.tree import select_rows  # noqa: E402
 from callbacks.common import compute_metrics
 
 
@@ -57,17 +58,6 @@ def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[to
         labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
         return scores, labels
     raise ValueError(f"no named attack losses for task {kind!r}; drop `loss:` to use the task's own loss")
-
-
-def _take(obj: Any, idx: torch.Tensor, size: int) -> Any:
-    """The samples ``idx`` of a batch structure (tensors / lists whose first dim is ``size``)."""
-    if isinstance(obj, torch.Tensor):
-        return obj[idx] if obj.ndim and obj.shape[0] == size else obj
-    if isinstance(obj, dict):
-        return {k: _take(v, idx, size) for k, v in obj.items()}
-    if isinstance(obj, list) and len(obj) == size:
-        return [obj[int(i)] for i in idx]
-    return obj
 
 
 def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list[float]:
@@ -281,7 +271,7 @@ class RobustnessEvaluator:
                     todo = (~best_viol).nonzero().flatten()
                     x_adv = best_x.clone()
                     if todo.numel():
-                        sub = _take(batch, todo, size)
+                        sub = select_rows(batch, todo, size)
                         x_adv[todo] = attack(self.model, x[todo], sub,
                                              loss_fn=self._loss_fn(spec, out_clean, todo, size, task_loss),
                                              success_fn=success_fn if self._violation_ok else None,

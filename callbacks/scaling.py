@@ -33,6 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from attacks.options import check_choice
+
 BATCH_SCALING_MODES = ("global", "linear", "per_device")
 
 #: where the unscaled values are kept, so a second ``setup`` (fit then test) does not rescale
@@ -70,8 +72,7 @@ class BatchScaling(Callback):
     """
 
     def __init__(self, mode: str = "global") -> None:
-        if mode not in BATCH_SCALING_MODES:
-            raise ValueError(f"batch_scaling must be one of {list(BATCH_SCALING_MODES)}, got {mode!r}")
+        check_choice("batch_scaling", mode, BATCH_SCALING_MODES)
         self.mode = mode
         self.applied: dict[str, Any] = {}
 

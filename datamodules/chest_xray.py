@@ -20,14 +20,12 @@ from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
     FileRecord,
     ImageFileDataset,
-    OnBadSample,
-    check_on_bad_sample,
     check_record,
     require_dir,
-    screen,
 )
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
+from datamodules.samples import OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 

@@ -44,17 +44,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from attacks.options import check_choice
 from datamodules.base import SPLITS, BaseDataModule
-from datamodules.imagefiles import IMAGE_EXTENSIONS, BadSampleError, read_image
+from datamodules.imagefiles import IMAGE_EXTENSIONS, image_hw, read_image
 from datamodules.info import DataInfo
-from datamodules.landmarks import (
-    BAD_SAMPLE_POLICIES,
-    BadSamples,
-    check_choice,
-    format_listing,
-    image_hw,
-)
 from datamodules.paths import resolve_data_path
+from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples, format_listing
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 

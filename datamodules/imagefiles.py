@@ -1,40 +1,30 @@
-"""Reading image files safely, screening bad samples, and a dataset over image/mask files.
+"""Reading image files safely and a dataset over image/mask files.
 
-Shared by the folder-based loaders (PH2, ISIC, chest X-ray folders). Every failure names the
-file and what was expected; with ``on_bad_sample="skip"`` bad samples are left out *with a
-warning* that gives their count and names — never silently.
+Shared by the folder-based loaders (PH2, ISIC, chest X-ray folders) and the manifest, VOC / COCO
+and landmark loaders (image headers). Every failure is a :class:`BadSampleError` naming the file
+and what was expected; what a loader then does with bad samples (one error listing all, or
+``on_bad_sample="skip"`` with one warning) is :mod:`datamodules.samples`.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from datamodules.samples import BadSampleError  # also importable from here, as it always was
 from datamodules.transforms import JointTransform
 
-OnBadSample = Literal["error", "skip"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Errors PIL raises for missing, unreadable, truncated or absurd files.
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 Image.DecompressionBombError)
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used (unreadable file, wrong size, bad label…); names the file."""
-
-
-def check_on_bad_sample(value: str) -> OnBadSample:
-    if value not in ("error", "skip"):
-        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -45,15 +35,38 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def image_header_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header, without decoding pixels."""
+def image_header(path: Path) -> tuple[int, int, str]:
+    """``(width, height, PIL mode)`` from the file header, without decoding pixels.
+
+    Raises:
+        BadSampleError: the file is missing or its header unreadable (the message names it).
+    """
     try:
         with Image.open(path) as im:
-            return im.size
+            return im.size[0], im.size[1], im.mode
     except FileNotFoundError as err:
         raise BadSampleError(f"missing file {path}") from err
     except _READ_ERRORS as err:
         raise BadSampleError(f"cannot read image {path}: {err}") from err
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header, without decoding pixels."""
+    w, h, _ = image_header(path)
+    return w, h
+
+
+def image_hw(path: Path, decode: bool = False) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header; ``decode`` also decodes every pixel (finds
+    truncated files, at the cost of reading the whole file).
+
+    Raises:
+        BadSampleError: the file is missing, unreadable or (with ``decode``) truncated.
+    """
+    w, h = image_header_size(path)
+    if decode:
+        read_image(path, 1)
+    return h, w
 
 
 def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -152,37 +165,6 @@ def check_record(record: FileRecord, num_classes: int | None, decode: bool) -> N
         read_image(record.image, 3)
         if record.mask is not None:
             read_binary_mask(record.mask)
-
-
-def screen(
-    items: Sequence[Any],
-    check: Callable[[Any], None],
-    on_bad_sample: OnBadSample,
-    what: str,
-    describe: Callable[[Any], str] = str,
-) -> list[Any]:
-    """Keep the items that pass ``check``; raise on the first bad one or warn and skip them all.
-
-    Raises:
-        BadSampleError: with ``on_bad_sample="error"``, for the first bad item.
-    """
-    good: list[Any] = []
-    bad: list[str] = []
-    for item in items:
-        try:
-            check(item)
-        except BadSampleError as err:
-            if on_bad_sample == "error":
-                raise BadSampleError(f"{what}: {err} (pass on_bad_sample='skip' to leave bad "
-                                     "samples out with a warning)") from err
-            bad.append(f"{describe(item)}: {err}")
-            continue
-        good.append(item)
-    if bad:
-        shown = "\n  ".join(bad[:20]) + (f"\n  … and {len(bad) - 20} more" if len(bad) > 20 else "")
-        warnings.warn(f"{what}: skipped {len(bad)} of {len(items)} bad samples:\n  {shown}",
-                      stacklevel=2)
-    return good
 
 
 class ImageFileDataset(Dataset):

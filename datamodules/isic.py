@@ -28,17 +28,14 @@ from typing import Literal
 from datamodules.base import BaseDataModule
 from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
-    BadSampleError,
     FileRecord,
     ImageFileDataset,
-    OnBadSample,
-    check_on_bad_sample,
     check_record,
     require_dir,
-    screen,
 )
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
+from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 

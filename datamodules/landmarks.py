@@ -38,7 +38,7 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,15 +47,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from attacks.options import check_choice
 from datamodules.base import BaseDataModule
-from datamodules.imagefiles import (
-    IMAGE_EXTENSIONS,
-    BadSampleError,
-    image_header_size,
-    read_image,
-)
+from datamodules.imagefiles import IMAGE_EXTENSIONS, image_hw, read_image
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
+from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples, format_listing
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 
@@ -63,77 +60,6 @@ log = logging.getLogger(__name__)
 
 ISBI_PIXEL_SPACING_MM = 0.1
 ISBI_TRAIN_FOLDER = "TrainingData"
-BAD_SAMPLE_POLICIES = ("error", "skip")
-# How many offending files an error / warning lists before summarising the rest.
-MAX_LISTED = 25
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers shared by the landmark, detection and volume loaders.
-# --------------------------------------------------------------------------------------------
-class BadSamples:
-    """Collects per-file problems found while indexing a dataset, then raises or warns once.
-
-    Collecting first means one error lists every bad file instead of stopping at the first,
-    and ``on_bad_sample="skip"`` produces a single warning with the count and the names.
-    """
-
-    def __init__(self, dataset: str, policy: str) -> None:
-        check_choice("on_bad_sample", policy, BAD_SAMPLE_POLICIES)
-        self.dataset, self.policy = dataset, policy
-        self.problems: dict[str, str] = {}
-
-    def add(self, name: str | Path, reason: str) -> None:
-        key = str(name)
-        self.problems[key] = f"{self.problems[key]}; {reason}" if key in self.problems else reason
-
-    def __contains__(self, name: object) -> bool:
-        return str(name) in self.problems
-
-    def __len__(self) -> int:
-        return len(self.problems)
-
-    def resolve(self, hint: str = "") -> None:
-        """Raise (policy ``error``) or emit one warning (``skip``) if any problem was found."""
-        if not self.problems:
-            return
-        listing = format_listing(self.problems)
-        n = len(self.problems)
-        if self.policy == "error":
-            raise BadSampleError(
-                f"{self.dataset}: {n} bad sample(s):\n{listing}\n{hint}"
-                "Fix the files, or pass on_bad_sample='skip' to leave them out with a warning."
-            )
-        warnings.warn(f"{self.dataset}: skipping {n} bad sample(s) (on_bad_sample='skip'):\n"
-                      f"{listing}", stacklevel=3)
-
-
-def format_listing(problems: dict[str, str], limit: int = MAX_LISTED) -> str:
-    """``"  name: reason"`` lines, at most ``limit`` of them plus a count of the rest."""
-    items = sorted(problems.items())
-    lines = [f"  {name}: {reason}" for name, reason in items[:limit]]
-    if len(items) > limit:
-        lines.append(f"  ... and {len(items) - limit} more")
-    return "\n".join(lines)
-
-
-def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def image_hw(path: Path, decode: bool = False) -> tuple[int, int]:
-    """``(H, W)`` of an image from its header; ``decode`` also decodes every pixel (finds
-    truncated files, at the cost of reading the whole file).
-
-    Raises:
-        BadSampleError: the file is missing, unreadable or (with ``decode``) truncated.
-    """
-    w, h = image_header_size(path)
-    if decode:
-        read_image(path, 1)
-    return h, w
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,17 +57,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from attacks.options import check_choice
 from datamodules.base import BaseDataModule
 from datamodules.detection import DetectionDataset, DetectionRecord, sanitize_box
 from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
     BadSampleError,
+    image_header,
     image_header_size,
     read_image,
     require_dir,
 )
 from datamodules.info import DataInfo
-from datamodules.landmarks import BadSamples, check_choice, delivered_spacing, format_listing
+from datamodules.landmarks import delivered_spacing
+from datamodules.samples import BAD_SAMPLE_POLICIES, BadSamples, format_listing
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 from datamodules.volumes import (
@@ -405,7 +408,7 @@ class ManifestDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
         check_choice("task", task, MANIFEST_TASKS)
-        check_choice("on_bad_sample", on_bad_sample, ("error", "skip"))
+        check_choice("on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
         check_choice("degenerate_boxes", degenerate_boxes, ("error", "drop", "fix"))
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None (inferred), got {channels}")
@@ -472,9 +475,8 @@ class ManifestDataModule(BaseDataModule):
             shape, channels = header_shape_dhw(s.image, None)
             s.hw, s.channels = shape, channels
             return
-        w, h = image_header_size(s.image)
-        with Image.open(s.image) as im:
-            s.channels = 1 if im.mode in _GREY_IMAGE_MODES else 3
+        w, h, mode = image_header(s.image)
+        s.channels = 1 if mode in _GREY_IMAGE_MODES else 3
         s.hw = (h, w)
         if decode:
             read_image(s.image, 3)

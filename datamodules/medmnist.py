@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule
-from datamodules.imagefiles import OnBadSample, check_on_bad_sample
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
+from datamodules.samples import OnBadSample, check_on_bad_sample
 from datamodules.transforms import (
     AugmentConfig,
     JointTransform,

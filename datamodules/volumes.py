@@ -49,11 +49,11 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from attacks.options import check_choice
 from datamodules.base import BaseDataModule
-from datamodules.imagefiles import BadSampleError
 from datamodules.info import DataInfo
-from datamodules.landmarks import BAD_SAMPLE_POLICIES, BadSamples, check_choice
 from datamodules.paths import resolve_data_path
+from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 

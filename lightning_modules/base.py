@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from attacks.options import check_choice
 from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoint_callbacks
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
@@ -129,10 +130,8 @@ class TaskModule(L.LightningModule):
                 f"{owner} trains the {self.task!r} task but data_info.task is "
                 f"{self.data_info.task!r}; pick the module matching the datamodule's task"
             )
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"{owner}.optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"{owner}.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+        check_choice(f"{owner}.optimizer", optimizer, OPTIMIZERS)
+        check_choice(f"{owner}.scheduler", scheduler, SCHEDULERS)
         if not (isinstance(lr, int | float) and lr >= 0):
             raise ValueError(f"{owner}.lr must be a number >= 0, got {lr!r}")
         self._method_arg = as_method(method, owner)

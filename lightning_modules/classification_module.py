@@ -21,6 +21,7 @@ from torchmetrics.classification import (
     MultilabelStatScores,
 )
 
+from attacks.losses import bernoulli_kl, categorical_kl
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -163,13 +164,8 @@ class ClassificationModule(TaskModule):
         multi-label and single-logit outputs."""
         a, c = self._logits(out_adv), self._logits(out_clean)
         if self.multilabel or self.single_logit:
-            pc = torch.sigmoid(c)
-            kl = pc * (F.logsigmoid(c) - F.logsigmoid(a)) + (1 - pc) * (
-                F.logsigmoid(-c) - F.logsigmoid(-a)
-            )
-            return kl.sum(dim=1)
-        logp_c, logp_a = c.log_softmax(dim=1), a.log_softmax(dim=1)
-        return (logp_c.exp() * (logp_c - logp_a)).sum(dim=1)
+            return bernoulli_kl(c, a).sum(dim=1)
+        return categorical_kl(c, a, dim=1)
 
     def build_metrics(self) -> MetricCollection:
         k = self.num_classes

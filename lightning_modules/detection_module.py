@@ -36,10 +36,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from attacks.losses import bernoulli_kl
+from attacks.options import check_choice
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -110,8 +111,7 @@ class DetectionModule(TaskModule):
                              f"background), got {info.num_classes}")
         if info.spatial_dims != 2:
             raise ValueError(f"{owner} handles 2-D images; data_info.spatial_dims={info.spatial_dims}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"{owner}.divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
+        check_choice(f"{owner}.divergence", divergence, DIVERGENCES)
         if label_offset not in (None, 0, 1):
             raise ValueError(f"{owner}.label_offset must be None, 0 or 1, got {label_offset!r}")
         self.num_classes = info.num_classes
@@ -191,9 +191,9 @@ class DetectionModule(TaskModule):
                     f"RetinaNet); this one is {adv.wrapper.family!r}: use 'pseudo_label'"
                 )
             ha, hc = adv.head_outputs(), clean.head_outputs()
-            div = _binary_kl(hc["cls_logits"], ha["cls_logits"]).sum(dim=2).mean(dim=1)
+            div = bernoulli_kl(hc["cls_logits"], ha["cls_logits"]).sum(dim=2).mean(dim=1)
             if "bbox_ctrness" in ha:
-                div = div + _binary_kl(hc["bbox_ctrness"], ha["bbox_ctrness"]).sum(dim=2).mean(dim=1)
+                div = div + bernoulli_kl(hc["bbox_ctrness"], ha["bbox_ctrness"]).sum(dim=2).mean(dim=1)
             return div
         dets = clean.detached_detections()
         boxes = [d["boxes"][d["scores"] >= self.pseudo_label_score] for d in dets]
@@ -216,9 +216,3 @@ class DetectionModule(TaskModule):
         return self._output(output).detached_detections()
 
 
-def _binary_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
-    """Elementwise ``KL(Bernoulli(σ(p)) ‖ Bernoulli(σ(q)))`` from logits, numerically stable."""
-    p = torch.sigmoid(logit_p.float())
-    log_p, log_1p = F.logsigmoid(logit_p.float()), F.logsigmoid(-logit_p.float())
-    log_q, log_1q = F.logsigmoid(logit_q.float()), F.logsigmoid(-logit_q.float())
-    return p * (log_p - log_q) + (1 - p) * (log_1p - log_1q)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
+from attacks.options import check_choice
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -138,8 +139,7 @@ class LandmarkModule(TaskModule):
             raise ValueError(f"{owner} handles 2-D images; data_info.spatial_dims={info.spatial_dims}")
         if sigma <= 0:
             raise ValueError(f"{owner}.sigma must be > 0, got {sigma}")
-        if decode not in DECODERS:
-            raise ValueError(f"{owner}.decode must be one of {list(DECODERS)}, got {decode!r}")
+        check_choice(f"{owner}.decode", decode, DECODERS)
         if predict_from not in ("heatmap", "regression"):
             raise ValueError(f"{owner}.predict_from must be 'heatmap' or 'regression', got {predict_from!r}")
         if predict_from == "regression" and not regression_head:

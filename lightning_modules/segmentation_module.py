@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from attacks.losses import class_argmax, dice_ce_loss
+from attacks.losses import categorical_kl, class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
@@ -199,9 +199,7 @@ class SegmentationModule(TaskModule):
 
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """Per-pixel ``KL(p_clean ‖ p_adv)`` over classes, averaged over pixels: ``[B]``."""
-        a, c = self._logits(out_adv).float(), self._logits(out_clean).float()
-        logp_c, logp_a = c.log_softmax(dim=1), a.log_softmax(dim=1)
-        kl = (logp_c.exp() * (logp_c - logp_a)).sum(dim=1)
+        kl = categorical_kl(self._logits(out_clean), self._logits(out_adv), dim=1)
         return kl.reshape(kl.shape[0], -1).mean(dim=1)
 
     def build_metrics(self) -> MetricCollection:

@@ -53,6 +53,9 @@ def load_train_module() -> ModuleType:
     """``train.py``: shipped inside the package as ``medrobust/_train.py`` by a wheel, at the
     top of the source tree otherwise. Loaded by file path, so no top-level ``train`` module is
     installed (a generic name a user's own ``train.py`` would clash with)."""
+    loaded = sys.modules.get("medrobust._train")
+    if loaded is not None:  # once per process, as an import would be
+        return loaded
     here = Path(__file__).resolve().parent
     for candidate in (here / "_train.py", medrobust.ROOT / "train.py"):
         if candidate.is_file():

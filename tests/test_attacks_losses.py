@@ -86,3 +86,26 @@ def test_success_helpers() -> None:
     assert above(logits, torch.tensor([0, 0, 1])).tolist() == [False, True, False]
     with pytest.raises(ValueError, match="loss_above"):
         losses.misclassified(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+
+
+def test_bernoulli_and_categorical_kl_match_torch_distributions() -> None:
+    """The one KL of TRADES (classification, segmentation, detection heads) against
+    torch.distributions; zero for equal inputs; float32 even for half inputs."""
+    from torch.distributions import Bernoulli, Categorical, kl_divergence
+
+    from attacks.losses import bernoulli_kl, categorical_kl
+
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(4, 3, generator=g) * 3, torch.randn(4, 3, generator=g) * 3
+    ref = kl_divergence(Bernoulli(logits=p), Bernoulli(logits=q))
+    assert torch.allclose(bernoulli_kl(p, q), ref, atol=1e-5)
+    assert torch.allclose(bernoulli_kl(p, p), torch.zeros_like(p), atol=1e-6)
+    assert bernoulli_kl(p.half(), q.half()).dtype == torch.float32
+    assert torch.isfinite(bernoulli_kl(torch.tensor([80.0]), torch.tensor([-80.0]))).all()
+    ref_c = kl_divergence(Categorical(logits=p), Categorical(logits=q))
+    assert torch.allclose(categorical_kl(p, q), ref_c, atol=1e-5)
+    pix_p, pix_q = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    per_pixel = categorical_kl(pix_p, pix_q, dim=1)
+    assert per_pixel.shape == (2, 4, 5)
+    ref_pix = kl_divergence(Categorical(logits=pix_p.movedim(1, -1)), Categorical(logits=pix_q.movedim(1, -1)))
+    assert torch.allclose(per_pixel, ref_pix, atol=1e-5)

@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from benchmarks import run as runner
 from benchmarks.paper_report import fmt
 from benchmarks.paper_suites import AMAT, JOEL, SUITES, XUE
+from medrobust.config_pieces import load_config
 from tests.conftest import PROJECT_ROOT
 
 
@@ -26,11 +26,11 @@ def test_every_suite_run_names_a_shipped_config() -> None:
 
 
 def test_set_path_selects_callbacks_and_skips_missing_parents() -> None:
-    cfg = yaml.safe_load((PROJECT_ROOT / "configs/experiment/classification_ph2_clean-xue2019.yaml").read_text())
+    cfg = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_clean-xue2019.yaml")
     assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation:noise].init_args.test_subset", 5)
     assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation].init_args.subset", 3)
     assert not runner.set_path(cfg, "model.init_args.method.init_args.steps", 3)  # Clean has no args
-    sat = yaml.safe_load((PROJECT_ROOT / "configs/experiment/classification_ph2_sat-xue2019.yaml").read_text())
+    sat = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_sat-xue2019.yaml")
     assert not runner.set_path(sat, "model.init_args.method[Denoise].init_args.denoiser", {})
     assert runner.set_path(sat, "model.init_args.method[SAT].init_args.steps", 2)
     assert "denoiser" not in sat["model"]["init_args"]["method"]["init_args"]

@@ -17,6 +17,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from test_callbacks_support import (  # pytest puts tests/ on sys.path (rootdir conftest)
+    SMALL_NETS,
+    FeatureDataModule,
+    ToyClassifier,
+    make_datamodule,
+    make_module,
+    real_module_class,
+)
 
 from callbacks import (
     DEFAULT_ATTACKS,
@@ -29,15 +37,6 @@ from callbacks import (
 from callbacks.common import select_subset, shard_batches
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
-from test_callbacks_support import (  # noqa: E402
-    SMALL_NETS,
-    FeatureDataModule,
-    ToyClassifier,
-    make_datamodule,
-    make_module,
-    real_module_class,
-)
 
 #: a cheap, deterministic suite; subset 9 in batches of 4 -> batches 4, 4, 1 (odd: DDP pads)
 FAST = {
@@ -115,7 +114,7 @@ def test_robust_area_is_normalised_and_higher_is_better() -> None:
 def test_callback_yaml_pieces_instantiate() -> None:
     import yaml
 
-    pieces = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))
+    pieces = sorted((ROOT / "configs" / "callbacks").rglob("*.yaml"))  # evaluation/ too
     assert {p.name for p in pieces} >= {"adversarial_eval.yaml", "adversarial_eval_strong.yaml"}
     for path in pieces:
         cfg = yaml.safe_load(path.read_text())
@@ -412,7 +411,8 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
     cmd = [sys.executable, str(Path(__file__).parent / "test_callbacks_support.py"),
            "--ckpt", str(ckpt), "--out", str(out), "--devices", "2",
            "--callback", json.dumps(cb_kwargs), "--data", json.dumps(data)] + (["--toy"] if toy else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the script imports this checkout's packages (not another install): PYTHONPATH, no sys.path edits
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     outs = {1: cb.last_record["val"], 2: json.loads((out / "robustness.json").read_text())}

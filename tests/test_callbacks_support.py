@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,18 +20,15 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
+from datamodules.base import BaseDataModule
+from datamodules.info import DataInfo
+from datamodules.synthetic import SyntheticDataModule
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from torch.utils.data import Dataset  # noqa: E402
-
-from datamodules.base import BaseDataModule  # noqa: E402
-from datamodules.info import DataInfo  # noqa: E402
-from datamodules.synthetic import SyntheticDataModule  # noqa: E402
 
 
 class FeatureDataset(Dataset):

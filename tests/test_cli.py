@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from lightning_modules import ClassificationModule
+from medrobust.config_pieces import load_config
 from train import cli_main, free_config_name, summarise_record
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def small_config(tmp_path: Path) -> Path:
     """The shipped AMAT experiment with tiny sizes (same file name, so the same run name)."""
-    cfg = yaml.safe_load(EXPERIMENT.read_text())
+    cfg = load_config(EXPERIMENT)
     cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[16, 16],
                                     batch_size=8)
     for cb in cfg["trainer"]["callbacks"]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medrobust.config_pieces import load_config
 from tests.conftest import PROJECT_ROOT
 from train import cli_main
 
@@ -53,7 +54,7 @@ def test_experiment_configs_exist() -> None:
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_fits_two_steps(path: Path, tmp_path: Path, request: pytest.FixtureRequest,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = yaml.safe_load(path.read_text())
+    raw = load_config(path)
     if not raw.get("data", {}).get("class_path", "").endswith("SyntheticDataModule"):
         root = request.getfixturevalue("shared_data")  # real data: skipped when absent
         monkeypatch.setenv("MEDROBUST_DATA", str(root))

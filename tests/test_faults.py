@@ -107,8 +107,7 @@ WRITER = textwrap.dedent("""
     spec = importlib.util.spec_from_file_location("atomic", {atomic!r})
     atomic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(atomic)
-    if kind == "ckpt":
-        sys.path.insert(0, {root!r})
+    if kind == "ckpt":  # the packages come from PYTHONPATH=<repo> (see _env)
         import torch
         from callbacks.checkpoint import AtomicCheckpointIO
         io_plugin = AtomicCheckpointIO()
@@ -156,7 +155,7 @@ WRITER = textwrap.dedent("""
 
 def _start_writer(tmp_path: Path, kind: str, path: Path, mode: str) -> subprocess.Popen:
     script = tmp_path / "writer.py"
-    script.write_text(WRITER.format(root=str(ROOT), atomic=str(ROOT / "callbacks" / "atomic.py")))
+    script.write_text(WRITER.format(atomic=str(ROOT / "callbacks" / "atomic.py")))
     return subprocess.Popen([PY, str(script), kind, str(path), mode], stdout=subprocess.PIPE,
                             stdin=subprocess.PIPE, text=True, env=_env())
 

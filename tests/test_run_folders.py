@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medrobust.config_pieces import load_config
 from medrobust.run_folders import next_version, version_of
 from train import cli_main
 
@@ -25,7 +26,7 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def tiny(tmp_path: Path, experiment: str) -> Path:
     """A shipped synthetic classification experiment with tiny sizes, same file name."""
-    cfg = yaml.safe_load((EXPERIMENTS / f"{experiment}.yaml").read_text())
+    cfg = load_config(EXPERIMENTS / f"{experiment}.yaml")
     cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[16, 16],
                                     batch_size=8)
     cfg["trainer"]["callbacks"] = [

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medrobust.config_pieces import load_config
 from train import cli_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def test_no_experiment_clashes_with_the_strong_suite() -> None:
     strong = yaml.safe_load(STRONG.read_text())
     assert EXPERIMENTS
     for path in EXPERIMENTS:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = load_config(path)
         callbacks = list((cfg.get("trainer") or {}).get("callbacks") or [])
         prefixes = evaluation_prefixes([*callbacks, strong])
         assert len(prefixes) == len(set(prefixes)), f"{path.name}: {prefixes}"
@@ -55,7 +56,7 @@ def test_strong_suite_runs_beside_the_experiments_evaluation(tmp_path: Path) -> 
 
     import torch
 
-    cfg = yaml.safe_load((PROJECT_ROOT / "configs" / "experiment" / "quickstart.yaml").read_text())
+    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "quickstart.yaml")
     cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[12, 12], batch_size=8)
     cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
                                    if not cb["class_path"].endswith("MarginMonitor")]

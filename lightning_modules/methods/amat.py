@@ -87,7 +87,6 @@ import glob
 import os
 import random
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +95,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import PGD, per_sample_norm
+from attacks.tree import tree_map
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -350,7 +350,7 @@ class AMAT(TrainingMethod):
             model.eval()
             with torch.no_grad():
                 for batch in loader:
-                    batch = _to_device(batch, device)
+                    batch = tree_map(lambda t: t.to(device), batch)
                     b = int(batch["image"].shape[0])
                     keys = (seen + torch.arange(b, device=device)) * world + rank
                     seen += b
@@ -556,16 +556,6 @@ def first_occurrence(index: Tensor, keys: Tensor, size: int) -> Tensor:
     best = torch.full((size,), big, dtype=torch.int64, device=index.device)
     best.scatter_reduce_(0, index, keys, reduce="amin")
     return keys == best[index]
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def _world_size() -> int:

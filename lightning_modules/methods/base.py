@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from attacks.mode import check_mode
+from attacks.options import check_choice as check_option
+from attacks.tree import tree_map
 from lightning_modules.protocol import Batch, RobustTask
 
 Logs = dict[str, float | Tensor]
@@ -132,13 +134,7 @@ class TrainingMethod(nn.Module):
 
 def detach_output(out: Any) -> Any:
     """Detach a task output of any structure (tensor, dict, list, tuple)."""
-    if isinstance(out, Tensor):
-        return out.detach()
-    if isinstance(out, Mapping):
-        return {k: detach_output(v) for k, v in out.items()}
-    if isinstance(out, list | tuple) and not hasattr(out, "_fields"):
-        return type(out)(detach_output(v) for v in out)
-    return out
+    return tree_map(Tensor.detach, out)
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -158,9 +154,9 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def check_choice(owner: str, field: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raise ``ValueError`` naming ``owner.field`` when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{owner}.{field} must be one of {list(choices)}, got {value!r}")
+    """Raise ``ValueError`` naming ``owner.field`` when ``value`` is not one of ``choices``
+    (the methods' spelling of :func:`attacks.options.check_choice`, the one option check)."""
+    check_option(f"{owner}.{field}", value, choices)
 
 
 def check_range(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from attacks.options import check_choice
+
 SCHEDULES = ("constant", "linear", "staged")
 
 
@@ -27,8 +29,7 @@ class EpsSchedule:
         stages: Sequence[Sequence[float]] | None = None,
         owner: str = "schedule",
     ) -> None:
-        if kind not in SCHEDULES:
-            raise ValueError(f"{owner}.schedule must be one of {list(SCHEDULES)}, got {kind!r}")
+        check_choice(f"{owner}.schedule", kind, SCHEDULES)
         self.kind = kind
         self.eps = float(eps)
         self.warmup_epochs = int(warmup_epochs)
