@@ -267,7 +267,7 @@ class AdversarialEvaluation(Callback):
         lower = not metric_direction(task, monitor)
         record = build_record(
             run, task=task, trainer=trainer, split=split, suite=suite, suite_name=self.suites.name(suite),
-            specs=list(specs), monitor=monitor, lower=lower, method=method_name(pl_module),
+            specs=list(specs), monitor=monitor, lower=lower, method=method_name(task),
             requested_subset=self.test_subset if suite == "test" else self.subset,
             settings={"bn_mode": self.bn_mode, "dropout_mode": self.dropout_mode, "seed": self.seed,
                       "every_n_epochs": self.every_n_epochs})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from test_callbacks_support import make_datamodule, make_module
 
 import callbacks.atomic as atomic
 from callbacks import AdversarialEvaluation
@@ -22,7 +23,6 @@ from callbacks.record import (
     append_history,
     load_history,
 )
-from test_callbacks_support import make_datamodule, make_module
 
 #: DESIGN.md's robustness.json contract
 DESIGN_KEYS = {"task", "method", "epoch", "split", "clean", "attacks"}

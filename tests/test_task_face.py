@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from test_callbacks_support import make_datamodule, make_module, real_module_class
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
@@ -24,7 +25,6 @@ from callbacks.record import RobustnessRecord
 from lightning_modules.metrics.landmarks import MeanRadialError
 from lightning_modules.panels import Panel
 from lightning_modules.protocol import metric_of
-from test_callbacks_support import make_datamodule, make_module, real_module_class
 
 
 @pytest.mark.parametrize(("task", "metric", "higher"), [
