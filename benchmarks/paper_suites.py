@@ -164,7 +164,7 @@ def medmnist_check(results: dict[str, Any], keys: list[str]) -> list[dict[str, s
             "claim": "MedMNIST v2: ResNet-18 (28) reaches test ACC 0.854 / AUC 0.944 on PneumoniaMNIST "
                      "(sanity level for clean training; rule: ours within 0.02 of both or above)",
             "measured": f"`{key}` ({results[key]['params']} parameters): test ACC {_f(acc)}, AUC {_f(auc)} "
-                        f"on all {rec['subset']['size']} test images",
+                        f"on all {_record(rec).subset.size} test images",
             "verdict": "at the level" if ok else "below the level",
         })
     return out
@@ -290,7 +290,7 @@ def joel_size_claim(results: dict[str, Any], sides: dict[str, int]) -> list[dict
         if rec is not None:
             clean = _metric(rec, None, None, "accuracy")
             kept = _metric(rec, "ensemble", JOEL_EPS, "accuracy") / clean if clean > 0 else math.nan
-            pts.append((side, clean, kept, _eps_half(rec), rec["subset"]["size"]))
+            pts.append((side, clean, kept, _eps_half(rec), _record(rec).subset.size))
     if len(pts) < 2:
         return []
     kept = [p[2] for p in pts]

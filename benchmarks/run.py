@@ -183,6 +183,13 @@ def _read(path: Path) -> Any:
     return RobustnessRecord.load(path) if path.is_file() else None
 
 
+def _read_json(data: dict[str, Any]) -> Any:
+    """A record kept in ``results.json``, typed again."""
+    from callbacks.record import RobustnessRecord
+
+    return RobustnessRecord.coerce(data, "results.json record")
+
+
 def _as_json(record: Any) -> dict[str, Any] | None:
     """A record as the JSON object that ``results.json`` keeps."""
     return None if record is None else json.loads(record.to_json())
@@ -309,7 +316,7 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
             traceback.print_exc()
             entry["error"] = f"{type(err).__name__}: {err}"
         results[run.key] = entry
-        done = entry.get("test", {}).get("clean") if entry.get("test") else entry.get("error")
+        done = _read_json(entry["test"]).clean if entry.get("test") else entry.get("error")
         elapsed = time.perf_counter() - t_suite
         eta = elapsed / i * (len(runs) - i)
         print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done} "

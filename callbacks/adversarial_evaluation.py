@@ -63,7 +63,7 @@ from callbacks.evaluation_loop import check_eps_grid
 from callbacks.evaluation_runner import EvaluationRunner
 from callbacks.evaluation_writers import build_record, log_scalars, robust_area, write_outputs
 from callbacks.minimal_eps import MinimalEpsConfig, summarise
-from callbacks.record import RobustnessRecord, json_safe
+from callbacks.record import MinimalEpsSummary, RobustnessRecord, json_safe
 from callbacks.suite_plan import DEFAULT_ATTACKS, SuitePlan
 
 __all__ = ["DEFAULT_ATTACKS", "DEFAULT_EPS", "AdversarialEvaluation", "json_safe", "robust_area"]
@@ -272,7 +272,8 @@ class AdversarialEvaluation(Callback):
             settings={"bn_mode": self.bn_mode, "dropout_mode": self.dropout_mode, "seed": self.seed,
                       "every_n_epochs": self.every_n_epochs})
         if run.minimal_eps is not None:
-            record.minimal_eps = summarise(run.minimal_eps, self.minimal_eps)
+            record.minimal_eps = MinimalEpsSummary.from_dict(summarise(run.minimal_eps, self.minimal_eps),
+                                                             "minimal_eps")
         if check:
             from callbacks.sanity import sanity_report
 

@@ -130,7 +130,7 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
     values[f"{prefix}/robust_area"] = _num(record.robust_area.value if record.robust_area else None)
     values[f"{prefix}/eval_seconds"] = _num(record.eval_seconds)
     if record.minimal_eps is not None:
-        med = record.minimal_eps.get("median")
+        med = record.minimal_eps.median
         # Censored median (more than half not broken at eps_max): log the lower bound.
         values[f"{prefix}/minimal_eps_median"] = med if med is not None else _num(minimal_eps_max)
     return values
@@ -169,13 +169,12 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
         from callbacks.plotting import plot_histogram
 
         me = record.minimal_eps
-        values = [v for v in me["per_sample"] if v is not None]
-        marks = {"median": me["median"]} if me["median"] is not None else {}
+        values = [v for v in me.per_sample if v is not None]
+        marks = {"median": me.median} if me.median is not None else {}
         path = plot_histogram(
             values, log_dir / file_name("minimal_eps.png"),
-            f"minimal ε per sample ({me['censored_fraction']:.0%} not broken at ε_max={me['eps_max']:g})",
-            f"ε ({me['norm']}, {me.get('attack', 'pgd').upper()}-{me['steps']}, {me['n_bisect']} bisections)",
-            marks, bins=20,
+            f"minimal ε per sample ({me.censored_fraction:.0%} not broken at ε_max={me.eps_max:g})",
+            f"ε ({me.norm}, {me.attack.upper()}-{me.steps}, {me.n_bisect} bisections)", marks, bins=20,
         )
         log_image(trainer, f"{prefix}/minimal_eps_{record.split}", path)
     metrics = record.metric_names()

@@ -104,9 +104,9 @@ def write_report(
         parts += [
             "## Minimal ε (bisection with early-stopping PGD)",
             "",
-            f"median {_fmt(me.get('median'))} (None = more than half not broken at ε_max), "
-            f"ε_max {me.get('eps_max')}, {me.get('steps')} steps, {me.get('n_bisect')} bisections "
-            f"(resolution {_fmt(me.get('resolution'))}), censored {_fmt(me.get('censored_fraction'))}.",
+            f"median {_fmt(me.median)} (None = more than half not broken at ε_max), "
+            f"ε_max {me.eps_max}, {me.steps} steps, {me.n_bisect} bisections "
+            f"(resolution {_fmt(me.resolution)}), censored {_fmt(me.censored_fraction)}.",
             "",
         ]
     parts += ["## Settings", "", "| setting | value |", "|---|---|"]
