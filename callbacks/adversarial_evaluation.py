@@ -44,6 +44,13 @@ and whole batches are dealt to ranks (padding copies are computed but never coun
 attack's random stream is seeded by (seed, global batch number, attack, ε). So 1 and N
 processes give identical numbers on the same checkpoint — also with random starts.
 
+Structure: this class is the *trigger* (when: every ``every_n_epochs`` validation epochs,
+validate, test); :class:`callbacks.evaluation_runner.EvaluationRunner` is the *runner* (the
+subset, its DDP shards and cache, the attack × ε loop of :mod:`callbacks.evaluation_loop`);
+:mod:`callbacks.evaluation_writers` holds the *writers* (the
+:class:`~callbacks.record.RobustnessRecord`, scalars, files). The robust area's metric and its
+direction are the task's (``main_metric``, ``metric_higher_is_better``).
+
 With ``every_n_epochs > 1`` the scalars exist only on evaluated epochs (those with
 ``(epoch + 1) % every_n_epochs == 0``); give a ``ModelCheckpoint`` / ``EarlyStopping`` that
 monitors them the same ``every_n_epochs`` (ModelCheckpoint uses the same convention).
@@ -100,8 +107,8 @@ class AdversarialEvaluation(Callback):
         seed: seed of the subset and of the attacks' random streams.
         write_json: write ``robustness.json`` and append ``robustness_history.jsonl``.
         plot: write ``robustness.png`` (and log it to W&B / TensorBoard).
-        monitor_metric: the metric of the robust area (default: the task's main metric —
-            accuracy, dice, mre, map).
+        monitor_metric: the metric of the robust area (default: the task's ``main_metric`` —
+            accuracy, dice, mre, map; its direction comes from the task's metric object).
         minimal_eps: ``{enabled, eps_max, steps, n_bisect, norm}`` — per-sample minimal ε by
             bisection (see :mod:`callbacks.minimal_eps`); off by default.
         ensemble: compute the per-sample worst case over attacks.
