@@ -55,6 +55,20 @@ def test_direction_comes_from_the_metric_object_not_the_name(monkeypatch: pytest
         module.metric_higher_is_better("mre")
 
 
+def test_adapter_main_metric_and_direction() -> None:
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from callbacks import RobustTaskAdapter
+
+    module = nn.Linear(4, 2)
+    metrics = {"accuracy": MulticlassAccuracy(num_classes=2), "mae": MeanAbsoluteError()}
+    adapter = RobustTaskAdapter(module, module, lambda o, y: o.sum(1), metrics)
+    assert adapter.main_metric == "accuracy" and adapter.metric_higher_is_better() is True
+    assert adapter.metric_higher_is_better("mae") is False
+    with pytest.raises(ValueError, match="main_metric='dice' is not one of the metrics"):
+        RobustTaskAdapter(module, module, lambda o, y: o.sum(1), metrics, main_metric="dice")
+
+
 # --- a new task in one file -------------------------------------------------------------------
 class BrightnessData(Dataset):
     """Images ``[1, 8, 8]`` in [0, 1]; target ``value`` = mean brightness (a regression task)."""
