@@ -269,7 +269,7 @@ class AdversarialEvaluation(Callback):
         check = self.sanity == "always" or (self.sanity == "test" and suite == "test")
         run = self.runner.run(trainer, pl_module, task, split, specs, eps,
                               self.test_subset if suite == "test" else self.subset,
-                              sequential=self.suites.sequential(task, suite), sanity=check, label=self.prefix)
+                              sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix)
         monitor = self.monitor_for(task, list(run.outcome.clean))
         lower = not metric_direction(task, monitor)
         record = build_record(
