@@ -300,20 +300,25 @@ def scaling_callbacks(cfg: Any) -> list[Callback]:
     return out
 
 
-def summarise_record(rec: dict[str, Any], metric: str | None) -> str:
-    """``"epoch 9 · clean accuracy 0.91 · pgd linf eps=0.01 (10 steps) accuracy 0.55 · …"``."""
-    clean = rec.get("clean") or {}
+def summarise_record(rec: Any, metric: str | None) -> str:
+    """``"epoch 9 · clean accuracy 0.91 · pgd linf eps=0.01 (10 steps) accuracy 0.55 · …"``.
+
+    ``rec``: a :class:`callbacks.record.RobustnessRecord` or its ``robustness.json`` dict."""
+    from callbacks.record import RobustnessRecord
+
+    rec = RobustnessRecord.coerce(rec, "summary record")
+    clean = rec.clean
     if not clean:
         return ""
     metric = metric if metric in clean else next(iter(clean))
-    parts = [f"epoch {rec.get('epoch')}", f"clean {metric} {clean[metric]:.3f}"]
-    for entry in list(rec.get("attacks") or []) + list(rec.get("ensemble") or []):
-        value = (entry.get("metrics") or {}).get(metric)
+    parts = [f"epoch {rec.epoch}", f"clean {metric} {clean[metric]:.3f}"]
+    for entry in [*rec.attacks, *rec.ensemble]:
+        value = entry.metrics.get(metric)
         if value is None:
             continue
-        norm = f" {entry['norm']}" if entry.get("norm") else ""
-        steps = f" ({entry['steps']} steps)" if entry.get("steps") else ""
-        parts.append(f"{entry.get('attack')}{norm} eps={entry.get('eps'):g}{steps} {metric} {value:.3f}")
+        norm = f" {entry.norm}" if getattr(entry, "norm", None) else ""
+        steps = f" ({entry.steps} steps)" if getattr(entry, "steps", None) else ""
+        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}")
     return " · ".join(parts)
 
 

@@ -46,6 +46,7 @@ from . import losses
 from .mode import attack_mode, check_mode
 from .precision import warn_if_fp16_autocast
 from .tree import tree_leaves, tree_map
+from .worst_case import Worst, keep_worst
 
 LossFn = Callable[[Any, Any], Tensor]
 SuccessFn = Callable[[Any, Any], Tensor]
@@ -504,12 +505,8 @@ class Attack(ABC):
                     best_x, best_loss, best_success = x_adv, loss, success
                     continue
                 # Worst case per sample: success first (when a success_fn is given), then loss.
-                better = loss > best_loss  # type: ignore[operator]
-                if success is not None and best_success is not None:
-                    better = (success & ~best_success) | ((success == best_success) & better)
-                    best_success = best_success | success
-                best_x = torch.where(call.per_sample(better), x_adv, best_x)  # type: ignore[arg-type]
-                best_loss = torch.where(better, loss, best_loss)  # type: ignore[arg-type]
+                worst, _ = keep_worst(Worst(best_x, best_loss, best_success), x_adv, loss, success)  # type: ignore[arg-type]
+                best_x, best_loss, best_success = worst
                 if best_success is not None and bool(best_success.all()):
                     break
         assert best_x is not None

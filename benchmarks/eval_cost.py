@@ -142,19 +142,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = timer.rows
     steady = rows[1:] or rows
-    n_every = rec["settings"]["every_n_epochs"]
+    n_every = rec.settings["every_n_epochs"]
+    first_eps = rec.attacks[0].eps
 
     summary = {
         "config": str(Path(args.config).resolve().relative_to(ROOT)),
         "suite": args.suite,
         "epochs": args.epochs,
         "settings": {
-            "attacks": [{k: e[k] for k in ("attack", "norm", "steps", "step_size", "restarts", "random_start")}
-                        for e in rec["attacks"] if e["eps"] == rec["attacks"][0]["eps"]],
-            "eps": sorted({e["eps"] for e in rec["attacks"]}),
-            "subset": rec["subset"]["size"],
+            "attacks": [{"attack": e.attack, "norm": e.norm, "steps": e.steps, "step_size": e.step_size,
+                         "restarts": e.restarts, "random_start": e.random_start}
+                        for e in rec.attacks if e.eps == first_eps],
+            "eps": sorted({e.eps for e in rec.attacks}),
+            "subset": rec.subset.size,
             "every_n_epochs": n_every,
-            "batch_size": rec["settings"]["batch_size"],
+            "batch_size": rec.settings["batch_size"],
         },
         "per_epoch": rows,
         # median of the per-epoch ratios (each measured back to back, so slow drifts of the

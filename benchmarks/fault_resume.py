@@ -356,9 +356,10 @@ def robustness_history(run_dirs: list[Path]) -> dict[int, dict[str, Any]]:
     for run_dir in run_dirs:
         path = run_dir / "robustness_history.jsonl"
         if path.exists():
-            for line in path.read_text().splitlines():
-                rec = json.loads(line)
-                out[int(rec["epoch"])] = rec
+            from callbacks.record import load_history
+
+            for rec in load_history(path):
+                out[rec.epoch] = rec.to_dict()
     return out
 
 
@@ -384,8 +385,10 @@ def compare_pair(run: FaultRun) -> dict[str, Any]:
     h_ref = {e: strip_timing(r) for e, r in robustness_history([run.reference]).items()}
     h_res = {e: strip_timing(r) for e, r in robustness_history([run.killed, run.resumed]).items()}
     history = compare_trees(h_ref, h_res)
-    final_a = strip_timing(json.loads((run.reference / "robustness.json").read_text()))
-    final_b = strip_timing(json.loads((run.resumed / "robustness.json").read_text()))
+    from callbacks.record import RobustnessRecord
+
+    final_a = strip_timing(RobustnessRecord.load(run.reference / "robustness.json").to_dict())
+    final_b = strip_timing(RobustnessRecord.load(run.resumed / "robustness.json").to_dict())
     return {
         "method": run.method, "boundary": run.boundary, "seconds": run.seconds,
         "checkpoint": whole.as_dict(), "groups": groups,

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.paper_suites import Group, Suite  # noqa: E402
 from callbacks.atomic import atomic_write_text  # noqa: E402
-from callbacks.common import lower_is_better  # noqa: E402
+from callbacks.record import RobustnessRecord  # noqa: E402
 from callbacks.report import package_versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,19 +33,31 @@ def fmt_eps(eps: float) -> str:
     return f"{eps:g}"
 
 
-def attack_columns(rec: dict[str, Any]) -> list[tuple[str, float]]:
+def record(res: dict[str, Any] | None, kind: str = "test") -> RobustnessRecord | None:
+    """The ``kind`` record (``"test"`` / ``"noise"``) of one run of ``results.json``, typed."""
+    data = (res or {}).get(kind)
+    return None if not data else RobustnessRecord.coerce(data, f"results.json: {kind} record of {res.get('label')}")
+
+
+def attack_columns(rec: RobustnessRecord | dict[str, Any]) -> list[tuple[str, float]]:
     """``(attack label, ε)`` of a record's attacks, in attack order then ε."""
-    labels = list(dict.fromkeys(e["attack"] for e in rec["attacks"]))
-    eps = sorted({float(e["eps"]) for e in rec["attacks"]})
-    return [(a, e) for a in labels for e in eps]
+    rec = RobustnessRecord.coerce(rec)
+    eps = sorted({e.eps for e in rec.attacks})
+    return [(a, e) for a in rec.attack_labels() for e in eps]
 
 
-def lookup(rec: dict[str, Any], attack: str, eps: float, metric: str) -> float | None:
-    entries = rec["ensemble"] if attack == "ensemble" else rec["attacks"]
-    for e in entries:
-        if (attack == "ensemble" or e["attack"] == attack) and math.isclose(float(e["eps"]), eps):
-            return e["metrics"].get(metric)
-    return None
+def lookup(rec: RobustnessRecord | dict[str, Any], attack: str, eps: float, metric: str) -> float | None:
+    return RobustnessRecord.coerce(rec).value(metric, attack, eps)
+
+
+def lower_is_better(group: Group, suite: Suite, results: dict[str, Any]) -> bool:
+    """The direction of ``group.metric`` as the runs' records state it (the task's metric
+    object, through the robust area); higher-is-better when no record says."""
+    for r in suite.runs:
+        rec = record(results.get(r.key)) if r.group == group.name else None
+        if rec is not None and rec.lower_is_better(group.metric) is not None:
+            return bool(rec.lower_is_better(group.metric))
+    return False
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -61,14 +73,14 @@ def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: st
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
     if not runs:
         return "_no results_"
-    first = results[runs[0].key]["test"]
+    first = record(results[runs[0].key])
     if ensemble_only:
-        cols = [("ensemble", e) for e in sorted({float(x["eps"]) for x in first["ensemble"]})]
+        cols = [("ensemble", e.eps) for e in first.entries("ensemble")]
     else:
         cols = [c for c in attack_columns(first) if only_eps is None or math.isclose(c[1], only_eps)]
-        if only_eps is not None and first["ensemble"]:
+        if only_eps is not None and first.ensemble:
             cols.append(("ensemble", only_eps))
-    steps = {e["attack"]: e.get("steps") for e in first["attacks"]}
+    steps = {e.attack: e.steps for e in first.attacks}
 
     def name(a: str, e: float) -> str:
         label = "worst case" if a == "ensemble" else f"{a.upper()}" + (f"-{steps[a]}" if steps.get(a, 1) not in (None, 0, 1) else "")
@@ -78,9 +90,9 @@ def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: st
     head = ["method", f"clean {metric}", *(name(a, e) for a, e in cols), "robust area"]
     rows = []
     for r in runs:
-        rec = results[r.key]["test"]
-        area = rec["robust_area"]["value"] if rec["robust_area"]["metric"] == metric else None
-        rows.append([results[r.key]["label"], fmt(rec["clean"].get(metric)),
+        rec = record(results[r.key])
+        area = rec.robust_area.value if rec.robust_area and rec.robust_area.metric == metric else None
+        rows.append([results[r.key]["label"], fmt(rec.clean.get(metric)),
                      *(fmt(lookup(rec, a, e, metric)) for a, e in cols), fmt(area)])
     return _table(head, rows)
 
@@ -90,13 +102,13 @@ def noise_table(suite: Suite, group: Group, results: dict[str, Any], metric: str
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("noise")]
     if not runs:
         return "_no noise results_"
-    labels = [e["attack"] for e in results[runs[0].key]["noise"]["attacks"]]
+    labels = [e.attack for e in record(results[runs[0].key], "noise").attacks]
     rows = []
     for r in runs:
-        rec = results[r.key]["noise"]
-        by = {e["attack"]: e["metrics"].get(metric) for e in rec["attacks"]}
+        rec = record(results[r.key], "noise")
+        by = {e.attack: e.metrics.get(metric) for e in rec.attacks}
         mean = [v for v in by.values() if v is not None]
-        rows.append([results[r.key]["label"], fmt(rec["clean"].get(metric)), *(fmt(by.get(x)) for x in labels),
+        rows.append([results[r.key]["label"], fmt(rec.clean.get(metric)), *(fmt(by.get(x)) for x in labels),
                      fmt(sum(mean) / len(mean) if mean else None)])
     return _table(["method", f"clean {metric}", *labels, "mean"], rows)
 
@@ -109,11 +121,11 @@ def cost_table(suite: Suite, group: Group, results: dict[str, Any]) -> str:
         res = results.get(r.key)
         if r.group != group.name or not res:
             continue
-        rec = res.get("test") or {}
+        rec = record(res)
         secs = [f"{res[k]:.1f}" if isinstance(res.get(k), (int, float)) else "–"
                 for k in ("train_s_per_epoch", "fit_s", "test_s")]
         rows.append([res["label"], f"`{r.config}`", fmt(res.get("epochs")), fmt(res.get("best_epoch")),
-                     *secs, fmt((rec.get("subset") or {}).get("size"))])
+                     *secs, fmt(rec.subset.size if rec and rec.subset else None)])
     return _table(head, rows)
 
 
@@ -157,17 +169,16 @@ def plot_group(suite: Suite, group: Group, results: dict[str, Any], path: Path) 
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
     if not runs:
         return None
-    first = results[runs[0].key]["test"]
-    attacks = list(dict.fromkeys(e["attack"] for e in first["attacks"]))
-    panels = attacks + (["ensemble"] if len(attacks) > 1 and first["ensemble"] else [])
+    first = record(results[runs[0].key])
+    attacks = first.attack_labels()
+    panels = attacks + (["ensemble"] if len(attacks) > 1 and first.ensemble else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, attack in zip(axes[0], panels):
         for r in runs:
-            rec = results[r.key]["test"]
-            entries = rec["ensemble"] if attack == "ensemble" else [e for e in rec["attacks"] if e["attack"] == attack]
-            pts = sorted((float(e["eps"]), e["metrics"].get(group.metric)) for e in entries)
+            rec = record(results[r.key])
+            pts = [(e.eps, e.metrics.get(group.metric)) for e in rec.entries(attack)]
             xs, ys = [p[0] for p in pts], [math.nan if p[1] is None else p[1] for p in pts]
-            clean = rec["clean"].get(group.metric)
+            clean = rec.clean.get(group.metric)
             if suite.log_eps:  # log axis: the clean value is a dashed level of the same colour
                 line, = ax.plot(xs, ys, marker="o", ms=3, label=results[r.key]["label"])
                 ax.axhline(clean, color=line.get_color(), ls=":", lw=1)
@@ -177,11 +188,11 @@ def plot_group(suite: Suite, group: Group, results: dict[str, Any], path: Path) 
             ax.set_xscale("log")
         if suite.headline_eps is not None:
             ax.axvline(suite.headline_eps, color="grey", lw=0.8, ls="--")
-        norm = next((e.get("norm") for e in first["attacks"] if e["attack"] == attack), None) or "linf"
+        norm = next((e.norm for e in first.attacks if e.attack == attack), None) or "linf"
         ax.set_title("worst case over attacks" if attack == "ensemble" else attack.upper(), fontsize=10)
         ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'}, pixels on [0, 1])")
         ax.grid(alpha=0.3)
-    arrow = "↓" if lower_is_better(group.metric) else "↑"
+    arrow = "↓" if lower_is_better(group, suite, results) else "↑"
     axes[0][0].set_ylabel(f"{group.metric} {arrow}")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{suite.name}: {group.title} (test split)", fontsize=10, y=1.03)
@@ -195,11 +206,12 @@ def attack_settings(results: dict[str, Any], suite: Suite) -> list[str]:
     """One line per distinct test-time attack as run (from the records)."""
     seen: dict[str, str] = {}
     for r in suite.runs:
-        rec = results.get(r.key, {}).get("test")
-        for e in (rec or {}).get("attacks", []):
-            if e["attack"] not in seen:
-                keep = {k: e.get(k) for k in ("name", "norm", "steps", "restarts", "random_start")}
-                seen[e["attack"]] = ", ".join(f"{k}={v}" for k, v in keep.items() if v is not None)
+        rec = record(results.get(r.key))
+        for e in rec.attacks if rec else []:
+            if e.attack not in seen:
+                keep = {"name": e.name, "norm": e.norm, "steps": e.steps, "restarts": e.restarts,
+                        "random_start": e.random_start}
+                seen[e.attack] = ", ".join(f"{k}={v}" for k, v in keep.items() if v is not None)
     return [f"- `{a}`: {d}; step size per ε in each run's robustness.json" for a, d in seen.items()]
 
 
@@ -220,7 +232,7 @@ def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], f
             continue
         parts += [f"{h}# {group.title}", "",
                   f"Test split, every attack × ε on the same test images; `{group.metric}` "
-                  f"({'lower' if lower_is_better(group.metric) else 'higher'} is better). Worst case = per "
+                  f"({'lower' if lower_is_better(group, suite, results) else 'higher'} is better). Worst case = per "
                   "sample, the worst of the attacks at that ε.", ""]
         if suite.headline_eps is not None:  # a fine ε grid: worst case per ε, attacks at the headline ε
             parts += [metric_table(suite, group, results, group.metric, ensemble_only=True), "",

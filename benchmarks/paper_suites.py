@@ -20,6 +20,13 @@ from typing import Any
 Overrides = dict[str, Any]
 
 
+def _main_metric(task: str) -> str:
+    """The task's main metric, from its module (the one home: ``TaskModule.main_metric``)."""
+    from lightning_modules import TASK_MODULES
+
+    return TASK_MODULES[task].main_metric
+
+
 @dataclass
 class Run:
     """One training + test run of a suite."""
@@ -105,23 +112,30 @@ def classification_groups(staged: bool) -> list[Group]:
                  "trainer.callbacks[ModelCheckpoint].init_args.every_n_epochs": 2}
         if staged:
             quick["model.init_args.method[SAT].init_args.stages"] = _stages(epochs)
-        groups.append(Group(name, title, "accuracy", quick=quick, secondary=secondary))
+        groups.append(Group(name, title, _main_metric("classification"), quick=quick, secondary=secondary))
     return groups
 
 
 # ------------------------------------------------------------------------------ claim helpers
-def _metric(rec: dict[str, Any] | None, attack: str | None, eps: float | None, metric: str) -> float:
+def _record(rec: Any) -> Any:
+    """A robustness record of ``results.json`` (its JSON dict), typed; ``None`` stays ``None``."""
+    from callbacks.record import RobustnessRecord
+
+    return None if rec is None else RobustnessRecord.coerce(rec, "results.json record")
+
+
+def _metric(rec: Any, attack: str | None, eps: float | None, metric: str) -> float:
     """A metric of a robustness.json record: clean (attack None) or one attack/ensemble at ε."""
     if rec is None:
         return math.nan
-    if attack is None:
-        return float(rec["clean"].get(metric, math.nan))
-    entries = rec["ensemble"] if attack == "ensemble" else rec["attacks"]
-    for e in entries:
-        if (attack == "ensemble" or e["attack"] == attack) and math.isclose(float(e["eps"]), eps):
-            v = e["metrics"].get(metric)
-            return math.nan if v is None else float(v)
-    return math.nan
+    v = _record(rec).value(metric, attack, eps)
+    return math.nan if v is None else float(v)
+
+
+def _attack_values(rec: Any, metric: str) -> list[float]:
+    """``metric`` of every attack × ε entry of a record (``nan`` where missing)."""
+    return [math.nan if e.metrics.get(metric) is None else float(e.metrics[metric])
+            for e in _record(rec).attacks]
 
 
 def _mean(values: list[float]) -> float:
@@ -150,7 +164,7 @@ def medmnist_check(results: dict[str, Any], keys: list[str]) -> list[dict[str, s
             "claim": "MedMNIST v2: ResNet-18 (28) reaches test ACC 0.854 / AUC 0.944 on PneumoniaMNIST "
                      "(sanity level for clean training; rule: ours within 0.02 of both or above)",
             "measured": f"`{key}` ({results[key]['params']} parameters): test ACC {_f(acc)}, AUC {_f(auc)} "
-                        f"on all {rec['subset']['size']} test images",
+                        f"on all {_record(rec).subset.size} test images",
             "verdict": "at the level" if ok else "below the level",
         })
     return out
@@ -168,11 +182,11 @@ def xue_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             continue
 
         def adv_mean(r: dict[str, Any]) -> float:
-            return _mean([e["metrics"]["accuracy"] for e in r["test"]["attacks"]])
+            return _mean(_attack_values(r["test"], "accuracy"))
 
         def noise_mean(r: dict[str, Any]) -> float:
             n = r.get("noise")
-            return _mean([e["metrics"]["accuracy"] for e in n["attacks"]]) if n else math.nan
+            return _mean(_attack_values(n, "accuracy")) if n else math.nan
 
         a = {m: adv_mean(r) for m, r in recs.items()}
         n = {m: noise_mean(r) for m, r in recs.items()}
@@ -261,7 +275,7 @@ def _image_side(entry: dict[str, Any], full: int) -> int:
 def _eps_half(rec: dict[str, Any]) -> float:
     """The smallest ε of the grid where the worst case falls below half of the clean accuracy."""
     clean = _metric(rec, None, None, "accuracy")
-    for e in sorted({float(x["eps"]) for x in rec["ensemble"]}):
+    for e in sorted(x.eps for x in _record(rec).ensemble):
         if _metric(rec, "ensemble", e, "accuracy") < 0.5 * clean:
             return e
     return math.nan
@@ -276,7 +290,7 @@ def joel_size_claim(results: dict[str, Any], sides: dict[str, int]) -> list[dict
         if rec is not None:
             clean = _metric(rec, None, None, "accuracy")
             kept = _metric(rec, "ensemble", JOEL_EPS, "accuracy") / clean if clean > 0 else math.nan
-            pts.append((side, clean, kept, _eps_half(rec), rec["subset"]["size"]))
+            pts.append((side, clean, kept, _eps_half(rec), _record(rec).subset.size))
     if len(pts) < 2:
         return []
     kept = [p[2] for p in pts]
@@ -355,15 +369,17 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
     out = []
     for group in AMAT.groups:
         task = group.name
-        lower = group.metric == "mre"
         amat = results.get(f"{task}/amat")
         sats = {k: v for k, v in results.items() if k.startswith(f"{task}/sat") and v.get("test")}
         if not (amat and amat.get("test")) or not sats:
             continue
+        # the direction the task's metric object declared, as the record states it
+        lower = bool(_record(amat["test"]).lower_is_better(group.metric))
 
         def point(r: dict[str, Any], metric: str = group.metric, lower: bool = lower) -> tuple[float, float]:
             clean = _metric(r["test"], None, None, metric)
-            return (-clean if lower else clean), float(r["test"]["robust_area"]["value"])
+            area = _record(r["test"]).robust_area
+            return (-clean if lower else clean), float(area.value if area and area.value is not None else math.nan)
 
         pa = point(amat)
         dominates = [k for k, r in sats.items() if pa[0] >= point(r)[0] and pa[1] >= point(r)[1]
@@ -426,18 +442,18 @@ AMAT = Suite(
     paper="Ma & Liang: Adaptive adversarial training to improve adversarial robustness of DNNs for "
           "medical image segmentation and detection (2022)",
     groups=[
-        Group("segmentation", "PH2 lesion segmentation (Dice ↑)", "dice",
+        Group("segmentation", "PH2 lesion segmentation (Dice ↑)", _main_metric("segmentation"),
               quick={"trainer.max_epochs": 10, "data.init_args.image_size": [64, 64],
                      f"{_CNN}.features": [8, 16, 32, 64], **_AMAT_QUICK_STEPS,
                      **_amat_budgets("segmentation")},
               quick_l2_scale=AMAT_QUICK_L2["segmentation"], secondary="iou"),
-        Group("landmarks", "cephalometric landmarks (MRE in px ↓)", "mre",
+        Group("landmarks", "cephalometric landmarks (MRE in px ↓)", _main_metric("landmarks"),
               quick={"trainer.max_epochs": 12, "data.init_args.image_size": [80, 64],
                      f"{_CNN}.features": [8, 16, 32], "model.init_args.sigma": 1.5,
                      "model.init_args.lr": 0.003,  # 12 epochs: lr 0.001 had not converged
                      **_AMAT_QUICK_STEPS, **_amat_budgets("landmarks")},
               quick_l2_scale=AMAT_QUICK_L2["landmarks"]),
-        Group("detection", "BCCD blood-cell detection (mAP ↑)", "map",
+        Group("detection", "BCCD blood-cell detection (mAP ↑)", _main_metric("detection"),
               # The shipped 144×192 images: at 72×96 platelets shrink to a few pixels and the
               # quick detector did not learn (mAP@0.5 0.1; 0.54 at 144×192, same epochs).
               quick={"trainer.max_epochs": 6,

@@ -175,8 +175,23 @@ def _best_epoch(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read(path: Path) -> Any:
+    """A run's ``robustness*.json`` (a validated :class:`callbacks.record.RobustnessRecord`)."""
+    from callbacks.record import RobustnessRecord
+
+    return RobustnessRecord.load(path) if path.is_file() else None
+
+
+def _read_json(data: dict[str, Any]) -> Any:
+    """A record kept in ``results.json``, typed again."""
+    from callbacks.record import RobustnessRecord
+
+    return RobustnessRecord.coerce(data, "results.json record")
+
+
+def _as_json(record: Any) -> dict[str, Any] | None:
+    """A record as the JSON object that ``results.json`` keeps."""
+    return None if record is None else json.loads(record.to_json())
 
 
 def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = "") -> dict[str, Any]:
@@ -210,13 +225,14 @@ def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = ""
     history = log_dir / "robustness_history.jsonl"
     val_eval_s = 0.0
     if history.is_file():
-        for line in history.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("split") == "val" and rec.get("suite") == "per_epoch":
-                val_eval_s += float(rec.get("eval_seconds") or 0.0)
+        from callbacks.record import load_history
+
+        for rec in load_history(history):
+            if rec.split == "val" and rec.suite == "per_epoch":
+                val_eval_s += float(rec.eval_seconds or 0.0)
     epochs = int(trainer.current_epoch)
     test = _read(log_dir / "robustness.json")
-    if test is None or test.get("split") != "test":
+    if test is None or test.split != "test":
         raise RuntimeError(f"{log_dir}: no test record in robustness.json")
     return {
         "log_dir": os.path.relpath(log_dir, ROOT), "ckpt": os.path.relpath(best, ROOT) if best else "last",
@@ -224,7 +240,7 @@ def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = ""
         "fit_s": round(fit_s, 1), "test_s": round(test_s, 1), "val_eval_s": round(val_eval_s, 1),
         "train_s_per_epoch": round((fit_s - val_eval_s) / max(epochs, 1), 2),
         "params": sum(p.numel() for p in cli.model.parameters()),
-        "test": test, "noise": _read(log_dir / "robustness_noise.json"),
+        "test": _as_json(test), "noise": _as_json(_read(log_dir / "robustness_noise.json")),
     }
 
 
@@ -301,7 +317,7 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
             traceback.print_exc()
             entry["error"] = f"{type(err).__name__}: {err}"
         results[run.key] = entry
-        done = entry.get("test", {}).get("clean") if entry.get("test") else entry.get("error")
+        done = _read_json(entry["test"]).clean if entry.get("test") else entry.get("error")
         elapsed = time.perf_counter() - t_suite
         eta = elapsed / i * (len(runs) - i)
         print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done} "

@@ -2,6 +2,11 @@
 
 * :class:`AdversarialEvaluation` — attacks × ε on a fixed subset every N epochs and at
   validate/test: logged scalars (``adv/…``), ``robustness.json``, curves, ``report.md``.
+  It is a trigger (when) over a runner (:mod:`callbacks.evaluation_runner`: subset, DDP
+  shards, the attack × ε loop of :mod:`callbacks.evaluation_loop`) and writers
+  (:mod:`callbacks.evaluation_writers`).
+* :class:`RobustnessRecord` — ``robustness.json`` as one typed object (:mod:`callbacks.record`),
+  the only reader and writer of the file.
 * :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
 * :class:`SkipNonFinite` — the ``skip_nonfinite`` policy: skip (count, log) NaN/Inf batches.
@@ -22,6 +27,7 @@ from callbacks.adversarial_examples import AdversarialExamples
 from callbacks.margin_monitor import MarginMonitor
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
 from callbacks.nonfinite import SkipNonFinite
+from callbacks.record import RecordError, RobustnessRecord
 from callbacks.report import write_report
 
 __all__ = [
@@ -31,7 +37,9 @@ __all__ = [
     "AdversarialExamples",
     "MarginMonitor",
     "MinimalEpsConfig",
+    "RecordError",
     "RobustTaskAdapter",
+    "RobustnessRecord",
     "SkipNonFinite",
     "minimal_eps_batch",
     "robust_area",

@@ -65,6 +65,10 @@ class RobustTaskAdapter:
         method: the name written as ``method`` in ``robustness.json``.
         prepare_metric_input: maps the output before ``metric.update`` (e.g. softmax); default
             identity.
+        main_metric: the metric of the robust area (default: the first of ``metrics``); its
+            direction is the torchmetrics object's ``higher_is_better``.
+        panel: how example panels draw predictions (:mod:`lightning_modules.panels`; default:
+            the built-in panel of ``task``).
     """
 
     violation_direction = None
@@ -81,6 +85,8 @@ class RobustTaskAdapter:
         is_violated: Callable[[Any, Any], Tensor] | None = None,
         method: str = "user",
         prepare_metric_input: Callable[[Any], Any] | None = None,
+        main_metric: str | None = None,
+        panel: Any = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
@@ -98,6 +104,13 @@ class RobustTaskAdapter:
         self._prepare = prepare_metric_input or (lambda out: out)
         self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
         self.method = type("UserMethod", (), {"name": method})()
+        names = list(self._metrics.keys(keep_base=True))
+        if main_metric is not None and main_metric not in names:
+            raise ValueError(f"RobustTaskAdapter.main_metric={main_metric!r} is not one of the metrics {names}")
+        self.main_metric = main_metric or (names[0] if names else "")
+        from lightning_modules.panels import panel_for
+
+        self.panel = panel_for(panel if panel is not None else task)
 
     # -- what the callback reaches through the module ------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -164,6 +177,22 @@ class RobustTaskAdapter:
             conf, label = probs.max(dim=1)
             return {"label": label, "confidence": conf, "probs": probs}
         return output
+
+    def metric_higher_is_better(self, name: str | None = None) -> bool:
+        from lightning_modules.protocol import higher_is_better
+
+        return higher_is_better(self._metrics, name or self.main_metric, "RobustTaskAdapter")
+
+    def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        if self.task == "classification" and isinstance(output, Tensor) and output.ndim == 2:
+            return output.float(), self._target(batch).reshape(-1).long()
+        raise ValueError(f"RobustTaskAdapter: no named attack losses for task {self.task!r}; "
+                         "drop `loss:` to use your per_sample_loss")
+
+    def attack_loss_reference(self, output: Any) -> Tensor | None:
+        if self.task == "classification" and isinstance(output, Tensor) and output.ndim == 2:
+            return output.detach().float()
+        return None
 
     def forward_joint(self, xs: Sequence[Tensor]) -> list[Any]:
         model = self.attack_model()

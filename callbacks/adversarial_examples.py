@@ -114,20 +114,19 @@ class AdversarialExamples(Callback):
 
         from callbacks.logger_outputs import log_image
         from callbacks.plotting import plot_adversarial_panel
+        from lightning_modules.panels import panel_for
 
-        truths = None
-        if task.task == "classification" and isinstance(batch.get("label"), torch.Tensor):
-            names = list(task.data_info.class_names)
-            labels = batch["label"]
-            if labels.ndim == 1:
-                truths = [names[int(v)] if int(v) < len(names) else str(int(v)) for v in labels]
+        panel = panel_for(task)  # the task draws itself: no branching on task names here
+        names = list(task.data_info.class_names)
+        captions = [panel.truth_caption(batch, i, names) for i in range(x.shape[0])]
+        truths = captions if any(c is not None for c in captions) else None
         desc = atk.describe()
         title = (
             f"{task.task} · {method_name(pl_module)} · {split} {name} · {self.spec.label} "
             f"{desc.get('norm')} ε={format_eps(self.eps)} steps={desc.get('steps')}"
         )
         path = plot_adversarial_panel(
-            x, x_adv, clean_pred, adv_pred, task.task, tuple(task.data_info.bounds),
+            x, x_adv, clean_pred, adv_pred, panel, tuple(task.data_info.bounds),
             list(task.data_info.class_names), log_dir / "adv_examples" / f"{name}.png", title, truths,
             batch, self.min_score,
         )

@@ -8,6 +8,7 @@ Nothing here knows a task: a task module is reached only through
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -19,21 +20,41 @@ from torch.utils.data import DataLoader, Dataset
 from attacks.tree import tree_map
 from lightning_modules.protocol import RobustTask
 
-#: The task's main metric and whether larger values are better (used for the robust area).
-DEFAULT_MONITOR: dict[str, str] = {
-    "classification": "accuracy",
-    "segmentation": "dice",
-    "landmarks": "mre",
-    "detection": "map",
-}
-#: Metric-name stems that measure an error (smaller is better). ``mre_mm`` matches ``mre``.
+#: Metric-name stems that measure an error (smaller is better). Only the *fallback* of
+#: :func:`metric_direction` for a metric object that declares no ``higher_is_better``.
 LOWER_IS_BETTER_STEMS: tuple[str, ...] = ("mre", "error", "loss", "hausdorff", "hd95", "asd")
+_GUESS = object()
 
 
 def lower_is_better(metric: str) -> bool:
-    """True for error-like metrics (``mre``, ``mre_mm``, ``*_error``, ``*loss``, distances)."""
+    """Name guess: true for error-like metrics (``mre``, ``*_error``, ``*loss``, distances).
+    A fallback only; the task's metric objects say it (:func:`metric_direction`)."""
     name = metric.lower()
     return any(name == s or name.startswith(s + "_") or name.endswith(s) for s in LOWER_IS_BETTER_STEMS)
+
+
+def metric_direction(task: Any, metric: str, fallback: Any = _GUESS) -> Any:
+    """``True`` when larger values of ``metric`` are better, as the task's torchmetrics object
+    declares it (``task.metric_higher_is_better``).
+
+    When the task cannot say (no such method, or a metric of the user's own without
+    ``higher_is_better``): ``fallback`` if given, else a guess from the name, with a warning
+    saying so.
+    """
+    ask = getattr(task, "metric_higher_is_better", None)
+    if callable(ask):
+        try:
+            return bool(ask(metric))
+        except ValueError as err:
+            reason = str(err)
+    else:
+        reason = f"{type(task).__name__} has no metric_higher_is_better"
+    if fallback is not _GUESS:
+        return fallback
+    guess = not lower_is_better(metric)
+    warnings.warn(f"{reason}; guessing from its name that {metric!r} is "
+                  f"{'higher' if guess else 'lower'}-is-better", stacklevel=2)
+    return guess
 
 
 def check_robust_task(pl_module: Any, who: str) -> RobustTask:

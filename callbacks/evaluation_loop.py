@@ -17,47 +17,28 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
 # here for compatibility.
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from attacks.tree import select_rows  # noqa: E402
+from attacks.worst_case import Worst, keep_worst  # noqa: E402
 from callbacks.common import compute_metrics
+from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts  # noqa: F401 (re-exported)
 
 
 def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take.
-
-    classification: logits ``[B, K]``, labels ``[B]``; segmentation: logits
-    ``[B, K, *spatial]``, mask ``[B, *spatial]``; landmarks: heatmaps ``[B, L, h, w]`` and
-    ``[B, L, 3]`` = (x, y) in the heatmap frame + visibility; detection: the scores of the
-    eval-mode detections ``[B, N]`` (differentiable, zero-padded to the most detections in
-    the batch) and their labels ``[B, N]`` (``-1`` in the padding).
-    """
-    kind = getattr(task, "task", None)
-    if kind == "classification":
-        return task._logits(output), task._labels(batch)
-    if kind == "segmentation":
-        return task._logits(output, batch), batch["mask"]
-    if kind == "landmarks":
-        heat, _ = task._parts(output)
-        pts = task._to_heatmap(batch["landmarks"].to(heat.device, torch.float32), heat)
-        vis = batch["visible"].to(heat.device, torch.float32)
-        return heat, torch.cat([pts, vis[..., None]], dim=-1)
-    if kind == "detection":
-        dets = task._output(output).detections
-        n = max([1] + [d["scores"].numel() for d in dets])
-        pad = [n - d["scores"].numel() for d in dets]
-        scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
-        labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
-        return scores, labels
-    raise ValueError(f"no named attack losses for task {kind!r}; drop `loss:` to use the task's own loss")
+    """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take: the
+    task's own :meth:`~lightning_modules.protocol.RobustTask.attack_loss_inputs`."""
+    inputs = getattr(task, "attack_loss_inputs", None)
+    if inputs is None:
+        raise ValueError(f"no named attack losses for {type(task).__name__} (it has no "
+                         "attack_loss_inputs); drop `loss:` to use the task's own loss")
+    return inputs(output, batch)
 
 
 def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list[float]:
@@ -78,38 +59,6 @@ def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list
 def _seed_for(seed: int, batch_no: int, attack_i: int, eps_i: int) -> int:
     """Seed of one (batch, attack, ε): depends on the global batch number, never on the rank."""
     return hash((int(seed), int(batch_no), int(attack_i), int(eps_i))) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-@dataclass
-class EvalMetrics:
-    """Fresh metric collections for one evaluation (moved to the model's device)."""
-
-    clean: Any
-    attacks: dict[tuple[str, float], Any]
-    ensemble: dict[float, Any]
-
-
-@dataclass
-class EvalOutcome:
-    """Computed (rank-synchronised) metrics of one evaluation."""
-
-    clean: dict[str, float]
-    attacks: dict[tuple[str, float], dict[str, float]]
-    ensemble: dict[float, dict[str, float]]
-    descriptions: dict[tuple[str, float], dict[str, Any]]
-    ensemble_rule: str
-    num_samples: int
-    #: per (attack, ε): samples attacked, with a non-finite / an all-zero input gradient
-    gradients: dict[tuple[str, float], dict[str, int]] = field(default_factory=dict)
-    #: fraction of subset samples whose two clean eval-mode forwards differed
-    clean_randomness: float = 0.0
-    sequential: bool = False
-    #: per ε: samples whose worst case came from a gradient-free attack and violates
-    blackbox_wins: dict[float, int] = field(default_factory=dict)
-    #: the large-ε check: ``{"eps", "steps", "broken", "samples"}`` or None
-    large_eps: dict[str, Any] | None = None
-    #: subset samples over all ranks
-    total_samples: int = 0
 
 
 class RobustnessEvaluator:
@@ -207,11 +156,10 @@ class RobustnessEvaluator:
 
         task = self.task
         steps = int(spec.params.get("steps", 1))
-        clean_logits = None
-        if getattr(task, "task", None) == "classification":
-            clean_logits = task._logits(out_clean).detach()
-            if idx is not None:
-                clean_logits = clean_logits[idx]
+        reference = getattr(task, "attack_loss_reference", None)
+        clean_logits = reference(out_clean) if reference is not None else None
+        if clean_logits is not None and idx is not None:
+            clean_logits = clean_logits[idx]
         fn = make_attack_loss(spec.loss, clean_logits, steps, **spec.loss_args)
 
         def loss(output: Any, batch: Any) -> torch.Tensor:
@@ -260,7 +208,7 @@ class RobustnessEvaluator:
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
-                best_x, best_loss, best_viol = x, loss_clean, viol_clean
+                worst = Worst(x, loss_clean, viol_clean)
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
@@ -268,8 +216,8 @@ class RobustnessEvaluator:
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
                 if self.sequential and spec.budgeted:
                     # AutoAttack's rule: later members spend nothing on samples already broken.
-                    todo = (~best_viol).nonzero().flatten()
-                    x_adv = best_x.clone()
+                    todo = (~worst.success).nonzero().flatten()
+                    x_adv = worst.x.clone()
                     if todo.numel():
                         sub = select_rows(batch, todo, size)
                         x_adv[todo] = attack(self.model, x[todo], sub,
@@ -288,29 +236,24 @@ class RobustnessEvaluator:
                     task.update_metrics(self.metrics.attacks[(spec.label, eps)], out, batch)
                 if not (self.ensemble and spec.budgeted):
                     continue
-                loss = self._loss(out, batch)
-                viol = self._violated(out, batch, size)
-                better = (viol & ~best_viol) | ((viol == best_viol) & (loss > best_loss))
+                # the one worst-case rule of attacks/worst_case.py (also the restarts')
+                worst, better = keep_worst(worst, x_adv, self._loss(out, batch), self._violated(out, batch, size))
                 if bool(better.any()):
-                    mask = better.view(-1, *([1] * (x.ndim - 1)))
-                    best_x = torch.where(mask, x_adv, best_x)
-                    best_loss = torch.where(better, loss, best_loss)
-                    best_viol = best_viol | viol & better
                     winner = torch.where(better, torch.full_like(winner, a_i), winner)
                     outputs[a_i] = out
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
-                gf = torch.zeros_like(best_viol)
+                gf = torch.zeros_like(worst.success)
                 for i in self._gradient_free:
                     gf |= winner == i
-                self.blackbox_wins[eps] += int((gf & best_viol).sum() if self._violation_ok else gf.sum())
+                self.blackbox_wins[eps] += int((gf & worst.success).sum() if self._violation_ok else gf.sum())
             # One candidate won every sample: reuse its output; otherwise forward the mix once.
             first = int(winner[0])
             if bool((winner == first).all()) and first in outputs:
                 ens_out = outputs[first]
             else:
-                ens_out = self.forward(best_x)
+                ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
         if self.large_eps is not None and counted:
@@ -330,13 +273,13 @@ class RobustnessEvaluator:
         ensemble = {e: compute_metrics(m) for e, m in self.metrics.ensemble.items()}
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
         rule = "violation_then_loss" if self._violation_ok else "loss"
-        gradients = {k: _sum_counts(v) for k, v in self.gradients.items()}
-        total = _sum_counts({"n": self.num_samples})["n"]
-        randomness = _sum_counts({"n": self._random_clean})["n"] / max(total, 1)
-        wins = {e: _sum_counts({"n": v})["n"] for e, v in self.blackbox_wins.items()}
+        gradients = {k: sum_counts(v) for k, v in self.gradients.items()}
+        total = sum_counts({"n": self.num_samples})["n"]
+        randomness = sum_counts({"n": self._random_clean})["n"] / max(total, 1)
+        wins = {e: sum_counts({"n": v})["n"] for e, v in self.blackbox_wins.items()}
         large = None
         if self.large_eps is not None:
-            c = _sum_counts({"broken": self.large_broken, "samples": self.num_samples})
+            c = sum_counts({"broken": self.large_broken, "samples": self.num_samples})
             large = {"eps": self.large_eps, "steps": self.large_eps_steps, "attack": "apgd linf, task loss",
                      "decidable": self._violation_ok, **c}
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
@@ -359,16 +302,3 @@ def _differs(a: Any, b: Any, size: int) -> torch.Tensor:
                 out = out.to(r.device) | r
         return out
     return torch.zeros(size, dtype=torch.bool)
-
-
-def _sum_counts(counts: dict[str, int]) -> dict[str, int]:
-    """Sum integer counters over DDP ranks (identity without a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return dict(counts)
-    keys = sorted(counts)
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(counts[k]) for k in keys], device=dev)
-    dist.all_reduce(t)
-    return {k: int(v) for k, v in zip(keys, t.tolist())}

@@ -13,7 +13,6 @@ Both runs write ``robustness.json`` into their folder under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from medrobust.callbacks import AdversarialEvaluation, RobustTaskAdapter
+from medrobust.callbacks import AdversarialEvaluation, RobustnessRecord, RobustTaskAdapter
 from medrobust.datamodules.info import DataInfo
 from medrobust.lightning_modules import ClassificationModule
 from medrobust.lightning_modules.batch import DictDataset
@@ -101,10 +100,11 @@ def main(out: Path) -> dict[str, dict]:
 
     records = {}
     for name, t in (("classification_module", t1), ("own_module", t2)):
-        records[name] = json.loads((Path(t.log_dir) / "robustness.json").read_text())
-        rec = records[name]
-        adv = {f"{a['attack']} eps={a['eps']:g}": round(a["metrics"]["accuracy"], 3) for a in rec["attacks"]}
-        print(f"[example] {name}: clean accuracy {rec['clean']['accuracy']:.3f}, adversarial {adv}")
+        # the typed reader of robustness.json (validates it, names the file and key if bad)
+        rec = RobustnessRecord.load(Path(t.log_dir) / "robustness.json")
+        records[name] = rec
+        adv = {f"{a.attack} eps={a.eps:g}": round(a.metrics["accuracy"], 3) for a in rec.attacks}
+        print(f"[example] {name}: clean accuracy {rec.clean['accuracy']:.3f}, adversarial {adv}")
     return records
 
 

@@ -14,6 +14,12 @@ from lightning_modules.methods import AMAT, SAT, TRADES, Clean, Denoise, Trainin
 from lightning_modules.protocol import RobustTask
 from lightning_modules.segmentation_module import SegmentationModule
 
+#: the built-in task modules by task name (their ``main_metric``, ``panel``… are read from here
+#: by code that knows only a task's name, e.g. the paper suites)
+TASK_MODULES: dict[str, type[TaskModule]] = {
+    m.task: m for m in (ClassificationModule, SegmentationModule, LandmarkModule, DetectionModule)
+}
+
 __all__ = [
     "AMAT",
     "SAT",
@@ -26,6 +32,7 @@ __all__ = [
     "Pipeline",
     "RobustTask",
     "SegmentationModule",
+    "TASK_MODULES",
     "TaskModule",
     "TrainingMethod",
 ]

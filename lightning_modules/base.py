@@ -243,6 +243,27 @@ class TaskModule(L.LightningModule):
     def predict_for_display(self, output: Any) -> Any:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ evaluation face
+    def metric_higher_is_better(self, name: str | None = None) -> bool:
+        """Direction of metric ``name`` (default :attr:`main_metric`), from the torchmetrics
+        object that computes it (``Metric.higher_is_better``), not from the name."""
+        from lightning_modules.protocol import higher_is_better
+
+        return higher_is_better(self.build_metrics(), name or self.main_metric, type(self).__name__)
+
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``(logits, labels)`` for the named attack losses of :mod:`attacks.task_losses`."""
+        raise ValueError(
+            f"no named attack losses for task {self.task!r}; drop `loss:` to use the task's own loss"
+        )
+
+    def attack_loss_reference(self, output: Any) -> Tensor | None:
+        """Clean logits ``[B, K]`` for targeted attack losses; ``None``: the task has none."""
+        return None
+
+    #: how a panel draws this task's predictions and ground truth (lightning_modules/panels.py)
+    panel: ClassVar[Any] = None
+
     def metric_names_per_class(self) -> list[str]:
         """Names used for per-class metric entries (class names, else indices)."""
         k = max(self.data_info.num_classes, 0)

@@ -25,6 +25,7 @@ from attacks.losses import bernoulli_kl, categorical_kl
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.panels import LabelPanel
 from lightning_modules.protocol import Batch
 
 
@@ -34,6 +35,7 @@ class MultilabelBalancedAccuracy(Metric):
     half."""
 
     full_state_update = False
+    higher_is_better = True
 
     def __init__(self, num_labels: int, threshold: float = 0.5) -> None:
         super().__init__()
@@ -75,6 +77,7 @@ class ClassificationModule(TaskModule):
     default_net = "lightning_modules.nets.SmallCNN"
     violation_direction = None
     main_metric: ClassVar[str] = "accuracy"
+    panel = LabelPanel()
 
     def __init__(
         self,
@@ -213,6 +216,14 @@ class ClassificationModule(TaskModule):
             return
         for name in metrics.keys(keep_base=True):
             metrics[name].update(probs, y)
+
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, K]`` and labels ``[B]`` (multi-label: ``[B, K]`` floats)."""
+        return self._logits(output), self._labels(batch)
+
+    def attack_loss_reference(self, output: Any) -> Tensor:
+        """The clean logits ``[B, K]`` (targeted losses take their target classes from them)."""
+        return self._logits(output).detach()
 
     def predict_for_display(self, output: Any) -> dict[str, Tensor]:
         """``label`` ``[B]`` (multi-label: ``[B, K]`` 0/1), ``confidence`` ``[B]`` and ``probs``

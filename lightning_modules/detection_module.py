@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -48,6 +49,7 @@ from lightning_modules.metrics.detection import DetectionMAP
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
 from lightning_modules.nets.weights import load_weights, pop_weight_options
+from lightning_modules.panels import BoxesPanel
 from lightning_modules.protocol import Batch
 
 DIVERGENCES = ("auto", "dense", "pseudo_label")
@@ -81,7 +83,10 @@ class DetectionModule(TaskModule):
     task = "detection"
     default_net = "lightning_modules.nets.detectors.tiny_fcos"
     violation_direction = "above"
-    main_metric: ClassVar[str] = "map_50"
+    #: mAP@[.5:.95], the COCO summary number (``map_50`` is reported beside it); the one
+    #: metric of the robust area, the checkpoint and the paper suites
+    main_metric: ClassVar[str] = "map"
+    panel = BoxesPanel()
 
     def __init__(
         self,
@@ -156,6 +161,16 @@ class DetectionModule(TaskModule):
                                sampling_seed=self.sampling_seed)
 
     # ------------------------------------------------------------------ helpers
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The scores of the eval-mode detections ``[B, N]`` (differentiable, zero-padded to
+        the most detections in the batch) and their labels ``[B, N]`` (``-1`` in the padding)."""
+        dets = self._output(output).detections
+        n = max([1] + [d["scores"].numel() for d in dets])
+        pad = [n - d["scores"].numel() for d in dets]
+        scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
+        labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
+        return scores, labels
+
     @staticmethod
     def _output(output: Any) -> DetectionOutput:
         if not isinstance(output, DetectionOutput):

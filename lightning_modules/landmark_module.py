@@ -44,6 +44,7 @@ from lightning_modules.nets.heatmap import (
     gaussian_heatmaps,
     masked_heatmap_loss,
 )
+from lightning_modules.panels import PointsPanel
 from lightning_modules.protocol import Batch
 
 DECODERS = ("local_soft_argmax", "soft_argmax", "argmax")
@@ -102,6 +103,7 @@ class LandmarkModule(TaskModule):
     default_net = "lightning_modules.nets.SmallUNet"
     violation_direction = "above"
     main_metric: ClassVar[str] = "mre"
+    panel = PointsPanel()
 
     def __init__(
         self,
@@ -225,6 +227,14 @@ class LandmarkModule(TaskModule):
         sx, sy = self._scale(heat)
         return gaussian_heatmaps(pts, heat.shape[2:], self.sigma / max(sx, sy),
                                  batch["visible"].to(heat.device))
+
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Heatmaps ``[B, L, h, w]`` and ``[B, L, 3]``: the true ``(x, y)`` in the heatmap
+        frame and the visibility (1/0)."""
+        heat, _ = self._parts(output)
+        pts = self._to_heatmap(batch["landmarks"].to(heat.device, torch.float32), heat)
+        vis = batch["visible"].to(heat.device, torch.float32)
+        return heat, torch.cat([pts, vis[..., None]], dim=-1)
 
     def decode_points(self, output: Any) -> Tensor:
         """``[B, K, 2]`` ``(x, y)`` image pixels, decoded with sub-pixel precision (or from the

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 from datamodules.info import DataInfo
 
@@ -22,8 +22,11 @@ Batch = dict[str, Any]
 class RobustTask(Protocol):
     """What a task LightningModule exposes (in addition to being a ``LightningModule``)."""
 
-    #: "classification" | "segmentation" | "landmarks" | "detection"
+    #: "classification" | "segmentation" | "landmarks" | "detection" (or a new task's own name)
     task: str
+    #: the metric (a key of ``build_metrics().compute()``) that picks the robust area, the
+    #: checkpoint and the progress-bar value; its direction is :meth:`metric_higher_is_better`
+    main_metric: str
     #: the data description the model was built from (bounds, classes, number of samples…)
     data_info: DataInfo
     #: how :meth:`violation_statistic` relates to a violation: ``"above"`` (a loss: violated
@@ -85,3 +88,56 @@ class RobustTask(Protocol):
 
     def predict_for_display(self, output: Any) -> Any:
         """Predictions in a drawable form (class + confidence, mask, points, boxes) for panels."""
+
+    def metric_higher_is_better(self, name: str | None = None) -> bool:
+        """Whether larger values of metric ``name`` (default :attr:`main_metric`) are better,
+        read from the torchmetrics object that computes it (``Metric.higher_is_better``)."""
+
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take;
+        ``ValueError`` for a task that has none."""
+
+    def attack_loss_reference(self, output: Any) -> torch.Tensor | None:
+        """The clean output's logits ``[B, K]`` from which targeted attack losses pick their
+        target class, or ``None`` where the task has no per-sample class logits."""
+
+    #: how predictions and ground truth are drawn on an image panel
+    #: (:class:`lightning_modules.panels.Panel`)
+    panel: Any
+
+
+def metric_of(metrics: MetricCollection, name: str) -> Metric | None:
+    """The metric object of ``metrics`` that reports ``name`` in ``compute()``, or ``None``.
+
+    Looked up structurally, never from what the name means: the collection key ``name``; else
+    the longest key that ``name`` extends (``sdr_2px`` → ``sdr``, ``mre_l3`` → ``mre``); else
+    the only metric of a one-metric collection (segmentation's ``DiceIoU`` and detection's mAP
+    each report several values from one object).
+    """
+    keys = list(metrics.keys(keep_base=True))
+    if name in keys:
+        return metrics[name]
+    extended = [k for k in keys if name.startswith(f"{k}_")]
+    if extended:
+        return metrics[max(extended, key=len)]
+    if len(keys) == 1:
+        return metrics[keys[0]]
+    return None
+
+
+def higher_is_better(metrics: MetricCollection, name: str, who: str = "task") -> bool:
+    """``higher_is_better`` of the metric object reporting ``name`` (see :func:`metric_of`).
+
+    Raises ``ValueError`` naming the metric when no object reports it or the object does not
+    declare a direction (set the class attribute ``higher_is_better`` on a metric of your own).
+    """
+    metric = metric_of(metrics, name)
+    if metric is None:
+        raise ValueError(f"{who}: no metric of {list(metrics.keys(keep_base=True))} reports {name!r}")
+    flag = getattr(metric, "higher_is_better", None)
+    if flag is None:
+        raise ValueError(
+            f"{who}: metric {type(metric).__name__} (reporting {name!r}) declares no direction; "
+            "set its class attribute `higher_is_better = True/False`"
+        )
+    return bool(flag)

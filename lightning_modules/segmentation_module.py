@@ -17,6 +17,7 @@ from attacks.losses import categorical_kl, class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.panels import MaskPanel
 from lightning_modules.protocol import Batch
 
 
@@ -67,6 +68,7 @@ class DiceIoU(Metric):
     """
 
     full_state_update = False
+    higher_is_better = True  # Dice and IoU: overlap scores
 
     def __init__(self, num_classes: int, class_names: list[str]) -> None:
         super().__init__()
@@ -124,6 +126,7 @@ class SegmentationModule(TaskModule):
     default_net = "lightning_modules.nets.SmallUNet"
     violation_direction = "below"
     main_metric: ClassVar[str] = "dice"
+    panel = MaskPanel()
 
     def __init__(
         self,
@@ -162,6 +165,10 @@ class SegmentationModule(TaskModule):
 
     def output_channels(self) -> int:
         return self.num_classes
+
+    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits ``[B, K, *spatial]`` and the mask ``[B, *spatial]`` (class indices)."""
+        return self._logits(output, batch), batch["mask"]
 
     def _logits(self, output: Any, batch: Batch | None = None) -> Tensor:
         nd = self.data_info.spatial_dims + 2

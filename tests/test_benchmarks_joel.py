@@ -32,7 +32,8 @@ def test_ph2_groups_differ_only_in_image_size(mode: str) -> None:
 def _record(clean: float, at_eps: float) -> dict[str, Any]:
     grid = [0.001, JOEL_EPS, 0.01]
     acc = {0.001: clean, JOEL_EPS: at_eps, 0.01: 0.0}
-    return {"clean": {"accuracy": clean}, "subset": {"size": 40},
+    return {"task": "classification", "method": "clean", "epoch": 0, "split": "test",
+            "clean": {"accuracy": clean}, "subset": {"size": 40},
             "attacks": [{"attack": "pgd", "eps": e, "metrics": {"accuracy": acc[e]}} for e in grid],
             "ensemble": [{"eps": e, "metrics": {"accuracy": acc[e]}} for e in grid]}
 

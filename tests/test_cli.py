@@ -116,7 +116,7 @@ def test_config_names_never_clobber(tmp_path: Path) -> None:
 
 
 def test_summary_line() -> None:
-    rec = {"epoch": 3, "clean": {"accuracy": 0.9},
+    rec = {"task": "classification", "method": "sat", "split": "val", "epoch": 3, "clean": {"accuracy": 0.9},
            "attacks": [{"attack": "pgd", "norm": "linf", "eps": 0.01, "steps": 10,
                         "metrics": {"accuracy": 0.5}}]}
     line = summarise_record(rec, "accuracy")

@@ -99,6 +99,8 @@ class MeanRadialError(_RadialMetric):
     :meth:`per_landmark_values` gives the ``[K]`` tensor. NaN where nothing was counted.
     """
 
+    higher_is_better = False  # an error in pixels / mm
+
     def __init__(self, num_landmarks: int, unit: str = "px", per_landmark: bool = False,
                  **kwargs) -> None:
         super().__init__(num_landmarks, unit, per_landmark, **kwargs)
@@ -136,6 +138,8 @@ class SuccessDetectionRate(_RadialMetric):
     Args:
         radii: success radii in ``unit`` (the ISBI 2015 challenge uses 2, 2.5, 3 and 4 mm).
     """
+
+    higher_is_better = True  # a success rate
 
     def __init__(self, num_landmarks: int, radii: Sequence[float] = (2.0, 2.5, 3.0, 4.0),
                  unit: str = "mm", per_landmark: bool = False, **kwargs) -> None:

@@ -1,0 +1,186 @@
+"""The runner of :class:`callbacks.AdversarialEvaluation`: *what* is evaluated and *where*.
+
+Given a split and a suite, :class:`EvaluationRunner` picks the fixed subset, deals its batches
+to the DDP ranks, keeps them cached in host memory between evaluations, and drives
+:class:`callbacks.evaluation_loop.RobustnessEvaluator` (the attack × ε loop) with gradients
+enabled and the model guarded — plus the optional per-sample minimal ε. It returns a
+:class:`RunResult`; turning that into scalars and files is the writers' job
+(:mod:`callbacks.evaluation_writers`), deciding *when* to run is the callback's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from attacks.tree import tree_leaves
+from callbacks.adapter import batch_for
+from callbacks.common import (
+    gradients_enabled,
+    guarded_model,
+    preserved_rng,
+    resolve_dataset,
+    select_subset,
+    set_eval_mode,
+    shard_batches,
+    subset_loader,
+    to_autograd_safe,
+    world,
+)
+from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
+from callbacks.outcome import EvalOutcome
+from callbacks.progress import progress_bar
+
+MODES = ("eval", "train")
+
+
+@dataclass
+class RunResult:
+    """One evaluation as computed (identical on every rank)."""
+
+    outcome: EvalOutcome
+    #: dataset indices of the subset (sorted)
+    indices: list[int]
+    split_size: int
+    batch_size: int
+    world_size: int
+    #: wall time on this rank, synchronised with the device
+    seconds: float
+    #: per subset position, the minimal ε (``inf``: not broken at ``eps_max``); ``None`` when off
+    minimal_eps: list[float] | None = None
+
+
+class EvaluationRunner:
+    """Subset, sharding, cache and the attack × ε loop (see the module docstring).
+
+    Args: as :class:`callbacks.AdversarialEvaluation` (``bn_mode``, ``dropout_mode``, ``seed``,
+    ``ensemble``, ``batch_size``, ``num_workers``, ``cache_mb``, ``minimal_eps``); ``who``
+    prefixes error messages.
+    """
+
+    def __init__(self, seed: int = 0, bn_mode: str = "eval", dropout_mode: str = "eval",
+                 ensemble: bool = True, batch_size: int | None = None, num_workers: int = 0,
+                 cache_mb: float = 256.0, minimal_eps: MinimalEpsConfig | None = None,
+                 who: str = "AdversarialEvaluation") -> None:
+        for name, value in (("bn_mode", bn_mode), ("dropout_mode", dropout_mode)):
+            if value not in MODES:
+                raise ValueError(f"{who}.{name} must be one of {MODES}, got {value!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"{who}.batch_size must be >= 1, got {batch_size}")
+        self.seed = int(seed)
+        self.bn_mode = bn_mode
+        self.dropout_mode = dropout_mode
+        self.ensemble = ensemble
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_mb = float(cache_mb)
+        self.minimal_eps = minimal_eps or MinimalEpsConfig()
+        self.who = who
+        self._cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    @staticmethod
+    def check_subset(name: str, value: Any, who: str = "AdversarialEvaluation") -> None:
+        """``ValueError`` naming the argument unless ``value`` is a count, a fraction or ``None``."""
+        try:
+            if isinstance(value, str):
+                raise ValueError("a count, a fraction or null")
+            select_subset(1, value, 0)
+        except ValueError as err:
+            raise ValueError(f"{who}.{name}={value!r}: {err}") from None
+
+    def run(self, trainer: Any, pl_module: Any, task: Any, split: str, specs: Sequence[Any],
+            eps: Sequence[float], subset: int | float | None, sequential: bool = False,
+            sanity: bool = False, label: str = "") -> RunResult:
+        """Evaluate ``specs`` × ``eps`` on the subset of ``split``; on every rank (collective)."""
+        start = time.perf_counter()
+        dataset, collate_fn, dm_bs = resolve_dataset(trainer, split)
+        indices = select_subset(len(dataset), subset, self.seed)
+        batch_size = self.batch_size or dm_bs or 32
+        rank, world_size = world(trainer)
+        mine = shard_batches(indices, batch_size, rank, world_size)
+        if world_size > 1 and math.ceil(len(indices) / batch_size) < world_size and rank == 0:
+            warnings.warn(
+                f"{self.who}: {len(indices)} samples in batches of {batch_size} give fewer batches "
+                f"than the {world_size} processes; some ranks only run padding",
+                stacklevel=2,
+            )
+        key = (split, id(dataset), len(dataset), tuple(indices), batch_size, rank, world_size)
+        device = pl_module.device
+        model = task.attack_model()
+        minimal: list[tuple[int, float]] = []
+        position = {idx: pos for pos, idx in enumerate(indices)}
+
+        with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model), \
+                trainer.precision_plugin.forward_context():  # the trainer's autocast, if any
+            set_eval_mode(pl_module, model)
+            lo, hi = (float(b) for b in task.data_info.bounds)
+            evaluator = RobustnessEvaluator(
+                task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble,
+                sequential=sequential,
+                large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
+            )
+            batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
+                self._batches(key, dataset, mine, collate_fn), len(mine),
+                f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
+            for i, raw in enumerate(batches):
+                batch_no, idx, counted = mine[i]
+                batch = to_autograd_safe(batch_for(task, raw), device)
+                evaluator.run_batch(batch_no, batch, counted)
+                if self.minimal_eps.enabled:
+                    gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
+                    values = minimal_eps_batch(task, evaluator.model, batch, self.minimal_eps,
+                                               self.bn_mode, self.dropout_mode, gen)
+                    if counted:
+                        minimal += [(position[j], float(v)) for j, v in zip(idx, values.tolist())]
+            outcome = evaluator.compute()  # collective (torchmetrics sync)
+        per_sample = None
+        if self.minimal_eps.enabled:
+            per_sample = [v for _, v in sorted(_gather_pairs(minimal, world_size))]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return RunResult(outcome, indices, len(dataset), batch_size, world_size,
+                         time.perf_counter() - start, per_sample)
+
+    def _batches(self, key: tuple[Any, ...], dataset: Any, mine: list[tuple[int, list[int], bool]],
+                 collate_fn: Any) -> Iterator[dict[str, Any]]:
+        """This rank's subset batches (host memory), from the cache when it holds them.
+
+        Caching also freezes any random val-time transform to one draw, so the subset really is
+        the same every epoch."""
+        if key in self._cache:
+            yield from self._cache[key]
+            return
+        loader = subset_loader(dataset, [b for _, b, _ in mine], collate_fn, self.num_workers)
+        kept: list[dict[str, Any]] | None = [] if self.cache_mb > 0 else None
+        size = 0
+        for raw in loader:
+            if kept is not None:
+                size += _nbytes(raw)
+                kept = kept + [raw] if size <= self.cache_mb * 2**20 else None
+            yield raw
+        if kept is not None:
+            # one subset per split: a new subset (other dataset, batch size…) replaces the old
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
+            self._cache[key] = kept
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes held by the tensors of a batch."""
+    return sum(t.element_size() * t.nelement() for t in tree_leaves(obj))
+
+
+def _gather_pairs(pairs: list[tuple[int, float]], world_size: int) -> list[tuple[int, float]]:
+    """All ranks' ``(subset position, value)`` pairs, on every rank."""
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return pairs
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, pairs)
+    return [p for part in gathered for p in part]

@@ -1,0 +1,184 @@
+"""The writers of :class:`callbacks.AdversarialEvaluation`: from a run to its outputs.
+
+* :func:`build_record` — the :class:`~callbacks.record.RobustnessRecord` of one
+  :class:`~callbacks.evaluation_runner.RunResult` (with the robust area, :func:`robust_area`);
+* :func:`log_scalars` — ``<prefix>/clean/<metric>``, ``<prefix>/<attack>/eps=<ε>/<metric>``,
+  ``<prefix>/ensemble/…``, ``<prefix>/robust_area``, ``<prefix>/eval_seconds``…;
+* :func:`write_outputs` — ``robustness.json`` (atomic), a line of ``robustness_history.jsonl``
+  (atomic), the curve and minimal-ε PNGs and a logger table (rank 0 only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from callbacks.common import format_eps
+from callbacks.evaluation_runner import RunResult
+from callbacks.outcome import EvalOutcome
+from callbacks.record import AttackEntry, EnsembleEntry, RobustArea, RobustnessRecord, SubsetInfo
+
+ENSEMBLE_RULES = {
+    "violation_then_loss": "per sample, the candidate (clean or an attack's output) that violates the task's "
+                           "is_violated test, ties broken by the highest per-sample loss",
+    "loss": "per sample, the candidate (clean or an attack's output) with the highest per-sample loss",
+}
+
+
+def robust_area(clean: float, curve: dict[float, float], lower_better: bool) -> float:
+    """Normalised trapezoid area of metric vs ε over ``[0, max ε]`` (ε = 0 → ``clean``).
+
+    Returns the metric's mean over the ε range; negated for lower-is-better metrics, so that
+    higher always means more robust. ``nan`` when a value is missing.
+    """
+    xs = [0.0, *sorted(curve)]
+    ys = [clean, *(curve[e] for e in xs[1:])]
+    if len(xs) < 2 or any(not math.isfinite(y) for y in ys):
+        return math.nan
+    area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+    mean = area / (xs[-1] - xs[0])
+    return -mean if lower_better else mean
+
+
+def _attack_entries(outcome: EvalOutcome, specs: Sequence[Any]) -> list[AttackEntry]:
+    entries = []
+    for (label, eps), metrics in outcome.attacks.items():
+        desc = outcome.descriptions[(label, eps)]
+        spec = next(sp for sp in specs if sp.label == label)
+        note = None
+        if outcome.sequential:
+            note = ("sequential suite: attacks only samples no earlier member broke; "
+                    "metrics are the worst case over this and earlier members")
+        if not spec.budgeted:
+            note = "no ε budget: run with its own parameters at every grid point"
+        known = set(AttackEntry._ORDER) | {"eps", "bounds"}
+        entries.append(AttackEntry(
+            attack=label, eps=eps, metrics=metrics, name=desc.get("name"), norm=desc.get("norm"),
+            steps=desc.get("steps"), step_size=desc.get("step_size"), restarts=desc.get("restarts"),
+            random_start=desc.get("random_start"), in_ensemble=spec.budgeted,
+            loss=spec.describe().get("loss", "task"), gradients=outcome.gradients.get((label, eps)),
+            note=note, extra={k: v for k, v in desc.items() if k not in known},
+        ))
+    labels = list(dict.fromkeys(label for label, _ in outcome.attacks))
+    entries.sort(key=lambda e: (e.eps, labels.index(e.attack)))
+    return entries
+
+
+def build_record(run: RunResult, *, task: Any, trainer: Any, split: str, suite: str,
+                 suite_name: str | None, specs: Sequence[Any], monitor: str, lower: bool,
+                 requested_subset: Any, settings: dict[str, Any], method: str) -> RobustnessRecord:
+    """The record of one run. ``monitor``/``lower``: the robust area's metric and direction
+    (the task's :attr:`main_metric` and its torchmetrics ``higher_is_better`` by default)."""
+    outcome = run.outcome
+    if outcome.ensemble:
+        curve = {e: _num(m.get(monitor)) for e, m in outcome.ensemble.items()}
+        source = "ensemble"
+    else:  # without the ensemble, the worst attack per ε
+        curve = {}
+        for (_, e), m in outcome.attacks.items():
+            v = _num(m.get(monitor))
+            curve[e] = v if e not in curve else (max(curve[e], v) if lower else min(curve[e], v))
+        source = "worst attack per ε"
+    area = robust_area(_num(outcome.clean.get(monitor)), curve, lower)
+    definition = (
+        f"{'negative ' if lower else ''}mean of {source} {monitor} over ε ∈ [0, {max(curve) if curve else 0:g}] "
+        "(trapezoid, ε=0 is clean); higher = more robust"
+    )
+    in_ensemble = [sp.label for sp in specs if sp.budgeted]
+    return RobustnessRecord(
+        task=task.task, method=method, epoch=int(trainer.current_epoch), split=split,
+        global_step=int(trainer.global_step), suite=suite, suite_name=suite_name,
+        sequential=outcome.sequential, members=[_member(sp, outcome) for sp in specs],
+        clean=outcome.clean, attacks=_attack_entries(outcome, specs),
+        ensemble=[EnsembleEntry(e, m, list(in_ensemble)) for e, m in sorted(outcome.ensemble.items())],
+        ensemble_rule=ENSEMBLE_RULES[outcome.ensemble_rule],
+        robust_area=RobustArea(area, monitor, lower, definition),
+        eval_seconds=run.seconds,
+        subset=SubsetInfo(size=len(run.indices), of=run.split_size, requested=requested_subset,
+                          seed=settings.get("seed"),
+                          selection="first n of torch.randperm(split size, seed), sorted",
+                          indices=list(run.indices)),
+        settings={"bn_mode": settings.get("bn_mode"), "dropout_mode": settings.get("dropout_mode"),
+                  "batch_size": run.batch_size, "world_size": run.world_size, "seed": settings.get("seed"),
+                  "every_n_epochs": settings.get("every_n_epochs"), "precision": str(trainer.precision)},
+    )
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _member(spec: Any, outcome: EvalOutcome) -> dict[str, Any]:
+    """A suite member: its spec with the steps and restarts it ran."""
+    desc = next((d for (label, _), d in outcome.descriptions.items() if label == spec.label), {})
+    return {**spec.describe(), "steps": desc.get("steps"), "restarts": desc.get("restarts")}
+
+
+def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float | None = None) -> dict[str, float]:
+    """The scalars of one record, by logged name."""
+    values: dict[str, float] = {}
+    for m, v in record.clean.items():
+        values[f"{prefix}/clean/{m}"] = _num(v)
+    for entry in record.attacks:
+        for m, v in entry.metrics.items():
+            values[f"{prefix}/{entry.attack}/eps={format_eps(entry.eps)}/{m}"] = _num(v)
+    for ens in record.ensemble:
+        for m, v in ens.metrics.items():
+            values[f"{prefix}/ensemble/eps={format_eps(ens.eps)}/{m}"] = _num(v)
+    values[f"{prefix}/robust_area"] = _num(record.robust_area.value if record.robust_area else None)
+    values[f"{prefix}/eval_seconds"] = _num(record.eval_seconds)
+    if record.minimal_eps is not None:
+        med = record.minimal_eps.median
+        # Censored median (more than half not broken at eps_max): log the lower bound.
+        values[f"{prefix}/minimal_eps_median"] = med if med is not None else _num(minimal_eps_max)
+    return values
+
+
+def log_scalars(pl_module: Any, record: RobustnessRecord, prefix: str, minimal_eps_max: float | None = None) -> None:
+    for key, value in scalar_values(record, prefix, minimal_eps_max).items():
+        # Metric values are already identical on every rank (torchmetrics synced them); a
+        # max-reduce keeps them bit-exact (a mean might not) and makes eval_seconds the
+        # slowest rank's time.
+        pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=True,
+                      reduce_fx="max", add_dataloader_idx=False)
+
+
+def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_name: Callable[[str], str],
+                  prefix: str, write_json: bool = True, plot: bool = True,
+                  bounds: Sequence[float] | None = None, directions: dict[str, bool] | None = None) -> None:
+    """Rank 0: the files and logger outputs of one record (see the module docstring)."""
+    from callbacks.logger_outputs import log_image, log_table
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if write_json:
+        from callbacks.record import append_history
+
+        # Crash-safe: a kill leaves the previous complete file or the new one.
+        record.save(log_dir / file_name("robustness.json"))
+        append_history(log_dir / file_name("robustness_history.jsonl"), record)
+    if plot:
+        from callbacks.plotting import plot_robustness_curves
+
+        monitor = record.robust_area.metric if record.robust_area else None
+        path = plot_robustness_curves(record, log_dir / file_name("robustness.png"), monitor,
+                                      bounds=bounds, directions=directions)  # x-axis units
+        log_image(trainer, f"{prefix}/robustness_curve_{record.split}", path, caption=f"epoch {record.epoch}")
+    if plot and record.minimal_eps is not None:
+        from callbacks.plotting import plot_histogram
+
+        me = record.minimal_eps
+        values = [v for v in me.per_sample if v is not None]
+        marks = {"median": me.median} if me.median is not None else {}
+        path = plot_histogram(
+            values, log_dir / file_name("minimal_eps.png"),
+            f"minimal ε per sample ({me.censored_fraction:.0%} not broken at ε_max={me.eps_max:g})",
+            f"ε ({me.norm}, {me.attack.upper()}-{me.steps}, {me.n_bisect} bisections)", marks, bins=20,
+        )
+        log_image(trainer, f"{prefix}/minimal_eps_{record.split}", path)
+    metrics = record.metric_names()
+    rows = [["clean", 0.0, *(record.clean[m] for m in metrics)]]
+    rows += [[e.attack, e.eps, *(e.metrics.get(m) for m in metrics)] for e in record.attacks]
+    rows += [["ensemble", e.eps, *(e.metrics.get(m) for m in metrics)] for e in record.ensemble]
+    log_table(trainer, f"{prefix}/robustness_table_{record.split}", ["attack", "eps", *metrics], rows)

@@ -1,0 +1,60 @@
+"""What one robustness evaluation produced, before it becomes a record.
+
+:class:`EvalOutcome` is the rank-synchronised result of
+:class:`callbacks.evaluation_loop.RobustnessEvaluator`; :func:`sum_counts` sums the integer
+counters (gradient health, sanity checks) over DDP ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["EvalMetrics", "EvalOutcome", "sum_counts"]
+
+
+@dataclass
+class EvalMetrics:
+    """Fresh metric collections for one evaluation (moved to the model's device)."""
+
+    clean: Any
+    attacks: dict[tuple[str, float], Any]
+    ensemble: dict[float, Any]
+
+
+@dataclass
+class EvalOutcome:
+    """Computed (rank-synchronised) metrics of one evaluation."""
+
+    clean: dict[str, float]
+    attacks: dict[tuple[str, float], dict[str, float]]
+    ensemble: dict[float, dict[str, float]]
+    descriptions: dict[tuple[str, float], dict[str, Any]]
+    ensemble_rule: str
+    num_samples: int
+    #: per (attack, ε): samples attacked, with a non-finite / an all-zero input gradient
+    gradients: dict[tuple[str, float], dict[str, int]] = field(default_factory=dict)
+    #: fraction of subset samples whose two clean eval-mode forwards differed
+    clean_randomness: float = 0.0
+    sequential: bool = False
+    #: per ε: samples whose worst case came from a gradient-free attack and violates
+    blackbox_wins: dict[float, int] = field(default_factory=dict)
+    #: the large-ε check: ``{"eps", "steps", "broken", "samples"}`` or None
+    large_eps: dict[str, Any] | None = None
+    #: subset samples over all ranks
+    total_samples: int = 0
+
+
+def sum_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Sum integer counters over DDP ranks (identity without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(counts)
+    keys = sorted(counts)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(counts[k]) for k in keys], device=dev)
+    dist.all_reduce(t)
+    return {k: int(v) for k, v in zip(keys, t.tolist())}

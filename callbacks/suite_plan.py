@@ -1,0 +1,68 @@
+"""Which attacks an evaluation callback runs: the per-epoch suite and the stronger test suite.
+
+Each is a list of ``{name, label?, **params}`` (parsed into :class:`attacks.AttackSpec` at once)
+or the name of a suite of :mod:`attacks.suites` (``"standard"``, ``"quick"``), which depends on
+the task and is resolved at ``setup``. A named classification suite is *sequential*
+(AutoAttack's rule: later members attack only samples no earlier member broke).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callbacks.evaluation_loop import parse_attack_specs
+
+#: Default per-epoch suite, sized by benchmarks/eval_cost.py to stay under 30% of a quickstart
+#: training epoch: PGD-3 (L∞, no random start: deterministic, identical on 1 or N processes) at
+#: two budgets on 64 samples. Use ``test_attacks`` for the strong suite at validate/test.
+DEFAULT_ATTACKS: list[dict[str, Any]] = [
+    {"name": "pgd", "norm": "linf", "steps": 3, "random_start": False},
+]
+
+
+class SuitePlan:
+    """The per-epoch and test suites of one callback (see the module docstring)."""
+
+    def __init__(self, attacks: list[dict[str, Any]] | str | None,
+                 test_attacks: list[dict[str, Any]] | str | None, who: str) -> None:
+        from attacks.suites import SUITES
+
+        for fname, value in (("attacks", attacks), ("test_attacks", test_attacks)):
+            if isinstance(value, str) and value not in SUITES:
+                raise ValueError(f"{who}.{fname}: unknown suite {value!r}; known suites: {sorted(SUITES)}")
+        self.who = who
+        self.names = {"per_epoch": attacks if isinstance(attacks, str) else None,
+                      "test": test_attacks if isinstance(test_attacks, str) else None}
+        if isinstance(attacks, str):
+            self.attack_configs: Any = attacks
+            self.specs: list[Any] = []
+        else:
+            self.attack_configs = [dict(a) for a in (attacks if attacks is not None else DEFAULT_ATTACKS)]
+            self.specs = parse_attack_specs(self.attack_configs, f"{who}.attacks")
+        self.test_specs = (
+            parse_attack_specs(test_attacks, f"{who}.test_attacks")
+            if test_attacks is not None and not isinstance(test_attacks, str) else self.specs
+        )
+
+    def resolve(self, pl_module: Any) -> None:
+        """Turn named suites into specs for this task (idempotent)."""
+        task, k = getattr(pl_module, "task", None), getattr(pl_module, "num_classes", None)
+        per, test = self.names["per_epoch"], self.names["test"]
+        if per is not None:
+            self.specs = parse_attack_specs(per, f"{self.who}.attacks", task, k)
+        if test is not None:
+            self.test_specs = parse_attack_specs(test, f"{self.who}.test_attacks", task, k)
+        elif per is not None:
+            self.test_specs = self.specs
+
+    def name(self, suite: str) -> str | None:
+        """The named suite behind ``suite`` (``"per_epoch"``/``"test"``), or ``None``."""
+        own = self.names["test" if suite == "test" else "per_epoch"]
+        if own is None and suite == "test" and self.test_specs is self.specs:
+            return self.names["per_epoch"]
+        return own
+
+    def sequential(self, pl_module: Any, suite: str) -> bool:
+        from attacks.suites import is_sequential
+
+        return self.name(suite) is not None and is_sequential(getattr(pl_module, "task", None))
