@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from attacks.mode import check_mode
+from attacks.spec import AttackSpec
 from lightning_modules.protocol import Batch, RobustTask
 
 Logs = dict[str, float | Tensor]
@@ -68,6 +69,9 @@ class TrainingMethod(nn.Module):
                 raise TypeError(f"{type(self).__name__}: *args constructors cannot be recorded")
             else:
                 init_args[key] = _plain(value, f"{type(self).__name__}.{key}")
+        if "attack" in init_args and isinstance(getattr(self, "attack", None), AttackSpec):
+            # The attack as resolved (method default filled in), so the checkpoint says it.
+            init_args["attack"] = self.attack.to_config()
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
@@ -81,6 +85,24 @@ class TrainingMethod(nn.Module):
         owner = type(self).__name__
         self.attack_bn_mode = check_mode(bn, f"{owner}.attack_bn_mode")
         self.attack_dropout_mode = check_mode(dropout, f"{owner}.attack_dropout_mode")
+
+    def set_attack(self, attack: AttackSpec | Mapping[str, Any] | str | None,
+                   default: Mapping[str, Any]) -> AttackSpec:
+        """Check the method's ``attack`` field and keep it as ``self.attack``
+        (:class:`attacks.AttackSpec`). ``None`` is ``default`` (the method's own attack); a
+        mapping without ``name``, or naming the default's attack, changes the default (see
+        :meth:`AttackSpec.parse`). Errors name ``<Method>.attack``. Attack losses (``loss:``)
+        are an evaluation setting: a method hands the attack its own loss."""
+        where = f"{type(self).__name__}.attack"
+        spec = AttackSpec.parse(attack, where, default)
+        if spec.loss is not None:
+            raise ValueError(f"{where}.loss: a training method attacks its own loss (the task's "
+                             f"per-sample loss, or TRADES' divergence); remove loss={spec.loss!r}")
+        if not spec.budgeted:
+            raise ValueError(f"{where}: {spec.name!r} takes no budget eps; a training method "
+                             "needs an attack inside its eps-ball")
+        self.attack = spec
+        return spec
 
     # ------------------------------------------------------------------ hooks
     def setup(self, task: RobustTask) -> None:
@@ -145,6 +167,8 @@ def _plain(value: Any, where: str) -> Any:
     """Config-safe copy of ``value``: numbers, strings, None, lists and str-keyed dicts."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, AttackSpec):
+        return _plain(value.to_config(), where)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, Sequence):
