@@ -61,6 +61,9 @@ def _canonical(name: Any, where: str) -> str:
     try:
         return canonical_name(name)
     except ValueError as err:
+        if str(err).startswith("unknown attack"):
+            raise ValueError(f"{where}.name: unknown attack {name!r}; known attacks: {_known_attacks()} "
+                             "(or the dotted class path of an attacks.Attack subclass)") from None
         raise ValueError(f"{where}.name: {err}") from None
 
 

@@ -71,6 +71,19 @@ class SignFlip(Attack):
         return x_adv
 
 
+# The decorator above is all a new attack needs. This module takes the class out of the
+# process-wide registry again while other test modules run (they check the shipped set) and
+# puts it back, as the decorator did, around each of its own tests.
+ATTACKS.pop(SignFlip.name)
+
+
+@pytest.fixture(autouse=True)
+def _sign_flip_registered() -> Any:
+    register_attack(SignFlip)
+    yield
+    ATTACKS.pop(SignFlip.name, None)
+
+
 # ------------------------------------------------------------------ defaults unchanged
 def _captured_attack(method: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """Run one training step of ``method`` and return (the attack it built, the module)."""
