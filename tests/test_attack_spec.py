@@ -268,3 +268,29 @@ def test_every_shipped_method_config_names_its_attack() -> None:
         if args and not method["class_path"].endswith("Clean"):
             built = import_object(method["class_path"])(**args)
             assert built.attack == AttackSpec.parse(args["attack"], path.name, built.default_attack)
+
+
+def test_checkpoints_with_the_old_flat_fields_still_load() -> None:
+    """hparams saved before the ``attack`` spec (flat ``steps``, ``norm``…) rebuild the same
+    method: the fields are moved into the spec."""
+    old_sat = {"class_path": "lightning_modules.methods.sat.SAT",
+               "init_args": {"eps": 0.01, "norm": "linf", "steps": 3, "step_size": None,
+                             "rel_step_size": 0.25, "random_start": True, "beta": 1.0,
+                             "schedule": "constant", "warmup_epochs": 0, "stages": None,
+                             "attack_bn_mode": "eval", "attack_dropout_mode": "eval", "seed": 0}}
+    m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=old_sat)
+    assert m.method.attack == SAT(attack={"steps": 3, "rel_step_size": 0.25, "random_start": True}).attack
+    old_amat = {"class_path": "lightning_modules.methods.AMAT",
+                "init_args": {"delta": 0.1, "steps": 4, "random_start": False}}
+    m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=old_amat)
+    assert (m.method.attack.steps, m.method.attack.random_start, m.method.attack.norm) == (4, False, "l2")
+    old_trades = {"class_path": "lightning_modules.methods.TRADES",
+                  "init_args": {"eps": 0.02, "norm": "l2", "steps": 2, "init_radius": 0.3}}
+    m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=old_trades)
+    assert m.method.attack.to_config() == {"name": "pgd", "norm": "l2", "steps": 2, "random_start": True,
+                                           "rel_init_radius": 0.3}
+    old_denoise = {"class_path": "lightning_modules.methods.Denoise",
+                   "init_args": {"adv_eps": 0.02, "adv_norm": "l2", "adv_steps": 2}}
+    from lightning_modules.base import as_method
+
+    assert as_method(old_denoise, "t").attack.to_config() == {"name": "pgd", "norm": "l2", "steps": 2}

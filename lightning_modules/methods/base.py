@@ -46,6 +46,8 @@ class TrainingMethod(nn.Module):
     """
 
     name: ClassVar[str] = "method"
+    #: flat attack fields of checkpoints written before the ``attack`` spec → spec keys
+    legacy_attack_fields: ClassVar[dict[str, str]] = {}
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainingMethod:
         obj = super().__new__(cls)
@@ -150,6 +152,21 @@ class TrainingMethod(nn.Module):
         gen = torch.Generator(device=device)
         gen.manual_seed(value)
         return gen
+
+
+def upgrade_init_args(cls: type[TrainingMethod], init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_args`` of a checkpoint written before the methods took one ``attack`` spec
+    (``steps``, ``norm``, ``rel_step_size``… as flat method fields) with those fields moved into
+    ``attack`` — so old checkpoints still load; current ``init_args`` are returned unchanged."""
+    args = dict(init_args)
+    old = {k: args.pop(k) for k in list(args) if k in cls.legacy_attack_fields}
+    if not old:
+        return args
+    attack = dict(args.get("attack") or getattr(cls, "default_attack", {}))
+    # (the old fields were checked then: at most one of step_size / rel_step_size was set)
+    attack.update({cls.legacy_attack_fields[k]: v for k, v in old.items() if v is not None})
+    args["attack"] = attack
+    return args
 
 
 def detach_output(out: Any) -> Any:
