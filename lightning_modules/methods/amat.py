@@ -187,7 +187,7 @@ class AMAT(TrainingMethod):
 
     name = "amat"
     #: L2 PGD-20 from a random start (Ma & Liang); budget, step and start radius per sample
-    default_attack: dict[str, Any] = {"name": "pgd", "norm": "l2", "steps": 20, "random_start": True}
+    default_attack = {"name": "pgd", "norm": "l2", "steps": 20, "random_start": True}
     legacy_attack_fields = {"steps": "steps", "random_start": "random_start"}
 
     def __init__(

@@ -46,6 +46,9 @@ class TrainingMethod(nn.Module):
     """
 
     name: ClassVar[str] = "method"
+    #: the method's own attack (an :class:`attacks.AttackSpec` mapping), for methods that
+    #: take an ``attack`` field; ``None`` for those without one (clean training)
+    default_attack: ClassVar[dict[str, Any] | None] = None
     #: flat attack fields of checkpoints written before the ``attack`` spec → spec keys
     legacy_attack_fields: ClassVar[dict[str, str]] = {}
 

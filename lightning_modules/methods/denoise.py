@@ -77,7 +77,7 @@ class Denoise(TrainingMethod):
 
     name = "denoise"
     #: PGD-5 L∞ (the attack's own step 2.5·ε/5 and random start)
-    default_attack: dict[str, Any] = {"name": "pgd", "norm": "linf", "steps": 5}
+    default_attack = {"name": "pgd", "norm": "linf", "steps": 5}
     legacy_attack_fields = {"adv_norm": "norm", "adv_steps": "steps"}
 
     def __init__(

@@ -56,7 +56,7 @@ class SAT(TrainingMethod):
 
     name = "sat"
     #: PGD-10 L∞ (Madry et al.), the attack's own step ``2.5·ε/steps`` and random start
-    default_attack: dict[str, Any] = {"name": "pgd", "norm": "linf", "steps": 10}
+    default_attack = {"name": "pgd", "norm": "linf", "steps": 10}
     legacy_attack_fields = {"norm": "norm", "steps": "steps", "step_size": "step_size",
                             "rel_step_size": "rel_step_size",
                             "random_start": "random_start"}

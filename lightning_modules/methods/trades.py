@@ -39,8 +39,8 @@ class TRADES(TrainingMethod):
 
     name = "trades"
     #: PGD-10 L∞, random start of radius 0.1·ε
-    default_attack: dict[str, Any] = {"name": "pgd", "norm": "linf", "steps": 10,
-                                      "random_start": True, "rel_init_radius": 0.1}
+    default_attack = {"name": "pgd", "norm": "linf", "steps": 10,
+                     "random_start": True, "rel_init_radius": 0.1}
     legacy_attack_fields = {"norm": "norm", "steps": "steps", "step_size": "step_size",
                             "init_radius": "rel_init_radius"}
 
