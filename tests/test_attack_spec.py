@@ -192,6 +192,19 @@ def test_sat_trains_with_apgd_mifgsm_and_restarts() -> None:
     assert again.attack == m.method.attack
 
 
+def test_amat_trains_with_apgd_inside_each_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another attack for AMAT is a config change too: the per-sample margins are its budget
+    (the step / start-radius overrides apply only where the attack has them)."""
+    method = AMAT(delta=0.1, max_margin=1.0, threshold_from="running",
+                  attack={"name": "apgd", "norm": "l2", "steps": 3})
+    atk, m = _captured_attack(method, monkeypatch)
+    margins = m.method.margins[batch()["index"]].float()
+    assert type(atk) is APGD and atk.norm == "l2" and torch.equal(atk.eps, margins)
+    b = batch()
+    x_adv = atk(m.attack_model(), b["image"], b, loss_fn=m.per_sample_loss)
+    assert bool(((x_adv - b["image"]).flatten(1).norm(dim=1) <= margins + 1e-6).all())
+
+
 def test_bad_attack_fields_name_the_method_and_field() -> None:
     cases = [
         (lambda: SAT(attack={"name": "pgdd"}), r"SAT\.attack\.name: unknown attack 'pgdd'"),

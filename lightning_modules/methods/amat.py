@@ -155,7 +155,8 @@ class AMAT(TrainingMethod):
             ``{random_start: false}`` — start at ``x``; makes the attack independent of the
             RNG, used by the DDP equivalence test). AMAT sets the budget (``E[i]``), the step
             (``alpha·E[i]/steps``) and the start radius (``max(E[i] − δ, δ)``, capped at
-            ``E[i]``) per sample, so the spec gives none of them; its norm must be L2 (the
+            ``E[i]``) per sample, so the spec gives none of them (an attack without a step
+            size or start radius, e.g. APGD, keeps its own rule); its norm must be L2 (the
             margins are L2).
         alpha: step size factor: step ``alpha·E[i]/steps`` (paper: 4–5).
         beta: weight of the adversarial loss (paper: 0.5).
