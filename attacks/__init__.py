@@ -5,16 +5,31 @@ generator=None) -> x_adv`` (or ``atk.perturb(...) -> AttackResult``), where ``mo
 callable and ``loss_fn(output, target) -> Tensor[B]`` is a per-sample loss; tasks differ only in
 the ``loss_fn`` (and ``success_fn``) they hand over. Nothing here knows Lightning, tasks or
 datasets.
+
+A new attack is one file: subclass the public call object :class:`Attack` (it owns argument
+checks, train/eval mode, input gradients, projection, restarts), set ``name``, implement
+``_run(call: AttackCall) -> x_adv`` and decorate the class with :func:`register_attack`. Its
+name then works in every :class:`AttackSpec`: a training method's ``attack:`` field and an
+evaluation callback's attack list.
 """
 
 from . import losses, task_losses
 from .apgd import APGD
-from .base import Attack, AttackResult, GradientStats, input_gradient, per_sample_norm
+from .base import (
+    Attack,
+    AttackCall,
+    AttackResult,
+    GradientStats,
+    check_count,
+    check_scalar,
+    input_gradient,
+    per_sample_norm,
+)
 from .cw import CW
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .losses import loss_above, misclassified
 from .mode import attack_mode
-from .noise import GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from .noise import GaussianNoise, Noise, SaltPepperNoise, SpeckleNoise, UniformNoise
 from .registry import ATTACKS, build_attack, register_attack
 from .spec import AttackSpec, parse_attack_specs
 from .square import Square
@@ -37,6 +52,10 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "Attack",
+    "AttackCall",
+    "Noise",
+    "check_count",
+    "check_scalar",
     "AttackResult",
     "GaussianNoise",
     "SaltPepperNoise",

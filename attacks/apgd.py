@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_count, _check_scalar, per_sample_norm
+from .base import Attack, AttackCall, Scalar, check_count, check_scalar, per_sample_norm
 from .gradient import _l2_normalise, _sign
 from .registry import register_attack
 
@@ -89,9 +89,9 @@ class APGD(Attack):
         if norm is None:
             raise ValueError("norm must be 'linf' or 'l2' for APGD, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        _check_scalar("eps", eps)
-        _check_count("steps", steps)
-        _check_count("restarts", restarts)
+        check_scalar("eps", eps)
+        check_count("steps", steps)
+        check_count("restarts", restarts)
         if not 0 < rho <= 1 or not 0 <= momentum <= 1:
             raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
         if restarts > 1 and not random_start:
@@ -112,13 +112,13 @@ class APGD(Attack):
         return {**super().describe(), "rho": self.rho, "momentum": self.momentum,
                 "step_size_rule": "2·eps, halved at checkpoints (Croce & Hein 2020)"}
 
-    def _validate_call(self, call: _Call) -> None:
+    def _validate_call(self, call: AttackCall) -> None:
         if self.eps is None:
             raise ValueError("eps must be a float or a tensor of shape [B], got None")
         self._eps_tensor(call, self.eps, "eps")
 
     # -------------------------------------------------------------- the loop
-    def _run(self, call: _Call) -> Tensor:
+    def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
         eps = self._eps_tensor(call, self.eps, "eps")
         eps_t = eps if isinstance(eps, Tensor) else torch.full((b,), eps, device=x.device, dtype=x.dtype)

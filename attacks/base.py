@@ -103,8 +103,10 @@ class GradientStats:
 
 
 @dataclass
-class _Call:
-    """Everything one call needs, checked and converted once."""
+class AttackCall:
+    """Everything one call needs, checked and converted once: what :meth:`Attack._run` of
+    every attack receives (``x`` the clean input ``[B, *]``, ``lo``/``hi`` the bounds, the
+    loss / success callables and the generator)."""
 
     model: Model | None
     x: Tensor  # clean input, detached, work dtype (float32/float64)
@@ -125,6 +127,9 @@ class _Call:
         if isinstance(value, Tensor):
             return value.view(-1, *([1] * (self.x.ndim - 1)))
         return value
+
+
+_Call = AttackCall  # the name the attacks used before it was public
 
 
 def per_sample_norm(delta: Tensor, norm: str) -> Tensor:
@@ -639,3 +644,8 @@ def _check_scalar(
 def scale(value: Scalar, factor: float) -> Scalar:
     """``factor * value`` for a float or a ``[B]`` tensor (for step-size defaults)."""
     return value * factor
+
+
+# Public names of the argument checks, for attacks defined outside this package.
+check_count = _check_count
+check_scalar = _check_scalar

@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_count, _check_scalar
+from .base import Attack, AttackCall, Scalar, check_count, check_scalar
 from .losses import unwrap_target
+from .registry import register_attack
 
 
+@register_attack
 class CW(Attack):
     """Carlini–Wagner L2.
 
@@ -71,9 +73,9 @@ class CW(Attack):
             raise ValueError(f"kappa must be >= 0, got {kappa}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        _check_count("steps", steps)
-        _check_count("binary_search_steps", binary_search_steps)
-        _check_scalar("eps", eps, allow_none=True)
+        check_count("steps", steps)
+        check_count("binary_search_steps", binary_search_steps)
+        check_scalar("eps", eps, allow_none=True)
         self.c, self.kappa, self.lr = float(c), float(kappa), float(lr)
         self.steps, self.binary_search_steps = steps, binary_search_steps
         self.abort_early = abort_early
@@ -88,7 +90,7 @@ class CW(Attack):
             "lr": self.lr,
         }
 
-    def _labels(self, call: _Call) -> Tensor:
+    def _labels(self, call: AttackCall) -> Tensor:
         labels = unwrap_target(call.target)
         if labels.shape != (call.batch,) or labels.is_floating_point():
             raise ValueError(
@@ -97,7 +99,7 @@ class CW(Attack):
             )
         return labels.long().to(call.x.device)
 
-    def _run(self, call: _Call) -> Tensor:
+    def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
         labels = self._labels(call).unsqueeze(1)
         eps = self._eps_tensor(call, self.eps, "eps")

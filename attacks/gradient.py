@@ -32,9 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_count, _check_scalar, _fmt, per_sample_norm
+from .base import Attack, AttackCall, Scalar, _fmt, check_count, check_scalar, per_sample_norm
+from .registry import register_attack
 
 
+@register_attack
 class PGD(Attack):
     """Projected gradient descent (Madry et al. 2018, "Towards Deep Learning Models Resistant
     to Adversarial Attacks"): ``steps`` projected gradient-ascent steps on the per-sample loss
@@ -77,16 +79,16 @@ class PGD(Attack):
         if norm is None:
             raise ValueError(f"norm must be 'linf' or 'l2' for {type(self).__name__}, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        _check_scalar("eps", eps)
-        _check_count("steps", steps)
-        _check_count("restarts", restarts)
+        check_scalar("eps", eps)
+        check_count("steps", steps)
+        check_count("restarts", restarts)
         self.steps = steps
-        self.step_size = _check_scalar("step_size", step_size, allow_none=True)
+        self.step_size = check_scalar("step_size", step_size, allow_none=True)
         self.random_start = bool(random_start)
         if restarts > 1 and not self.random_start:
             raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.restarts = restarts
-        self.init_radius = _check_scalar("init_radius", init_radius, allow_none=True)
+        self.init_radius = check_scalar("init_radius", init_radius, allow_none=True)
 
     # -------------------------------------------------------------- defaults
     def default_step_size(self, eps: Scalar) -> Scalar:
@@ -101,7 +103,7 @@ class PGD(Attack):
     def _n_restarts(self) -> int:
         return self.restarts
 
-    def _validate_call(self, call: _Call) -> None:
+    def _validate_call(self, call: AttackCall) -> None:
         if self.eps is None:
             raise ValueError("eps must be a float or a tensor of shape [B], got None")
         for name in ("eps", "step_size", "init_radius"):
@@ -114,7 +116,7 @@ class PGD(Attack):
         return d
 
     # -------------------------------------------------------------- the loop
-    def _random_start(self, call: _Call, eps: Scalar) -> Tensor:
+    def _random_start(self, call: AttackCall, eps: Scalar) -> Tensor:
         radius = self._eps_tensor(call, self.init_radius, "init_radius")
         r = call.per_sample(eps if radius is None else radius)
         if self.norm == "linf":
@@ -125,7 +127,7 @@ class PGD(Attack):
             noise.div_(call.per_sample(n))
         return call.x + noise * r
 
-    def _run(self, call: _Call) -> Tensor:
+    def _run(self, call: AttackCall) -> Tensor:
         eps = self._eps_tensor(call, self.eps, "eps")
         alpha = self._eps_tensor(call, self.step_size, "step_size")
         if alpha is None:
@@ -158,7 +160,7 @@ class PGD(Attack):
 
         return self._iterate(call, x_adv, self.steps, step)
 
-    def _direction(self, call: _Call) -> Callable[[Tensor], Tensor]:
+    def _direction(self, call: AttackCall) -> Callable[[Tensor], Tensor]:
         """Map a raw input gradient (a fresh tensor, safe to modify in place) to the step
         direction: its sign (L∞) or its per-sample L2-normalised version (L2)."""
         return _sign if self.norm == "linf" else _l2_normalise
@@ -173,6 +175,7 @@ def _l2_normalise(grad: Tensor) -> Tensor:
     return grad.div_(n.view(-1, *([1] * (grad.ndim - 1))))
 
 
+@register_attack
 class BIM(PGD):
     """Basic iterative method / I-FGSM (Kurakin et al. 2017, "Adversarial examples in the
     physical world"): PGD without random start, so it starts at ``x`` and is deterministic.
@@ -194,6 +197,7 @@ class BIM(PGD):
                          dropout_mode)
 
 
+@register_attack
 class FGSM(PGD):
     """Fast gradient sign method (Goodfellow et al. 2015, "Explaining and Harnessing
     Adversarial Examples"): one step ``x + eps·sign(∇x L)`` (L∞), or the fast gradient
@@ -225,6 +229,7 @@ class FGSM(PGD):
         return eps * (1.25 if self.random_start else 1.0)
 
 
+@register_attack
 class MIFGSM(PGD):
     """Momentum iterative FGSM (Dong et al. 2018, "Boosting Adversarial Attacks with
     Momentum"): ``g ← μ·g + ∇/‖∇‖₁``, step ``step_size·sign(g)`` (L∞) or
@@ -257,7 +262,7 @@ class MIFGSM(PGD):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "decay": self.decay}
 
-    def _direction(self, call: _Call) -> Callable[[Tensor], Tensor]:
+    def _direction(self, call: AttackCall) -> Callable[[Tensor], Tensor]:
         momentum = torch.zeros_like(call.x)  # per call, so the attack object stays stateless
         base = super()._direction(call)
         decay = self.decay

@@ -18,10 +18,11 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_scalar, _fmt
+from .base import Attack, AttackCall, Scalar, _fmt, check_scalar
+from .registry import register_attack
 
 
-class _Noise(Attack):
+class Noise(Attack):
     """Base of the noises: draw, clamp to the optional L∞ ``eps`` ball, clamp to bounds."""
 
     uses_model = False
@@ -35,7 +36,7 @@ class _Noise(Attack):
     ) -> None:
         super().__init__(eps, "linf" if eps is not None else None, bounds, bn_mode, dropout_mode)
 
-    def _noisy(self, call: _Call) -> Tensor:
+    def _noisy(self, call: AttackCall) -> Tensor:
         raise NotImplementedError
 
     def _params(self) -> dict[str, Any]:
@@ -45,7 +46,7 @@ class _Noise(Attack):
         return {**super().describe(), "steps": 0, "step_size": None,
                 **{k: _fmt(v) for k, v in self._params().items()}}
 
-    def _run(self, call: _Call) -> Tensor:
+    def _run(self, call: AttackCall) -> Tensor:
         x_noisy = self._noisy(call)
         eps = self._eps_tensor(call, self.eps, "eps")
         if eps is not None:
@@ -54,7 +55,8 @@ class _Noise(Attack):
         return x_noisy.clamp_(call.lo, call.hi)
 
 
-class GaussianNoise(_Noise):
+@register_attack
+class GaussianNoise(Noise):
     """Additive Gaussian noise ``x + std·N(0, 1)``; ``std`` float or ``[B]``, in input units."""
 
     name = "gaussian"
@@ -63,32 +65,34 @@ class GaussianNoise(_Noise):
                  bounds: tuple[float, float] = (0.0, 1.0), bn_mode: str = "eval",
                  dropout_mode: str = "eval") -> None:
         super().__init__(eps, bounds, bn_mode, dropout_mode)
-        self.std = _check_scalar("std", std)
+        self.std = check_scalar("std", std)
 
     def _params(self) -> dict[str, Any]:
         return {"std": self.std}
 
-    def _noisy(self, call: _Call) -> Tensor:
+    def _noisy(self, call: AttackCall) -> Tensor:
         std = call.per_sample(self._eps_tensor(call, self.std, "std"))
         return self._rand(call, "normal").mul_(std).add_(call.x)
 
 
-class UniformNoise(_Noise):
+@register_attack
+class UniformNoise(Noise):
     """Additive uniform noise ``x + U(−eps, eps)`` (so always inside the L∞ ``eps`` ball)."""
 
     name = "uniform"
 
     def __init__(self, eps: Scalar = 0.1, bounds: tuple[float, float] = (0.0, 1.0),
                  bn_mode: str = "eval", dropout_mode: str = "eval") -> None:
-        _check_scalar("eps", eps)
+        check_scalar("eps", eps)
         super().__init__(eps, bounds, bn_mode, dropout_mode)
 
-    def _noisy(self, call: _Call) -> Tensor:
+    def _noisy(self, call: AttackCall) -> Tensor:
         eps = call.per_sample(self._eps_tensor(call, self.eps, "eps"))
         return self._rand(call, "uniform").mul_(2).sub_(1).mul_(eps).add_(call.x)
 
 
-class SaltPepperNoise(_Noise):
+@register_attack
+class SaltPepperNoise(Noise):
     """Salt-and-pepper noise: a fraction ``amount`` of the pixels is set to ``hi`` (salt, with
     probability ``salt_ratio``) or ``lo`` (pepper). A *pixel* is one spatial position, shared by
     all channels (an RGB pixel turns white/black, not one colour of it)."""
@@ -110,7 +114,7 @@ class SaltPepperNoise(_Noise):
     def _params(self) -> dict[str, Any]:
         return {"amount": self.amount, "salt_ratio": self.salt_ratio}
 
-    def _noisy(self, call: _Call) -> Tensor:
+    def _noisy(self, call: AttackCall) -> Tensor:
         x = call.x
         shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim > 2 else x.shape
         u = self._rand(call, "uniform", shape)
@@ -119,7 +123,8 @@ class SaltPepperNoise(_Noise):
         return x.masked_fill(salt, call.hi).masked_fill_(pepper, call.lo)
 
 
-class SpeckleNoise(_Noise):
+@register_attack
+class SpeckleNoise(Noise):
     """Multiplicative speckle noise ``x + x·std·N(0, 1)`` (ultrasound/OCT-like); ``std`` float
     or ``[B]``. Zero-valued pixels stay unchanged."""
 
@@ -129,11 +134,11 @@ class SpeckleNoise(_Noise):
                  bounds: tuple[float, float] = (0.0, 1.0), bn_mode: str = "eval",
                  dropout_mode: str = "eval") -> None:
         super().__init__(eps, bounds, bn_mode, dropout_mode)
-        self.std = _check_scalar("std", std)
+        self.std = check_scalar("std", std)
 
     def _params(self) -> dict[str, Any]:
         return {"std": self.std}
 
-    def _noisy(self, call: _Call) -> Tensor:
+    def _noisy(self, call: AttackCall) -> Tensor:
         std = call.per_sample(self._eps_tensor(call, self.std, "std"))
         return self._rand(call, "normal").mul_(std).mul_(call.x).add_(call.x)

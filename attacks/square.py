@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, Scalar, _Call, _check_count, _check_scalar, per_sample_norm
+from .base import Attack, AttackCall, Scalar, check_count, check_scalar, per_sample_norm
 from .registry import register_attack
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -66,9 +66,9 @@ class Square(Attack):
         if norm is None:
             raise ValueError("norm must be 'linf' or 'l2' for Square, got None")
         super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        _check_scalar("eps", eps)
-        _check_count("steps", steps)
-        _check_count("restarts", restarts)
+        check_scalar("eps", eps)
+        check_count("steps", steps)
+        check_count("restarts", restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.steps = steps
@@ -83,7 +83,7 @@ class Square(Attack):
         return {**super().describe(), "p_init": self.p_init, "queries": self.steps + 1,
                 "gradient_free": True}
 
-    def _validate_call(self, call: _Call) -> None:
+    def _validate_call(self, call: AttackCall) -> None:
         if self.eps is None:
             raise ValueError("eps must be a float or a tensor of shape [B], got None")
         self._eps_tensor(call, self.eps, "eps")
@@ -94,7 +94,7 @@ class Square(Attack):
         halvings = sum(t_paper > s for s in _SCHEDULE)
         return self.p_init / 2**halvings
 
-    def _window(self, call: _Call, side: list[int]) -> Tensor:
+    def _window(self, call: AttackCall, side: list[int]) -> Tensor:
         """``Bool[B, 1, *spatial]``: one random axis-aligned window of the given side per sample."""
         spatial = call.x.shape[2:]
         mask: Tensor | None = None
@@ -109,7 +109,7 @@ class Square(Attack):
         assert mask is not None
         return mask.unsqueeze(1)
 
-    def _loss(self, call: _Call, xa: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _loss(self, call: AttackCall, xa: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.no_grad():
             out = call.model(xa)  # type: ignore[misc]
             loss = self._check_loss(call.loss_fn(out, call.target), call.batch).float()
@@ -118,7 +118,7 @@ class Square(Attack):
                 succ = self._check_success(call.success_fn(out, call.target), call)
         return loss, succ
 
-    def _run(self, call: _Call) -> Tensor:
+    def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
         if x.ndim < 3:
             raise ValueError(f"Square needs [B, C, *spatial] inputs, got {tuple(x.shape)}")

@@ -52,13 +52,15 @@ PYTHON = sys.executable
 METHODS: dict[str, dict[str, Any]] = {
     "clean": {"class_path": "lightning_modules.methods.Clean"},
     "sat-staged": {"class_path": "lightning_modules.methods.SAT",
-                   "init_args": {"norm": "linf", "steps": 2, "rel_step_size": 0.25, "beta": 1.0,
+                   "init_args": {"attack": {"name": "pgd", "norm": "linf", "steps": 2, "rel_step_size": 0.25},
+                                 "beta": 1.0,
                                  "schedule": "staged", "stages": [[0.01, 1], [0.02, 10]]}},
     "amat": {"class_path": "lightning_modules.methods.AMAT",
-             "init_args": {"delta": 0.05, "max_margin": 1.0, "steps": 2, "alpha": 4.0, "beta": 0.5}},
+             "init_args": {"delta": 0.05, "max_margin": 1.0, "attack": {"name": "pgd", "norm": "l2", "steps": 2},
+                           "alpha": 4.0, "beta": 0.5}},
     "denoise": {"class_path": "lightning_modules.methods.Denoise",
                 "init_args": {"noises": ["gaussian", "salt_pepper"], "adversarial_fraction": 0.25,
-                              "adv_eps": 0.015, "adv_steps": 2, "lambda_rec": 1.0, "lambda_inv": 0.1}},
+                              "adv_eps": 0.015, "attack": {"name": "pgd", "steps": 2}, "lambda_rec": 1.0, "lambda_inv": 0.1}},
 }
 
 #: checkpoint entries that name files or folders of one run (they differ between runs by design)

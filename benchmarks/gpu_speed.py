@@ -198,7 +198,7 @@ def measure_config(name: str, base: Any, spec: ModelSpec, train: list[dict[str, 
 
     # SAT training steps (PGD-10, adversarial-only), on a copy so weights stay shared.
     trainee = copy_of_base()
-    method = SAT(eps=spec.eps, steps=10, beta=1.0)
+    method = SAT(eps=spec.eps, attack={"steps": 10}, beta=1.0)
     topt = torch.optim.AdamW(trainee.parameters(), lr=1e-3)
     tb = dict(train[0])
     tb["image"] = prep(tb["image"])
@@ -225,7 +225,7 @@ def measure(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
     # fp32 SAT pre-training: a model whose robust metric is informative.
     t0 = time.perf_counter()
     opt = torch.optim.AdamW(base.parameters(), lr=1e-3)
-    pre = SAT(eps=spec.eps, steps=3, beta=0.5)
+    pre = SAT(eps=spec.eps, attack={"steps": 3}, beta=0.5)
     for step in range(args.train_steps):
         sat_step(base, pre, opt, train[step % len(train)], nullcontext)
     pretrain_s = time.perf_counter() - t0

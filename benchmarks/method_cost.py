@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     k = args.steps
     methods = {
         "clean": lambda: Clean(),
-        f"sat-{k} (adv only)": lambda: SAT(eps=0.02, steps=k, beta=1.0),
-        f"sat-{k} (0.5 clean + 0.5 adv)": lambda: SAT(eps=0.02, steps=k, beta=0.5),
-        f"amat-{k}": lambda: AMAT(delta=0.05, max_margin=1.0, steps=k, **amat_extra),
-        f"amat-{k} (early stop)": lambda: AMAT(delta=0.05, max_margin=1.0, steps=k, early_stop=True,
+        f"sat-{k} (adv only)": lambda: SAT(eps=0.02, attack={"steps": k}, beta=1.0),
+        f"sat-{k} (0.5 clean + 0.5 adv)": lambda: SAT(eps=0.02, attack={"steps": k}, beta=0.5),
+        f"amat-{k}": lambda: AMAT(delta=0.05, max_margin=1.0, attack={"steps": k}, **amat_extra),
+        f"amat-{k} (early stop)": lambda: AMAT(delta=0.05, max_margin=1.0, attack={"steps": k}, early_stop=True,
                                                **amat_extra),
     }
     # Interleave the methods epoch by epoch, so a change in machine load hits all of them

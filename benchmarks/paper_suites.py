@@ -429,7 +429,7 @@ def _amat_runs() -> list[Run]:
 #: of 20; the per-epoch check (which picks the checkpoint) every 2 epochs with L2 PGD-3; the test
 #: suite L2 PGD-10 instead of PGD-20 (same ε grid, scaled with the image).
 _AMAT_QUICK_STEPS: Overrides = {
-    "model.init_args.method.init_args.steps": 3,
+    "model.init_args.method.init_args.attack.steps": 3,
     f"{_ADV}.attacks": [{"name": "pgd", "norm": "l2", "steps": 3}],
     f"{_ADV}.every_n_epochs": 2,
     "trainer.callbacks[ModelCheckpoint].init_args.every_n_epochs": 2,

@@ -71,15 +71,36 @@ def _child(node: Any, part: str) -> Any:
 def set_path(cfg: dict[str, Any], path: str, value: Any) -> bool:
     """Set a dotted ``path`` of a config (see :func:`_child`) when its parent exists; returns
     whether it was set. A leaf may be new (``trainer.limit_train_batches``); a missing parent
-    means the setting does not apply to this config (a clean method has no ``steps``)."""
+    means the setting does not apply to this config (a clean method has no ``attack``). A
+    training method's ``attack`` spec that the config leaves to the method's default is filled
+    in with that default first (``method.init_args.attack.steps`` then applies to it)."""
     parts = path.split(".")
     node: Any = cfg
+    parent: Any = None
     for part in parts[:-1]:
-        node = _child(node, part)
+        child = _child(node, part)
+        if child is None and part == "attack" and isinstance(node, dict):
+            child = _default_attack(parent, node)
+        parent, node = node, child
         if not isinstance(node, dict):
             return False
     node[parts[-1]] = copy.deepcopy(value)
     return True
+
+
+def _default_attack(method: Any, init_args: dict[str, Any]) -> dict[str, Any] | None:
+    """The default attack spec of the training method ``{class_path, init_args}`` (written into
+    ``init_args``), or ``None`` when ``init_args`` is not a method's or it has no attack."""
+    if not (isinstance(method, dict) and method.get("init_args") is init_args
+            and str(method.get("class_path", "")).startswith("lightning_modules.methods")):
+        return None
+    from lightning_modules.nets.builder import import_object
+
+    default = getattr(import_object(method["class_path"]), "default_attack", None)
+    if not isinstance(default, dict):
+        return None
+    init_args["attack"] = copy.deepcopy(default)
+    return init_args["attack"]
 
 
 def _eval_callbacks(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -102,11 +123,10 @@ def set_attack_steps(cfg: dict[str, Any], steps: int) -> dict[str, Any]:
                 if a.get("steps", 10 if a.get("name") in ("pgd", "bim") else 1) > 1:
                     a["steps"] = steps
                     changed[f"{args.get('prefix', 'adv')}.{key}.steps"] = steps
-    margs = _method_args(cfg) or {}
-    for key in ("steps", "adv_steps"):
-        if key in margs:
-            margs[key] = steps
-            changed[f"method.{key}"] = steps
+    attack = (_method_args(cfg) or {}).get("attack")
+    if isinstance(attack, dict) and "steps" in attack:
+        attack["steps"] = steps
+        changed["method.attack.steps"] = steps
     return changed
 
 
@@ -126,12 +146,10 @@ def scale_l2(cfg: dict[str, Any], factor: float) -> dict[str, Any]:
                     changed[f"{args.get('prefix', 'adv')}.{key}"] = args[key]
     margs = _method_args(cfg) or {}
     keys = []
-    if margs.get("norm") == "l2":
-        keys.append("eps")
-    if margs.get("adv_norm") == "l2":
-        keys.append("adv_eps")
     if "delta" in margs and "max_margin" in margs:  # AMAT margins are L2
         keys += ["delta", "max_margin"]
+    elif ((margs.get("attack") or {}).get("norm")) == "l2":  # SAT / TRADES eps, Denoise adv_eps
+        keys += ["eps", "adv_eps"]
     for key in keys:
         if key in margs:
             margs[key] = round(float(margs[key]) * factor, 6)

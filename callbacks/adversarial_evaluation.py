@@ -109,7 +109,7 @@ class AdversarialEvaluation(Callback):
         plot: write ``robustness.png`` (and log it to W&B / TensorBoard).
         monitor_metric: the metric of the robust area (default: the task's ``main_metric`` —
             accuracy, dice, mre, map; its direction comes from the task's metric object).
-        minimal_eps: ``{enabled, eps_max, steps, n_bisect, norm}`` — per-sample minimal ε by
+        minimal_eps: ``{enabled, eps_max, n_bisect, attack}`` — per-sample minimal ε by
             bisection (see :mod:`callbacks.minimal_eps`); off by default.
         ensemble: compute the per-sample worst case over attacks.
         report: write ``report.md`` after ``test``.

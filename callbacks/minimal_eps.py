@@ -1,11 +1,13 @@
-"""Minimal adversarial budget per sample, by bisection over ε with early-stopping PGD or APGD.
+"""Minimal adversarial budget per sample, by bisection over ε with an early-stopping attack.
 
-For each sample, the smallest ε in ``[0, eps_max]`` at which PGD (stopping as soon as the task's
-``is_violated`` test fires) finds a violating input. It is a threshold-free robustness measure:
-its median and distribution do not depend on an ε grid. The estimate is an *upper bound* on the
-true minimal ε (PGD may miss closer adversarial points) with resolution
-``eps_max / 2**n_bisect``. ``attack: apgd`` uses APGD (Croce & Hein 2020) instead: no step
-size to tune for each bisection budget, so the bound is tighter at the same steps.
+For each sample, the smallest ε in ``[0, eps_max]`` at which the attack (default PGD-10 L∞
+from ``x``, stopping as soon as the task's ``is_violated`` test fires) finds a violating input.
+It is a threshold-free robustness measure: its median and distribution do not depend on an ε
+grid. The estimate is an *upper bound* on the true minimal ε (the attack may miss closer
+adversarial points) with resolution ``eps_max / 2**n_bisect``. The attack is an
+:class:`attacks.AttackSpec`, as everywhere else: ``attack: apgd`` (or ``{name: apgd, steps:
+20}``) uses APGD (Croce & Hein 2020) instead — no step size to tune for each bisection budget,
+so the bound is tighter at the same steps.
 
 Samples already violated without perturbation get 0; samples PGD cannot break at ``eps_max``
 are *censored* (reported as ``None`` and counted in ``censored_fraction``; the median treats
@@ -14,25 +16,46 @@ them as +∞).
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from attacks import ATTACKS, AttackSpec
+from attacks.registry import canonical_name
+
+#: PGD-10 L∞ from ``x`` (deterministic, so the bisection is monotone in ε for a fixed model)
+DEFAULT_ATTACK: dict[str, Any] = {"name": "pgd", "norm": "linf", "steps": 10, "random_start": False}
+
 
 @dataclass
 class MinimalEpsConfig:
-    """``minimal_eps: {enabled, eps_max, steps, n_bisect, norm, attack}`` of the evaluation
-    callback (``attack``: ``pgd`` or ``apgd``)."""
+    """``minimal_eps: {enabled, eps_max, n_bisect, bins, attack}`` of the evaluation callback.
+
+    ``attack`` is an attack spec (:class:`attacks.AttackSpec`: ``{name, norm?, steps?, …}``,
+    or just a name such as ``apgd``, which keeps the default's norm, steps and start); a
+    mapping without ``name`` or naming ``pgd`` changes :data:`DEFAULT_ATTACK`. The attack starts
+    at ``x`` unless the spec says ``random_start: true``.
+    """
 
     enabled: bool = False
     eps_max: float = 0.03
-    steps: int = 10
     n_bisect: int = 6
-    norm: str = "linf"
     bins: int = 20
-    attack: str = "pgd"
+    attack: AttackSpec = field(default_factory=lambda: AttackSpec.parse(None, "minimal_eps.attack",
+                                                                        DEFAULT_ATTACK))
+
+    @property
+    def steps(self) -> int:
+        """The attack's steps (for reports)."""
+        return int(self.attack.setting("steps") or 1)
+
+    @property
+    def norm(self) -> str:
+        """The attack's norm (for reports)."""
+        return str(self.attack.setting("norm"))
 
     @classmethod
     def parse(cls, value: dict[str, Any] | bool | None, field_name: str = "minimal_eps") -> MinimalEpsConfig:
@@ -41,17 +64,37 @@ class MinimalEpsConfig:
         if value is True:
             return cls(enabled=True)
         if not isinstance(value, dict):
-            raise ValueError(f"{field_name}: expected a mapping {{enabled, eps_max, steps, n_bisect}}, got {value!r}")
-        unknown = set(value) - set(cls.__dataclass_fields__)
+            raise ValueError(f"{field_name}: expected a mapping {{enabled, eps_max, n_bisect, attack}}, "
+                             f"got {value!r}")
+        value = dict(value)
+        moved = sorted({"steps", "norm"} & set(value))
+        if moved:
+            raise ValueError(f"{field_name}: {moved} belong to the attack spec, e.g. "
+                             f"attack: {{name: pgd, steps: 10, norm: linf}}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(value) - known
         if unknown:
-            raise ValueError(f"{field_name}: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(f"{field_name}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        attack = value.get("attack")
+        name = attack if isinstance(attack, str) else (
+            attack.get("name") if isinstance(attack, dict) else None)
+        if name is not None:  # before the spec check: the default's norm/steps may not apply
+            key = canonical_name(str(name))
+            takes = inspect.signature(ATTACKS[key].__init__).parameters
+            if not ("eps" in takes and "norm" in takes and ATTACKS[key].uses_model):
+                raise ValueError(f"{field_name}.attack must be an attack of the model inside an "
+                                 f"eps-ball of a chosen norm (pgd, apgd, …), got {name!r}")
+        value["attack"] = spec = AttackSpec.parse(attack, f"{field_name}.attack", DEFAULT_ATTACK)
+        if spec.random_start is None and spec.setting("random_start") is not None:
+            spec.random_start = False  # start at x unless asked: a deterministic bisection
+        if spec.loss is not None:
+            raise ValueError(f"{field_name}.attack.loss: the bisection attacks the task's loss; "
+                             f"remove loss={spec.loss!r}")
         cfg = cls(**{"enabled": True, **value})
         if not cfg.eps_max > 0:
             raise ValueError(f"{field_name}.eps_max must be > 0, got {cfg.eps_max}")
-        if cfg.attack not in ("pgd", "apgd"):
-            raise ValueError(f"{field_name}.attack must be 'pgd' or 'apgd', got {cfg.attack!r}")
-        if cfg.steps < 1 or cfg.n_bisect < 1:
-            raise ValueError(f"{field_name}.steps and .n_bisect must be >= 1, got {cfg.steps}, {cfg.n_bisect}")
+        if cfg.n_bisect < 1:
+            raise ValueError(f"{field_name}.n_bisect must be >= 1, got {cfg.n_bisect}")
         return cfg
 
 
@@ -68,8 +111,6 @@ def minimal_eps_batch(
 
     Cost: ``(n_bisect + 1) × steps`` forward/backward passes at most (fewer with early stop).
     """
-    from attacks import APGD, PGD
-
     x = batch["image"]
     size = x.shape[0]
 
@@ -80,9 +121,7 @@ def minimal_eps_batch(
         return task.is_violated(output, target).bool()
 
     def broken_at(eps: torch.Tensor) -> torch.Tensor:
-        cls = APGD if cfg.attack == "apgd" else PGD
-        atk = cls(eps=eps, norm=cfg.norm, steps=cfg.steps, random_start=False,
-                  bounds=tuple(task.data_info.bounds), bn_mode=bn_mode, dropout_mode=dropout_mode)
+        atk = cfg.attack.build(eps, tuple(task.data_info.bounds), (bn_mode, dropout_mode))
         res = atk.perturb(model, x, batch, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
         assert res.success is not None
         return res.success
@@ -117,7 +156,7 @@ def summarise(values: list[float], cfg: MinimalEpsConfig) -> dict[str, Any]:
         "steps": cfg.steps,
         "n_bisect": cfg.n_bisect,
         "norm": cfg.norm,
-        "attack": cfg.attack,
+        "attack": cfg.attack.name,
         "resolution": cfg.eps_max / 2**cfg.n_bisect,
         "num_samples": n,
         "median": median if math.isfinite(median) else None,

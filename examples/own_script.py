@@ -84,7 +84,7 @@ def main(out: Path) -> dict[str, dict]:
     # 1. a built network in medrobust's ClassificationModule, trained with SAT
     info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
                     num_train=len(train))
-    module = ClassificationModule(net=small_net(), data_info=info, method=SAT(eps=0.02, steps=3), lr=3e-3)
+    module = ClassificationModule(net=small_net(), data_info=info, method=SAT(eps=0.02, attack={"steps": 3}), lr=3e-3)
     try:
         trainer(out, "tuples", AdversarialEvaluation(**evaluation)).fit(
             module, DataLoader(train, batch_size=32), DataLoader(val, batch_size=32))

@@ -51,7 +51,7 @@ from attacks.options import check_choice
 from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoint_callbacks
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
-from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.methods.base import TrainingMethod, upgrade_init_args
 from lightning_modules.nets.builder import build_net, import_object, net_instance_marker
 from lightning_modules.nets.normalize import Normalize
 from lightning_modules.protocol import Batch
@@ -482,7 +482,7 @@ def as_method(value: Any, owner: str) -> TrainingMethod:
             raise ValueError(
                 f"{owner}.method.class_path={value['class_path']!r} is not a TrainingMethod subclass"
             )
-        return cls(**dict(value.get("init_args") or {}))
+        return cls(**upgrade_init_args(cls, value.get("init_args") or {}))
     raise ValueError(
         f"{owner}.method must be a TrainingMethod or {{class_path, init_args}}, got {value!r}"
     )

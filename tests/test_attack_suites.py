@@ -159,7 +159,8 @@ def test_minimal_eps_with_apgd_is_an_upper_bound_no_looser_than_pgd() -> None:
     model = module.attack_model()
     vals = {}
     for attack in ("pgd", "apgd"):
-        cfg = MinimalEpsConfig.parse({"eps_max": 0.05, "steps": 10, "n_bisect": 5, "attack": attack})
+        cfg = MinimalEpsConfig.parse({"eps_max": 0.05, "n_bisect": 5,
+                                      "attack": {"name": attack, "steps": 10}})
         vals[attack] = minimal_eps_batch(module, model, batch, cfg)
     finite = torch.isfinite(vals["apgd"])
     assert finite.float().mean() > 0.5

@@ -29,15 +29,38 @@ def test_set_path_selects_callbacks_and_skips_missing_parents() -> None:
     cfg = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_clean-xue2019.yaml")
     assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation:noise].init_args.test_subset", 5)
     assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation].init_args.subset", 3)
-    assert not runner.set_path(cfg, "model.init_args.method.init_args.steps", 3)  # Clean has no args
+    assert not runner.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)  # Clean has no args
     sat = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_sat-xue2019.yaml")
     assert not runner.set_path(sat, "model.init_args.method[Denoise].init_args.denoiser", {})
-    assert runner.set_path(sat, "model.init_args.method[SAT].init_args.steps", 2)
+    assert runner.set_path(sat, "model.init_args.method[SAT].init_args.attack.steps", 2)
     assert "denoiser" not in sat["model"]["init_args"]["method"]["init_args"]
-    assert sat["model"]["init_args"]["method"]["init_args"]["steps"] == 2
+    assert sat["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] == 2
     adv, noise = [cb["init_args"] for cb in cfg["trainer"]["callbacks"][1:]]
     assert adv["subset"] == 3 and adv["test_subset"] is None
     assert noise["prefix"] == "noise" and noise["test_subset"] == 5
+
+
+def test_attack_overrides_fill_in_the_method_default_attack() -> None:
+    """``method.init_args.attack.steps`` applies also where a config leaves the attack to the
+    method's default: the default spec is written in first, then changed; a non-method node or
+    a method without an attack (Clean) is left alone."""
+    from lightning_modules.methods import AMAT, SAT
+
+    cfg = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.AMAT",
+                                              "init_args": {"delta": 0.1}}}}}
+    assert runner.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)
+    assert cfg["model"]["init_args"]["method"]["init_args"]["attack"] == {**AMAT.default_attack, "steps": 3}
+    assert AMAT.default_attack["steps"] == 20  # the class default itself is not modified
+    sat = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.SAT",
+                                              "init_args": {"eps": 0.01}}}}}
+    assert runner.set_attack_steps(sat, 4) == {}  # no attack spec written: nothing to change
+    assert runner.set_path(sat, "model.init_args.method.init_args.attack.norm", "l2")
+    assert sat["model"]["init_args"]["method"]["init_args"]["attack"] == {**SAT.default_attack, "norm": "l2"}
+    assert runner.set_attack_steps(sat, 4) == {"method.attack.steps": 4}
+    clean = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.Clean",
+                                                "init_args": {}}}}}
+    assert not runner.set_path(clean, "model.init_args.method.init_args.attack.steps", 3)
+    assert not runner.set_path({"trainer": {}}, "trainer.attack.steps", 3)
 
 
 def test_quick_scales_l2_budgets_with_the_image() -> None:

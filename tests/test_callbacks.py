@@ -350,7 +350,8 @@ def test_dense_task_modules(tmp_path: Path, task: str, metric: str, other: str) 
 def test_minimal_eps_output(tmp_path: Path) -> None:
     dm = make_datamodule()
     model = make_module(dm)
-    cb = AdversarialEvaluation(**{**FAST, "subset": 6}, minimal_eps={"eps_max": 0.2, "steps": 3, "n_bisect": 4})
+    cb = AdversarialEvaluation(**{**FAST, "subset": 6}, minimal_eps={"eps_max": 0.2, "attack": {"steps": 3},
+                                                                   "n_bisect": 4})
     logger = CSVLogger(tmp_path, name="me")
     tr = trainer(tmp_path, [cb], logger)
     tr.validate(model, dm, verbose=False)
@@ -368,7 +369,7 @@ def test_margin_monitor_logs_quantiles(tmp_path: Path) -> None:
         from lightning_modules import AMAT
 
         cls = real_module_class("classification")
-        model = cls(net=SMALL_NETS["classification"], data_info=dm.info, method=AMAT(steps=2))
+        model = cls(net=SMALL_NETS["classification"], data_info=dm.info, method=AMAT(attack={"steps": 2}))
     else:  # stand-in for AMAT: a method holding a margins buffer
         model = ToyClassifier(dm.info)
         model.method = torch.nn.Module()

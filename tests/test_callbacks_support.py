@@ -196,7 +196,7 @@ def build_real_module(cls: type, dm: SyntheticDataModule, method: str, eps: floa
     """A real task module with a small network; ``method`` ``"clean"`` or ``"sat"`` (PGD)."""
     from lightning_modules import SAT
 
-    m = SAT(eps=eps, steps=steps, random_start=True) if method == "sat" else None
+    m = SAT(eps=eps, attack={"steps": steps, "random_start": True}) if method == "sat" else None
     return cls(net=SMALL_NETS.get(dm.info.task), data_info=dm.info, method=m, lr=lr, **kw)
 
 

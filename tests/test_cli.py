@@ -31,7 +31,7 @@ def small_config(tmp_path: Path) -> Path:
         if cb["class_path"].endswith("AdversarialEvaluation"):
             cb["init_args"]["subset"] = 8
     cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4, 8]
-    cfg["model"]["init_args"]["method"]["init_args"]["steps"] = 2
+    cfg["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] = 2
     path = tmp_path / EXPERIMENT.name
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -80,7 +80,7 @@ def test_fit_validate_test_resume(tmp_path: Path, capsys: pytest.CaptureFixture[
     log_dir = Path(fit.trainer.log_dir)
     assert log_dir == Path(root) / EXPERIMENT.stem / "version_0"
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["method"]["init_args"]["steps"] == 2  # resolved config
+    assert saved["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] == 2  # resolved config
     assert (log_dir / "metrics.csv").is_file()
     ckpt = log_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()

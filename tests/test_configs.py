@@ -34,9 +34,9 @@ def shrink(cfg: dict) -> dict:
     if "image_size" in data and len(data["image_size"]) == 2 and min(data["image_size"]) > 64:
         data["image_size"] = [64, 64]
     method = cfg.get("model", {}).get("init_args", {}).get("method") or {}
-    for key in ("steps", "adv_steps"):  # attack steps inside training methods
-        if key in (method.get("init_args") or {}):
-            method["init_args"][key] = 2
+    attack = (method.get("init_args") or {}).get("attack")  # the training method's attack spec
+    if isinstance(attack, dict) and "steps" in attack:
+        attack["steps"] = 2
     return cfg
 
 

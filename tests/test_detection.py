@@ -211,9 +211,9 @@ def test_trades_divergences() -> None:
 
 @pytest.mark.parametrize("method", ["sat", "amat", "trades", "denoise"])
 def test_methods_step_without_knowing_the_task(method: str) -> None:
-    m = {"sat": SAT(eps=0.02, steps=2), "amat": AMAT(steps=2, initial_threshold=2.0),
-         "trades": TRADES(eps=0.02, steps=2),
-         "denoise": Denoise(adversarial_fraction=0.5, adv_steps=1,
+    m = {"sat": SAT(eps=0.02, attack={"steps": 2}), "amat": AMAT(attack={"steps": 2}, initial_threshold=2.0),
+         "trades": TRADES(eps=0.02, attack={"steps": 2}),
+         "denoise": Denoise(adversarial_fraction=0.5, attack={"steps": 1},
                             feature_layer="detector.backbone")}[method]
     module = DetectionModule(data_info=_info(), method=m)
     module.train()

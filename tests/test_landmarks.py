@@ -249,8 +249,8 @@ def test_regression_head_variant_and_joint_forward() -> None:
 @pytest.mark.parametrize("method", ["sat", "amat", "trades"])
 def test_methods_step_without_knowing_the_task(method: str) -> None:
     """One training step of each adversarial method through the task-agnostic protocol."""
-    m = {"sat": SAT(eps=0.02, steps=2), "amat": AMAT(steps=2, initial_threshold=1e-3),
-         "trades": TRADES(eps=0.02, steps=2)}[method]
+    m = {"sat": SAT(eps=0.02, attack={"steps": 2}), "amat": AMAT(attack={"steps": 2}, initial_threshold=1e-3),
+         "trades": TRADES(eps=0.02, attack={"steps": 2})}[method]
     info = _info()
     module = LandmarkModule(data_info=info, method=m,
                             net={"class_path": "lightning_modules.nets.SmallUNet",

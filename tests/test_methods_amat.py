@@ -63,7 +63,7 @@ def test_amat_hand_made_batch_grows_robust_and_shrinks_violated() -> None:
     info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
                     num_train=4)
     m = ClassificationModule(net=TINY_CNN, data_info=info,
-                             method=AMAT(delta=0.1, max_margin=0.55, steps=20, alpha=4.0,
+                             method=AMAT(delta=0.1, max_margin=0.55, attack={"steps": 20}, alpha=4.0,
                                          early_stop=True))  # the halving variant
     m.net = MeanLogit()
     # 16×16 images in [0, 1], normalization (x − 0.5)/0.25. Flipping a sample needs a uniform
@@ -104,7 +104,7 @@ def test_attack_forwards_leave_bn_stats_and_grads() -> None:
     gradients are untouched until the joint training forward."""
     info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
                     num_train=8)
-    m = ClassificationModule(net=TINY_CNN, data_info=info, method=AMAT(steps=3))
+    m = ClassificationModule(net=TINY_CNN, data_info=info, method=AMAT(attack={"steps": 3}))
     m.train()
     before = {k: v.clone() for k, v in m.net.state_dict().items() if "running" in k or "num_batches" in k}
     seen = {}
@@ -146,7 +146,7 @@ def _fit(tmp: Path, epochs: int, ckpt: str | None = None, callbacks: list | None
     dm = OrderedSynthetic(task="classification", num_train=24, num_val=8, num_test=8,
                           image_size=(16, 16), batch_size=8)
     model = ClassificationModule(net=TINY_CNN, data_info=dm.info,
-                                 method=AMAT(delta=0.05, max_margin=1.0, steps=3))
+                                 method=AMAT(delta=0.05, max_margin=1.0, attack={"steps": 3}))
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=1, accelerator="cpu",
@@ -205,8 +205,7 @@ DDP_SCRIPT = textwrap.dedent('''
         net = {"class_path": "lightning_modules.nets.SmallCNN",
                "init_args": {"features": [4, 8], "norm": "none"}}
         model = ClassificationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                     method=AMAT(delta=0.05, max_margin=1.0, steps=3,
-                                                 random_start=False))
+                                     method=AMAT(delta=0.05, max_margin=1.0, attack={"steps": 3, "random_start": False}))
         trainer = L.Trainer(accelerator="cpu", devices=devices,
                             strategy="ddp" if devices > 1 else "auto", max_epochs=1,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -259,7 +258,7 @@ def test_adv_loss_on_clean_correct_closed_form() -> None:
     beta = 0.3
     for on in ("clean_correct", "all"):
         m = ClassificationModule(net=TINY_CNN, data_info=info,
-                                 method=AMAT(delta=0.1, steps=3, beta=beta, adv_loss_on=on))
+                                 method=AMAT(delta=0.1, attack={"steps": 3}, beta=beta, adv_loss_on=on))
         m.net = MeanLogit()
         seen: dict = {}
         original = m.forward_joint
@@ -301,7 +300,7 @@ def test_early_stop_off_runs_every_step_and_keeps_violated_margin() -> None:
     results = {}
     for early in (True, False):
         m = ClassificationModule(net=TINY_CNN, data_info=info,
-                                 method=AMAT(delta=0.1, max_margin=1.0, steps=10, early_stop=early))
+                                 method=AMAT(delta=0.1, max_margin=1.0, attack={"steps": 10}, early_stop=early))
         m.net = Counting()
         m.method.margins.fill_(0.5)
         calls["n"] = 0
@@ -367,7 +366,7 @@ def test_margins_grow_by_delta_per_epoch_when_samples_stay_correct(tmp_path: Pat
     info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
                     num_train=n)
     model = ClassificationModule(net=TINY_CNN, data_info=info, lr=1e-3,
-                                 method=AMAT(delta=delta, max_margin=5.0, steps=5))
+                                 method=AMAT(delta=delta, max_margin=5.0, attack={"steps": 5}))
     model.net = FarApart()
     rec = RecordMargins()
     monitor = MarginMonitor(budgets=(0.4, 0.5))
@@ -439,7 +438,7 @@ def _fit_seg(tmp: Path, epochs: int, clean: Path, ckpt: str | None = None,
     L.seed_everything(0)
     dm = _seg_data()
     model = SegmentationModule(net=TINY_UNET, data_info=dm.info, lr=0.01,
-                               method=AMAT(delta=0.3, max_margin=3.0, steps=3,
+                               method=AMAT(delta=0.3, max_margin=3.0, attack={"steps": 3},
                                            clean_checkpoint=str(clean)))
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=tmp, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -528,8 +527,7 @@ DDP_SEG_SCRIPT = textwrap.dedent('''
         net = {"class_path": "lightning_modules.nets.SmallUNet",
                "init_args": {"features": [4, 8], "norm": "none"}}
         model = SegmentationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                   method=AMAT(delta=0.3, max_margin=3.0, steps=3,
-                                               random_start=False, clean_checkpoint=clean))
+                                   method=AMAT(delta=0.3, max_margin=3.0, attack={"steps": 3, "random_start": False}, clean_checkpoint=clean))
         trainer = L.Trainer(accelerator="cpu", devices=devices,
                             strategy="ddp" if devices > 1 else "auto", max_epochs=1,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,

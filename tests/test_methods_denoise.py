@@ -31,7 +31,7 @@ def test_denoise_method_options() -> None:
         ClassificationModule(net=TINY_CNN, data_info=dm.info, method=Denoise(feature_layer="nope"))
     m = ClassificationModule(net=TINY_CNN, data_info=dm.info,
                              method=Denoise(denoiser=DAE, feature_layer="features",
-                                            adversarial_fraction=0.5, adv_steps=2))
+                                            adversarial_fraction=0.5, attack={"steps": 2}))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss, logs = m.method.training_loss(m, batch)

@@ -45,8 +45,8 @@ def test_sat_and_amat_are_more_robust_than_clean() -> None:
         "clean": train_and_attack(Clean(), items, val, dm.info),
         # Half clean batches and a budget below the evaluation's (same k for both methods): the synthetic classes live in
         # fine texture that adversarial-only training at full ε can erase (see the configs).
-        "sat": train_and_attack(SAT(eps=0.015, steps=3, beta=0.5), items, val, dm.info),
-        "amat": train_and_attack(AMAT(delta=0.05, max_margin=1.0, steps=3), items, val, dm.info),
+        "sat": train_and_attack(SAT(eps=0.015, attack={"steps": 3}, beta=0.5), items, val, dm.info),
+        "amat": train_and_attack(AMAT(delta=0.05, max_margin=1.0, attack={"steps": 3}), items, val, dm.info),
     }
     clean_acc, clean_rob = results["clean"]
     assert clean_acc >= 0.85, results

@@ -39,7 +39,7 @@ def test_schedules() -> None:
 
 
 def test_sat_current_eps_follows_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
-    sat = SAT(schedule="staged", stages=[[0.001, 1], [0.002, 1]], steps=2, rel_step_size=0.25)
+    sat = SAT(schedule="staged", stages=[[0.001, 1], [0.002, 1]], attack={"steps": 2, "rel_step_size": 0.25})
     m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=sat)
     epoch = {"value": 0}
     monkeypatch.setattr(type(m), "current_epoch", property(lambda self: epoch["value"]))
@@ -56,7 +56,7 @@ def test_sat_current_eps_follows_the_schedule(monkeypatch: pytest.MonkeyPatch) -
 def test_sat_step_classification_and_segmentation(beta: float) -> None:
     for info, net, batch in ((CLS, TINY_CNN, cls_batch()), (SEG, TINY_UNET, seg_batch())):
         module = (ClassificationModule if info.task == "classification" else SegmentationModule)
-        m = module(net=net, data_info=info, method=SAT(eps=0.03, steps=2, beta=beta))
+        m = module(net=net, data_info=info, method=SAT(eps=0.03, attack={"steps": 2}, beta=beta))
         loss, logs = m.method.training_loss(m, batch)
         loss.backward()
         assert torch.isfinite(loss) and logs["eps"] == 0.03 and "adv_violated" in logs
@@ -64,7 +64,7 @@ def test_sat_step_classification_and_segmentation(beta: float) -> None:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.parameters())
 
 
-@pytest.mark.parametrize("method", [SAT(eps=0.05, steps=3, beta=0.5), TRADES(eps=0.05, steps=3)],
+@pytest.mark.parametrize("method", [SAT(eps=0.05, attack={"steps": 3}, beta=0.5), TRADES(eps=0.05, attack={"steps": 3})],
                          ids=["sat", "trades"])
 def test_attack_forwards_do_not_touch_bn_stats_or_grads(method) -> None:
     """Everything before the training forward (the attack, TRADES' reference output) leaves
@@ -89,7 +89,7 @@ def test_attack_forwards_do_not_touch_bn_stats_or_grads(method) -> None:
 
 
 def test_sat_attack_is_reproducible_by_seed() -> None:
-    m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=SAT(eps=0.05, steps=2, seed=3))
+    m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=SAT(eps=0.05, attack={"steps": 2}, seed=3))
     m.eval()
     b = cls_batch()
     g1 = m.method.generator(m, torch.device("cpu"), 3)
@@ -102,7 +102,7 @@ def test_sat_attack_is_reproducible_by_seed() -> None:
 
 
 def test_trades_segmentation_uses_the_task_divergence() -> None:
-    m = SegmentationModule(net=TINY_UNET, data_info=SEG, method=TRADES(eps=0.03, steps=2, beta=2.0))
+    m = SegmentationModule(net=TINY_UNET, data_info=SEG, method=TRADES(eps=0.03, attack={"steps": 2}, beta=2.0))
     loss, logs = m.method.training_loss(m, seg_batch())
     loss.backward()
     assert torch.isfinite(loss) and logs["divergence"] >= 0

@@ -165,8 +165,8 @@ def test_bad_configs_name_the_field() -> None:
         ClassificationModule(data_info=info(), optimizer="lbfgs")
     with pytest.raises(ValueError, match="SAT.beta"):
         SAT(beta=2.0)
-    with pytest.raises(ValueError, match="SAT.norm"):
-        SAT(norm="l1")
+    with pytest.raises(ValueError, match="SAT.attack.norm"):
+        SAT(attack={"norm": "l1"})
     with pytest.raises(ValueError, match="SAT.stages"):
         SAT(schedule="staged")
     with pytest.raises(ValueError, match="AMAT.delta"):
@@ -179,11 +179,11 @@ def test_bad_configs_name_the_field() -> None:
 
 
 def test_hparams_are_plain_and_rebuild_the_method() -> None:
-    m = ClassificationModule(net=TINY_CNN, data_info=info(), method=SAT(eps=0.01, steps=3))
+    m = ClassificationModule(net=TINY_CNN, data_info=info(), method=SAT(eps=0.01, attack={"steps": 3}))
     hp = dict(m.hparams)
     assert hp["method"] == {"class_path": "lightning_modules.methods.sat.SAT",
-                            "init_args": SAT(eps=0.01, steps=3).config()["init_args"]}
+                            "init_args": SAT(eps=0.01, attack={"steps": 3}).config()["init_args"]}
     assert hp["data_info"]["num_classes"] == 2 and isinstance(hp["data_info"]["bounds"], list)
     clone = ClassificationModule(**{k: v for k, v in hp.items()})
-    assert clone.method.steps == 3 and clone.method.current_eps == 0.01
+    assert clone.method.attack.steps == 3 and clone.method.current_eps == 0.01
     assert clone.data_info == m.data_info

@@ -107,7 +107,7 @@ def test_segmentation_module_2d_3d(dims: int) -> None:
 def test_segmentation_amat_step_with_threshold() -> None:
     """AMAT on segmentation: warm-up step (no threshold yet), then a threshold from the clean
     Dice statistics, then an adversarial step."""
-    m = SegmentationModule(net=TINY_UNET, data_info=info(), method=AMAT(steps=2, delta=0.1))
+    m = SegmentationModule(net=TINY_UNET, data_info=info(), method=AMAT(attack={"steps": 2}, delta=0.1))
     b = {"image": torch.rand(4, 1, 8, 8), "mask": torch.randint(0, 3, (4, 8, 8)),
          "index": torch.arange(4)}
     m.method.on_train_epoch_start(m)

@@ -36,7 +36,7 @@ def tiny(tmp_path: Path, experiment: str) -> Path:
             cb["init_args"].update(subset=8, attacks=[{"name": "pgd", "norm": "linf", "steps": 1}])
     cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4, 8]
     method = cfg["model"]["init_args"]["method"]["init_args"]
-    method["steps"] = 1
+    method["attack"]["steps"] = 1
     path = tmp_path / "cfg" / f"{experiment}.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))

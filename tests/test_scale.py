@@ -93,7 +93,7 @@ def test_cli_adds_batch_scaling_and_speed_callbacks(tmp_path: Path) -> None:
 def _fit_two_steps(speed: SpeedOptions | None, tmp_path: Path) -> ClassificationModule:
     L.seed_everything(0, verbose=False)
     dm = tiny_dm()
-    model = ClassificationModule(net=NET, data_info=dm.info, method=SAT(eps=0.02, steps=2), lr=0.01)
+    model = ClassificationModule(net=NET, data_info=dm.info, method=SAT(eps=0.02, attack={"steps": 2}), lr=0.01)
     L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
               default_root_dir=tmp_path, callbacks=[speed] if speed else []).fit(model, dm)
@@ -200,7 +200,7 @@ TINY_RUN = {
     "model": {"class_path": "lightning_modules.ClassificationModule",
               "init_args": {"net": NET, "lr": 0.01,
                             "method": {"class_path": "lightning_modules.methods.SAT",
-                                       "init_args": {"eps": 0.02, "steps": 2}}}},
+                                       "init_args": {"eps": 0.02, "attack": {"name": "pgd", "steps": 2}}}}},
 }
 
 

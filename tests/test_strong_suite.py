@@ -61,7 +61,7 @@ def test_strong_suite_runs_beside_the_experiments_evaluation(tmp_path: Path) -> 
     cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
                                    if not cb["class_path"].endswith("MarginMonitor")]
     cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
-    cfg["model"]["init_args"]["method"]["init_args"]["steps"] = 1
+    cfg["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] = 1
     path = tmp_path / "quickstart.yaml"
     path.write_text(yaml.safe_dump(cfg))
     strong = yaml.safe_load(STRONG.read_text())

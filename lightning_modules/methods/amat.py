@@ -87,6 +87,7 @@ import glob
 import os
 import random
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
-from attacks import PGD, per_sample_norm
+from attacks import AttackSpec, per_sample_norm
 from attacks.tree import tree_map
 from lightning_modules.methods.base import (
     Logs,
@@ -149,7 +150,15 @@ class AMAT(TrainingMethod):
     Args:
         delta: margin step δ (L2, pixel units of ``data_info.bounds``); margins start at δ.
         max_margin: upper bound of every margin.
-        steps: L2 PGD steps (paper: 20).
+        attack: the attack, an :class:`attacks.AttackSpec` or its mapping (``None``:
+            :attr:`default_attack`, L2 PGD-20 with random start, as the paper). A mapping
+            without ``name`` or naming ``pgd`` changes the default (``{steps: 3}``,
+            ``{random_start: false}`` — start at ``x``; makes the attack independent of the
+            RNG, used by the DDP equivalence test). AMAT sets the budget (``E[i]``), the step
+            (``alpha·E[i]/steps``) and the start radius (``max(E[i] − δ, δ)``, capped at
+            ``E[i]``) per sample, so the spec gives none of them (an attack without a step
+            size or start radius, e.g. APGD, keeps its own rule); its norm must be L2 (the
+            margins are L2).
         alpha: step size factor: step ``alpha·E[i]/steps`` (paper: 4–5).
         beta: weight of the adversarial loss (paper: 0.5).
         clean_counts_as_correct: thresholded tasks: every clean input counts as correct
@@ -168,8 +177,6 @@ class AMAT(TrainingMethod):
         threshold_centre: ``"mean"`` (± z·std, authors) or ``"median"`` (± z·1.4826·MAD).
         warmup_epochs: clean epochs at the start (statistics are still collected). A task that
             needs a threshold trains clean until one exists anyway.
-        random_start: random start of norm ``max(E − δ, δ)`` (``False``: start at ``x``; makes
-            the attack independent of the RNG, used by the DDP equivalence test).
         attack_bn_mode, attack_dropout_mode: module modes during the attack (see SAT).
         seed: seed of the random start (with step and rank); ``None`` = global RNG.
 
@@ -181,12 +188,15 @@ class AMAT(TrainingMethod):
     """
 
     name = "amat"
+    #: L2 PGD-20 from a random start (Ma & Liang); budget, step and start radius per sample
+    default_attack = {"name": "pgd", "norm": "l2", "steps": 20, "random_start": True}
+    legacy_attack_fields = {"steps": "steps", "random_start": "random_start"}
 
     def __init__(
         self,
         delta: float = 0.1,
         max_margin: float = 2.0,
-        steps: int = 20,
+        attack: dict[str, Any] | AttackSpec | None = None,
         alpha: float = 4.0,
         beta: float = 0.5,
         clean_counts_as_correct: bool = True,
@@ -199,7 +209,6 @@ class AMAT(TrainingMethod):
         threshold_z: float = 0.0,
         threshold_centre: str = "mean",
         warmup_epochs: int = 0,
-        random_start: bool = True,
         attack_bn_mode: str = "eval",
         attack_dropout_mode: str = "eval",
         seed: int | None = 0,
@@ -214,13 +223,20 @@ class AMAT(TrainingMethod):
         check_choice(owner, "adv_loss_on", adv_loss_on, ("clean_correct", "all"))
         check_choice(owner, "threshold_from", threshold_from, ("clean_checkpoint", "running"))
         check_choice(owner, "threshold_centre", threshold_centre, ("mean", "median"))
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
+        spec = self.set_attack(attack, self.default_attack)
+        for key in ("step_size", "rel_step_size", "init_radius", "rel_init_radius"):
+            if getattr(spec, key) is not None:
+                raise ValueError(
+                    f"{owner}.attack.{key}: AMAT sets the step (alpha·E[i]/steps) and the start "
+                    "radius (max(E[i] − delta, delta)) per sample; remove it (tune alpha)")
+        if spec.setting("norm") != "l2":
+            raise ValueError(f"{owner}.attack.norm must be 'l2' (AMAT's margins are L2 radii), got "
+                             f"{spec.setting('norm')!r}")
         if clean_checkpoint is not None and threshold_from != "clean_checkpoint":
             raise ValueError(f"{owner}.clean_checkpoint is only used with "
                              f"threshold_from='clean_checkpoint', got threshold_from={threshold_from!r}")
         self.delta, self.max_margin = float(delta), float(max_margin)
-        self.steps, self.alpha, self.beta = steps, float(alpha), float(beta)
+        self.alpha, self.beta = float(alpha), float(beta)
         self.clean_counts_as_correct = bool(clean_counts_as_correct)
         self.adv_loss_on = adv_loss_on
         self.early_stop = bool(early_stop)
@@ -231,7 +247,6 @@ class AMAT(TrainingMethod):
         self.threshold_z = float(threshold_z)
         self.threshold_centre = threshold_centre
         self.warmup_epochs = int(warmup_epochs)
-        self.random_start = bool(random_start)
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
         self._direction: str | None = None
@@ -440,10 +455,11 @@ class AMAT(TrainingMethod):
             return hit if early_stop else torch.zeros_like(hit)
 
         start = torch.maximum(margins - self.delta, torch.full_like(margins, self.delta))
-        atk = PGD(eps=margins, norm="l2", steps=self.steps,
-                  step_size=self.alpha * margins / self.steps, random_start=self.random_start,
-                  init_radius=torch.minimum(start, margins), bounds=tuple(task.data_info.bounds),
-                  bn_mode=self.attack_bn_mode, dropout_mode=self.attack_dropout_mode)
+        steps = int(self.attack.setting("steps") or 1)
+        atk = self.attack.build(
+            margins, tuple(task.data_info.bounds), (self.attack_bn_mode, self.attack_dropout_mode),
+            overrides={"step_size": self.alpha * margins / steps,
+                       "init_radius": torch.minimum(start, margins)})
         x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss, success_fn=violated_fn,
                     generator=self.generator(task, x.device, self.seed))
 

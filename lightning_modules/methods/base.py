@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from attacks.mode import check_mode
 from attacks.options import check_choice as check_option
+from attacks.spec import AttackSpec
 from attacks.tree import tree_map
 from lightning_modules.protocol import Batch, RobustTask
 
@@ -47,6 +48,11 @@ class TrainingMethod(nn.Module):
     """
 
     name: ClassVar[str] = "method"
+    #: the method's own attack (an :class:`attacks.AttackSpec` mapping), for methods that
+    #: take an ``attack`` field; ``None`` for those without one (clean training)
+    default_attack: ClassVar[dict[str, Any] | None] = None
+    #: flat attack fields of checkpoints written before the ``attack`` spec → spec keys
+    legacy_attack_fields: ClassVar[dict[str, str]] = {}
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainingMethod:
         obj = super().__new__(cls)
@@ -70,6 +76,9 @@ class TrainingMethod(nn.Module):
                 raise TypeError(f"{type(self).__name__}: *args constructors cannot be recorded")
             else:
                 init_args[key] = _plain(value, f"{type(self).__name__}.{key}")
+        if "attack" in init_args and isinstance(getattr(self, "attack", None), AttackSpec):
+            # The attack as resolved (method default filled in), so the checkpoint says it.
+            init_args["attack"] = self.attack.to_config()
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
@@ -83,6 +92,24 @@ class TrainingMethod(nn.Module):
         owner = type(self).__name__
         self.attack_bn_mode = check_mode(bn, f"{owner}.attack_bn_mode")
         self.attack_dropout_mode = check_mode(dropout, f"{owner}.attack_dropout_mode")
+
+    def set_attack(self, attack: AttackSpec | Mapping[str, Any] | str | None,
+                   default: Mapping[str, Any]) -> AttackSpec:
+        """Check the method's ``attack`` field and keep it as ``self.attack``
+        (:class:`attacks.AttackSpec`). ``None`` is ``default`` (the method's own attack); a
+        mapping without ``name``, or naming the default's attack, changes the default (see
+        :meth:`AttackSpec.parse`). Errors name ``<Method>.attack``. Attack losses (``loss:``)
+        are an evaluation setting: a method hands the attack its own loss."""
+        where = f"{type(self).__name__}.attack"
+        spec = AttackSpec.parse(attack, where, default)
+        if spec.loss is not None:
+            raise ValueError(f"{where}.loss: a training method attacks its own loss (the task's "
+                             f"per-sample loss, or TRADES' divergence); remove loss={spec.loss!r}")
+        if not spec.budgeted:
+            raise ValueError(f"{where}: {spec.name!r} takes no budget eps; a training method "
+                             "needs an attack inside its eps-ball")
+        self.attack = spec
+        return spec
 
     # ------------------------------------------------------------------ hooks
     def setup(self, task: RobustTask) -> None:
@@ -132,6 +159,21 @@ class TrainingMethod(nn.Module):
         return gen
 
 
+def upgrade_init_args(cls: type[TrainingMethod], init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_args`` of a checkpoint written before the methods took one ``attack`` spec
+    (``steps``, ``norm``, ``rel_step_size``… as flat method fields) with those fields moved into
+    ``attack`` — so old checkpoints still load; current ``init_args`` are returned unchanged."""
+    args = dict(init_args)
+    old = {k: args.pop(k) for k in list(args) if k in cls.legacy_attack_fields}
+    if not old:
+        return args
+    attack = dict(args.get("attack") or getattr(cls, "default_attack", {}))
+    # (the old fields were checked then: at most one of step_size / rel_step_size was set)
+    attack.update({cls.legacy_attack_fields[k]: v for k, v in old.items() if v is not None})
+    args["attack"] = attack
+    return args
+
+
 def detach_output(out: Any) -> Any:
     """Detach a task output of any structure (tensor, dict, list, tuple)."""
     return tree_map(Tensor.detach, out)
@@ -141,6 +183,8 @@ def _plain(value: Any, where: str) -> Any:
     """Config-safe copy of ``value``: numbers, strings, None, lists and str-keyed dicts."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, AttackSpec):
+        return _plain(value.to_config(), where)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, Sequence):

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks import PGD, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from attacks import AttackSpec, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
 from lightning_modules.methods.base import Logs, TrainingMethod, check_choice, check_range
 from lightning_modules.nets.builder import build_net
 from lightning_modules.protocol import Batch, RobustTask
@@ -61,9 +61,12 @@ class Denoise(TrainingMethod):
         speckle_std: largest speckle σ (multiplicative), drawn the same way.
         uniform_eps: largest uniform-noise amplitude, drawn the same way.
         salt_pepper_amount: fraction of pixels set to the bounds.
-        adversarial_fraction: fraction of samples whose noise is a PGD adversarial perturbation
+        adversarial_fraction: fraction of samples whose noise is an adversarial perturbation
             of the whole pipeline instead (0 = general noise only).
-        adv_eps, adv_norm, adv_steps: that PGD's budget, norm and steps.
+        adv_eps: that attack's budget.
+        attack: that attack, an :class:`attacks.AttackSpec` or its mapping (``None``:
+            :attr:`default_attack`, PGD-5 L∞ with the attack's default step and random start);
+            a mapping without ``name`` or naming ``pgd`` changes the default (see :class:`SAT`).
         lambda_rec: weight of the reconstruction loss.
         lambda_inv: weight of the feature-invariance loss.
         feature_layer: dotted name of a submodule of the net whose output is ``φ``; ``None`` =
@@ -73,6 +76,9 @@ class Denoise(TrainingMethod):
     """
 
     name = "denoise"
+    #: PGD-5 L∞ (the attack's own step 2.5·ε/5 and random start)
+    default_attack = {"name": "pgd", "norm": "linf", "steps": 5}
+    legacy_attack_fields = {"adv_norm": "norm", "adv_steps": "steps"}
 
     def __init__(
         self,
@@ -84,8 +90,7 @@ class Denoise(TrainingMethod):
         salt_pepper_amount: float = 0.05,
         adversarial_fraction: float = 0.0,
         adv_eps: float = 0.004,
-        adv_norm: str = "linf",
-        adv_steps: int = 5,
+        attack: dict[str, Any] | AttackSpec | None = None,
         lambda_rec: float = 1.0,
         lambda_inv: float = 0.1,
         feature_layer: str | None = None,
@@ -106,14 +111,12 @@ class Denoise(TrainingMethod):
             check_range(owner, field, value, 0.0)
         check_range(owner, "salt_pepper_amount", salt_pepper_amount, 0.0, 1.0)
         check_range(owner, "adversarial_fraction", adversarial_fraction, 0.0, 1.0)
-        check_choice(owner, "adv_norm", adv_norm, ("linf", "l2"))
-        if isinstance(adv_steps, bool) or not isinstance(adv_steps, int) or adv_steps < 1:
-            raise ValueError(f"{owner}.adv_steps must be an int >= 1, got {adv_steps!r}")
+        self.set_attack(attack, self.default_attack)
         self.denoiser_spec = denoiser
         self.gaussian_std, self.speckle_std = float(gaussian_std), float(speckle_std)
         self.uniform_eps, self.salt_pepper_amount = float(uniform_eps), float(salt_pepper_amount)
         self.adversarial_fraction = float(adversarial_fraction)
-        self.adv_eps, self.adv_norm, self.adv_steps = float(adv_eps), adv_norm, adv_steps
+        self.adv_eps = float(adv_eps)
         self.lambda_rec, self.lambda_inv = float(lambda_rec), float(lambda_inv)
         self.feature_layer = feature_layer
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
@@ -177,9 +180,8 @@ class Denoise(TrainingMethod):
                  else torch.rand(b, device=x.device)).to(x.device)
             pick = u < self.adversarial_fraction
             if bool(pick.any()):
-                atk = PGD(eps=self.adv_eps, norm=self.adv_norm, steps=self.adv_steps,
-                          bounds=bounds, bn_mode=self.attack_bn_mode,  # type: ignore[arg-type]
-                          dropout_mode=self.attack_dropout_mode)
+                atk = self.attack.build(self.adv_eps, bounds,  # type: ignore[arg-type]
+                                        (self.attack_bn_mode, self.attack_dropout_mode))
                 x_adv = atk(task.attack_model(), x, batch, loss_fn=task.per_sample_loss,
                             generator=gen)
                 noisy = torch.where(pick.view(-1, *[1] * (x.ndim - 1)), x_adv, noisy)

@@ -3,10 +3,12 @@ schedules including the staged schedule of Joel et al. 2022."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from attacks import PGD
+from attacks import Attack, AttackSpec
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -21,20 +23,20 @@ from lightning_modules.protocol import Batch, RobustTask
 class SAT(TrainingMethod):
     """Madry et al. 2018 adversarial training, task-agnostic.
 
-    Each step: PGD-``steps`` maximises the task's per-sample loss inside the ``norm`` ball of
-    radius ε(epoch) around every image (in pixel units of ``data_info.bounds``), then the
-    network is trained on ``(1 − β)·L(x) + β·L(x_adv)``; ``beta=1`` is adversarial-only
-    training (Madry et al.; Joel et al. 2022 "100 % adversarial batches").
+    Each step: the ``attack`` (default PGD-10 L∞) maximises the task's per-sample loss inside
+    the ball of radius ε(epoch) around every image (in pixel units of ``data_info.bounds``),
+    then the network is trained on ``(1 − β)·L(x) + β·L(x_adv)``; ``beta=1`` is
+    adversarial-only training (Madry et al.; Joel et al. 2022 "100 % adversarial batches").
 
     Args:
         eps: budget ε (the maximum of a ``linear`` schedule).
-        norm: ``"linf"`` or ``"l2"``.
-        steps: PGD steps ``k``.
-        step_size: absolute PGD step; ``None`` → ``rel_step_size·ε`` if given, else the attack's
-            default ``2.5·ε/k``.
-        rel_step_size: step as a fraction of the current ε (Joel et al. 2022: ``0.25``, i.e.
-            ε/4), so the step follows the schedule.
-        random_start: PGD's random start inside the ball.
+        attack: the attack, an :class:`attacks.AttackSpec` or its mapping (``None``:
+            :attr:`default_attack`, PGD-10 L∞ with step ``2.5·ε/10`` and random start). A
+            mapping without ``name`` or naming ``pgd`` changes the default
+            (``{steps: 7, rel_step_size: 0.25}``: Joel et al. 2022's PGD-7 with step ε/4, which
+            follows the schedule); another attack stands on its own
+            (``{name: mifgsm, steps: 5}``, ``{name: apgd, steps: 10}``,
+            ``{name: pgd, restarts: 3}``). It is built each step at the current ε.
         beta: weight of the adversarial loss, in ``(0, 1]``.
         schedule: ``"constant"``, ``"linear"`` (warm-up over ``warmup_epochs``) or
             ``"staged"`` (``stages``).
@@ -53,15 +55,16 @@ class SAT(TrainingMethod):
     """
 
     name = "sat"
+    #: PGD-10 L∞ (Madry et al.), the attack's own step ``2.5·ε/steps`` and random start
+    default_attack = {"name": "pgd", "norm": "linf", "steps": 10}
+    legacy_attack_fields = {"norm": "norm", "steps": "steps", "step_size": "step_size",
+                            "rel_step_size": "rel_step_size",
+                            "random_start": "random_start"}
 
     def __init__(
         self,
         eps: float = 0.004,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: float | None = None,
-        rel_step_size: float | None = None,
-        random_start: bool = True,
+        attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 1.0,
         schedule: str = "constant",
         warmup_epochs: int = 0,
@@ -72,21 +75,11 @@ class SAT(TrainingMethod):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_choice(owner, "norm", norm, ("linf", "l2"))
         check_choice(owner, "schedule", schedule, SCHEDULES)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{owner}.steps must be an int >= 1, got {steps!r}")
-        if step_size is not None:
-            check_range(owner, "step_size", step_size, 0.0, lo_open=True)
-        if rel_step_size is not None:
-            check_range(owner, "rel_step_size", rel_step_size, 0.0, lo_open=True)
-        if step_size is not None and rel_step_size is not None:
-            raise ValueError(f"{owner}: give step_size or rel_step_size, not both")
+        self.set_attack(attack, self.default_attack)
         self.schedule = EpsSchedule(schedule, eps, warmup_epochs, stages, owner=owner)
-        self.norm, self.steps = norm, steps
-        self.step_size, self.rel_step_size = step_size, rel_step_size
-        self.random_start, self.beta = bool(random_start), float(beta)
+        self.beta = float(beta)
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
         self._current_eps = self.schedule(0)
@@ -103,17 +96,10 @@ class SAT(TrainingMethod):
     def on_train_epoch_start(self, task: RobustTask) -> None:
         self._current_eps = self.schedule(int(task.current_epoch))
 
-    def make_attack(self, task: RobustTask, eps: float) -> PGD:
-        """The PGD attack of this step (budget ``eps``)."""
-        if self.step_size is not None:
-            step: float | None = self.step_size
-        elif self.rel_step_size is not None:
-            step = self.rel_step_size * eps
-        else:
-            step = None
-        return PGD(eps=eps, norm=self.norm, steps=self.steps, step_size=step,
-                   random_start=self.random_start, bounds=tuple(task.data_info.bounds),
-                   bn_mode=self.attack_bn_mode, dropout_mode=self.attack_dropout_mode)
+    def make_attack(self, task: RobustTask, eps: float) -> Attack:
+        """The attack of this step (budget ``eps``)."""
+        return self.attack.build(eps, tuple(task.data_info.bounds),
+                                 (self.attack_bn_mode, self.attack_dropout_mode))
 
     # ------------------------------------------------------------------ training
     def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
