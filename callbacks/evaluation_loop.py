@@ -30,8 +30,14 @@ from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from callbacks.common import compute_metrics
 
 
-def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any],
+                      inputs: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take.
+
+    ``inputs`` is the loss's :attr:`attacks.task_losses.AttackLoss.inputs`: ``"default"``
+    (below) or ``"matched"`` (detection only: the class logits and decoded boxes of the
+    locations / proposals ``[B, L, K + 4]`` and the ground-truth class and box each covers
+    ``[B, L, 5]``, class ``-1`` where none; see ``DetectionOutput.matched_predictions``).
 
     classification: logits ``[B, K]``, labels ``[B]``; segmentation: logits
     ``[B, K, *spatial]``, mask ``[B, *spatial]``; landmarks: heatmaps ``[B, L, h, w]`` and
@@ -40,6 +46,12 @@ def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[to
     the batch) and their labels ``[B, N]`` (``-1`` in the padding).
     """
     kind = getattr(task, "task", None)
+    if inputs == "matched":
+        if kind != "detection":
+            raise ValueError(f"attack loss inputs 'matched' exist for detection only, not {kind!r}")
+        return task._output(output).matched_predictions(batch["boxes"], batch["labels"])
+    if inputs != "default":
+        raise ValueError(f"unknown attack loss inputs {inputs!r}; expected 'default' or 'matched'")
     if kind == "classification":
         return task._logits(output), task._labels(batch)
     if kind == "segmentation":
@@ -213,7 +225,7 @@ class RobustnessEvaluator:
         task's ``(logits, labels)`` (targets of targeted losses from the clean output)."""
         if spec.loss is None:
             return default
-        from attacks.task_losses import make_attack_loss
+        from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 
         task = self.task
         steps = int(spec.params.get("steps", 1))
@@ -223,9 +235,10 @@ class RobustnessEvaluator:
             if idx is not None:
                 clean_logits = clean_logits[idx]
         fn = make_attack_loss(spec.loss, clean_logits, steps, **spec.loss_args)
+        inputs = ATTACK_LOSSES[spec.loss].inputs
 
         def loss(output: Any, batch: Any) -> torch.Tensor:
-            logits, labels = task_loss_tensors(task, output, batch)
+            logits, labels = task_loss_tensors(task, output, batch, inputs)
             return fn(logits, labels)
 
         return loss
