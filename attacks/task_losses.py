@@ -3,22 +3,23 @@
 An attack loss is what an attack *ascends*; it need not be the training loss. Each factory
 here takes plain tensors (no task objects) and returns a per-sample loss ``-> [B]``:
 
-===============  ==============  ==========================================================
-name             task            paper
-===============  ==============  ==========================================================
-``ce``           classification  cross-entropy (Madry et al. 2018)
-``dlr``          classification  difference of logits ratio (Croce & Hein 2020)
-``dlr_targeted`` classification  targeted DLR, APGD-T (Croce & Hein 2020)
-``ce_targeted``  classification  targeted CE (Croce & Hein 2020, APGD-T with CE)
-``margin``       classification  CW margin (Carlini & Wagner 2017)
-``mask_ce``      segmentation    CE on still-correct pixels (Croce et al. 2024, SEA)
-``balanced_ce``  segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
-``js``           segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
-``segpgd``       segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
-``soft_argmax``  landmarks       distance of the soft-argmax point from the truth (ours)
-``vanishing``    detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
-``dag``          detection       DAG: flip GT-matched locations to a wrong class (Xie et al. 2017)
-===============  ==============  ==========================================================
+========================  ==============  ==========================================================================
+name                      task            paper
+========================  ==============  ==========================================================================
+``ce``                    classification  cross-entropy (Madry et al. 2018)
+``dlr``                   classification  difference of logits ratio (Croce & Hein 2020)
+``dlr_targeted``          classification  targeted DLR, APGD-T (Croce & Hein 2020)
+``ce_targeted``           classification  targeted CE (Croce & Hein 2020, APGD-T with CE)
+``margin``                classification  CW margin (Carlini & Wagner 2017)
+``mask_ce``               segmentation    CE on still-correct pixels (Croce et al. 2024, SEA)
+``balanced_ce``           segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
+``js``                    segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
+``segpgd``                segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
+``soft_argmax``           landmarks       distance of the soft-argmax point from the truth (ours)
+``soft_argmax_targeted``  landmarks       pull the points to truth + a shift (targeted; ours)
+``vanishing``             detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
+``dag``                   detection       DAG: GT-matched locations to a wrong class, boxes off (Xie et al. 2017)
+========================  ==============  ==========================================================================
 
 Factories are called once per attack call as ``factory(clean_logits, steps, **args)`` and
 return ``loss(logits, labels) -> [B]``. ``clean_logits`` (the model's output on the clean
@@ -215,6 +216,34 @@ def _soft_argmax(clean: Tensor | None, steps: int, beta: float = 50.0) -> Loss:
     return loss
 
 
+def _soft_argmax_targeted(clean: Tensor | None, steps: int, shift: Any = (2.0, 2.0),
+                          beta: float = 50.0) -> Loss:
+    """Targeted landmark attack: pull each decoded point towards ``truth + shift`` — a
+    plausible-looking but wrong anatomy, the landmark analogue of a targeted class (APGD-T,
+    Croce & Hein 2020; targeted adversarial examples, Carlini & Wagner 2017). Per image
+    ``−mean_visible ‖soft_argmax(heatmap) − clamp(truth + shift)‖₂`` (heatmap pixels), so
+    ascending it shrinks the distance to the target and an attack keeping its highest-loss
+    iterate (APGD) keeps the closest one. ``shift`` is ``(dx, dy)`` in heatmap pixels (image
+    pixels when the heatmap has the image's size; one number: the same for x and y); the
+    target is clamped into the heatmap so that it stays reachable. ``labels``: ``[B, K, 3]`` as
+    for ``soft_argmax``."""
+    vals = [float(v) for v in (shift if isinstance(shift, (list, tuple)) else (shift, shift))]
+    if len(vals) != 2 or not all(math.isfinite(v) for v in vals) or vals == [0.0, 0.0]:
+        raise ValueError(f"soft_argmax_targeted: shift must be a nonzero (dx, dy) pair of finite "
+                         f"pixels (or one number), got {shift!r}")
+
+    def loss(heat: Tensor, labels: Tensor) -> Tensor:
+        pts = soft_argmax(heat, beta)
+        h, w = heat.shape[-2:]
+        target = labels[..., :2].float() + pts.new_tensor(vals)
+        target = torch.stack([target[..., 0].clamp(0, w - 1), target[..., 1].clamp(0, h - 1)], dim=-1)
+        vis = labels[..., 2].float()
+        d = (pts - target).norm(dim=2) * vis
+        return -d.sum(dim=1) / vis.sum(dim=1).clamp_min(1)
+
+    return loss
+
+
 # ---------------------------------------------------------------------- detection
 def _vanishing(clean: Tensor | None, steps: int, score_thresh: float = 0.05) -> Loss:
     """Chow et al. 2020, "Adversarial Objectness Gradient Attacks in Real-time Object
@@ -334,6 +363,8 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
+    "soft_argmax_targeted": AttackLoss("landmarks", _soft_argmax_targeted,
+                                       "pull the soft-argmax points to truth + shift"),
     "vanishing": AttackLoss("detection", _vanishing, "TOG-vanishing: suppress confident detections"),
     "dag": AttackLoss("detection", _dag, "DAG: targeted misclassification of GT-matched locations",
                       inputs="matched"),

@@ -1,0 +1,71 @@
+"""The targeted landmark attack loss ``soft_argmax_targeted``: it pulls the decoded points
+towards ``truth + shift`` on a trained tiny U-Net, and the attack invariants still hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks import APGD, PGD
+from attacks.base import per_sample_norm
+from attacks.spec import parse_attack_specs
+from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
+from callbacks.evaluation_loop import task_loss_tensors
+from tests.attack_eval_support import trained
+
+SHIFT = (2.0, 2.0)  # the default shift
+
+
+def test_targeted_landmark_loss_values_and_errors() -> None:
+    """``−mean_visible ‖p − clamp(truth + shift)‖``: 0 exactly at the target, invisible
+    landmarks ignored, the target clamped into the heatmap."""
+    assert ATTACK_LOSSES["soft_argmax_targeted"].task == "landmarks"
+    heat = torch.full((1, 2, 8, 8), -10.0)
+    heat[0, 0, 5, 4] = 10.0  # point 0 at (x=4, y=5)
+    heat[0, 1, 0, 7] = 10.0  # point 1 at (x=7, y=0)
+    labels = torch.tensor([[[1.0, 7.0, 1.0], [7.0, 0.0, 0.0]]])  # truth 0 at (1, 7); 1 invisible
+    fn = make_attack_loss("soft_argmax_targeted", None, 1, shift=[3.0, -2.0])
+    assert fn(heat, labels).item() == pytest.approx(0.0, abs=1e-4)
+    far = make_attack_loss("soft_argmax_targeted", None, 1, shift=[30.0, 0.0])  # x clamped to 7
+    assert far(heat, labels).item() == pytest.approx(-((7 - 4) ** 2 + (7 - 5) ** 2) ** 0.5, abs=1e-3)
+    for bad in ([0.0, 0.0], [1.0, 2.0, 3.0], float("nan")):
+        with pytest.raises(ValueError, match="shift"):
+            make_attack_loss("soft_argmax_targeted", None, 1, shift=bad)
+    spec = parse_attack_specs([{"name": "apgd", "steps": 5,
+                                "loss": {"name": "soft_argmax_targeted", "shift": [2, 2]}}], "x")[0]
+    assert spec.loss == "soft_argmax_targeted" and spec.loss_args == {"shift": [2, 2]}
+
+
+def test_targeted_landmark_attack_moves_points_to_the_target() -> None:
+    """On a trained tiny U-Net at ε = 0.08 (L∞), 20 steps: APGD on the targeted loss (default
+    shift) brings the decoded points clearly closer to ``truth + shift`` than they are clean,
+    than the untargeted soft-argmax attack leaves them, and than PGD on the task loss does
+    (measured: 2.82 clean, 1.68 targeted, 3.80 untargeted); ε-ball and bounds hold."""
+    module, batch = trained("landmarks")
+    model, x, eps = module.attack_model(), batch["image"], 0.08
+    vis = batch["visible"]
+    h, w = x.shape[-2:]
+    target = batch["landmarks"] + torch.tensor(SHIFT)
+    target = torch.stack([target[..., 0].clamp(0, w - 1), target[..., 1].clamp(0, h - 1)], dim=-1)
+
+    def dist(x_adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            p = module.decode_points(model(x_adv))
+        return ((p - target).norm(dim=-1) * vis).sum().item() / vis.sum().item()
+
+    def attack(name: str) -> torch.Tensor:
+        fn = make_attack_loss(name, None, 20)
+        return APGD(eps=eps, steps=20)(model, x, batch, generator=torch.Generator().manual_seed(0),
+                                       loss_fn=lambda o, b: fn(*task_loss_tensors(module, o, b)))
+
+    x_t = attack("soft_argmax_targeted")
+    x_pgd = PGD(eps=eps, steps=20)(model, x, batch, loss_fn=module.per_sample_loss,
+                                   generator=torch.Generator().manual_seed(0))
+    clean, targeted = dist(x), dist(x_t)
+    untargeted, pgd = dist(attack("soft_argmax")), dist(x_pgd)
+    assert targeted < 0.75 * clean, (clean, targeted)
+    assert targeted < 0.6 * untargeted, (untargeted, targeted)
+    assert targeted < 0.75 * pgd, (pgd, targeted)
+    assert (per_sample_norm(x_t - x, "linf") <= eps + 1e-6).all()
+    lo, hi = module.data_info.bounds
+    assert x_t.min() >= lo and x_t.max() <= hi
