@@ -15,6 +15,7 @@ name                      task            paper
 ``balanced_ce``           segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
 ``js``                    segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
 ``segpgd``                segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
+``seg_targeted``          segmentation    targeted: pixels to a class map (Xie et al. 2017; Metzen et al. 2017)
 ``soft_argmax``           landmarks       distance of the soft-argmax point from the truth (ours)
 ``soft_argmax_targeted``  landmarks       pull the points to truth + a shift (targeted; ours)
 ``vanishing``             detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
@@ -191,6 +192,27 @@ def _segpgd(clean: Tensor | None, steps: int) -> Loss:
     return loss
 
 
+def _seg_targeted(clean: Tensor | None, steps: int, target_class: int | None = 0) -> Loss:
+    """Targeted segmentation: pull every pixel towards a target class map, ``−mean CE(z,
+    target)`` — the dense targeted attack of Xie et al. 2017 (DAG) and of the targeted
+    segmentation attacks in Metzen et al. 2017 ("Universal Adversarial Perturbations Against
+    Semantic Image Segmentation"). ``target_class`` an int: that class everywhere (the
+    default 0, background: make every structure vanish); ``None``: each pixel's
+    ``(label + 1) mod K`` (DAG's label permutation). Ascending it raises the share of pixels
+    predicted as the target."""
+    tc = None if target_class is None else int(target_class)
+
+    def loss(z: Tensor, y: Tensor) -> Tensor:
+        z, y = _seg_inputs(z, y)
+        k = z.shape[1]
+        if tc is not None and not 0 <= tc < k:
+            raise ValueError(f"seg_targeted: target_class={tc} but the logits have {k} classes")
+        target = torch.full_like(y, tc) if tc is not None else (y + 1) % k
+        return -_per_sample(F.cross_entropy(z, target, reduction="none"))
+
+    return loss
+
+
 # ---------------------------------------------------------------------- landmarks
 def soft_argmax(heat: Tensor, beta: float = 50.0) -> Tensor:
     """``[B, K, h, w] -> [B, K, 2]`` differentiable ``(x, y)`` heatmap peak (softmax-weighted
@@ -362,6 +384,7 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "balanced_ce": AttackLoss("segmentation", _balanced_ce, "class-balanced CE"),
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
+    "seg_targeted": AttackLoss("segmentation", _seg_targeted, "pull pixels to a target class map"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
     "soft_argmax_targeted": AttackLoss("landmarks", _soft_argmax_targeted,
                                        "pull the soft-argmax points to truth + shift"),

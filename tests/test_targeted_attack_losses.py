@@ -1,5 +1,6 @@
-"""The targeted landmark attack loss ``soft_argmax_targeted``: it pulls the decoded points
-towards ``truth + shift`` on a trained tiny U-Net, and the attack invariants still hold."""
+"""Targeted attack losses: ``soft_argmax_targeted`` (landmarks) pulls the decoded points
+towards ``truth + shift``, ``seg_targeted`` (segmentation) pulls pixels to a target class map,
+on trained tiny U-Nets, with the attack invariants intact."""
 
 from __future__ import annotations
 
@@ -69,3 +70,43 @@ def test_targeted_landmark_attack_moves_points_to_the_target() -> None:
     assert (per_sample_norm(x_t - x, "linf") <= eps + 1e-6).all()
     lo, hi = module.data_info.bounds
     assert x_t.min() >= lo and x_t.max() <= hi
+
+
+def test_seg_targeted_values_and_errors() -> None:
+    z = torch.tensor([[[[2.0, 0.0]], [[0.0, 3.0]]]])  # [1, 2, 1, 2]
+    y = torch.tensor([[[0, 1]]])
+    to0 = make_attack_loss("seg_targeted", None, 1)(z, y)
+    ce0 = torch.nn.functional.cross_entropy(z, torch.zeros(1, 1, 2, dtype=torch.long), reduction="none")
+    assert to0.item() == pytest.approx(-ce0.mean().item())
+    perm = make_attack_loss("seg_targeted", None, 1, target_class=None)(z, y)
+    ce = torch.nn.functional.cross_entropy(z, (y + 1) % 2, reduction="none")
+    assert perm.item() == pytest.approx(-ce.mean().item())
+    with pytest.raises(ValueError, match="target_class"):
+        make_attack_loss("seg_targeted", None, 1, target_class=5)(z, y)
+
+
+def test_seg_targeted_erases_the_foreground_more_than_untargeted_attacks() -> None:
+    """On a trained tiny U-Net at ε = 0.04 (L∞), 20 steps: APGD pulling every pixel to the
+    background relabels far more foreground pixels as background than PGD on the default loss
+    or APGD on Mask-CE (measured: 0.15 clean, 0.51 targeted, 0.29 PGD, 0.19 Mask-CE)."""
+    module, batch = trained("segmentation")
+    model, x, eps = module.attack_model(), batch["image"], 0.04
+
+    def erased(x_adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            z, y = task_loss_tensors(module, model(x_adv), batch)
+        pred = z.argmax(1) if z.shape[1] > 1 else (z[:, 0] > 0).long()
+        return (pred == 0)[y > 0].float().mean().item()
+
+    def apgd(name: str) -> torch.Tensor:
+        fn = make_attack_loss(name, None, 20)
+        return APGD(eps=eps, steps=20)(model, x, batch, generator=torch.Generator().manual_seed(0),
+                                       loss_fn=lambda o, b: fn(*task_loss_tensors(module, o, b)))
+
+    x_t = apgd("seg_targeted")
+    pgd = erased(PGD(eps=eps, steps=20)(model, x, batch["mask"], generator=torch.Generator().manual_seed(0)))
+    clean, targeted, mask_ce = erased(x), erased(x_t), erased(apgd("mask_ce"))
+    assert targeted > clean + 0.2, (clean, targeted)
+    assert targeted > pgd + 0.1, (pgd, targeted)
+    assert targeted > mask_ce + 0.1, (mask_ce, targeted)
+    assert (per_sample_norm(x_t - x, "linf") <= eps + 1e-6).all()
