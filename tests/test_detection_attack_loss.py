@@ -157,13 +157,17 @@ def test_evaluator_runs_a_dag_spec() -> None:
     assert grads["attacked"] == 3 and grads["nonfinite"] == 0
 
 
-def _train_tiny_fcos(steps: int = 300) -> tuple[DetectionModule, dict]:
-    """A tiny FCOS trained by a plain AdamW loop, under its own seeded RNG state and with
-    deterministic algorithms, on synthetic cells in a fixed order; and a 32-image val batch."""
+def _train_tiny_fcos(steps: int = 300, seed: int = 0) -> tuple[DetectionModule, dict]:
+    """A tiny FCOS trained by a plain AdamW loop, under its own seeded RNG state, with
+    deterministic algorithms and one CPU thread (the thread count changes the float reduction
+    order, and over 300 steps that gives a different model), on synthetic cells in a fixed
+    order; and a 32-image val batch."""
     deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     with torch.random.fork_rng():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
         try:
             dm = SyntheticDataModule(task="detection", num_train=480, num_val=32, num_test=8,
                                      image_size=(64, 64), in_channels=3, batch_size=8, seed=0)
@@ -184,6 +188,7 @@ def _train_tiny_fcos(steps: int = 300) -> tuple[DetectionModule, dict]:
             batch = collate_batch([val[i] for i in range(len(val))])
         finally:
             torch.use_deterministic_algorithms(deterministic)
+            torch.set_num_threads(threads)
     return module, batch
 
 
@@ -192,10 +197,22 @@ def trained_fcos() -> tuple[DetectionModule, dict]:
     return _train_tiny_fcos()
 
 
-def test_dag_lowers_map_more_than_pgd_on_the_training_loss(trained_fcos) -> None:
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dag_lowers_map_more_than_pgd_on_the_training_loss(trained_fcos, one_thread) -> None:
     """At ε = 0.02 (L∞), 10 steps, same step rule: PGD on DAG lowers mAP@0.5 of a trained tiny
     FCOS far more than PGD on the detector's training loss (measured 0.68 clean → 0.43 PGD →
-    0.25 DAG), and APGD on DAG is at least as strong as PGD on DAG."""
+    0.25 DAG), and APGD on DAG is at least as strong as PGD on DAG.
+
+    Not claimed for every trained model: over five tiny FCOS (seeds 0–3 and seed 0 trained with
+    two threads) DAG lowered mAP@0.5 more than PGD on four, by 0.015–0.18, and less on one (0.28
+    vs 0.25); see docs/attacks.md. This test pins one model (seed 0, one thread)."""
     module, batch = trained_fcos
     model, x, eps = module.attack_model(), batch["image"], 0.02
 
