@@ -146,6 +146,30 @@ def test_dag_inputs_shape_and_gradient(path: str) -> None:
         task_loss_tensors(module, module(x), batch, "dense")
 
 
+def test_dag_inputs_on_retinanet() -> None:
+    """RetinaNet (anchors matched at IoU >= the threshold, boxes decoded with its coder): the
+    matched inputs have the documented shapes and the DAG loss reaches the image."""
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from lightning_modules.nets.detectors import DetectorWrapper, TinyBackbone
+
+    torch.manual_seed(0)
+    det = RetinaNet(TinyBackbone(3, (16, 32), 64), num_classes=3, min_size=64, max_size=64,
+                    anchor_generator=AnchorGenerator(sizes=((8, 16),), aspect_ratios=((0.5, 1.0, 2.0),)),
+                    image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    wrapper = DetectorWrapper(det).eval()
+    batch = _batch()
+    x = batch["image"].clone().requires_grad_(True)
+    pred, target = wrapper(x).matched_predictions(batch["boxes"], batch["labels"], iou_thresh=0.3)
+    assert pred.shape == (3, 64 // 4 * 64 // 4 * 6, 3 + 4) and target.shape == (*pred.shape[:2], 5)
+    matched = target[..., 0] >= 0
+    assert matched[0].any() and matched[2].any() and not matched[1].any()
+    loss = make_attack_loss("dag", None, 1)(pred, target)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_evaluator_runs_a_dag_spec() -> None:
     from callbacks.evaluation_loop import RobustnessEvaluator
 
