@@ -9,11 +9,16 @@ the image starts at ``p_init`` and is halved on the paper's schedule (iterations
 
 * **L∞**: start from vertical stripes ``±ε`` (a random sign per channel and column); a proposal
   sets the whole window of one channel to a random ``±ε``.
-* **L2** (simplified): start from random ``±`` stripes rescaled to ``‖δ‖₂ = ε``; a proposal
-  redraws the window as Gaussian noise carrying the window's current mass plus a fresh share,
-  then the whole perturbation is rescaled onto the ``ε`` sphere. The paper's exact L2 update
-  (mass moved between two windows with its centred "square" pattern) is not reproduced; the
-  acceptance rule, schedule and budget are the same.
+* **L2** (the paper's Algorithm 3): start from a grid of ``5 × 5`` (``5³`` for 3-D) blocks,
+  each holding the centred "square" pattern ``η`` with a random sign per channel, rescaled to
+  ``‖δ‖₂ = ε``. A proposal draws two windows ``W1``, ``W2`` of the same (odd, ``>= 3``) side;
+  per channel it moves the perturbation mass of ``W1 ∪ W2`` — plus an even share of the
+  budget not yet used, ``(ε² − ‖δ‖²) / C`` — into ``W1`` as ``ρ·η* + δ_{W1}/‖δ_{W1}‖``
+  (``ρ = ±1``, ``η*`` the unit pattern) rescaled to that mass, and sets ``W2`` to zero. The
+  total norm is therefore ``ε`` again (the sphere, before the clamp to ``bounds``, which can
+  only shorten ``δ``). ``η`` is two centred patterns of opposite sign side by side (split
+  along a random spatial axis: the paper transposes with probability 1/2); a centred pattern
+  has value ``Σ_{k=m}^{K} 1/(k+1)²`` at Chebyshev distance ``m`` from its centre.
 
 Because it never looks at a gradient, a model that hides its gradient (quantised input,
 saturated softmax) does not stop it: Square beating the white-box attacks is a
@@ -109,6 +114,93 @@ class Square(Attack):
         assert mask is not None
         return mask.unsqueeze(1)
 
+    def _window_starts(self, call: AttackCall, side: list[int]) -> Tensor:
+        """``Long[B, dims]``: random window origins (uniform over the valid positions)."""
+        cols = [(self._rand(call, "uniform", (call.batch,)) * (n - s + 1)).floor().long().clamp_(0, n - s)
+                for n, s in zip(call.x.shape[2:], side)]
+        return torch.stack(cols, dim=1)
+
+    @staticmethod
+    def _mask(call: AttackCall, starts: Tensor, side: list[int]) -> Tensor:
+        """``Bool[B, 1, *spatial]`` of the windows at ``starts``."""
+        spatial = call.x.shape[2:]
+        mask: Tensor | None = None
+        for d, (n, s) in enumerate(zip(spatial, side)):
+            idx = torch.arange(n, device=call.x.device)
+            m = (idx[None] >= starts[:, d:d + 1]) & (idx[None] < starts[:, d:d + 1] + s)
+            shape = [call.batch] + [1] * len(spatial)
+            shape[1 + d] = n
+            m = m.view(shape)
+            mask = m if mask is None else mask & m
+        assert mask is not None
+        return mask.unsqueeze(1)
+
+    @staticmethod
+    def _place(call: AttackCall, patch: Tensor, starts: Tensor) -> Tensor:
+        """``[B, C, *spatial]`` zeros with ``patch`` (``[B, C, *side]``) at each sample's start."""
+        out = call.x.new_zeros(call.x.shape)
+        for i in range(call.batch):
+            sl = tuple(slice(int(a), int(a) + n) for a, n in zip(starts[i], patch.shape[2:]))
+            out[(i, slice(None), *sl)] = patch[i]
+        return out
+
+    def _eta(self, call: AttackCall, side: list[int]) -> Tensor:
+        """The paper's unit-norm pattern ``η`` on a window of ``side``: a centred pattern on
+        each half (split along a random spatial axis), the second half negated."""
+        axis = int(self._rand(call, "uniform", (1,)).item() * len(side)) % len(side)
+        h1 = side[axis] // 2
+        first, second = list(side), list(side)
+        first[axis], second[axis] = h1, side[axis] - h1
+        eta = torch.cat([_centred(first, call.x), -_centred(second, call.x)], dim=axis)
+        return eta / eta.norm().clamp_min(1e-12)
+
+    def _l2_init(self, call: AttackCall, e: Tensor) -> Tensor:
+        """A grid of blocks of side ``n // 5`` (centred on each axis), each ``±η`` per sample
+        and channel, rescaled to ``‖δ‖₂ = ε`` (the paper's L2 initialisation)."""
+        x = call.x
+        spatial = list(x.shape[2:])
+        side = [max(1, n // 5) for n in spatial]
+        offsets = [(n - s * (n // s)) // 2 for n, s in zip(spatial, side)]
+        delta = torch.zeros_like(x)
+        grid = torch.cartesian_prod(*[torch.arange(n // s) for n, s in zip(spatial, side)])
+        for cell in grid.reshape(-1, len(spatial)):
+            rho = self._rand(call, "uniform", (x.shape[0], x.shape[1], *([1] * len(spatial))))
+            rho = rho.lt(0.5).to(x.dtype).mul_(2).sub_(1)
+            sl = tuple(slice(o + int(c) * s, o + (int(c) + 1) * s)
+                       for o, c, s in zip(offsets, cell, side))
+            delta[(slice(None), slice(None), *sl)] = rho * self._eta(call, side)
+        return delta * (e / per_sample_norm(delta, "l2").clamp_min(1e-12).view_as(e))
+
+    def _l2_proposal(self, call: AttackCall, delta: Tensor, eps_t: Tensor, e: Tensor, p: float) -> Tensor:
+        """One L2 proposal (the paper's Algorithm 3, see the module docstring): mass of
+        ``W1 ∪ W2`` plus the unused budget into ``W1`` as ``ρη* + δ_W1/‖δ_W1‖``, ``W2 = 0``,
+        then onto the ε-sphere (``[B, C, *spatial]``; the caller clamps to the bounds)."""
+        x, b, c = call.x, call.batch, call.x.shape[1]
+        spatial = x.shape[2:]
+        dims = tuple(range(2, x.ndim))
+        # side ≈ n·p^(1/dims) per axis (the share p of the image), odd and >= 3 as in the paper
+        side = []
+        for n in spatial:
+            s = max(3, round(n * p ** (1 / len(spatial))))
+            s += 1 - s % 2
+            side.append(min(s, n))
+        st1 = self._window_starts(call, side)
+        st2 = self._window_starts(call, side)
+        w1, w2 = self._mask(call, st1, side), self._mask(call, st2, side)
+        union = (w1 | w2).to(x.dtype)
+        unused = (eps_t**2 - per_sample_norm(delta, "l2") ** 2).clamp_min(0)  # [B]
+        avail = ((delta * union) ** 2).sum(dim=dims) + (unused / c)[:, None]  # [B, C]
+        old = delta * w1
+        old = old / old.pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+        rho = self._rand(call, "uniform", (b, c, *([1] * len(spatial)))).lt(0.5).to(x.dtype).mul_(2).sub_(1)
+        eta = self._place(call, rho * self._eta(call, side).expand(b, c, *side), st1)
+        new = eta + old
+        new = new / new.pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
+        new = new * avail.sqrt().view(b, c, *([1] * len(spatial)))
+        cand = torch.where(w1, new, torch.where(w2, torch.zeros_like(delta), delta))
+        # exactly on the sphere (the update preserves the norm up to rounding and overlaps)
+        return cand * (eps_t / per_sample_norm(cand, "l2").clamp_min(1e-12)).view_as(e)
+
     def _loss(self, call: AttackCall, xa: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.no_grad():
             out = call.model(xa)  # type: ignore[misc]
@@ -131,8 +223,8 @@ class Square(Attack):
         def sign(shape: tuple[int, ...]) -> Tensor:
             return self._rand(call, "uniform", shape).lt(0.5).to(x.dtype).mul_(2).sub_(1)
 
-        stripes = sign((b, c, *([1] * (len(spatial) - 1)), spatial[-1]))  # vertical stripes
         if self.norm == "linf":
+            stripes = sign((b, c, *([1] * (len(spatial) - 1)), spatial[-1]))  # vertical stripes
             lower, upper = self._linf_box(call, eps)
 
             def project(delta: Tensor) -> Tensor:
@@ -143,8 +235,7 @@ class Square(Attack):
             def project(delta: Tensor) -> Tensor:
                 return self._project_l2(call, x + delta, eps)
 
-            delta = stripes.expand_as(x).clone()
-            delta *= e / per_sample_norm(delta, "l2").clamp_min(1e-12).view_as(e)
+            delta = self._l2_init(call, e)
         x_best = project(delta)
         delta = x_best - x
         best_loss, success = self._loss(call, x_best)
@@ -154,19 +245,14 @@ class Square(Attack):
             if not bool(active.any()):
                 break
             p = self._p(t)
-            # side ≈ n·p^(1/dims) per axis, so the window covers a share p of the image
-            side = [max(1, min(max(n - 1, 1), round(n * p ** (1 / len(spatial))))) for n in spatial]
-            win = self._window(call, side)  # [B, 1, *spatial]
             if self.norm == "linf":
+                # side ≈ n·p^(1/dims) per axis, so the window covers a share p of the image
+                side = [max(1, min(max(n - 1, 1), round(n * p ** (1 / len(spatial))))) for n in spatial]
+                win = self._window(call, side)  # [B, 1, *spatial]
                 new_vals = sign((b, c, *([1] * len(spatial)))) * e
                 cand = torch.where(win, new_vals.expand_as(x), delta)
             else:
-                inside = (delta * win).reshape(b, -1).norm(dim=1)
-                mass = torch.sqrt(inside**2 + (eps_t**2) / max(1.0, 1 / p))  # old window mass + a share
-                noise = self._rand(call, "normal") * win
-                noise *= (mass / per_sample_norm(noise, "l2").clamp_min(1e-12)).view_as(e)
-                cand = torch.where(win, noise, delta)
-                cand *= (eps_t / per_sample_norm(cand, "l2").clamp_min(1e-12)).view_as(e)  # onto the sphere
+                cand = self._l2_proposal(call, delta, eps_t, e, p)
             x_cand = project(cand)
             loss, succ = self._loss(call, x_cand)
             better = (loss > best_loss) & active
@@ -177,3 +263,19 @@ class Square(Attack):
             best_loss = torch.where(better, loss, best_loss)
             delta = x_best - x
         return x_best
+
+
+def _centred(shape: list[int], like: Tensor) -> Tensor:
+    """The paper's centred pattern on a box of ``shape`` (any dims, possibly empty): value
+    ``Σ_{k=m}^{K} 1/(k+1)²`` at Chebyshev distance ``m`` from the centre ``shape // 2``,
+    ``K = max(shape // 2)``; unit L2 norm (zeros if the box is empty)."""
+    if min(shape) == 0:
+        return like.new_zeros(shape)
+    grids = torch.meshgrid(*[(torch.arange(n, device=like.device) - n // 2).abs() for n in shape],
+                           indexing="ij")
+    m = torch.stack(grids).amax(dim=0)
+    k_max = max(n // 2 for n in shape)
+    ring = 1.0 / (torch.arange(k_max + 1, device=like.device, dtype=like.dtype) + 1) ** 2
+    tail = ring.flip(0).cumsum(0).flip(0)  # tail[m] = Σ_{k>=m} 1/(k+1)²
+    pat = tail[m]
+    return pat / pat.norm().clamp_min(1e-12)

@@ -3,21 +3,24 @@
 An attack loss is what an attack *ascends*; it need not be the training loss. Each factory
 here takes plain tensors (no task objects) and returns a per-sample loss ``-> [B]``:
 
-===============  ==============  ==========================================================
-name             task            paper
-===============  ==============  ==========================================================
-``ce``           classification  cross-entropy (Madry et al. 2018)
-``dlr``          classification  difference of logits ratio (Croce & Hein 2020)
-``dlr_targeted`` classification  targeted DLR, APGD-T (Croce & Hein 2020)
-``ce_targeted``  classification  targeted CE (Croce & Hein 2020, APGD-T with CE)
-``margin``       classification  CW margin (Carlini & Wagner 2017)
-``mask_ce``      segmentation    CE on still-correct pixels (Croce et al. 2024, SEA)
-``balanced_ce``  segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
-``js``           segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
-``segpgd``       segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
-``soft_argmax``  landmarks       distance of the soft-argmax point from the truth (ours)
-``vanishing``    detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
-===============  ==============  ==========================================================
+========================  ==============  ==========================================================================
+name                      task            paper
+========================  ==============  ==========================================================================
+``ce``                    classification  cross-entropy (Madry et al. 2018)
+``dlr``                   classification  difference of logits ratio (Croce & Hein 2020)
+``dlr_targeted``          classification  targeted DLR, APGD-T (Croce & Hein 2020)
+``ce_targeted``           classification  targeted CE (Croce & Hein 2020, APGD-T with CE)
+``margin``                classification  CW margin (Carlini & Wagner 2017)
+``mask_ce``               segmentation    CE on still-correct pixels (Croce et al. 2024, SEA)
+``balanced_ce``           segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
+``js``                    segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
+``segpgd``                segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
+``seg_targeted``          segmentation    targeted: pixels to a class map (Xie et al. 2017; Metzen et al. 2017)
+``soft_argmax``           landmarks       distance of the soft-argmax point from the truth (ours)
+``soft_argmax_targeted``  landmarks       pull the points to truth + a shift (targeted; ours)
+``vanishing``             detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
+``dag``                   detection       DAG: GT-matched locations to a wrong class, boxes off (Xie et al. 2017)
+========================  ==============  ==========================================================================
 
 Factories are called once per attack call as ``factory(clean_logits, steps, **args)`` and
 return ``loss(logits, labels) -> [B]``. ``clean_logits`` (the model's output on the clean
@@ -48,6 +51,10 @@ class AttackLoss:
     task: str
     factory: Callable[..., Loss]
     doc: str
+    #: which ``(logits, labels)`` the evaluator hands over (``callbacks.evaluation_loop.
+    #: task_loss_tensors``): ``"default"``, or ``"matched"`` (detection: class logits of the
+    #: locations matched to ground-truth objects, for DAG)
+    inputs: str = "default"
 
 
 def _per_sample(t: Tensor) -> Tensor:
@@ -185,6 +192,27 @@ def _segpgd(clean: Tensor | None, steps: int) -> Loss:
     return loss
 
 
+def _seg_targeted(clean: Tensor | None, steps: int, target_class: int | None = 0) -> Loss:
+    """Targeted segmentation: pull every pixel towards a target class map, ``−mean CE(z,
+    target)`` — the dense targeted attack of Xie et al. 2017 (DAG) and of the targeted
+    segmentation attacks in Metzen et al. 2017 ("Universal Adversarial Perturbations Against
+    Semantic Image Segmentation"). ``target_class`` an int: that class everywhere (the
+    default 0, background: make every structure vanish); ``None``: each pixel's
+    ``(label + 1) mod K`` (DAG's label permutation). Ascending it raises the share of pixels
+    predicted as the target."""
+    tc = None if target_class is None else int(target_class)
+
+    def loss(z: Tensor, y: Tensor) -> Tensor:
+        z, y = _seg_inputs(z, y)
+        k = z.shape[1]
+        if tc is not None and not 0 <= tc < k:
+            raise ValueError(f"seg_targeted: target_class={tc} but the logits have {k} classes")
+        target = torch.full_like(y, tc) if tc is not None else (y + 1) % k
+        return -_per_sample(F.cross_entropy(z, target, reduction="none"))
+
+    return loss
+
+
 # ---------------------------------------------------------------------- landmarks
 def soft_argmax(heat: Tensor, beta: float = 50.0) -> Tensor:
     """``[B, K, h, w] -> [B, K, 2]`` differentiable ``(x, y)`` heatmap peak (softmax-weighted
@@ -206,6 +234,34 @@ def _soft_argmax(clean: Tensor | None, steps: int, beta: float = 50.0) -> Loss:
         truth, vis = labels[..., :2].float(), labels[..., 2].float()
         d = (pts - truth).norm(dim=2) * vis
         return d.sum(dim=1) / vis.sum(dim=1).clamp_min(1)
+
+    return loss
+
+
+def _soft_argmax_targeted(clean: Tensor | None, steps: int, shift: Any = (2.0, 2.0),
+                          beta: float = 50.0) -> Loss:
+    """Targeted landmark attack: pull each decoded point towards ``truth + shift`` — a
+    plausible-looking but wrong anatomy, the landmark analogue of a targeted class (APGD-T,
+    Croce & Hein 2020; targeted adversarial examples, Carlini & Wagner 2017). Per image
+    ``−mean_visible ‖soft_argmax(heatmap) − clamp(truth + shift)‖₂`` (heatmap pixels), so
+    ascending it shrinks the distance to the target and an attack keeping its highest-loss
+    iterate (APGD) keeps the closest one. ``shift`` is ``(dx, dy)`` in heatmap pixels (image
+    pixels when the heatmap has the image's size; one number: the same for x and y); the
+    target is clamped into the heatmap so that it stays reachable. ``labels``: ``[B, K, 3]`` as
+    for ``soft_argmax``."""
+    vals = [float(v) for v in (shift if isinstance(shift, (list, tuple)) else (shift, shift))]
+    if len(vals) != 2 or not all(math.isfinite(v) for v in vals) or vals == [0.0, 0.0]:
+        raise ValueError(f"soft_argmax_targeted: shift must be a nonzero (dx, dy) pair of finite "
+                         f"pixels (or one number), got {shift!r}")
+
+    def loss(heat: Tensor, labels: Tensor) -> Tensor:
+        pts = soft_argmax(heat, beta)
+        h, w = heat.shape[-2:]
+        target = labels[..., :2].float() + pts.new_tensor(vals)
+        target = torch.stack([target[..., 0].clamp(0, w - 1), target[..., 1].clamp(0, h - 1)], dim=-1)
+        vis = labels[..., 2].float()
+        d = (pts - target).norm(dim=2) * vis
+        return -d.sum(dim=1) / vis.sum(dim=1).clamp_min(1)
 
     return loss
 
@@ -245,6 +301,79 @@ def _vanishing(clean: Tensor | None, steps: int, score_thresh: float = 0.05) -> 
     return loss
 
 
+def _box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise IoU of xyxy boxes ``[..., 4]`` and ``[..., 4]`` -> ``[...]``."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(dim=-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp_min(0).prod(dim=-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp_min(0).prod(dim=-1)
+    return inter / (area_a + area_b - inter).clamp_min(1e-6)
+
+
+def _dag(clean: Tensor | None, steps: int, target_shift: int | None = 1, kappa: float = 5.0,
+         box_weight: float = 1.0) -> Loss:
+    """Xie et al. 2017, "Adversarial Examples for Semantic Segmentation and Object Detection"
+    (DAG, Dense Adversary Generation): targeted misclassification of every proposal / location
+    that covers a ground-truth object, optionally with its box pushed off the object.
+
+    ``pred`` ``[B, L, K + 4]``: the class head's logits at the detector's locations (FCOS,
+    RetinaNet) or eval-mode proposals (Faster R-CNN) and each one's decoded box; ``target``
+    ``[B, L, 5]``: the class of the ground-truth object each covers (``-1``: none, ignored)
+    and its box; see ``DetectionOutput.matched_predictions``. Each matched location ``n``
+    with true class ``y_n`` gets the fixed wrong target ``t_n = (y_n + target_shift) mod K``
+    (DAG draws a random wrong label per target; a fixed permutation keeps the attack
+    deterministic; ``target_shift=None``: the currently highest other class, an untargeted
+    margin). Per image, the mean over the matched locations (0 for an image without objects) of
+
+        ``min(z_{t_n} − z_{y_n}, kappa) + box_weight · (1 − IoU(box_n, gt_n))``.
+
+    DAG ascends ``z_t − z_y`` only on the *active* targets, the locations still classified as
+    ``y``; the clip at ``kappa`` is that active set — a location stops drawing gradient once
+    its target beats its true class by ``kappa`` (``kappa = 0``: DAG's rule exactly) — and
+    keeps the value growing with every location flipped, so APGD's best iterate is the one
+    with the most flipped locations. The default ``kappa = 5`` keeps pushing past the flip:
+    on sigmoid heads (FCOS) a barely flipped location still reports the true class at almost
+    the same score (NMS is per class), and on a trained tiny FCOS ``kappa = 5`` lowered
+    mAP@0.5 more than ``kappa = 0`` (0.25 vs 0.31 at ε = 0.02, PGD-10). With ``K = 1`` (one
+    sigmoid class) the target logit is 0. The box term
+    (our addition, in the spirit of DAG's joint detection loss) moves each matched location's
+    box off its object: a detection with IoU < 0.5 is a false positive *and* a missed object
+    at mAP@0.5, whatever its score, which neither a score-only loss (TOG-vanishing) nor a
+    class flip achieves on sigmoid heads, where NMS is per class.
+    """
+    shift = None if target_shift is None else int(target_shift)
+    if shift is not None and shift == 0:
+        raise ValueError("dag: target_shift must not be 0 (the target would be the true class)")
+    kap, bw = float(kappa), float(box_weight)
+    if bw < 0:
+        raise ValueError(f"dag: box_weight must be >= 0, got {box_weight!r}")
+
+    def loss(pred: Tensor, target: Tensor) -> Tensor:
+        if (pred.ndim != 3 or target.ndim != 3 or target.shape[2] != 5 or pred.shape[2] < 5
+                or pred.shape[:2] != target.shape[:2]):
+            raise ValueError(f"dag attack loss: pred must be [B, L, K + 4] and target [B, L, 5], "
+                             f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        z, box = pred[..., :-4].float(), pred[..., -4:].float()
+        k = z.shape[2]
+        y = target[..., 0].round().long()
+        matched = (y >= 0).float()
+        yc = y.clamp_min(0)
+        zy = z.gather(2, yc[..., None])[..., 0]
+        if k == 1:
+            zt = torch.zeros_like(zy)
+        elif shift is None:
+            zt = z.scatter(2, yc[..., None], float("-inf")).amax(dim=2)
+        else:
+            zt = z.gather(2, ((yc + shift) % k)[..., None])[..., 0]
+        term = (zt - zy).clamp(max=kap)
+        if bw > 0:
+            term = term + bw * (1 - _box_iou_pairs(box, target[..., 1:].float()))
+        return (term * matched).sum(dim=1) / matched.sum(dim=1).clamp_min(1)
+
+    return loss
+
+
 ATTACK_LOSSES: dict[str, AttackLoss] = {
     "ce": AttackLoss("classification", _ce, "cross-entropy"),
     "margin": AttackLoss("classification", _margin, "CW logit margin"),
@@ -255,8 +384,13 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "balanced_ce": AttackLoss("segmentation", _balanced_ce, "class-balanced CE"),
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
+    "seg_targeted": AttackLoss("segmentation", _seg_targeted, "pull pixels to a target class map"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
+    "soft_argmax_targeted": AttackLoss("landmarks", _soft_argmax_targeted,
+                                       "pull the soft-argmax points to truth + shift"),
     "vanishing": AttackLoss("detection", _vanishing, "TOG-vanishing: suppress confident detections"),
+    "dag": AttackLoss("detection", _dag, "DAG: targeted misclassification of GT-matched locations",
+                      inputs="matched"),
 }
 
 

@@ -15,6 +15,7 @@ ensemble is never better than any single attack on a sample-wise basis.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -31,14 +32,26 @@ from callbacks.common import compute_metrics
 from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts  # noqa: F401 (re-exported)
 
 
-def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any],
+                      inputs: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take: the
-    task's own :meth:`~lightning_modules.protocol.RobustTask.attack_loss_inputs`."""
-    inputs = getattr(task, "attack_loss_inputs", None)
-    if inputs is None:
+    task's own :meth:`~lightning_modules.protocol.RobustTask.attack_loss_inputs`.
+
+    ``inputs`` is the loss's :attr:`attacks.task_losses.AttackLoss.inputs`: ``"default"``, or
+    another kind that a task offers through an ``inputs`` argument of ``attack_loss_inputs``
+    (detection's ``"matched"``: the predictions of the locations / proposals that cover a
+    ground-truth object, for DAG).
+    """
+    fn = getattr(task, "attack_loss_inputs", None)
+    if fn is None:
         raise ValueError(f"no named attack losses for {type(task).__name__} (it has no "
                          "attack_loss_inputs); drop `loss:` to use the task's own loss")
-    return inputs(output, batch)
+    if inputs == "default":
+        return fn(output, batch)
+    if "inputs" not in inspect.signature(fn).parameters:
+        raise ValueError(f"attack loss inputs {inputs!r} are not offered by {type(task).__name__} "
+                         "(its attack_loss_inputs takes no `inputs`); pick a loss for this task")
+    return fn(output, batch, inputs=inputs)
 
 
 def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list[float]:
@@ -152,7 +165,7 @@ class RobustnessEvaluator:
         task's ``(logits, labels)`` (targets of targeted losses from the clean output)."""
         if spec.loss is None:
             return default
-        from attacks.task_losses import make_attack_loss
+        from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 
         task = self.task
         steps = int(spec.params.get("steps", 1))
@@ -161,9 +174,10 @@ class RobustnessEvaluator:
         if clean_logits is not None and idx is not None:
             clean_logits = clean_logits[idx]
         fn = make_attack_loss(spec.loss, clean_logits, steps, **spec.loss_args)
+        inputs = ATTACK_LOSSES[spec.loss].inputs
 
         def loss(output: Any, batch: Any) -> torch.Tensor:
-            logits, labels = task_loss_tensors(task, output, batch)
+            logits, labels = task_loss_tensors(task, output, batch, inputs)
             return fn(logits, labels)
 
         return loss

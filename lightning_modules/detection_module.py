@@ -161,9 +161,18 @@ class DetectionModule(TaskModule):
                                sampling_seed=self.sampling_seed)
 
     # ------------------------------------------------------------------ helpers
-    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The scores of the eval-mode detections ``[B, N]`` (differentiable, zero-padded to
-        the most detections in the batch) and their labels ``[B, N]`` (``-1`` in the padding)."""
+    def attack_loss_inputs(self, output: Any, batch: Batch, inputs: str = "default") -> tuple[Tensor, Tensor]:
+        """``inputs="default"``: the scores of the eval-mode detections ``[B, N]``
+        (differentiable, zero-padded to the most detections in the batch) and their labels
+        ``[B, N]`` (``-1`` in the padding). ``inputs="matched"`` (DAG): the class logits and
+        decoded boxes of the locations / proposals ``[B, L, K + 4]`` and the ground-truth class
+        and box each covers ``[B, L, 5]`` (class ``-1`` where none), from
+        ``DetectionOutput.matched_predictions``."""
+        if inputs == "matched":
+            return self._output(output).matched_predictions(batch["boxes"], batch["labels"])
+        if inputs != "default":
+            raise ValueError(f"DetectionModule: unknown attack loss inputs {inputs!r}; "
+                             "expected 'default' or 'matched'")
         dets = self._output(output).detections
         n = max([1] + [d["scores"].numel() for d in dets])
         pad = [n - d["scores"].numel() for d in dets]

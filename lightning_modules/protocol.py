@@ -95,7 +95,8 @@ class RobustTask(Protocol):
 
     def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take;
-        ``ValueError`` for a task that has none."""
+        ``ValueError`` for a task that has none. A task may take an ``inputs`` keyword for other
+        kinds of loss inputs (detection: ``"matched"``, for DAG)."""
 
     def attack_loss_reference(self, output: Any) -> torch.Tensor | None:
         """The clean output's logits ``[B, K]`` from which targeted attack losses pick their

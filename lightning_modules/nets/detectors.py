@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -60,7 +61,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from attacks.mode import is_norm_with_stats
 from lightning_modules.nets.builder import import_object
@@ -555,6 +556,91 @@ class DetectionOutput:
         """``[B]``: the sum of the detector's training losses for each image."""
         terms = self.per_image_losses(boxes, labels)
         return torch.stack(list(terms.values())).sum(dim=0)
+
+    def matched_predictions(self, boxes: Sequence[Tensor], labels: Sequence[Tensor],
+                            iou_thresh: float = 0.5) -> tuple[Tensor, Tensor]:
+        """Class logits and boxes of the eval-mode locations / proposals, with the ground-truth
+        object each one covers: the inputs of DAG-style attack losses (Xie et al. 2017).
+
+        Args:
+            boxes, labels: ground truth in the batch contract (xyxy pixels, labels ``[0, C)``).
+            iou_thresh: Faster R-CNN / RetinaNet: a proposal / anchor is matched to the GT box
+                it overlaps most when that IoU is ``>= iou_thresh``.
+
+        Returns:
+            ``(pred [B, L, K + 4], target [B, L, 5])``. ``pred[..., :K]``: the class head's raw
+            logits at every location (FCOS: ``K = C`` sigmoid logits per anchor point;
+            RetinaNet: per anchor; Faster R-CNN: ``K = C + 1`` softmax logits per eval-mode RPN
+            proposal, zero-padded to the most proposals in the batch); ``pred[..., K:]``: the
+            location's decoded box (xyxy pixels; Faster R-CNN: the box regressed for the
+            matched class). ``target[..., 0]``: the matched object's class in the head's index
+            space (``label + label_offset``), ``-1`` where nothing is matched (or padding);
+            ``target[..., 1:]``: its GT box (0 where unmatched). FCOS matches a location to the
+            smallest GT box that contains its centre (FCOS's own rule without centre sampling
+            and scale ranges). Differentiable w.r.t. the input.
+        """
+        wrapper = self.wrapper
+        if wrapper.family == "generic" or self.image_list is None or self.features is None:
+            raise ValueError("matched_predictions needs a FCOS, RetinaNet or Faster R-CNN detector, "
+                             f"got the {wrapper.family!r} family")
+        targets = wrapper.to_detector_targets(boxes, labels, self.z.device)
+        targets = wrapper._scaled_targets(targets, self.image_list, self.original_sizes)
+        det = wrapper.detector
+
+        def match(points: Tensor, t: dict[str, Tensor], by_centre: bool) -> tuple[Tensor, Tensor]:
+            """``[N, 4]`` boxes -> matched class ``[N]`` (-1: none) and GT box ``[N, 4]``."""
+            gt = t["boxes"]
+            if not len(gt):
+                return (torch.full((len(points),), -1, dtype=torch.long, device=points.device),
+                        points.new_zeros(len(points), 4))
+            if by_centre:
+                c = (points[:, :2] + points[:, 2:]) / 2
+                inside = ((c[:, None, 0] > gt[None, :, 0]) & (c[:, None, 0] < gt[None, :, 2])
+                          & (c[:, None, 1] > gt[None, :, 1]) & (c[:, None, 1] < gt[None, :, 3]))
+                area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+                score = torch.where(inside, -area[None, :], torch.full_like(area, float("-inf"))[None, :])
+                best, j = score.max(dim=1)
+                ok = torch.isfinite(best)
+            else:
+                iou, j = box_iou(points, gt).max(dim=1)
+                ok = iou >= iou_thresh
+            cls = torch.where(ok, t["labels"][j], torch.full_like(j, -1))
+            return cls, torch.where(ok[:, None], gt[j], torch.zeros_like(gt[j]))
+
+        preds: list[Tensor] = []
+        tgts: list[Tensor] = []
+        if wrapper.family == "rcnn":
+            with _flags([det, det.rpn, det.roi_heads], False):
+                proposals, _ = det.rpn(self.image_list, self.features)
+                heads = det.roi_heads
+                feats = heads.box_head(heads.box_roi_pool(self.features, proposals,
+                                                          self.image_list.image_sizes))
+                class_logits, box_regression = heads.box_predictor(feats)
+                decoded = heads.box_coder.decode(box_regression, proposals)  # [sum N, K, 4]
+            start = 0
+            for p, t in zip(proposals, targets):
+                cls, gt = match(p.detach(), t, by_centre=False)
+                z, b = class_logits[start:start + len(p)], decoded[start:start + len(p)]
+                start += len(p)
+                which = cls.clamp_min(0)  # unmatched: any box, ignored by the losses
+                b = b[torch.arange(len(p), device=b.device), which]
+                preds.append(torch.cat([z, b], dim=1))
+                tgts.append(torch.cat([cls[:, None].to(gt.dtype), gt], dim=1))
+            n = max([1] + [len(p) for p in proposals])
+            pred = torch.stack([F.pad(v, (0, 0, 0, n - v.shape[0])) for v in preds])
+            target = torch.stack([F.pad(v, (0, 0, 0, n - v.shape[0]), value=-1.0) for v in tgts])
+            target[..., 1:] = target[..., 1:].clamp_min(0)
+            return pred, target
+        head = self.head_outputs()
+        anchors = wrapper._anchors(self.image_list, list(self.features.values()))
+        for i, (a, t) in enumerate(zip(anchors, targets)):
+            cls, gt = match(a, t, by_centre=wrapper.family == "fcos")
+            reg = head["bbox_regression"][i]
+            coder = det.box_coder
+            b = coder.decode(reg, a) if wrapper.family == "fcos" else coder.decode_single(reg, a)
+            preds.append(torch.cat([head["cls_logits"][i], b], dim=1))
+            tgts.append(torch.cat([cls[:, None].to(gt.dtype), gt], dim=1))
+        return torch.stack(preds), torch.stack(tgts)
 
     @property
     def detections(self) -> Targets:
