@@ -44,7 +44,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RobustnessR
     dm = make_datamodule()
     cb = AdversarialEvaluation(attacks=[{"name": "pgd", "norm": "linf", "steps": 2, "random_start": False}],
                                eps=[0.01, 0.03], subset=8, sanity="always",
-                               minimal_eps={"eps_max": 0.2, "steps": 2, "n_bisect": 2})
+                               minimal_eps={"eps_max": 0.2, "attack": {"steps": 2}, "n_bisect": 2})
     tr = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp),
                    callbacks=[cb])

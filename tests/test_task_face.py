@@ -22,6 +22,7 @@ from torchmetrics.regression import MeanAbsoluteError
 
 from callbacks import AdversarialEvaluation, AdversarialExamples
 from callbacks.record import RobustnessRecord
+from datamodules.info import DataInfo
 from lightning_modules.metrics.landmarks import MeanRadialError
 from lightning_modules.panels import Panel
 from lightning_modules.protocol import metric_of
@@ -108,9 +109,8 @@ class BrightnessTask(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        # data_info needs only what the callbacks read (bounds, class names); DataInfo itself
-        # admits only the four built-in task names
-        self.data_info = SimpleNamespace(bounds=(0.0, 1.0), class_names=())
+        # a new task name needs no edit elsewhere: DataInfo takes any task name
+        self.data_info = DataInfo(task="brightness", in_channels=1, image_size=(8, 8))
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
         self.normalizer = nn.Identity()
