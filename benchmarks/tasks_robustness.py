@@ -10,8 +10,9 @@ training (``--epochs``, ``--num-train``) and the PGD steps used *during training
 CPU budget. Every model is then evaluated on the same test images, clean and under L∞ PGD
 (``--eval-steps`` steps, step 2.5·ε/steps, random start, seeded) at each ``--eps``.
 
-Metrics: landmarks ``mre`` (pixels, lower is better) and ``sdr_2px``; detection ``map_50`` and
-``map`` (higher is better). AMAT (Ma & Liang) trains its first epoch clean to compute its loss
+Metrics: each task's own main metric (``TaskModule.main_metric``, its direction from the metric
+object) and a second one: landmarks ``mre`` (pixels, lower is better) and ``sdr_2px``; detection ``map`` and
+``map_50`` (higher is better). AMAT (Ma & Liang) trains its first epoch clean to compute its loss
 threshold from the clean model's training losses (its warm-up), then adversarially.
 
 Prints a Markdown table and writes it, with the settings and wall times, to
@@ -38,7 +39,8 @@ from lightning_modules.nets.builder import import_object
 ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("clean", "sat", "amat")
-MAIN = {"landmarks": ("mre", "sdr_2px"), "detection": ("map_50", "map")}
+#: the second metric shown beside each task's own main metric (``TaskModule.main_metric``)
+SECONDARY = {"landmarks": "sdr_2px", "detection": "map_50"}
 
 
 def load(task: str, method: str, args: argparse.Namespace) -> tuple[Any, Any, dict]:
@@ -102,9 +104,12 @@ def run(args: argparse.Namespace) -> dict:
             eval_s = time.perf_counter() - t0
             run = {"task": task, "method": method, "train_s": round(train_s, 1),
                    "eval_s": round(eval_s, 1), "steps": int(trainer.global_step),
+                   "main_metric": module.main_metric,
+                   "higher_is_better": module.metric_higher_is_better(),  # from the metric object
                    "metrics": metrics, **info}
             results["runs"].append(run)
-            shown = {k: round(v, 3) for k, v in metrics["clean"].items() if k in MAIN[task]}
+            shown = {k: round(v, 3) for k, v in metrics["clean"].items()
+                     if k in (module.main_metric, SECONDARY[task])}
             print(f"[{task}/{method}] {train_s:.0f}s train, {eval_s:.0f}s eval, clean {shown}",
                   flush=True)
     return results
@@ -115,8 +120,11 @@ def table(results: dict) -> str:
     steps = results["settings"]["eval_steps"]
     lines = []
     for task in results["settings"]["tasks"]:
-        main, second = MAIN[task]
-        arrow = "↓" if main == "mre" else "↑"
+        first = next((r for r in results["runs"] if r["task"] == task), None)
+        if first is None:
+            continue
+        main, second = first["main_metric"], SECONDARY[task]
+        arrow = "↑" if first["higher_is_better"] else "↓"
         head = ([f"{task} method", f"clean {main}"] + [f"PGD-{steps} ε={e} {main}" for e in eps]
                 + [f"clean {second}"] + [f"ε={e} {second}" for e in eps] + ["train s"])
         lines += [f"**{task}** ({main} {arrow})", "", "| " + " | ".join(head) + " |",
