@@ -426,6 +426,45 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_two_processes_with_a_subset_of_one_batch(tmp_path: Path) -> None:
+    """6 samples in one batch of 8 on 2 processes: rank 1 would hold only padding, never update
+    the metrics and skip torchmetrics' collectives (a gloo collective mismatch). The batch is
+    shrunk to 3 so both ranks count one; with deterministic attacks the numbers equal 1 process
+    at batch 8. Fewer samples than processes is a clear error."""
+    data = {"num_val": 12}
+    dm = make_datamodule(**data)
+    model = make_module(dm)
+    tr = trainer(tmp_path, [])
+    tr.fit(model, dm)
+    ckpt = tmp_path / "model.ckpt"
+    tr.save_checkpoint(ckpt)
+    toy = real_module_class("classification") is None
+    cb_kwargs = {**FAST, "subset": 6, "batch_size": 8, "plot": False}  # FAST: no random starts
+    cb = AdversarialEvaluation(**cb_kwargs)
+    trainer(tmp_path / "d1", [cb]).validate(model, dm, ckpt_path=ckpt, verbose=False)
+    out = tmp_path / "d2"
+    cmd = [sys.executable, str(Path(__file__).parent / "test_callbacks_support.py"),
+           "--ckpt", str(ckpt), "--out", str(out), "--devices", "2",
+           "--callback", json.dumps(cb_kwargs), "--data", json.dumps(data)] + (["--toy"] if toy else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "evaluating in batches of 3" in res.stderr
+    one, two = cb.last_record["val"], json.loads((out / "robustness.json").read_text())
+    assert two["settings"]["world_size"] == 2
+    for key in ("clean", "attacks", "ensemble"):
+        assert one[key] == two[key], key
+
+    from callbacks.evaluation_runner import EvaluationRunner
+
+    runner = EvaluationRunner.__new__(EvaluationRunner)
+    runner.who = "AdversarialEvaluation"
+    assert runner._fit_world(6, 8, 1, 0, "val") == 8  # one process: unchanged
+    with pytest.raises(ValueError, match="the val subset has 1 sample"):
+        runner._fit_world(1, 8, 2, 0, "val")
+
+
+@pytest.mark.slow
 def test_sat_model_has_a_larger_robust_area_than_clean(tmp_path: Path) -> None:
     """Same data, same subset, same suite: adversarial training buys robust area.
 
