@@ -2,8 +2,9 @@
 (Xie et al. 2017) — shapes, gradients, registry / suite entries, and DAG's claim: it lowers
 mAP@0.5 (the detection main metric) more than PGD on the training loss at the same budget.
 
-Not claimed for vanishing: on a trained tiny FCOS it never lowered mAP@0.5 more than PGD (it
-lowers scores without reordering them); measured below as a reference point only.
+Vanishing's claim is its own: it silences the detector (fewer confident detections than PGD on
+the training loss); on a trained tiny FCOS it lowers mAP, mAP@0.5 and recall less than PGD, so
+it is not a member of the worst-case suites (docs/attacks.md).
 
 The trained detector of the comparison is trained inside its fixture by a plain loop under its
 own RNG state (``torch.random.fork_rng`` + ``manual_seed``, deterministic algorithms, data in a
@@ -32,9 +33,12 @@ def _vanishing_fn(module: DetectionModule, steps: int):
     return lambda out, batch: fn(*task_loss_tensors(module, out, batch))
 
 
-def test_vanishing_is_registered_and_in_the_detection_suite() -> None:
+def test_vanishing_is_registered_but_not_in_the_worst_case_suites() -> None:
+    """A named loss for object-vanishing studies; out of the suites, since it raises no task
+    error more than PGD on the training loss (see the comparison test below)."""
     assert ATTACK_LOSSES["vanishing"].task == "detection"
-    assert any(c.get("loss") == "vanishing" for c in suite_configs("standard", "detection"))
+    for suite in ("standard", "quick"):
+        assert all(c.get("loss") != "vanishing" for c in suite_configs(suite, "detection"))
     specs = parse_attack_specs([{"name": "apgd", "steps": 5, "loss": "vanishing"}], "x")
     assert specs[0].loss == "vanishing"
     with pytest.raises(ValueError, match="score_thresh"):
@@ -239,12 +243,15 @@ def test_dag_lowers_map_more_than_pgd_on_the_training_loss(trained_fcos, one_thr
     vs 0.25); see docs/attacks.md. This test pins one model (seed 0, one thread)."""
     module, batch = trained_fcos
     model, x, eps = module.attack_model(), batch["image"], 0.02
+    maps: dict[str, float] = {}
 
     def map50(x_adv: torch.Tensor) -> float:
         metrics = module.build_metrics()
         with torch.no_grad():
             module.update_metrics(metrics, model(x_adv), batch)
-        return float(metrics.compute()["map_50"])
+        values = metrics.compute()
+        maps[len(maps)] = float(values[module.main_metric])  # mAP 0.5:0.95, the main metric
+        return float(values["map_50"])
 
     def attacked(attack, name: str | None) -> float:
         loss = module.per_sample_loss
@@ -262,3 +269,24 @@ def test_dag_lowers_map_more_than_pgd_on_the_training_loss(trained_fcos, one_thr
     assert pgd < clean, (clean, pgd)
     assert dag < pgd - 0.1, (clean, pgd, dag)
     assert apgd_dag <= dag + 0.02, (dag, apgd_dag)
+    # the main metric (mAP 0.5:0.95) too: measured 0.43 clean, 0.12 PGD, 0.08 DAG
+    assert module.main_metric == "map" and maps[2] < maps[1] - 0.02, maps
+
+
+def test_vanishing_silences_the_detector_more_than_pgd(trained_fcos, one_thread) -> None:
+    """TOG-vanishing's own claim at ε = 0.02, PGD-10: fewer detections of score >= 0.5 than
+    clean and than PGD on the training loss (measured 51 clean, 128 PGD — it adds confident
+    false boxes — and 35 vanishing)."""
+    module, batch = trained_fcos
+    model, x = module.attack_model(), batch["image"]
+
+    def confident(x_adv: torch.Tensor) -> int:
+        with torch.no_grad():
+            dets = module._output(model(x_adv)).detections
+        return sum(int((d["scores"] >= 0.5).sum()) for d in dets)
+
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    pgd = PGD(eps=0.02, steps=10)(model, x, batch, loss_fn=module.per_sample_loss, generator=gen())
+    van = PGD(eps=0.02, steps=10)(model, x, batch, loss_fn=_vanishing_fn(module, 10), generator=gen())
+    clean_n, pgd_n, van_n = confident(x), confident(pgd), confident(van)
+    assert van_n < 0.8 * clean_n and van_n < 0.5 * pgd_n, (clean_n, pgd_n, van_n)
