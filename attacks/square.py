@@ -100,19 +100,9 @@ class Square(Attack):
         return self.p_init / 2**halvings
 
     def _window(self, call: AttackCall, side: list[int]) -> Tensor:
-        """``Bool[B, 1, *spatial]``: one random axis-aligned window of the given side per sample."""
-        spatial = call.x.shape[2:]
-        mask: Tensor | None = None
-        for d, (n, s) in enumerate(zip(spatial, side)):
-            start = (self._rand(call, "uniform", (call.batch,)) * (n - s + 1)).floor().long()
-            idx = torch.arange(n, device=call.x.device)
-            m = (idx[None] >= start[:, None]) & (idx[None] < start[:, None] + s)  # [B, n]
-            shape = [call.batch] + [1] * len(spatial)
-            shape[1 + d] = n
-            m = m.view(shape)
-            mask = m if mask is None else mask & m
-        assert mask is not None
-        return mask.unsqueeze(1)
+        """``Bool[B, 1, *spatial]``: one random axis-aligned window of the given side per sample
+        (the same draws, one per spatial axis, as :meth:`_window_starts`)."""
+        return self._mask(call, self._window_starts(call, side), side)
 
     def _window_starts(self, call: AttackCall, side: list[int]) -> Tensor:
         """``Long[B, dims]``: random window origins (uniform over the valid positions)."""

@@ -390,10 +390,10 @@ def test_margin_monitor_logs_quantiles(tmp_path: Path) -> None:
 
 
 # --- the expensive ones --------------------------------------------------------------------------
-@pytest.mark.slow
-def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
-    """1 process vs 2 CPU processes (DDP, gloo) validating the same checkpoint: identical."""
-    data = {"num_val": 24}
+def _validate_on_one_and_two_processes(tmp_path: Path, data: dict, cb_kwargs: dict) -> tuple[dict, dict, str]:
+    """Fit a tiny model, then validate its checkpoint with ``AdversarialEvaluation(**cb_kwargs)``
+    in this process and in 2 CPU DDP processes (a script: Lightning's ddp launcher re-runs
+    ``sys.argv``). Returns both records and the 2-process run's stderr."""
     dm = make_datamodule(**data)
     model = make_module(dm)
     tr = trainer(tmp_path, [])
@@ -401,11 +401,6 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.ckpt"
     tr.save_checkpoint(ckpt)
     toy = real_module_class("classification") is None
-    # 9 samples in batches 4, 4, 1: rank 1 runs a padded copy that must not be counted. A
-    # random-start PGD is included too: its stream is seeded per batch, not per rank.
-    suite = [*FAST["attacks"], {"name": "pgd", "steps": 2, "random_start": True, "label": "pgd_rs"}]
-    cb_kwargs = {**FAST, "attacks": suite, "plot": False}
-    # 1 process: here; 2 processes: a script (Lightning's ddp launcher re-runs sys.argv)
     cb = AdversarialEvaluation(**cb_kwargs)
     trainer(tmp_path / "d1", [cb]).validate(model, dm, ckpt_path=ckpt, verbose=False)
     out = tmp_path / "d2"
@@ -416,8 +411,17 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
-    outs = {1: cb.last_record["val"], 2: json.loads((out / "robustness.json").read_text())}
-    one, two = outs[1], outs[2]
+    return cb.last_record["val"], json.loads((out / "robustness.json").read_text()), res.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
+    """1 process vs 2 CPU processes (DDP, gloo) validating the same checkpoint: identical."""
+    # 9 samples in batches 4, 4, 1: rank 1 runs a padded copy that must not be counted. A
+    # random-start PGD is included too: its stream is seeded per batch, not per rank.
+    suite = [*FAST["attacks"], {"name": "pgd", "steps": 2, "random_start": True, "label": "pgd_rs"}]
+    one, two, _ = _validate_on_one_and_two_processes(tmp_path, {"num_val": 24},
+                                                      {**FAST, "attacks": suite, "plot": False})
     assert two["settings"]["world_size"] == 2 and one["settings"]["world_size"] == 1
     assert one["subset"]["indices"] == two["subset"]["indices"]
     for key in ("clean", "attacks", "ensemble"):
@@ -431,26 +435,9 @@ def test_two_processes_with_a_subset_of_one_batch(tmp_path: Path) -> None:
     the metrics and skip torchmetrics' collectives (a gloo collective mismatch). The batch is
     shrunk to 3 so both ranks count one; with deterministic attacks the numbers equal 1 process
     at batch 8. Fewer samples than processes is a clear error."""
-    data = {"num_val": 12}
-    dm = make_datamodule(**data)
-    model = make_module(dm)
-    tr = trainer(tmp_path, [])
-    tr.fit(model, dm)
-    ckpt = tmp_path / "model.ckpt"
-    tr.save_checkpoint(ckpt)
-    toy = real_module_class("classification") is None
-    cb_kwargs = {**FAST, "subset": 6, "batch_size": 8, "plot": False}  # FAST: no random starts
-    cb = AdversarialEvaluation(**cb_kwargs)
-    trainer(tmp_path / "d1", [cb]).validate(model, dm, ckpt_path=ckpt, verbose=False)
-    out = tmp_path / "d2"
-    cmd = [sys.executable, str(Path(__file__).parent / "test_callbacks_support.py"),
-           "--ckpt", str(ckpt), "--out", str(out), "--devices", "2",
-           "--callback", json.dumps(cb_kwargs), "--data", json.dumps(data)] + (["--toy"] if toy else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert "evaluating in batches of 3" in res.stderr
-    one, two = cb.last_record["val"], json.loads((out / "robustness.json").read_text())
+    one, two, stderr = _validate_on_one_and_two_processes(
+        tmp_path, {"num_val": 12}, {**FAST, "subset": 6, "batch_size": 8, "plot": False})  # no random starts
+    assert "evaluating in batches of 3" in stderr
     assert two["settings"]["world_size"] == 2
     for key in ("clean", "attacks", "ensemble"):
         assert one[key] == two[key], key
