@@ -96,29 +96,6 @@ class EvaluationRunner:
         except ValueError as err:
             raise ValueError(f"{who}.{name}={value!r}: {err}") from None
 
-    def _fit_world(self, n: int, batch_size: int, world_size: int, rank: int, split: str) -> int:
-        """The evaluation batch size, made smaller when the subset would give fewer batches than
-        processes: a process whose only batch is padding never updates the task metrics, and
-        torchmetrics then skips the collectives of its list states that the other processes
-        run (a gloo/NCCL "collective mismatch" or a hang). Every process gets a counted batch."""
-        if world_size <= 1 or math.ceil(n / batch_size) >= world_size:
-            return batch_size
-        if n < world_size:
-            raise ValueError(
-                f"{self.who}: the {split} subset has {n} sample(s), fewer than the {world_size} "
-                "processes; every process needs at least one (raise `subset`, or evaluate on "
-                "fewer devices)")
-        smaller = math.ceil(n / world_size)
-        if rank == 0:
-            warnings.warn(
-                f"{self.who}: {n} {split} samples in batches of {batch_size} give fewer batches "
-                f"than the {world_size} processes; evaluating in batches of {smaller} so that "
-                "every process has one (random starts are seeded per batch, so attacks with a "
-                f"random start can differ from a run in batches of {batch_size})",
-                stacklevel=3,
-            )
-        return smaller
-
     def run(self, trainer: Any, pl_module: Any, task: Any, split: str, specs: Sequence[Any],
             eps: Sequence[float], subset: int | float | None, sequential: bool = False,
             sanity: bool = False, label: str = "") -> RunResult:
@@ -128,7 +105,7 @@ class EvaluationRunner:
         indices = select_subset(len(dataset), subset, self.seed)
         batch_size = self.batch_size or dm_bs or 32
         rank, world_size = world(trainer)
-        batch_size = self._fit_world(len(indices), batch_size, world_size, rank, split)
+        batch_size = batch_size_for_world(len(indices), batch_size, world_size, rank, split, self.who)
         mine = shard_batches(indices, batch_size, rank, world_size)
         key = (split, id(dataset), len(dataset), tuple(indices), batch_size, rank, world_size)
         device = pl_module.device
@@ -188,6 +165,31 @@ class EvaluationRunner:
             # one subset per split: a new subset (other dataset, batch size…) replaces the old
             self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
             self._cache[key] = kept
+
+
+def batch_size_for_world(n: int, batch_size: int, world_size: int, rank: int, split: str,
+                         who: str = "AdversarialEvaluation") -> int:
+    """The evaluation batch size, made smaller when the subset would give fewer batches than
+    processes: a process whose only batch is padding never updates the task metrics, and
+    torchmetrics then skips the collectives of its list states that the other processes
+    run (a gloo/NCCL "collective mismatch" or a hang). Every process gets a counted batch."""
+    if world_size <= 1 or math.ceil(n / batch_size) >= world_size:
+        return batch_size
+    if n < world_size:
+        raise ValueError(
+            f"{who}: the {split} subset has {n} sample(s), fewer than the {world_size} "
+            "processes; every process needs at least one (raise `subset`, or evaluate on "
+            "fewer devices)")
+    smaller = math.ceil(n / world_size)
+    if rank == 0:
+        warnings.warn(
+            f"{who}: {n} {split} samples in batches of {batch_size} give fewer batches "
+            f"than the {world_size} processes; evaluating in batches of {smaller} so that "
+            "every process has one (random starts are seeded per batch, so attacks with a "
+            f"random start can differ from a run in batches of {batch_size})",
+            stacklevel=3,
+        )
+    return smaller
 
 
 def _nbytes(obj: Any) -> int:

@@ -442,13 +442,12 @@ def test_two_processes_with_a_subset_of_one_batch(tmp_path: Path) -> None:
     for key in ("clean", "attacks", "ensemble"):
         assert one[key] == two[key], key
 
-    from callbacks.evaluation_runner import EvaluationRunner
+    from callbacks.evaluation_runner import batch_size_for_world
 
-    runner = EvaluationRunner.__new__(EvaluationRunner)
-    runner.who = "AdversarialEvaluation"
-    assert runner._fit_world(6, 8, 1, 0, "val") == 8  # one process: unchanged
+    assert batch_size_for_world(6, 8, 1, 0, "val") == 8  # one process: unchanged
+    assert batch_size_for_world(20, 8, 2, 0, "val") == 8  # 3 batches for 2 processes: unchanged
     with pytest.raises(ValueError, match="the val subset has 1 sample"):
-        runner._fit_world(1, 8, 2, 0, "val")
+        batch_size_for_world(1, 8, 2, 0, "val")
 
 
 @pytest.mark.slow
