@@ -157,7 +157,8 @@ class RobustTaskAdapter:
             return self._is_violated(output, self._target(batch))
         if self.task == "classification" and isinstance(output, Tensor):
             return output.argmax(dim=1) != self._target(batch).reshape(-1).long()
-        raise NotImplementedError("no violation test: pass is_violated to RobustTaskAdapter")
+        raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no violation test: pass "
+                         "is_violated=(output, target) -> Bool[B] (True where the sample counts as broken)")
 
     def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         return self.per_sample_loss(output, batch).detach()
@@ -199,7 +200,8 @@ class RobustTaskAdapter:
         return [model(x) for x in xs]
 
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
-        raise NotImplementedError("RobustTaskAdapter has no output divergence (TRADES training)")
+        raise ValueError("RobustTaskAdapter has no output divergence, so TRADES cannot train through "
+                         "it; use a medrobust task module (lightning_modules) for TRADES")
 
 
 def robust_task_of(pl_module: Any) -> Any:

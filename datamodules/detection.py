@@ -49,7 +49,13 @@ from datamodules.base import SPLITS, BaseDataModule
 from datamodules.imagefiles import IMAGE_EXTENSIONS, image_hw, read_image
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples, format_listing
+from datamodules.samples import (
+    BadSampleError,
+    BadSamples,
+    OnBadSample,
+    check_on_bad_sample,
+    format_listing,
+)
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 
@@ -186,7 +192,7 @@ class _DetectionDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers,
                          pin_memory=pin_memory, eval_batch_size=eval_batch_size)
         check_choice("degenerate_boxes", degenerate_boxes, BOX_POLICIES)
-        check_choice("on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_on_bad_sample(on_bad_sample)
         check_choice("channels", channels, (1, 3))
         self.image_size = tuple(image_size) if image_size is not None else None
         self.channels = channels
@@ -390,7 +396,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
         one_based: bool = True,
         augment: AugmentConfig | None = None,
         degenerate_boxes: Literal["drop", "fix", "error"] = "drop",
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -550,7 +556,7 @@ class COCODetectionDataModule(_DetectionDataModule):
         keep_crowd: bool = False,
         augment: AugmentConfig | None = None,
         degenerate_boxes: Literal["drop", "fix", "error"] = "drop",
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,

@@ -52,7 +52,13 @@ from datamodules.base import BaseDataModule
 from datamodules.imagefiles import IMAGE_EXTENSIONS, image_hw, read_image
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples, format_listing
+from datamodules.samples import (
+    BadSampleError,
+    BadSamples,
+    OnBadSample,
+    check_on_bad_sample,
+    format_listing,
+)
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 
@@ -324,7 +330,7 @@ class CephalometricDataModule(BaseDataModule):
         isbi_test_sets: tuple[str, ...] = ("Test1Data", "Test2Data"),
         augment: AugmentConfig | None = None,
         bad_landmarks: Literal["invisible", "error"] = "invisible",
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -334,7 +340,7 @@ class CephalometricDataModule(BaseDataModule):
                          pin_memory=pin_memory, eval_batch_size=eval_batch_size)
         check_choice("format", format, ("labelme", "isbi"))
         check_choice("bad_landmarks", bad_landmarks, ("invisible", "error"))
-        check_choice("on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_on_bad_sample(on_bad_sample)
         if num_landmarks < 1:
             raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
         names = list(landmark_names) if landmark_names else [f"l{k}" for k in

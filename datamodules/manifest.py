@@ -70,7 +70,7 @@ from datamodules.imagefiles import (
 )
 from datamodules.info import DataInfo
 from datamodules.landmarks import delivered_spacing
-from datamodules.samples import BAD_SAMPLE_POLICIES, BadSamples, format_listing
+from datamodules.samples import BadSamples, OnBadSample, check_on_bad_sample, format_listing
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 from datamodules.volumes import (
@@ -399,7 +399,7 @@ class ManifestDataModule(BaseDataModule):
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
         split_file: str | None = "auto",
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -408,7 +408,7 @@ class ManifestDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
         check_choice("task", task, MANIFEST_TASKS)
-        check_choice("on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_on_bad_sample(on_bad_sample)
         check_choice("degenerate_boxes", degenerate_boxes, ("error", "drop", "fix"))
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None (inferred), got {channels}")
@@ -886,7 +886,7 @@ class PairedFoldersDataModule(ManifestDataModule):
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
         split_file: str | None = "auto",
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,

@@ -53,7 +53,7 @@ from attacks.options import check_choice
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import BAD_SAMPLE_POLICIES, BadSampleError, BadSamples
+from datamodules.samples import BadSampleError, BadSamples, OnBadSample, check_on_bad_sample
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig, JointTransform
 
@@ -420,7 +420,7 @@ class DecathlonDataModule(BaseDataModule):
         split_file: str | None = None,
         augment: AugmentConfig | None = None,
         cache: bool = False,
-        on_bad_sample: Literal["error", "skip"] = "error",
+        on_bad_sample: OnBadSample = "error",
         batch_size: int = 2,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -430,7 +430,7 @@ class DecathlonDataModule(BaseDataModule):
                          pin_memory=pin_memory, eval_batch_size=eval_batch_size)
         check_choice("mode", mode, ("3d", "2d_slices"))
         check_choice("spatial_mode", spatial_mode, ("resize", "crop"))
-        check_choice("on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_on_bad_sample(on_bad_sample)
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise ValueError(f"patch_size must be (D, H, W) positive, got {patch_size}")
         if len(image_size) != 2 or min(image_size) < 1:
