@@ -1,8 +1,9 @@
-"""Shared pytest fixtures: deterministic seeds and the location of the real data."""
+"""Shared pytest fixtures: deterministic seeds, one torch thread, the location of the real data."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,17 @@ def shared_data() -> Path:
     if root is None:
         pytest.skip("real data not found: set MEDROBUST_DATA or place ../shared/data beside the project")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests, restored after it: tiny models gain nothing from
+    threads, the CI machine is shared, and some comparisons pin a trained model that the thread
+    count (float reduction order) would change."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

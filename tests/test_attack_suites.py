@@ -17,13 +17,7 @@ from callbacks import AdversarialEvaluation
 from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
 from datamodules.synthetic import SyntheticDataModule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def test_spec_lives_in_attacks_and_builds() -> None:

@@ -35,13 +35,7 @@ SETTINGS = settings(
 BOUNDS = [(0.0, 1.0), (-2.0, 3.0), (-3.0, 5.0), (0.25, 0.5)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and the CI machine is shared: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 class TinyNet(nn.Module):

@@ -15,13 +15,7 @@ from torch import nn
 from attacks import APGD, PGD, Square, build_attack, losses, task_losses
 from attacks.apgd import apgd_checkpoints
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 @SETTINGS

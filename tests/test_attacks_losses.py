@@ -10,14 +10,7 @@ import torch.nn.functional as F
 
 from attacks import losses
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and the CI machine is shared: use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def test_cross_entropy_shapes_and_values() -> None:

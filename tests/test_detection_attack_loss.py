@@ -225,14 +225,6 @@ def trained_fcos() -> tuple[DetectionModule, dict]:
     return _train_tiny_fcos()
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_dag_lowers_map_more_than_pgd_on_the_training_loss(trained_fcos, one_thread) -> None:
     """At ε = 0.02 (L∞), 10 steps, same step rule: PGD on DAG lowers mAP@0.5 of a trained tiny
     FCOS far more than PGD on the detector's training loss (measured 0.68 clean → 0.43 PGD →

@@ -17,12 +17,7 @@ from callbacks.sanity import sanity_report
 EPS = [0.006, 0.02, 0.05]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 class Wrapped:
