@@ -225,3 +225,48 @@ def test_minimum_detectable_difference_shrinks_with_root_n() -> None:
     d40, d160 = minimum_detectable_difference(40, 0.2), minimum_detectable_difference(160, 0.2)
     assert d40 == pytest.approx(2 * d160)
     assert d40 == pytest.approx((1.959964 + 0.841621) * 0.2 / math.sqrt(40), rel=1e-5)
+
+
+def test_weighted_dataset_metrics_match_torchmetrics_at_unit_weights() -> None:
+    import torch
+    from torchmetrics.functional.classification import (
+        binary_auroc,
+        multiclass_auroc,
+        multiclass_recall,
+    )
+
+    from callbacks.uncertainty import (
+        weighted_auroc,
+        weighted_balanced_accuracy,
+        weighted_macro_auroc,
+    )
+
+    rng = np.random.default_rng(9)
+    y = rng.random(300) < 0.4
+    s = np.round(rng.normal(y.astype(float), 1.0), 1)  # rounded: ties must count 1/2
+    assert weighted_auroc(s, y, np.ones(300)) == pytest.approx(
+        binary_auroc(torch.tensor(s), torch.tensor(y).long()).item(), abs=1e-6)
+    p = rng.dirichlet([1.0, 1.0, 1.0], size=120)
+    lab = rng.integers(0, 3, 120)
+    assert weighted_macro_auroc(p, lab, np.ones((1, 120)))[0] == pytest.approx(
+        multiclass_auroc(torch.tensor(p), torch.tensor(lab), 3, average="macro").item(), abs=1e-6)
+    pred = p.argmax(1)
+    assert weighted_balanced_accuracy(pred == lab, lab, 3, np.ones(120)) == pytest.approx(
+        multiclass_recall(torch.tensor(pred), torch.tensor(lab), 3, average="macro").item(), abs=1e-6)
+
+
+def test_weighted_metrics_equal_the_metric_of_the_resampled_set() -> None:
+    # a weight vector of counts is the same as repeating images: check against explicit repeats
+    from callbacks.uncertainty import bootstrap_weights, weighted_auroc, weighted_interval
+
+    rng = np.random.default_rng(10)
+    y = rng.random(50) < 0.5
+    s = rng.normal(y.astype(float), 1.0)
+    w = bootstrap_weights(50, 5, seed=1)
+    assert (w.sum(axis=1) == 50).all()
+    for row in w:
+        idx = np.repeat(np.arange(50), row.astype(int))
+        assert weighted_auroc(s, y, row[None])[0] == pytest.approx(_auroc(s[idx], y[idx]))
+    iv = weighted_interval(lambda W: weighted_auroc(s, y, W), 50, seed=2)
+    assert iv.low <= iv.estimate <= iv.high and iv.estimate == pytest.approx(_auroc(s, y))
+    assert iv == weighted_interval(lambda W: weighted_auroc(s, y, W), 50, seed=2)
