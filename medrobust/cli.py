@@ -7,16 +7,24 @@ from any folder::
 
     medrobust fit --config configs/experiment/quickstart.yaml --trainer.max_epochs 1
     medrobust fit --config experiment/quickstart.yaml          # the same file
+
+Subcommands that read finished runs instead of training (:data:`SUBCOMMANDS`)::
+
+    medrobust compare runs/a/version_0 runs/b/version_0      # paired comparison, same samples
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import medrobust
+
+#: ``medrobust <name> …`` commands that are not LightningCLI subcommands: name → module with ``main(argv)``
+SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare"}
 
 
 def resolve_config_path(value: str) -> str:
@@ -72,7 +80,11 @@ def load_train_module() -> ModuleType:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    args = resolve_config_args(list(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] in SUBCOMMANDS:
+        command = importlib.import_module(SUBCOMMANDS[raw[0]])
+        raise SystemExit(command.main(raw[1:]))
+    args = resolve_config_args(raw)
     train = load_train_module()
     # The resolved flags go through sys.argv: Lightning's DDP launcher restarts this command
     # from sys.argv for the other ranks.

@@ -1,0 +1,117 @@
+"""Paired comparison of two evaluated runs on the same samples: ``medrobust compare A B``.
+
+Each run's ``robustness_samples.csv`` (:mod:`callbacks.per_sample`) is read, the two are
+restricted to the sample ids they share, and every column present in both is compared: the
+difference of means A − B with a paired bootstrap interval, and McNemar's exact p-value for
+0/1 columns (accuracy). Pairing removes the samples' shared difficulty from the comparison, so
+it is far more sensitive than comparing two unpaired intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from callbacks.per_sample import FILE_NAME, SampleTable
+from callbacks.uncertainty import DEFAULT_LEVEL, Interval, decide, paired_difference
+
+__all__ = ["ComparisonRow", "compare_runs", "compare_tables", "format_comparison", "main", "samples_path"]
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One column compared: mean of A, mean of B, the paired difference A − B."""
+
+    column: str
+    n: int
+    mean_a: float
+    mean_b: float
+    difference: Interval
+    p_value: float | None
+
+    @property
+    def verdict(self) -> str:
+        """``A > B`` / ``A < B`` when the interval excludes 0, else ``no difference shown``."""
+        if decide(self.difference, "greater") == "confirmed":
+            return "A > B"
+        if decide(self.difference, "less") == "confirmed":
+            return "A < B"
+        return "inconclusive"
+
+
+def samples_path(run: str | Path) -> Path:
+    """The per-sample file of ``run``: the file itself, or ``<run>/robustness_samples.csv``."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / FILE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-sample results; evaluate the run with medrobust "
+                                f"(it writes {FILE_NAME} beside robustness.json)")
+    return path
+
+
+def compare_tables(a: SampleTable, b: SampleTable, columns: list[str] | None = None,
+                   level: float = DEFAULT_LEVEL, seed: int = 0) -> list[ComparisonRow]:
+    """Compare every column shared by ``a`` and ``b`` (or ``columns``) on their shared samples."""
+    a, b = a.aligned(b)
+    shared = [c for c in a.columns if c in b.columns]
+    if columns is not None:
+        missing = [c for c in columns if c not in shared]
+        if missing:
+            raise ValueError(f"columns {missing} are not in both runs; shared columns: {shared}")
+        shared = list(columns)
+    if not shared:
+        raise ValueError("the two runs share no per-sample column: were they evaluated with the same "
+                         "attacks, ε and metrics?")
+    rows: list[ComparisonRow] = []
+    for name in shared:
+        va, vb = a.column(name), b.column(name)
+        ok = np.isfinite(va) & np.isfinite(vb)
+        if ok.sum() < 2:
+            continue
+        cmp = paired_difference(va[ok], vb[ok], level=level, seed=seed)
+        rows.append(ComparisonRow(name, int(ok.sum()), float(va[ok].mean()), float(vb[ok].mean()),
+                                  cmp.difference, cmp.p_value))
+    return rows
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, columns: list[str] | None = None,
+                 level: float = DEFAULT_LEVEL, seed: int = 0) -> list[ComparisonRow]:
+    """:func:`compare_tables` on two runs' per-sample files (run folders or file paths)."""
+    return compare_tables(SampleTable.load(samples_path(run_a)), SampleTable.load(samples_path(run_b)),
+                          columns, level, seed)
+
+
+def format_comparison(rows: list[ComparisonRow], name_a: str = "A", name_b: str = "B") -> str:
+    """A markdown table: column, n, mean A, mean B, A − B [interval], McNemar p, verdict."""
+    level = rows[0].difference.level if rows else DEFAULT_LEVEL
+    lines = [f"A = {name_a}", f"B = {name_b}", "",
+             f"| column | n | A | B | A − B [{level:.0%} CI] | McNemar p | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = "–" if r.p_value is None else (f"{r.p_value:.3g}" if not math.isnan(r.p_value) else "–")
+        lines.append(f"| {r.column} | {r.n} | {r.mean_a:.3f} | {r.mean_b:.3f} | {r.difference} | {p} | {r.verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``medrobust compare RUN_A RUN_B [--column C ...] [--level 0.95] [--seed 0]``."""
+    parser = argparse.ArgumentParser(prog="medrobust compare", description=(
+        "Paired comparison of two runs evaluated on the same samples (their robustness_samples.csv)."))
+    parser.add_argument("run_a", help="run folder (holding robustness_samples.csv) or the file itself")
+    parser.add_argument("run_b")
+    parser.add_argument("--column", action="append", default=None,
+                        help="compare only this column (repeatable), e.g. worst/0.004/accuracy")
+    parser.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="confidence level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        rows = compare_runs(args.run_a, args.run_b, args.column, args.level, args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"medrobust compare: {err}\n")
+    print(format_comparison(rows, str(args.run_a), str(args.run_b)))
+    return 0
