@@ -3,7 +3,9 @@
 The ``standard`` suite of each task is chosen as AutoAttack (Croce & Hein 2020) and SEA
 (Croce et al. 2024) choose theirs: diverse losses, a parameter-free step size (APGD), and a
 gradient-free attack (Square) that gradient masking cannot stop. The evaluator keeps each
-sample's worst case over the members; in a *sequential* suite (classification, as AutoAttack)
+sample's worst case over the members *by the task's per-sample metric* (the loss only breaks
+ties; ``attacks/worst_case.py``), so the suite is never weaker than its strongest member on
+any sample; in a *sequential* suite (classification, as AutoAttack)
 a member only attacks the samples that no earlier member has broken, so later members cost
 nothing on broken samples. Segmentation and landmark metrics are continuous (a "broken"
 sample can still lose Dice), so there every member attacks every sample, as SEA does.
@@ -13,8 +15,10 @@ task            standard suite
 ==============  ==========================================================================
 classification  APGD-CE 100, APGD-DLR 100 (CW margin for 2 classes), APGD-T-DLR 100 on the
                 top-3 wrong classes (only with >= 4 classes), Square 1000 queries — sequential
-segmentation    APGD 100 with Mask-CE, balanced CE, JS and SegPGD losses; Square 300
-landmarks       APGD 100 on the task loss and on the soft-argmax distance; Square 300
+segmentation    APGD 100 with Mask-CE, balanced CE, JS, SegPGD and 1 − soft Dice losses;
+                Square 300
+landmarks       APGD 100 on the task loss, on the soft-argmax distance and on the expected
+                distance under the heatmap's softmax; Square 300
 detection       APGD 100 on the task loss and on DAG (Xie et al. 2017: GT-matched locations
                 flipped to a wrong class, boxes off their objects); Square 300. TOG-vanishing
                 is not a member: it silences the detector but lowers mAP and recall less
@@ -46,13 +50,14 @@ def _classification(steps: int, queries: int, num_classes: int | None) -> list[d
 
 def _segmentation(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "loss": loss, "label": f"apgd-{loss}"}
-            for loss in ("mask_ce", "balanced_ce", "js", "segpgd")] + [
+            for loss in ("mask_ce", "balanced_ce", "js", "segpgd", "dice")] + [
         {"name": "square", "steps": queries, "label": "square"}]
 
 
 def _landmarks(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "label": "apgd-task"},
             {"name": "apgd", "steps": steps, "loss": "soft_argmax", "label": "apgd-soft_argmax"},
+            {"name": "apgd", "steps": steps, "loss": "expected_distance", "label": "apgd-expected_distance"},
             {"name": "square", "steps": queries, "label": "square"}]
 
 

@@ -16,7 +16,9 @@ name                      task            paper
 ``js``                    segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
 ``segpgd``                segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
 ``seg_targeted``          segmentation    targeted: pixels to a class map (Xie et al. 2017; Metzen et al. 2017)
+``dice``                  segmentation    1 − soft Dice over the foreground classes (Milletari et al. 2016, V-Net)
 ``soft_argmax``           landmarks       distance of the soft-argmax point from the truth (ours)
+``expected_distance``     landmarks       expected distance from the truth under the heatmap's softmax (ours)
 ``soft_argmax_targeted``  landmarks       pull the points to truth + a shift (targeted; ours)
 ``vanishing``             detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
 ``dag``                   detection       DAG: GT-matched locations to a wrong class, boxes off (Xie et al. 2017)
@@ -213,6 +215,19 @@ def _seg_targeted(clean: Tensor | None, steps: int, target_class: int | None = 0
     return loss
 
 
+def _dice(clean: Tensor | None, steps: int) -> Loss:
+    """``1 − soft Dice`` over the foreground classes (:func:`attacks.losses.dice_loss`; the
+    soft Dice of Milletari et al. 2016, "V-Net"), in ``[0, 1]`` per image. The attack loss
+    closest to the metric a segmentation study reports: pixel losses (CE and its masked,
+    balanced, JS variants) weigh every pixel alike, so on a small lesion they spend the budget
+    on background pixels that barely move the Dice; this one is the Dice itself, made smooth."""
+    def loss(z: Tensor, y: Tensor) -> Tensor:
+        z, y = _seg_inputs(z, y)
+        return losses.dice_loss(z, y, include_background=False)
+
+    return loss
+
+
 # ---------------------------------------------------------------------- landmarks
 def soft_argmax(heat: Tensor, beta: float = 50.0) -> Tensor:
     """``[B, K, h, w] -> [B, K, 2]`` differentiable ``(x, y)`` heatmap peak (softmax-weighted
@@ -233,6 +248,44 @@ def _soft_argmax(clean: Tensor | None, steps: int, beta: float = 50.0) -> Loss:
         pts = soft_argmax(heat, beta)
         truth, vis = labels[..., :2].float(), labels[..., 2].float()
         d = (pts - truth).norm(dim=2) * vis
+        return d.sum(dim=1) / vis.sum(dim=1).clamp_min(1)
+
+    return loss
+
+
+def _expected_distance(clean: Tensor | None, steps: int, beta: float = 10.0) -> Loss:
+    """Expected distance of each landmark from its truth under the softmax of its heatmap,
+    ``E_{u ~ softmax(β·heat)} ‖u − t‖₂``, averaged over the visible landmarks, in heatmap
+    pixels (image pixels when the heatmap has the image's size, as with the shipped nets).
+    ``labels``: ``[B, K, 3]`` as for ``soft_argmax``.
+
+    Why it is a stronger objective than the soft-argmax distance ``‖E[u] − t‖`` (which it
+    bounds from above, by Jensen): the soft-argmax point can stay on the truth while mass
+    spreads symmetrically around it, and moving it needs a coherent shift of the whole peak;
+    the expected distance grows with *any* mass placed far from the truth, so its gradient
+    raises a second, distant peak, which the decoder (a local soft-argmax around the argmax)
+    then jumps to once it outgrows the true one — the failure that costs the most radial
+    error. It is 0 for a one-pixel peak on the truth and the distance of the peak for a
+    displaced one. ``beta`` is an inverse temperature for heatmaps of peak ~1: 10 keeps the
+    softmax of a trained peak from saturating (``β = 50``, the soft-argmax loss's, leaves
+    almost no gradient outside the peak)."""
+    b_ = float(beta)
+    if not b_ > 0:
+        raise ValueError(f"expected_distance: beta must be > 0, got {beta!r}")
+
+    def loss(heat: Tensor, labels: Tensor) -> Tensor:
+        if heat.ndim != 4 or labels.ndim != 3 or labels.shape[-1] != 3:
+            raise ValueError(f"expected_distance: heatmaps must be [B, K, h, w] and labels [B, K, 3], "
+                             f"got {tuple(heat.shape)} and {tuple(labels.shape)}")
+        b, k, h, w = heat.shape
+        p = (heat.float().flatten(2) * b_).softmax(dim=2)  # [B, K, h·w]
+        ys, xs = torch.meshgrid(torch.arange(h, device=heat.device, dtype=p.dtype),
+                                torch.arange(w, device=heat.device, dtype=p.dtype), indexing="ij")
+        truth, vis = labels[..., :2].float(), labels[..., 2].float()
+        dx = xs.reshape(1, 1, -1) - truth[..., 0:1]
+        dy = ys.reshape(1, 1, -1) - truth[..., 1:2]
+        dist = (dx * dx + dy * dy).sqrt()  # [B, K, h·w]
+        d = (p * dist).sum(dim=2) * vis
         return d.sum(dim=1) / vis.sum(dim=1).clamp_min(1)
 
     return loss
@@ -385,7 +438,10 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
     "seg_targeted": AttackLoss("segmentation", _seg_targeted, "pull pixels to a target class map"),
+    "dice": AttackLoss("segmentation", _dice, "1 - soft Dice over the foreground"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
+    "expected_distance": AttackLoss("landmarks", _expected_distance,
+                                    "expected distance from the truth under the heatmap softmax"),
     "soft_argmax_targeted": AttackLoss("landmarks", _soft_argmax_targeted,
                                        "pull the soft-argmax points to truth + shift"),
     "vanishing": AttackLoss("detection", _vanishing, "TOG-vanishing: suppress confident detections"),

@@ -29,9 +29,11 @@ Batches may be tuples ``(x, y)`` (as from a ``TensorDataset``) or dicts: the ada
 tuple into ``{keys[0]: x, keys[1]: y}`` (``keys=("image", "label")`` by default). Per-sample
 loss and metrics receive ``(output, target)`` with ``target = batch[keys[1]]``.
 
-What "still correct" means (used to pick the worst attack per sample): with ``task=
-"classification"`` (the default) the arg-max of the output differs from the label; otherwise
-pass ``is_violated(output, target) -> bool[B]``, or the worst case ranks by loss alone.
+How the per-sample worst case is judged: by ``per_sample_metric(output, target) -> Tensor[B]``,
+the main metric on each sample alone, in the direction of ``main_metric`` (for example per-image
+Dice, or radial error); with ``task="classification"`` (the default) it defaults to correct
+(1) / wrong (0). Without one, the evaluator falls back to ``is_violated`` (then the loss), and
+says so in the record's ``ensemble_rule``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class RobustTaskAdapter:
             direction is the torchmetrics object's ``higher_is_better``.
         panel: how example panels draw predictions (:mod:`lightning_modules.panels`; default:
             the built-in panel of ``task``).
+        per_sample_metric: ``(output, target) -> Tensor[B]``, the main metric of each sample
+            (higher or lower is better as ``main_metric``'s ``higher_is_better`` says); default
+            for classification: 1.0 where the arg-max equals the label, else 0.0.
     """
 
     violation_direction = None
@@ -87,6 +92,7 @@ class RobustTaskAdapter:
         prepare_metric_input: Callable[[Any], Any] | None = None,
         main_metric: str | None = None,
         panel: Any = None,
+        per_sample_metric: Callable[[Any, Any], Tensor] | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
@@ -101,6 +107,9 @@ class RobustTaskAdapter:
         self.task = task
         self.keys = tuple(keys)
         self._is_violated = is_violated
+        if per_sample_metric is not None and not callable(per_sample_metric):
+            raise TypeError("RobustTaskAdapter.per_sample_metric must be callable (output, target) -> [B]")
+        self._metric = per_sample_metric
         self._prepare = prepare_metric_input or (lambda out: out)
         self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
         self.method = type("UserMethod", (), {"name": method})()
@@ -162,6 +171,19 @@ class RobustTaskAdapter:
 
     def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         return self.per_sample_loss(output, batch).detach()
+
+    def per_sample_metric(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
+        target = self._target(batch)
+        if self._metric is not None:
+            value = self._metric(output, target)
+            if not isinstance(value, Tensor) or value.ndim != 1:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"RobustTaskAdapter.per_sample_metric must return a Tensor[B], got {got}")
+            return value.detach().float()
+        if self.task == "classification" and isinstance(output, Tensor):
+            return (output.detach().argmax(dim=1) == target.reshape(-1).long()).float()
+        raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no per-sample metric: pass "
+                         "per_sample_metric=(output, target) -> Tensor[B] (the main metric per sample)")
 
     def build_metrics(self) -> MetricCollection:
         return self._metrics.clone()

@@ -4,13 +4,19 @@
 task's own torchmetrics: clean, per attack × ε, and the per-sample worst case over attacks
 ("ensemble"). It talks to the task only through the ``RobustTask`` protocol.
 
-Ensemble rule (per sample, per ε). Candidates are the clean input (δ = 0 lies in every ball)
-and each attack's output. The worst candidate is the one that *violates* (``is_violated``:
-misclassified for classification, the task's loss-defined test otherwise) — among several
-violating or several non-violating candidates, the one with the highest per-sample task loss.
+Ensemble rule (per sample, per ε; ``attacks/worst_case.py``). Candidates are the clean input
+(δ = 0 lies in every ball) and each attack's output. The worst candidate is the one with the
+worst value of the task's own per-sample metric (``per_sample_metric``: correct / wrong,
+per-image Dice, radial error, per-image AP@0.5; its direction from ``metric_higher_is_better``)
+— among candidates with equal metric, the one with the highest per-sample task loss. No loss
+value or surrogate threshold decides, so the ensemble can never report less than its strongest
+member on any sample (rule ``task_metric_then_loss``). A task (or adapter) without a per-sample
+metric falls back to ``is_violated`` then the loss (``violation_then_loss``), or the loss alone.
 The metric is then updated with the model's output *at that sample's chosen input*, so metrics
-that need every sample at once (AUROC, mAP) see one coherent prediction per sample, and the
-ensemble is never better than any single attack on a sample-wise basis.
+that need every sample at once (AUROC, mAP) see one coherent prediction per sample.
+
+Sequential suites (classification) skip samples already *broken*, ``is_violated`` at the kept
+candidate (misclassified: for classification the same event as the metric's worst value).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import nn
 # here for compatibility.
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from attacks.tree import select_rows  # noqa: E402
-from attacks.worst_case import Worst, keep_worst  # noqa: E402
+from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
 from callbacks.common import compute_metrics
 from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts  # noqa: F401 (re-exported)
 
@@ -113,6 +119,8 @@ class RobustnessEvaluator:
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
         }
         self._violation_ok = True
+        self._metric_ok = True
+        self._higher: bool | None = None
         self.num_samples = 0
         self.gradients = {k: {"attacked": 0, "nonfinite": 0, "zero": 0} for k in self.attacks}
         self._random_clean = 0
@@ -152,12 +160,35 @@ class RobustnessEvaluator:
                 return self.task.is_violated(output, batch).detach().bool().reshape(size)
             except (NotImplementedError, TypeError, ValueError) as err:
                 warnings.warn(
-                    f"{type(self.task).__name__}.is_violated(output, batch) failed ({err}); the "
-                    "ensemble ranks candidates by per-sample loss only",
+                    f"{type(self.task).__name__}.is_violated(output, batch) failed ({err}); no sample "
+                    "counts as broken (no sequential skipping, no large-ε check)"
+                    + ("" if self._metric_ok else "; the ensemble ranks candidates by per-sample loss only"),
                     stacklevel=2,
                 )
                 self._violation_ok = False
         return torch.zeros(size, dtype=torch.bool, device=self.device)
+
+    def _score(self, output: Any, batch: dict[str, Any], size: int) -> torch.Tensor | None:
+        """``[B]`` how bad each sample's ``output`` is for the model, higher = worse: the task's
+        per-sample metric oriented by its direction (:func:`attacks.worst_case.badness`); the
+        violation flag for a task without one; ``None`` (rank by loss) without either."""
+        if self._metric_ok:
+            try:
+                metric = self.task.per_sample_metric(output, batch)
+                if self._higher is None:
+                    self._higher = bool(self.task.metric_higher_is_better())
+                return badness(metric.reshape(size).to(self.device), self._higher)
+            except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
+                warnings.warn(
+                    f"{type(self.task).__name__}.per_sample_metric(output, batch) failed ({err}); the "
+                    "ensemble judges the worst case by is_violated, then the per-sample loss",
+                    stacklevel=2,
+                )
+                self._metric_ok = False
+        if self._violation_ok:
+            viol = self._violated(output, batch, size)
+            return viol if self._violation_ok else None
+        return None
 
     def _loss_fn(self, spec: AttackSpec, out_clean: Any, idx: torch.Tensor | None, size: int,
                  default: Any) -> Any:
@@ -212,6 +243,7 @@ class RobustnessEvaluator:
             self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
         if self.ensemble or any(sp.loss for sp in self.specs):
             loss_clean = self._loss(out_clean, batch)
+            score_clean = self._score(out_clean, batch, size)
             viol_clean = self._violated(out_clean, batch, size)
 
         def task_loss(output: Any, target: Any) -> torch.Tensor:
@@ -222,7 +254,9 @@ class RobustnessEvaluator:
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
-                worst = Worst(x, loss_clean, viol_clean)
+                worst = Worst(x, loss_clean, score_clean)
+                broken = viol_clean  # is_violated at each sample's kept candidate
+                white = score_clean  # worst score of the clean input and the gradient members
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
@@ -230,7 +264,7 @@ class RobustnessEvaluator:
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
                 if self.sequential and spec.budgeted:
                     # AutoAttack's rule: later members spend nothing on samples already broken.
-                    todo = (~worst.success).nonzero().flatten()
+                    todo = (~broken).nonzero().flatten()
                     x_adv = worst.x.clone()
                     if todo.numel():
                         sub = select_rows(batch, todo, size)
@@ -251,17 +285,25 @@ class RobustnessEvaluator:
                 if not (self.ensemble and spec.budgeted):
                     continue
                 # the one worst-case rule of attacks/worst_case.py (also the restarts')
-                worst, better = keep_worst(worst, x_adv, self._loss(out, batch), self._violated(out, batch, size))
+                score = self._score(out, batch, size)
+                worst, better = keep_worst(worst, x_adv, self._loss(out, batch), score)
+                broken = torch.where(better, self._violated(out, batch, size), broken)
+                if a_i not in self._gradient_free and score is not None and white is not None:
+                    white = torch.maximum(white.float(), score.float())
                 if bool(better.any()):
                     winner = torch.where(better, torch.full_like(winner, a_i), winner)
                     outputs[a_i] = out
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
-                gf = torch.zeros_like(worst.success)
+                gf = torch.zeros_like(winner, dtype=torch.bool)
                 for i in self._gradient_free:
                     gf |= winner == i
-                self.blackbox_wins[eps] += int((gf & worst.success).sum() if self._violation_ok else gf.sum())
+                # a win: the gradient-free member's metric is worse than every gradient member's
+                # and the clean one's (classification: it broke a sample no gradient attack broke)
+                if worst.score is not None and white is not None:
+                    gf &= worst.score.float() > white.float()
+                self.blackbox_wins[eps] += int(gf.sum())
             # One candidate won every sample: reuse its output; otherwise forward the mix once.
             first = int(winner[0])
             if bool((winner == first).all()) and first in outputs:
@@ -286,7 +328,8 @@ class RobustnessEvaluator:
         attacks = {k: compute_metrics(m) for k, m in self.metrics.attacks.items()}
         ensemble = {e: compute_metrics(m) for e, m in self.metrics.ensemble.items()}
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
-        rule = "violation_then_loss" if self._violation_ok else "loss"
+        rule = ("task_metric_then_loss" if self._metric_ok
+                else "violation_then_loss" if self._violation_ok else "loss")
         gradients = {k: sum_counts(v) for k, v in self.gradients.items()}
         total = sum_counts({"n": self.num_samples})["n"]
         randomness = sum_counts({"n": self._random_clean})["n"] / max(total, 1)

@@ -21,6 +21,8 @@ from callbacks.outcome import EvalOutcome
 from callbacks.record import AttackEntry, EnsembleEntry, RobustArea, RobustnessRecord, SubsetInfo
 
 ENSEMBLE_RULES = {
+    "task_metric_then_loss": "per sample, the candidate (clean or an attack's output) with the worst value of "
+                             "the task's per-sample metric, ties broken by the highest per-sample loss",
     "violation_then_loss": "per sample, the candidate (clean or an attack's output) that violates the task's "
                            "is_violated test, ties broken by the highest per-sample loss",
     "loss": "per sample, the candidate (clean or an attack's output) with the highest per-sample loss",

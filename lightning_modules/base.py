@@ -231,6 +231,9 @@ class TaskModule(L.LightningModule):
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         raise NotImplementedError
 
+    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         raise NotImplementedError
 

@@ -162,6 +162,16 @@ class ClassificationModule(TaskModule):
         """Per-sample loss (violation itself needs no threshold for classification)."""
         return self.per_sample_loss(output, batch).detach()
 
+    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
+        """``[B]`` accuracy of each sample: 1.0 correct, 0.0 wrong (``1 − is_violated``);
+        multi-label: the fraction of its labels predicted right (micro accuracy's share)."""
+        with torch.no_grad():
+            probs = self.probabilities(output.detach() if isinstance(output, Tensor) else output)
+            y = self._labels(batch)
+            if self.multilabel:
+                return ((probs > 0.5) == (y > 0.5)).float().mean(dim=1)
+            return (probs.argmax(dim=1) == y).float()
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """``KL(p_clean ‖ p_adv)`` per sample (TRADES); Bernoulli KL summed over labels for
         multi-label and single-logit outputs."""

@@ -45,7 +45,7 @@ from attacks.options import check_choice
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
 from lightning_modules.methods.base import TrainingMethod
-from lightning_modules.metrics.detection import DetectionMAP
+from lightning_modules.metrics.detection import DetectionMAP, per_image_ap50
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
 from lightning_modules.nets.weights import load_weights, pop_weight_options
@@ -202,6 +202,17 @@ class DetectionModule(TaskModule):
     def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
         thr = self.violation_threshold if threshold is None else float(threshold)
         return self.violation_statistic(output, batch) > thr
+
+    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
+        """``[B]`` AP@0.5 of each image (:func:`lightning_modules.metrics.detection.
+        per_image_ap50`; NaN for an image without objects). Why AP and not recall: it is the
+        per-image form of the ``map_50`` the task reports, so a candidate that adds confident
+        false positives of an object's class counts as worse, and it needs no score threshold."""
+        preds = self._output(output).detached_detections()
+        target = [{"boxes": b.detach().to(p["boxes"].device).float().reshape(-1, 4),
+                   "labels": lab.detach().to(p["boxes"].device).long().reshape(-1)}
+                  for b, lab, p in zip(batch["boxes"], batch["labels"], preds)]
+        return per_image_ap50(preds, target)
 
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """``[B]`` divergence of the adversarial from the clean output (see module docstring)."""

@@ -286,6 +286,18 @@ class LandmarkModule(TaskModule):
         thr = self.default_violation_threshold() if threshold is None else float(threshold)
         return self.violation_statistic(output, batch) > thr
 
+    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
+        """``[B]`` mean radial error of each image, image pixels, over its visible landmarks
+        (the points of :meth:`decode_points`, as ``mre`` measures them; NaN when none is
+        visible). Lower is better."""
+        with torch.no_grad():
+            pred = self.decode_points(output).detach().float()
+            truth = batch["landmarks"].to(pred.device, torch.float32)
+            vis = batch["visible"].to(pred.device).bool() & torch.isfinite(truth).all(dim=-1)
+            err = (pred - torch.nan_to_num(truth)).norm(dim=-1) * vis
+            n = vis.sum(dim=1)
+            return torch.where(n > 0, err.sum(dim=1) / n.clamp_min(1), torch.full_like(err[:, 0], float("nan")))
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """``[B]``: MSE between the two outputs' heatmaps (plus the regression head's
         coordinate MSE in units of the image side, when present)."""

@@ -68,6 +68,19 @@ class RobustTask(Protocol):
     def violation_statistic(self, output: Any, batch: Batch) -> torch.Tensor:
         """Per-sample statistic ``[B]`` from which a violation threshold is computed."""
 
+    def per_sample_metric(self, output: Any, batch: Batch) -> torch.Tensor:
+        """``[B]`` float: the task's main metric on each sample alone, in the direction of
+        :meth:`metric_higher_is_better` (the single source of the direction). It is what the
+        evaluation's per-sample worst case is judged by (``attacks/worst_case.py``): the suite
+        keeps, per sample, the candidate with the worst value of it, the loss only breaking ties.
+
+        Classification: correct (1.0) / wrong (0.0) — accuracy (multi-label: the fraction of
+        labels right); segmentation: hard Dice over the foreground classes; landmarks: mean
+        radial error over the visible landmarks, image pixels; detection: AP@0.5 of the image.
+        NaN where undefined (the candidate then never wins on the metric, only on the loss).
+        Not differentiable; computed on detached outputs.
+        """
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> torch.Tensor:
         """Per-sample divergence ``[B]`` of ``out_adv`` from ``out_clean`` (TRADES' robust term).
 

@@ -204,6 +204,14 @@ class SegmentationModule(TaskModule):
         thr = self.violation_threshold if threshold is None else float(threshold)
         return self.violation_statistic(output, batch) < thr
 
+    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
+        """``[B]`` hard Dice of each image over its foreground classes (the mean of those
+        present in the prediction or the mask; 1.0 when neither has any foreground) — the
+        per-image score that the ``dice`` metric averages. Per class, IoU = Dice / (2 − Dice)
+        is monotone in Dice, so the image with the worst Dice is also the one with the worst
+        IoU for a single foreground class (PH2, most medical masks)."""
+        return self.violation_statistic(output, batch).float()
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """Per-pixel ``KL(p_clean ‖ p_adv)`` over classes, averaged over pixels: ``[B]``."""
         kl = categorical_kl(self._logits(out_clean), self._logits(out_adv), dim=1)

@@ -37,7 +37,7 @@ def test_standard_suite_per_task() -> None:
     binary = [s.label for s in parse_attack_specs("standard", "x", "classification", 2)]
     assert binary == ["apgd-ce", "apgd-dlr", "square"]  # DLR falls back to the CW margin
     seg = parse_attack_specs("standard", "x", "segmentation")
-    assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", None}
+    assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", "dice", None}
     assert all(s.params["steps"] == 100 for s in seg if s.name == "apgd")
     assert suite_configs("standard", "landmarks")[1]["loss"] == "soft_argmax"
     with pytest.raises(ValueError, match="unknown suite"):
