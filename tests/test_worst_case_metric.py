@@ -314,3 +314,30 @@ def test_standard_suites_gain_the_metric_type_members() -> None:
     lmk = [c["label"] for c in suite_configs("quick", "landmarks")]
     assert "apgd-dice" in seg and "apgd-expected_distance" in lmk
     assert all(c["steps"] == 100 for c in suite_configs("standard", "landmarks") if c["name"] == "apgd")
+
+
+def test_adapter_per_sample_metric_default_custom_and_missing() -> None:
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from callbacks import RobustTaskAdapter
+
+    owner = nn.Module()
+    net = nn.Flatten()
+    z = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    y = torch.tensor([0, 1])
+    cls = RobustTaskAdapter(owner, model=net, per_sample_loss=lambda o, t: o.sum(dim=1),
+                            metrics={"accuracy": MulticlassAccuracy(num_classes=3)})
+    assert cls.per_sample_metric(z, {"image": z, "label": y}).tolist() == [1.0, 0.0]
+    custom = RobustTaskAdapter(owner, model=net, per_sample_loss=lambda o, t: o.sum(dim=1),
+                               metrics={"accuracy": MulticlassAccuracy(num_classes=3)},
+                               per_sample_metric=lambda o, t: o[:, 0])
+    assert custom.per_sample_metric(z, {"image": z, "label": y}).tolist() == [2.0, 0.0]
+    bad = RobustTaskAdapter(owner, model=net, per_sample_loss=lambda o, t: o.sum(dim=1),
+                            metrics={"accuracy": MulticlassAccuracy(num_classes=3)},
+                            per_sample_metric=lambda o, t: o)
+    with pytest.raises(ValueError, match="per_sample_metric must return a Tensor"):
+        bad.per_sample_metric(z, {"image": z, "label": y})
+    seg = RobustTaskAdapter(owner, model=net, per_sample_loss=lambda o, t: o.sum(dim=1),
+                            metrics={"accuracy": MulticlassAccuracy(num_classes=3)}, task="segmentation")
+    with pytest.raises(ValueError, match="pass per_sample_metric"):
+        seg.per_sample_metric(z, {"image": z, "label": y})
