@@ -28,8 +28,9 @@ from torch import nn
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from attacks.tree import select_rows  # noqa: E402
 from attacks.worst_case import Worst, keep_worst  # noqa: E402
+from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
-from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts  # noqa: F401 (re-exported)
+from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts, sum_values  # noqa: F401 (re-exported)
 
 
 def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any],
@@ -86,6 +87,16 @@ class RobustnessEvaluator:
         seed: base seed of the attacks' random streams (random starts, noises), combined with
             the global batch number so results do not depend on the number of ranks.
         ensemble: also compute the per-sample worst case over attacks.
+        check_randomness: forward the clean batch a second time and count samples whose two
+            eval-mode outputs differ (a sanity check of :mod:`callbacks.sanity`; one extra
+            forward per batch). The runner turns it on only when the sanity checks run.
+        metrics: metric collections to reuse (reset here), e.g. from the previous epoch's
+            evaluation of the same suite; built fresh when ``None``.
+
+    Compute accounting: every forward and backward through the model, and the wall time, are
+    charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
+    evaluator's own part that ran them; :meth:`compute` returns them in
+    :attr:`~callbacks.outcome.EvalOutcome.compute`.
     """
 
     def __init__(
@@ -100,6 +111,8 @@ class RobustnessEvaluator:
         sequential: bool = False,
         large_eps: float | None = None,
         large_eps_steps: int = 20,
+        check_randomness: bool = True,
+        metrics: EvalMetrics | None = None,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -107,7 +120,12 @@ class RobustnessEvaluator:
         self.eps = list(eps)
         self.seed = int(seed)
         self.ensemble = ensemble
-        self.model: nn.Module = task.attack_model()
+        device = next((p.device for p in task.parameters()), torch.device("cpu"))
+        #: charges passes and seconds to the running member / part (callbacks/accounting.py)
+        self.meter = ComputeMeter(device)
+        # every attack and metric forward goes through the counter (it changes no result)
+        self.model: nn.Module = CountingModel(task.attack_model(), self.meter)
+        self.check_randomness = bool(check_randomness)
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
@@ -132,13 +150,17 @@ class RobustnessEvaluator:
             self._large_attack = APGD(eps=float(large_eps), norm="linf", steps=self.large_eps_steps,
                                       random_start=False, bounds=bounds, bn_mode=bn_mode,
                                       dropout_mode=dropout_mode)
-        device = next((p.device for p in task.parameters()), torch.device("cpu"))
         self.device = device
-        self.metrics = EvalMetrics(
-            clean=task.build_metrics().to(device),
-            attacks={k: task.build_metrics().to(device) for k in self.attacks},
-            ensemble={e: task.build_metrics().to(device) for e in self.eps} if ensemble else {},
-        )
+        if metrics is not None and _fits(metrics, self.attacks, self.eps, ensemble):
+            for m in (metrics.clean, *metrics.attacks.values(), *metrics.ensemble.values()):
+                m.reset()
+            self.metrics = metrics
+        else:
+            self.metrics = EvalMetrics(
+                clean=task.build_metrics().to(device),
+                attacks={k: task.build_metrics().to(device) for k in self.attacks},
+                ensemble={e: task.build_metrics().to(device) for e in self.eps} if ensemble else {},
+            )
 
     # -- per-sample ranking -------------------------------------------------------------------
     def _loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -204,12 +226,14 @@ class RobustnessEvaluator:
         task = self.task
         x = batch["image"]
         size = x.shape[0]
+        self.meter.begin(counted, "clean")  # compute accounting; padding copies are not charged
         out_clean = self.forward(x)
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
             self.num_samples += size
-            # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
-            self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
+            if self.check_randomness:
+                # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
+                self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
         if self.ensemble or any(sp.loss for sp in self.specs):
             loss_clean = self._loss(out_clean, batch)
             viol_clean = self._violated(out_clean, batch, size)
@@ -226,6 +250,7 @@ class RobustnessEvaluator:
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
+                self.meter.switch((spec.label, eps))
                 attack = self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
                 if self.sequential and spec.budgeted:
@@ -255,6 +280,7 @@ class RobustnessEvaluator:
                 if bool(better.any()):
                     winner = torch.where(better, torch.full_like(winner, a_i), winner)
                     outputs[a_i] = out
+            self.meter.switch("ensemble")
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
@@ -270,11 +296,13 @@ class RobustnessEvaluator:
                 ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
+        self.meter.switch("sanity")
         if self.large_eps is not None and counted:
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
             out_big = self.forward(x_big)
             self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
+        self.meter.end()
 
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
@@ -297,7 +325,35 @@ class RobustnessEvaluator:
             large = {"eps": self.large_eps, "steps": self.large_eps_steps, "attack": "apgd linf, task loss",
                      "decidable": self._violation_ok, **c}
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
-                           gradients, randomness, self.sequential, wins, large, total)
+                           gradients, randomness, self.sequential, wins, large, total,
+                           compute=self.accounting(total, gradients))
+
+    def accounting(self, total: int | None = None,
+                   gradients: dict[tuple[str, float], dict[str, int]] | None = None) -> ComputeAccounting:
+        """Passes and seconds so far, summed over ranks (a collective under DDP: call on every
+        rank, same order). ``total``/``gradients``: the summed sample and attacked counts, when
+        the caller has them already."""
+        if total is None:
+            total = sum_counts({"n": self.num_samples})["n"]
+        if gradients is None:
+            gradients = {k: sum_counts(v) for k, v in self.gradients.items()}
+        mine = self.meter.totals()
+        # every rank sums the same keys in the same order (a part a rank never ran counts 0)
+        keys = [*self.attacks, "clean", "ensemble", "sanity", "minimal_eps"]
+        flat = {f"{i}.{k}": mine.get(key, {}).get(k, 0.0)
+                for i, key in enumerate(keys) for k in ("forward", "backward", "seconds")}
+        summed = sum_values(flat)
+        totals = {key: {k: summed[f"{i}.{k}"] for k in ("forward", "backward", "seconds")}
+                  for i, key in enumerate(keys)
+                  if key in self.attacks or any(summed[f"{i}.{k}"] for k in ("forward", "seconds"))}
+        attacked = {k: int(v["attacked"]) for k, v in gradients.items()}
+        return ComputeAccounting.build(totals, total, attacked, self.sequential, list(self.attacks))
+
+
+def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],
+          ensemble: bool) -> bool:
+    """Reusable collections: one per attack × ε and (with the ensemble) one per ε."""
+    return set(metrics.attacks) == set(attacks) and set(metrics.ensemble) == (set(eps) if ensemble else set())
 
 
 def _differs(a: Any, b: Any, size: int) -> torch.Tensor:
