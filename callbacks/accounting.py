@@ -99,6 +99,23 @@ class ComputeMeter:
         assert self._current is not None
         self._current.seconds += time.perf_counter() - self._since
 
+    def share(self, source: Key, targets: list[Key]) -> None:
+        """Move ``source``'s tally to ``targets`` in equal shares (ε-stacking: one call served
+        every ε with the same rows each, so the passes divide exactly) and charge the first
+        target from now on."""
+        if self._current is None:
+            return
+        self._stop()
+        src = self.tallies.pop(source, _Tally())
+        k = len(targets)
+        for key in targets:
+            t = self.tallies.setdefault(key, _Tally())
+            t.forward += src.forward // k
+            t.backward += src.backward // k
+            t.seconds += src.seconds / k
+        self._current = self.tallies.setdefault(targets[0], _Tally())
+        self._since = time.perf_counter()
+
     def add_forward(self, rows: int) -> None:
         if self._current is not None:
             self._current.forward += rows

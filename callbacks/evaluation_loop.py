@@ -92,6 +92,8 @@ class RobustnessEvaluator:
             forward per batch). The runner turns it on only when the sanity checks run.
         metrics: metric collections to reuse (reset here), e.g. from the previous epoch's
             evaluation of the same suite; built fresh when ``None``.
+        stack_eps: attack every ε of a deterministic member in one call (see
+            :meth:`_stack_members`); the same numbers with fewer, larger calls.
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
@@ -113,6 +115,7 @@ class RobustnessEvaluator:
         large_eps_steps: int = 20,
         check_randomness: bool = True,
         metrics: EvalMetrics | None = None,
+        stack_eps: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -126,6 +129,9 @@ class RobustnessEvaluator:
         # every attack and metric forward goes through the counter (it changes no result)
         self.model: nn.Module = CountingModel(task.attack_model(), self.meter)
         self.check_randomness = bool(check_randomness)
+        self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
+        #: outputs computed already, by id of their input (see :meth:`_stack_members`)
+        self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
@@ -214,8 +220,58 @@ class RobustnessEvaluator:
             attack.last_gradients = None
 
     def forward(self, x: torch.Tensor) -> Any:
+        hit = self._scored.pop(id(x), None)
+        if hit is not None and hit[0] is x:  # scored already, with the other ε (_stack_members)
+            return hit[1]
         with torch.no_grad():
             return self.model(x)
+
+    def _stack_members(self, batch_no: int, batch: dict[str, Any], x: torch.Tensor, size: int,
+                       loss_fn: Any) -> dict[tuple[str, float], _Precomputed]:
+        """ε-stacking: run each deterministic member once over the batch repeated for every ε
+        (``[len(eps)·B, *]``, budget ``ε_i`` on the ``i``-th copy) and score the result with one
+        forward; return stand-ins that hand each ε its rows.
+
+        Exact: a member qualifies only when its output depends on nothing but each sample and
+        its own ε — an attack without randomness (:data:`STACKABLE`, no random start, one
+        restart, the task loss), eval-mode BatchNorm / Dropout (per-sample forwards), not in a
+        sequential suite (no early stop) — so every row takes the same steps as in its own call.
+        On the CPU the results are bit-identical (``benchmarks/eval_cost.py --compare`` checks
+        the metrics); a GPU may round batched kernels differently. Skipped when the stacked input
+        would exceed :data:`MAX_STACK_BYTES` (its activations scale with it). Passes are charged
+        to each ε by its rows (equal: no early stop); seconds are shared equally.
+        """
+        k = len(self.eps)
+        if not self.stack_eps or k < 2 or self.sequential or self.modes != ("eval", "eval") \
+                or k * x.element_size() * x.nelement() > MAX_STACK_BYTES:
+            return {}
+        out: dict[tuple[str, float], _Precomputed] = {}
+        for a_i, spec in enumerate(self.specs):
+            desc = self.attacks[(spec.label, self.eps[0])].describe()
+            if not (spec.budgeted and spec.loss is None and desc.get("name") in STACKABLE
+                    and not desc.get("random_start") and (desc.get("restarts") or 1) == 1):
+                continue
+            keys = [(spec.label, e) for e in self.eps]
+            self.meter.switch(("stacked", spec.label))
+            eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
+            attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            many = {key: torch.cat([v] * k) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size
+                    else v for key, v in batch.items()}
+            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
+            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen)
+            with torch.no_grad():
+                scored = self.model(x_adv)
+            self.meter.share(("stacked", spec.label), keys)
+            if not (isinstance(scored, torch.Tensor) and scored.shape[0] == k * size):
+                continue  # an output we cannot cut by rows: the ordinary path
+            stats = attack.last_gradients
+            for i, key in enumerate(keys):
+                rows = slice(i * size, (i + 1) * size)
+                grads = None if stats is None else type(stats)(stats.nonfinite[rows], stats.zero[rows], stats.evaluations)
+                pre = _Precomputed(x_adv[rows], grads)
+                self._scored[id(pre.x_adv)] = (pre.x_adv, scored[rows])
+                out[key] = pre
+        return out
 
     # -- the loop -------------------------------------------------------------------------------
     def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True) -> None:
@@ -227,6 +283,7 @@ class RobustnessEvaluator:
         x = batch["image"]
         size = x.shape[0]
         self.meter.begin(counted, "clean")  # compute accounting; padding copies are not charged
+        self._scored.clear()
         out_clean = self.forward(x)
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
@@ -244,6 +301,8 @@ class RobustnessEvaluator:
         def success_fn(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
+        stacked = self._stack_members(batch_no, batch, x, size, task_loss)  # {} unless stack_eps
+
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
                 worst = Worst(x, loss_clean, viol_clean)
@@ -251,7 +310,7 @@ class RobustnessEvaluator:
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
                 self.meter.switch((spec.label, eps))
-                attack = self.attacks[(spec.label, eps)]
+                attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
                 if self.sequential and spec.budgeted:
                     # AutoAttack's rule: later members spend nothing on samples already broken.
@@ -296,7 +355,8 @@ class RobustnessEvaluator:
                 ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
-        self.meter.switch("sanity")
+        if self.large_eps is not None:
+            self.meter.switch("sanity")
         if self.large_eps is not None and counted:
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
@@ -348,6 +408,23 @@ class RobustnessEvaluator:
                   if key in self.attacks or any(summed[f"{i}.{k}"] for k in ("forward", "seconds"))}
         attacked = {k: int(v["attacked"]) for k, v in gradients.items()}
         return ComputeAccounting.build(totals, total, attacked, self.sequential, list(self.attacks))
+
+
+#: attacks whose result depends only on each sample and its ε when they have no random start
+STACKABLE = ("pgd", "bim", "fgsm")
+#: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
+MAX_STACK_BYTES = 16 * 2**20
+
+
+class _Precomputed:
+    """Stand-in for an attack whose output on this batch was computed already (ε-stacking):
+    calling it returns that output; ``last_gradients`` is the gradient health of its rows."""
+
+    def __init__(self, x_adv: torch.Tensor, gradients: Any) -> None:
+        self.x_adv, self.last_gradients = x_adv, gradients
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.x_adv
 
 
 def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],

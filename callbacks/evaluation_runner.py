@@ -58,12 +58,17 @@ class Speedups:
             when the sanity checks run (its result is read nowhere else).
         cache_directions: ask the task once for each metric's direction (higher or lower is
             better) instead of building its metric collection for every question.
+        stack_eps: attack all ε of a deterministic member (PGD/BIM/FGSM without random start,
+            the per-epoch default) in one call over the batch repeated per ε, and score them
+            with one forward (:meth:`RobustnessEvaluator._stack_members`): fewer, larger calls.
+            Bit-identical on the CPU; the stacked input is capped at 16 MiB.
     """
 
     reuse_metrics: bool = True
     device_cache: bool = True
     randomness_only_with_sanity: bool = True
     cache_directions: bool = True
+    stack_eps: bool = True
 
     @classmethod
     def none(cls) -> Speedups:
@@ -158,6 +163,7 @@ class EvaluationRunner:
                 large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
                 metrics=self._metrics.get(metrics_key) if fast.reuse_metrics else None,
+                stack_eps=fast.stack_eps,
             )
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
                 self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}

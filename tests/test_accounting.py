@@ -148,3 +148,26 @@ def test_accounting_round_trips_through_the_record(sequential: bool) -> None:
     else:
         assert "saved_by_skipping" not in d
     assert "| square | 0.1 | 20 |" in acc.markdown()
+
+
+def test_eps_stacking_gives_the_same_numbers_and_passes() -> None:
+    """One PGD call over the batch repeated per ε equals one call per ε (CPU: bit for bit)."""
+    module, batch = trained("classification")
+    specs = parse_attack_specs([{"name": "pgd", "steps": 3, "random_start": False}, {"name": "fgsm"}], "t")
+    outs, models = [], []
+    for stack in (False, True):
+        task = Task(module)
+        ev = RobustnessEvaluator(task, specs, EPS, stack_eps=stack, check_randomness=False)
+        ev.run_batch(0, batch)
+        outs.append(ev.compute())
+        models.append(task.model)
+    plain, stacked = outs
+    assert stacked.attacks == plain.attacks and stacked.ensemble == plain.ensemble
+    assert stacked.gradients == plain.gradients
+    def passes(out: Any) -> list[tuple[Any, ...]]:
+        return [(m.attack, m.eps, m.forward, m.backward) for m in out.compute.members]
+
+    assert passes(stacked) == passes(plain)
+    # the same sample passes, counted by the model itself
+    assert (models[1].forwards, models[1].backwards) == (models[0].forwards, models[0].backwards)
+    assert stacked.compute.total()["forward"] == models[1].forwards
