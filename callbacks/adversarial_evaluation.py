@@ -302,9 +302,9 @@ class AdversarialEvaluation(Callback):
             return metric_direction(task, metric, *fallback)
         cache = self.__dict__.setdefault("_directions", {})
         key = (id(task), metric, bool(fallback))
-        if key not in cache:
-            cache[key] = metric_direction(task, metric, *fallback)
-        return cache[key]
+        if key not in cache or cache[key][0] is not task:  # ids of dead objects get reused
+            cache[key] = (task, metric_direction(task, metric, *fallback))
+        return cache[key][1]
 
     @staticmethod
     def _log_dir(trainer: pl.Trainer) -> str:

@@ -162,12 +162,12 @@ class EvaluationRunner:
                 sequential=sequential,
                 large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
-                metrics=self._metrics.get(metrics_key) if fast.reuse_metrics else None,
+                metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
                 stack_eps=fast.stack_eps,
             )
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
                 self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}
-                self._metrics[metrics_key] = evaluator.metrics
+                self._metrics[metrics_key] = (task, evaluator.metrics)  # the task: ids get reused
             batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
                 self._device_batches(key, dataset, mine, collate_fn, task, device), len(mine),
                 f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
@@ -190,6 +190,11 @@ class EvaluationRunner:
             torch.cuda.synchronize(device)
         return RunResult(outcome, indices, len(dataset), batch_size, world_size,
                          time.perf_counter() - start, per_sample)
+
+    def _reusable_metrics(self, key: tuple[Any, ...], task: Any) -> Any:
+        """The collections kept for ``key`` if they were built by this very task object."""
+        kept = self._metrics.get(key)
+        return kept[1] if kept is not None and kept[0] is task else None
 
     def _device_batches(self, key: tuple[Any, ...], dataset: Any, mine: list[tuple[int, list[int], bool]],
                         collate_fn: Any, task: Any, device: torch.device) -> Iterator[dict[str, Any]]:

@@ -59,6 +59,7 @@ class Task:
 
 
 EPS = [0.02, 0.05]
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def test_counts_match_the_models_own_counts_with_a_gradient_free_member_and_skips() -> None:
@@ -171,3 +172,44 @@ def test_eps_stacking_gives_the_same_numbers_and_passes() -> None:
     # the same sample passes, counted by the model itself
     assert (models[1].forwards, models[1].backwards) == (models[0].forwards, models[0].backwards)
     assert stacked.compute.total()["forward"] == models[1].forwards
+
+
+def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: Any) -> None:
+    """Two evaluations in one fit, one with every reuse of Speedups, one with none: the same
+    records at every epoch; robustness.json and report.md carry the compute accounting."""
+    import json
+
+    import lightning as L
+
+    from callbacks import AdversarialEvaluation
+    from callbacks.evaluation_runner import Speedups
+    from tests.test_callbacks_support import make_datamodule, make_module
+
+    fast = {"attacks": [{"name": "fgsm"}, {"name": "pgd", "norm": "linf", "steps": 2, "random_start": False}],
+            "eps": [0.01, 0.03], "subset": 9, "batch_size": 4, "plot": False}
+    new, old = AdversarialEvaluation(**fast), AdversarialEvaluation(**fast, prefix="old")
+    old.runner.speedups = Speedups.none()
+    seen: list[tuple[Any, Any]] = []
+
+    class Compare(L.Callback):
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            a, b = new.last_record["val"], old.last_record["val"]
+            seen.append((a, b))
+            assert a.to_dict()["attacks"] == b.to_dict()["attacks"] and a.clean == b.clean
+            assert a.to_dict()["ensemble"] == b.to_dict()["ensemble"]
+            passes = [(m.attack, m.eps, m.forward, m.backward) for m in a.compute.members]
+            assert passes == [(m.attack, m.eps, m.forward, m.backward) for m in b.compute.members]
+
+    dm = make_datamodule()
+    tr = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                   limit_train_batches=1, num_sanity_val_steps=0, callbacks=[new, old, Compare()])
+    model = make_module(dm)
+    tr.fit(model, dm)
+    assert len(seen) == 2
+    data = json.loads((tmp_path / "robustness.json").read_text())
+    assert data["compute"]["samples"] == 9 and data["compute"]["total"]["backward"] > 0
+    # the reuse: one clean forward per sample (no randomness check without the sanity checks)
+    assert {p["part"]: p["forward"] for p in data["compute"]["parts"]}["clean"] == 9
+    tr.test(model, dm, verbose=False)
+    assert "## Compute" in (tmp_path / "report.md").read_text()
