@@ -235,7 +235,8 @@ class RobustnessEvaluator:
         Exact: a member qualifies only when its output depends on nothing but each sample and
         its own ε — an attack without randomness (:data:`STACKABLE`, no random start, one
         restart, the task loss), eval-mode BatchNorm / Dropout (per-sample forwards), not in a
-        sequential suite (no early stop) — so every row takes the same steps as in its own call.
+        sequential suite (no early stop), a batch of per-sample tensors only — so every row
+        takes the same steps as in its own call.
         On the CPU the results are bit-identical (``benchmarks/eval_cost.py --compare`` checks
         the metrics); a GPU may round batched kernels differently. Skipped when the stacked input
         would exceed :data:`MAX_STACK_BYTES` (its activations scale with it). Passes are charged
@@ -244,6 +245,10 @@ class RobustnessEvaluator:
         k = len(self.eps)
         if not self.stack_eps or k < 2 or self.sequential or self.modes != ("eval", "eval") \
                 or k * x.element_size() * x.nelement() > MAX_STACK_BYTES:
+            return {}
+        # only batches whose every entry is a per-sample tensor can be repeated per ε (detection's
+        # lists of boxes, or metadata, keep the ordinary path)
+        if not all(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size for v in batch.values()):
             return {}
         out: dict[tuple[str, float], _Precomputed] = {}
         for a_i, spec in enumerate(self.specs):
@@ -255,8 +260,7 @@ class RobustnessEvaluator:
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
             attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
-            many = {key: torch.cat([v] * k) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size
-                    else v for key, v in batch.items()}
+            many = {key: torch.cat([v] * k) for key, v in batch.items()}
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
             x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen)
             with torch.no_grad():
