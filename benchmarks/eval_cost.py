@@ -13,7 +13,15 @@ and the fraction ``evaluation / training batches``. The first epoch (warm-up) is
 the summary; both are measured in the same process, interleaved, so machine load affects them
 alike.
 
+``--compare`` runs, after every training epoch, the same evaluation several times side by side
+(each its own callback, same settings, same model): ``before`` with every reuse of
+:class:`callbacks.evaluation_runner.Speedups` off (the evaluation as it ran before them),
+``+<name>`` with one of them on, and ``after`` with all on (the default). It checks that every
+variant's record has the same metrics as ``before`` (they change no number) and prints each
+one's cost as a fraction of the same training epoch — which change bought what.
+
     python benchmarks/eval_cost.py                      # default callback settings
+    python benchmarks/eval_cost.py --compare --threads 1 --epochs 6
     python benchmarks/eval_cost.py --suite config       # the experiment's own callback settings
     python benchmarks/eval_cost.py --set '{"subset": 128}' --json results/eval_cost.json
 """
@@ -32,6 +40,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from callbacks import AdversarialEvaluation
+from callbacks.evaluation_runner import Speedups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,16 +82,28 @@ class EpochTimer(Callback):
         if not trainer.sanity_checking:
             self._lap("val_loop")
 
-    def after_evaluation(self) -> Callback:
+    def after_evaluation(self, name: str = "eval", last: bool = True) -> Callback:
+        """A callback that laps ``name`` (put it right after the evaluation it times); the
+        ``last`` one closes the epoch's row."""
         timer = self
 
         class _After(Callback):
             def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
                 if not trainer.sanity_checking:
-                    timer._lap("eval")
-                    timer.rows.append(dict(timer._row))
+                    timer._lap(name)
+                    if last:
+                        timer.rows.append(dict(timer._row))
 
         return _After()
+
+
+def variants() -> dict[str, Speedups]:
+    """``before`` (no reuse), ``+<one>`` for each reuse alone, ``after`` (all: the default)."""
+    out = {"before": Speedups.none()}
+    for name in Speedups.__dataclass_fields__:
+        out[f"+{name}"] = Speedups(**{k: k == name for k in Speedups.__dataclass_fields__})
+    out["after"] = Speedups()
+    return out
 
 
 def configured_eval_kwargs(cli_config: Any) -> dict[str, Any] | None:
@@ -92,6 +113,28 @@ def configured_eval_kwargs(cli_config: Any) -> dict[str, Any] | None:
             args = cb.init_args
             return dict(args.as_dict() if hasattr(args, "as_dict") else args)
     return None
+
+
+def _repeat_runs(trainer: L.Trainer, model: Any, evaluations: dict[str, AdversarialEvaluation],
+                 repeats: int) -> dict[str, float]:
+    """Median CPU seconds of each variant's runner (subset, attacks, metrics; no logging) on the
+    trained model, ``repeats`` rounds with the variants interleaved in each round."""
+    from callbacks.common import check_robust_task
+
+    if repeats <= 0:
+        return {}
+    task = check_robust_task(model, "eval_cost")
+    times: dict[str, list[float]] = {name: [] for name in evaluations}
+    for _ in range(repeats):
+        for name, ev in evaluations.items():
+            t0 = time.process_time()
+            ev.runner.run(trainer, model, task, "val", ev.specs, ev.eps, ev.subset, label=ev.prefix)
+            # what evaluate() asks besides the run: the monitor's and each metric's direction
+            ev._direction(task, task.main_metric)
+            for m in ev.last_record["val"].metric_names():
+                ev._direction(task, m, None)
+            times[name].append(time.process_time() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -106,6 +149,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 gives the steadiest numbers on a shared machine)")
     p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--compare", action="store_true",
+                   help="time the evaluation before / with each reuse / after, side by side each epoch")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="with --compare: after training, also run each variant's runner (the evaluation "
+                        "without logging) this many times, interleaved, on the final model, and report "
+                        "the median CPU seconds of each (steadier than per-epoch ratios on a loaded machine)")
     args = p.parse_args(argv)
 
     from medrobust.cli import load_train_module  # train.py is not an installed module
@@ -129,21 +178,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             kwargs = {}
         kwargs.update(json.loads(args.set))
         kwargs.update(write_json=False, plot=False, report=False)
-        evaluation = AdversarialEvaluation(**kwargs)
         timer = EpochTimer()
+        runs = variants() if args.compare else {"eval": Speedups()}
+        evaluations: dict[str, AdversarialEvaluation] = {}
+        callbacks: list[Callback] = [timer]
+        for i, (name, speedups) in enumerate(runs.items()):
+            prefix = "adv" if i == 0 else f"v{i}"
+            ev = AdversarialEvaluation(**{**kwargs, "prefix": prefix})
+            ev.runner.speedups = speedups
+            evaluations[name] = ev
+            callbacks += [ev, timer.after_evaluation(name, last=i == len(runs) - 1)]
         trainer = L.Trainer(
             accelerator=args.accelerator, devices=1, max_epochs=args.epochs, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, callbacks=[timer, evaluation, timer.after_evaluation()],
-            default_root_dir=tmp,
+            num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp,
         )
         trainer.fit(cli.model, cli.datamodule)
-        rec = evaluation.last_record["val"]
+        records = {name: ev.last_record["val"] for name, ev in evaluations.items()}
+        repeated = _repeat_runs(trainer, cli.model, evaluations, args.repeats) if args.compare else {}
+        rec = next(iter(records.values()))
 
     rows = timer.rows
     steady = rows[1:] or rows
     n_every = rec.settings["every_n_epochs"]
     first_eps = rec.attacks[0].eps
+    # same numbers from every variant (the reuses change no metric)
+    reference = {(e.attack, e.eps): e.metrics for e in rec.attacks}
+    same = {name: {(e.attack, e.eps): e.metrics for e in r.attacks} == reference and r.clean == rec.clean
+            and [e.metrics for e in r.ensemble] == [e.metrics for e in rec.ensemble]
+            for name, r in records.items()}
+    names = list(records)
 
     summary = {
         "config": str(Path(args.config).resolve().relative_to(ROOT)),
@@ -161,19 +225,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_epoch": rows,
         # median of the per-epoch ratios (each measured back to back, so slow drifts of the
         # machine's load cancel); one evaluation every n epochs
-        "fraction_cpu": statistics.median(r["eval_cpu_s"] / r["train_cpu_s"] for r in steady) / n_every,
-        "fraction_wall": statistics.median(r["eval_wall_s"] / r["train_wall_s"] for r in steady) / n_every,
+        "fraction_cpu": statistics.median(r[f"{names[-1]}_cpu_s"] / r["train_cpu_s"] for r in steady) / n_every,
+        "fraction_wall": statistics.median(r[f"{names[-1]}_wall_s"] / r["train_wall_s"] for r in steady) / n_every,
+        "variants": {name: {
+            "fraction_cpu": statistics.median(r[f"{name}_cpu_s"] / r["train_cpu_s"] for r in steady) / n_every,
+            "fraction_wall": statistics.median(r[f"{name}_wall_s"] / r["train_wall_s"] for r in steady) / n_every,
+            "eval_cpu_s": statistics.median(r[f"{name}_cpu_s"] for r in steady),
+            "same_metrics_as_first": same[name],
+            "compute": records[name].compute.to_dict() if records[name].compute is not None else None,
+            "runner_cpu_s_median": repeated.get(name),
+        } for name in names},
+        "repeats": args.repeats,
         "threads": args.threads,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
     }
     print(f"config: {summary['config']}  suite: {args.suite}  epochs: {args.epochs}")
     print(f"evaluation settings: {json.dumps(summary['settings'])}")
     for i, r in enumerate(rows):
+        evals = " · ".join(f"{n} {r[f'{n}_wall_s']:5.3f} s wall / {r[f'{n}_cpu_s']:5.3f} s CPU" for n in names)
         print(f"  epoch {i}: training {r['train_wall_s']:6.2f} s wall / {r['train_cpu_s']:6.2f} s CPU"
-              f" · val loop {r['val_loop_wall_s']:5.2f} s · robustness eval {r['eval_wall_s']:5.2f} s wall"
-              f" / {r['eval_cpu_s']:5.2f} s CPU")
+              f" · val loop {r['val_loop_wall_s']:5.2f} s · robustness eval: {evals}")
+    total = (rec.compute.to_dict()["total"] if rec.compute is not None else {})
+    if total:
+        print(f"passes per sample: {total['forward_per_sample']:.2f} forward, "
+              f"{total['backward_per_sample']:.2f} backward")
+    if args.compare:
+        print("| evaluation | CPU s (median) | / training epoch (CPU) | / training epoch (wall) | same metrics |"
+              + (f" runner CPU ms, median of {args.repeats} |" if repeated else ""))
+        print("|---|---|---|---|---|" + ("---|" if repeated else ""))
+        for n, v in summary["variants"].items():
+            print(f"| {n} | {v['eval_cpu_s']:.3f} | {v['fraction_cpu']:.1%} | {v['fraction_wall']:.1%} | "
+                  f"{'yes' if v['same_metrics_as_first'] else 'NO'} |"
+                  + (f" {1000 * repeated[n]:.1f} |" if repeated else ""))
     print(f"per-epoch evaluation cost (median of epochs 1..{len(rows) - 1}): "
           f"{summary['fraction_cpu']:.1%} of a training epoch in CPU time, "
-          f"{summary['fraction_wall']:.1%} in wall time")
+          f"{summary['fraction_wall']:.1%} in wall time (load average {summary['loadavg']})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -366,9 +366,9 @@ def robustness_history(run_dirs: list[Path]) -> dict[int, dict[str, Any]]:
 
 
 def strip_timing(rec: Any) -> Any:
-    """A robustness record without its wall-clock fields."""
+    """A robustness record without its wall-clock fields (also the compute accounting's seconds)."""
     if isinstance(rec, dict):
-        return {k: strip_timing(v) for k, v in rec.items() if k not in ("eval_seconds",)}
+        return {k: strip_timing(v) for k, v in rec.items() if k not in ("eval_seconds", "seconds", "seconds_per_sample")}
     if isinstance(rec, list):
         return [strip_timing(v) for v in rec]
     return rec

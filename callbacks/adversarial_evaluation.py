@@ -271,7 +271,7 @@ class AdversarialEvaluation(Callback):
                               self.test_subset if suite == "test" else self.subset,
                               sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix)
         monitor = self.monitor_for(task, list(run.outcome.clean))
-        lower = not metric_direction(task, monitor)
+        lower = not self._direction(task, monitor)
         record = build_record(
             run, task=task, trainer=trainer, split=split, suite=suite, suite_name=self.suites.name(suite),
             specs=list(specs), monitor=monitor, lower=lower, method=method_name(task),
@@ -292,8 +292,19 @@ class AdversarialEvaluation(Callback):
             names = record.metric_names()
             write_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.write_json,
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
-                          directions={m: d for m in names if (d := metric_direction(task, m, None)) is not None})
+                          directions={m: d for m in names if (d := self._direction(task, m, None)) is not None})
         return record
+
+    def _direction(self, task: Any, metric: str, *fallback: Any) -> Any:
+        """:func:`~callbacks.common.metric_direction`, asked once per task and metric (the task
+        builds its metric collection to answer; see :class:`EvaluationRunner.speedups`)."""
+        if not self.runner.speedups.cache_directions:
+            return metric_direction(task, metric, *fallback)
+        cache = self.__dict__.setdefault("_directions", {})
+        key = (id(task), metric, bool(fallback))
+        if key not in cache or cache[key][0] is not task:  # ids of dead objects get reused
+            cache[key] = (task, metric_direction(task, metric, *fallback))
+        return cache[key][1]
 
     @staticmethod
     def _log_dir(trainer: pl.Trainer) -> str:

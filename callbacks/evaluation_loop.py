@@ -34,8 +34,9 @@ from torch import nn
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from attacks.tree import select_rows  # noqa: E402
 from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
+from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
-from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts  # noqa: F401 (re-exported)
+from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts, sum_values  # noqa: F401 (re-exported)
 
 
 def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any],
@@ -92,6 +93,18 @@ class RobustnessEvaluator:
         seed: base seed of the attacks' random streams (random starts, noises), combined with
             the global batch number so results do not depend on the number of ranks.
         ensemble: also compute the per-sample worst case over attacks.
+        check_randomness: forward the clean batch a second time and count samples whose two
+            eval-mode outputs differ (a sanity check of :mod:`callbacks.sanity`; one extra
+            forward per batch). The runner turns it on only when the sanity checks run.
+        metrics: metric collections to reuse (reset here), e.g. from the previous epoch's
+            evaluation of the same suite; built fresh when ``None``.
+        stack_eps: attack every ε of a deterministic member in one call (see
+            :meth:`_stack_members`); the same numbers with fewer, larger calls.
+
+    Compute accounting: every forward and backward through the model, and the wall time, are
+    charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
+    evaluator's own part that ran them; :meth:`compute` returns them in
+    :attr:`~callbacks.outcome.EvalOutcome.compute`.
     """
 
     def __init__(
@@ -106,6 +119,9 @@ class RobustnessEvaluator:
         sequential: bool = False,
         large_eps: float | None = None,
         large_eps_steps: int = 20,
+        check_randomness: bool = True,
+        metrics: EvalMetrics | None = None,
+        stack_eps: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -113,7 +129,15 @@ class RobustnessEvaluator:
         self.eps = list(eps)
         self.seed = int(seed)
         self.ensemble = ensemble
-        self.model: nn.Module = task.attack_model()
+        device = next((p.device for p in task.parameters()), torch.device("cpu"))
+        #: charges passes and seconds to the running member / part (callbacks/accounting.py)
+        self.meter = ComputeMeter(device)
+        # every attack and metric forward goes through the counter (it changes no result)
+        self.model: nn.Module = CountingModel(task.attack_model(), self.meter)
+        self.check_randomness = bool(check_randomness)
+        self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
+        #: outputs computed already, by id of their input (see :meth:`_stack_members`)
+        self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
@@ -140,13 +164,17 @@ class RobustnessEvaluator:
             self._large_attack = APGD(eps=float(large_eps), norm="linf", steps=self.large_eps_steps,
                                       random_start=False, bounds=bounds, bn_mode=bn_mode,
                                       dropout_mode=dropout_mode)
-        device = next((p.device for p in task.parameters()), torch.device("cpu"))
         self.device = device
-        self.metrics = EvalMetrics(
-            clean=task.build_metrics().to(device),
-            attacks={k: task.build_metrics().to(device) for k in self.attacks},
-            ensemble={e: task.build_metrics().to(device) for e in self.eps} if ensemble else {},
-        )
+        if metrics is not None and _fits(metrics, self.attacks, self.eps, ensemble):
+            for m in (metrics.clean, *metrics.attacks.values(), *metrics.ensemble.values()):
+                m.reset()
+            self.metrics = metrics
+        else:
+            self.metrics = EvalMetrics(
+                clean=task.build_metrics().to(device),
+                attacks={k: task.build_metrics().to(device) for k in self.attacks},
+                ensemble={e: task.build_metrics().to(device) for e in self.eps} if ensemble else {},
+            )
 
     # -- per-sample ranking -------------------------------------------------------------------
     def _loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -223,8 +251,62 @@ class RobustnessEvaluator:
             attack.last_gradients = None
 
     def forward(self, x: torch.Tensor) -> Any:
+        hit = self._scored.pop(id(x), None)
+        if hit is not None and hit[0] is x:  # scored already, with the other ε (_stack_members)
+            return hit[1]
         with torch.no_grad():
             return self.model(x)
+
+    def _stack_members(self, batch_no: int, batch: dict[str, Any], x: torch.Tensor, size: int,
+                       loss_fn: Any) -> dict[tuple[str, float], _Precomputed]:
+        """ε-stacking: run each deterministic member once over the batch repeated for every ε
+        (``[len(eps)·B, *]``, budget ``ε_i`` on the ``i``-th copy) and score the result with one
+        forward; return stand-ins that hand each ε its rows.
+
+        Exact: a member qualifies only when its output depends on nothing but each sample and
+        its own ε — an attack without randomness (:data:`STACKABLE`, no random start, one
+        restart, the task loss), eval-mode BatchNorm / Dropout (per-sample forwards), not in a
+        sequential suite (no early stop), a batch of per-sample tensors only — so every row
+        takes the same steps as in its own call.
+        On the CPU the results are bit-identical (``benchmarks/eval_cost.py --compare`` checks
+        the metrics); a GPU may round batched kernels differently. Skipped when the stacked input
+        would exceed :data:`MAX_STACK_BYTES` (its activations scale with it). Passes are charged
+        to each ε by its rows (equal: no early stop); seconds are shared equally.
+        """
+        k = len(self.eps)
+        if not self.stack_eps or k < 2 or self.sequential or self.modes != ("eval", "eval") \
+                or k * x.element_size() * x.nelement() > MAX_STACK_BYTES:
+            return {}
+        # only batches whose every entry is a per-sample tensor can be repeated per ε (detection's
+        # lists of boxes, or metadata, keep the ordinary path)
+        if not all(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size for v in batch.values()):
+            return {}
+        out: dict[tuple[str, float], _Precomputed] = {}
+        for a_i, spec in enumerate(self.specs):
+            desc = self.attacks[(spec.label, self.eps[0])].describe()
+            if not (spec.budgeted and spec.loss is None and desc.get("name") in STACKABLE
+                    and not desc.get("random_start") and (desc.get("restarts") or 1) == 1):
+                continue
+            keys = [(spec.label, e) for e in self.eps]
+            self.meter.switch(("stacked", spec.label))
+            eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
+            attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            many = {key: torch.cat([v] * k) for key, v in batch.items()}
+            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
+            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen)
+            with torch.no_grad():
+                scored = self.model(x_adv)
+            self.meter.share(("stacked", spec.label), keys)
+            if not (isinstance(scored, torch.Tensor) and scored.shape[0] == k * size):
+                continue  # an output we cannot cut by rows: the ordinary path
+            stats = attack.last_gradients
+            for i, key in enumerate(keys):
+                rows = slice(i * size, (i + 1) * size)
+                grads = None if stats is None else type(stats)(stats.nonfinite[rows], stats.zero[rows], stats.evaluations)
+                pre = _Precomputed(x_adv[rows], grads)
+                self._scored[id(pre.x_adv)] = (pre.x_adv, scored[rows])
+                out[key] = pre
+        return out
 
     # -- the loop -------------------------------------------------------------------------------
     def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True) -> None:
@@ -235,12 +317,15 @@ class RobustnessEvaluator:
         task = self.task
         x = batch["image"]
         size = x.shape[0]
+        self.meter.begin(counted, "clean")  # compute accounting; padding copies are not charged
+        self._scored.clear()
         out_clean = self.forward(x)
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
             self.num_samples += size
-            # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
-            self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
+            if self.check_randomness:
+                # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
+                self._random_clean += int(_differs(out_clean, self.forward(x), size).sum())
         if self.ensemble or any(sp.loss for sp in self.specs):
             loss_clean = self._loss(out_clean, batch)
             score_clean = self._score(out_clean, batch, size)
@@ -252,6 +337,8 @@ class RobustnessEvaluator:
         def success_fn(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
+        stacked = self._stack_members(batch_no, batch, x, size, task_loss)  # {} unless stack_eps
+
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
                 worst = Worst(x, loss_clean, score_clean)
@@ -260,7 +347,8 @@ class RobustnessEvaluator:
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
-                attack = self.attacks[(spec.label, eps)]
+                self.meter.switch((spec.label, eps))
+                attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
                 if self.sequential and spec.budgeted:
                     # AutoAttack's rule: later members spend nothing on samples already broken.
@@ -293,6 +381,7 @@ class RobustnessEvaluator:
                 if bool(better.any()):
                     winner = torch.where(better, torch.full_like(winner, a_i), winner)
                     outputs[a_i] = out
+            self.meter.switch("ensemble")
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
@@ -312,11 +401,14 @@ class RobustnessEvaluator:
                 ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
+        if self.large_eps is not None:
+            self.meter.switch("sanity")
         if self.large_eps is not None and counted:
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
             out_big = self.forward(x_big)
             self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
+        self.meter.end()
 
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
@@ -340,7 +432,52 @@ class RobustnessEvaluator:
             large = {"eps": self.large_eps, "steps": self.large_eps_steps, "attack": "apgd linf, task loss",
                      "decidable": self._violation_ok, **c}
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
-                           gradients, randomness, self.sequential, wins, large, total)
+                           gradients, randomness, self.sequential, wins, large, total,
+                           compute=self.accounting(total, gradients))
+
+    def accounting(self, total: int | None = None,
+                   gradients: dict[tuple[str, float], dict[str, int]] | None = None) -> ComputeAccounting:
+        """Passes and seconds so far, summed over ranks (a collective under DDP: call on every
+        rank, same order). ``total``/``gradients``: the summed sample and attacked counts, when
+        the caller has them already."""
+        if total is None:
+            total = sum_counts({"n": self.num_samples})["n"]
+        if gradients is None:
+            gradients = {k: sum_counts(v) for k, v in self.gradients.items()}
+        mine = self.meter.totals()
+        # every rank sums the same keys in the same order (a part a rank never ran counts 0)
+        keys = [*self.attacks, "clean", "ensemble", "sanity", "minimal_eps"]
+        flat = {f"{i}.{k}": mine.get(key, {}).get(k, 0.0)
+                for i, key in enumerate(keys) for k in ("forward", "backward", "seconds")}
+        summed = sum_values(flat)
+        totals = {key: {k: summed[f"{i}.{k}"] for k in ("forward", "backward", "seconds")}
+                  for i, key in enumerate(keys)
+                  if key in self.attacks or any(summed[f"{i}.{k}"] for k in ("forward", "seconds"))}
+        attacked = {k: int(v["attacked"]) for k, v in gradients.items()}
+        return ComputeAccounting.build(totals, total, attacked, self.sequential, list(self.attacks))
+
+
+#: attacks whose result depends only on each sample and its ε when they have no random start
+STACKABLE = ("pgd", "bim", "fgsm")
+#: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
+MAX_STACK_BYTES = 16 * 2**20
+
+
+class _Precomputed:
+    """Stand-in for an attack whose output on this batch was computed already (ε-stacking):
+    calling it returns that output; ``last_gradients`` is the gradient health of its rows."""
+
+    def __init__(self, x_adv: torch.Tensor, gradients: Any) -> None:
+        self.x_adv, self.last_gradients = x_adv, gradients
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.x_adv
+
+
+def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],
+          ensemble: bool) -> bool:
+    """Reusable collections: one per attack × ε and (with the ensemble) one per ε."""
+    return set(metrics.attacks) == set(attacks) and set(metrics.ensemble) == (set(eps) if ensemble else set())
 
 
 def _differs(a: Any, b: Any, size: int) -> torch.Tensor:

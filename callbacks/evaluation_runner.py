@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -40,6 +40,40 @@ from callbacks.outcome import EvalOutcome
 from callbacks.progress import progress_bar
 
 MODES = ("eval", "train")
+
+
+@dataclass
+class Speedups:
+    """What the runner reuses between evaluations — none of it changes a number
+    (``benchmarks/eval_cost.py --compare`` runs the path with all of them off beside the
+    default and checks that the records agree).
+
+    Attributes:
+        reuse_metrics: keep the metric collections of a suite × ε grid and ``reset()`` them
+            each evaluation instead of building new ones (building a torchmetrics collection
+            costs about as much as a forward of a small CNN).
+        device_cache: keep the subset's batches on the model's device between evaluations
+            (within ``cache_mb``), instead of copying and cloning them every epoch.
+        randomness_only_with_sanity: the second clean forward of the randomness check runs only
+            when the sanity checks run (its result is read nowhere else).
+        cache_directions: ask the task once for each metric's direction (higher or lower is
+            better) instead of building its metric collection for every question.
+        stack_eps: attack all ε of a deterministic member (PGD/BIM/FGSM without random start,
+            the per-epoch default) in one call over the batch repeated per ε, and score them
+            with one forward (:meth:`RobustnessEvaluator._stack_members`): fewer, larger calls.
+            Bit-identical on the CPU; the stacked input is capped at 16 MiB.
+    """
+
+    reuse_metrics: bool = True
+    device_cache: bool = True
+    randomness_only_with_sanity: bool = True
+    cache_directions: bool = True
+    stack_eps: bool = True
+
+    @classmethod
+    def none(cls) -> Speedups:
+        """The evaluation as it ran before these existed (for side-by-side benchmarks)."""
+        return cls(**{f.name: False for f in fields(cls)})
 
 
 @dataclass
@@ -85,6 +119,10 @@ class EvaluationRunner:
         self.minimal_eps = minimal_eps or MinimalEpsConfig()
         self.who = who
         self._cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        #: what is reused between evaluations (see :class:`Speedups`)
+        self.speedups = Speedups()
+        self._device_cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self._metrics: dict[tuple[Any, ...], Any] = {}
 
     @staticmethod
     def check_subset(name: str, value: Any, who: str = "AdversarialEvaluation") -> None:
@@ -117,22 +155,31 @@ class EvaluationRunner:
                 trainer.precision_plugin.forward_context():  # the trainer's autocast, if any
             set_eval_mode(pl_module, model)
             lo, hi = (float(b) for b in task.data_info.bounds)
+            fast = self.speedups
+            metrics_key = (id(task), split, tuple(sp.label for sp in specs), tuple(eps), self.ensemble)
             evaluator = RobustnessEvaluator(
                 task, specs, eps, self.bn_mode, self.dropout_mode, self.seed, self.ensemble,
                 sequential=sequential,
                 large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
+                check_randomness=sanity or not fast.randomness_only_with_sanity,
+                metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
+                stack_eps=fast.stack_eps,
             )
+            if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
+                self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}
+                self._metrics[metrics_key] = (task, evaluator.metrics)  # the task: ids get reused
             batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
-                self._batches(key, dataset, mine, collate_fn), len(mine),
+                self._device_batches(key, dataset, mine, collate_fn, task, device), len(mine),
                 f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
-            for i, raw in enumerate(batches):
+            for i, batch in enumerate(batches):
                 batch_no, idx, counted = mine[i]
-                batch = to_autograd_safe(batch_for(task, raw), device)
                 evaluator.run_batch(batch_no, batch, counted)
                 if self.minimal_eps.enabled:
+                    evaluator.meter.begin(counted, "minimal_eps")
                     gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
                     values = minimal_eps_batch(task, evaluator.model, batch, self.minimal_eps,
                                                self.bn_mode, self.dropout_mode, gen)
+                    evaluator.meter.end()
                     if counted:
                         minimal += [(position[j], float(v)) for j, v in zip(idx, values.tolist())]
             outcome = evaluator.compute()  # collective (torchmetrics sync)
@@ -143,6 +190,30 @@ class EvaluationRunner:
             torch.cuda.synchronize(device)
         return RunResult(outcome, indices, len(dataset), batch_size, world_size,
                          time.perf_counter() - start, per_sample)
+
+    def _reusable_metrics(self, key: tuple[Any, ...], task: Any) -> Any:
+        """The collections kept for ``key`` if they were built by this very task object."""
+        kept = self._metrics.get(key)
+        return kept[1] if kept is not None and kept[0] is task else None
+
+    def _device_batches(self, key: tuple[Any, ...], dataset: Any, mine: list[tuple[int, list[int], bool]],
+                        collate_fn: Any, task: Any, device: torch.device) -> Iterator[dict[str, Any]]:
+        """This rank's subset batches on ``device``, autograd-safe (see :func:`to_autograd_safe`).
+
+        With :attr:`Speedups.device_cache` and a host cache that holds the subset, the device
+        copies are kept too (same key + device), so later evaluations skip the copy. Nothing
+        writes into a batch: attacks clone their input and build new tensors."""
+        dkey = (*key, str(device))
+        if self.speedups.device_cache and dkey in self._device_cache:
+            yield from self._device_cache[dkey]
+            return
+        kept: list[dict[str, Any]] = []
+        for raw in self._batches(key, dataset, mine, collate_fn):
+            batch = to_autograd_safe(batch_for(task, raw), device)
+            kept.append(batch)
+            yield batch
+        if self.speedups.device_cache and key in self._cache:  # within cache_mb
+            self._device_cache = {dkey: kept, **{k: v for k, v in self._device_cache.items() if k[0] != key[0]}}
 
     def _batches(self, key: tuple[Any, ...], dataset: Any, mine: list[tuple[int, list[int], bool]],
                  collate_fn: Any) -> Iterator[dict[str, Any]]:

@@ -105,6 +105,7 @@ def build_record(run: RunResult, *, task: Any, trainer: Any, split: str, suite: 
         settings={"bn_mode": settings.get("bn_mode"), "dropout_mode": settings.get("dropout_mode"),
                   "batch_size": run.batch_size, "world_size": run.world_size, "seed": settings.get("seed"),
                   "every_n_epochs": settings.get("every_n_epochs"), "precision": str(trainer.precision)},
+        compute=outcome.compute,
     )
 
 

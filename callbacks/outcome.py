@@ -2,7 +2,7 @@
 
 :class:`EvalOutcome` is the rank-synchronised result of
 :class:`callbacks.evaluation_loop.RobustnessEvaluator`; :func:`sum_counts` sums the integer
-counters (gradient health, sanity checks) over DDP ranks.
+counters (gradient health, sanity checks) over DDP ranks, :func:`sum_values` floats (seconds).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["EvalMetrics", "EvalOutcome", "sum_counts"]
+__all__ = ["EvalMetrics", "EvalOutcome", "sum_counts", "sum_values"]
 
 
 @dataclass
@@ -45,6 +45,8 @@ class EvalOutcome:
     large_eps: dict[str, Any] | None = None
     #: subset samples over all ranks
     total_samples: int = 0
+    #: forward / backward sample passes and seconds per member × ε and part, summed over ranks
+    compute: Any = None
 
 
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:
@@ -58,3 +60,17 @@ def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     t = torch.tensor([float(counts[k]) for k in keys], device=dev)
     dist.all_reduce(t)
     return {k: int(v) for k, v in zip(keys, t.tolist())}
+
+
+def sum_values(values: dict[str, float]) -> dict[str, float]:
+    """Sum float values (seconds, pass counts) over DDP ranks, in float64 (identity without a
+    process group); every rank must pass the same keys."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(values[k]) for k in keys], device=dev, dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from callbacks.accounting import ComputeAccounting
 from callbacks.record_parts import (
     AttackEntry,
     EnsembleEntry,
@@ -83,6 +84,9 @@ class RobustnessRecord:
     minimal_eps: MinimalEpsSummary | None = None
     #: ``callbacks.sanity.sanity_report`` (only when the sanity checks ran)
     sanity: dict[str, dict[str, Any]] | None = None
+    #: forward / backward passes and seconds per member × ε and in total
+    #: (:class:`callbacks.accounting.ComputeAccounting`; ``None`` in files written before it)
+    compute: ComputeAccounting | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -121,6 +125,8 @@ class RobustnessRecord:
             minimal_eps=None if data.get("minimal_eps") is None
             else MinimalEpsSummary.from_dict(data["minimal_eps"], f"{source}: minimal_eps"),
             sanity=_need(data, "sanity", dict, source, optional=True),
+            compute=None if data.get("compute") is None
+            else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
             schema_version=version,
         )
 
@@ -168,6 +174,8 @@ class RobustnessRecord:
             out["minimal_eps"] = self.minimal_eps.to_dict()
         if self.sanity is not None:
             out["sanity"] = self.sanity
+        if self.compute is not None:
+            out["compute"] = self.compute.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -109,6 +109,8 @@ def write_report(
             f"(resolution {_fmt(me.resolution)}), censored {_fmt(me.censored_fraction)}.",
             "",
         ]
+    if record.compute is not None:
+        parts += ["## Compute", "", record.compute.markdown(), ""]
     parts += ["## Settings", "", "| setting | value |", "|---|---|"]
     rows = {
         "subset size": subset.size if subset else None,

@@ -31,6 +31,7 @@ DESIGN_ATTACK_KEYS = {"attack", "norm", "eps", "steps", "metrics"}
 FILE_KEYS = DESIGN_KEYS | {
     "schema_version", "global_step", "suite", "suite_name", "sequential", "members", "ensemble",
     "ensemble_rule", "robust_area", "eval_seconds", "subset", "settings", "minimal_eps", "sanity",
+    "compute",
 }
 ATTACK_KEYS = DESIGN_ATTACK_KEYS | {"name", "step_size", "restarts", "random_start", "in_ensemble",
                                     "loss", "gradients"}
