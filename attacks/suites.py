@@ -107,7 +107,7 @@ _TASKS = {"classification": _classification, "segmentation": _segmentation,
 SUITES = {"standard": (100, 5000), "quick": (20, 100), "aa_budget": (100, 5000)}
 #: Square queries for the dense tasks (every member attacks every sample there, no early stop
 #: on a broken sample, so a query costs one forward on the whole batch)
-DENSE_QUERIES = {"standard": 1000, "quick": 100, "aa_budget": 5000}
+DENSE_QUERIES = {"standard": 5000, "quick": 100, "aa_budget": 5000}
 
 
 def suite_configs(name: str, task: str | None, where: str = "attacks",

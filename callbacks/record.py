@@ -83,6 +83,10 @@ class RobustnessRecord:
     minimal_eps: MinimalEpsSummary | None = None
     #: ``callbacks.sanity.sanity_report`` (only when the sanity checks ran)
     sanity: dict[str, dict[str, Any]] | None = None
+    #: the fired sanity flags and what they do to the numbers (``callbacks.sanity.
+    #: mark_unreliable``): ``[{flag, message, affects, meaning, next}]``; ``None`` when no flag
+    #: fired or the checks did not run. The affected entries carry ``unreliable: [flag, …]``.
+    unreliable: list[dict[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -121,6 +125,7 @@ class RobustnessRecord:
             minimal_eps=None if data.get("minimal_eps") is None
             else MinimalEpsSummary.from_dict(data["minimal_eps"], f"{source}: minimal_eps"),
             sanity=_need(data, "sanity", dict, source, optional=True),
+            unreliable=_need(data, "unreliable", list, source, optional=True),
             schema_version=version,
         )
 
@@ -168,6 +173,8 @@ class RobustnessRecord:
             out["minimal_eps"] = self.minimal_eps.to_dict()
         if self.sanity is not None:
             out["sanity"] = self.sanity
+        if self.unreliable:
+            out["unreliable"] = self.unreliable
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -206,6 +213,10 @@ class RobustnessRecord:
             if eps is not None and math.isclose(e.eps, float(eps)):
                 return e.metrics.get(metric)
         return None
+
+    def unreliable_flags(self) -> list[str]:
+        """Names of the fired sanity flags that make robust numbers of this record upper bounds."""
+        return [str(u.get("flag")) for u in self.unreliable or []]
 
     def lower_is_better(self, metric: str) -> bool | None:
         """The direction of ``metric`` as the task stated it for the robust area, or ``None``
