@@ -12,16 +12,30 @@ sample can still lose Dice), so there every member attacks every sample, as SEA 
 task            standard suite
 ==============  ==========================================================================
 classification  APGD-CE 100, APGD-DLR 100 (CW margin for 2 classes), APGD-T-DLR 100 on the
-                top-3 wrong classes (only with >= 4 classes), Square 1000 queries — sequential
-segmentation    APGD 100 with Mask-CE, balanced CE, JS and SegPGD losses; Square 300
-landmarks       APGD 100 on the task loss and on the soft-argmax distance; Square 300
+                top-3 wrong classes (only with >= 4 classes), FMN 100 (Pintor et al. 2021, a
+                minimum-norm member in FAB-T's role), Square 5000 queries on the margin —
+                sequential
+segmentation    APGD 100 with Mask-CE, balanced CE, JS and SegPGD losses; Square 5000 on
+                ``seg_margin``
+landmarks       APGD 100 on the task loss and on the soft-argmax distance; Square 5000 on
+                ``peak_margin``
 detection       APGD 100 on the task loss and on DAG (Xie et al. 2017: GT-matched locations
-                flipped to a wrong class, boxes off their objects); Square 300. TOG-vanishing
-                is not a member: it silences the detector but lowers mAP and recall less
-                than PGD on the task loss (docs/attacks.md)
+                flipped to a wrong class, boxes off their objects); Square 5000 on the DAG
+                margin (no clip, no box term). TOG-vanishing is not a member: it silences the
+                detector but lowers mAP and recall less than PGD on the task loss
+                (docs/attacks.md)
 ==============  ==========================================================================
 
-``quick`` is the same with 20 steps / 100 queries, for tests and per-epoch use.
+Square ascends each task's margin-type loss (``SQUARE_LOSS``), never a cross-entropy: a random
+search only compares values, and cross-entropy on a saturated softmax is exactly 0 on every
+confident sample (the masked-gradient case), while a margin is positively homogeneous in the
+output and ranks proposals the same at any logit scale. 5000 queries (AutoAttack's budget):
+1000 left samples that 5000 break behind masked gradients (docs/attacks.md).
+
+``quick`` is the same with 20 steps / 100 queries, for tests and per-epoch use. ``aa_budget``
+is AutoAttack's published budget for "AutoAttack-equivalent" reports: APGD-CE 100, APGD-T on 9
+target classes × 100 (capped by classes − 1), FMN 100 for FAB-T, Square 5000 on the margin; the
+dense tasks run their ``standard`` members with Square 5000.
 """
 
 from __future__ import annotations
