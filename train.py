@@ -318,8 +318,13 @@ def summarise_record(rec: Any, metric: str | None) -> str:
             continue
         norm = f" {entry.norm}" if getattr(entry, "norm", None) else ""
         steps = f" ({entry.steps} steps)" if getattr(entry, "steps", None) else ""
-        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}")
-    return " · ".join(parts)
+        flags = getattr(entry, "unreliable", None)
+        mark = f" ⚠ upper bound ({', '.join(flags)})" if flags else ""
+        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}{mark}")
+    from callbacks.sanity import unreliable_summary
+
+    warning = unreliable_summary(rec)
+    return " · ".join(parts) + (f" · ⚠ {warning}" if warning else "")
 
 
 def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .base import (
     per_sample_norm,
 )
 from .cw import CW
+from .fmn import FMN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .losses import loss_above, misclassified
 from .mode import attack_mode
@@ -48,6 +49,7 @@ __all__ = [
     "task_losses",
     "BIM",
     "CW",
+    "FMN",
     "FGSM",
     "MIFGSM",
     "PGD",

@@ -263,6 +263,11 @@ class Attack(ABC):
     def _n_restarts(self) -> int:
         return 1
 
+    def _default_loss(self) -> LossFn:
+        """The loss when the caller gives none: per-sample cross-entropy (a margin attack such
+        as FMN overrides it)."""
+        return losses.cross_entropy
+
     def _resolved_step_size_for_report(self) -> Scalar | None:
         return None
 
@@ -472,7 +477,7 @@ class Attack(ABC):
             model=model,
             x=work,
             target=_clone_inference(target),
-            loss_fn=losses.cross_entropy if loss_fn is None else loss_fn,
+            loss_fn=self._default_loss() if loss_fn is None else loss_fn,
             success_fn=success_fn,
             generator=generator,
             lo=lo,

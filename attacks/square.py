@@ -7,8 +7,11 @@ per sample, and keeps it only where it raises that sample's loss. The window's s
 the image starts at ``p_init`` and is halved on the paper's schedule (iterations 10, 50, 200,
 500, 1000, 2000, 4000, 6000, 8000 of 10 000, rescaled to ``steps``).
 
-* **L∞**: start from vertical stripes ``±ε`` (a random sign per channel and column); a proposal
-  sets the whole window of one channel to a random ``±ε``.
+* **L∞** (the paper's Algorithm 2 with its L∞ sampling distribution): start from vertical
+  stripes ``±ε`` (a random sign per channel and column); a proposal picks one window position
+  per sample and, in *every* channel, sets the window to ``±ε`` with that channel's own random
+  sign (the paper adds ``ρ_c·2ε`` with ``ρ_c`` uniform on ``{−1, +1}`` per channel ``c`` and
+  projects onto the ε-ball, which is the same thing). With one channel the window is one sign.
 * **L2** (the paper's Algorithm 3): start from a grid of ``5 × 5`` (``5³`` for 3-D) blocks,
   each holding the centred "square" pattern ``η`` with a random sign per channel, rescaled to
   ``‖δ‖₂ = ε``. A proposal draws two windows ``W1``, ``W2`` of the same (odd, ``>= 3``) side;
@@ -22,7 +25,11 @@ the image starts at ``p_init`` and is halved on the paper's schedule (iterations
 
 Because it never looks at a gradient, a model that hides its gradient (quantised input,
 saturated softmax) does not stop it: Square beating the white-box attacks is a
-gradient-masking flag (see :mod:`callbacks.sanity`).
+gradient-masking flag (see :mod:`callbacks.sanity`). It only *compares* loss values, so give it
+a loss that does not saturate: the paper (and AutoAttack) use the classification margin, and
+the named suites hand each task's Square its margin-type loss (``margin``, ``seg_margin``,
+``peak_margin``, ``dag`` without clip; :mod:`attacks.suites`). Cross-entropy on a saturated
+softmax is exactly 0 in float32 on every confidently classified sample: nothing to climb.
 """
 
 from __future__ import annotations
@@ -239,7 +246,7 @@ class Square(Attack):
                 # side ≈ n·p^(1/dims) per axis, so the window covers a share p of the image
                 side = [max(1, min(max(n - 1, 1), round(n * p ** (1 / len(spatial))))) for n in spatial]
                 win = self._window(call, side)  # [B, 1, *spatial]
-                new_vals = sign((b, c, *([1] * len(spatial)))) * e
+                new_vals = sign((b, c, *([1] * len(spatial)))) * e  # one sign per channel
                 cand = torch.where(win, new_vals.expand_as(x), delta)
             else:
                 cand = self._l2_proposal(call, delta, eps_t, e, p)

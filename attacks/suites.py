@@ -14,18 +14,30 @@ sample can still lose Dice), so there every member attacks every sample, as SEA 
 task            standard suite
 ==============  ==========================================================================
 classification  APGD-CE 100, APGD-DLR 100 (CW margin for 2 classes), APGD-T-DLR 100 on the
-                top-3 wrong classes (only with >= 4 classes), Square 1000 queries — sequential
+                top-3 wrong classes (only with >= 4 classes), FMN 100 (Pintor et al. 2021, a
+                minimum-norm member in FAB-T's role), Square 5000 queries on the margin —
+                sequential
 segmentation    APGD 100 with Mask-CE, balanced CE, JS, SegPGD and 1 − soft Dice losses;
-                Square 300
+                Square 5000 on ``seg_margin``
 landmarks       APGD 100 on the task loss, on the soft-argmax distance and on the expected
-                distance under the heatmap's softmax; Square 300
+                distance under the heatmap's softmax; Square 5000 on ``peak_margin``
 detection       APGD 100 on the task loss and on DAG (Xie et al. 2017: GT-matched locations
-                flipped to a wrong class, boxes off their objects); Square 300. TOG-vanishing
-                is not a member: it silences the detector but lowers mAP and recall less
-                than PGD on the task loss (docs/attacks.md)
+                flipped to a wrong class, boxes off their objects); Square 5000 on the DAG
+                margin (no clip, no box term). TOG-vanishing is not a member: it silences the
+                detector but lowers mAP and recall less than PGD on the task loss
+                (docs/attacks.md)
 ==============  ==========================================================================
 
-``quick`` is the same with 20 steps / 100 queries, for tests and per-epoch use.
+Square ascends each task's margin-type loss (``SQUARE_LOSS``), never a cross-entropy: a random
+search only compares values, and cross-entropy on a saturated softmax is exactly 0 on every
+confident sample (the masked-gradient case), while a margin is positively homogeneous in the
+output and ranks proposals the same at any logit scale. 5000 queries (AutoAttack's budget):
+1000 left samples that 5000 break behind masked gradients (docs/attacks.md).
+
+``quick`` is the same with 20 steps / 100 queries, for tests and per-epoch use. ``aa_budget``
+is AutoAttack's published budget for "AutoAttack-equivalent" reports: APGD-CE 100, APGD-T on 9
+target classes × 100 (capped by classes − 1), FMN 100 for FAB-T, Square 5000 on the margin; the
+dense tasks run their ``standard`` members with Square 5000.
 """
 
 from __future__ import annotations
@@ -33,6 +45,20 @@ from __future__ import annotations
 from typing import Any
 
 SEQUENTIAL = {"classification"}
+
+
+#: Square's loss per task (see module docstring): margin-type, never a saturating cross-entropy
+SQUARE_LOSS: dict[str, Any] = {
+    "classification": "margin",
+    "segmentation": "seg_margin",
+    "landmarks": "peak_margin",
+    "detection": {"name": "dag", "target_shift": None, "kappa": None, "box_weight": 0.0},
+}
+
+
+def _square(task: str, queries: int) -> dict[str, Any]:
+    """Square on the task's scale-free loss (``SQUARE_LOSS``)."""
+    return {"name": "square", "steps": queries, "label": "square", "loss": SQUARE_LOSS[task]}
 
 
 def _classification(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
@@ -44,32 +70,61 @@ def _classification(steps: int, queries: int, num_classes: int | None) -> list[d
         for r in range(1, min(3, num_classes - 1) + 1):
             out.append({"name": "apgd", "steps": steps, "label": f"apgd-t{r}",
                         "loss": {"name": "dlr_targeted", "target_rank": r}})
-    out.append({"name": "square", "steps": queries, "label": "square"})
+    out.append(_fmn(steps))
+    out.append(_square("classification", queries))
+    return out
+
+
+def _fmn(steps: int) -> dict[str, Any]:
+    """FMN (Pintor et al. 2021): the minimum-norm member, AutoAttack's FAB-T role."""
+    return {"name": "fmn", "steps": steps, "label": "fmn", "loss": "margin"}
+
+
+def _classification_aa(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
+    """AutoAttack's published budget (Croce & Hein 2020, "standard" version): APGD-CE 100,
+    APGD-T (targeted DLR) on 9 target classes × 100 steps (capped by ``classes − 1``), a
+    minimum-norm member in FAB-T's place (FMN 100) and Square 5000 queries on the margin.
+    Targeted DLR needs ``>= 4`` classes; with 3 the targets use targeted CE, with 2 (one wrong
+    class: targeted = untargeted) the CW margin (APGD-DLR's fallback)."""
+    out: list[dict[str, Any]] = [{"name": "apgd", "steps": steps, "loss": "ce", "label": "apgd-ce"}]
+    k = num_classes
+    if k is None or k <= 2:
+        out.append({"name": "apgd", "steps": steps, "loss": "dlr", "label": "apgd-dlr"})
+    else:
+        loss = "dlr_targeted" if k >= 4 else "ce_targeted"
+        for r in range(1, min(9, k - 1) + 1):
+            out.append({"name": "apgd", "steps": steps, "label": f"apgd-t{r}",
+                        "loss": {"name": loss, "target_rank": r}})
+    out.append(_fmn(steps))
+    out.append(_square("classification", queries))
     return out
 
 
 def _segmentation(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "loss": loss, "label": f"apgd-{loss}"}
-            for loss in ("mask_ce", "balanced_ce", "js", "segpgd", "dice")] + [
-        {"name": "square", "steps": queries, "label": "square"}]
+            for loss in ("mask_ce", "balanced_ce", "js", "segpgd", "dice")] + [_square("segmentation", queries)]
 
 
 def _landmarks(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "label": "apgd-task"},
             {"name": "apgd", "steps": steps, "loss": "soft_argmax", "label": "apgd-soft_argmax"},
             {"name": "apgd", "steps": steps, "loss": "expected_distance", "label": "apgd-expected_distance"},
-            {"name": "square", "steps": queries, "label": "square"}]
+            _square("landmarks", queries)]
 
 
 def _detection(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "label": "apgd-task"},
             {"name": "apgd", "steps": steps, "loss": "dag", "label": "apgd-dag"},
-            {"name": "square", "steps": queries, "label": "square"}]
+            _square("detection", queries)]
 
 
 _TASKS = {"classification": _classification, "segmentation": _segmentation,
           "landmarks": _landmarks, "detection": _detection}
-SUITES = {"standard": (100, 1000), "quick": (20, 100)}
+#: suite → (gradient steps, Square queries for classification)
+SUITES = {"standard": (100, 5000), "quick": (20, 100), "aa_budget": (100, 5000)}
+#: Square queries for the dense tasks (every member attacks every sample there, no early stop
+#: on a broken sample, so a query costs one forward on the whole batch)
+DENSE_QUERIES = {"standard": 5000, "quick": 100, "aa_budget": 5000}
 
 
 def suite_configs(name: str, task: str | None, where: str = "attacks",
@@ -81,7 +136,9 @@ def suite_configs(name: str, task: str | None, where: str = "attacks",
         raise ValueError(f"{where}: suite {name!r} needs the task, one of {sorted(_TASKS)}; got {task!r}")
     steps, queries = SUITES[name]
     if task != "classification":
-        queries = min(queries, 300)
+        queries = DENSE_QUERIES[name]
+    elif name == "aa_budget":
+        return _classification_aa(steps, queries, num_classes)
     return _TASKS[task](steps, queries, num_classes)
 
 

@@ -15,11 +15,13 @@ name                      task            paper
 ``balanced_ce``           segmentation    class-balanced CE (Croce et al. 2024, SEA; our reading)
 ``js``                    segmentation    Jensen–Shannon divergence to the label (Croce et al. 2024)
 ``segpgd``                segmentation    SegPGD's correct/wrong weighting (Gu et al. 2022)
+``seg_margin``            segmentation    class-balanced per-pixel logit margin, clipped at 0 (Square's loss; ours)
 ``seg_targeted``          segmentation    targeted: pixels to a class map (Xie et al. 2017; Metzen et al. 2017)
 ``dice``                  segmentation    1 − soft Dice over the foreground classes (Milletari et al. 2016, V-Net)
 ``soft_argmax``           landmarks       distance of the soft-argmax point from the truth (ours)
 ``expected_distance``     landmarks       expected distance from the truth under the heatmap's softmax (ours)
 ``soft_argmax_targeted``  landmarks       pull the points to truth + a shift (targeted; ours)
+``peak_margin``           landmarks       best heatmap value off the truth minus best near it (Square's loss; ours)
 ``vanishing``             detection       TOG-vanishing: suppress confident detections (Chow et al. 2020)
 ``dag``                   detection       DAG: GT-matched locations to a wrong class, boxes off (Xie et al. 2017)
 ========================  ==============  ==========================================================================
@@ -194,6 +196,32 @@ def _segpgd(clean: Tensor | None, steps: int) -> Loss:
     return loss
 
 
+def _seg_margin(clean: Tensor | None, steps: int) -> Loss:
+    """The per-pixel logit margin ``m = max_{j≠y} z_j − z_y`` (CW margin, Carlini & Wagner 2017)
+    clipped at 0 and averaged with class-balanced weights (each class present in the image
+    weighs as much as the others, as in ``balanced_ce``): ``<= 0``, and 0 when every pixel is
+    wrong. A flipped pixel adds exactly 0, more than any still-correct one, so the value rises
+    with every pixel flipped and with every correct pixel moved towards its boundary.
+
+    Square's segmentation loss: it is positively homogeneous in the logits (``z → c·z`` scales it
+    by ``c``), so a random search, which only compares values, ranks its proposals the same on
+    logits × 1000 — where cross-entropy and soft Dice saturate to constants in float32 and give
+    a random search nothing to climb (the masked-gradient case of Athalye et al. 2018)."""
+    def loss(z: Tensor, y: Tensor) -> Tensor:
+        z, y = _seg_inputs(z, y)
+        true = z.gather(1, y.unsqueeze(1))
+        others = z.scatter(1, y.unsqueeze(1), float("-inf")).amax(dim=1, keepdim=True)
+        m = (others - true).squeeze(1).clamp(max=0.0)  # [B, *spatial]
+        k = z.shape[1]
+        onehot = F.one_hot(y, k).flatten(1, -2).float()  # [B, N, K]
+        freq = onehot.sum(dim=1)  # [B, K]
+        present = (freq > 0).float().sum(dim=1).clamp_min(1)  # [B]
+        w = (onehot / freq.clamp_min(1)[:, None]).sum(dim=2)  # [B, N], each class sums to 1
+        return (m.flatten(1) * w).sum(dim=1) / present
+
+    return loss
+
+
 def _seg_targeted(clean: Tensor | None, steps: int, target_class: int | None = 0) -> Loss:
     """Targeted segmentation: pull every pixel towards a target class map, ``−mean CE(z,
     target)`` — the dense targeted attack of Xie et al. 2017 (DAG) and of the targeted
@@ -319,6 +347,44 @@ def _soft_argmax_targeted(clean: Tensor | None, steps: int, shift: Any = (2.0, 2
     return loss
 
 
+def _peak_margin(clean: Tensor | None, steps: int, radius: float = 4.0) -> Loss:
+    """The landmark analogue of the classification margin: per visible landmark, the highest
+    heatmap value farther than ``radius`` heatmap pixels from the truth minus the highest value
+    within ``radius`` of it, averaged over visible landmarks. Positive exactly when the decoded
+    (argmax) point lies more than ``radius`` from the truth. ``labels``: ``[B, K, 3]`` as for
+    ``soft_argmax``.
+
+    Square's landmark loss, chosen because it does not saturate: it is positively homogeneous in
+    the heatmap (``h → c·h`` scales it by ``c``), so a random search ranks its proposals the same
+    on a heatmap × 1000, where a soft-argmax (softmax of ``β·h``) collapses to a hard argmax that
+    only changes when a peak jumps; and unlike heatmap MSE, which a random search raises by
+    blurring every peak in place, it rises only as a rival peak off the truth grows. The default
+    radius is 4 heatmap pixels, the shift of the task's own violation test."""
+    r = float(radius)
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(f"peak_margin: radius must be a finite number > 0 (heatmap pixels), got {radius!r}")
+
+    def loss(heat: Tensor, labels: Tensor) -> Tensor:
+        if heat.ndim != 4 or labels.ndim != 3 or labels.shape[:2] != heat.shape[:2]:
+            raise ValueError(f"peak_margin: heatmaps must be [B, K, h, w] and labels [B, K, 3], got "
+                             f"{tuple(heat.shape)} and {tuple(labels.shape)}")
+        b, k, h, w = heat.shape
+        ys = torch.arange(h, device=heat.device, dtype=torch.float32).view(1, 1, h, 1)
+        xs = torch.arange(w, device=heat.device, dtype=torch.float32).view(1, 1, 1, w)
+        t = labels[..., :2].float()
+        d2 = (xs - t[..., 0, None, None]) ** 2 + (ys - t[..., 1, None, None]) ** 2  # [B, K, h, w]
+        near = d2 <= r * r
+        hf = heat.float()
+        best_near = hf.masked_fill(~near, float("-inf")).flatten(2).amax(dim=2)
+        best_far = hf.masked_fill(near, float("-inf")).flatten(2).amax(dim=2)
+        # a truth off the heatmap (no near pixel) or a heatmap inside the radius (no far pixel)
+        m = torch.nan_to_num(best_far - best_near, nan=0.0, posinf=0.0, neginf=0.0)
+        vis = labels[..., 2].float()
+        return (m * vis).sum(dim=1) / vis.sum(dim=1).clamp_min(1)
+
+    return loss
+
+
 # ---------------------------------------------------------------------- detection
 def _vanishing(clean: Tensor | None, steps: int, score_thresh: float = 0.05) -> Loss:
     """Chow et al. 2020, "Adversarial Objectness Gradient Attacks in Real-time Object
@@ -364,7 +430,7 @@ def _box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a + area_b - inter).clamp_min(1e-6)
 
 
-def _dag(clean: Tensor | None, steps: int, target_shift: int | None = 1, kappa: float = 5.0,
+def _dag(clean: Tensor | None, steps: int, target_shift: int | None = 1, kappa: float | None = 5.0,
          box_weight: float = 1.0) -> Loss:
     """Xie et al. 2017, "Adversarial Examples for Semantic Segmentation and Object Detection"
     (DAG, Dense Adversary Generation): targeted misclassification of every proposal / location
@@ -398,7 +464,8 @@ def _dag(clean: Tensor | None, steps: int, target_shift: int | None = 1, kappa: 
     shift = None if target_shift is None else int(target_shift)
     if shift is not None and shift == 0:
         raise ValueError("dag: target_shift must not be 0 (the target would be the true class)")
-    kap, bw = float(kappa), float(box_weight)
+    # kappa None: no clip (Square's setting: a plain margin stays positively homogeneous)
+    kap, bw = (math.inf if kappa is None else float(kappa)), float(box_weight)
     if bw < 0:
         raise ValueError(f"dag: box_weight must be >= 0, got {box_weight!r}")
 
@@ -437,6 +504,7 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
     "balanced_ce": AttackLoss("segmentation", _balanced_ce, "class-balanced CE"),
     "js": AttackLoss("segmentation", _js, "Jensen-Shannon to the label"),
     "segpgd": AttackLoss("segmentation", _segpgd, "SegPGD weighting"),
+    "seg_margin": AttackLoss("segmentation", _seg_margin, "class-balanced per-pixel margin, clipped at 0"),
     "seg_targeted": AttackLoss("segmentation", _seg_targeted, "pull pixels to a target class map"),
     "dice": AttackLoss("segmentation", _dice, "1 - soft Dice over the foreground"),
     "soft_argmax": AttackLoss("landmarks", _soft_argmax, "soft-argmax point distance"),
@@ -444,6 +512,7 @@ ATTACK_LOSSES: dict[str, AttackLoss] = {
                                     "expected distance from the truth under the heatmap softmax"),
     "soft_argmax_targeted": AttackLoss("landmarks", _soft_argmax_targeted,
                                        "pull the soft-argmax points to truth + shift"),
+    "peak_margin": AttackLoss("landmarks", _peak_margin, "best heatmap value off the truth minus near it"),
     "vanishing": AttackLoss("detection", _vanishing, "TOG-vanishing: suppress confident detections"),
     "dag": AttackLoss("detection", _dag, "DAG: targeted misclassification of GT-matched locations",
                       inputs="matched"),

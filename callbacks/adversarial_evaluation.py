@@ -282,9 +282,10 @@ class AdversarialEvaluation(Callback):
             record.minimal_eps = MinimalEpsSummary.from_dict(summarise(run.minimal_eps, self.minimal_eps),
                                                              "minimal_eps")
         if check:
-            from callbacks.sanity import sanity_report
+            from callbacks.sanity import mark_unreliable, sanity_report
 
             record.sanity = sanity_report(run.outcome, monitor, lower, warn=trainer.is_global_zero)
+            mark_unreliable(record)  # a fired flag marks the numbers it makes upper bounds
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective

@@ -7,7 +7,9 @@ grid. The estimate is an *upper bound* on the true minimal ε (the attack may mi
 adversarial points) with resolution ``eps_max / 2**n_bisect``. The attack is an
 :class:`attacks.AttackSpec`, as everywhere else: ``attack: apgd`` (or ``{name: apgd, steps:
 20}``) uses APGD (Croce & Hein 2020) instead — no step size to tune for each bisection budget,
-so the bound is tighter at the same steps.
+so the bound is tighter at the same steps. A minimum-norm attack (``attack: {name: fmn,
+steps: 100, loss: margin}``, Pintor et al. 2021) replaces the bisection: one run gives each
+sample's smallest adversarial norm directly (``n_bisect`` is then unused).
 
 Samples already violated without perturbation get 0; samples PGD cannot break at ``eps_max``
 are *censored* (reported as ``None`` and counted in ``censored_fraction``; the median treats
@@ -87,9 +89,11 @@ class MinimalEpsConfig:
         value["attack"] = spec = AttackSpec.parse(attack, f"{field_name}.attack", DEFAULT_ATTACK)
         if spec.random_start is None and spec.setting("random_start") is not None:
             spec.random_start = False  # start at x unless asked: a deterministic bisection
-        if spec.loss is not None:
+        minimal_norm = bool(getattr(ATTACKS[spec.name], "minimal_norm", False))
+        if spec.loss is not None and not minimal_norm:
             raise ValueError(f"{field_name}.attack.loss: the bisection attacks the task's loss; "
-                             f"remove loss={spec.loss!r}")
+                             f"remove loss={spec.loss!r} (only a minimum-norm attack such as fmn "
+                             "takes a loss here: its margin)")
         cfg = cls(**{"enabled": True, **value})
         if not cfg.eps_max > 0:
             raise ValueError(f"{field_name}.eps_max must be > 0, got {cfg.eps_max}")
@@ -120,6 +124,9 @@ def minimal_eps_batch(
     def success_fn(output: Any, target: Any) -> torch.Tensor:
         return task.is_violated(output, target).bool()
 
+    if getattr(ATTACKS[cfg.attack.name], "minimal_norm", False):
+        return _minimal_norm_batch(task, model, batch, cfg, bn_mode, dropout_mode, generator)
+
     def broken_at(eps: torch.Tensor) -> torch.Tensor:
         atk = cfg.attack.build(eps, tuple(task.data_info.bounds), (bn_mode, dropout_mode))
         res = atk.perturb(model, x, batch, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
@@ -138,6 +145,38 @@ def minimal_eps_batch(
         lo = torch.where(ok, lo, mid)
     result = torch.where(broken, hi, torch.full_like(hi, math.inf))
     return torch.where(clean_bad, torch.zeros_like(result), result)
+
+
+def _minimal_norm_batch(task: Any, model: Any, batch: dict[str, Any], cfg: MinimalEpsConfig,
+                        bn_mode: str, dropout_mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-sample minimal ε ``[B]`` from one run of a minimum-norm attack (FMN, Pintor et al.
+    2021) instead of a bisection: its own smallest adversarial norm, censored (``inf``) beyond
+    ``eps_max``; 0 for samples violated without perturbation. Cost: ``steps`` forward/backward
+    passes. The attack ascends the spec's ``loss`` (a margin, e.g. ``margin`` for
+    classification) on the task's ``attack_loss_inputs``, else the task's per-sample loss."""
+    x = batch["image"]
+    spec = cfg.attack
+
+    def success_fn(output: Any, target: Any) -> torch.Tensor:
+        return task.is_violated(output, target).bool().reshape(-1)
+
+    loss_fn: Any = task.per_sample_loss
+    if spec.loss is not None:
+        from attacks.task_losses import make_attack_loss
+        from callbacks.evaluation_loop import task_loss_tensors
+
+        margin = make_attack_loss(spec.loss, None, int(spec.setting("steps") or 1), **spec.loss_args)
+
+        def loss_fn(output: Any, target: Any) -> torch.Tensor:
+            return margin(*task_loss_tensors(task, output, target))
+
+    atk = spec.build(float(cfg.eps_max), tuple(task.data_info.bounds), (bn_mode, dropout_mode))
+    atk(model, x, batch, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
+    found = atk.last_min_eps.to(x.device)
+    with torch.no_grad():
+        clean_bad = success_fn(model(x), batch)
+    found = torch.where(found <= cfg.eps_max, found, torch.full_like(found, math.inf))
+    return torch.where(clean_bad, torch.zeros_like(found), found)
 
 
 def summarise(values: list[float], cfg: MinimalEpsConfig) -> dict[str, Any]:

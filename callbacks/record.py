@@ -87,6 +87,10 @@ class RobustnessRecord:
     #: forward / backward passes and seconds per member × ε and in total
     #: (:class:`callbacks.accounting.ComputeAccounting`; ``None`` in files written before it)
     compute: ComputeAccounting | None = None
+    #: the fired sanity flags and what they do to the numbers (``callbacks.sanity.
+    #: mark_unreliable``): ``[{flag, message, affects, meaning, next}]``; ``None`` when no flag
+    #: fired or the checks did not run. The affected entries carry ``unreliable: [flag, …]``.
+    unreliable: list[dict[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -127,6 +131,7 @@ class RobustnessRecord:
             sanity=_need(data, "sanity", dict, source, optional=True),
             compute=None if data.get("compute") is None
             else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
+            unreliable=_need(data, "unreliable", list, source, optional=True),
             schema_version=version,
         )
 
@@ -176,6 +181,8 @@ class RobustnessRecord:
             out["sanity"] = self.sanity
         if self.compute is not None:
             out["compute"] = self.compute.to_dict()
+        if self.unreliable:
+            out["unreliable"] = self.unreliable
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -214,6 +221,10 @@ class RobustnessRecord:
             if eps is not None and math.isclose(e.eps, float(eps)):
                 return e.metrics.get(metric)
         return None
+
+    def unreliable_flags(self) -> list[str]:
+        """Names of the fired sanity flags that make robust numbers of this record upper bounds."""
+        return [str(u.get("flag")) for u in self.unreliable or []]
 
     def lower_is_better(self, metric: str) -> bool | None:
         """The direction of ``metric`` as the task stated it for the robust area, or ``None``

@@ -69,6 +69,16 @@ def _metrics(data: Mapping[str, Any], key: str, where: str) -> dict[str, float |
     return out
 
 
+def _flag_names(data: Mapping[str, Any], key: str, where: str) -> list[str] | None:
+    """An optional list of sanity-flag names (``unreliable``)."""
+    value = _need(data, key, list, where, optional=True)
+    if value is None:
+        return None
+    if not all(isinstance(v, str) for v in value):
+        raise RecordError(f"{where}: key {key!r} must be a list of flag names, got {value!r:.60}")
+    return list(value)
+
+
 # --- parts -------------------------------------------------------------------------------------
 @dataclass
 class AttackEntry:
@@ -87,11 +97,14 @@ class AttackEntry:
     loss: str | None = None
     gradients: dict[str, int] | None = None
     note: str | None = None
+    #: sanity flags that make this number an unreliable upper bound (``None``: none fired or
+    #: the checks did not run; see :func:`callbacks.sanity.mark_unreliable`)
+    unreliable: list[str] | None = None
     #: further settings of the attack (``describe()`` keys beyond the above)
     extra: dict[str, Any] = field(default_factory=dict)
 
     _ORDER = ("attack", "name", "norm", "eps", "steps", "step_size", "restarts", "random_start",
-              "metrics", "in_ensemble", "loss", "gradients", "note")
+              "metrics", "in_ensemble", "loss", "gradients", "note", "unreliable")
     #: keys written even when ``None`` (DESIGN's entry, and the settings the tables show)
     _ALWAYS = ("attack", "name", "norm", "eps", "steps", "step_size", "restarts", "random_start", "metrics")
 
@@ -114,6 +127,7 @@ class AttackEntry:
             loss=data.get("loss"),
             gradients=data.get("gradients"),
             note=data.get("note"),
+            unreliable=_flag_names(data, "unreliable", where),
             extra={k: v for k, v in data.items() if k not in cls._ORDER},
         )
 
@@ -139,6 +153,8 @@ class EnsembleEntry:
     eps: float
     metrics: dict[str, float | None]
     attacks: list[str] = field(default_factory=list)
+    #: sanity flags that make this worst case an unreliable upper bound (``None``: none)
+    unreliable: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> EnsembleEntry:
@@ -146,7 +162,7 @@ class EnsembleEntry:
             raise RecordError(f"{where}: must be an object, got {type(data).__name__}")
         members = _need(data, "attacks", list, where, optional=True) or []
         return cls(eps=float(_need(data, "eps", float, where)), metrics=_metrics(data, "metrics", where),
-                   attacks=[str(a) for a in members])
+                   attacks=[str(a) for a in members], unreliable=_flag_names(data, "unreliable", where))
 
     @property
     def attack(self) -> str:
@@ -154,7 +170,11 @@ class EnsembleEntry:
         return "ensemble"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"attack": "ensemble", "eps": self.eps, "attacks": list(self.attacks), "metrics": self.metrics}
+        out: dict[str, Any] = {"attack": "ensemble", "eps": self.eps, "attacks": list(self.attacks),
+                               "metrics": self.metrics}
+        if self.unreliable:
+            out["unreliable"] = list(self.unreliable)
+        return out
 
 
 @dataclass

@@ -43,6 +43,26 @@ def _indices(indices: Any) -> str:
     return shown + (f", … ({len(indices)} in all, see robustness.json)" if len(indices) > 32 else "")
 
 
+def _mark(flags: list[str] | None) -> str:
+    """A table cell's mark for an unreliable upper bound, naming the flags."""
+    return f" ⚠ upper bound ({', '.join(flags)})" if flags else ""
+
+
+def unreliable_section(record: RobustnessRecord) -> list[str]:
+    """``report.md`` lines for the fired sanity flags: what each means and what to run next."""
+    if not record.unreliable:
+        return []
+    lines = ["## ⚠ Unreliable numbers: upper bounds", "",
+             "Sanity checks fired. The numbers marked ⚠ above are upper bounds that are likely "
+             "loose: the model is probably less robust than they say.", ""]
+    for u in record.unreliable:
+        lines += [f"- **`{u.get('flag')}`**: {u.get('message', '')}",
+                  f"  - affects: {', '.join(u.get('affects') or []) or '–'}",
+                  f"  - means: {u.get('meaning', '')}",
+                  f"  - run next: {u.get('next', '')}"]
+    return [*lines, ""]
+
+
 def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
     """Attacks × ε × metrics (clean first, ensemble last per ε) as a Markdown table."""
     record = RobustnessRecord.coerce(record)
@@ -56,11 +76,13 @@ def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
         for e in (a for a in record.attacks if a.eps == eps):
             cells = [e.attack, _fmt(eps), _fmt(e.norm), _fmt(e.steps), _fmt(e.step_size), _fmt(e.restarts),
                      _fmt(e.random_start)]
-            cells += [_fmt(e.metrics.get(m)) for m in metrics]
+            mark = _mark(e.unreliable)
+            cells += [_fmt(e.metrics.get(m)) + mark for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         if eps in ens:
             cells = ["**ensemble**", _fmt(eps), "", "", "", "", ""]
-            cells += [f"**{_fmt(ens[eps].metrics.get(m))}**" for m in metrics]
+            mark = _mark(ens[eps].unreliable)
+            cells += [f"**{_fmt(ens[eps].metrics.get(m))}**{mark}" for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -96,6 +118,7 @@ def write_report(
         "",
         f"Ensemble = per-sample worst case over the attacks at each ε ({record.ensemble_rule}).",
         "",
+        *unreliable_section(record),
     ]
     if plot_name:
         parts += [f"![metric vs ε]({plot_name})", ""]

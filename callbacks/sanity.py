@@ -14,6 +14,13 @@ becomes an entry of ``robustness.json["sanity"]`` — ``{"flag": bool, "value", 
 ``black_box``       a gradient-free attack (Square) sets the worst case of more than 1% of the
                     samples that the white-box attacks did not break
 ``randomness``      two eval-mode clean forwards of the same input differ (on any sample)
+
+A fired flag changes what the numbers mean, so it is not left in a log:
+:func:`mark_unreliable` marks the affected robust numbers of the record as *unreliable upper
+bounds* (``unreliable: [flag, …]`` on each attack / worst-case entry, and a top-level
+``unreliable`` list saying per flag what it means and what to run next); ``report.md`` and the
+CLI summary show the marks. :data:`FLAG_EFFECTS` is the one table of which numbers each flag
+affects, what it means and what to run next (docs/attacks.md has the same in prose).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from callbacks.evaluation_loop import EvalOutcome
 
@@ -113,3 +120,101 @@ def sanity_report(
             if e["flag"]:
                 warnings.warn(f"robustness sanity check '{name}' fired: {e['message']}", stacklevel=2)
     return out
+
+
+Scope = Literal["gradient_members", "ensemble", "all"]
+
+_AA = ("rerun with `test_attacks: aa_budget` (Square 5000 queries on the margin loss, APGD-T, "
+       "FMN)")
+
+
+@dataclass(frozen=True)
+class FlagEffect:
+    """What a fired flag does to the reported numbers.
+
+    ``scope``: which robust numbers become unreliable upper bounds — ``"gradient_members"``
+    (every gradient attack's entry and the worst case; in a sequential suite every entry, since
+    each one is cumulative), ``"ensemble"`` (the worst case only) or ``"all"`` (every attack and
+    worst-case entry). ``meaning`` and ``next`` are written into the record and the report.
+    """
+
+    scope: Scope
+    meaning: str
+    next: str
+
+
+FLAG_EFFECTS: dict[str, FlagEffect] = {
+    "gradient": FlagEffect(
+        "gradient_members",
+        "the gradient attacks had no gradient information on many samples (a quantised or "
+        "non-differentiable input, a saturated softmax): their numbers, and the worst case "
+        "over them, overstate robustness",
+        f"{_AA}; for a non-differentiable layer attack a differentiable approximation of it "
+        "(BPDA, Athalye et al. 2018)"),
+    "black_box": FlagEffect(
+        "gradient_members",
+        "a gradient-free attack broke samples that every gradient attack missed: the gradients "
+        "are not informative, and the worst case now rests on the gradient-free member's "
+        "limited query budget",
+        f"{_AA}, or the black-box member alone with a larger budget "
+        "(`{name: square, steps: 10000, restarts: 2, loss: margin}`)"),
+    "large_eps": FlagEffect(
+        "all",
+        "a huge budget (a quarter of the input range) did not break the model: the attacks are "
+        "failing, so every robust number here may be far above the truth",
+        f"look for gradient masking (zero gradients, non-differentiable layers, a loss that does "
+        f"not reach the task's output), then {_AA}"),
+    "monotone": FlagEffect(
+        "ensemble",
+        "the worst case improves at a larger ε, which a working attack never allows: the "
+        "numbers at the larger ε are too high",
+        f"{_AA}, or more restarts of the members"),
+    "randomness": FlagEffect(
+        "all",
+        "the model's output is random in eval mode: one attack run sees one draw, so every "
+        "robust number may be too high",
+        "attack the expectation over the randomness (EOT, Athalye et al. 2018), or make the "
+        "eval-mode model deterministic"),
+}
+
+
+def mark_unreliable(record: Any) -> list[dict[str, Any]]:
+    """Mark the robust numbers of ``record`` (a :class:`callbacks.record.RobustnessRecord` whose
+    ``sanity`` is filled) that its fired flags make unreliable upper bounds.
+
+    Sets ``unreliable = [flag, …]`` on every affected attack and worst-case entry (by
+    :data:`FLAG_EFFECTS`' scope) and ``record.unreliable`` to ``[{flag, message, affects,
+    meaning, next}]``; returns that list (empty when no flag fired, and then nothing is set).
+    """
+    fired = [name for name, entry in (record.sanity or {}).items() if entry.get("flag")]
+    out: list[dict[str, Any]] = []
+    for name in fired:
+        effect = FLAG_EFFECTS.get(name)
+        if effect is None:
+            continue
+        affected: list[str] = []
+        for entry in record.attacks:
+            gradient_free = bool(entry.extra.get("gradient_free"))
+            hit = (effect.scope == "all"
+                   or (effect.scope == "gradient_members" and (not gradient_free or record.sequential)))
+            if hit and entry.in_ensemble is not False:
+                entry.unreliable = [*(entry.unreliable or []), name]
+                affected.append(entry.attack)
+        for ens in record.ensemble:
+            ens.unreliable = [*(ens.unreliable or []), name]
+        if record.ensemble:
+            affected.append("ensemble")
+        out.append({"flag": name, "message": record.sanity[name].get("message", ""),
+                    "affects": sorted(set(affected), key=affected.index),
+                    "meaning": effect.meaning, "next": effect.next})
+    record.unreliable = out or None
+    return out
+
+
+def unreliable_summary(record: Any) -> str:
+    """One line for logs and the CLI: the fired flags and what to run next ('' when none)."""
+    if not record.unreliable:
+        return ""
+    flags = ", ".join(u["flag"] for u in record.unreliable)
+    nexts = "; ".join(dict.fromkeys(u["next"] for u in record.unreliable))
+    return f"UNRELIABLE upper bounds (sanity flags: {flags}); next: {nexts}"

@@ -33,11 +33,11 @@ def test_spec_lives_in_attacks_and_builds() -> None:
 
 def test_standard_suite_per_task() -> None:
     four = [s.label for s in parse_attack_specs("standard", "x", "classification", 4)]
-    assert four == ["apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3", "square"]
+    assert four == ["apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3", "fmn", "square"]
     binary = [s.label for s in parse_attack_specs("standard", "x", "classification", 2)]
-    assert binary == ["apgd-ce", "apgd-dlr", "square"]  # DLR falls back to the CW margin
+    assert binary == ["apgd-ce", "apgd-dlr", "fmn", "square"]  # DLR falls back to the CW margin
     seg = parse_attack_specs("standard", "x", "segmentation")
-    assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", "dice", None}
+    assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", "dice", "seg_margin"}
     assert all(s.params["steps"] == 100 for s in seg if s.name == "apgd")
     assert suite_configs("standard", "landmarks")[1]["loss"] == "soft_argmax"
     with pytest.raises(ValueError, match="unknown suite"):
@@ -84,7 +84,7 @@ def test_robustness_json_records_every_member_and_sanity(tmp_path) -> None:
     record = json.loads((tmp_path / "robustness.json").read_text())
     assert record["suite_name"] == "quick" and record["sequential"] is True
     members = {m["label"]: m for m in record["members"]}
-    assert set(members) == {"apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3", "square"}
+    assert set(members) == {"apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3", "fmn", "square"}
     assert members["apgd-ce"]["steps"] == 20 and members["apgd-ce"]["restarts"] == 1
     assert members["square"]["steps"] == 100
     for entry in record["attacks"]:

@@ -380,7 +380,7 @@ def test_clear_errors(classifier) -> None:
 
 def test_registry_and_describe() -> None:
     assert set(ATTACKS) == {"fgsm", "bim", "pgd", "mifgsm", "cw", "gaussian", "uniform",
-                            "salt_pepper", "speckle", "apgd", "square"}
+                            "salt_pepper", "speckle", "apgd", "square", "fmn"}
     for name, cls in ATTACKS.items():
         atk = build_attack(name.upper())
         assert isinstance(atk, cls)

@@ -32,9 +32,10 @@ FILE_KEYS = DESIGN_KEYS | {
     "schema_version", "global_step", "suite", "suite_name", "sequential", "members", "ensemble",
     "ensemble_rule", "robust_area", "eval_seconds", "subset", "settings", "minimal_eps", "sanity",
     "compute",
+    "unreliable",  # the fired sanity flags (they fire on this untrained model)
 }
 ATTACK_KEYS = DESIGN_ATTACK_KEYS | {"name", "step_size", "restarts", "random_start", "in_ensemble",
-                                    "loss", "gradients"}
+                                    "loss", "gradients", "unreliable"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_round_trip_and_exact_keys(written: tuple[Path, RobustnessRecord], tmp_p
     assert set(data) == FILE_KEYS
     for entry in data["attacks"]:
         assert set(entry) == ATTACK_KEYS
-    assert {k for e in data["ensemble"] for k in e} == {"attack", "eps", "attacks", "metrics"}
+    assert {k for e in data["ensemble"] for k in e} == {"attack", "eps", "attacks", "metrics", "unreliable"}
     assert set(data["robust_area"]) == {"value", "metric", "higher_is_better", "metric_lower_is_better",
                                         "definition"}
     assert data["schema_version"] == SCHEMA_VERSION
