@@ -209,7 +209,10 @@ class MedRobustCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = [*callbacks, *scaling_callbacks(self._subconfig())]
+        config = {**config, "plugins": with_atomic_checkpoint_io(
+            config.get("plugins"), config.get("strategy"), config.get("accelerator"))}
         trainer = super()._instantiate_trainer(config, callbacks)
+        warn_plain_model_checkpoint(trainer.callbacks)
         folder = getattr(self, "_run_folder", None)
         if folder is not None:
             # Checkpoints in <run folder>/checkpoints for every logger (Lightning would use
@@ -267,6 +270,55 @@ class MedRobustCLI(LightningCLI):
                 line = summarise_record(rec, metric)
                 if line:
                     print(f"[medrobust] {split}: {line}")
+
+
+#: strategies whose checkpoints are Lightning's plain ``torch.save`` of one dict (the ones
+#: :class:`~callbacks.checkpoint.AtomicCheckpointIO` can write); FSDP, DeepSpeed and XLA have
+#: their own writers
+_PLAIN_CHECKPOINT_STRATEGIES = ("auto", "ddp", "single_device")
+
+
+def with_atomic_checkpoint_io(plugins: Any, strategy: Any, accelerator: Any = None) -> Any:
+    """``plugins`` plus :class:`~callbacks.checkpoint.AtomicCheckpointIO` (crash-safe checkpoint
+    writes, through Lightning's ``Trainer(plugins=[...])`` slot), unless they already name a
+    ``CheckpointIO`` or the strategy writes its own checkpoints (FSDP, DeepSpeed, XLA/TPU)."""
+    from lightning.fabric.plugins import CheckpointIO
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from callbacks.checkpoint import AtomicCheckpointIO
+
+    given = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in given):
+        return plugins
+    if isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
+        plain = "XLA" not in type(strategy).__name__
+    else:
+        plain = isinstance(strategy, str | None) and (strategy or "auto").startswith(
+            _PLAIN_CHECKPOINT_STRATEGIES)
+    if not plain or accelerator == "tpu":
+        return plugins
+    return [*given, AtomicCheckpointIO()]
+
+
+def warn_plain_model_checkpoint(callbacks: list[Callback]) -> None:
+    """Lightning's own ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only when a
+    top-k file is written; say so once and name the class that keeps it current."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+    from callbacks.checkpoint import ModelCheckpoint
+
+    for cb in callbacks:
+        if (isinstance(cb, LightningModelCheckpoint) and not isinstance(cb, ModelCheckpoint)
+                and cb.save_last is True and cb.monitor is not None):
+            warnings.warn(
+                "trainer.callbacks has lightning.pytorch.callbacks.ModelCheckpoint with save_last "
+                "and a monitor: its last.ckpt is refreshed only in epochs where the monitored value "
+                "improves, so --ckpt_path last may resume epochs back; use "
+                "class_path: callbacks.ModelCheckpoint (same arguments) for a last.ckpt that is "
+                "always the latest state", UserWarning, stacklevel=2)
+            return
 
 
 def add_scaling_arguments(parser: LightningArgumentParser) -> None:
