@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 
 from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
-from train import warn_plain_model_checkpoint, with_atomic_checkpoint_io
+from medrobust.cli_trainer import warn_plain_model_checkpoint, with_atomic_checkpoint_io
 
 ROOT = Path(__file__).resolve().parents[1]
 
