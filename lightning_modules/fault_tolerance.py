@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from lightning_modules.distributed import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +170,6 @@ def _batch_indices(batch: Any, mask: Tensor | None = None) -> list[int]:
     return [int(i) for i in index.tolist()]
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """``flag`` OR-reduced over DDP ranks, so that every rank raises or skips together (one
-    rank alone would leave the others waiting in the next gradient all-reduce)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def nonfinite_images(batch: Any) -> Tensor | None:
     """Bool ``[B]``: samples whose ``image`` holds a NaN or ±Inf (``None``: no image tensor)."""
     image = batch.get("image") if isinstance(batch, dict) else None
@@ -224,7 +215,7 @@ def guarded_training_loss(task: Any, batch: Any, batch_idx: int) -> tuple[Tensor
     local_bad = bool(bad_images.any()) if bad_images is not None else False
     device = batch["image"].device if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor) \
         else torch.device("cpu")
-    if _any_rank(local_bad, device):
+    if any_rank(local_bad, device):
         if local_bad:
             indices = _batch_indices(batch, bad_images)
             reason = f"non-finite (NaN/Inf) values in batch['image'] of samples index={indices}"
@@ -236,7 +227,7 @@ def guarded_training_loss(task: Any, batch: Any, batch_idx: int) -> tuple[Tensor
     saved = [b.detach().clone() for b in task.buffers()] if skipping else None
     loss, logs = task.method.training_loss(task, batch)
     local_bad = not bool(torch.isfinite(loss.detach()).all())
-    if not _any_rank(local_bad, loss.device):
+    if not any_rank(local_bad, loss.device):
         return loss, logs
     if local_bad:
         indices = _batch_indices(batch)

@@ -546,7 +546,7 @@ def test_amat_in_epoch_records_round_trip_and_split_by_rank(monkeypatch) -> None
     assert torch.allclose(torch.cat(fresh._pending), rows, rtol=0, atol=0, equal_nan=True)
     assert fresh._seen == 6
     # under DDP (keys are position·W + rank) every rank takes back its own rows
-    monkeypatch.setattr(amat_mod, "_world_size", lambda: 2)
-    monkeypatch.setattr(amat_mod.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(amat_mod, "world_size", lambda: 2)
+    monkeypatch.setattr(amat_mod.distributed, "rank", lambda: 1)
     fresh.load_epoch_state({"pending_rows": rows})
     assert fresh._pending[0][:, 0].tolist() == [1.0, 3.0, 5.0] and fresh._seen == 3
