@@ -47,45 +47,21 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from attacks.options import check_choice
-from callbacks.scaling import BATCH_SCALING_MODES, BatchScaling, SpeedOptions
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from lightning_modules.base import TaskModule
+from medrobust.cli_parsing import accept_linked_targets_for_functions
+from medrobust.cli_runs import NoClobberSaveConfigCallback, csv_logger_config, experiment_name
+from medrobust.cli_summary import print_robustness
+from medrobust.cli_trainer import (
+    add_scaling_arguments,
+    scaling_callbacks,
+    warn_plain_model_checkpoint,
+    with_atomic_checkpoint_io,
+)
 from medrobust.config_checks import check_config
-
-DEFAULT_RUN_NAME = "medrobust"
-
-
-def _accept_linked_targets_for_functions() -> None:
-    """Work around a jsonargparse bug that breaks ``--model.init_args.<x>`` overrides.
-
-    When a command-line flag changes the model's arguments, jsonargparse re-checks nested
-    ``{class_path, init_args}`` values such as ``net`` and builds a parser for their class path
-    with the model's extra keyword arguments, ``linked_targets`` among them (our
-    ``data → model.init_args.data_info`` link). For a *function* class path — the torchvision
-    detection builders, ``torchvision.models.resnet18``, our ``tiny_fcos`` —
-    ``add_function_arguments`` does not take that keyword and the whole parse fails with
-    "unexpected keyword argument 'linked_targets'". Functions have no linked targets, so the
-    keyword is dropped for them. Idempotent.
-    """
-    from jsonargparse import ArgumentParser  # defines its own copy of the method
-
-    original = ArgumentParser.add_function_arguments
-    if getattr(original, "_medrobust_shim", False):
-        return
-
-    def add_function_arguments(self: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("linked_targets", None)
-        return original(self, function, *args, **kwargs)
-
-    add_function_arguments._medrobust_shim = True  # type: ignore[attr-defined]
-    ArgumentParser.add_function_arguments = add_function_arguments  # type: ignore[method-assign]
-
-
-_accept_linked_targets_for_functions()
 
 
 def data_info_of(datamodule: BaseDataModule) -> DataInfo:
@@ -93,47 +69,10 @@ def data_info_of(datamodule: BaseDataModule) -> DataInfo:
     return datamodule.info
 
 
-def free_config_name(log_dir: str | os.PathLike[str], name: str) -> str:
-    """``name`` if ``log_dir/name`` does not exist, else ``stem-1.yaml``, ``stem-2.yaml`` …"""
-    path = Path(log_dir) / name
-    if not path.exists():
-        return name
-    stem, suffix = path.stem, path.suffix
-    i = 1
-    while (Path(log_dir) / f"{stem}-{i}{suffix}").exists():
-        i += 1
-    return f"{stem}-{i}{suffix}"
-
-
-class NoClobberSaveConfigCallback(SaveConfigCallback):
-    """Saves the resolved config in ``trainer.log_dir`` and never overwrites one: a second
-    run into the same directory writes ``config-1.yaml`` instead of failing or clobbering.
-    With a W&B logger the resolved config also goes to the run's config."""
-
-    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir:
-            log_dir = trainer.log_dir
-            name = free_config_name(log_dir, self.config_filename) if (
-                trainer.is_global_zero and log_dir is not None) else self.config_filename
-            self.config_filename = trainer.strategy.broadcast(name)
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError:  # pragma: no cover - wandb is a declared dependency
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                cfg = self.parser.dump(self.config, skip_none=False, format="json")
-                import json
-
-                logger.experiment.config.update({"cli": json.loads(cfg)}, allow_val_change=True)
-
-
 class MedRobustCLI(LightningCLI):
-    """LightningCLI with the data → model link, a CSV logger by default and ``--ckpt_path
-    last`` resolution across runs."""
+    """LightningCLI with the data → model link, a CSV logger by default, ``--ckpt_path last``
+    resolution across runs and crash-safe checkpoint writes (the pieces live in
+    ``medrobust/cli_*.py``)."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # `--print_config` prints and exits inside the parse: check what jsonargparse cannot
@@ -158,17 +97,9 @@ class MedRobustCLI(LightningCLI):
 
     # ---------------------------------------------------------------- run naming / logging
     def run_name(self) -> str:
-        """The experiment's name: the stem of its config file (the last one under
-        ``experiment/`` if several are given, never a ``logger/``, ``trainer/`` or
-        ``callbacks/`` piece), else ``medrobust``."""
+        """The experiment's name (:func:`medrobust.cli_runs.experiment_name` of the configs)."""
         cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-        paths = [str(p) for p in (cfg.get("config") or []) if p is not None]
-        if not paths:
-            return DEFAULT_RUN_NAME
-        experiments = [p for p in paths if "experiment" in Path(p).parts]
-        # pieces that add a logger / trainer / callbacks do not name the experiment
-        named = [p for p in paths if not {"logger", "trainer", "callbacks"} & set(Path(p).parts[-2:-1])]
-        return Path((experiments or named or paths)[-1]).stem
+        return experiment_name(list(cfg.get("config") or []))
 
     def _subconfig(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -198,18 +129,16 @@ class MedRobustCLI(LightningCLI):
         if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
             resume = Path(cfg["ckpt_path"])  # continues in its run folder if it is one of ours
         if trainer_cfg.logger in (None, True) and not trainer_cfg.get("fast_dev_run"):
-            # Lightning's default is TensorBoard when installed; medrobust's default is CSV,
-            # under <default_root_dir>/<experiment>/version_<n>.
-            from jsonargparse import Namespace
-
-            trainer_cfg.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
-                                           init_args=Namespace(save_dir=str(root), name=name))
+            trainer_cfg.logger = csv_logger_config(root, name)
         self._run_folder = configure_loggers(trainer_cfg.logger, root, name, resume)
         self._resuming = resume is not None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = [*callbacks, *scaling_callbacks(self._subconfig())]
+        config = {**config, "plugins": with_atomic_checkpoint_io(
+            config.get("plugins"), config.get("strategy"), config.get("accelerator"))}
         trainer = super()._instantiate_trainer(config, callbacks)
+        warn_plain_model_checkpoint(trainer.callbacks)
         folder = getattr(self, "_run_folder", None)
         if folder is not None:
             # Checkpoints in <run folder>/checkpoints for every logger (Lightning would use
@@ -253,78 +182,8 @@ class MedRobustCLI(LightningCLI):
         self.print_robustness()
 
     def print_robustness(self) -> None:
-        """One line per split: the task's main metric clean and under each evaluated attack,
-        from the ``robustness.json`` record of ``callbacks.AdversarialEvaluation`` (if used)."""
-        trainer = self.trainer
-        if not trainer.is_global_zero:
-            return
-        metric = getattr(self.model, "main_metric", None)
-        for cb in trainer.callbacks:
-            records = getattr(cb, "last_record", None)
-            if not isinstance(records, dict):
-                continue
-            for split, rec in records.items():
-                line = summarise_record(rec, metric)
-                if line:
-                    print(f"[medrobust] {split}: {line}")
-
-
-def add_scaling_arguments(parser: LightningArgumentParser) -> None:
-    """``--batch_scaling`` and ``--speed.*`` (see :mod:`callbacks.scaling` and docs/scaling.md);
-    top-level keys, so a ``configs/trainer/*.yaml`` can set them without replacing an
-    experiment's callback list."""
-    parser.add_argument(
-        "--batch_scaling", type=str, default="global",
-        help="how data.batch_size and model.lr scale with num_nodes × devices: 'global' "
-             "(batch_size is the global batch, split over processes), 'linear' (per-process "
-             "batch, lr × world size) or 'per_device' (Lightning's default)")
-    parser.add_argument("--speed.channels_last", type=bool, default=False,
-                        help="channels-last weights and images (NHWC; faster on GPUs)")
-    parser.add_argument("--speed.compile", type=bool, default=False,
-                        help="torch.compile the task's network (attacks run it too)")
-    parser.add_argument("--speed.compile_mode", type=str | None, default=None,
-                        help="torch.compile mode: default, reduce-overhead, max-autotune")
-
-
-def scaling_callbacks(cfg: Any) -> list[Callback]:
-    """The callbacks that ``--batch_scaling`` and ``--speed.*`` ask for."""
-    mode = cfg.get("batch_scaling", "global")
-    check_choice("--batch_scaling", mode, BATCH_SCALING_MODES)
-    out: list[Callback] = [BatchScaling(mode)]
-    speed = cfg.get("speed") or {}
-    opts = SpeedOptions(channels_last=bool(speed.get("channels_last", False)),
-                        compile=bool(speed.get("compile", False)),
-                        compile_mode=speed.get("compile_mode"))
-    if opts.enabled:
-        out.append(opts)
-    return out
-
-
-def summarise_record(rec: Any, metric: str | None) -> str:
-    """``"epoch 9 · clean accuracy 0.91 · pgd linf eps=0.01 (10 steps) accuracy 0.55 · …"``.
-
-    ``rec``: a :class:`callbacks.record.RobustnessRecord` or its ``robustness.json`` dict."""
-    from callbacks.record import RobustnessRecord
-
-    rec = RobustnessRecord.coerce(rec, "summary record")
-    clean = rec.clean
-    if not clean:
-        return ""
-    metric = metric if metric in clean else next(iter(clean))
-    parts = [f"epoch {rec.epoch}", f"clean {metric} {clean[metric]:.3f}"]
-    for entry in [*rec.attacks, *rec.ensemble]:
-        value = entry.metrics.get(metric)
-        if value is None:
-            continue
-        norm = f" {entry.norm}" if getattr(entry, "norm", None) else ""
-        steps = f" ({entry.steps} steps)" if getattr(entry, "steps", None) else ""
-        flags = getattr(entry, "unreliable", None)
-        mark = f" ⚠ upper bound ({', '.join(flags)})" if flags else ""
-        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}{mark}")
-    from callbacks.sanity import unreliable_summary
-
-    warning = unreliable_summary(rec)
-    return " · ".join(parts) + (f" · ⚠ {warning}" if warning else "")
+        """One line per split (:func:`medrobust.cli_summary.print_robustness`)."""
+        print_robustness(self.trainer, getattr(self.model, "main_metric", None))
 
 
 def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:
@@ -351,6 +210,7 @@ def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> MedRobustCLI:
     """Build and run the CLI (``args=None``: ``sys.argv``). Returns the CLI object."""
+    accept_linked_targets_for_functions()
     return MedRobustCLI(
         TaskModule,
         BaseDataModule,

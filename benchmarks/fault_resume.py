@@ -104,7 +104,7 @@ def tiny_config(method: str, epochs: int, boundary: str = "epoch", batches: int 
             "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False,
             "num_sanity_val_steps": 0,
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": ckpt},
+                {"class_path": "callbacks.ModelCheckpoint", "init_args": ckpt},
                 {"class_path": "callbacks.AdversarialEvaluation",
                  "init_args": {"attacks": [{"name": "pgd", "norm": "linf", "steps": 2}],
                                "eps": [0.02], "subset": 16, "every_n_epochs": 1, "plot": False}},

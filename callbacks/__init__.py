@@ -9,7 +9,9 @@
   the only reader and writer of the file.
 * :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
-* :class:`SkipNonFinite` — the ``skip_nonfinite`` policy: skip (count, log) NaN/Inf batches.
+* :class:`ModelCheckpoint` — Lightning's, with a ``last.ckpt`` that is always the latest state
+  and a top-k record that survives a resume; :class:`AtomicCheckpointIO` — the crash-safe
+  checkpoint writer for ``Trainer(plugins=[...])`` (:mod:`callbacks.checkpoint`).
 
 Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`;
 a LightningModule of one's own gets there through :class:`RobustTaskAdapter` (a model, a
@@ -24,9 +26,9 @@ from callbacks.adversarial_evaluation import (
     robust_area,
 )
 from callbacks.adversarial_examples import AdversarialExamples
+from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
 from callbacks.margin_monitor import MarginMonitor
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
-from callbacks.nonfinite import SkipNonFinite
 from callbacks.record import RecordError, RobustnessRecord
 from callbacks.report import write_report
 
@@ -35,12 +37,13 @@ __all__ = [
     "DEFAULT_EPS",
     "AdversarialEvaluation",
     "AdversarialExamples",
+    "AtomicCheckpointIO",
     "MarginMonitor",
     "MinimalEpsConfig",
+    "ModelCheckpoint",
     "RecordError",
     "RobustTaskAdapter",
     "RobustnessRecord",
-    "SkipNonFinite",
     "minimal_eps_batch",
     "robust_area",
     "write_report",

@@ -36,7 +36,7 @@ In a LightningCLI config (``configs/callbacks/adversarial_eval*.yaml``)::
               - {name: pgd, norm: linf, steps: 50, random_start: true, restarts: 3}
             test_eps: [0.001, 0.002, 0.004, 0.008]
             test_subset: null
-        - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+        - class_path: callbacks.ModelCheckpoint
           init_args: {monitor: adv/robust_area, mode: max}
 
 Determinism and DDP: the subset is cut into the same batches whatever the number of processes

@@ -1,12 +1,13 @@
 """``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state, so ``--ckpt_path last``
-resumes where the run stopped.
+resumes where the run stopped, and :class:`AtomicCheckpointIO`, a crash-safe checkpoint writer.
 
 Lightning 2.6's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only "whenever a
 checkpoint file gets saved": with a ``monitor`` and ``save_top_k: 1`` (every medrobust config:
 the best robust area) that is only in epochs where the monitored value improved. A run killed
 five epochs after its best epoch then resumes five epochs back and trains them again, with no
 word. :class:`ModelCheckpoint` here also writes ``last.ckpt`` at every epoch end (and at every
-``every_n_train_steps`` step) where no top-k file was written.
+``every_n_train_steps`` step) where no top-k file was written, through Lightning's public
+``Trainer.save_checkpoint`` and ``format_checkpoint_name``.
 
 Second, the top-k record survives a resume, also into a new log folder (``train.py fit
 --ckpt_path last`` continues in its own run folder, but a checkpoint can be resumed from
@@ -18,15 +19,15 @@ files outside the current ``dirpath``, so the earlier run's best file stays wher
 ``best_model_path`` keeps pointing at it until a better epoch comes. Top-k selection and file
 names are otherwise Lightning's.
 
-:func:`upgrade_checkpoint_callbacks` turns the plain Lightning callbacks of a trainer into this
-class (same attributes, no new state), so existing configs naming
-``lightning.pytorch.callbacks.ModelCheckpoint`` get the fix; the task modules call it in
-``setup``, and :func:`install_atomic_checkpoint_io` (the crash-safe writer of
-:mod:`callbacks.atomic` as the trainer's ``CheckpointIO``).
+Configs name this class (``class_path: callbacks.ModelCheckpoint``); a plain Lightning
+``ModelCheckpoint`` keeps Lightning's behaviour (``train.py`` warns about it). The crash-safe
+writer goes in through Lightning's ``plugins`` slot: ``Trainer(plugins=[AtomicCheckpointIO()])``,
+which ``train.py`` adds where it builds the trainer unless the config names a ``CheckpointIO``.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -37,13 +38,41 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+from torch import Tensor
 
 from callbacks.atomic import atomic_write_bytes
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
     """Lightning's ``ModelCheckpoint``; with ``save_last=True`` ``last.ckpt`` is refreshed at
-    every save opportunity, not only when a top-k checkpoint was written (module doc)."""
+    every save opportunity, not only when a top-k checkpoint was written (module doc).
+
+    Whether Lightning itself wrote a file in one of this instance's hooks is seen through public
+    state only: the ``on_save_checkpoint`` callback hook while this instance's own hook runs
+    (other checkpoint callbacks save in their own hooks), or a change of the top-k record
+    (``save_weights_only`` checkpoints do not call callback hooks). One case is not seen — weights
+    only, no ``monitor`` and a file name without placeholders — and then ``last.ckpt`` is
+    written a second time in the same step, with the same content."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The triggers as given (Lightning keeps them in private attributes).
+        given = inspect.signature(_LightningModelCheckpoint.__init__).bind(self, *args, **kwargs)
+        given.apply_defaults()
+        self.save_on_train_epoch_end: bool | None = given.arguments["save_on_train_epoch_end"]
+        self.every_n_train_steps = int(given.arguments["every_n_train_steps"] or 0)
+        #: while this instance's own hook runs (its saves are counted, not other callbacks')
+        self._own_saving = False
+        #: the global step of this instance's latest save
+        self._own_save_step: int | None = None
+        #: whether :meth:`_refresh_last` wrote a file in this run
+        self._refreshed = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._own_saving:
+            self._own_save_step = int(trainer.global_step)
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last is not True:  # "link" and False keep Lightning's behaviour
@@ -51,26 +80,61 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         if (trainer.fast_dev_run or trainer.sanity_checking
                 or trainer.state.fn != pl.trainer.states.TrainerFn.FITTING):
             return
-        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+        if self._own_save_step == trainer.global_step and self.last_model_path:
             return  # a top-k file (and last.ckpt with it) was written at this step
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        filepath = self.last_model_path or self._new_last_path(trainer)
+        self.last_model_path = filepath  # before saving: it is part of the callback's state
+        self._run_own(trainer, lambda: trainer.save_checkpoint(filepath, self.save_weights_only))
+        self._refreshed = True
+
+    def _new_last_path(self, trainer: pl.Trainer) -> str:
+        """``last.ckpt`` in ``dirpath`` (``last-v1.ckpt``… when another run's file is there)."""
+        metrics = monitor_candidates(trainer)
+        filepath = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+        version = self.STARTING_VERSION
+        while self.file_exists(filepath, trainer):
+            filepath = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST, ver=version)
+            version += 1
+        return filepath
+
+    def _run_own(self, trainer: pl.Trainer, hook: Any) -> None:
+        """Run ``hook`` (a save of this instance) and note the step when it wrote a file."""
+        record = self._topk_record()
+        self._own_saving = True
+        try:
+            hook()
+        finally:
+            self._own_saving = False
+        if self._topk_record() != record:
+            self._own_save_step = int(trainer.global_step)
+
+    def _topk_record(self) -> tuple[Any, ...]:
+        return (tuple((k, float(v)) for k, v in self.best_k_models.items()), self.best_model_path,
+                self.kth_best_model_path)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        n = self._every_n_train_steps
+        self._run_own(trainer, lambda: super(ModelCheckpoint, self).on_train_batch_end(
+            trainer, pl_module, outputs, batch, batch_idx))
+        n = self.every_n_train_steps
         if n >= 1 and trainer.global_step % n == 0:
             self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+        self._run_own(trainer, lambda: super(ModelCheckpoint, self).on_train_epoch_end(trainer, pl_module))
+        if self._saves_on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._refresh_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+        self._run_own(trainer, lambda: super(ModelCheckpoint, self).on_validation_end(trainer, pl_module))
+        if not self._saves_on_train_epoch_end(trainer) and self._epoch_due(trainer):
             self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning writes last.ckpt here when it wrote no file itself in the run; a refresh
+        # already wrote the latest state (a second write would carry the end-of-fit counters).
+        if not self._refreshed:
+            super().on_train_end(trainer, pl_module)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_dir = state_dict.get("dirpath", self.dirpath)
@@ -101,8 +165,19 @@ class ModelCheckpoint(_LightningModelCheckpoint):
                 self.best_model_path, self.best_model_score = best, kept[best]
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
-        n = self._every_n_epochs
+        n = self.every_n_epochs or 0
         return n >= 1 and (trainer.current_epoch + 1) % n == 0
+
+    def _saves_on_train_epoch_end(self, trainer: pl.Trainer) -> bool:
+        """Lightning's documented rule for ``save_on_train_epoch_end=None``: at the end of the
+        training epoch when there is no validation loop this epoch, else after validation."""
+        if self.save_on_train_epoch_end is not None:
+            return bool(self.save_on_train_epoch_end)
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        if sum(trainer.num_val_batches) == 0:
+            return True
+        return trainer.val_check_interval == 1.0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -128,28 +203,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, buffer.getvalue())
 
 
-def install_atomic_checkpoint_io(trainer: Any) -> bool:
-    """Make ``trainer``'s strategy write checkpoints with :class:`AtomicCheckpointIO` when it
-    uses Lightning's plain ``TorchCheckpointIO`` (single device, DDP). Strategies with their
-    own writer (FSDP, DeepSpeed, XLA) and user-given plugins are left alone. Returns whether it
-    replaced the writer."""
-    strategy = getattr(trainer, "strategy", None)
-    if strategy is None:
-        return False
-    current = strategy.checkpoint_io
-    if type(current) is TorchCheckpointIO:
-        strategy.checkpoint_io = AtomicCheckpointIO()
-        return True
-    return False
-
-
-def upgrade_checkpoint_callbacks(trainer: Any) -> int:
-    """Make every plain ``lightning.pytorch.callbacks.ModelCheckpoint`` of ``trainer`` a
-    :class:`ModelCheckpoint` (a subclass adding only methods, so the swap keeps its state).
-    Returns how many were upgraded."""
-    count = 0
-    for cb in getattr(trainer, "callbacks", []):
-        if type(cb) is _LightningModelCheckpoint:
-            cb.__class__ = ModelCheckpoint
-            count += 1
-    return count
+def monitor_candidates(trainer: pl.Trainer) -> dict[str, Tensor]:
+    """The values a checkpoint file name can use: the logged metrics plus ``epoch`` and
+    ``step`` as integer tensors (as Lightning fills ``{epoch}`` / ``{step}``)."""
+    metrics = dict(trainer.callback_metrics)
+    epoch, step = metrics.get("epoch"), metrics.get("step")
+    metrics["epoch"] = epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
+    metrics["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
+    return metrics

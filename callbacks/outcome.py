@@ -53,7 +53,9 @@ def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     """Sum integer counters over DDP ranks (identity without a process group)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    from lightning_modules.distributed import is_distributed
+
+    if not is_distributed():
         return dict(counts)
     keys = sorted(counts)
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

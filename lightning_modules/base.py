@@ -26,10 +26,12 @@ Writing a subclass::
 
         def __init__(self, net=None, data_info=None, method=None, my_option=1.0,
                      optimizer="adamw", lr=1e-3, weight_decay=1e-4, momentum=0.9,
-                     scheduler="none", mean=None, std=None):
+                     scheduler="none", mean=None, std=None, nonfinite="error",
+                     max_nonfinite_skips=None):
             super().__init__(net=net, data_info=data_info, method=method,
                              optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                             momentum=momentum, scheduler=scheduler, mean=mean, std=std)
+                             momentum=momentum, scheduler=scheduler, mean=mean, std=std,
+                             nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
             self.my_option = my_option      # task options first ...
             self.build()                    # ... then build net, method and metrics
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import lightning as L
 import torch
@@ -48,7 +50,6 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from attacks.options import check_choice
-from callbacks.checkpoint import install_atomic_checkpoint_io, upgrade_checkpoint_callbacks
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
 from lightning_modules.methods.base import TrainingMethod, upgrade_init_args
@@ -56,8 +57,10 @@ from lightning_modules.nets.builder import build_net, import_object, net_instanc
 from lightning_modules.nets.normalize import Normalize
 from lightning_modules.protocol import Batch
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "cosine")
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["none", "cosine"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 
 
 class Pipeline(nn.Module):
@@ -100,6 +103,11 @@ class TaskModule(L.LightningModule):
             ``data_info.bounds`` (0.5 for [0, 1]).
         std: normalization std, one value or one per channel. ``None``: a quarter of the bounds'
             width (0.25 for [0, 1]).
+        nonfinite: what a training step does with a NaN / Inf image or loss: ``"error"``
+            (raise, naming the samples' ``index``) or ``"skip"`` (no backward, no step; counted,
+            warned and logged as ``train/nonfinite_skipped``; the count is checkpointed).
+        max_nonfinite_skips: with ``"skip"``, raise once more than this many batches were
+            skipped in the run (``None``: never).
     """
 
     #: the task name (``DataInfo.task`` must match)
@@ -114,13 +122,15 @@ class TaskModule(L.LightningModule):
         net: dict | None = None,
         data_info: DataInfo | None = None,
         method: TrainingMethod | None = None,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str = "none",
+        scheduler: SchedulerName = "none",
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
+        nonfinite: fault_tolerance.NonFiniteMode = "error",
+        max_nonfinite_skips: int | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -156,8 +166,8 @@ class TaskModule(L.LightningModule):
         self._built = False
         self._epoch_closed = True
         self._pipeline: Pipeline | None = None
-        #: set by callbacks.SkipNonFinite; None = a non-finite training step is an error
-        self.nonfinite_policy: fault_tolerance.NonFinitePolicy | None = None
+        #: the ``nonfinite="skip"`` policy (its count is checkpointed); None = an error
+        self.nonfinite_policy = fault_tolerance.nonfinite_policy(nonfinite, max_nonfinite_skips, owner)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -295,13 +305,6 @@ class TaskModule(L.LightningModule):
         self._check_batch(batch)
 
     # ------------------------------------------------------------------ training
-    def setup(self, stage: str) -> None:
-        # Crash-safe checkpoint writes (temp file + fsync + rename, callbacks/checkpoint.py) and a
-        # last.ckpt that is always the latest state (callbacks/checkpoint.py).
-        if self._trainer is not None:
-            install_atomic_checkpoint_io(self._trainer)
-            upgrade_checkpoint_callbacks(self._trainer)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         fault_tolerance.save_extra_state(self, checkpoint)  # RNG + in-epoch method state
 
@@ -320,7 +323,7 @@ class TaskModule(L.LightningModule):
         # the method's loss, with the non-finite guard around it (lightning_modules/fault_tolerance.py)
         guarded = fault_tolerance.guarded_training_loss(self, batch, batch_idx)
         if guarded is None:
-            return None  # skipped by the SkipNonFinite policy (no backward, no step)
+            return None  # skipped by the nonfinite="skip" policy (no backward, no step)
         loss, logs = guarded
         bs = batch_size_of(batch)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True,

@@ -23,7 +23,8 @@ from torchmetrics.classification import (
 
 from attacks.losses import bernoulli_kl, categorical_kl
 from datamodules.info import DataInfo
-from lightning_modules.base import TaskModule
+from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.panels import LabelPanel
 from lightning_modules.protocol import Batch
@@ -60,7 +61,8 @@ class ClassificationModule(TaskModule):
     """Classification task module.
 
     Args:
-        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
+        nonfinite, max_nonfinite_skips:
             see :class:`lightning_modules.base.TaskModule`.
         binary_single_logit: for two classes, output one logit (sigmoid / BCE) instead of two
             (softmax / CE). Ignored for more classes and for multi-label data.
@@ -86,17 +88,20 @@ class ClassificationModule(TaskModule):
         method: TrainingMethod | None = None,
         binary_single_logit: bool = False,
         label_smoothing: float = 0.0,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str = "none",
+        scheduler: SchedulerName = "none",
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
+        nonfinite: NonFiniteMode = "error",
+        max_nonfinite_skips: int | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
-                         mean=mean, std=std)
+                         mean=mean, std=std,
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
         k = self.data_info.num_classes
         if k < 2 and not (self.data_info.multilabel and k >= 1):
             raise ValueError(

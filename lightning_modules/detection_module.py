@@ -43,7 +43,8 @@ from torchmetrics import MetricCollection
 from attacks.losses import bernoulli_kl
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import TaskModule
+from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.detection import DetectionMAP, per_image_ap50
 from lightning_modules.nets.builder import import_object
@@ -59,7 +60,8 @@ class DetectionModule(TaskModule):
     """Object detection task module.
 
     Args:
-        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
+        nonfinite, max_nonfinite_skips:
             see :class:`lightning_modules.base.TaskModule`. ``net`` names a detector:
             ``{class_path: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn,
             init_args: {...}}`` (any torchvision detector builder or class, or
@@ -98,17 +100,20 @@ class DetectionModule(TaskModule):
         violation_threshold: float = 1.5,
         divergence: str = "auto",
         pseudo_label_score: float = 0.5,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str = "none",
+        scheduler: SchedulerName = "none",
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
+        nonfinite: NonFiniteMode = "error",
+        max_nonfinite_skips: int | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
-                         mean=mean, std=std)
+                         mean=mean, std=std,
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
         owner = type(self).__name__
         info = self.data_info
         if info.num_classes < 1:

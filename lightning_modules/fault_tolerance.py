@@ -10,35 +10,83 @@ under ``checkpoint["medrobust"]``, as plain tensors and numbers so the file stil
 back when training starts (after Lightning's restore, before the first resumed batch).
 
 It also holds the training step's non-finite guard (:func:`guarded_training_loss`): a NaN/Inf image
-or loss is an error naming the batch's sample ``index`` values, unless the
-:class:`callbacks.SkipNonFinite` policy is set on the trainer (it then counts, warns and logs
-what it skips).
+or loss is an error naming the batch's sample ``index`` values, unless the task module was built
+with ``nonfinite="skip"``; its :class:`SkipNonFinite` policy then counts and warns, and the
+module logs the count as ``train/nonfinite_skipped``. The count is part of the module's
+checkpoint (``checkpoint["medrobust"]["nonfinite"]``), so it survives a resume.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from lightning_modules.distributed import any_rank
+
+log = logging.getLogger(__name__)
 
 #: key of medrobust's own entry in a Lightning checkpoint dict
 CHECKPOINT_KEY = "medrobust"
+
+#: what a training step does with a NaN / Inf image or loss (the task module's ``nonfinite``)
+NonFiniteMode = Literal["error", "skip"]
 
 
 class NonFiniteError(FloatingPointError):
     """A training step met a NaN / Inf input or loss."""
 
 
-class NonFinitePolicy(Protocol):
-    """What the guard asks when a step is non-finite and the user chose to skip such steps."""
+class SkipNonFinite:
+    """The ``nonfinite="skip"`` policy: count and warn about each skipped training batch.
 
-    def skip(self, task: Any, reason: str, indices: list[int]) -> None:
-        """Count and report one skipped batch (may raise to stop training)."""
+    Args:
+        max_skipped: raise :class:`NonFiniteError` once more than this many batches were
+            skipped in the whole run (``None``: never), so a diverged run (not a few bad
+            files) still stops.
+    """
+
+    def __init__(self, max_skipped: int | None = None) -> None:
+        if max_skipped is not None and (isinstance(max_skipped, bool) or int(max_skipped) < 0):
+            raise ValueError(f"max_nonfinite_skips must be None or an int >= 0, got {max_skipped!r}")
+        self.max_skipped = None if max_skipped is None else int(max_skipped)
+        self.skipped = 0
+        self.skipped_indices: list[int] = []
+
+    def skip(self, reason: str, indices: list[int]) -> None:
+        """Count one skipped batch whose samples are ``indices`` (on every rank)."""
+        self.skipped += 1
+        self.skipped_indices.extend(indices)
+        if self.max_skipped is not None and self.skipped > self.max_skipped:
+            raise NonFiniteError(
+                f"SkipNonFinite: {self.skipped} non-finite training batches skipped, more than "
+                f"max_skipped={self.max_skipped}; the last: {reason}"
+            )
+        log.warning("skipping a training batch (%d skipped so far): %s", self.skipped, reason)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "skipped_indices": list(self.skipped_indices)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.skipped_indices = [int(i) for i in state_dict.get("skipped_indices", [])]
+
+
+def nonfinite_policy(mode: str, max_skipped: int | None, owner: str) -> SkipNonFinite | None:
+    """The policy for the task module option ``nonfinite`` (``None``: a non-finite step is an
+    error)."""
+    if mode == "error":
+        if max_skipped is not None:
+            raise ValueError(f"{owner}.max_nonfinite_skips needs nonfinite='skip', got nonfinite='error'")
+        return None
+    if mode == "skip":
+        return SkipNonFinite(max_skipped)
+    raise ValueError(f"{owner}.nonfinite must be 'error' or 'skip', got {mode!r}")
 
 
 # ---------------------------------------------------------------------- RNG state
@@ -83,6 +131,8 @@ def save_extra_state(task: Any, checkpoint: dict[str, Any]) -> None:
         "epoch_closed": bool(task._epoch_closed),
         "method_epoch_state": task.method.epoch_state(),
     }
+    if task.nonfinite_policy is not None:
+        checkpoint[CHECKPOINT_KEY]["nonfinite"] = task.nonfinite_policy.state_dict()
 
 
 def load_extra_state(task: Any, checkpoint: dict[str, Any]) -> None:
@@ -95,6 +145,8 @@ def load_extra_state(task: Any, checkpoint: dict[str, Any]) -> None:
     task._epoch_closed = bool(extra.get("epoch_closed", True))
     task.method.load_epoch_state(extra.get("method_epoch_state") or {})
     task._rng_to_restore = extra.get("rng")
+    if task.nonfinite_policy is not None and isinstance(extra.get("nonfinite"), dict):
+        task.nonfinite_policy.load_state_dict(extra["nonfinite"])
 
 
 def restore_rng_at_train_start(task: Any) -> None:
@@ -118,16 +170,6 @@ def _batch_indices(batch: Any, mask: Tensor | None = None) -> list[int]:
     return [int(i) for i in index.tolist()]
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """``flag`` OR-reduced over DDP ranks, so that every rank raises or skips together (one
-    rank alone would leave the others waiting in the next gradient all-reduce)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 def nonfinite_images(batch: Any) -> Tensor | None:
     """Bool ``[B]``: samples whose ``image`` holds a NaN or ±Inf (``None``: no image tensor)."""
     image = batch.get("image") if isinstance(batch, dict) else None
@@ -141,15 +183,18 @@ def _where(task: Any, batch_idx: int) -> str:
 
 
 def _skip_or_raise(task: Any, reason: str, indices: list[int]) -> None:
-    """Hand the batch to the skip policy, or raise when there is none."""
-    policy: NonFinitePolicy | None = getattr(task, "nonfinite_policy", None)
+    """Hand the batch to the module's skip policy and log the count, or raise when there is
+    none."""
+    policy: SkipNonFinite | None = task.nonfinite_policy
     if policy is not None:
-        policy.skip(task, reason, indices)
+        policy.skip(reason, indices)
+        task.log("train/nonfinite_skipped", float(policy.skipped), on_step=False, on_epoch=True,
+                 reduce_fx="max", sync_dist=True, batch_size=1)
         return
     raise NonFiniteError(
         f"{type(task).__name__}.training_step: {reason}. Check those samples in the dataset "
-        "(or lower the learning rate if the loss diverged); to skip such batches instead, add "
-        "the callback callbacks.SkipNonFinite (it counts and logs every skip)."
+        "(or lower the learning rate if the loss diverged); to skip such batches instead, set "
+        "the model option nonfinite='skip' (SkipNonFinite: it counts and logs every skip)."
     )
 
 
@@ -162,14 +207,15 @@ def guarded_training_loss(task: Any, batch: Any, batch_idx: int) -> tuple[Tensor
        (BatchNorm running statistics, …) are put back as they were before the step.
 
     Returns the method's ``(loss, logs)``, or ``None`` when the batch is skipped. Raises
-    :class:`NonFiniteError` naming the sample ``index`` values when no skip policy is set.
+    :class:`NonFiniteError` naming the sample ``index`` values when the module's ``nonfinite``
+    is ``"error"``.
     Under DDP every rank takes the same decision (a one-element all-reduce per check).
     """
     bad_images = nonfinite_images(batch)
     local_bad = bool(bad_images.any()) if bad_images is not None else False
     device = batch["image"].device if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor) \
         else torch.device("cpu")
-    if _any_rank(local_bad, device):
+    if any_rank(local_bad, device):
         if local_bad:
             indices = _batch_indices(batch, bad_images)
             reason = f"non-finite (NaN/Inf) values in batch['image'] of samples index={indices}"
@@ -177,11 +223,11 @@ def guarded_training_loss(task: Any, batch: Any, batch_idx: int) -> tuple[Tensor
             indices, reason = [], "a batch with non-finite images on another DDP rank"
         _skip_or_raise(task, f"{reason} ({_where(task, batch_idx)})", indices)
         return None
-    skipping = getattr(task, "nonfinite_policy", None) is not None
+    skipping = task.nonfinite_policy is not None
     saved = [b.detach().clone() for b in task.buffers()] if skipping else None
     loss, logs = task.method.training_loss(task, batch)
     local_bad = not bool(torch.isfinite(loss.detach()).all())
-    if not _any_rank(local_bad, loss.device):
+    if not any_rank(local_bad, loss.device):
         return loss, logs
     if local_bad:
         indices = _batch_indices(batch)

@@ -31,7 +31,8 @@ from torchmetrics import MetricCollection
 
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import TaskModule
+from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.landmarks import MeanRadialError, SuccessDetectionRate
 from lightning_modules.nets.builder import build_net
@@ -71,7 +72,8 @@ class LandmarkModule(TaskModule):
     """Heatmap-based landmark detection.
 
     Args:
-        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
+        nonfinite, max_nonfinite_skips:
             see :class:`lightning_modules.base.TaskModule`. ``net`` is any 2-D network mapping
             ``[B, C, H, W]`` to ``[B, K, h, w]`` (``out_channels`` is filled with ``K``): the
             default ``SmallUNet``, MONAI ``BasicUNet`` / ``UNet`` / ``AttentionUnet``…
@@ -122,17 +124,20 @@ class LandmarkModule(TaskModule):
         violation_radius: float = 4.0,
         sdr_radii: list[float] | None = None,
         per_landmark_metrics: bool = False,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str = "none",
+        scheduler: SchedulerName = "none",
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
+        nonfinite: NonFiniteMode = "error",
+        max_nonfinite_skips: int | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
-                         mean=mean, std=std)
+                         mean=mean, std=std,
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
         owner = type(self).__name__
         info = self.data_info
         if info.num_landmarks < 1:

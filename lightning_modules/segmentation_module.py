@@ -15,7 +15,8 @@ from torchmetrics import Metric, MetricCollection
 
 from attacks.losses import categorical_kl, class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
-from lightning_modules.base import TaskModule
+from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.panels import MaskPanel
 from lightning_modules.protocol import Batch
@@ -108,7 +109,8 @@ class SegmentationModule(TaskModule):
     ``[B, C, D, H, W]``).
 
     Args:
-        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std:
+        net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
+        nonfinite, max_nonfinite_skips:
             see :class:`lightning_modules.base.TaskModule`.
         include_background_in_loss: count the background channel in the soft Dice term.
         lambda_dice, lambda_ce: weights of the Dice + cross-entropy loss.
@@ -137,17 +139,20 @@ class SegmentationModule(TaskModule):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         violation_threshold: float = 0.5,
-        optimizer: str = "adamw",
+        optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         momentum: float = 0.9,
-        scheduler: str = "none",
+        scheduler: SchedulerName = "none",
         mean: float | list[float] | None = None,
         std: float | list[float] | None = None,
+        nonfinite: NonFiniteMode = "error",
+        max_nonfinite_skips: int | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
-                         mean=mean, std=std)
+                         mean=mean, std=std,
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
         if self.data_info.num_classes < 2:
             raise ValueError(
                 "SegmentationModule needs data_info.num_classes >= 2 (background + at least one "

@@ -13,8 +13,10 @@ import torch
 import yaml
 
 from lightning_modules import ClassificationModule
+from medrobust.cli_runs import free_config_name
+from medrobust.cli_summary import summarise_record
 from medrobust.config_pieces import load_config
-from train import cli_main, free_config_name, summarise_record
+from train import cli_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_amat.yaml"

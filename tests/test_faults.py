@@ -6,7 +6,7 @@
   loop at random moments leaves the old or the new complete file; a plain writer is torn;
 * ``last.ckpt`` is the latest state, the top-k record survives a resume;
 * the resumable training loader, the RNG state round trip (``weights_only=True``);
-* the non-finite guard and the ``SkipNonFinite`` policy; non-finite pixels at data load.
+* the non-finite guard and the module's ``nonfinite="skip"`` policy; non-finite pixels at data load.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from torch.utils.data import DataLoader
 
-from callbacks import SkipNonFinite
 from callbacks.atomic import append_line_atomic, atomic_write_text
-from callbacks.checkpoint import ModelCheckpoint
+from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
 from datamodules.base import collate_batch
 from datamodules.imagefiles import BadSampleError, read_image
 from datamodules.info import DataInfo
@@ -261,10 +260,10 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit_tiny(tmp_path: Path, callback) -> dict:
+def _fit_tiny(tmp_path: Path, callback, plugins: list | None = None) -> dict:
     data = DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
     trainer = pl.Trainer(max_epochs=3, default_root_dir=tmp_path, logger=False, callbacks=[callback],
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, plugins=plugins)
     trainer.fit(_Tiny(), data)
     return torch.load(tmp_path / "last.ckpt", weights_only=True)
 
@@ -276,6 +275,40 @@ def test_last_ckpt_is_the_latest_epoch(tmp_path: Path) -> None:
     ours = _fit_tiny(tmp_path / "b", ModelCheckpoint(**{**kw, "dirpath": tmp_path / "b"}))
     assert plain["epoch"] == 0  # Lightning 2.6: last.ckpt only when a top-k file is written
     assert ours["epoch"] == 2
+
+
+class _CountingIO(AtomicCheckpointIO):
+    """The crash-safe writer, noting the name of every file it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[str] = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.saved.append(Path(path).name)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+@pytest.mark.parametrize("mode", ["max", "min", "no_topk"])
+def test_last_ckpt_written_once_per_epoch_through_the_plugin(tmp_path: Path, mode: str,
+                                                             weights_only: bool) -> None:
+    """``last.ckpt`` once per epoch, whether Lightning wrote it with a top-k file (``max``: every
+    epoch is a new best) or the refresh did (``min``: only epoch 0; ``no_topk``: never, and
+    not again at the end of fit), and every file goes through the ``CheckpointIO`` given in
+    ``Trainer(plugins=[...])``."""
+    io_plugin = _CountingIO()
+    top_k = 0 if mode == "no_topk" else 1
+    callback = ModelCheckpoint(dirpath=tmp_path, monitor="epoch", mode="min" if top_k == 0 else mode,
+                               save_top_k=top_k,
+                               save_last=True, filename="best-{epoch}", auto_insert_metric_name=False,
+                               save_weights_only=weights_only)
+    last = _fit_tiny(tmp_path, callback, plugins=[io_plugin])
+    assert last["epoch"] == 2
+    assert io_plugin.saved.count("last.ckpt") == 3
+    best = [n for n in io_plugin.saved if n.startswith("best-")]
+    expected = {"max": ["best-0.ckpt", "best-1.ckpt", "best-2.ckpt"], "min": ["best-0.ckpt"], "no_topk": []}
+    assert best == expected[mode]
 
 
 def test_topk_record_survives_a_new_dirpath(tmp_path: Path) -> None:
@@ -353,11 +386,11 @@ def test_rng_state_round_trip_loads_weights_only(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- non-finite guard
-def _module() -> ClassificationModule:
+def _module(**options) -> ClassificationModule:
     info = DataInfo(task="classification", spatial_dims=2, in_channels=1, num_classes=2,
                     num_train=16)
     return ClassificationModule(net={"class_path": "lightning_modules.nets.SmallCNN",
-                                     "init_args": {"features": [4]}}, data_info=info)
+                                     "init_args": {"features": [4]}}, data_info=info, **options)
 
 
 def _batch(nan_at: int | None = None) -> dict:
@@ -383,8 +416,7 @@ def test_nonfinite_loss_is_an_error_naming_the_batch(monkeypatch) -> None:
 
 
 def test_skipped_nonfinite_loss_restores_batchnorm_statistics(monkeypatch) -> None:
-    m = _module()
-    m.nonfinite_policy = SkipNonFinite()
+    m = _module(nonfinite="skip")
     real = m.method.training_loss
 
     def diverged(task, batch):
@@ -421,12 +453,12 @@ def test_skip_nonfinite_policy_counts_and_trains_on(tmp_path: Path, caplog) -> N
              for i in range(16)]
     items[5]["image"][0, 0, 0] = float("inf")
     loader = DataLoader(items, batch_size=4, collate_fn=collate_batch)  # batch 1 holds index 5
-    policy = SkipNonFinite(max_skipped=10)
+    m = _module(nonfinite="skip", max_nonfinite_skips=10)
+    policy = m.nonfinite_policy
     watch = _ParamWatch()
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
-                         callbacks=[policy, watch], default_root_dir=tmp_path,
+                         callbacks=[watch], default_root_dir=tmp_path,
                          enable_progress_bar=False, enable_model_summary=False)
-    m = _module()
     with caplog.at_level("WARNING"):
         trainer.fit(m, loader)
     assert policy.skipped == 2 and policy.skipped_indices == [5, 5]  # once per epoch
@@ -437,12 +469,27 @@ def test_skip_nonfinite_policy_counts_and_trains_on(tmp_path: Path, caplog) -> N
     assert all(torch.isfinite(b).all() for b in m.buffers())  # the NaN never reached BatchNorm
     assert float(trainer.callback_metrics["train/nonfinite_skipped"]) == 2.0
     assert "index=[5]" in caplog.text
-    assert policy.state_dict()["skipped"] == 2  # checkpointed with the callback
-    strict = SkipNonFinite(max_skipped=1)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, callbacks=[strict],
+    assert policy.state_dict()["skipped"] == 2  # checkpointed with the module
+    checkpoint: dict = {}
+    m.on_save_checkpoint(checkpoint)
+    assert checkpoint["medrobust"]["nonfinite"] == {"skipped": 2, "skipped_indices": [5, 5]}
+    resumed = _module(nonfinite="skip", max_nonfinite_skips=10)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.nonfinite_policy.skipped == 2 and resumed.nonfinite_policy.skipped_indices == [5, 5]
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
                          default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(NonFiniteError, match="more than max_skipped=1"):
-        trainer.fit(_module(), loader)
+        trainer.fit(_module(nonfinite="skip", max_nonfinite_skips=1), loader)
+
+
+def test_nonfinite_option_is_checked() -> None:
+    assert _module().nonfinite_policy is None  # the default: a non-finite step is an error
+    with pytest.raises(ValueError, match=r"ClassificationModule\.nonfinite must be 'error' or 'skip'"):
+        _module(nonfinite="ignore")
+    with pytest.raises(ValueError, match=r"max_nonfinite_skips needs nonfinite='skip'"):
+        _module(max_nonfinite_skips=3)
+    with pytest.raises(ValueError, match=r"max_nonfinite_skips must be None or an int >= 0"):
+        _module(nonfinite="skip", max_nonfinite_skips=-1)
 
 
 def test_nonfinite_pixels_at_load(tmp_path: Path) -> None:
@@ -499,7 +546,7 @@ def test_amat_in_epoch_records_round_trip_and_split_by_rank(monkeypatch) -> None
     assert torch.allclose(torch.cat(fresh._pending), rows, rtol=0, atol=0, equal_nan=True)
     assert fresh._seen == 6
     # under DDP (keys are position·W + rank) every rank takes back its own rows
-    monkeypatch.setattr(amat_mod, "_world_size", lambda: 2)
-    monkeypatch.setattr(amat_mod.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(amat_mod, "world_size", lambda: 2)
+    monkeypatch.setattr(amat_mod.distributed, "rank", lambda: 1)
     fresh.load_epoch_state({"pending_rows": rows})
     assert fresh._pending[0][:, 0].tolist() == [1.0, 3.0, 5.0] and fresh._seen == 3

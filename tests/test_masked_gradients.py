@@ -174,7 +174,7 @@ def test_classification_standard_suite_breaks_what_square_5000_breaks_and_is_mar
     # the report and the CLI summary carry the mark and what to run next
     text = write_report(record, tmp_path / "report.md", plot_name=None).read_text()
     assert "⚠ upper bound" in text and "Unreliable numbers" in text and fired[0] in text
-    from train import summarise_record
+    from medrobust.cli_summary import summarise_record
 
     line = summarise_record(record.to_dict(), "accuracy")
     assert "ensemble eps=0.03 accuracy" in line and "⚠ upper bound" in line and "next:" in line

@@ -13,10 +13,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader
 
+from callbacks.checkpoint import ModelCheckpoint
 from callbacks.margin_monitor import MarginMonitor
 from datamodules.base import collate_batch
 from datamodules.info import DataInfo

@@ -186,7 +186,7 @@ TINY_RUN = {
     "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False,
                 "enable_model_summary": False, "log_every_n_steps": 1,
                 "callbacks": [
-                    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    {"class_path": "callbacks.ModelCheckpoint",
                      "init_args": {"save_last": True}},
                     {"class_path": "callbacks.AdversarialEvaluation",
                      "init_args": {"attacks": [{"name": "pgd", "norm": "linf", "steps": 3},

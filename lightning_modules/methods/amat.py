@@ -91,12 +91,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import AttackSpec, per_sample_norm
 from attacks.tree import tree_map
+from lightning_modules import distributed
+from lightning_modules.distributed import all_gather_rows, world_size
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -359,7 +360,7 @@ class AMAT(TrainingMethod):
         model = task.attack_model()
         modes = [m.training for m in model.modules()]
         device = self.margins.device
-        rows, seen, rank, world = [], 0, int(task.global_rank), _world_size()
+        rows, seen, rank, world = [], 0, int(task.global_rank), world_size()
         try:
             task.net.load_state_dict(net_state)
             model.eval()
@@ -380,7 +381,7 @@ class AMAT(TrainingMethod):
             np.random.set_state(rng[1])  # noqa: NPY002
             random.setstate(rng[2])
         table = torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.float64, device=device)
-        table = _all_gather_rows(table)
+        table = all_gather_rows(table)
         first = first_occurrence(table[:, 1].long(), table[:, 0].long(), self.margins.shape[0])
         s = table[first, 2]
         s = s[~torch.isnan(s)]
@@ -395,7 +396,7 @@ class AMAT(TrainingMethod):
         # would resume with those samples' updates lost.
         rows = (torch.cat(self._pending) if self._pending
                 else torch.zeros((0, 4), dtype=torch.float64, device=self.margins.device))
-        return {"pending_rows": _all_gather_rows(rows).cpu()}
+        return {"pending_rows": all_gather_rows(rows).cpu()}
 
     def load_epoch_state(self, state: dict[str, object]) -> None:
         rows = state.get("pending_rows")
@@ -403,8 +404,8 @@ class AMAT(TrainingMethod):
             self._pending, self._seen = [], 0
             return
         # Keep this rank's rows: a row's key is its global position p·W + rank.
-        world = _world_size()
-        rank = dist.get_rank() if world > 1 else 0
+        world = world_size()
+        rank = distributed.rank()
         mine = rows[rows[:, 0].long() % world == rank].to(self.margins.device)
         self._pending, self._seen = [mine], int(mine.shape[0])
 
@@ -422,7 +423,7 @@ class AMAT(TrainingMethod):
                 f"AMAT: batch index range [{int(index.min())}, {int(index.max())}] is outside the "
                 f"training split of data_info.num_train={n} samples"
             )
-        rank, world = int(task.global_rank), _world_size()
+        rank, world = int(task.global_rank), world_size()
         keys = (self._seen + torch.arange(b, device=x.device)) * world + rank
         self._seen += b
         model = task.attack_model()
@@ -512,7 +513,7 @@ class AMAT(TrainingMethod):
                 else torch.zeros((0, _COLS), dtype=torch.float64, device=device))
         self._pending = []
         self._seen = 0
-        rows = _all_gather_rows(rows)
+        rows = all_gather_rows(rows)
         logs: Logs = {}
         self.last_diagnostics = {}
         if rows.shape[0]:
@@ -573,24 +574,3 @@ def first_occurrence(index: Tensor, keys: Tensor, size: int) -> Tensor:
     best.scatter_reduce_(0, index, keys, reduce="amin")
     return keys == best[index]
 
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def _all_gather_rows(rows: Tensor) -> Tensor:
-    """Concatenate the ``[n_r, F]`` tensors of all ranks (any ``n_r``), in rank order."""
-    world = _world_size()
-    if world == 1:
-        return rows
-    n = torch.tensor([rows.shape[0]], device=rows.device, dtype=torch.int64)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    padded = rows.new_zeros((max(counts), rows.shape[1]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)])
