@@ -10,6 +10,9 @@
 * :class:`AdversarialExamples` — clean / perturbation / adversarial panels with predictions.
 * :class:`MarginMonitor` — histogram and quantiles of AMAT's per-sample margins.
 * :class:`SkipNonFinite` — the ``skip_nonfinite`` policy: skip (count, log) NaN/Inf batches.
+* :class:`CatastrophicOverfittingWatchdog` — single-step vs multi-step robustness on a training
+  subset; warns, stops or restores the pre-collapse weights when single-step training
+  overfits catastrophically.
 
 Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`;
 a LightningModule of one's own gets there through :class:`RobustTaskAdapter` (a model, a
@@ -24,6 +27,7 @@ from callbacks.adversarial_evaluation import (
     robust_area,
 )
 from callbacks.adversarial_examples import AdversarialExamples
+from callbacks.co_watchdog import CatastrophicOverfittingWatchdog
 from callbacks.margin_monitor import MarginMonitor
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
 from callbacks.nonfinite import SkipNonFinite
@@ -35,6 +39,7 @@ __all__ = [
     "DEFAULT_EPS",
     "AdversarialEvaluation",
     "AdversarialExamples",
+    "CatastrophicOverfittingWatchdog",
     "MarginMonitor",
     "MinimalEpsConfig",
     "RecordError",
