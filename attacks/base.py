@@ -384,8 +384,8 @@ class Attack(ABC):
         ``eps - ‖u‖``, where ``u_i >= |rounding error of coordinate i|``; by the triangle
         inequality the rounded result is then inside. No-op (one norm) in the usual case.
         """
-        if self.norm != "l2" or self.eps is None:
-            return x_adv
+        if self.norm != "l2" or self.eps is None or not getattr(self, "project", True):
+            return x_adv  # (an attack without projection, N-FGSM, has no ball to hold)
         eps = self._eps_tensor(call, self.eps, "eps")
         d = x_adv - call.x
         n = per_sample_norm(d, "l2")

@@ -2,16 +2,24 @@
 
 All four are one loop (:meth:`PGD._run`) with different defaults:
 
-=========  ==========================  =====================  ==============  ============
-attack     paper                       default step_size      random start    steps
-=========  ==========================  =====================  ==============  ============
-FGSM       Goodfellow et al. 2015      eps (1.25·eps with     off (optional,  1
-                                       random start)          Wong et al.
-                                                              2020 "fast")
-BIM        Kurakin et al. 2017         2.5·eps/steps          never           10
-PGD        Madry et al. 2018           2.5·eps/steps          on              10
-MI-FGSM    Dong et al. 2018            eps/steps              never           10
-=========  ==========================  =====================  ==============  ============
+=========  ==========================  =======================  ==============  ============
+attack     paper                       default step_size        random start    steps
+=========  ==========================  =======================  ==============  ============
+FGSM       Goodfellow et al. 2015      eps (1.25·eps with       off (optional,  1
+                                       random start)            Wong et al.
+                                                                2020 "fast")
+BIM        Kurakin et al. 2017         max(2.5/steps, 1/4)·eps  never           10
+PGD        Madry et al. 2018           max(2.5/steps, 1/4)·eps  on              10
+MI-FGSM    Dong et al. 2018            eps/steps                never           10
+=========  ==========================  =======================  ==============  ============
+
+The PGD / BIM default step is Madry et al.'s ``2.5·eps/steps`` (enough to cross the ball and
+back) up to 10 steps and ``eps/4`` beyond: a step that shrank with ``steps`` made PGD-50 no
+stronger than PGD-10 (smaller steps from the same start get stuck in the same local maximum).
+With the floor, PGD-k for every ``k >= 10`` uses the same step, so for the same seed its first
+10 iterates *are* PGD-10's; with a ``success_fn`` (the evaluation passes one) a sample that
+PGD-10 breaks is frozen at that iterate, so PGD-50 breaks every sample PGD-10 breaks. Up to 10
+steps nothing changed; a configuration that sets ``step_size`` / ``rel_step_size`` keeps it.
 
 L∞ steps move by ``step_size·sign(g)``; L2 steps by ``step_size·g/‖g‖₂`` (per sample). After
 every step the iterate is projected onto the ``eps`` ball around ``x`` and clamped to
@@ -20,8 +28,16 @@ every step the iterate is projected onto the ``eps`` ball around ``x`` and clamp
 PGD's random start (``init_radius`` defaults to ``eps``): L∞ — uniform in the cube
 ``[-r, r]^n``; L2 — a uniformly random direction scaled to norm *exactly* ``r`` (in high
 dimension the uniform distribution on the ball concentrates at its surface anyway, and AMAT
-needs a start of a prescribed norm). The start is then projected onto the ``eps`` ball and
-clamped to ``bounds``, which can only shorten it.
+needs a start of a prescribed norm). ``init_distribution="normal"`` instead adds
+``r·N(0, 1)`` per coordinate (TRADES' ``x + 0.001·N(0, 1)``, Zhang et al. 2019). The start is
+then projected onto the ``eps`` ball and clamped to ``bounds``, which can only shorten it.
+
+``project=False`` (N-FGSM, de Jorge et al. 2022) turns the projection onto the ``eps`` ball
+off — for the start and for every step; the valid range ``bounds`` still holds. The
+perturbation is then bounded only by construction: ``‖x_adv − x‖ ≤ init_radius +
+steps·step_size`` (L∞: per coordinate), and the ``eps``-ball guarantee of the attack API does
+not hold — which is why evaluation suites refuse ``project: false``
+(:func:`attacks.spec.parse_attack_specs`). ``eps`` still sets the default step and start radius.
 """
 
 from __future__ import annotations
@@ -33,7 +49,13 @@ import torch
 from torch import Tensor
 
 from .base import Attack, AttackCall, Scalar, _fmt, check_count, check_scalar, per_sample_norm
+from .options import check_choice
 from .registry import register_attack
+
+#: the smallest default step of PGD / BIM, as a fraction of ``eps`` (see the module docstring)
+MIN_REL_STEP = 0.25
+#: random-start distributions of :class:`PGD`
+INIT_DISTRIBUTIONS = ("uniform", "normal")
 
 
 @register_attack
@@ -46,8 +68,9 @@ class PGD(Attack):
         eps: budget, float or ``[B]`` tensor, ``>= 0``, in input units (``bounds``' scale).
         norm: ``"linf"`` or ``"l2"``.
         steps: number of gradient steps (forward + input-gradient backward each), ``>= 1``.
-        step_size: float or ``[B]``; ``None`` → ``2.5·eps/steps`` (Madry et al.: enough to
-            cross the ball and back).
+        step_size: float or ``[B]``; ``None`` → ``max(2.5/steps, 1/4)·eps`` (Madry et al.'s
+            ``2.5·eps/steps``, enough to cross the ball and back, floored at ``eps/4`` so that
+            more steps are never weaker; see the module docstring).
         random_start: start from a random point of the ball (see module docstring).
         restarts: independent random starts; each sample keeps its worst case (higher loss
             wins; with a ``success_fn``, a successful restart beats an unsuccessful one, and
@@ -56,6 +79,10 @@ class PGD(Attack):
         init_radius: radius of the random start, float or ``[B]``; ``None`` → ``eps``.
             AMAT starts at ``max(E - δ, δ)``.
         bounds, bn_mode, dropout_mode: see :class:`attacks.base.Attack`.
+        init_distribution: ``"uniform"`` (the cube / sphere of radius ``init_radius``) or
+            ``"normal"`` (``init_radius·N(0, 1)`` per coordinate, TRADES' start).
+        project: project onto the ``eps`` ball (default); ``False``: only clamp to
+            ``bounds`` (N-FGSM's unclipped step; see the module docstring).
 
     Cost: ``steps`` × (forward + backward) per restart, plus one no-grad forward per restart
     when ``restarts > 1`` or when called through :meth:`perturb` (to report loss/success).
@@ -75,6 +102,8 @@ class PGD(Attack):
         bounds: tuple[float, float] = (0.0, 1.0),
         bn_mode: str = "eval",
         dropout_mode: str = "eval",
+        init_distribution: str = "uniform",
+        project: bool = True,
     ) -> None:
         if norm is None:
             raise ValueError(f"norm must be 'linf' or 'l2' for {type(self).__name__}, got None")
@@ -89,11 +118,17 @@ class PGD(Attack):
             raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.restarts = restarts
         self.init_radius = check_scalar("init_radius", init_radius, allow_none=True)
+        check_choice("init_distribution", init_distribution, INIT_DISTRIBUTIONS)
+        self.init_distribution = init_distribution
+        if not isinstance(project, bool):
+            raise ValueError(f"project must be true or false, got {project!r}")
+        self.project = project
 
     # -------------------------------------------------------------- defaults
     def default_step_size(self, eps: Scalar) -> Scalar:
-        """Step size used when ``step_size=None`` (``eps`` float or ``[B]``)."""
-        return eps * (2.5 / self.steps)
+        """Step size used when ``step_size=None`` (``eps`` float or ``[B]``):
+        ``max(2.5/steps, 1/4)·eps`` — never below ``eps/4``, so more steps are never weaker."""
+        return eps * max(2.5 / self.steps, MIN_REL_STEP)
 
     def _resolved_step_size_for_report(self) -> Scalar | None:
         if self.step_size is not None:
@@ -113,12 +148,18 @@ class PGD(Attack):
         d = super().describe()
         if self.init_radius is not None:
             d["init_radius"] = _fmt(self.init_radius)
+        if self.init_distribution != "uniform":
+            d["init_distribution"] = self.init_distribution
+        if not self.project:
+            d["project"] = False
         return d
 
     # -------------------------------------------------------------- the loop
     def _random_start(self, call: AttackCall, eps: Scalar) -> Tensor:
         radius = self._eps_tensor(call, self.init_radius, "init_radius")
         r = call.per_sample(eps if radius is None else radius)
+        if self.init_distribution == "normal":
+            return call.x + self._rand(call, "normal") * r
         if self.norm == "linf":
             noise = self._rand(call, "uniform").mul_(2).sub_(1)
         else:
@@ -136,7 +177,14 @@ class PGD(Attack):
         x_adv = self._random_start(call, eps) if self.random_start else call.x.clone()
 
         direction = self._direction(call)
-        if self.norm == "linf":
+        if not self.project:  # N-FGSM: the valid range only
+            lo, hi = call.lo, call.hi
+            x_adv.clamp_(lo, hi)
+
+            def project(xa: Tensor) -> Tensor:
+                return xa.clamp_(lo, hi)
+
+        elif self.norm == "linf":
             lower, upper = self._linf_box(call, eps)
             x_adv.clamp_(lower, upper)
 
@@ -203,8 +251,11 @@ class FGSM(PGD):
     Adversarial Examples"): one step ``x + eps·sign(∇x L)`` (L∞), or the fast gradient
     method ``x + eps·∇x L/‖∇x L‖₂`` (L2), then clamped to ``bounds``.
 
-    ``random_start=True`` gives the "fast adversarial training" variant (Wong et al. 2020):
-    uniform start in the ball and default ``step_size = 1.25·eps``, projected back onto the ball.
+    ``random_start=True`` gives the "fast adversarial training" variant (Wong et al. 2020,
+    FGSM-RS): uniform start in the ball and default ``step_size = 1.25·eps``, projected back
+    onto the ball. N-FGSM (de Jorge et al. 2022) is ``random_start=True,
+    init_radius=2·eps, step_size=eps, project=False``: a larger noise and no projection back
+    (``‖x_adv − x‖∞ ≤ 3·eps``), still inside ``bounds``.
     """
 
     name = "fgsm"
@@ -219,11 +270,14 @@ class FGSM(PGD):
         bn_mode: str = "eval",
         dropout_mode: str = "eval",
         steps: int = 1,
+        init_radius: Scalar | None = None,
+        init_distribution: str = "uniform",
+        project: bool = True,
     ) -> None:
         if steps != 1:  # accepted so configs can state steps uniformly for every attack
             raise ValueError(f"FGSM takes exactly one step, got steps={steps!r}; use BIM/PGD")
-        super().__init__(eps, norm, 1, step_size, random_start, 1, None, bounds, bn_mode,
-                         dropout_mode)
+        super().__init__(eps, norm, 1, step_size, random_start, 1, init_radius, bounds, bn_mode,
+                         dropout_mode, init_distribution, project)
 
     def default_step_size(self, eps: Scalar) -> Scalar:
         return eps * (1.25 if self.random_start else 1.0)

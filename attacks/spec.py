@@ -309,6 +309,11 @@ def parse_attack_specs(
     if len(configs) == 0:
         raise ValueError(f"{field_name}: the attack list is empty")
     specs = [AttackSpec.parse(cfg, f"{field_name}[{i}]") for i, cfg in enumerate(configs)]
+    for i, spec in enumerate(specs):
+        if spec.extras.get("project") is False:
+            raise ValueError(f"{field_name}[{i}].project: an evaluation attack must stay inside "
+                             "its eps-ball (project: false is N-FGSM's training perturbation); "
+                             "remove it")
     labels = [s.label for s in specs]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

@@ -12,6 +12,9 @@
 * :class:`ModelCheckpoint` — Lightning's, with a ``last.ckpt`` that is always the latest state
   and a top-k record that survives a resume; :class:`AtomicCheckpointIO` — the crash-safe
   checkpoint writer for ``Trainer(plugins=[...])`` (:mod:`callbacks.checkpoint`).
+* :class:`CatastrophicOverfittingWatchdog` — single-step vs multi-step robustness on a training
+  subset; warns, stops or restores the pre-collapse weights when single-step training
+  overfits catastrophically.
 
 Callbacks talk to a task module only through :class:`lightning_modules.protocol.RobustTask`;
 a LightningModule of one's own gets there through :class:`RobustTaskAdapter` (a model, a
@@ -27,6 +30,7 @@ from callbacks.adversarial_evaluation import (
 )
 from callbacks.adversarial_examples import AdversarialExamples
 from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
+from callbacks.co_watchdog import CatastrophicOverfittingWatchdog
 from callbacks.margin_monitor import MarginMonitor
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
 from callbacks.record import RecordError, RobustnessRecord
@@ -38,6 +42,7 @@ __all__ = [
     "AdversarialEvaluation",
     "AdversarialExamples",
     "AtomicCheckpointIO",
+    "CatastrophicOverfittingWatchdog",
     "MarginMonitor",
     "MinimalEpsConfig",
     "ModelCheckpoint",

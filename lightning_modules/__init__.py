@@ -2,7 +2,8 @@
 
 ``TaskModule`` (base) → ``ClassificationModule``, ``SegmentationModule``, ``LandmarkModule``,
 ``DetectionModule``; methods in
-:mod:`lightning_modules.methods` (``Clean``, ``SAT``, ``AMAT``, ``Denoise``, ``TRADES``);
+:mod:`lightning_modules.methods` (``Clean``, ``SAT``, ``AMAT``, ``Denoise``, ``TRADES``, and the
+fast single-step ``FGSMRS``, ``NFGSM``, ``GradAlign``);
 networks in :mod:`lightning_modules.nets`.
 """
 
@@ -10,7 +11,17 @@ from lightning_modules.base import Pipeline, TaskModule
 from lightning_modules.classification_module import ClassificationModule
 from lightning_modules.detection_module import DetectionModule
 from lightning_modules.landmark_module import LandmarkModule
-from lightning_modules.methods import AMAT, SAT, TRADES, Clean, Denoise, TrainingMethod
+from lightning_modules.methods import (
+    AMAT,
+    FGSMRS,
+    NFGSM,
+    SAT,
+    TRADES,
+    Clean,
+    Denoise,
+    GradAlign,
+    TrainingMethod,
+)
 from lightning_modules.protocol import RobustTask
 from lightning_modules.segmentation_module import SegmentationModule
 
@@ -22,12 +33,15 @@ TASK_MODULES: dict[str, type[TaskModule]] = {
 
 __all__ = [
     "AMAT",
+    "FGSMRS",
+    "NFGSM",
     "SAT",
     "TRADES",
     "ClassificationModule",
     "Clean",
     "Denoise",
     "DetectionModule",
+    "GradAlign",
     "LandmarkModule",
     "Pipeline",
     "RobustTask",

@@ -58,7 +58,7 @@ from lightning_modules.nets.normalize import Normalize
 from lightning_modules.protocol import Batch
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
-SchedulerName = Literal["none", "cosine"]
+SchedulerName = Literal["none", "cosine", "onecycle"]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 
@@ -98,7 +98,10 @@ class TaskModule(L.LightningModule):
         lr: learning rate.
         weight_decay: weight decay.
         momentum: SGD momentum (ignored by Adam variants).
-        scheduler: ``"none"`` or ``"cosine"`` (cosine annealing over ``trainer.max_epochs``).
+        scheduler: ``"none"``, ``"cosine"`` (cosine annealing over ``trainer.max_epochs``) or
+            ``"onecycle"`` (the cyclic schedule of fast adversarial training, Wong et al.
+            2020: per step, linear from ~0 up to ``lr`` over the first 40 % of all training
+            steps, then linearly down to ~0).
         mean: normalization mean, one value or one per channel. ``None``: the middle of
             ``data_info.bounds`` (0.5 for [0, 1]).
         std: normalization std, one value or one per channel. ``None``: a quarter of the bounds'
@@ -371,6 +374,15 @@ class TaskModule(L.LightningModule):
                 )
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.scheduler_name == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+            if total < 2:
+                raise ValueError(f"{type(self).__name__}.scheduler='onecycle' needs a trainer with a "
+                                 f"known number of training steps (>= 2), got {total}")
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.lr, total_steps=total, pct_start=0.4, anneal_strategy="linear",
+                cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt
 
     # ------------------------------------------------------------------ evaluation

@@ -129,13 +129,14 @@ def test_sat_default_attack_is_the_old_pgd(monkeypatch: pytest.MonkeyPatch) -> N
     _same_attack(new, PGD(eps=0.02, norm="linf", steps=7, step_size=0.25 * 0.02, random_start=True), m)
 
 
-def test_trades_default_attack_is_the_old_pgd(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trades_default_attack_is_the_authors_pgd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Zhang et al.'s code starts at x + 0.001·N(0, 1) (was: uniform of radius 0.1·ε here)
     new, m = _captured_attack(TRADES(eps=0.03), monkeypatch)
     _same_attack(new, PGD(eps=0.03, norm="linf", steps=10, step_size=None, random_start=True,
-                          init_radius=0.1 * 0.03), m)
-    # a changed default keeps TRADES' start radius
+                          init_radius=0.001, init_distribution="normal"), m)
+    # a changed default keeps TRADES' start
     new, m = _captured_attack(TRADES(eps=0.03, attack={"steps": 3}), monkeypatch)
-    assert new.steps == 3 and new.init_radius == 0.1 * 0.03
+    assert new.steps == 3 and new.init_radius == 0.001 and new.init_distribution == "normal"
 
 
 def test_amat_default_attack_is_the_old_pgd(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +216,7 @@ def test_bad_attack_fields_name_the_method_and_field() -> None:
         (lambda: SAT(attack={"name": "bim", "restarts": 2}), r"SAT\.attack: bim does not accept"),
         (lambda: SAT(attack={"name": "apgd", "loss": "dlr"}), r"SAT\.attack\.loss"),
         (lambda: SAT(attack=[1, 2]), r"SAT\.attack: an attack is a mapping"),
-        (lambda: TRADES(attack={"name": "fgsm", "rel_init_radius": 0.1}), r"TRADES\.attack\.rel_init_radius: fgsm has no"),
+        (lambda: TRADES(attack={"name": "bim", "rel_init_radius": 0.1}), r"TRADES\.attack\.rel_init_radius: bim has no"),
         (lambda: AMAT(attack={"norm": "linf"}), r"AMAT\.attack\.norm must be 'l2'"),
         (lambda: AMAT(attack={"step_size": 0.1}), r"AMAT\.attack\.step_size: AMAT sets the step"),
         (lambda: Denoise(attack={"name": "pgd", "random_start": "yes"}), r"Denoise\.attack\.random_start must be true"),
@@ -301,7 +302,7 @@ def test_checkpoints_with_the_old_flat_fields_still_load() -> None:
                   "init_args": {"eps": 0.02, "norm": "l2", "steps": 2, "init_radius": 0.3}}
     m = ClassificationModule(net=TINY_CNN, data_info=CLS, method=old_trades)
     assert m.method.attack.to_config() == {"name": "pgd", "norm": "l2", "steps": 2, "random_start": True,
-                                           "rel_init_radius": 0.3}
+                                           "rel_init_radius": 0.3, "init_distribution": "uniform"}
     old_denoise = {"class_path": "lightning_modules.methods.Denoise",
                    "init_args": {"adv_eps": 0.02, "adv_norm": "l2", "adv_steps": 2}}
     from lightning_modules.base import as_method

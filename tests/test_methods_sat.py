@@ -64,7 +64,8 @@ def test_sat_step_classification_and_segmentation(beta: float) -> None:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.parameters())
 
 
-@pytest.mark.parametrize("method", [SAT(eps=0.05, attack={"steps": 3}, beta=0.5), TRADES(eps=0.05, attack={"steps": 3})],
+@pytest.mark.parametrize("method", [SAT(eps=0.05, attack={"steps": 3}, beta=0.5),
+                                    TRADES(eps=0.05, attack={"steps": 3}, forward="joint")],
                          ids=["sat", "trades"])
 def test_attack_forwards_do_not_touch_bn_stats_or_grads(method) -> None:
     """Everything before the training forward (the attack, TRADES' reference output) leaves

@@ -4,9 +4,12 @@ from lightning_modules.methods.amat import AMAT, margin_update
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.methods.clean import Clean
 from lightning_modules.methods.denoise import Denoise
+from lightning_modules.methods.fgsm_rs import FGSMRS
+from lightning_modules.methods.gradalign import GradAlign
+from lightning_modules.methods.nfgsm import NFGSM
 from lightning_modules.methods.sat import SAT
 from lightning_modules.methods.schedules import EpsSchedule
 from lightning_modules.methods.trades import TRADES
 
-__all__ = ["AMAT", "SAT", "TRADES", "Clean", "Denoise", "EpsSchedule", "TrainingMethod",
-           "margin_update"]
+__all__ = ["AMAT", "FGSMRS", "NFGSM", "SAT", "TRADES", "Clean", "Denoise", "EpsSchedule",
+           "GradAlign", "TrainingMethod", "margin_update"]

@@ -169,7 +169,13 @@ def upgrade_init_args(cls: type[TrainingMethod], init_args: Mapping[str, Any]) -
         return args
     attack = dict(args.get("attack") or getattr(cls, "default_attack", {}))
     # (the old fields were checked then: at most one of step_size / rel_step_size was set)
-    attack.update({cls.legacy_attack_fields[k]: v for k, v in old.items() if v is not None})
+    moved = {cls.legacy_attack_fields[k]: v for k, v in old.items() if v is not None}
+    for key in moved:  # a moved field replaces the default's absolute/relative partner
+        partner = key[4:] if key.startswith("rel_") else f"rel_{key}"
+        attack.pop(partner, None)
+        if key.endswith("init_radius") and "init_distribution" in attack:
+            attack["init_distribution"] = "uniform"  # old starts were uniform (TRADES' is now Gaussian)
+    attack.update(moved)
     args["attack"] = attack
     return args
 
