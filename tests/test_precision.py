@@ -165,7 +165,7 @@ def test_gpu_trainer_config_uses_bf16() -> None:
 def test_fp16_input_gradients_underflow_where_bf16_do_not() -> None:
     """Why fp16 warns: a segmentation-style loss (per-pixel cross-entropy averaged over a
     256×256 map) spreads the gradient thin; through float16 activations part of it flushes to
-    exactly zero, while bf16 (float32's exponent range) keeps every entry, like float32."""
+    exactly zero, while bf16 (float32's exponent range) keeps (nearly) every entry, like float32."""
     import torch.nn.functional as F
 
     from attacks.base import input_gradient
@@ -185,5 +185,7 @@ def test_fp16_input_gradients_underflow_where_bf16_do_not() -> None:
             warnings.simplefilter("ignore", HalfPrecisionAttackWarning)
             g, _ = input_gradient(net, x, y, loss_fn=loss)
         zeros[name] = float((g == 0).float().mean())
-    assert zeros["fp32"] == 0.0 and zeros["bf16"] == 0.0, zeros
-    assert zeros["fp16"] > 0.01, zeros  # measured: about 2 % of the entries
+    # bf16 may lose a handful of entries to rounding (a ReLU flipping off, exact cancellation;
+    # measured 0 here and 0.1 % on the CI machine), never to underflow at fp16's scale
+    assert zeros["fp32"] == 0.0 and zeros["bf16"] < 0.005, zeros
+    assert zeros["fp16"] > 0.01 and zeros["fp16"] > 5 * zeros["bf16"], zeros  # fp16: about 2 %
