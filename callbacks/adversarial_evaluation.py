@@ -126,6 +126,13 @@ class AdversarialEvaluation(Callback):
             forward per batch), ``"always"`` or ``"never"``.
         prefix: first part of every scalar name (``adv``); a second evaluation callback in the
             same run needs its own prefix, and then writes ``robustness_<prefix>.json`` etc.
+        intervals: when to put confidence intervals of the clean, per-attack, worst-case and
+            robust-area numbers into the record (``"intervals"``), ``report.md``, the CLI summary
+            and the logged scalars (``…_ci_low`` / ``…_ci_high``), computed from the per-sample
+            file ``robustness_samples.csv`` (always written beside ``robustness.json``; see
+            :mod:`callbacks.record_intervals`): ``"test"`` (validate/test only), ``"always"``
+            or ``"never"``.
+        interval_level: their confidence level (0.95).
     """
 
     def __init__(
@@ -151,11 +158,18 @@ class AdversarialEvaluation(Callback):
         test_subset: int | float | None | str = "same",
         prefix: str = "adv",
         sanity: str = "test",
+        intervals: str = "test",
+        interval_level: float = 0.95,
     ) -> None:
         super().__init__()
         who = "AdversarialEvaluation"
         if sanity not in ("test", "always", "never"):
             raise ValueError(f"{who}.sanity must be 'test', 'always' or 'never', got {sanity!r}")
+        if intervals not in ("test", "always", "never"):
+            raise ValueError(f"{who}.intervals must be 'test', 'always' or 'never', got {intervals!r}")
+        if not 0.0 < float(interval_level) < 1.0:
+            raise ValueError(f"{who}.interval_level must be in (0, 1), e.g. 0.95; got {interval_level!r}")
+        self.intervals, self.interval_level = intervals, float(interval_level)
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"{who}.every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
         if not prefix or "/" in prefix:
@@ -286,6 +300,16 @@ class AdversarialEvaluation(Callback):
 
             record.sanity = sanity_report(run.outcome, monitor, lower, warn=trainer.is_global_zero)
             mark_unreliable(record)  # a fired flag marks the numbers it makes upper bounds
+        samples = run.outcome.per_sample
+        if samples is not None and (self.intervals == "always" or (self.intervals == "test" and suite == "test")):
+            from callbacks.record_intervals import record_intervals
+
+            # from the per-sample values, identical on every rank (gathered), seeded
+            name = getattr(task, "per_sample_metric_name", None) or task.main_metric
+            record.intervals = record_intervals(
+                samples, name, sorted({e.eps for e in record.attacks}),
+                [(e.attack, e.eps) for e in record.attacks], not bool(task.metric_higher_is_better()),
+                self.interval_level, self.seed)
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
@@ -293,7 +317,8 @@ class AdversarialEvaluation(Callback):
             names = record.metric_names()
             write_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.write_json,
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
-                          directions={m: d for m in names if (d := self._direction(task, m, None)) is not None})
+                          directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
+                          samples=run.outcome.per_sample)
         return record
 
     def _direction(self, task: Any, metric: str, *fallback: Any) -> Any:

@@ -17,6 +17,14 @@ that need every sample at once (AUROC, mAP) see one coherent prediction per samp
 
 Sequential suites (classification) skip samples already *broken*, ``is_violated`` at the kept
 candidate (misclassified: for classification the same event as the metric's worst value).
+
+Per-sample values (``keep_per_sample``): the same per-sample metric, for every counted sample,
+clean, under each attack × ε and for the worst case per ε, keyed by the sample's dataset index,
+become :attr:`~callbacks.outcome.EvalOutcome.per_sample` (a
+:class:`callbacks.per_sample.SampleTable`, gathered over ranks) — the ``robustness_samples.csv``
+beside ``robustness.json``. In a sequential suite a member's column is the worst case after it
+and the members before it (the samples it skipped keep their earlier result), as its aggregate
+metric in the record is.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,6 +109,9 @@ class RobustnessEvaluator:
             evaluation of the same suite; built fresh when ``None``.
         stack_eps: attack every ε of a deterministic member in one call (see
             :meth:`_stack_members`); the same numbers with fewer, larger calls.
+        keep_per_sample: keep each counted sample's per-sample metric, clean, per attack × ε and
+            worst case per ε, keyed by its dataset index (``run_batch``'s ``ids``, else the
+            batch's ``index``); :meth:`compute` returns them as a ``SampleTable``.
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
@@ -122,6 +134,7 @@ class RobustnessEvaluator:
         check_randomness: bool = True,
         metrics: EvalMetrics | None = None,
         stack_eps: bool = False,
+        keep_per_sample: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -145,6 +158,12 @@ class RobustnessEvaluator:
         self._violation_ok = True
         self._metric_ok = True
         self._higher: bool | None = None
+        #: the last output's per-sample metric: (output, value) — the ensemble's score and the
+        #: per-sample file read the same call
+        self._last_metric: tuple[Any, torch.Tensor | None] | None = None
+        self.keep_per_sample = bool(keep_per_sample)
+        self._sample_ids: list[torch.Tensor] = []
+        self._sample_values: dict[str, list[torch.Tensor]] = {}
         self.num_samples = 0
         self.gradients = {k: {"attacked": 0, "nonfinite": 0, "zero": 0} for k in self.attacks}
         self._random_clean = 0
@@ -200,23 +219,69 @@ class RobustnessEvaluator:
         """``[B]`` how bad each sample's ``output`` is for the model, higher = worse: the task's
         per-sample metric oriented by its direction (:func:`attacks.worst_case.badness`); the
         violation flag for a task without one; ``None`` (rank by loss) without either."""
-        if self._metric_ok:
-            try:
-                metric = self.task.per_sample_metric(output, batch)
-                if self._higher is None:
-                    self._higher = bool(self.task.metric_higher_is_better())
-                return badness(metric.reshape(size).to(self.device), self._higher)
-            except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
-                warnings.warn(
-                    f"{type(self.task).__name__}.per_sample_metric(output, batch) failed ({err}); the "
-                    "ensemble judges the worst case by is_violated, then the per-sample loss",
-                    stacklevel=2,
-                )
-                self._metric_ok = False
+        metric = self._metric(output, batch, size)
+        if metric is not None:
+            return badness(metric, self._higher)
         if self._violation_ok:
             viol = self._violated(output, batch, size)
             return viol if self._violation_ok else None
         return None
+
+    def _metric(self, output: Any, batch: dict[str, Any], size: int) -> torch.Tensor | None:
+        """``[B]`` float: the task's ``per_sample_metric`` of ``output`` (computed once per output:
+        the last call is kept), or ``None`` for a task without one (warned once)."""
+        if self._last_metric is not None and self._last_metric[0] is output:
+            return self._last_metric[1]
+        metric = None
+        if self._metric_ok:
+            try:
+                metric = self.task.per_sample_metric(output, batch).detach().reshape(size).to(self.device)
+                if self._higher is None:
+                    self._higher = bool(self.task.metric_higher_is_better())
+            except (AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as err:
+                warnings.warn(
+                    f"{type(self.task).__name__}.per_sample_metric(output, batch) failed ({err}); the "
+                    "ensemble judges the worst case by is_violated, then the per-sample loss, and no "
+                    "per-sample file is written",
+                    stacklevel=3,
+                )
+                self._metric_ok = False
+                metric = None
+        self._last_metric = (output, metric)
+        return metric
+
+    def _keep(self, column: tuple[str, float | None], output: Any, batch: dict[str, Any], size: int) -> None:
+        """Append one batch's per-sample metric of ``output`` to the column ``column``
+        (``(condition, ε or None)``)."""
+        metric = self._metric(output, batch, size)
+        if metric is not None:
+            self._sample_values.setdefault(column, []).append(metric.float().cpu())
+
+    def per_sample_table(self) -> Any:
+        """The kept per-sample values of every rank (a collective under DDP: call on every rank)
+        as a :class:`callbacks.per_sample.SampleTable` sorted by sample id; ``None`` when nothing
+        was kept (``keep_per_sample`` off, or the task has no per-sample metric)."""
+        from callbacks.per_sample import SampleTable, column_name
+        from lightning_modules.distributed import is_distributed
+
+        ok = self.keep_per_sample and self._metric_ok and bool(self._sample_ids)
+        ids = torch.cat(self._sample_ids).numpy() if ok else None
+        cols = {k: torch.cat(v).double().numpy() for k, v in self._sample_values.items()} if ok else {}
+        if is_distributed():
+            import torch.distributed as dist
+
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (ids, cols))
+            parts = [p for p in parts if p[0] is not None]  # a rank with no counted sample adds nothing
+            if not parts:
+                return None
+            ids = np.concatenate([p[0] for p in parts])
+            cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+        if ids is None:
+            return None
+        name = getattr(self.task, "per_sample_metric_name", None) or self.task.main_metric
+        named = {column_name(cond, name, eps): v for (cond, eps), v in cols.items()}
+        return SampleTable(ids, named).sorted()
 
     def _loss_fn(self, spec: AttackSpec, out_clean: Any, idx: torch.Tensor | None, size: int,
                  default: Any) -> Any:
@@ -309,17 +374,36 @@ class RobustnessEvaluator:
         return out
 
     # -- the loop -------------------------------------------------------------------------------
-    def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True) -> None:
+    def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True,
+                  ids: Sequence[int] | torch.Tensor | None = None) -> None:
         """Clean + every attack × ε on one batch (already on the device, autograd-safe).
 
         ``counted=False`` (a DDP padding copy) runs the same computation but updates nothing.
+        ``ids``: the samples' dataset indices (``[B]``) for the per-sample file; the batch's
+        ``index`` entry when ``None``.
         """
         task = self.task
         x = batch["image"]
         size = x.shape[0]
         self.meter.begin(counted, "clean")  # compute accounting; padding copies are not charged
         self._scored.clear()
+        self._last_metric = None
+        keep = counted and self.keep_per_sample and self._metric_ok
+        if keep:
+            if ids is None:
+                ids = batch.get("index")
+            if ids is None:
+                raise ValueError("RobustnessEvaluator(keep_per_sample=True): the batch has no 'index' "
+                                 "entry and run_batch got no ids; the per-sample file needs each "
+                                 "sample's dataset index")
+            ids = torch.as_tensor(ids, dtype=torch.int64).detach().cpu().reshape(-1)
+            if ids.numel() != size:
+                raise ValueError(f"RobustnessEvaluator.run_batch: {ids.numel()} sample ids for a batch of {size}")
         out_clean = self.forward(x)
+        if keep:
+            self._keep(("clean", None), out_clean, batch, size)
+            if self._metric_ok:
+                self._sample_ids.append(ids)
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
             self.num_samples += size
@@ -370,6 +454,8 @@ class RobustnessEvaluator:
                 out = self.forward(x_adv)
                 if counted:
                     task.update_metrics(self.metrics.attacks[(spec.label, eps)], out, batch)
+                if keep:
+                    self._keep((spec.label, eps), out, batch, size)
                 if not (self.ensemble and spec.budgeted):
                     continue
                 # the one worst-case rule of attacks/worst_case.py (also the restarts')
@@ -400,6 +486,8 @@ class RobustnessEvaluator:
             else:
                 ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
+            if keep:
+                self._keep(("worst", eps), ens_out, batch, size)
 
         if self.large_eps is not None:
             self.meter.switch("sanity")
@@ -433,7 +521,8 @@ class RobustnessEvaluator:
                      "decidable": self._violation_ok, **c}
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
                            gradients, randomness, self.sequential, wins, large, total,
-                           compute=self.accounting(total, gradients))
+                           compute=self.accounting(total, gradients),
+                           per_sample=self.per_sample_table())
 
     def accounting(self, total: int | None = None,
                    gradients: dict[tuple[str, float], dict[str, int]] | None = None) -> ComputeAccounting:

@@ -123,6 +123,8 @@ class EvaluationRunner:
         self.speedups = Speedups()
         self._device_cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._metrics: dict[tuple[Any, ...], Any] = {}
+        #: keep each sample's metric values for ``robustness_samples.csv`` (callbacks/per_sample.py)
+        self.keep_per_sample = True
 
     @staticmethod
     def check_subset(name: str, value: Any, who: str = "AdversarialEvaluation") -> None:
@@ -164,6 +166,7 @@ class EvaluationRunner:
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
                 metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
                 stack_eps=fast.stack_eps,
+                keep_per_sample=self.keep_per_sample,
             )
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
                 self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}
@@ -173,7 +176,7 @@ class EvaluationRunner:
                 f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
             for i, batch in enumerate(batches):
                 batch_no, idx, counted = mine[i]
-                evaluator.run_batch(batch_no, batch, counted)
+                evaluator.run_batch(batch_no, batch, counted, ids=idx)
                 if self.minimal_eps.enabled:
                     evaluator.meter.begin(counted, "minimal_eps")
                     gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)

@@ -131,6 +131,16 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
         for m, v in ens.metrics.items():
             values[f"{prefix}/ensemble/eps={format_eps(ens.eps)}/{m}"] = _num(v)
     values[f"{prefix}/robust_area"] = _num(record.robust_area.value if record.robust_area else None)
+    # confidence bounds (with ``intervals``): the clean, worst-case and robust-area numbers
+    if record.intervals:
+        name = record.intervals.get("metric", "metric")
+        bounds = [(f"{prefix}/clean/{name}", record.interval("clean")),
+                  (f"{prefix}/robust_area", record.interval("robust_area"))]
+        bounds += [(f"{prefix}/ensemble/eps={format_eps(e.eps)}/{name}", record.interval("worst", e.eps))
+                   for e in record.ensemble]
+        for key, ci in bounds:
+            if ci is not None:
+                values[f"{key}_ci_low"], values[f"{key}_ci_high"] = ci.low, ci.high
     values[f"{prefix}/eval_seconds"] = _num(record.eval_seconds)
     if record.minimal_eps is not None:
         med = record.minimal_eps.median
@@ -150,8 +160,11 @@ def log_scalars(pl_module: Any, record: RobustnessRecord, prefix: str, minimal_e
 
 def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_name: Callable[[str], str],
                   prefix: str, write_json: bool = True, plot: bool = True,
-                  bounds: Sequence[float] | None = None, directions: dict[str, bool] | None = None) -> None:
-    """Rank 0: the files and logger outputs of one record (see the module docstring)."""
+                  bounds: Sequence[float] | None = None, directions: dict[str, bool] | None = None,
+                  samples: Any = None) -> None:
+    """Rank 0: the files and logger outputs of one record (see the module docstring);
+    ``samples``: the per-sample table (``callbacks.per_sample.SampleTable``) written beside
+    ``robustness.json`` as ``robustness_samples.csv`` (with ``write_json``)."""
     from callbacks.logger_outputs import log_image, log_table
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +173,10 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
 
         # Crash-safe: a kill leaves the previous complete file or the new one.
         record.save(log_dir / file_name("robustness.json"))
+        if samples is not None:
+            from callbacks.per_sample import FILE_NAME
+
+            samples.save(log_dir / file_name(FILE_NAME))
         append_history(log_dir / file_name("robustness_history.jsonl"), record)
     if plot:
         from callbacks.plotting import plot_robustness_curves

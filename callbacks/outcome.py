@@ -47,6 +47,8 @@ class EvalOutcome:
     total_samples: int = 0
     #: forward / backward sample passes and seconds per member × ε and part, summed over ranks
     compute: Any = None
+    #: per-sample metric values (``callbacks.per_sample.SampleTable``, all ranks), or None
+    per_sample: Any = None
 
 
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:

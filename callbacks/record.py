@@ -91,6 +91,10 @@ class RobustnessRecord:
     #: mark_unreliable``): ``[{flag, message, affects, meaning, next}]``; ``None`` when no flag
     #: fired or the checks did not run. The affected entries carry ``unreliable: [flag, …]``.
     unreliable: list[dict[str, Any]] | None = None
+    #: confidence intervals of the clean, per-attack, worst-case and robust-area numbers, from
+    #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`; read one with
+    #: :meth:`interval`); ``None`` when not computed
+    intervals: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -132,6 +136,7 @@ class RobustnessRecord:
             compute=None if data.get("compute") is None
             else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
             unreliable=_need(data, "unreliable", list, source, optional=True),
+            intervals=_need(data, "intervals", dict, source, optional=True),
             schema_version=version,
         )
 
@@ -183,6 +188,8 @@ class RobustnessRecord:
             out["compute"] = self.compute.to_dict()
         if self.unreliable:
             out["unreliable"] = self.unreliable
+        if self.intervals is not None:
+            out["intervals"] = self.intervals
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -196,6 +203,14 @@ class RobustnessRecord:
         return atomic_write_text(path, self.to_json())
 
     # -- questions readers ask ----------------------------------------------------------------
+    def interval(self, kind: str, eps: float | None = None, attack: str | None = None) -> Any:
+        """The :class:`callbacks.uncertainty.Interval` of the clean (``"clean"``), worst-case
+        (``"worst"``, ``eps``), one attack's (``"attack"``, ``attack``, ``eps``) or the robust
+        area's (``"robust_area"``) number, or ``None`` when the record has none."""
+        from callbacks.record_intervals import interval_of
+
+        return interval_of(self.intervals, kind, eps, attack)
+
     def metric_names(self) -> list[str]:
         """The task's metric names, in the order the clean metrics were computed."""
         return list(self.clean)

@@ -63,6 +63,22 @@ def unreliable_section(record: RobustnessRecord) -> list[str]:
     return [*lines, ""]
 
 
+def interval_section(record: RobustnessRecord) -> list[str]:
+    """What the ``[low, high]`` in the table are (nothing when the record has no intervals)."""
+    iv = record.intervals
+    if not iv:
+        return []
+    clean, area = record.interval("clean"), record.interval("robust_area")
+    methods = {"agresti_coull": "Agresti–Coull interval of the proportion",
+               "bca-expanded": "BCa bootstrap over samples at Hesterberg's expanded level"}
+    how = methods.get(clean.method, clean.method) if clean is not None else "–"
+    lines = [f"Brackets: {iv['level']:.0%} confidence intervals of the mean per-sample `{iv['metric']}` "
+             f"over n = {clean.n if clean else '–'} samples ({how}; seeded, from `robustness_samples.csv`)."]
+    if area is not None:
+        lines.append(f"Robust area as a mean of per-sample areas: {area} (BCa bootstrap).")
+    return [*lines, ""]
+
+
 def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
     """Attacks × ε × metrics (clean first, ensemble last per ε) as a Markdown table."""
     record = RobustnessRecord.coerce(record)
@@ -70,19 +86,27 @@ def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
     head = ["attack", "ε", "norm", "steps", "step size", "restarts", "random start", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     clean = record.clean
-    lines.append("| clean | 0 | – | – | – | – | – | " + " | ".join(_fmt(clean.get(m)) for m in metrics) + " |")
+    ci_metric = (record.intervals or {}).get("metric")
+
+    def ci(m: str, kind: str, eps: float | None = None, attack: str | None = None) -> str:
+        """`` [low, high]`` after the number the record has an interval for."""
+        interval = record.interval(kind, eps, attack) if m == ci_metric else None
+        return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
+
+    lines.append("| clean | 0 | – | – | – | – | – | "
+                 + " | ".join(_fmt(clean.get(m)) + ci(m, "clean") for m in metrics) + " |")
     ens = {e.eps: e for e in record.ensemble}
     for eps in record.eps_grid():
         for e in (a for a in record.attacks if a.eps == eps):
             cells = [e.attack, _fmt(eps), _fmt(e.norm), _fmt(e.steps), _fmt(e.step_size), _fmt(e.restarts),
                      _fmt(e.random_start)]
             mark = _mark(e.unreliable)
-            cells += [_fmt(e.metrics.get(m)) + mark for m in metrics]
+            cells += [_fmt(e.metrics.get(m)) + ci(m, "attack", eps, e.attack) + mark for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
         if eps in ens:
             cells = ["**ensemble**", _fmt(eps), "", "", "", "", ""]
             mark = _mark(ens[eps].unreliable)
-            cells += [f"**{_fmt(ens[eps].metrics.get(m))}**{mark}" for m in metrics]
+            cells += [f"**{_fmt(ens[eps].metrics.get(m))}**{ci(m, 'worst', eps)}{mark}" for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,6 +142,7 @@ def write_report(
         "",
         f"Ensemble = per-sample worst case over the attacks at each ε ({record.ensemble_rule}).",
         "",
+        *interval_section(record),
         *unreliable_section(record),
     ]
     if plot_name:

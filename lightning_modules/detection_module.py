@@ -88,6 +88,8 @@ class DetectionModule(TaskModule):
     #: mAP@[.5:.95], the COCO summary number (``map_50`` is reported beside it); the one
     #: metric of the robust area, the checkpoint and the paper suites
     main_metric: ClassVar[str] = "map"
+    #: ``per_sample_metric`` is the image's AP@0.5, not its mAP: its name in the per-sample file
+    per_sample_metric_name: ClassVar[str] = "ap50"
     panel = BoxesPanel()
 
     def __init__(

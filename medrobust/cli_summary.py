@@ -35,16 +35,25 @@ def summarise_record(rec: Any, metric: str | None) -> str:
     if not clean:
         return ""
     metric = metric if metric in clean else next(iter(clean))
-    parts = [f"epoch {rec.epoch}", f"clean {metric} {clean[metric]:.3f}"]
+    from callbacks.record import EnsembleEntry
+
+    with_ci = bool(rec.intervals) and rec.intervals.get("metric") == metric
+
+    def ci(kind: str, eps: float | None = None, attack: str | None = None) -> str:
+        interval = rec.interval(kind, eps, attack) if with_ci else None
+        return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
+
+    parts = [f"epoch {rec.epoch}", f"clean {metric} {clean[metric]:.3f}{ci('clean')}"]
     for entry in [*rec.attacks, *rec.ensemble]:
         value = entry.metrics.get(metric)
         if value is None:
             continue
+        bounds = ci("worst", entry.eps) if isinstance(entry, EnsembleEntry) else ci("attack", entry.eps, entry.attack)
         norm = f" {entry.norm}" if getattr(entry, "norm", None) else ""
         steps = f" ({entry.steps} steps)" if getattr(entry, "steps", None) else ""
         flags = getattr(entry, "unreliable", None)
         mark = f" ⚠ upper bound ({', '.join(flags)})" if flags else ""
-        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}{mark}")
+        parts.append(f"{entry.attack}{norm} eps={entry.eps:g}{steps} {metric} {value:.3f}{bounds}{mark}")
     from callbacks.sanity import unreliable_summary
 
     warning = unreliable_summary(rec)

@@ -427,6 +427,12 @@ def test_two_processes_give_the_same_numbers_as_one(tmp_path: Path) -> None:
     for key in ("clean", "attacks", "ensemble"):
         assert one[key] == two[key], key
     assert one["robust_area"]["value"] == two["robust_area"]["value"]
+    # the per-sample file too: each rank's samples gathered, the same bytes as one process
+    from callbacks.per_sample import FILE_NAME
+
+    files = [sorted((tmp_path / d).rglob(FILE_NAME)) for d in ("d1", "d2")]
+    assert len(files[0]) == 1 and len(files[1]) == 1, files
+    assert files[0][0].read_bytes() == files[1][0].read_bytes()
 
 
 @pytest.mark.slow

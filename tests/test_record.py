@@ -33,6 +33,7 @@ FILE_KEYS = DESIGN_KEYS | {
     "ensemble_rule", "robust_area", "eval_seconds", "subset", "settings", "minimal_eps", "sanity",
     "compute",
     "unreliable",  # the fired sanity flags (they fire on this untrained model)
+    "intervals",  # confidence intervals from the per-sample file (validate: intervals="test")
 }
 ATTACK_KEYS = DESIGN_ATTACK_KEYS | {"name", "step_size", "restarts", "random_start", "in_ensemble",
                                     "loss", "gradients", "unreliable"}
