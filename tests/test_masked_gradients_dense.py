@@ -281,3 +281,80 @@ def test_saturated_class_logits_do_not_mask_the_detection_loss() -> None:
     quantised = Quantised(model)
     pgd_q = _metric(module, quantised, batch, _pgd10(module, quantised, batch), "map_50")
     assert pgd_q > clean - 0.2, (clean, pgd_q)
+
+
+#: per task: a model output (what the task's attack losses take) and its labels, and the part of
+#: the output that a saturation scales (detection: the class logits, not the boxes)
+def _outputs(task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if task == "classification":
+        z = torch.randn(4, 3, generator=g)
+        return z, torch.tensor([0, 1, 2, 0]), torch.ones_like(z)
+    if task == "segmentation":
+        z = torch.randn(2, 3, 5, 5, generator=g)
+        return z, torch.randint(0, 3, (2, 5, 5), generator=g), torch.ones_like(z)
+    if task == "landmarks":
+        heat = torch.randn(2, 3, 12, 12, generator=g)
+        pts = torch.rand(2, 3, 2, generator=g) * 11
+        return heat, torch.cat([pts, torch.ones(2, 3, 1)], dim=-1), torch.ones_like(heat)
+    pred = torch.cat([torch.randn(2, 6, 3, generator=g), torch.rand(2, 6, 4, generator=g) * 10], dim=-1)
+    cls = torch.tensor([[0.0, 2.0, -1.0, 1.0, 0.0, -1.0], [1.0, -1.0, -1.0, 2.0, 2.0, 0.0]])
+    target = torch.cat([cls[..., None], torch.rand(2, 6, 4, generator=g) * 10], dim=-1)
+    scale = torch.cat([torch.ones(2, 6, 3), torch.zeros(2, 6, 4)], dim=-1)
+    return pred, target, scale
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "landmarks", "detection"])
+def test_every_standard_suite_has_a_gradient_free_member_on_a_scale_free_loss(task: str) -> None:
+    """Each task's ``standard`` suite holds Square with 5000 queries on a loss that is
+    positively homogeneous in the saturating part of the output (``f(c·z) = c·f(z)``), so a
+    saturation (× 1000) changes none of its comparisons, while cross-entropy-type losses
+    flatten to exactly 0."""
+    specs = parse_attack_specs("standard", "test_attacks", task, 3)
+    free = [s for s in specs if s.build(0.01, (0.0, 1.0)).describe().get("gradient_free")]
+    assert [s.name for s in free] == ["square"] and free[0].steps == 5000, free
+    spec = free[0]
+    assert spec.loss is not None and ATTACK_LOSSES[spec.loss].task == task, spec
+    fn = make_attack_loss(spec.loss, None, 5000, **spec.loss_args)
+    out, labels, part = _outputs(task)
+    base = fn(out, labels)
+    assert base.abs().sum() > 0, base
+    for c in (10.0, 1000.0):
+        scaled = out * (1 + (c - 1) * part)
+        assert torch.allclose(fn(scaled, labels), c * base, rtol=1e-4, atol=1e-3), (task, c)
+
+
+@pytest.mark.parametrize("task_name", ["landmarks", "detection"])
+def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_name: str) -> None:
+    """The evaluator runs its Square member exactly as a standalone Square on the task's
+    scale-free loss, seeded as the evaluator seeds that member: the same inputs, so the member's
+    number *is* "Square alone" (the 5000-query comparisons above differ only by the seed).
+    50 queries here: the claim is about the wiring, not the budget."""
+    from attacks.suites import SQUARE_LOSS
+    from callbacks.evaluation_loop import _seed_for
+
+    if task_name == "landmarks":
+        module, batch = landmark_model()
+        task: Any = Masked(module, LANDMARK_MASKINGS["both"])
+        loss, args, metric = "peak_margin", {}, "mre"
+    else:
+        module = _saturated(detector()[0])
+        batch = detector()[1]
+        task = Masked(module, lambda m: Quantised(m))
+        loss, args, metric = "dag", {"target_shift": None, "kappa": None, "box_weight": 0.0}, "map_50"
+    assert SQUARE_LOSS[task_name] in (loss, {"name": loss, **args})  # the suite's own loss
+    specs = parse_attack_specs([{"name": "square", "steps": 50, "label": "square",
+                                 "loss": SQUARE_LOSS[task_name]}], "test_attacks")
+    ev = RobustnessEvaluator(task, specs, [EPS], ensemble=False)
+    ev.run_batch(0, batch)
+    member = ev.compute().attacks[("square", EPS)][metric]
+    model = task.attack_model()
+    fn = make_attack_loss(loss, None, 50, **args)
+    inputs = ATTACK_LOSSES[loss].inputs
+    x = Square(eps=EPS, steps=50, bounds=tuple(task.data_info.bounds))(
+        model, batch["image"], batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b, inputs)),
+        generator=torch.Generator().manual_seed(_seed_for(0, 0, 0, 0)))
+    alone = _metric(module, model, batch, x, metric)
+    assert member == pytest.approx(alone, abs=1e-6), (member, alone)
+    clean = _metric(module, model, batch, batch["image"], metric)
+    assert alone != pytest.approx(clean, abs=1e-3)  # the 50 queries did move the metric
