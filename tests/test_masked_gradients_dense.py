@@ -256,8 +256,10 @@ def test_detection_standard_suite_breaks_what_square_5000_breaks_and_is_marked()
     # (b) the suite's worst case (per-image AP@0.5) is at least the independent Square 5000.
     # At mAP@0.5 = 0 (measured: clean 0.75, PGD-10 0.71, best gradient member 0.63, the suite
     # 0.00) no attack can break more, and the ~20 s reference run is skipped; above that floor
-    # the reference decides
-    assert suite <= square_member + 1e-6
+    # the reference decides. (The worst case is kept per image by AP@0.5; mAP@0.5 pools the
+    # images' detections in one ranking, so it follows the per-image values only up to that
+    # pooling: hence the tolerance against the suite's own member too.)
+    assert suite <= square_member + 0.05, (suite, square_member)
     if suite > 0:
         ref_x = _square_alone(task, model, batch, "dag", target_shift=None, kappa=None, box_weight=0.0)
         reference = _metric(module, model, batch, ref_x, "map_50")
