@@ -55,14 +55,16 @@ def _interval(values: np.ndarray, level: float, seed: int) -> Interval | None:
 
 def sample_area(clean: np.ndarray, curve: dict[float, np.ndarray], lower_is_better: bool) -> np.ndarray:
     """``[N]``: each sample's robust area — the trapezoid mean of its metric over
-    ``ε ∈ [0, max ε]`` (ε = 0 is its clean value), negated when lower is better, exactly as
-    :func:`callbacks.evaluation_writers.robust_area` computes the record's from the means."""
-    from callbacks.evaluation_writers import robust_area
-
-    eps = sorted(curve)
-    out = np.array([robust_area(float(clean[i]), {e: float(curve[e][i]) for e in eps}, lower_is_better)
-                    for i in range(clean.shape[0])], dtype=np.float64)
-    return out
+    ``ε ∈ [0, max ε]`` (ε = 0 is its clean value), negated when lower is better, as
+    :func:`callbacks.evaluation_writers.robust_area` computes the record's from the means (NaN
+    where a value is missing); vectorised over samples."""
+    xs = np.array([0.0, *sorted(curve)], dtype=np.float64)
+    ys = np.stack([np.asarray(clean, dtype=np.float64), *(np.asarray(curve[e], dtype=np.float64) for e in xs[1:])])
+    if xs.size < 2:
+        return np.full(ys.shape[1], np.nan)
+    widths = np.diff(xs)[:, None]  # [E, 1]
+    area = (widths * (ys[1:] + ys[:-1]) / 2).sum(axis=0) / (xs[-1] - xs[0])
+    return -area if lower_is_better else area
 
 
 def record_intervals(table: SampleTable, metric: str, eps: Sequence[float],

@@ -197,3 +197,18 @@ def test_validate_puts_intervals_in_the_record_report_summary_and_curve(tmp_path
         AdversarialEvaluation(intervals="sometimes")
     with pytest.raises(ValueError, match="interval_level must be in"):
         AdversarialEvaluation(interval_level=95)
+
+
+def test_sample_area_is_the_records_area_per_sample() -> None:
+    from callbacks.evaluation_writers import robust_area
+    from callbacks.record_intervals import sample_area
+
+    rng = np.random.default_rng(1)
+    clean = rng.random(20)
+    curve = {0.03: rng.random(20), 0.01: rng.random(20), 0.02: rng.random(20)}
+    for lower in (False, True):
+        got = sample_area(clean, curve, lower)
+        want = [robust_area(float(clean[i]), {e: float(v[i]) for e, v in curve.items()}, lower) for i in range(20)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    clean[4] = np.nan
+    assert np.isnan(sample_area(clean, curve, False)[4])
