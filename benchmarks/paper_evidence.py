@@ -195,7 +195,7 @@ def run_matrices(terms: Sequence[Term]) -> tuple[list[np.ndarray] | None, str | 
         if reason:
             return None, reason
         per_term.append(tables)
-    ids = functools.reduce(np.intersect1d, [tb.sample_ids for tables in per_term for tb in tables])
+    ids = np.unique(functools.reduce(np.intersect1d, [tb.sample_ids for tables in per_term for tb in tables]))
     if ids.size < 2:
         return None, "the runs share fewer than 2 evaluated samples"
     out = []

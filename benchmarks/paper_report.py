@@ -131,16 +131,24 @@ def noise_table(suite: Suite, group: Group, results: dict[str, Any], metric: str
     return _table(["method", f"clean {metric}", *labels, "mean"], rows)
 
 
+def _seed_mean_field(res: dict[str, Any], key: str) -> float | None:
+    """A numeric field of a run's entry (``fit_s``…) averaged over its seeds."""
+    from benchmarks.paper_evidence import seed_entries
+
+    vals = [float(e[key]) for e in seed_entries(res) if isinstance(e.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
 def cost_table(suite: Suite, group: Group, results: dict[str, Any]) -> str:
     head = ["method", "config", "epochs", "best epoch (0-based)", "train s/epoch (eval excluded)", "fit s",
-            "test s", "test samples"]
+            "test s", "test samples"]  # seconds: mean over seeds; epochs: the first seed's
     rows = []
     for r in suite.runs:
         res = results.get(r.key)
         if r.group != group.name or not res:
             continue
         rec = record(res)
-        secs = [f"{res[k]:.1f}" if isinstance(res.get(k), (int, float)) else "–"
+        secs = [f"{v:.1f}" if (v := _seed_mean_field(res, k)) is not None else "–"
                 for k in ("train_s_per_epoch", "fit_s", "test_s")]
         rows.append([res["label"], f"`{r.config}`", fmt(res.get("epochs")), fmt(res.get("best_epoch")),
                      *secs, fmt(rec.subset.size if rec and rec.subset else None)])
@@ -195,7 +203,7 @@ def uncertainty_table(suite: Suite, group: Group, results: dict[str, Any]) -> st
     head = ["method", "seeds", "test samples", f"clean {sm}"]
     if suite.headline_eps is not None:
         head.append(f"worst case ε={fmt_eps(suite.headline_eps)}")
-    head.append(f"robust area ({sm})")
+    head.append(f"robust area ({sm}{', negated' if lower else ''})")
     rows = []
     for r in runs:
         res = results[r.key]
@@ -386,8 +394,12 @@ def settings_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any]
             continue
         ov = res.get("overrides") or {}
         shown = "; ".join(f"`{k}` = `{v}`" for k, v in ov.items()) or "none"
+        seeds = res.get("seeds") or [res]
+        where = "; ".join(f"seed {e.get('seed')}: run folder `{e.get('log_dir')}`, checkpoint `{e.get('ckpt')}`"
+                          for e in seeds) if len(seeds) > 1 else \
+            f"Run folder `{res.get('log_dir')}`, checkpoint `{res.get('ckpt')}`"
         parts.append(f"- **{r.key}** (`configs/experiment/{r.config}.yaml`, seed {res.get('seed')}): "
-                     f"overrides {shown}. Run folder `{res.get('log_dir')}`, checkpoint `{res.get('ckpt')}`.")
+                     f"overrides {shown}. {where}.")
     parts += ["", "Test-time attacks:", "", *attack_settings(results, suite), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()), ""]
     return "\n".join(parts)

@@ -5,6 +5,7 @@ files fall back to the records' intervals or say why there is none."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,25 @@ def test_paired_interval_is_narrower_than_unpaired(tmp_path: Path) -> None:
     ratio = statistic_interval([Term(a, column("clean/dice")), Term(b, column("clean/dice"))],
                                lambda m: m[0] / m[1])
     assert ratio.interval is not None and ratio.interval.low > 1.0
+
+
+def test_report_only_rebuilds_an_old_results_file(tmp_path: Path) -> None:
+    """``--report-only`` on a results.json written before per-sample files and intervals (no
+    ``n_seeds`` in its meta, records without ``intervals``): the report is built, the
+    uncertainty table and every verdict say why they have no interval."""
+    from benchmarks import run as runner
+
+    runs = {"pneumoniamnist/naive": _write_run(tmp_path / "r", "naive", _joel_cols(40, 36, 4), with_file=False),
+            "pneumoniamnist/staged": _write_run(tmp_path / "r", "staged", _joel_cols(40, 36, 30), with_file=False)}
+    for entry in runs.values():
+        entry.update(config="classification_pneumoniamnist_clean-joel2022", overrides={}, seed=0)
+    meta = {"command": "python benchmarks/run.py --suite joel2022 --quick", "mode": "quick", "threads": 1,
+            "machine": "test", "load_start": "0", "load_end": "0", "wall_s": 1.0, "seeds": [0]}
+    out = tmp_path / "out" / "joel2022"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": runs}))
+    (report,) = runner.main(["--suite", "joel2022", "--report-only", "--out", str(tmp_path / "out")])
+    text = report.read_text()
+    assert "Verdicts on intervals: 0 confirmed, 0 refuted, 3 inconclusive." in text
+    assert text.count("no per-sample file `robustness_samples.csv`") >= 3  # uncertainty table and verdicts
+    assert "(1 per run)" in text
