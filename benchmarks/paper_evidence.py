@@ -357,6 +357,20 @@ class IntervalTest:
     estimate: Estimate
     claim: Literal["greater", "less"]
     threshold: float = 0.0
+    #: the point estimate from the records (means over seeds), for :attr:`point_verdict` when
+    #: there is no interval; default: the interval's estimate
+    point: float | None = None
+
+    @property
+    def point_verdict(self) -> Verdict | None:
+        """What the point estimate alone says (the two-valued reading before intervals): on the
+        claim's side → confirmed, on the other → refuted, exactly at the threshold → inconclusive;
+        ``None`` when there is no point estimate either."""
+        iv = self.estimate.interval
+        value = self.point if self.point is not None else (iv.estimate if iv is not None else None)
+        if value is None or not math.isfinite(value):
+            return None
+        return decide(Interval(value, value, value, DEFAULT_LEVEL, 1, "point"), self.claim, self.threshold)
 
     @property
     def verdict(self) -> Verdict:
@@ -395,6 +409,16 @@ class IntervalTest:
         if self.mcnemar_disagrees:
             bits.append("the interval excludes 0 but McNemar's exact test does not reject: too few discordant pairs")
         return f"{self.name} = {e.interval} {side} {self.threshold:g}: {self.verdict} ({', '.join(bits)})"
+
+
+def point_reading(tests: Sequence[IntervalTest], combine: Callable[[list[str]], str] | None = None) -> str | None:
+    """The verdict the point estimates alone give, combined as the rule combines its tests
+    (``combine`` of the point verdicts; default: the conjunction); ``None`` when a test has no
+    point estimate."""
+    verdicts = [t.point_verdict for t in tests]
+    if not verdicts or any(v is None for v in verdicts):
+        return None
+    return (combine or all_of)([str(v) for v in verdicts])
 
 
 def tests_summary(tests: Sequence[IntervalTest]) -> str:

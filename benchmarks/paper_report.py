@@ -220,7 +220,8 @@ def uncertainty_table(suite: Suite, group: Group, results: dict[str, Any]) -> st
 
 
 def verdict_summary(claims: list[dict[str, str]]) -> str:
-    """``3 confirmed, 1 refuted, 4 inconclusive on intervals; 1 point comparison (confirmed)``."""
+    """``Verdicts on intervals: 3 confirmed, 1 refuted, 4 inconclusive. Of the 7 rules the point
+    estimates alone decide (…), 3 are inconclusive on intervals; 1 point comparison (confirmed)``."""
     from collections import Counter
 
     on = Counter(c["verdict"] for c in claims if c.get("basis", "interval") == "interval")
@@ -228,6 +229,16 @@ def verdict_summary(claims: list[dict[str, str]]) -> str:
     parts = [f"{on.get(v, 0)} {v}" for v in ("confirmed", "refuted", "inconclusive")]
     parts += [f"{k}: {v}" for k, v in on.items() if k not in ("confirmed", "refuted", "inconclusive")]
     text = "Verdicts on intervals: " + ", ".join(parts)
+    read = [c for c in claims if c.get("basis", "interval") == "interval"
+            and c.get("point_verdict") in ("confirmed", "refuted")]
+    if read:
+        became = sum(c["verdict"] == "inconclusive" for c in read)
+        flipped = sum(c["verdict"] in ("confirmed", "refuted") and c["verdict"] != c["point_verdict"] for c in read)
+        text += (f". Of the {len(read)} rule(s) that the point estimates alone decide "
+                 f"({sum(c['point_verdict'] == 'confirmed' for c in read)} confirmed, "
+                 f"{sum(c['point_verdict'] == 'refuted' for c in read)} refuted), {became} "
+                 f"{'is' if became == 1 else 'are'} inconclusive on intervals"
+                 + (f" and {flipped} reverse{'s' if flipped == 1 else ''}" if flipped else ""))
     if point:
         text += f"; {len(point)} point comparison(s) ({', '.join(point)})"
     return text + "."
@@ -377,7 +388,8 @@ def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], f
               verdict_summary(claims) if claims else "", "",
               _table(["claim", "measured", "tests on intervals (n, smallest detectable effect)", "verdict"],
                      [[c["claim"], c["measured"], c.get("tests", "–"),
-                       f"**{c['verdict']}**" + (" (point)" if c.get("basis") == "point" else "")]
+                       f"**{c['verdict']}**" + (" (point)" if c.get("basis") == "point" else "")
+                       + (f" (point estimates alone: {c['point_verdict']})" if c.get("point_verdict") else "")]
                       for c in claims]) if claims
               else "_no complete comparison_", ""]
     return "\n".join(parts)

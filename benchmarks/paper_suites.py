@@ -190,13 +190,19 @@ def _n_seeds(*entries: dict[str, Any] | None) -> str:
 
 
 def _claim(claim: str, measured: str, tests: list[Any], verdict: str | None = None,
-           basis: str = "interval") -> dict[str, str]:
+           basis: str = "interval", point: str | None = None) -> dict[str, str]:
     """One row of the claims table: the rule, the point values, each interval test with its n
-    and smallest detectable effect, and the verdict (the conjunction of the tests unless given)."""
-    from benchmarks.paper_evidence import all_of, tests_summary
+    and smallest detectable effect, the verdict (the conjunction of the tests unless given) and
+    what the point estimates alone would say (``point``; default: the conjunction of the tests'
+    point verdicts)."""
+    from benchmarks.paper_evidence import all_of, point_reading, tests_summary
 
-    return {"claim": claim, "measured": measured, "tests": tests_summary(tests) if tests else "–",
-            "verdict": verdict if verdict is not None else all_of([t.verdict for t in tests]), "basis": basis}
+    out = {"claim": claim, "measured": measured, "tests": tests_summary(tests) if tests else "–",
+           "verdict": verdict if verdict is not None else all_of([t.verdict for t in tests]), "basis": basis}
+    reading = point if point is not None else (point_reading(tests) if basis == "interval" else None)
+    if reading is not None:
+        out["point_verdict"] = reading
+    return out
 
 
 #: MedMNIST v2's ResNet-18 (28) on PneumoniaMNIST's test split, and how far below we still call "at the level"
@@ -216,10 +222,10 @@ def medmnist_check(results: dict[str, Any], keys: list[str]) -> list[dict[str, s
         tests = [
             IntervalTest("clean accuracy", linear_estimate([Term(entry, column("clean/accuracy"), fallback=("clean", None),
                                                                  fallback_metric="accuracy")]),
-                         "greater", MEDMNIST_ACC - MEDMNIST_SLACK),
+                         "greater", MEDMNIST_ACC - MEDMNIST_SLACK, point=acc),
             IntervalTest("clean AUROC", Estimate(None, reason="AUROC is a dataset-level metric and the per-sample "
                                                              "file keeps no scores to resample"),
-                         "greater", MEDMNIST_AUC - MEDMNIST_SLACK),
+                         "greater", MEDMNIST_AUC - MEDMNIST_SLACK, point=auc),
         ]
         out.append(_claim(
             f"MedMNIST v2: ResNet-18 (28) reaches test ACC {MEDMNIST_ACC} / AUC {MEDMNIST_AUC} on PneumoniaMNIST "
@@ -257,9 +263,11 @@ def xue_claims(results: dict[str, Any]) -> list[dict[str, str]]:
         adv_cols = columns_mean(_attack_columns(recs["clean"], "accuracy"))
         noise_cols = columns_mean(_attack_columns(recs["clean"], "accuracy", "noise"))
         adv = IntervalTest("denoise − clean, mean adversarial accuracy",
-                           _difference(recs["denoise"], recs["clean"], adv_cols), "greater")
+                           _difference(recs["denoise"], recs["clean"], adv_cols), "greater",
+                           point=a["denoise"] - a["clean"])
         noise = IntervalTest("denoise − clean, mean noise accuracy",
-                             _difference(recs["denoise"], recs["clean"], noise_cols, "noise"), "greater")
+                             _difference(recs["denoise"], recs["clean"], noise_cols, "noise"), "greater",
+                             point=n["denoise"] - n["clean"])
         out.append(_claim(
             f"[{ds}] the denoising mechanism improves robustness to adversarial perturbation "
             "and to general noise over clean training (rule: the paired differences denoise − clean of the "
@@ -270,7 +278,8 @@ def xue_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             f"denoise {_f(n['denoise'])}; clean accuracy clean {_f(c['clean'])} / SAT {_f(c['sat'])} / "
             f"denoise {_f(c['denoise'])}{_n_seeds(*recs.values())}", [adv, noise]))
         sat = IntervalTest("SAT − clean, mean adversarial accuracy",
-                           _difference(recs["sat"], recs["clean"], adv_cols), "greater")
+                           _difference(recs["sat"], recs["clean"], adv_cols), "greater",
+                           point=a["sat"] - a["clean"])
         out.append(_claim(
             f"[{ds}] adversarial training (SAT) improves adversarial robustness over clean training "
             "(rule: the paired difference SAT − clean of the mean adversarial accuracy above 0)",
@@ -380,11 +389,12 @@ def joel_size_claim(results: dict[str, Any], sides: dict[str, int]) -> list[dict
             pts.append((side, clean, kept, _eps_half(entry), _record(entry["test"]).subset.size, entry))
     if len(pts) < 2:
         return []
-    tests = [IntervalTest(f"kept {a[0]}×{a[0]} − kept {b[0]}×{b[0]}", _kept_difference(a[5], b[5]), "greater")
+    tests = [IntervalTest(f"kept {a[0]}×{a[0]} − kept {b[0]}×{b[0]}", _kept_difference(a[5], b[5]), "greater",
+                          point=a[2] - b[2])
              for a, b in zip(pts, pts[1:])]
     if len(pts) > 2:
         tests.append(IntervalTest(f"kept {pts[0][0]}×{pts[0][0]} − kept {pts[-1][0]}×{pts[-1][0]}",
-                                  _kept_difference(pts[0][5], pts[-1][5]), "greater"))
+                                  _kept_difference(pts[0][5], pts[-1][5]), "greater", point=pts[0][2] - pts[-1][2]))
     return [_claim(
         f"[PH2, sides {', '.join(str(p[0]) for p in pts)}] the naive model's collapse at small ε depends "
         f"on the image size (rule: the fraction of its clean accuracy kept under the worst case at ε = "
@@ -411,7 +421,7 @@ def joel_claims(results: dict[str, Any]) -> list[dict[str, str]]:
         a_n, a_s = (_value(r, "ensemble", JOEL_EPS, "accuracy") for r in (naive, staged))
         drop = c_n - a_n
         collapse = IntervalTest("naive worst case − ½ clean", linear_estimate(
-            [Term(naive, worst), Term(naive, clean, -0.5)]), "less")
+            [Term(naive, worst), Term(naive, clean, -0.5)]), "less", point=a_n - 0.5 * c_n)
         out.append(_claim(
             f"[{ds}] naive models lose most of their accuracy at small ε (rule: worst-case accuracy "
             f"at ε = {JOEL_EPS} below half of the clean accuracy: the interval of worst − ½·clean, paired on "
@@ -420,14 +430,16 @@ def joel_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             f"PGD alone {_f(_value(naive, 'pgd', JOEL_EPS, 'accuracy'))}{_n_seeds(naive)}", [collapse]))
         recovered = (a_s - a_n) / drop if drop > 0 else math.nan
         restore = IntervalTest("staged worst − naive worst − ½ (naive clean − naive worst)", linear_estimate(
-            [Term(staged, worst), Term(naive, worst, -0.5), Term(naive, clean, -0.5)]), "greater")
+            [Term(staged, worst), Term(naive, worst, -0.5), Term(naive, clean, -0.5)]), "greater",
+            point=(a_s - a_n) - 0.5 * drop)
         out.append(_claim(
             f"[{ds}] iterative adversarial training restores much of it (rule: staged SAT recovers at "
             f"least half of the naive model's accuracy lost at ε = {JOEL_EPS}: the paired interval of "
             "(staged worst − naive worst) − ½·(naive clean − naive worst) above 0)",
             f"staged SAT clean {_f(c_s)}, at ε = {JOEL_EPS} {_f(a_s)} (naive {_f(a_n)}): recovers "
             f"{_f(recovered)} of the naive drop {_f(drop)}{_n_seeds(naive, staged)}", [restore],
-            verdict=None if math.isfinite(recovered) else "not applicable (no drop)"))
+            verdict=None if math.isfinite(recovered) else "not applicable (no drop)",
+            point=None if math.isfinite(recovered) else "not applicable (no drop)"))
     sides = {name: _image_side(results[f"{name}/naive"], full)
              for name, full, _quick in JOEL_PH2_SIZES if f"{name}/naive" in results}
     return out + joel_size_claim(results, sides) + medmnist_check(results, ["pneumoniamnist/naive"])
@@ -499,20 +511,31 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             return (-clean if lower else clean), area
 
         parts, labels = [], []
+        pa = point(amat)
         for k, r in sats.items():
             lab = results[k]["label"]
+            ps = point(r)  # the point reading: the group's metric and the records' robust areas, as before
             d_clean = IntervalTest(f"AMAT − {lab}, clean {sm}{' (negated)' if s_lower else ''}", linear_estimate(
                 [Term(amat, clean_col, sign, fallback=("clean", None), fallback_metric=sm),
-                 Term(r, clean_col, -sign, fallback=("clean", None), fallback_metric=sm)]), "greater")
+                 Term(r, clean_col, -sign, fallback=("clean", None), fallback_metric=sm)]), "greater",
+                point=pa[0] - ps[0])
             d_area = IntervalTest(f"AMAT − {lab}, robust area of {sm}", linear_estimate(
                 [Term(amat, area_col, 1.0, fallback=("robust_area", None), fallback_metric=sm),
-                 Term(r, area_col, -1.0, fallback=("robust_area", None), fallback_metric=sm)]), "greater")
+                 Term(r, area_col, -1.0, fallback=("robust_area", None), fallback_metric=sm)]), "greater",
+                point=pa[1] - ps[1])
             parts.append((d_clean, d_area))
             labels.append(lab)
-        # AMAT dominates SAT ε: above 0 on both axes; SAT ε dominates AMAT: below 0 on both
-        dominates = [all_of([c.verdict, a.verdict]) for c, a in parts]
-        dominated = [all_of([negate(c.verdict), negate(a.verdict)]) for c, a in parts]
-        verdict = all_of([any_of(dominates), *(negate(v) for v in dominated)])
+
+        def combine(axes: list[tuple[str, str]]) -> tuple[str, list[str], list[str]]:
+            """AMAT dominates SAT ε: above 0 on both axes; SAT ε dominates AMAT: below 0 on both."""
+            dom = [all_of([c, a]) for c, a in axes]
+            domd = [all_of([negate(c), negate(a)]) for c, a in axes]
+            return all_of([any_of(dom), *(negate(v) for v in domd)]), dom, domd
+
+        verdict, dominates, dominated = combine([(c.verdict, a.verdict) for c, a in parts])
+        point_axes = [(c.point_verdict, a.point_verdict) for c, a in parts]
+        reading = None if any(v is None for ax in point_axes for v in ax) else \
+            combine([(str(c), str(a)) for c, a in point_axes])[0]
         pts = "; ".join(f"{results[k]['label']}: clean {group.metric} {_f(_value(r, None, None, group.metric))}, "
                         f"robust area {_f(point(r)[1])}" for k, r in {**sats, f"{task}/amat": amat}.items())
         shown = [f"AMAT dominates {lab}: {v}" for lab, v in zip(labels, dominates)]
@@ -525,7 +548,7 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             "refuted when for every SAT ε some axis lies below 0 (AMAT dominates none) or some SAT ε lies below 0 "
             "on both axes (it dominates AMAT); inconclusive otherwise)",
             pts + f"{_n_seeds(amat, *sats.values())}. " + "; ".join(shown),
-            [t for pair in parts for t in pair], verdict=verdict))
+            [t for pair in parts for t in pair], verdict=verdict, point=reading or "n/a"))
         cost_a = _mean([e.get("train_s_per_epoch", math.nan) for e in _seeds(amat)])
         cost_s = _mean([e.get("train_s_per_epoch", math.nan) for r in sats.values() for e in _seeds(r)])
         ratio = cost_a / cost_s if cost_s else math.nan

@@ -22,6 +22,7 @@ from benchmarks.paper_evidence import (
     run_tables,
     statistic_interval,
 )
+from benchmarks.paper_report import verdict_summary
 from benchmarks.paper_suites import (
     AMAT,
     JOEL_EPS,
@@ -142,6 +143,8 @@ def test_seeds_that_disagree_widen_the_interval(tmp_path: Path) -> None:
     two = {"ph2/naive": _with_seeds([naive, naive]), "ph2/staged": _with_seeds([good, bad])}
     restore = next(c for c in joel_claims(two) if "restores" in c["claim"])
     assert restore["verdict"] == "inconclusive" and "2 seeds" in restore["tests"]
+    # the mean over seeds alone recovers 0.375 of 0.8 lost: a point reading says refuted
+    assert restore["point_verdict"] == "refuted"
     assert "mean of 2 seeds" in restore["measured"]
     # two agreeing seeds stay confirmed
     good2 = _write_run(tmp_path, "staged2", _joel_cols(200, 180, 168, seed=3))
@@ -181,6 +184,12 @@ def test_xue_sat_rule_three_outcomes(tmp_path: Path, sat_adv: int, verdict: str)
            for m, adv, s in (("clean", 80, 0), ("sat", sat_adv, 1), ("denoise", 80, 2))}
     sat = next(c for c in xue_claims(res) if "(SAT)" in c["claim"])
     assert sat["verdict"] == verdict
+    # the point estimates alone: SAT's mean is above clean's in the confirmed and the inconclusive case
+    assert sat["point_verdict"] == ("refuted" if verdict == "refuted" else "confirmed")
+    if verdict == "inconclusive":
+        assert verdict_summary([sat]) == ("Verdicts on intervals: 0 confirmed, 0 refuted, 1 inconclusive. Of the "
+                                          "1 rule(s) that the point estimates alone decide (1 confirmed, 0 refuted), "
+                                          "1 is inconclusive on intervals.")
     if sat_adv == 85:  # 0/1 paired columns: McNemar's exact p is reported beside the interval
         assert "McNemar p" in sat["tests"]
 
