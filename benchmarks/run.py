@@ -4,6 +4,7 @@
     python benchmarks/run.py --suite amat --quick --threads 1
     python benchmarks/run.py --suite joel2022                 # full settings (a GPU run)
     python benchmarks/run.py --suite all --quick --docs docs/benchmarks.md
+    python benchmarks/run.py --suite joel2022 --quick --seeds 3    # 3 trainings per run
 
 Suites (:mod:`benchmarks.paper_suites`): ``xue2019`` (clean vs SAT vs denoise, FGSM/BIM/PGD and
 general noises, PneumoniaMNIST and PH2), ``amat`` (clean vs SAT at several ε vs AMAT under L2
@@ -17,6 +18,13 @@ report is built from the ``robustness.json`` records those runs wrote. ``--quick
 only sizes (networks, epochs, images, training PGD steps; L2 budgets scaled with the image) —
 the overrides are listed in the report; the full settings are the configs as shipped.
 ``--smoke`` (tests) runs the same machinery for a couple of steps.
+
+``--seeds N`` trains and tests every run N times (``seed_everything`` = the config's + 0 … N−1),
+each seed in its own run root ``runs/seed<s>/`` with its own derived config; ``results.json``
+keeps every seed's entry under the run's ``seeds``. The tables show the mean over seeds, an
+uncertainty table per group gives mean ± SD over seeds and a two-level (seeds × samples)
+interval, and every paper claim is decided on intervals from the runs' per-sample files
+(:mod:`benchmarks.paper_evidence`): confirmed / refuted / inconclusive.
 
 Writes ``<out>/<suite>/report.md``, ``<group>_curves.png``, ``results.json``, the derived configs
 (``configs/``) and the runs' folders (``runs/``). Data: ``$MEDROBUST_DATA`` or ``../shared/data``.

@@ -313,3 +313,22 @@ def test_report_only_rebuilds_an_old_results_file(tmp_path: Path) -> None:
     assert "Verdicts on intervals: 0 confirmed, 0 refuted, 3 inconclusive." in text
     assert text.count("no per-sample file `robustness_samples.csv`") >= 3  # uncertainty table and verdicts
     assert "(1 per run)" in text
+
+
+def test_size_rule_with_seeds_uses_the_two_level_ratio_bootstrap(tmp_path: Path) -> None:
+    """The size rule on two seeds per side: two agreeing seeds keep the verdict, a second seed
+    that reverses the trend makes it inconclusive (seed-to-seed variation in the ratio's interval)."""
+    sides = {"ph2_half": 32, "ph2": 64, "ph2_double": 128}
+
+    def results(second: tuple[int, int, int]) -> dict[str, Any]:
+        res = {}
+        for k, (name, w0, w1) in enumerate(zip(sides, (170, 90, 10), second)):
+            runs = [_write_run(tmp_path / f"{second}", f"{name}{s}", _joel_cols(200, 180, w, seed=k))
+                    for s, w in enumerate((w0, w1))]
+            res[f"{name}/naive"] = _with_seeds(runs)
+        return res
+
+    (agree,) = joel_size_claim(results((165, 95, 15)), sides)
+    assert agree["verdict"] == "confirmed" and agree["tests"].count("2 seeds") == 3
+    (split,) = joel_size_claim(results((10, 90, 170)), sides)
+    assert split["verdict"] == "inconclusive"
