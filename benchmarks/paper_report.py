@@ -190,14 +190,14 @@ def uncertainty_table(suite: Suite, group: Group, results: dict[str, Any]) -> st
     suite has one) and the robust area, each as ``mean ± SD over seeds [interval]`` (one seed:
     ``estimate [interval]``) of the task's per-sample metric."""
     from benchmarks.paper_evidence import column, robust_area, seed_entries
-    from benchmarks.paper_suites import _sample_metric
+    from benchmarks.paper_suites import sample_metric
     from callbacks.per_sample import column_name
 
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
     if not runs:
         return None
     first = record(results[runs[0].key])
-    sm = _sample_metric(first.task)
+    sm = sample_metric(first.task)
     lower = bool(first.lower_is_better(sm)) if first.lower_is_better(sm) is not None else False
     eps = sorted(e.eps for e in first.ensemble)
     head = ["method", "seeds", "test samples", f"clean {sm}"]

@@ -166,7 +166,7 @@ def _attack_columns(entry: dict[str, Any], metric: str, kind: str = "test") -> l
     return [] if rec is None else [column_name(x.attack, metric, x.eps) for x in rec.attacks]
 
 
-def _sample_metric(task: str) -> str:
+def sample_metric(task: str) -> str:
     """The name of the task's per-sample metric in the per-sample files (detection: ``ap50``,
     the per-image AP@0.5; the others: their main metric)."""
     from lightning_modules import TASK_MODULES
@@ -497,7 +497,7 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             continue
         # the direction the task's metric object declared, as the record states it
         lower = bool(_record(amat["test"]).lower_is_better(group.metric))
-        sm = _sample_metric(task)  # per-sample metric (detection: ap50; mAP has no per-sample form)
+        sm = sample_metric(task)  # per-sample metric (detection: ap50; mAP has no per-sample form)
         s_lower = bool(_record(amat["test"]).lower_is_better(sm)) if _record(amat["test"]).lower_is_better(sm) \
             is not None else lower
         sign = -1.0 if s_lower else 1.0
