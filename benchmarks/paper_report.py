@@ -39,6 +39,19 @@ def record(res: dict[str, Any] | None, kind: str = "test") -> RobustnessRecord |
     return None if not data else RobustnessRecord.coerce(data, f"results.json: {kind} record of {res.get('label')}")
 
 
+def run_records(res: dict[str, Any] | None, kind: str = "test") -> list[RobustnessRecord]:
+    """The ``kind`` record of every seed of one run (``--seeds N``; one seed: its record)."""
+    from benchmarks.paper_evidence import seed_entries
+
+    return [r for e in seed_entries(res or {}) if (r := record({**e, "label": (res or {}).get("label")}, kind))]
+
+
+def seed_mean(res: dict[str, Any] | None, value: Any, kind: str = "test") -> float | None:
+    """``value(record)`` averaged over the run's seeds (``None`` where no seed has it)."""
+    vals = [float(v) for r in run_records(res, kind) if (v := value(r)) is not None and math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
 def attack_columns(rec: RobustnessRecord | dict[str, Any]) -> list[tuple[str, float]]:
     """``(attack label, ε)`` of a record's attacks, in attack order then ε."""
     rec = RobustnessRecord.coerce(rec)
@@ -90,10 +103,14 @@ def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: st
     head = ["method", f"clean {metric}", *(name(a, e) for a, e in cols), "robust area"]
     rows = []
     for r in runs:
-        rec = record(results[r.key])
-        area = rec.robust_area.value if rec.robust_area and rec.robust_area.metric == metric else None
-        rows.append([results[r.key]["label"], fmt(rec.clean.get(metric)),
-                     *(fmt(lookup(rec, a, e, metric)) for a, e in cols), fmt(area)])
+        res = results[r.key]
+
+        def area(rec: RobustnessRecord) -> float | None:
+            return rec.robust_area.value if rec.robust_area and rec.robust_area.metric == metric else None
+
+        rows.append([res["label"], fmt(seed_mean(res, lambda rec: rec.clean.get(metric))),
+                     *(fmt(seed_mean(res, lambda rec, a=a, e=e: lookup(rec, a, e, metric))) for a, e in cols),
+                     fmt(seed_mean(res, area))])
     return _table(head, rows)
 
 
@@ -105,28 +122,126 @@ def noise_table(suite: Suite, group: Group, results: dict[str, Any], metric: str
     labels = [e.attack for e in record(results[runs[0].key], "noise").attacks]
     rows = []
     for r in runs:
-        rec = record(results[r.key], "noise")
-        by = {e.attack: e.metrics.get(metric) for e in rec.attacks}
+        res = results[r.key]
+        by = {x: seed_mean(res, lambda rec, x=x: next((e.metrics.get(metric) for e in rec.attacks if e.attack == x),
+                                                      None), "noise") for x in labels}
         mean = [v for v in by.values() if v is not None]
-        rows.append([results[r.key]["label"], fmt(rec.clean.get(metric)), *(fmt(by.get(x)) for x in labels),
-                     fmt(sum(mean) / len(mean) if mean else None)])
+        rows.append([res["label"], fmt(seed_mean(res, lambda rec: rec.clean.get(metric), "noise")),
+                     *(fmt(by.get(x)) for x in labels), fmt(sum(mean) / len(mean) if mean else None)])
     return _table(["method", f"clean {metric}", *labels, "mean"], rows)
+
+
+def _seed_mean_field(res: dict[str, Any], key: str) -> float | None:
+    """A numeric field of a run's entry (``fit_s``…) averaged over its seeds."""
+    from benchmarks.paper_evidence import seed_entries
+
+    vals = [float(e[key]) for e in seed_entries(res) if isinstance(e.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
 
 
 def cost_table(suite: Suite, group: Group, results: dict[str, Any]) -> str:
     head = ["method", "config", "epochs", "best epoch (0-based)", "train s/epoch (eval excluded)", "fit s",
-            "test s", "test samples"]
+            "test s", "test samples"]  # seconds: mean over seeds; epochs: the first seed's
     rows = []
     for r in suite.runs:
         res = results.get(r.key)
         if r.group != group.name or not res:
             continue
         rec = record(res)
-        secs = [f"{res[k]:.1f}" if isinstance(res.get(k), (int, float)) else "–"
+        secs = [f"{v:.1f}" if (v := _seed_mean_field(res, k)) is not None else "–"
                 for k in ("train_s_per_epoch", "fit_s", "test_s")]
         rows.append([res["label"], f"`{r.config}`", fmt(res.get("epochs")), fmt(res.get("best_epoch")),
                      *secs, fmt(rec.subset.size if rec and rec.subset else None)])
     return _table(head, rows)
+
+
+def _spread(res: dict[str, Any], values: Any, fallback: tuple[str, float | None], metric: str) -> str:
+    """``mean ± SD over seeds [interval]`` of one run's per-sample ``values``: the two-level
+    (seeds × samples) interval with several seeds, the record's own interval with one (computed
+    from the per-sample file when the record has none); the reason when there is neither."""
+    import numpy as np
+
+    from benchmarks.paper_evidence import Term, run_matrices
+    from callbacks.uncertainty import mean_interval, proportion_interval, seeds_interval
+
+    mats, reason = run_matrices([Term(res, values)])
+    recs = run_records(res)
+    if mats is None:
+        rec = recs[0] if len(recs) == 1 else None
+        iv = rec.interval(*fallback) if rec is not None and (rec.intervals or {}).get("metric") == metric else None
+        return str(iv) if iv is not None else f"– ({reason})"
+    m = mats[0][:, np.isfinite(mats[0]).all(axis=0)]
+    if m.shape[1] < 2:
+        return "– (fewer than 2 samples with defined values)"
+    if m.shape[0] == 1:
+        iv = recs[0].interval(*fallback) if recs and (recs[0].intervals or {}).get("metric") == metric else None
+        if iv is None:
+            v = m[0]
+            iv = (proportion_interval(int(v.sum()), v.size) if np.isin(v, (0.0, 1.0)).all()
+                  else mean_interval(v))
+        return str(iv)
+    iv = seeds_interval(m)
+    sd = float(np.std(m.mean(axis=1), ddof=1))
+    return f"{iv.estimate:.3f} ± {sd:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def uncertainty_table(suite: Suite, group: Group, results: dict[str, Any]) -> str | None:
+    """Per run: its seeds, n, and the clean metric, the worst case at the headline ε (when the
+    suite has one) and the robust area, each as ``mean ± SD over seeds [interval]`` (one seed:
+    ``estimate [interval]``) of the task's per-sample metric."""
+    from benchmarks.paper_evidence import column, robust_area, seed_entries
+    from benchmarks.paper_suites import sample_metric
+    from callbacks.per_sample import column_name
+
+    runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
+    if not runs:
+        return None
+    first = record(results[runs[0].key])
+    sm = sample_metric(first.task)
+    lower = bool(first.lower_is_better(sm)) if first.lower_is_better(sm) is not None else False
+    eps = sorted(e.eps for e in first.ensemble)
+    head = ["method", "seeds", "test samples", f"clean {sm}"]
+    if suite.headline_eps is not None:
+        head.append(f"worst case ε={fmt_eps(suite.headline_eps)}")
+    head.append(f"robust area ({sm}{', negated' if lower else ''})")
+    rows = []
+    for r in runs:
+        res = results[r.key]
+        seeds = [e.get("seed") for e in seed_entries(res)]
+        rec = record(res)
+        row = [res["label"], ", ".join(str(x) for x in seeds), fmt(rec.subset.size if rec.subset else None),
+               _spread(res, column(column_name("clean", sm)), ("clean", None), sm)]
+        if suite.headline_eps is not None:
+            row.append(_spread(res, column(column_name("worst", sm, suite.headline_eps)),
+                               ("worst", suite.headline_eps), sm))
+        row.append(_spread(res, robust_area(sm, eps, lower), ("robust_area", None), sm) if eps else "–")
+        rows.append(row)
+    return _table(head, rows)
+
+
+def verdict_summary(claims: list[dict[str, str]]) -> str:
+    """``Verdicts on intervals: 3 confirmed, 1 refuted, 4 inconclusive. Of the 7 rules the point
+    estimates alone decide (…), 3 are inconclusive on intervals; 1 point comparison (confirmed)``."""
+    from collections import Counter
+
+    on = Counter(c["verdict"] for c in claims if c.get("basis", "interval") == "interval")
+    point = [c["verdict"] for c in claims if c.get("basis") == "point"]
+    parts = [f"{on.get(v, 0)} {v}" for v in ("confirmed", "refuted", "inconclusive")]
+    parts += [f"{k}: {v}" for k, v in on.items() if k not in ("confirmed", "refuted", "inconclusive")]
+    text = "Verdicts on intervals: " + ", ".join(parts)
+    read = [c for c in claims if c.get("basis", "interval") == "interval"
+            and c.get("point_verdict") in ("confirmed", "refuted")]
+    if read:
+        became = sum(c["verdict"] == "inconclusive" for c in read)
+        flipped = sum(c["verdict"] in ("confirmed", "refuted") and c["verdict"] != c["point_verdict"] for c in read)
+        text += (f". Of the {len(read)} rule(s) that the point estimates alone decide "
+                 f"({sum(c['point_verdict'] == 'confirmed' for c in read)} confirmed, "
+                 f"{sum(c['point_verdict'] == 'refuted' for c in read)} refuted), {became} "
+                 f"{'is' if became == 1 else 'are'} inconclusive on intervals"
+                 + (f" and {flipped} reverse{'s' if flipped == 1 else ''}" if flipped else ""))
+    if point:
+        text += f"; {len(point)} point comparison(s) ({', '.join(point)})"
+    return text + "."
 
 
 def _margin_history(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,10 +290,11 @@ def plot_group(suite: Suite, group: Group, results: dict[str, Any], path: Path) 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
     for ax, attack in zip(axes[0], panels):
         for r in runs:
-            rec = record(results[r.key])
-            pts = [(e.eps, e.metrics.get(group.metric)) for e in rec.entries(attack)]
-            xs, ys = [p[0] for p in pts], [math.nan if p[1] is None else p[1] for p in pts]
-            clean = rec.clean.get(group.metric)
+            res = results[r.key]
+            xs = [e.eps for e in record(res).entries(attack)]
+            ys = [seed_mean(res, lambda rec, x=x, a=attack: rec.value(group.metric, a, x)) for x in xs]
+            ys = [math.nan if y is None else y for y in ys]
+            clean = seed_mean(res, lambda rec: rec.clean.get(group.metric))
             if suite.log_eps:  # log axis: the clean value is a dashed level of the same colour
                 line, = ax.plot(xs, ys, marker="o", ms=3, label=results[r.key]["label"])
                 ax.axhline(clean, color=line.get_color(), ls=":", lw=1)
@@ -222,7 +338,8 @@ def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], f
     parts = [f"{h} {suite.title}", "", f"Paper: {suite.paper}.", "",
              f"Command: `{meta['command']}`  ",
              f"Mode: **{meta['mode']}** · wall time **{meta['wall_s']:.0f} s** ({meta['wall_s'] / 60:.1f} min) · "
-             f"torch threads {meta['threads']} · seeds: `seed_everything` {meta['seeds']} (configs), "
+             f"torch threads {meta['threads']} · seeds: `seed_everything` {meta['seeds']} "
+             f"({meta.get('n_seeds', 1)} per run), "
              "evaluation seed 0 (subset and attack random starts)  ",
              f"Machine: {meta['machine']}  ",
              f"Load average (1 min) at start / end: {meta['load_start']} / {meta['load_end']}. {meta.get('note', '')}",
@@ -252,13 +369,28 @@ def suite_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any], f
         if margins:
             parts += ["AMAT's margins (L2) after the last training epoch, against the SAT ε of this "
                       "table (as trained), and their movement per epoch:", "", margins, ""]
+        spread = uncertainty_table(suite, group, results)
+        if spread:
+            n_seeds = max(len(run_records(results.get(r.key))) for r in suite.runs if r.key in results)
+            parts += [("Uncertainty: mean ± SD over seeds [95 % interval over seeds and test samples, two-level "
+                       "bootstrap]:" if n_seeds > 1 else
+                       "Uncertainty (one seed: the 95 % interval over test samples; it leaves out the "
+                       "seed-to-seed variation, see `--seeds`):"), "", spread, ""]
         parts += ["Runs:", "", cost_table(suite, group, results), ""]
     claims = suite.claims(results)
     parts += [f"{h}# What the paper claims / what we measured", "",
-              "Rules fixed before measuring (benchmarks/paper_suites.py); verdicts are computed from the "
-              "numbers above and reported either way.", "",
-              _table(["claim", "measured", "verdict"],
-                     [[c["claim"], c["measured"], f"**{c['verdict']}**"] for c in claims]) if claims
+              "Rules fixed before measuring (benchmarks/paper_suites.py), each restated as tests on 95 % "
+              "intervals: **confirmed** when the interval lies on the claim's side of its threshold, **refuted** "
+              "when it lies on the other side, **inconclusive** otherwise (the data cannot decide at this n). A "
+              "rule of several tests is confirmed only when every test is and refuted when any is. Comparisons of "
+              "two models are paired on the same test samples. n is the number of test samples; 'detects ≥ x' "
+              "is the smallest true effect n detects with 80 % power. Time ratios are point comparisons.", "",
+              verdict_summary(claims) if claims else "", "",
+              _table(["claim", "measured", "tests on intervals (n, smallest detectable effect)", "verdict"],
+                     [[c["claim"], c["measured"], c.get("tests", "–"),
+                       f"**{c['verdict']}**" + (" (point)" if c.get("basis") == "point" else "")
+                       + (f" (point estimates alone: {c['point_verdict']})" if c.get("point_verdict") else "")]
+                      for c in claims]) if claims
               else "_no complete comparison_", ""]
     return "\n".join(parts)
 
@@ -274,8 +406,12 @@ def settings_section(suite: Suite, results: dict[str, Any], meta: dict[str, Any]
             continue
         ov = res.get("overrides") or {}
         shown = "; ".join(f"`{k}` = `{v}`" for k, v in ov.items()) or "none"
+        seeds = res.get("seeds") or [res]
+        where = "; ".join(f"seed {e.get('seed')}: run folder `{e.get('log_dir')}`, checkpoint `{e.get('ckpt')}`"
+                          for e in seeds) if len(seeds) > 1 else \
+            f"Run folder `{res.get('log_dir')}`, checkpoint `{res.get('ckpt')}`"
         parts.append(f"- **{r.key}** (`configs/experiment/{r.config}.yaml`, seed {res.get('seed')}): "
-                     f"overrides {shown}. Run folder `{res.get('log_dir')}`, checkpoint `{res.get('ckpt')}`.")
+                     f"overrides {shown}. {where}.")
     parts += ["", "Test-time attacks:", "", *attack_settings(results, suite), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()), ""]
     return "\n".join(parts)

@@ -4,6 +4,7 @@
     python benchmarks/run.py --suite amat --quick --threads 1
     python benchmarks/run.py --suite joel2022                 # full settings (a GPU run)
     python benchmarks/run.py --suite all --quick --docs docs/benchmarks.md
+    python benchmarks/run.py --suite joel2022 --quick --seeds 3    # 3 trainings per run
 
 Suites (:mod:`benchmarks.paper_suites`): ``xue2019`` (clean vs SAT vs denoise, FGSM/BIM/PGD and
 general noises, PneumoniaMNIST and PH2), ``amat`` (clean vs SAT at several ε vs AMAT under L2
@@ -17,6 +18,13 @@ report is built from the ``robustness.json`` records those runs wrote. ``--quick
 only sizes (networks, epochs, images, training PGD steps; L2 budgets scaled with the image) —
 the overrides are listed in the report; the full settings are the configs as shipped.
 ``--smoke`` (tests) runs the same machinery for a couple of steps.
+
+``--seeds N`` trains and tests every run N times (``seed_everything`` = the config's + 0 … N−1),
+each seed in its own run root ``runs/seed<s>/`` with its own derived config; ``results.json``
+keeps every seed's entry under the run's ``seeds``. The tables show the mean over seeds, an
+uncertainty table per group gives mean ± SD over seeds and a two-level (seeds × samples)
+interval, and every paper claim is decided on intervals from the runs' per-sample files
+(:mod:`benchmarks.paper_evidence`): confirmed / refuted / inconclusive.
 
 Writes ``<out>/<suite>/report.md``, ``<group>_curves.png``, ``results.json``, the derived configs
 (``configs/``) and the runs' folders (``runs/``). Data: ``$MEDROBUST_DATA`` or ``../shared/data``.
@@ -299,6 +307,69 @@ def _append_failures(report: Path, results: dict[str, Any]) -> None:
                           + "\n".join(f"- `{k}`: {e}" for k, e in failed.items()) + "\n")
 
 
+def seed_list(base: int, n: int) -> list[int]:
+    """``--seeds n``: the config's ``seed_everything`` and the ``n − 1`` following it."""
+    if n < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {n}")
+    return [base + k for k in range(n)]
+
+
+def _run_one(run: Run, cfg: dict[str, Any], applied: Overrides, label: str, seed: int, out: Path, mode: str,
+             args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """Train and test one seed of ``run``: its derived config (``seed_everything`` = ``seed``)
+    and run folder. With one seed the layout is as before (``runs/``, ``configs/<key>.yaml``);
+    with several, each seed has its own root ``runs/seed<s>/`` (so a glob such as AMAT's
+    ``{default_root_dir}/<task>_clean/version_*`` finds that seed's clean model) and config
+    ``configs/<key>_seed<s>.yaml``."""
+    several = args.seeds > 1
+    cfg = copy.deepcopy(cfg)
+    if several or "seed_everything" in cfg:
+        cfg["seed_everything"] = seed
+    name = run.key.replace("/", "_") + (f"_seed{seed}" if several else "")
+    cfg_path = out / "configs" / f"{name}.yaml"
+    cfg_path.write_text(
+        f"# derived by benchmarks/run.py ({mode}) from configs/experiment/{run.config}.yaml\n"
+        f"# overrides: {json.dumps(applied)}" + (f"; seed_everything {seed}" if several else "") + "\n"
+        + yaml.safe_dump(cfg, sort_keys=False))
+    print(f"[run.py] {tag} ({label}) …", flush=True)
+    entry: dict[str, Any] = {"label": label, "config": run.config, "overrides": applied,
+                             "seed": seed, "derived_config": os.path.relpath(cfg_path, ROOT)}
+    root = out / "runs" / f"seed{seed}" if several else out / "runs"
+    try:
+        entry.update(execute(cfg_path, root, args.accelerator, tag))
+    except Exception as err:  # a failed run is reported, the suite goes on
+        if args.fail_fast:
+            raise
+        traceback.print_exc()
+        entry["error"] = f"{type(err).__name__}: {err}"
+    return entry
+
+
+def combine_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``results.json`` entry of one run: its single seed's entry as before, or (several
+    seeds) the first successful seed's fields plus ``seeds`` (every successful seed's entry, each
+    with its own run folder and records) and ``failed_seeds``; ``error`` names failed seeds."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    ok = [e for e in per_seed if "error" not in e]
+    failed = [e for e in per_seed if "error" in e]
+    entry = copy.deepcopy(ok[0] if ok else per_seed[0])
+    entry["seeds"] = ok
+    entry["seed"] = [e["seed"] for e in per_seed]
+    if failed:
+        entry["failed_seeds"] = failed
+        entry["error"] = "; ".join(f"seed {e['seed']}: {e['error']}" for e in failed)
+    return entry
+
+
+def _progress(key: str, entry: dict[str, Any], done: float, total: int, t_suite: float) -> None:
+    clean = _read_json(entry["test"]).clean if entry.get("test") else entry.get("error")
+    elapsed = time.perf_counter() - t_suite
+    eta = elapsed / done * (total - done)
+    print(f"[run.py] {key} seed {entry['seed']}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, "
+          f"clean {clean} · {done:g}/{total} runs done, {elapsed:.0f} s so far, about {eta:.0f} s left", flush=True)
+
+
 def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
     from benchmarks.paper_report import update_docs, write_report
 
@@ -318,28 +389,16 @@ def run_suite(suite: Suite, args: argparse.Namespace, command: str) -> Path:
     t_suite = time.perf_counter()
     for i, run in enumerate(runs, 1):
         cfg, applied = derive_config(run, suite.group(run.group), mode)
-        seeds.add(int(cfg.get("seed_everything", 0)))
+        base = int(cfg.get("seed_everything", 0))
         label = run_label(run, cfg)
-        cfg_path = out / "configs" / f"{run.key.replace('/', '_')}.yaml"
-        cfg_path.write_text(
-            f"# derived by benchmarks/run.py ({mode}) from configs/experiment/{run.config}.yaml\n"
-            f"# overrides: {json.dumps(applied)}\n" + yaml.safe_dump(cfg, sort_keys=False))
-        print(f"[run.py] {suite.name} {i}/{len(runs)} {run.key} ({label}) …", flush=True)
-        entry: dict[str, Any] = {"label": label, "config": run.config, "overrides": applied,
-                                 "seed": cfg.get("seed_everything", 0), "derived_config": os.path.relpath(cfg_path, ROOT)}
-        try:
-            entry.update(execute(cfg_path, out / "runs", args.accelerator, f"{i}/{len(runs)} {run.key}"))
-        except Exception as err:  # a failed run is reported, the suite goes on
-            if args.fail_fast:
-                raise
-            traceback.print_exc()
-            entry["error"] = f"{type(err).__name__}: {err}"
-        results[run.key] = entry
-        done = _read_json(entry["test"]).clean if entry.get("test") else entry.get("error")
-        elapsed = time.perf_counter() - t_suite
-        eta = elapsed / i * (len(runs) - i)
-        print(f"[run.py] {run.key}: fit {entry.get('fit_s')} s, test {entry.get('test_s')} s, clean {done} "
-              f"· {i}/{len(runs)} runs done, {elapsed:.0f} s so far, about {eta:.0f} s left", flush=True)
+        per_seed: list[dict[str, Any]] = []
+        for j, seed in enumerate(seed_list(base, args.seeds)):
+            seeds.add(seed)
+            tag = f"{i}/{len(runs)} {run.key}" + (f" seed {seed}" if args.seeds > 1 else "")
+            per_seed.append(_run_one(run, cfg, applied, label, seed, out, mode, args, tag))
+            _progress(run.key, per_seed[-1], i - 1 + (j + 1) / args.seeds, len(runs), t_suite)
+        results[run.key] = combine_seeds(per_seed)
+    meta["n_seeds"] = args.seeds
     meta.update(wall_s=time.perf_counter() - t_suite, load_end=_load(), seeds=sorted(seeds))
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "runs": results}, indent=1))
     report = write_report(suite, results, meta, out)
@@ -362,6 +421,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--docs", default=None, help="also update this suite's section of e.g. docs/benchmarks.md")
     p.add_argument("--note", default=None, help="a sentence for the report (e.g. about machine load)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train and test each run with N seeds (seed_everything of the config + 0 … N−1); the "
+                        "report gives mean, SD over seeds and an interval over seeds and samples")
     p.add_argument("--report-only", action="store_true",
                    help="no training: rebuild report.md, curves (and --docs) from <out>/<suite>/results.json")
     return p.parse_args(argv)

@@ -46,17 +46,16 @@ def _results(kept: list[float]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize(("kept", "verdict"), [
-    ([0.8, 0.6, 0.4], "confirmed"),        # falls at every step, by 0.4
-    ([0.8, 0.75, 0.7], "mixed"),           # falls, but by only 0.1
-    ([0.8, 0.5, 0.6], "mixed"),            # falls overall, not at every step
-    ([0.435, 0.520, 0.542], "not confirmed"),  # the 2026-12-02 quick measurement: rises
-])
-def test_size_claim_rule(kept: list[float], verdict: str) -> None:
+@pytest.mark.parametrize("kept", [[0.8, 0.6, 0.4], [0.435, 0.520, 0.542]])  # the 2026-12-02 quick measurement rises
+def test_size_claim_reads_records_and_needs_per_sample_files(kept: list[float]) -> None:
+    """The size claim shows each side's point values from the records; records without
+    per-sample files (results.json written before them) cannot be paired on samples, so every
+    part is inconclusive and says why. Its three outcomes on per-sample files:
+    tests/test_benchmarks_verdicts.py."""
     res = _results(kept)
     sides = {name: quick for name, _f, quick in JOEL_PH2_SIZES}
     (claim,) = joel_size_claim(res, sides)
-    assert claim["verdict"] == verdict
+    assert claim["verdict"] == "inconclusive" and claim["tests"].count("no interval (") == 3
     assert "32×32" in claim["measured"] and f"kept {kept[0]:.3f}" in claim["measured"]
     # joel_claims reads the sides from the runs' overrides (the quick ones here)
     assert [c for c in joel_claims(res) if c["claim"].startswith("[PH2, sides 32, 64, 128]")]

@@ -12,6 +12,7 @@ import pytest
 from benchmarks import run as runner
 from benchmarks.paper_report import fmt
 from benchmarks.paper_suites import AMAT, JOEL, SUITES, XUE
+from callbacks.uncertainty import Interval
 from medrobust.config_pieces import load_config
 from tests.conftest import PROJECT_ROOT
 
@@ -117,9 +118,57 @@ def test_smoke_run_writes_report_from_robustness_json(tmp_path: Path, shared_dat
                 if e["attack"] == "pgd" and e["eps"] == JOEL.headline_eps]
     assert f"PGD alone {fmt(headline[0]['metrics']['accuracy'])}" in text
 
+    # one seed: the record's own intervals in the uncertainty table, verdicts on intervals
+    assert "Uncertainty (one seed" in text and "Verdicts on intervals:" in text
+    naive = json.loads((PROJECT_ROOT / results["pneumoniamnist/naive"]["log_dir"] / "robustness.json").read_text())
+    assert str(Interval.from_dict(naive["intervals"]["clean"])) in text
+    assert (PROJECT_ROOT / results["pneumoniamnist/naive"]["log_dir"] / "robustness_samples.csv").is_file()
+
     # --report-only rebuilds the same report from results.json, without training
     before = report.read_text().split("\nGenerated ")[0]
     png.unlink()
     (again,) = runner.main(["--suite", "joel2022", "--report-only", "--out", str(tmp_path)])
     assert again == report and png.is_file()
     assert report.read_text().split("\nGenerated ")[0] == before
+
+
+def test_smoke_run_with_two_seeds(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--seeds 2``: each seed trains and tests in its own folder with its own
+    ``seed_everything``; results.json keeps both; the tables show the mean over seeds, the
+    uncertainty table mean ± SD with the two-level interval, and the verdicts use both seeds."""
+    import numpy as np
+
+    from callbacks.per_sample import SampleTable
+    from callbacks.uncertainty import seeds_interval
+
+    monkeypatch.setenv("MEDROBUST_DATA", str(shared_data))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (report,) = runner.main(["--suite", "joel2022", "--smoke", "--only", "pneumoniamnist/naive", "--seeds", "2",
+                             "--threads", "1", "--out", str(tmp_path), "--fail-fast"])
+    out = tmp_path / "joel2022"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["n_seeds"] == 2 and saved["meta"]["seeds"] == [0, 1]
+    entry = saved["runs"]["pneumoniamnist/naive"]
+    assert [e["seed"] for e in entry["seeds"]] == [0, 1] and entry["seed"] == [0, 1]
+    dirs = [(PROJECT_ROOT / e["log_dir"]).resolve() for e in entry["seeds"]]
+    assert dirs[0] != dirs[1] and [d.relative_to((out / "runs").resolve()).parts[0] for d in dirs] == ["seed0", "seed1"]
+    for s, e in enumerate(entry["seeds"]):
+        cfg = load_config(PROJECT_ROOT / e["derived_config"])
+        assert cfg["seed_everything"] == s
+    tables = [SampleTable.load(d / "robustness_samples.csv") for d in dirs]
+    assert np.array_equal(tables[0].sample_ids, tables[1].sample_ids)  # same test samples for both seeds
+    clean = np.stack([t.column("clean/accuracy") for t in tables])
+    means = clean.mean(axis=1)
+    assert means.tolist() == [e["test"]["clean"]["accuracy"] for e in entry["seeds"]]
+    text = report.read_text()
+    iv = seeds_interval(clean)
+    sd = float(np.std(means, ddof=1))
+    assert f"{iv.estimate:.3f} ± {sd:.3f} [{iv.low:.3f}, {iv.high:.3f}]" in text
+    assert "Uncertainty: mean ± SD over seeds" in text and "| naive (clean) | 0, 1 | 8 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| naive (clean) |"))
+    assert row.split(" | ")[1] == fmt(float(means.mean()))  # the worst-case table shows the mean over seeds
+    medmnist = next(line for line in text.splitlines() if line.startswith("| MedMNIST"))
+    assert "2 seeds" in medmnist and "mean of 2 seeds" in medmnist
+    before = text.split("\nGenerated ")[0]
+    (again,) = runner.main(["--suite", "joel2022", "--report-only", "--out", str(tmp_path)])
+    assert again.read_text().split("\nGenerated ")[0] == before
