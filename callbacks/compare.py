@@ -35,7 +35,14 @@ class ComparisonRow:
 
     @property
     def verdict(self) -> str:
-        """``A > B`` / ``A < B`` when the interval excludes 0, else ``no difference shown``."""
+        """``A > B`` / ``A < B`` when the interval excludes 0 — and, for 0/1 columns, McNemar's
+        exact test agrees at the same level — else ``inconclusive``.
+
+        Why the McNemar guard: with few discordant pairs all one way, the bootstrap of the mean
+        difference has almost no spread (3 of 200 pairs give ``[0.005, 0.040]``) while the exact
+        test says p = 0.25; the bootstrap is anti-conservative there, the exact test is not."""
+        if self.p_value is not None and not (self.p_value < 1 - self.difference.level):
+            return "inconclusive"
         if decide(self.difference, "greater") == "confirmed":
             return "A > B"
         if decide(self.difference, "less") == "confirmed":

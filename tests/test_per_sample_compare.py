@@ -109,3 +109,16 @@ def test_medrobust_compare_command(tmp_path, capsys) -> None:
         main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")])
     assert failed.value.code == 2
     assert "no per-sample results" in capsys.readouterr().err
+
+
+def test_sparse_discordant_pairs_stay_inconclusive_unless_mcnemar_agrees() -> None:
+    """3 of 200 pairs discordant, all one way: the bootstrap interval excludes 0 but McNemar's
+    exact p is 0.25, so the verdict is inconclusive; 12 of 200 all one way (p < 0.001): A > B."""
+    for k, verdict in ((3, "inconclusive"), (12, "A > B")):
+        a, b = np.ones(200), np.ones(200)
+        b[:k] = 0.0
+        row = compare_tables(SampleTable(np.arange(200), {"worst/0.01/accuracy": a}),
+                             SampleTable(np.arange(200), {"worst/0.01/accuracy": b}))[0]
+        assert row.verdict == verdict, (k, row.difference, row.p_value)
+        assert row.difference.low > 0  # the bootstrap alone would call both
+    assert row.p_value < 0.001
