@@ -31,6 +31,7 @@ from torch import nn
 
 # The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
 # here for compatibility.
+from attacks.base import StartGradient, start_gradient
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
 from attacks.tree import select_rows  # noqa: E402
 from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
@@ -100,11 +101,17 @@ class RobustnessEvaluator:
             evaluation of the same suite; built fresh when ``None``.
         stack_eps: attack every ε of a deterministic member in one call (see
             :meth:`_stack_members`); the same numbers with fewer, larger calls.
+        share_start: take the clean output and the input gradient at ``x`` from one forward
+            (with its backward) and hand that gradient to every member that starts at ``x``
+            (:data:`SHARES_START`, no random start, the task loss), at every ε, instead of each
+            call taking it again (see :meth:`_shared_start`); the same numbers, fewer passes.
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
     evaluator's own part that ran them; :meth:`compute` returns them in
-    :attr:`~callbacks.outcome.EvalOutcome.compute`.
+    :attr:`~callbacks.outcome.EvalOutcome.compute`. With ``share_start`` the one pass at ``x``
+    (the clean forward and the backward every ε's first step starts from) is charged to
+    ``clean``; the members are charged the steps after it.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class RobustnessEvaluator:
         check_randomness: bool = True,
         metrics: EvalMetrics | None = None,
         stack_eps: bool = False,
+        share_start: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -136,8 +144,10 @@ class RobustnessEvaluator:
         self.model: nn.Module = CountingModel(task.attack_model(), self.meter)
         self.check_randomness = bool(check_randomness)
         self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
+        self.share_start = bool(share_start)
         #: outputs computed already, by id of their input (see :meth:`_stack_members`)
         self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
+        self._starts_at_x: bool | None = None  # some member takes the gradient at x first
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
@@ -258,7 +268,7 @@ class RobustnessEvaluator:
             return self.model(x)
 
     def _stack_members(self, batch_no: int, batch: dict[str, Any], x: torch.Tensor, size: int,
-                       loss_fn: Any) -> dict[tuple[str, float], _Precomputed]:
+                       loss_fn: Any, start: StartGradient | None = None) -> dict[tuple[str, float], _Precomputed]:
         """ε-stacking: run each deterministic member once over the batch repeated for every ε
         (``[len(eps)·B, *]``, budget ``ε_i`` on the ``i``-th copy) and score the result with one
         forward; return stand-ins that hand each ε its rows.
@@ -271,7 +281,8 @@ class RobustnessEvaluator:
         On the CPU the results are bit-identical (``benchmarks/eval_cost.py --compare`` checks
         the metrics); a GPU may round batched kernels differently. Skipped when the stacked input
         would exceed :data:`MAX_STACK_BYTES` (its activations scale with it). Passes are charged
-        to each ε by its rows (equal: no early stop); seconds are shared equally.
+        to each ε by its rows (equal: no early stop); seconds are shared equally. ``start``: the
+        gradient at ``x`` (:meth:`_shared_start`), repeated for the stacked call.
         """
         k = len(self.eps)
         if not self.stack_eps or k < 2 or self.sequential or self.modes != ("eval", "eval") \
@@ -291,9 +302,16 @@ class RobustnessEvaluator:
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
             attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            # each row's step exactly as its own ε's attack rounds it (a float step is rounded
+            # to x's dtype once; rel·ε computed on the float32 ε tensor may differ by an ulp)
+            own = [self.attacks[key] for key in keys]
+            steps = [a.step_size if a.step_size is not None else a.default_step_size(a.eps) for a in own]
+            if all(isinstance(v, float) for v in steps):
+                attack.step_size = torch.tensor(steps, dtype=torch.float64, device=x.device).repeat_interleave(size)
             many = {key: torch.cat([v] * k) for key, v in batch.items()}
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
-            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen)
+            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen,
+                           start=None if start is None else start.repeat(k))
             with torch.no_grad():
                 scored = self.model(x_adv)
             self.meter.share(("stacked", spec.label), keys)
@@ -308,6 +326,24 @@ class RobustnessEvaluator:
                 out[key] = pre
         return out
 
+    def _shared_start(self, x: torch.Tensor) -> bool:
+        """Whether to take the clean output and the gradient at ``x`` from one pass
+        (``share_start``): some member starts at ``x`` with the task loss (so it would take that
+        very gradient first: :data:`SHARES_START`, no random start), every attack and metric
+        forward sees the whole model in eval mode (the attacks' modes and the model's own, so
+        the pass's output *is* the clean output), not sequential (members attack subsets),
+        and ``x`` is float32 / float64 (the attacks' work dtype: the same forward)."""
+        if not (self.share_start and not self.sequential and self.modes == ("eval", "eval")
+                and x.dtype in (torch.float32, torch.float64)):
+            return False
+        if self._starts_at_x is None:
+            self._starts_at_x = any(
+                spec.budgeted and spec.loss is None and desc.get("name") in SHARES_START
+                and not desc.get("random_start") and (desc.get("restarts") or 1) == 1
+                for spec in self.specs for desc in [self.attacks[(spec.label, self.eps[0])].describe()])
+        model = getattr(self.model, "model", self.model)  # inside the counting wrapper
+        return self._starts_at_x and not any(m.training for m in model.modules())
+
     # -- the loop -------------------------------------------------------------------------------
     def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True) -> None:
         """Clean + every attack × ε on one batch (already on the device, autograd-safe).
@@ -319,7 +355,16 @@ class RobustnessEvaluator:
         size = x.shape[0]
         self.meter.begin(counted, "clean")  # compute accounting; padding copies are not charged
         self._scored.clear()
-        out_clean = self.forward(x)
+
+        def task_loss(output: Any, target: Any) -> torch.Tensor:
+            return task.per_sample_loss(output, target)
+
+        start = None
+        if self._shared_start(x):  # the clean forward, with the backward the first steps start from
+            start, out_clean = start_gradient(self.model, x, batch, task_loss,
+                                              bounds=tuple(task.data_info.bounds))
+        else:
+            out_clean = self.forward(x)
         if counted:
             task.update_metrics(self.metrics.clean, out_clean, batch)
             self.num_samples += size
@@ -331,13 +376,10 @@ class RobustnessEvaluator:
             score_clean = self._score(out_clean, batch, size)
             viol_clean = self._violated(out_clean, batch, size)
 
-        def task_loss(output: Any, target: Any) -> torch.Tensor:
-            return task.per_sample_loss(output, target)
-
         def success_fn(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
-        stacked = self._stack_members(batch_no, batch, x, size, task_loss)  # {} unless stack_eps
+        stacked = self._stack_members(batch_no, batch, x, size, task_loss, start)  # {} unless stack_eps
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
@@ -364,7 +406,7 @@ class RobustnessEvaluator:
                     todo = None
                     x_adv = attack(self.model, x, batch,
                                    loss_fn=self._loss_fn(spec, out_clean, None, size, task_loss),
-                                   generator=gen)
+                                   generator=gen, start=start)  # used where it applies
                 if counted:
                     self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
                 out = self.forward(x_adv)
@@ -459,6 +501,9 @@ class RobustnessEvaluator:
 
 #: attacks whose result depends only on each sample and its ε when they have no random start
 STACKABLE = ("pgd", "bim", "fgsm")
+#: attacks whose first step, without a random start, takes the gradient at ``x`` (what
+#: :meth:`RobustnessEvaluator._shared_start` computes once for all of them)
+SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
 #: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
 MAX_STACK_BYTES = 16 * 2**20
 
