@@ -33,7 +33,7 @@ from torch import nn
 # here for compatibility.
 from attacks.base import StartGradient, start_gradient
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
-from attacks.tree import select_rows  # noqa: E402
+from attacks.tree import select_rows, tree_leaves  # noqa: E402
 from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
@@ -105,6 +105,8 @@ class RobustnessEvaluator:
             (with its backward) and hand that gradient to every member that starts at ``x``
             (:data:`SHARES_START`, no random start, the task loss), at every ε, instead of each
             call taking it again (see :meth:`_shared_start`); the same numbers, fewer passes.
+        alias_ensemble: while one member wins every sample at an ε, the ensemble's metrics are
+            that member's (its updates are deferred, not repeated; :meth:`_defer_ensemble`).
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
@@ -130,6 +132,7 @@ class RobustnessEvaluator:
         metrics: EvalMetrics | None = None,
         stack_eps: bool = False,
         share_start: bool = False,
+        alias_ensemble: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -145,6 +148,10 @@ class RobustnessEvaluator:
         self.check_randomness = bool(check_randomness)
         self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
         self.share_start = bool(share_start)
+        # (the ranks of a DDP run must compute the same collections: no aliasing there)
+        self.alias_ensemble = bool(alias_ensemble) and not _distributed()
+        #: per ε: (member, deferred (output, batch) pairs) while aliased, False once not
+        self._ens_alias: dict[float, Any] = {}
         #: outputs computed already, by id of their input (see :meth:`_stack_members`)
         self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
@@ -437,10 +444,11 @@ class RobustnessEvaluator:
                 self.blackbox_wins[eps] += int(gf.sum())
             # One candidate won every sample: reuse its output; otherwise forward the mix once.
             first = int(winner[0])
-            if bool((winner == first).all()) and first in outputs:
-                ens_out = outputs[first]
-            else:
-                ens_out = self.forward(worst.x)
+            uniform = bool((winner == first).all()) and first in outputs
+            if uniform and first >= 0 and self._defer_ensemble(eps, first, outputs[first], batch):
+                continue  # the member's own update, deferred (see _defer_ensemble)
+            self._replay_ensemble(eps)
+            ens_out = outputs[first] if uniform else self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
         if self.large_eps is not None:
@@ -452,6 +460,33 @@ class RobustnessEvaluator:
             self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
         self.meter.end()
 
+    def _defer_ensemble(self, eps: float, member: int, out: Any, batch: dict[str, Any]) -> bool:
+        """``alias_ensemble``: while every counted batch's ensemble update at ``eps`` is exactly
+        one member's own update (the member won every sample, so the ensemble gets the very
+        ``(output, batch)`` its collection got), skip it: the two collections would hold equal
+        states, and :meth:`compute` reports that member's metrics for the ensemble. The pairs
+        are kept (up to :data:`MAX_STACK_BYTES` of outputs) and replayed into the ensemble's
+        collection, in order, at the first batch where that stops being true. Off under DDP
+        (the ranks must compute the same collections: a collective)."""
+        state = self._ens_alias.get(eps)
+        if not self.alias_ensemble or state is False or (state is not None and state[0] != member):
+            return False
+        pending = [] if state is None else state[1]
+        size = sum(t.element_size() * t.nelement() for o, _ in pending for t in tree_leaves(o))
+        if size + sum(t.element_size() * t.nelement() for t in tree_leaves(out)) > MAX_STACK_BYTES:
+            return False
+        self._ens_alias[eps] = (member, [*pending, (out, batch)])
+        return True
+
+    def _replay_ensemble(self, eps: float) -> None:
+        """Give the ensemble's collection the updates :meth:`_defer_ensemble` skipped, in
+        order; from now on it is updated batch by batch."""
+        state = self._ens_alias.get(eps)
+        if state:
+            for out, batch in state[1]:
+                self.task.update_metrics(self.metrics.ensemble[eps], out, batch)
+        self._ens_alias[eps] = False
+
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
             self.run_batch(batch_no, batch, counted)
@@ -460,7 +495,11 @@ class RobustnessEvaluator:
         """Compute every collection; a collective under DDP (call on every rank, same order)."""
         clean = compute_metrics(self.metrics.clean)
         attacks = {k: compute_metrics(m) for k, m in self.metrics.attacks.items()}
-        ensemble = {e: compute_metrics(m) for e, m in self.metrics.ensemble.items()}
+        ensemble = {}
+        for e, m in self.metrics.ensemble.items():
+            alias = self._ens_alias.get(e)  # every update was member alias[0]'s (_defer_ensemble)
+            ensemble[e] = (dict(attacks[(self.specs[alias[0]].label, e)]) if alias
+                           else compute_metrics(m))
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
         rule = ("task_metric_then_loss" if self._metric_ok
                 else "violation_then_loss" if self._violation_ok else "loss")
@@ -517,6 +556,13 @@ class _Precomputed:
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.x_adv
+
+
+def _distributed() -> bool:
+    """More than one process in an initialised default group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],

@@ -282,3 +282,35 @@ def test_shared_start_gives_the_same_numbers_with_one_pass_less() -> None:
         for (label, e), (f, b) in members.items():
             cut = n if share and label != "pgd_rs" else 0
             assert (f, b) == (before[label, e][0] - cut, before[label, e][1] - cut)
+
+
+def test_aliased_ensemble_reports_the_same_numbers_also_when_a_later_batch_differs() -> None:
+    """alias_ensemble: while one member wins every sample, the ensemble's updates are that
+    member's (deferred); at the first batch where the clean input wins a sample they are
+    replayed. The outcome equals the one with every update made."""
+    from attacks import FGSM
+
+    module, batch = trained("classification")
+    eps = 0.3  # large: FGSM overshoots, and on some samples the clean input stays the worst
+    x, y = batch["image"], batch["label"]
+    x_adv = FGSM(eps=eps, bounds=tuple(module.data_info.bounds))(module.attack_model(), x, batch,
+                                                                 loss_fn=module.per_sample_loss)
+    with torch.no_grad():
+        worse = module.per_sample_loss(module.attack_model()(x_adv), batch) > module.per_sample_loss(
+            module.attack_model()(x), batch)
+    assert 0 < int(worse.sum()) < len(y)  # both kinds of sample exist
+    first = {k: v[worse] for k, v in batch.items()}  # FGSM wins every sample here
+    mixed = {k: v[~worse] for k, v in batch.items()}
+    specs = parse_attack_specs([{"name": "fgsm"}], "t")
+    for order in ([first, first, mixed], [mixed, first], [first]):
+        outs = []
+        for alias in (False, True):
+            ev = RobustnessEvaluator(Task(module), specs, [eps], alias_ensemble=alias)
+            for i, b in enumerate(order):
+                ev.run_batch(i, b)
+                if alias and i == 0:  # deferred exactly when FGSM won every sample of the batch
+                    assert bool(ev._ens_alias[eps]) == (b is first)
+            outs.append(ev.compute())
+        plain, aliased = outs
+        assert aliased.ensemble == plain.ensemble and aliased.attacks == plain.attacks
+        assert aliased.clean == plain.clean
