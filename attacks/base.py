@@ -139,9 +139,9 @@ class StartGradient:
     """The input gradient at a clean batch ``x``, computed once (:func:`start_gradient`) and
     handed to attack calls on the same ``x`` (``atk(..., start=...)``), which then skip that
     forward + backward: the first step of every attack that starts at ``x`` itself (PGD / BIM /
-    FGSM without random start) takes the gradient at ``x``, and for a fixed model, loss and
-    input it is the same whatever the budget. An evaluation at several ε computes it once, from
-    the same forward that gives the clean output.
+    FGSM / MI-FGSM / APGD without random start) takes the gradient at ``x``, and for a fixed
+    model, loss and input it is the same whatever the budget. An evaluation at several ε
+    computes it once, from the same forward that gives the clean output.
 
     A call uses it only where it computes exactly the same thing: the same ``model`` object and
     ``loss_fn`` object (and ``success_fn``, when the call has one), eval-mode BatchNorm and
@@ -666,7 +666,9 @@ def start_gradient(
     takes it at ``x`` (eval-mode BatchNorm / Dropout, :func:`attack_mode`): the
     :class:`StartGradient` to hand to attack calls on the same ``x`` (``atk(model, x, target,
     loss_fn, start=...)``), and the model's output at ``x``, detached (the clean output: a
-    caller that needs it anyway gets it from the same forward).
+    caller that needs it anyway gets it from the same forward; containers come back as
+    :func:`attacks.tree.tree_map` rebuilds them — plain dict / list / tuple — as a
+    ``success_fn`` sees them during an attack).
 
     ``loss_fn`` default: per-sample cross-entropy, as the attacks'; give the very object the
     attack calls will get (the calls compare it by identity). ``bounds`` only range-checks
