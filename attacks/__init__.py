@@ -20,10 +20,12 @@ from .base import (
     AttackCall,
     AttackResult,
     GradientStats,
+    StartGradient,
     check_count,
     check_scalar,
     input_gradient,
     per_sample_norm,
+    start_gradient,
 )
 from .cw import CW
 from .fmn import FMN
@@ -42,6 +44,7 @@ __all__ = [
     "SUITES",
     "AttackSpec",
     "GradientStats",
+    "StartGradient",
     "Square",
     "parse_attack_specs",
     "register_attack",
@@ -70,4 +73,5 @@ __all__ = [
     "losses",
     "misclassified",
     "per_sample_norm",
+    "start_gradient",
 ]

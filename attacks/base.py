@@ -117,6 +117,8 @@ class AttackCall:
     lo: float
     hi: float
     gradients: GradientStats | None = None
+    #: the input gradient at ``x`` computed already (:class:`StartGradient`), when it applies
+    start: StartGradient | None = None
 
     @property
     def batch(self) -> int:
@@ -130,6 +132,59 @@ class AttackCall:
 
 
 _Call = AttackCall  # the name the attacks used before it was public
+
+
+@dataclass
+class StartGradient:
+    """The input gradient at a clean batch ``x``, computed once (:func:`start_gradient`) and
+    handed to attack calls on the same ``x`` (``atk(..., start=...)``), which then skip that
+    forward + backward: the first step of every attack that starts at ``x`` itself (PGD / BIM /
+    FGSM / MI-FGSM / APGD without random start) takes the gradient at ``x``, and for a fixed
+    model, loss and input it is the same whatever the budget. An evaluation at several ε
+    computes it once, from the same forward that gives the clean output.
+
+    A call uses it only where it computes exactly the same thing: the same ``model`` object and
+    ``loss_fn`` object (and ``success_fn``, when the call has one), eval-mode BatchNorm and
+    Dropout for both (deterministic, per-sample forwards), an iterate equal to ``x`` element by
+    element, and the same shape and dtype. Otherwise the attack ignores it and computes the
+    gradient itself, so the result never depends on it — only the cost does.
+
+    Attributes (``B`` the batch): ``x`` ``[B, *]`` the point (work dtype, as the attacks see
+    it); ``grad`` ``[B, *]`` the gradient of ``sum_i loss_i`` wrt ``x`` (non-finite entries
+    already replaced by 0, as :meth:`Attack.input_gradient` does); ``loss`` ``[B]``;
+    ``nonfinite`` / ``zero`` ``Bool[B]`` its gradient health; ``success`` ``Bool[B]`` (only when
+    computed with a ``success_fn``); ``model``, ``loss_fn``, ``success_fn`` what it was computed
+    with.
+    """
+
+    x: Tensor
+    grad: Tensor
+    loss: Tensor
+    nonfinite: Tensor
+    zero: Tensor
+    model: Any
+    loss_fn: LossFn
+    success_fn: SuccessFn | None = None
+    success: Tensor | None = None
+
+    def repeat(self, k: int) -> StartGradient:
+        """The start of ``x`` repeated ``k`` times along the batch (``[k·B, *]``): for one call
+        over ``torch.cat([x] * k)``."""
+        def cat(t: Tensor | None) -> Tensor | None:
+            return None if t is None else torch.cat([t] * k)
+
+        return StartGradient(cat(self.x), cat(self.grad), cat(self.loss), cat(self.nonfinite),  # type: ignore[arg-type]
+                             cat(self.zero), self.model, self.loss_fn, self.success_fn,  # type: ignore[arg-type]
+                             cat(self.success))
+
+    def applies_to(self, call: AttackCall, bn_mode: str, dropout_mode: str) -> bool:
+        """Whether a call (of an attack with these modes) computes exactly this gradient at
+        ``x`` (the values of its iterate are compared when it takes the gradient)."""
+        return (self.model is call.model and self.loss_fn is call.loss_fn
+                and (call.success_fn is None or (self.success is not None and self.success_fn is call.success_fn))
+                and (bn_mode, dropout_mode) == ("eval", "eval")
+                and self.x.shape == call.x.shape and self.x.dtype == call.x.dtype
+                and self.x.device == call.x.device)
 
 
 def per_sample_norm(delta: Tensor, norm: str) -> Tensor:
@@ -208,9 +263,12 @@ class Attack(ABC):
         loss_fn: LossFn | None = None,
         success_fn: SuccessFn | None = None,
         generator: torch.Generator | None = None,
+        *,
+        start: StartGradient | None = None,
     ) -> Tensor:
         """Return ``x_adv`` (``[B, *]``, detached, like ``x``). See :meth:`perturb`."""
-        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=False).x_adv
+        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=False,
+                             start=start).x_adv
 
     def perturb(
         self,
@@ -220,6 +278,8 @@ class Attack(ABC):
         loss_fn: LossFn | None = None,
         success_fn: SuccessFn | None = None,
         generator: torch.Generator | None = None,
+        *,
+        start: StartGradient | None = None,
     ) -> AttackResult:
         """Attack a batch and report per-sample loss and success at the result.
 
@@ -235,8 +295,11 @@ class Attack(ABC):
             generator: ``torch.Generator`` for all randomness (random start, noise, and — when
                 ``dropout_mode`` is not ``"eval"`` — the model's own dropout, through a forked
                 and seeded global RNG); ``None`` uses the global RNG.
+            start: the input gradient at ``x`` computed already (:class:`StartGradient`,
+                from :func:`start_gradient`); used where it is exactly what the attack would
+                compute (see there), ignored otherwise. Changes the cost, never the result.
         """
-        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=True)
+        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=True, start=start)
 
     def describe(self) -> dict[str, Any]:
         """Settings for reports (every result should say its steps)."""
@@ -280,15 +343,33 @@ class Attack(ABC):
         at least, also under autocast) of ``sum_i loss_i`` wrt ``x_adv``; ``loss`` ``[B]``
         detached; ``success`` ``Bool[B]`` from the *same* forward (no extra pass), or ``None``.
         Parameter gradients are never computed: ``torch.autograd.grad`` wrt the input only.
+        With the call's :class:`StartGradient` and ``x_adv`` equal to its point, that gradient
+        is returned (a copy) instead of a new pass — the same values.
         """
+        start = call.start
+        if start is not None and torch.equal(x_adv, start.x):
+            grad, loss, nonfinite, zero = start.grad.clone(), start.loss.clone(), start.nonfinite, start.zero
+            success = None if call.success_fn is None else start.success.clone()  # type: ignore[union-attr]
+        else:
+            grad, loss, success, nonfinite, zero, _ = self._gradient_pass(call, x_adv)
+        if call.gradients is None:
+            call.gradients = GradientStats(nonfinite.clone(), zero.clone(), 0)
+        call.gradients.merge(nonfinite, zero)
+        return grad, loss, success
+
+    def _gradient_pass(self, call: _Call, x_adv: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Any]:
+        """The forward + input-gradient backward of :meth:`input_gradient`: ``(grad, loss,
+        success, nonfinite, zero, output)`` with ``nonfinite`` / ``zero`` ``Bool[B]`` the
+        gradient health and ``output`` the model's output, detached."""
         xv = x_adv.detach().requires_grad_(True)
         output = call.model(xv)  # type: ignore[misc]
         loss = self._check_loss(call.loss_fn(output, call.target), call.batch)
         (grad,) = torch.autograd.grad(loss.float().sum(), xv)
+        output = tree_map(Tensor.detach, output)
         success = None
         if call.success_fn is not None:
             with torch.no_grad():
-                success = self._check_success(call.success_fn(tree_map(Tensor.detach, output), call.target), call)
+                success = self._check_success(call.success_fn(output, call.target), call)
         if grad.dtype != xv.dtype:  # autograd already matches x's dtype; guard, never bf16
             grad = grad.to(xv.dtype)
         # A NaN/inf gradient would poison x_adv; treat it as "no information" instead — but
@@ -299,10 +380,7 @@ class Attack(ABC):
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             flat = grad.reshape(grad.shape[0], -1)
         zero = ~(flat != 0).any(dim=1) if flat.shape[1] else torch.ones_like(nonfinite)
-        if call.gradients is None:
-            call.gradients = GradientStats(nonfinite.clone(), zero.clone(), 0)
-        call.gradients.merge(nonfinite, zero)
-        return grad, loss.detach().float(), success
+        return grad, loss.detach().float(), success, nonfinite, zero, output
 
     def _evaluate(self, call: _Call, x_adv: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Loss ``[B]`` and success ``Bool[B]`` at ``x_adv`` from one no-grad forward."""
@@ -494,9 +572,15 @@ class Attack(ABC):
         success_fn: SuccessFn | None,
         generator: torch.Generator | None,
         evaluate: bool,
+        start: StartGradient | None = None,
     ) -> AttackResult:
         call = self._prepare(model, x, target, loss_fn, success_fn, generator)
         self._validate_call(call)
+        if start is not None:
+            if not isinstance(start, StartGradient):
+                raise TypeError(f"start must be a StartGradient (attacks.start_gradient) or None, got {type(start)}")
+            if start.applies_to(call, self.bn_mode, self.dropout_mode):
+                call.start = start
         restarts = self._n_restarts()
         # The final forward is only needed to rank restarts or to report loss/success.
         evaluate = evaluate or restarts > 1
@@ -568,6 +652,34 @@ def input_gradient(
     with torch.enable_grad():
         grad, loss, _ = atk.input_gradient(call, call.x)
     return grad, loss
+
+
+def start_gradient(
+    model: Model,
+    x: Tensor,
+    target: Any = None,
+    loss_fn: LossFn | None = None,
+    success_fn: SuccessFn | None = None,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> tuple[StartGradient, Any]:
+    """One forward of ``x`` (``[B, *]``) with its input-gradient backward, exactly as an attack
+    takes it at ``x`` (eval-mode BatchNorm / Dropout, :func:`attack_mode`): the
+    :class:`StartGradient` to hand to attack calls on the same ``x`` (``atk(model, x, target,
+    loss_fn, start=...)``), and the model's output at ``x``, detached (the clean output: a
+    caller that needs it anyway gets it from the same forward; containers come back as
+    :func:`attacks.tree.tree_map` rebuilds them — plain dict / list / tuple — as a
+    ``success_fn`` sees them during an attack).
+
+    ``loss_fn`` default: per-sample cross-entropy, as the attacks'; give the very object the
+    attack calls will get (the calls compare it by identity). ``bounds`` only range-checks
+    ``x``. Parameter ``.grad`` stays untouched.
+    """
+    atk = _GradientProbe(eps=None, norm=None, bounds=bounds)
+    call = atk._prepare(model, x, target, loss_fn, success_fn, None)
+    with attack_mode(model, bn="eval", dropout="eval"), torch.enable_grad():  # type: ignore[arg-type]
+        grad, loss, success, nonfinite, zero, output = atk._gradient_pass(call, call.x)
+    start = StartGradient(call.x, grad, loss, nonfinite, zero, model, call.loss_fn, success_fn, success)
+    return start, output
 
 
 @contextmanager

@@ -114,7 +114,8 @@ def attack_mode(
             wanted = _resolve(m.training, dropout)
         else:
             wanted = _resolve(m.training, other)
-        m.training = wanted
+        if m.training != wanted:  # (Module.__setattr__ is slow; most flags are already right)
+            m.training = wanted
     try:
         yield module
     finally:
@@ -122,7 +123,8 @@ def attack_mode(
             for buf, copy in saved_buffers:
                 buf.copy_(copy)
         for m, flag in saved_flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 def snapshot_modes(model: nn.Module) -> dict[str, bool]:

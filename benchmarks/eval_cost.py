@@ -16,12 +16,15 @@ alike.
 ``--compare`` runs, after every training epoch, the same evaluation several times side by side
 (each its own callback, same settings, same model): ``before`` with every reuse of
 :class:`callbacks.evaluation_runner.Speedups` off (the evaluation as it ran before them),
-``+<name>`` with one of them on, and ``after`` with all on (the default). It checks that every
-variant's record has the same metrics as ``before`` (they change no number) and prints each
-one's cost as a fraction of the same training epoch — which change bought what.
+``+<name>`` with one of them on, ``-<name>`` (with ``--ablate``) with all but that one on, and
+``after`` with all on (the default). It checks that, after every epoch, every variant's record
+has the same clean, per-attack (metrics and gradient health) and ensemble entries as
+``before`` (they change no number), and prints each one's cost as a fraction of the same
+training epoch and its passes per sample — which change bought what.
 
     python benchmarks/eval_cost.py                      # default callback settings
     python benchmarks/eval_cost.py --compare --threads 1 --epochs 6
+    python benchmarks/eval_cost.py --compare --ablate --threads 1 --epochs 8 --repeats 15
     python benchmarks/eval_cost.py --suite config       # the experiment's own callback settings
     python benchmarks/eval_cost.py --set '{"subset": 128}' --json results/eval_cost.json
 """
@@ -33,6 +36,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +102,38 @@ class EpochTimer(Callback):
         return _After()
 
 
-def variants() -> dict[str, Speedups]:
-    """``before`` (no reuse), ``+<one>`` for each reuse alone, ``after`` (all: the default)."""
+class SameRecords(Callback):
+    """After every evaluation epoch: does each variant's record have the first variant's clean,
+    per-attack (metrics and gradient health) and ensemble entries? (Put it last.)"""
+
+    def __init__(self, evaluations: dict[str, AdversarialEvaluation]) -> None:
+        self.evaluations = evaluations
+        self.same: dict[str, list[bool]] = {name: [] for name in evaluations}
+
+    @staticmethod
+    def _key(record: Any) -> Any:
+        d = record.to_dict()
+        return d["clean"], d["attacks"], d["ensemble"]
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        keys = {name: self._key(ev.last_record["val"]) for name, ev in self.evaluations.items()}
+        first = next(iter(keys.values()))
+        for name, key in keys.items():
+            self.same[name].append(key == first)
+
+
+def variants(ablate: bool = False) -> dict[str, Speedups]:
+    """``before`` (no reuse), ``+<one>`` for each reuse alone, (with ``ablate``) ``-<one>``: all
+    but that one — what it adds on top of the others —, and ``after`` (all: the default)."""
+    names = list(Speedups.__dataclass_fields__)
     out = {"before": Speedups.none()}
-    for name in Speedups.__dataclass_fields__:
-        out[f"+{name}"] = Speedups(**{k: k == name for k in Speedups.__dataclass_fields__})
+    for name in names:
+        out[f"+{name}"] = Speedups(**{k: k == name for k in names})
+    if ablate:
+        for name in names:
+            out[f"-{name}"] = Speedups(**{k: k != name for k in names})
     out["after"] = Speedups()
     return out
 
@@ -137,6 +169,63 @@ def _repeat_runs(trainer: L.Trainer, model: Any, evaluations: dict[str, Adversar
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+@contextmanager
+def _timed_logging(prefix: str) -> Iterator[list[tuple[int, float]]]:
+    """``[(scalars, CPU seconds)]`` of each Lightning logging call of the evaluation with
+    ``prefix`` (:func:`callbacks.evaluation_writers.log_scalars`, as the callback calls it)."""
+    import callbacks.adversarial_evaluation as ae
+    from callbacks.evaluation_writers import scalar_values
+
+    original, times = ae.log_scalars, []
+
+    def timed(pl_module: Any, record: Any, log_prefix: str, *args: Any) -> None:
+        t0 = time.process_time()
+        original(pl_module, record, log_prefix, *args)
+        if log_prefix == prefix:
+            times.append((len(scalar_values(record, log_prefix, *args)), time.process_time() - t0))
+
+    ae.log_scalars = timed
+    try:
+        yield times
+    finally:
+        ae.log_scalars = original
+
+
+def _passes_alone(trainer: L.Trainer, model: Any, ev: AdversarialEvaluation, repeats: int) -> float | None:
+    """Median CPU seconds of the model's passes alone: per subset batch (as the evaluation cut
+    it), as many forward + input-gradient backward passes of the task loss as the evaluation
+    spent backward passes per sample, and the remaining forwards without gradients — the
+    floor of an evaluation with those passes at that batch size (nothing but the model)."""
+    import torch
+
+    from callbacks.common import check_robust_task, guarded_model, set_eval_mode
+
+    record = ev.last_record.get("val")
+    batches = next(iter(ev.runner._device_cache.values()), None)
+    if repeats <= 0 or record is None or record.compute is None or not batches:
+        return None
+    total = record.compute.to_dict()["total"]
+    bwd = round(total["backward_per_sample"])
+    fwd = round(total["forward_per_sample"]) - bwd
+    task = check_robust_task(model, "eval_cost")
+    net = task.attack_model()
+    times = []
+    with guarded_model(model, net), torch.inference_mode(False), torch.enable_grad():
+        set_eval_mode(model, net)
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for batch in batches:
+                x = batch["image"]
+                for _ in range(bwd):
+                    xv = x.detach().clone().requires_grad_(True)
+                    torch.autograd.grad(task.per_sample_loss(net(xv), batch).sum(), xv)
+                with torch.no_grad():
+                    for _ in range(fwd):
+                        net(x)
+            times.append(time.process_time() - t0)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "experiment" / "quickstart.yaml"))
@@ -151,10 +240,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", default=None, help="also write the summary here")
     p.add_argument("--compare", action="store_true",
                    help="time the evaluation before / with each reuse / after, side by side each epoch")
+    p.add_argument("--ablate", action="store_true",
+                   help="with --compare: also every reuse but one (-<name>), to show what each adds to the others")
     p.add_argument("--repeats", type=int, default=0,
                    help="with --compare: after training, also run each variant's runner (the evaluation "
                         "without logging) this many times, interleaved, on the final model, and report "
-                        "the median CPU seconds of each (steadier than per-epoch ratios on a loaded machine)")
+                        "the median CPU seconds of each (steadier than per-epoch ratios on a loaded machine), "
+                        "and the model's passes alone (the evaluation's forward / backward passes per sample "
+                        "on its batches, nothing else: its floor)")
     args = p.parse_args(argv)
 
     from medrobust.cli import load_train_module  # train.py is not an installed module
@@ -179,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kwargs.update(json.loads(args.set))
         kwargs.update(write_json=False, plot=False, report=False)
         timer = EpochTimer()
-        runs = variants() if args.compare else {"eval": Speedups()}
+        runs = variants(args.ablate) if args.compare else {"eval": Speedups()}
         evaluations: dict[str, AdversarialEvaluation] = {}
         callbacks: list[Callback] = [timer]
         for i, (name, speedups) in enumerate(runs.items()):
@@ -188,25 +281,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ev.runner.speedups = speedups
             evaluations[name] = ev
             callbacks += [ev, timer.after_evaluation(name, last=i == len(runs) - 1)]
+        checker = SameRecords(evaluations)
+        callbacks.append(checker)
         trainer = L.Trainer(
             accelerator=args.accelerator, devices=1, max_epochs=args.epochs, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp,
         )
-        trainer.fit(cli.model, cli.datamodule)
+        with _timed_logging(evaluations[list(evaluations)[-1]].prefix) as log_times:
+            trainer.fit(cli.model, cli.datamodule)
         records = {name: ev.last_record["val"] for name, ev in evaluations.items()}
         repeated = _repeat_runs(trainer, cli.model, evaluations, args.repeats) if args.compare else {}
+        floor = _passes_alone(trainer, cli.model, evaluations[list(evaluations)[-1]], args.repeats)
         rec = next(iter(records.values()))
 
     rows = timer.rows
     steady = rows[1:] or rows
     n_every = rec.settings["every_n_epochs"]
     first_eps = rec.attacks[0].eps
-    # same numbers from every variant (the reuses change no metric)
-    reference = {(e.attack, e.eps): e.metrics for e in rec.attacks}
-    same = {name: {(e.attack, e.eps): e.metrics for e in r.attacks} == reference and r.clean == rec.clean
-            and [e.metrics for e in r.ensemble] == [e.metrics for e in rec.ensemble]
-            for name, r in records.items()}
+    # the same records from every variant at every epoch (the reuses change no number)
+    same = {name: bool(v) and all(v) for name, v in checker.same.items()}
     names = list(records)
 
     summary = {
@@ -236,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "runner_cpu_s_median": repeated.get(name),
         } for name in names},
         "repeats": args.repeats,
+        "passes_alone_cpu_s_median": floor,
+        "logging_cpu_s_median": statistics.median(t for _, t in log_times[1:] or log_times) if log_times else None,
         "threads": args.threads,
         "loadavg": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
     }
@@ -245,18 +341,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         evals = " · ".join(f"{n} {r[f'{n}_wall_s']:5.3f} s wall / {r[f'{n}_cpu_s']:5.3f} s CPU" for n in names)
         print(f"  epoch {i}: training {r['train_wall_s']:6.2f} s wall / {r['train_cpu_s']:6.2f} s CPU"
               f" · val loop {r['val_loop_wall_s']:5.2f} s · robustness eval: {evals}")
-    total = (rec.compute.to_dict()["total"] if rec.compute is not None else {})
-    if total:
-        print(f"passes per sample: {total['forward_per_sample']:.2f} forward, "
-              f"{total['backward_per_sample']:.2f} backward")
+    def passes(name: str) -> str:
+        c = summary["variants"][name]["compute"]
+        return f"{c['total']['forward_per_sample']:.2f} + {c['total']['backward_per_sample']:.2f}" if c else "?"
+
+    print(f"passes per sample (forward + backward): {passes(names[-1])}")
     if args.compare:
         print("| evaluation | CPU s (median) | / training epoch (CPU) | / training epoch (wall) | same metrics |"
-              + (f" runner CPU ms, median of {args.repeats} |" if repeated else ""))
-        print("|---|---|---|---|---|" + ("---|" if repeated else ""))
+              " passes / sample (fwd + bwd) |" + (f" runner CPU ms, median of {args.repeats} |" if repeated else ""))
+        print("|---|---|---|---|---|---|" + ("---|" if repeated else ""))
         for n, v in summary["variants"].items():
             print(f"| {n} | {v['eval_cpu_s']:.3f} | {v['fraction_cpu']:.1%} | {v['fraction_wall']:.1%} | "
-                  f"{'yes' if v['same_metrics_as_first'] else 'NO'} |"
+                  f"{'yes' if v['same_metrics_as_first'] else 'NO'} | {passes(n)} |"
                   + (f" {1000 * repeated[n]:.1f} |" if repeated else ""))
+    if log_times:
+        print(f"Lightning logging of the {log_times[-1][0]} scalars ({names[-1]}): "
+              f"{1000 * summary['logging_cpu_s_median']:.1f} ms CPU per evaluation (median of epochs 1..)")
+    if floor is not None:
+        train = statistics.median(r["train_cpu_s"] for r in steady)
+        print(f"the model's passes alone ({passes(names[-1])} per sample, same batches): "
+              f"{1000 * floor:.1f} ms CPU, median of {args.repeats}; {floor / train:.1%} of the median "
+              "training epoch (CPU) — the floor of this evaluation")
     print(f"per-epoch evaluation cost (median of epochs 1..{len(rows) - 1}): "
           f"{summary['fraction_cpu']:.1%} of a training epoch in CPU time, "
           f"{summary['fraction_wall']:.1%} in wall time (load average {summary['loadavg']})")

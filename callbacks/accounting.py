@@ -18,7 +18,9 @@ model returns dicts and lists, which the wrapper never looks at.
 
 :class:`ComputeMeter` charges the counts and the wall time to the part that is running
 (``switch(key)``): a suite member at one ε (its attack and the forward that scores its output),
-``clean`` (the clean forwards), ``ensemble`` (forwards of the per-sample worst case), ``sanity``
+``clean`` (the clean forwards; with the evaluator's ``share_start`` also the one input-gradient
+backward at ``x`` that every ε's first step of PGD-like members shares, which those members
+are then not charged), ``ensemble`` (forwards of the per-sample worst case), ``sanity``
 (the large-ε check) and ``minimal_eps``. Seconds are wall time on this process (synchronised
 with the GPU at each switch); under DDP counts and seconds are summed over the processes
 (:func:`callbacks.outcome.sum_values`), so seconds are device-seconds. DDP padding copies (a

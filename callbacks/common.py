@@ -253,7 +253,8 @@ class ModelStateGuard:
             p.grad = grad
             p.requires_grad_(flag)
         for m, flag in self._modes:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 @contextmanager
@@ -270,7 +271,8 @@ def set_eval_mode(*modules: nn.Module) -> None:
     """Every submodule in eval mode (metric forwards); :class:`ModelStateGuard` restores it."""
     for root in modules:
         for m in root.modules():
-            m.training = False
+            if m.training:  # (Module.__setattr__ is slow; skip flags that are right already)
+                m.training = False
 
 
 def scalar_metrics(values: dict[str, Any], prefix: str = "", postfix: str = "") -> dict[str, float]:

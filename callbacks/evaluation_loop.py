@@ -40,8 +40,9 @@ from torch import nn
 
 # The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
 # here for compatibility.
+from attacks.base import StartGradient, start_gradient
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
-from attacks.tree import select_rows  # noqa: E402
+from attacks.tree import select_rows, tree_leaves  # noqa: E402
 from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
@@ -112,11 +113,19 @@ class RobustnessEvaluator:
         keep_per_sample: keep each counted sample's per-sample metric, clean, per attack × ε and
             worst case per ε, keyed by its dataset index (``run_batch``'s ``ids``, else the
             batch's ``index``); :meth:`compute` returns them as a ``SampleTable``.
+        share_start: take the clean output and the input gradient at ``x`` from one forward
+            (with its backward) and hand that gradient to every member that starts at ``x``
+            (:data:`SHARES_START`, no random start, the task loss), at every ε, instead of each
+            call taking it again (see :meth:`_shared_start`); the same numbers, fewer passes.
+        alias_ensemble: while one member wins every sample at an ε, the ensemble's metrics are
+            that member's (its updates are deferred, not repeated; :meth:`_defer_ensemble`).
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
     evaluator's own part that ran them; :meth:`compute` returns them in
-    :attr:`~callbacks.outcome.EvalOutcome.compute`.
+    :attr:`~callbacks.outcome.EvalOutcome.compute`. With ``share_start`` the one pass at ``x``
+    (the clean forward and the backward every ε's first step starts from) is charged to
+    ``clean``; the members are charged the steps after it.
     """
 
     def __init__(
@@ -135,6 +144,8 @@ class RobustnessEvaluator:
         metrics: EvalMetrics | None = None,
         stack_eps: bool = False,
         keep_per_sample: bool = False,
+        share_start: bool = False,
+        alias_ensemble: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -149,8 +160,14 @@ class RobustnessEvaluator:
         self.model: nn.Module = CountingModel(task.attack_model(), self.meter)
         self.check_randomness = bool(check_randomness)
         self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
+        self.share_start = bool(share_start)
+        # (the ranks of a DDP run must compute the same collections: no aliasing there)
+        self.alias_ensemble = bool(alias_ensemble) and not _distributed()
+        #: per ε: (member, deferred (output, batch) pairs) while aliased, False once not
+        self._ens_alias: dict[float, Any] = {}
         #: outputs computed already, by id of their input (see :meth:`_stack_members`)
         self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
+        self._starts_at_x: bool | None = None  # some member takes the gradient at x first
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
             (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
@@ -323,7 +340,7 @@ class RobustnessEvaluator:
             return self.model(x)
 
     def _stack_members(self, batch_no: int, batch: dict[str, Any], x: torch.Tensor, size: int,
-                       loss_fn: Any) -> dict[tuple[str, float], _Precomputed]:
+                       loss_fn: Any, start: StartGradient | None = None) -> dict[tuple[str, float], _Precomputed]:
         """ε-stacking: run each deterministic member once over the batch repeated for every ε
         (``[len(eps)·B, *]``, budget ``ε_i`` on the ``i``-th copy) and score the result with one
         forward; return stand-ins that hand each ε its rows.
@@ -336,7 +353,8 @@ class RobustnessEvaluator:
         On the CPU the results are bit-identical (``benchmarks/eval_cost.py --compare`` checks
         the metrics); a GPU may round batched kernels differently. Skipped when the stacked input
         would exceed :data:`MAX_STACK_BYTES` (its activations scale with it). Passes are charged
-        to each ε by its rows (equal: no early stop); seconds are shared equally.
+        to each ε by its rows (equal: no early stop); seconds are shared equally. ``start``: the
+        gradient at ``x`` (:meth:`_shared_start`), repeated for the stacked call.
         """
         k = len(self.eps)
         if not self.stack_eps or k < 2 or self.sequential or self.modes != ("eval", "eval") \
@@ -356,9 +374,16 @@ class RobustnessEvaluator:
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
             attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            # each row's step exactly as its own ε's attack rounds it (a float step is rounded
+            # to x's dtype once; rel·ε computed on the float32 ε tensor may differ by an ulp)
+            own = [self.attacks[key] for key in keys]
+            steps = [a.step_size if a.step_size is not None else a.default_step_size(a.eps) for a in own]
+            if all(isinstance(v, float) for v in steps):
+                attack.step_size = torch.tensor(steps, dtype=torch.float64, device=x.device).repeat_interleave(size)
             many = {key: torch.cat([v] * k) for key, v in batch.items()}
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
-            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen)
+            x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen,
+                           start=None if start is None else start.repeat(k))
             with torch.no_grad():
                 scored = self.model(x_adv)
             self.meter.share(("stacked", spec.label), keys)
@@ -372,6 +397,24 @@ class RobustnessEvaluator:
                 self._scored[id(pre.x_adv)] = (pre.x_adv, scored[rows])
                 out[key] = pre
         return out
+
+    def _shared_start(self, x: torch.Tensor) -> bool:
+        """Whether to take the clean output and the gradient at ``x`` from one pass
+        (``share_start``): some member starts at ``x`` with the task loss (so it would take that
+        very gradient first: :data:`SHARES_START`, no random start), every attack and metric
+        forward sees the whole model in eval mode (the attacks' modes and the model's own, so
+        the pass's output *is* the clean output), not sequential (members attack subsets),
+        and ``x`` is float32 / float64 (the attacks' work dtype: the same forward)."""
+        if not (self.share_start and not self.sequential and self.modes == ("eval", "eval")
+                and x.dtype in (torch.float32, torch.float64)):
+            return False
+        if self._starts_at_x is None:
+            self._starts_at_x = any(
+                spec.budgeted and spec.loss is None and desc.get("name") in SHARES_START
+                and not desc.get("random_start") and (desc.get("restarts") or 1) == 1
+                for spec in self.specs for desc in [self.attacks[(spec.label, self.eps[0])].describe()])
+        model = getattr(self.model, "model", self.model)  # inside the counting wrapper
+        return self._starts_at_x and not any(m.training for m in model.modules())
 
     # -- the loop -------------------------------------------------------------------------------
     def run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool = True,
@@ -399,7 +442,16 @@ class RobustnessEvaluator:
             ids = torch.as_tensor(ids, dtype=torch.int64).detach().cpu().reshape(-1)
             if ids.numel() != size:
                 raise ValueError(f"RobustnessEvaluator.run_batch: {ids.numel()} sample ids for a batch of {size}")
-        out_clean = self.forward(x)
+
+        def task_loss(output: Any, target: Any) -> torch.Tensor:
+            return task.per_sample_loss(output, target)
+
+        start = None
+        if self._shared_start(x):  # the clean forward, with the backward the first steps start from
+            start, out_clean = start_gradient(self.model, x, batch, task_loss,
+                                              bounds=tuple(task.data_info.bounds))
+        else:
+            out_clean = self.forward(x)
         if keep:
             self._keep(("clean", None), out_clean, batch, size)
             if self._metric_ok:
@@ -415,13 +467,10 @@ class RobustnessEvaluator:
             score_clean = self._score(out_clean, batch, size)
             viol_clean = self._violated(out_clean, batch, size)
 
-        def task_loss(output: Any, target: Any) -> torch.Tensor:
-            return task.per_sample_loss(output, target)
-
         def success_fn(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
-        stacked = self._stack_members(batch_no, batch, x, size, task_loss)  # {} unless stack_eps
+        stacked = self._stack_members(batch_no, batch, x, size, task_loss, start)  # {} unless stack_eps
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
@@ -448,7 +497,7 @@ class RobustnessEvaluator:
                     todo = None
                     x_adv = attack(self.model, x, batch,
                                    loss_fn=self._loss_fn(spec, out_clean, None, size, task_loss),
-                                   generator=gen)
+                                   generator=gen, start=start)  # used where it applies
                 if counted:
                     self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
                 out = self.forward(x_adv)
@@ -481,13 +530,18 @@ class RobustnessEvaluator:
                 self.blackbox_wins[eps] += int(gf.sum())
             # One candidate won every sample: reuse its output; otherwise forward the mix once.
             first = int(winner[0])
-            if bool((winner == first).all()) and first in outputs:
-                ens_out = outputs[first]
-            else:
+            uniform = bool((winner == first).all()) and first in outputs
+            ens_out = outputs[first] if uniform else None
+            if keep:  # the worst case's per-sample values, whether its metric update is deferred or not
+                if ens_out is None:
+                    ens_out = self.forward(worst.x)
+                self._keep(("worst", eps), ens_out, batch, size)
+            if uniform and first >= 0 and self._defer_ensemble(eps, first, outputs[first], batch):
+                continue  # the member's own update, deferred (see _defer_ensemble)
+            self._replay_ensemble(eps)
+            if ens_out is None:
                 ens_out = self.forward(worst.x)
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
-            if keep:
-                self._keep(("worst", eps), ens_out, batch, size)
 
         if self.large_eps is not None:
             self.meter.switch("sanity")
@@ -498,6 +552,33 @@ class RobustnessEvaluator:
             self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
         self.meter.end()
 
+    def _defer_ensemble(self, eps: float, member: int, out: Any, batch: dict[str, Any]) -> bool:
+        """``alias_ensemble``: while every counted batch's ensemble update at ``eps`` is exactly
+        one member's own update (the member won every sample, so the ensemble gets the very
+        ``(output, batch)`` its collection got), skip it: the two collections would hold equal
+        states, and :meth:`compute` reports that member's metrics for the ensemble. The pairs
+        are kept (up to :data:`MAX_STACK_BYTES` of outputs) and replayed into the ensemble's
+        collection, in order, at the first batch where that stops being true. Off under DDP
+        (the ranks must compute the same collections: a collective)."""
+        state = self._ens_alias.get(eps)
+        if not self.alias_ensemble or state is False or (state is not None and state[0] != member):
+            return False
+        pending = [] if state is None else state[1]
+        size = sum(t.element_size() * t.nelement() for o, _ in pending for t in tree_leaves(o))
+        if size + sum(t.element_size() * t.nelement() for t in tree_leaves(out)) > MAX_STACK_BYTES:
+            return False
+        self._ens_alias[eps] = (member, [*pending, (out, batch)])
+        return True
+
+    def _replay_ensemble(self, eps: float) -> None:
+        """Give the ensemble's collection the updates :meth:`_defer_ensemble` skipped, in
+        order; from now on it is updated batch by batch."""
+        state = self._ens_alias.get(eps)
+        if state:
+            for out, batch in state[1]:
+                self.task.update_metrics(self.metrics.ensemble[eps], out, batch)
+        self._ens_alias[eps] = False
+
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
             self.run_batch(batch_no, batch, counted)
@@ -506,7 +587,11 @@ class RobustnessEvaluator:
         """Compute every collection; a collective under DDP (call on every rank, same order)."""
         clean = compute_metrics(self.metrics.clean)
         attacks = {k: compute_metrics(m) for k, m in self.metrics.attacks.items()}
-        ensemble = {e: compute_metrics(m) for e, m in self.metrics.ensemble.items()}
+        ensemble = {}
+        for e, m in self.metrics.ensemble.items():
+            alias = self._ens_alias.get(e)  # every update was member alias[0]'s (_defer_ensemble)
+            ensemble[e] = (dict(attacks[(self.specs[alias[0]].label, e)]) if alias
+                           else compute_metrics(m))
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
         rule = ("task_metric_then_loss" if self._metric_ok
                 else "violation_then_loss" if self._violation_ok else "loss")
@@ -548,6 +633,9 @@ class RobustnessEvaluator:
 
 #: attacks whose result depends only on each sample and its ε when they have no random start
 STACKABLE = ("pgd", "bim", "fgsm")
+#: attacks whose first step, without a random start, takes the gradient at ``x`` (what
+#: :meth:`RobustnessEvaluator._shared_start` computes once for all of them)
+SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
 #: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
 MAX_STACK_BYTES = 16 * 2**20
 
@@ -561,6 +649,13 @@ class _Precomputed:
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.x_adv
+
+
+def _distributed() -> bool:
+    """More than one process in an initialised default group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],

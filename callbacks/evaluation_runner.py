@@ -62,6 +62,17 @@ class Speedups:
             the per-epoch default) in one call over the batch repeated per ε, and score them
             with one forward (:meth:`RobustnessEvaluator._stack_members`): fewer, larger calls.
             Bit-identical on the CPU; the stacked input is capped at 16 MiB.
+        share_start: PGD / BIM / FGSM without random start take their first gradient at the
+            clean input, the same for every ε: compute it once per batch, in the same pass as
+            the clean output (the clean forward, run with gradients, plus one backward), and
+            hand it to every ε's call (:class:`attacks.StartGradient`;
+            :meth:`RobustnessEvaluator._shared_start`). Per sample, PGD-3 at 2 ε: 7 forward +
+            5 backward passes instead of 9 + 6. Bit-identical on the CPU.
+        alias_ensemble: while one member wins every sample at an ε (a one-member suite whose
+            attack never makes a sample less wrong than clean: the usual case), the ensemble
+            collection would get exactly that member's updates; they are deferred instead of
+            repeated and the ensemble reports the member's metrics
+            (:meth:`RobustnessEvaluator._defer_ensemble`; replayed when a batch differs).
     """
 
     reuse_metrics: bool = True
@@ -69,6 +80,8 @@ class Speedups:
     randomness_only_with_sanity: bool = True
     cache_directions: bool = True
     stack_eps: bool = True
+    share_start: bool = True
+    alias_ensemble: bool = True
 
     @classmethod
     def none(cls) -> Speedups:
@@ -165,7 +178,7 @@ class EvaluationRunner:
                 large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
                 metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
-                stack_eps=fast.stack_eps,
+                stack_eps=fast.stack_eps, share_start=fast.share_start, alias_ensemble=fast.alias_ensemble,
                 keep_per_sample=self.keep_per_sample,
             )
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one

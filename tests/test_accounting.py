@@ -51,7 +51,7 @@ class Task:
     """A trained classification module whose attack model is instrumented."""
 
     def __init__(self, module: Any) -> None:
-        self._module, self.model = module, Instrumented(module.attack_model())
+        self._module, self.model = module, Instrumented(module.attack_model()).eval()
 
     def attack_model(self) -> nn.Module:
         return self.model
@@ -179,7 +179,8 @@ def test_eps_stacking_gives_the_same_numbers_and_passes() -> None:
 
 def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: Any) -> None:
     """Two evaluations in one fit, one with every reuse of Speedups, one with none: the same
-    records at every epoch; robustness.json and report.md carry the compute accounting."""
+    records at every epoch, and passes that differ by exactly the shared first gradient;
+    robustness.json and report.md carry the compute accounting."""
     import json
 
     import lightning as L
@@ -200,8 +201,17 @@ def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: 
             seen.append((a, b))
             assert a.to_dict()["attacks"] == b.to_dict()["attacks"] and a.clean == b.clean
             assert a.to_dict()["ensemble"] == b.to_dict()["ensemble"]
+            # share_start: each member × ε (both start at x) skips its first forward + backward
+            # on each of the 9 samples; the one pass at x is the clean part's (+1 backward each)
+            n = 9
             passes = [(m.attack, m.eps, m.forward, m.backward) for m in a.compute.members]
-            assert passes == [(m.attack, m.eps, m.forward, m.backward) for m in b.compute.members]
+            assert passes == [(m.attack, m.eps, m.forward - n, m.backward - n) for m in b.compute.members]
+            clean = {p.part: (p.forward, p.backward) for p in a.compute.parts}["clean"]
+            assert clean == (n, n) and {p.part: p.backward for p in b.compute.parts}["clean"] == 0
+            members = len(b.compute.members)
+            # (and `before` runs the randomness check's second clean forward: n more)
+            assert a.compute.total()["forward"] == b.compute.total()["forward"] - members * n - n
+            assert a.compute.total()["backward"] == b.compute.total()["backward"] - members * n + n
 
     dm = make_datamodule()
     tr = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
@@ -216,3 +226,91 @@ def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: 
     assert {p["part"]: p["forward"] for p in data["compute"]["parts"]}["clean"] == 9
     tr.test(model, dm, verbose=False)
     assert "## Compute" in (tmp_path / "report.md").read_text()
+
+
+def test_stacked_and_shared_start_attacks_equal_one_call_per_eps_bit_for_bit() -> None:
+    """ε-stacking with the shared gradient at x gives each ε exactly its own call's x_adv."""
+    from attacks import start_gradient
+
+    module, batch = trained("classification")
+    specs = parse_attack_specs([{"name": "pgd", "steps": 3, "random_start": False},
+                                {"name": "pgd", "label": "pgd_l2", "norm": "l2", "steps": 2,
+                                 "random_start": False, "rel_step_size": 0.3}, {"name": "fgsm"}], "t")
+    eps = [0.01, 0.03, 0.05]  # the L2 member's budgets are small, but it moves
+    ev = RobustnessEvaluator(Task(module), specs, eps, stack_eps=True, share_start=True)
+    x, size = batch["image"], batch["image"].shape[0]
+
+    def loss_fn(output: Any, target: Any) -> torch.Tensor:
+        return module.per_sample_loss(output, target)
+
+    start, out = start_gradient(ev.model, x, batch, loss_fn)
+    with torch.no_grad():
+        assert torch.equal(out, ev.model(x))
+    for shared in (None, start):
+        pre = ev._stack_members(0, batch, x, size, loss_fn, shared)
+        assert set(pre) == set(ev.attacks)
+        for key, p in pre.items():
+            want = ev.attacks[key](ev.model, x, batch, loss_fn=loss_fn)
+            assert torch.equal(p.x_adv, want), key
+            assert not torch.equal(want, x), key
+
+
+def test_shared_start_gives_the_same_numbers_with_one_pass_less() -> None:
+    """share_start (with and without ε-stacking): the same metrics and gradient health; by the
+    model's own counts each starting-at-x member × ε spends one forward + backward per sample
+    less, and the clean forward gains one backward per sample."""
+    module, batch = trained("classification")
+    specs = parse_attack_specs([{"name": "pgd", "steps": 3, "random_start": False}, {"name": "fgsm"},
+                                {"name": "pgd", "label": "pgd_rs", "steps": 2}], "t")  # the last starts at random
+    n, k = batch["image"].shape[0], len(EPS)
+    runs = {}
+    for stack in (False, True):
+        for share in (False, True):
+            task = Task(module)
+            ev = RobustnessEvaluator(task, specs, EPS, stack_eps=stack, share_start=share, check_randomness=False)
+            ev.run_batch(0, batch)
+            runs[stack, share] = (ev.compute(), task.model.forwards, task.model.backwards)
+    plain, fwd0, bwd0 = runs[False, False]
+    for (stack, share), (out, fwd, bwd) in runs.items():
+        assert out.attacks == plain.attacks and out.ensemble == plain.ensemble and out.clean == plain.clean
+        assert out.gradients == plain.gradients
+        saved = 2 * k * n if share else 0  # pgd and fgsm at each ε
+        assert (fwd, bwd) == (fwd0 - saved, bwd0 - saved + (n if share else 0)), (stack, share)
+        assert (out.compute.total()["forward"], out.compute.total()["backward"]) == (fwd, bwd)
+        members = {(m.attack, m.eps): (m.forward, m.backward) for m in out.compute.members}
+        before = {(m.attack, m.eps): (m.forward, m.backward) for m in plain.compute.members}
+        for (label, e), (f, b) in members.items():
+            cut = n if share and label != "pgd_rs" else 0
+            assert (f, b) == (before[label, e][0] - cut, before[label, e][1] - cut)
+
+
+def test_aliased_ensemble_reports_the_same_numbers_also_when_a_later_batch_differs() -> None:
+    """alias_ensemble: while one member wins every sample, the ensemble's updates are that
+    member's (deferred); at the first batch where the clean input wins a sample they are
+    replayed. The outcome equals the one with every update made."""
+    from attacks import FGSM
+
+    module, batch = trained("classification")
+    eps = 0.3  # large: FGSM overshoots, and on some samples the clean input stays the worst
+    x, y = batch["image"], batch["label"]
+    x_adv = FGSM(eps=eps, bounds=tuple(module.data_info.bounds))(module.attack_model(), x, batch,
+                                                                 loss_fn=module.per_sample_loss)
+    with torch.no_grad():
+        worse = module.per_sample_loss(module.attack_model()(x_adv), batch) > module.per_sample_loss(
+            module.attack_model()(x), batch)
+    assert 0 < int(worse.sum()) < len(y)  # both kinds of sample exist
+    first = {k: v[worse] for k, v in batch.items()}  # FGSM wins every sample here
+    mixed = {k: v[~worse] for k, v in batch.items()}
+    specs = parse_attack_specs([{"name": "fgsm"}], "t")
+    for order in ([first, first, mixed], [mixed, first], [first]):
+        outs = []
+        for alias in (False, True):
+            ev = RobustnessEvaluator(Task(module), specs, [eps], alias_ensemble=alias)
+            for i, b in enumerate(order):
+                ev.run_batch(i, b)
+                if alias and i == 0:  # deferred exactly when FGSM won every sample of the batch
+                    assert bool(ev._ens_alias[eps]) == (b is first)
+            outs.append(ev.compute())
+        plain, aliased = outs
+        assert aliased.ensemble == plain.ensemble and aliased.attacks == plain.attacks
+        assert aliased.clean == plain.clean
