@@ -534,19 +534,28 @@ def test_nonfinite_voxels_at_load(tmp_path: Path) -> None:
 
 def test_amat_in_epoch_records_round_trip_and_split_by_rank(monkeypatch) -> None:
     from lightning_modules.methods import amat as amat_mod
+    from lightning_modules.methods import per_sample_state
 
     m = amat_mod.AMAT()
     m.setup(SimpleNamespace(data_info=SimpleNamespace(num_train=8), violation_direction=None))
-    rows = torch.tensor([[k, 7 - k, 0.1 * k, float("nan")] for k in range(6)], dtype=torch.float64)
-    m._pending, m._seen = [rows[:4], rows[4:]], 6
+    # rows [global order key, index, margin, statistic, grew, clean violated]
+    rows = torch.tensor([[k, 7 - k, 0.1 * k, float("nan"), 1.0, 0.0] for k in range(6)],
+                        dtype=torch.float64)
+    m.records.load_state(rows[:4], torch.device("cpu"))
+    m.records.add(torch.tensor([3, 2]), margin=rows[4:, 2], statistic=rows[4:, 3], grew=rows[4:, 4],
+                  clean_violated=rows[4:, 5])
+    assert m.records.seen == 6
     state = m.epoch_state()
     fresh = amat_mod.AMAT()
     fresh.setup(SimpleNamespace(data_info=SimpleNamespace(num_train=8), violation_direction=None))
     fresh.load_epoch_state(state)
-    assert torch.allclose(torch.cat(fresh._pending), rows, rtol=0, atol=0, equal_nan=True)
-    assert fresh._seen == 6
+    assert torch.allclose(fresh.records.rows(torch.device("cpu")), rows, rtol=0, atol=0, equal_nan=True)
+    assert fresh.records.seen == 6
     # under DDP (keys are position·W + rank) every rank takes back its own rows
-    monkeypatch.setattr(amat_mod, "world_size", lambda: 2)
-    monkeypatch.setattr(amat_mod.distributed, "rank", lambda: 1)
+    monkeypatch.setattr(per_sample_state, "world_size", lambda: 2)
+    monkeypatch.setattr(per_sample_state, "rank", lambda: 1)
     fresh.load_epoch_state({"pending_rows": rows})
-    assert fresh._pending[0][:, 0].tolist() == [1.0, 3.0, 5.0] and fresh._seen == 3
+    assert fresh.records.rows(torch.device("cpu"))[:, 0].tolist() == [1.0, 3.0, 5.0]
+    assert fresh.records.seen == 3
+    with pytest.raises(ValueError, match=r"expected rows \[n, 6\]"):
+        fresh.load_epoch_state({"pending_rows": rows[:, :4]})

@@ -23,7 +23,9 @@ from datamodules.base import collate_batch
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import AMAT, ClassificationModule
-from lightning_modules.methods.amat import first_occurrence, margin_update, robust_threshold
+from lightning_modules.methods.amat import margin_update
+from lightning_modules.methods.amat_thresholds import CleanCheckpointThreshold, robust_threshold
+from lightning_modules.methods.per_sample_state import first_occurrence
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY_CNN = {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [4, 8]}}
@@ -94,8 +96,9 @@ def test_duplicates_keep_the_first_occurrence() -> None:
     ClassificationModule(net=TINY_CNN, data_info=info, method=method)
     # rows: [global order key, index, new margin, statistic, grew, clean violated];
     # index 1 seen twice
-    method._pending = [torch.tensor([[4.0, 1.0, 0.9, 0.0, 1.0, 0.0], [0.0, 1.0, 0.3, 0.0, 0.0, 0.0],
-                                     [1.0, 2.0, 0.2, 0.0, 1.0, 0.0]], dtype=torch.float64)]
+    method.records.load_state(torch.tensor([[4.0, 1.0, 0.9, 0.0, 1.0, 0.0], [0.0, 1.0, 0.3, 0.0, 0.0, 0.0],
+                                            [1.0, 2.0, 0.2, 0.0, 1.0, 0.0]], dtype=torch.float64),
+                              torch.device("cpu"))
     method.on_train_epoch_end(None)  # type: ignore[arg-type]
     assert torch.allclose(method.margins, torch.tensor([0.1, 0.3, 0.2]))
 
@@ -464,10 +467,10 @@ def test_clean_checkpoint_threshold_and_resume_are_exact(tmp_path: Path, monkeyp
     assert 0.0 < first.method.last_diagnostics["margin_grown"] < 1.0  # some grew, some not
     straight = _fit_seg(tmp_path / "c", 2, clean)
 
-    def no_recompute(self, task):  # noqa: ANN001
+    def no_recompute(self, task, size, device):  # noqa: ANN001
         raise AssertionError("the threshold was recomputed on resume")
 
-    monkeypatch.setattr(AMAT, "threshold_from_clean_model", no_recompute)
+    monkeypatch.setattr(CleanCheckpointThreshold, "from_clean_model", no_recompute)
     watch = ThresholdAndMargins()
     resumed = _fit_seg(tmp_path / "b", 2, clean, ckpt=str(tmp_path / "a" / "last.ckpt"),
                        callbacks=[watch])
@@ -484,12 +487,12 @@ def test_clean_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     m = SegmentationModule(net=TINY_UNET, data_info=dm.info,
                            method=AMAT(clean_checkpoint=str(tmp_path / "nope" / "*.ckpt")))
     with pytest.raises(FileNotFoundError, match="nope"):
-        m.method.resolve_checkpoint(m)
+        m.method.thresholds.resolve_checkpoint(m)
     # At fit start a missing clean run is a loud fallback, so every config runs on its own.
-    assert not m.method._running
+    assert not m.method.thresholds.running
     with pytest.warns(UserWarning, match="falls back to threshold_from='running'"):
         m.method.on_train_epoch_start(m)
-    assert m.method._running and math.isnan(float(m.method.threshold_value))
+    assert m.method.thresholds.running and math.isnan(float(m.method.threshold_value))
     with pytest.raises(ValueError, match="clean_checkpoint is only used"):
         AMAT(threshold_from="running", clean_checkpoint="x.ckpt")
     with pytest.raises(ValueError, match="adv_loss_on"):

@@ -23,9 +23,9 @@ Per batch (all samples in parallel, each inside its own ball):
 At the end of the epoch the recorded margins are gathered from all ranks and applied, so every
 rank holds the same margins. A sample seen twice in an epoch (the distributed sampler pads the
 last round with repeats) keeps the record of its first occurrence in the global sample order
-(position ``p`` on rank ``r`` of ``W`` is global position ``p·W + r``, the interleaving of
-PyTorch's ``DistributedSampler``): the padding is at the end of that order, so the kept record
-is the one 1 process would have made. The resolution is deterministic either way.
+(:mod:`lightning_modules.methods.per_sample_state`, which keeps these per-sample records). The
+threshold strategies (fixed, running, from a clean checkpoint) live in
+:mod:`lightning_modules.methods.amat_thresholds`.
 
 Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/nnunet/AMAT``,
 ``nnUNet/.../nnUNetTrainerV2.py``, ``landmark_detection/train_AMAT_*``, ``yolov5/train_AMAT.py``):
@@ -52,22 +52,13 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
 * Threshold (thresholded tasks). The authors hard-code the clean model's *training* statistics
   per dataset ("avg mean" Dice of D2 / D4 / D5 in ``nnUNetTrainerV2.py``; "train 1z" (active)
   and "2z" loss levels in ``train_AMAT_2zscore.py``; fixed loss levels in ``train_AMAT.py``),
-  fixed before AMAT starts. ``threshold_from="clean_checkpoint"`` (default) does that: at the
-  start of the
-  fit (first training epoch) the net weights of ``clean_checkpoint`` are run in eval mode over
-  the training loader, the per-sample violation statistics are gathered (all ranks,
-  de-duplicated) and ``threshold_value = centre ± z·scale`` is stored in a buffer — saved in
-  every checkpoint and, once set, never recomputed (a resumed run keeps it). The pass restores
-  the RNG state, so it does not change the training run's randomness. ``clean_checkpoint`` may
-  be a glob (newest match) and may start with ``{default_root_dir}`` (the trainer's), so a
-  suite can point at the clean run of the same suite. Without ``clean_checkpoint`` (and without
-  ``threshold``), or when it names no existing file, the module warns and falls back to
-  ``"running"``, so every experiment config still runs on its own.
-  ``threshold_from="running"``: recomputed at the end of every epoch from that epoch's clean
-  statistics (the earlier variant; no value in the first epoch → a clean warm-up epoch unless
-  ``initial_threshold`` is given). ``threshold`` fixes the value by hand.
-  ``threshold_centre="mean"`` (default, the authors' "avg mean" / z-scores: mean ± z·std) or
-  ``"median"`` (median ± z·1.4826·MAD, robust to a few failed samples).
+  fixed before AMAT starts. ``threshold_from="clean_checkpoint"`` (default) does that once at
+  the start of the fit from ``clean_checkpoint``'s net on the training loader and keeps the
+  value in the checkpointed ``threshold_value`` buffer; ``"running"`` recomputes it from every
+  epoch's clean statistics; ``threshold`` fixes it by hand; a missing clean checkpoint warns
+  and runs ``"running"``, so every experiment config still runs on its own. The strategies and
+  ``threshold_centre`` (``"mean"``: mean ± z·std, the authors'; ``"median"``: median ±
+  z·1.4826·MAD) are documented in :mod:`lightning_modules.methods.amat_thresholds`.
 * δ (``delta``) and ``max_margin`` are in L2 units of ``data_info.bounds`` (pixels in [0, 1]).
   The authors sweep δ per dataset (``run_AMAT_training.py``: 1–9 on D2, 0.1–1.9 on D4,
   17–21 on D5, on nnU-Net's normalised 3D patches); the configs choose δ from the margin
@@ -83,21 +74,15 @@ counts as correct).
 
 from __future__ import annotations
 
-import glob
-import os
-import random
-import warnings
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import AttackSpec, per_sample_norm
-from attacks.tree import tree_map
-from lightning_modules import distributed
-from lightning_modules.distributed import all_gather_rows, world_size
+from lightning_modules.distributed import world_size
+from lightning_modules.methods.amat_thresholds import ThresholdStrategy, make_threshold
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -105,12 +90,13 @@ from lightning_modules.methods.base import (
     check_range,
     detach_output,
 )
+from lightning_modules.methods.per_sample_state import SampleRecords
 from lightning_modules.protocol import Batch, RobustTask
 
-MAD_TO_SIGMA = 1.4826
-#: columns of a per-sample record row (float64): global order key, sample index, new margin
-#: (NaN: no update), clean violation statistic, took the +δ branch, clean input violated
-_COLS = 6
+#: what AMAT records per sample and batch: the new margin (NaN: no update, e.g. a warm-up
+#: batch), the clean violation statistic, whether it took the +δ branch, whether its clean
+#: input violated (the last two 0/1; NaN in warm-up)
+RECORD_FIELDS = ("margin", "statistic", "grew", "clean_violated")
 
 
 def margin_update(
@@ -201,14 +187,14 @@ class AMAT(TrainingMethod):
         alpha: float = 4.0,
         beta: float = 0.5,
         clean_counts_as_correct: bool = True,
-        adv_loss_on: str = "clean_correct",
+        adv_loss_on: Literal["clean_correct", "all"] = "clean_correct",
         early_stop: bool = False,
-        threshold_from: str = "clean_checkpoint",
+        threshold_from: Literal["clean_checkpoint", "running"] = "clean_checkpoint",
         clean_checkpoint: str | None = None,
         threshold: float | None = None,
         initial_threshold: float | None = None,
         threshold_z: float = 0.0,
-        threshold_centre: str = "mean",
+        threshold_centre: Literal["mean", "median"] = "mean",
         warmup_epochs: int = 0,
         attack_bn_mode: str = "eval",
         attack_dropout_mode: str = "eval",
@@ -251,8 +237,12 @@ class AMAT(TrainingMethod):
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
         self.seed = seed
         self._direction: str | None = None
-        self._pending: list[Tensor] = []
-        self._seen = 0
+        #: where the violation threshold comes from (set in :meth:`setup`, knowing the task)
+        self.thresholds: ThresholdStrategy = make_threshold(
+            None, threshold=None, threshold_from=threshold_from, clean_checkpoint=None,
+            initial=None, z=0.0, centre=threshold_centre)
+        #: this epoch's per-sample records (fields :data:`RECORD_FIELDS`)
+        self.records = SampleRecords(RECORD_FIELDS)
         #: the last epoch's margin diagnostics (fractions), read by ``MarginMonitor``
         self.last_diagnostics: dict[str, float] = {}
 
@@ -270,28 +260,14 @@ class AMAT(TrainingMethod):
         self._direction = direction
         self.register_buffer("margins", torch.full((n,), self.delta, dtype=torch.float32))
         self.register_buffer("threshold_value", torch.tensor(float("nan")))
-        if (direction is not None and self.threshold is None and self.initial_threshold is None
-                and self.threshold_from == "clean_checkpoint" and self.clean_checkpoint is None):
-            warnings.warn(
-                "AMAT(threshold_from='clean_checkpoint') without clean_checkpoint: falling back "
-                "to running statistics of the model being trained (give clean_checkpoint, or "
-                "threshold_from='running' to silence this)", stacklevel=2)
-
-    @property
-    def _running(self) -> bool:
-        return (self.threshold_from == "running" or self.clean_checkpoint is None
-                or getattr(self, "_clean_checkpoint_missing", False))
+        self.thresholds = make_threshold(
+            direction, threshold=self.threshold, threshold_from=self.threshold_from,  # type: ignore[arg-type]
+            clean_checkpoint=self.clean_checkpoint, initial=self.initial_threshold,
+            z=self.threshold_z, centre=self.threshold_centre)  # type: ignore[arg-type]
 
     def current_threshold(self) -> float | None:
         """The violation threshold in force (``None``: not needed, or not available yet)."""
-        if self._direction is None:
-            return None
-        if self.threshold is not None:
-            return self.threshold
-        value = float(self.threshold_value)
-        if value == value:  # not NaN
-            return value
-        return self.initial_threshold
+        return self.thresholds.current(float(self.threshold_value))
 
     def _warming_up(self, task: RobustTask) -> bool:
         if int(task.current_epoch) < self.warmup_epochs:
@@ -308,106 +284,21 @@ class AMAT(TrainingMethod):
         return out
 
     def on_train_epoch_start(self, task: RobustTask) -> None:
-        self._pending = []
-        self._seen = 0
-        if (self._direction is not None and self.threshold is None and not self._running
-                and float(self.threshold_value) != float(self.threshold_value)):
-            try:
-                self.resolve_checkpoint(task)
-            except FileNotFoundError as err:
-                # Every experiment config must run on its own (DESIGN): without the clean run
-                # the reference threshold cannot exist, so say so loudly and train with the
-                # running statistics (the earlier variant) instead of failing.
-                warnings.warn(f"{err}; AMAT falls back to threshold_from='running' for this run "
-                              "(train the clean experiment first for the reference threshold)",
-                              stacklevel=2)
-                self._clean_checkpoint_missing = True
-                return
-            self.threshold_value.fill_(self.threshold_from_clean_model(task))
-
-    # ------------------------------------------------------------------ clean-model threshold
-    def resolve_checkpoint(self, task: RobustTask) -> str:
-        """The file ``clean_checkpoint`` names (``{default_root_dir}`` filled in; a glob picks
-        its newest match)."""
-        pattern = str(self.clean_checkpoint)
-        trainer = getattr(task, "_trainer", None)
-        root = str(getattr(trainer, "default_root_dir", None) or os.getcwd())
-        pattern = pattern.replace("{default_root_dir}", root)
-        matches = sorted(glob.glob(pattern), key=os.path.getmtime) if glob.has_magic(pattern) else (
-            [pattern] if os.path.isfile(pattern) else [])
-        if not matches:
-            raise FileNotFoundError(f"AMAT.clean_checkpoint={self.clean_checkpoint!r}: no file at "
-                                    f"{pattern!r} (a clean run's Lightning checkpoint is expected)")
-        return matches[-1]
-
-    def threshold_from_clean_model(self, task: RobustTask) -> float:
-        """``centre ± z·scale`` of the clean checkpoint's per-sample violation statistics on the
-        training loader (eval mode, no gradients; all ranks, de-duplicated). The task's net
-        weights and every RNG are restored afterwards."""
-        path = self.resolve_checkpoint(task)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-        net_state = {k[4:]: v for k, v in (state or {}).items() if k.startswith("net.")}
-        if not net_state:
-            raise ValueError(f"AMAT.clean_checkpoint {path}: no 'net.*' weights in its state_dict")
-        trainer = getattr(task, "_trainer", None)
-        loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
-        if loader is None:
-            raise ValueError("AMAT.threshold_from='clean_checkpoint' needs a trainer with a "
-                             "training dataloader (it runs at the start of fit)")
-        own = {k: v.detach().clone() for k, v in task.net.state_dict().items()}
-        rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())  # noqa: NPY002
-        model = task.attack_model()
-        modes = [m.training for m in model.modules()]
-        device = self.margins.device
-        rows, seen, rank, world = [], 0, int(task.global_rank), world_size()
-        try:
-            task.net.load_state_dict(net_state)
-            model.eval()
-            with torch.no_grad():
-                for batch in loader:
-                    batch = tree_map(lambda t: t.to(device), batch)
-                    b = int(batch["image"].shape[0])
-                    keys = (seen + torch.arange(b, device=device)) * world + rank
-                    seen += b
-                    stats = task.violation_statistic(model(batch["image"]), batch).float().reshape(-1)
-                    rows.append(torch.stack([keys.double(), batch["index"].to(device).double(),
-                                             stats.to(device).double()], dim=1))
-        finally:
-            task.net.load_state_dict(own)
-            for m, mode in zip(model.modules(), modes):
-                m.training = mode
-            torch.set_rng_state(rng[0])
-            np.random.set_state(rng[1])  # noqa: NPY002
-            random.setstate(rng[2])
-        table = torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.float64, device=device)
-        table = all_gather_rows(table)
-        first = first_occurrence(table[:, 1].long(), table[:, 0].long(), self.margins.shape[0])
-        s = table[first, 2]
-        s = s[~torch.isnan(s)]
-        if not s.numel():
-            raise ValueError(f"AMAT.clean_checkpoint {path}: no finite violation statistic on "
-                             "the training set")
-        return threshold_of(s, self.threshold_z, str(self._direction), self.threshold_centre)
+        self.records.reset()
+        value = self.thresholds.at_epoch_start(task, float(self.threshold_value),
+                                               self.margins.shape[0], self.margins.device)
+        if value is not None:
+            self.threshold_value.fill_(value)
 
     def epoch_state(self) -> dict[str, object]:
         # The margin records of this epoch's batches so far, of every rank (a collective: the
         # task calls this on all ranks while saving): a mid-epoch checkpoint without them
-        # would resume with those samples' updates lost.
-        rows = (torch.cat(self._pending) if self._pending
-                else torch.zeros((0, 4), dtype=torch.float64, device=self.margins.device))
-        return {"pending_rows": all_gather_rows(rows).cpu()}
+        # would resume with those samples' updates lost. Rows [key, index, *RECORD_FIELDS].
+        return {"pending_rows": self.records.state(self.margins.device)}
 
     def load_epoch_state(self, state: dict[str, object]) -> None:
         rows = state.get("pending_rows")
-        if not isinstance(rows, Tensor) or not rows.numel():
-            self._pending, self._seen = [], 0
-            return
-        # Keep this rank's rows: a row's key is its global position p·W + rank.
-        world = world_size()
-        rank = distributed.rank()
-        mine = rows[rows[:, 0].long() % world == rank].to(self.margins.device)
-        self._pending, self._seen = [mine], int(mine.shape[0])
+        self.records.load_state(rows if isinstance(rows, Tensor) else None, self.margins.device)
 
     # ------------------------------------------------------------------ training
     def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
@@ -423,9 +314,7 @@ class AMAT(TrainingMethod):
                 f"AMAT: batch index range [{int(index.min())}, {int(index.max())}] is outside the "
                 f"training split of data_info.num_train={n} samples"
             )
-        rank, world = int(task.global_rank), world_size()
-        keys = (self._seen + torch.arange(b, device=x.device)) * world + rank
-        self._seen += b
+        world = world_size()
         model = task.attack_model()
 
         if self._warming_up(task):
@@ -433,7 +322,7 @@ class AMAT(TrainingMethod):
             loss_clean = task.per_sample_loss(out, batch)
             stats = task.violation_statistic(detach_output(out), batch).detach().float()
             nan = torch.full_like(stats, float("nan"))
-            self._record(keys, index, nan, stats, nan, nan)
+            self.records.add(index, margin=nan, statistic=stats, grew=nan, clean_violated=nan)
             return loss_clean.mean(), {"loss_clean": loss_clean.mean().detach(), "warmup": 1.0}
 
         if (self.early_stop and self.attack_bn_mode == "train" and world > 1
@@ -486,7 +375,8 @@ class AMAT(TrainingMethod):
             new = margin_update(margins, violated, clean_ok, noise, self.delta, self.max_margin)
             stats = task.violation_statistic(oc, batch).detach().float()
             grew = ((~violated) & clean_ok).float()
-            self._record(keys, index, new, stats, grew, clean_violated.float())
+            self.records.add(index, margin=new, statistic=stats, grew=grew,
+                             clean_violated=clean_violated.float())
         logs: Logs = {
             "loss_clean": loss_clean.detach(),
             "loss_adv": loss_adv.detach(),
@@ -496,81 +386,34 @@ class AMAT(TrainingMethod):
         }
         return loss, logs
 
-    def _record(self, keys: Tensor, index: Tensor, new: Tensor, stats: Tensor, grew: Tensor,
-                clean_violated: Tensor) -> None:
-        # One float64 row per sample (see _COLS); float64 holds the integer keys exactly and
-        # lets one collective carry everything.
-        d = keys.device
-        rows = torch.stack([keys.double(), index.to(d).double(), new.to(d).double(),
-                            stats.to(d).double(), grew.to(d).double(),
-                            clean_violated.to(d).double()], dim=1)
-        self._pending.append(rows)
-
     # ------------------------------------------------------------------ epoch end
     def on_train_epoch_end(self, task: RobustTask) -> Logs:
-        device = self.margins.device
-        rows = (torch.cat(self._pending).to(device) if self._pending
-                else torch.zeros((0, _COLS), dtype=torch.float64, device=device))
-        self._pending = []
-        self._seen = 0
-        rows = all_gather_rows(rows)
+        # every rank's records, each sample's first occurrence (a collective)
+        rec = self.records.gather(self.margins.shape[0], self.margins.device)
         logs: Logs = {}
         self.last_diagnostics = {}
-        if rows.shape[0]:
-            keys, index = rows[:, 0].long(), rows[:, 1].long()
-            first = first_occurrence(index, keys, self.margins.shape[0])
-            new, stats = rows[:, 2], rows[:, 3]
-            upd = first & ~torch.isnan(new)
+        if len(rec):
+            new = rec["margin"]
+            upd = ~torch.isnan(new)
             if bool(upd.any()):
-                old = self.margins[index[upd]].clone()
-                self.margins[index[upd]] = new[upd].to(self.margins.dtype)
-                now = self.margins[index[upd]]
-                grew = rows[upd, 4] > 0.5
+                index = rec.index[upd]
+                old = self.margins[index].clone()
+                self.margins[index] = new[upd].to(self.margins.dtype)
+                now = self.margins[index]
+                grew = rec["grew"][upd] > 0.5
                 # "shrunk": ended more than 1 % below the old margin (without early stopping a
                 # violated margin moves halfway to a final noise norm just under E: "held").
                 shrunk = (~grew) & (now < 0.99 * old)
                 diag = {"margin_grown": grew.float().mean(), "margin_shrunk": shrunk.float().mean(),
                         "margin_held": ((~grew) & ~shrunk).float().mean(),
-                        "clean_violated": (rows[upd, 5] > 0.5).float().mean()}
+                        "clean_violated": (rec["clean_violated"][upd] > 0.5).float().mean()}
                 self.last_diagnostics = {k: float(v) for k, v in diag.items()}
                 logs.update(diag)
-            if self._direction is not None and self.threshold is None and self._running:
-                s = stats[first]
-                s = s[~torch.isnan(s)]
-                if s.numel():
-                    self.threshold_value.fill_(threshold_of(s, self.threshold_z, self._direction,
-                                                            self.threshold_centre))
+            value = self.thresholds.at_epoch_end(rec["statistic"])
+            if value is not None:
+                self.threshold_value.fill_(value)
         thr = self.current_threshold()
         if self.last_diagnostics and thr is not None:
             self.last_diagnostics["threshold"] = thr
         logs.update(self.signals())
         return logs
-
-
-# ---------------------------------------------------------------------- helpers
-def robust_threshold(stats: Tensor, z: float, direction: str) -> float:
-    """``median ± z·1.4826·MAD`` of ``stats`` (``+`` for ``"above"``, ``−`` for ``"below"``)."""
-    s = stats.double()
-    med = s.median()
-    scale = MAD_TO_SIGMA * (s - med).abs().median()
-    sign = 1.0 if direction == "above" else -1.0
-    return float(med + sign * z * scale)
-
-
-def threshold_of(stats: Tensor, z: float, direction: str, centre: str = "mean") -> float:
-    """``mean ± z·std`` (``centre="mean"``, population std) or :func:`robust_threshold`."""
-    if centre == "median":
-        return robust_threshold(stats, z, direction)
-    s = stats.double()
-    sign = 1.0 if direction == "above" else -1.0
-    std = s.std(unbiased=False) if s.numel() > 1 else s.new_zeros(())
-    return float(s.mean() + sign * z * std)
-
-
-def first_occurrence(index: Tensor, keys: Tensor, size: int) -> Tensor:
-    """Bool mask: the row holding the smallest ``key`` among the rows of each ``index``."""
-    big = torch.iinfo(torch.int64).max
-    best = torch.full((size,), big, dtype=torch.int64, device=index.device)
-    best.scatter_reduce_(0, index, keys, reduce="amin")
-    return keys == best[index]
-
