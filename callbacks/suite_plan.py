@@ -32,6 +32,9 @@ class SuitePlan:
             if isinstance(value, str) and value not in SUITES:
                 raise ValueError(f"{who}.{fname}: unknown suite {value!r}; known suites: {sorted(SUITES)}")
         self.who = who
+        #: ``"linf"`` / ``"l2"``: the threat model of every member of a *named* suite (``None``:
+        #: each member's own, L∞ for the shipped suites); set by ``medrobust.evaluate(norm=…)``
+        self.norm: str | None = None
         self.names = {"per_epoch": attacks if isinstance(attacks, str) else None,
                       "test": test_attacks if isinstance(test_attacks, str) else None}
         if isinstance(attacks, str):
@@ -58,11 +61,19 @@ class SuitePlan:
                 f"{per or test!r} runs without its targeted members (they need >= 4 classes); "
                 "give the RobustTaskAdapter num_classes=K", stacklevel=2)
         if per is not None:
-            self.specs = parse_attack_specs(per, f"{self.who}.attacks", task, k)
+            self.specs = parse_attack_specs(self._named(per, task, k), f"{self.who}.attacks", task, k)
         if test is not None:
-            self.test_specs = parse_attack_specs(test, f"{self.who}.test_attacks", task, k)
+            self.test_specs = parse_attack_specs(self._named(test, task, k), f"{self.who}.test_attacks", task, k)
         elif per is not None:
             self.test_specs = self.specs
+
+    def _named(self, name: str, task: str | None, k: int | None) -> Any:
+        """The suite's attack list with :attr:`norm` applied (or its name, resolved as is)."""
+        if self.norm is None:
+            return name
+        from attacks.suites import suite_configs
+
+        return [{**c, "norm": self.norm} for c in suite_configs(name, task, self.who, k)]
 
     def name(self, suite: str) -> str | None:
         """The named suite behind ``suite`` (``"per_epoch"``/``"test"``), or ``None``."""
