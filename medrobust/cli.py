@@ -11,6 +11,9 @@ from any folder::
 Subcommands that read finished runs instead of training (:data:`SUBCOMMANDS`)::
 
     medrobust compare runs/a/version_0 runs/b/version_0      # paired comparison, same samples
+    medrobust evaluate --model m.ts --data manifest.csv --task classification --eps 0.004 \
+        --mean 0.5 --std 0.25 --out results/m              # any model, no training code
+    medrobust leaderboard results/ --sort accuracy@0.004     # many records, one table
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from types import ModuleType
 import medrobust
 
 #: ``medrobust <name> …`` commands that are not LightningCLI subcommands: name → module with ``main(argv)``
-SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare"}
+SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare",
+                               "evaluate": "medrobust.cli_evaluate",
+                               "leaderboard": "medrobust.callbacks.leaderboard"}
 
 
 def resolve_config_path(value: str) -> str:
