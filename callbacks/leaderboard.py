@@ -34,23 +34,25 @@ FILE = "robustness.json"
 
 def collect_records(paths: Sequence[str | Path]) -> list[tuple[str, RobustnessRecord]]:
     """``(name, record)`` for every ``robustness.json`` under ``paths`` (a file, or a folder
-    searched recursively); the name is the record's folder. Every bad file is named at once."""
-    found: list[Path] = []
+    searched recursively); the name is the record's folder (relative to the folder given).
+    Every bad file is named at once."""
+    found: list[tuple[str, Path]] = []
     for p in map(Path, paths):
         if p.is_file():
-            found.append(p)
+            found.append((p.parent.name or str(p.parent), p))
         elif p.is_dir():
             hits = sorted(p.rglob(FILE))
             if not hits:
                 raise ValueError(f"leaderboard: no {FILE} under {str(p)!r}")
-            found += hits
+            # named by the folder below the given one (the given one's name for its own record)
+            found += [(str(h.parent.relative_to(p)) if h.parent != p else p.name or str(p), h) for h in hits]
         else:
             raise FileNotFoundError(f"leaderboard: {str(p)!r} does not exist")
     out: list[tuple[str, RobustnessRecord]] = []
     bad: list[str] = []
-    for f in found:
+    for name, f in found:
         try:
-            out.append((str(f.parent), RobustnessRecord.load(f)))
+            out.append((name, RobustnessRecord.load(f)))
         except (RecordError, ValueError, OSError) as err:
             bad.append(str(err))
     if bad:

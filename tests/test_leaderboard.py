@@ -22,16 +22,18 @@ CHEAP = [{"name": "pgd", "steps": 2, "random_start": False}, {"name": "fgsm"}]
 
 
 def three_records(root: Path) -> list[Path]:
-    """Three classifiers of different robustness evaluated on the same tensors (intervals on)."""
+    """Three classifiers of different robustness evaluated on the same tensors (intervals on):
+    the mean-brightness rule with more and more weight noise."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 1, 4, 4, generator=g)
     y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
     outs = []
-    for i, scale in enumerate((0.5, 5.0, 50.0)):  # larger logits margin → same decisions, sturdier
+    for i, noise in enumerate((0.0, 1.0, 3.0)):
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         with torch.no_grad():
-            model[1].weight.copy_(torch.stack([-torch.ones(16), torch.ones(16)]) * scale / 16)
-            model[1].bias.copy_(torch.tensor([0.5, -0.5]) * scale)
+            w = torch.ones(16) + noise * torch.randn(16, generator=g)
+            model[1].weight.copy_(torch.stack([-w, w]))
+            model[1].bias.copy_(torch.tensor([0.5, -0.5]) * w.sum())
         out = root / f"model_{i}"
         evaluate(model, (x, y), task="classification", suite=CHEAP, eps=[0.02, 0.1], normalization="none",
                  out=out, sanity="never", progress=False)
@@ -44,21 +46,26 @@ def test_leaderboard_sorts_and_shows_intervals(tmp_path: Path, capsys: pytest.Ca
     records = collect_records([tmp_path])
     assert len(records) == 3
     board = build_board(records)
-    areas = [RobustnessRecord.load(Path(name) / "robustness.json").robust_area.value for name, _, _ in board.rows]
-    assert areas == sorted(areas, reverse=True)  # best first
+    assert sorted(name for name, _, _ in board.rows) == ["model_0", "model_1", "model_2"]
+    areas = [RobustnessRecord.load(tmp_path / name / "robustness.json").robust_area.value
+             for name, _, _ in board.rows]
+    assert len(set(areas)) == 3 and areas == sorted(areas, reverse=True)  # best first
+    assert board.rows[0][0] == "model_0"  # the noiseless rule is the most robust
     md = board.markdown()
     assert "robust area" in md and "worst accuracy @ 0.1" in md
     assert md.count("[") >= 3 * 4  # every cell of every row has its interval
     # sort by the worst case at ε = 0.02, and by clean accuracy
     by_eps = build_board(records, sort="accuracy@0.02")
     vals = [r.value("accuracy", "ensemble", 0.02) for r in
-            (RobustnessRecord.load(Path(n) / "robustness.json") for n, _, _ in by_eps.rows)]
+            (RobustnessRecord.load(tmp_path / n / "robustness.json") for n, _, _ in by_eps.rows)]
     assert vals == sorted(vals, reverse=True)
+    # a record file given directly is named by its folder
+    assert collect_records([dirs[1] / "robustness.json"])[0][0] == "model_1"
     # CSV: value and interval columns, one row per record
     rows = list(csv.DictReader(io.StringIO(board.csv())))
     assert len(rows) == 3 and float(rows[0]["robust area ci_low"]) <= float(rows[0]["robust area"])
     # the command
-    assert leaderboard_main([str(d) for d in dirs] + ["--csv", str(tmp_path / "board.csv")]) == 0
+    assert leaderboard_main([str(tmp_path), "--csv", str(tmp_path / "board.csv")]) == 0
     printed = capsys.readouterr().out
     assert printed == md
     assert (tmp_path / "board.csv").read_text() == board.csv()
