@@ -410,6 +410,10 @@ def evaluate(
     if loaded is not None:
         module = loaded
         wrapped_ref = None
+        if dm is None:  # tensors: described by the checkpoint's data_info
+            if task != "landmarks":
+                _check_labels(y, max(loaded.data_info.num_classes, 1), task)
+            dm = TensorDataModule(x, y, task, loaded.data_info, batch_size or 32)
     else:
         pre = normalizer(normalization, channels)
         user = NormalizedModel(pre, bare)

@@ -207,3 +207,20 @@ def test_a_manifest_and_a_datamodule(tmp_path: Path) -> None:
     from_dm = run(model, dm, normalization="none")
     assert numbers(from_path) == numbers(from_dm)
     assert from_path.split == "test"
+
+
+def test_a_medrobust_checkpoint_carries_its_normalisation(tmp_path: Path) -> None:
+    info = DataInfo(task="classification", in_channels=1, image_size=(4, 4), num_classes=3, num_train=6)
+    module = ClassificationModule(data_info=info, mean=0.4, std=0.2)  # the default small CNN
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, max_steps=1,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+    x, y = tensors()
+    trainer.fit(module, torch.utils.data.DataLoader(DictDataset(torch.utils.data.TensorDataset(x, y)), batch_size=6))
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(ValueError, match="carries its own normalisation"):
+        run(path)
+    from_file = run(path, normalization=None)
+    # the same numbers as the trained pipeline (its Normalize(0.4, 0.2) inside) given as a module
+    module.eval()
+    assert numbers(from_file) == numbers(run(module.attack_model(), normalization="none"))
