@@ -686,6 +686,8 @@ class ManifestDataModule(BaseDataModule):
         names = self.class_names
         if names is None:
             if raw and all(numeric):
+                if self.num_classes is None:
+                    self._check_contiguous(samples)
                 names = [str(i) for i in range(self.num_classes or
                                                max(2, max(int(float(v)) for v in raw) + 1))]
             elif raw and not any(numeric):
@@ -727,6 +729,30 @@ class ManifestDataModule(BaseDataModule):
             else:
                 s.label = idx[0]
         return list(names) if len(names) == k else [str(i) for i in range(k)]
+
+    def _check_contiguous(self, samples: list[Sample]) -> None:
+        """Integer labels with no declared classes must be ``0..max`` without a gap: labels
+        {0, 1, 5} would silently make a 6-class model with three classes that no sample has.
+        The error names the rows whose labels lie beyond the first missing class."""
+        rows: dict[int, list[int]] = {}
+        for s in samples:
+            at = s.label_rows or [s.rows[0]] * len(s.raw_labels)
+            for v, row in zip(s.raw_labels, at):
+                i = int(float(str(v).strip()))
+                if i >= 0:  # a negative label is a bad row, reported with the others
+                    rows.setdefault(i, []).append(row)
+        if not rows:
+            return
+        missing = [i for i in range(max(rows)) if i not in rows]
+        if not missing:
+            return
+        beyond = sorted((row, i) for i, rs in rows.items() if i > missing[0] for row in rs)
+        shown = ", ".join(f"row {r} (label {i})" for r, i in beyond[:10]) + (" …" if len(beyond) > 10 else "")
+        raise ValueError(
+            f"{self.what}: the class indices {sorted(rows)} skip {missing}, so the model would get "
+            f"{max(rows) + 1} classes, {len(missing)} of them with no sample. Labels beyond the gap: "
+            f"{shown}. Renumber the labels 0..{len(rows) - 1}, or declare the classes "
+            f"(num_classes={max(rows) + 1} or class_names) if the missing ones exist elsewhere")
 
     def index(self) -> dict[str, Any]:
         """Every usable sample per split, the class names and what was inferred (cached)."""
