@@ -8,6 +8,9 @@ from any folder::
     medrobust fit --config configs/experiment/quickstart.yaml --trainer.max_epochs 1
     medrobust fit --config experiment/quickstart.yaml          # the same file
 
+A mistake in a flag or config prints its message alone (``--debug``: with the traceback; see
+:mod:`medrobust.cli_errors`).
+
 Subcommands that read finished runs instead of training (:data:`SUBCOMMANDS`)::
 
     medrobust compare runs/a/version_0 runs/b/version_0      # paired comparison, same samples
@@ -89,12 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     if raw and raw[0] in SUBCOMMANDS:
         command = importlib.import_module(SUBCOMMANDS[raw[0]])
         raise SystemExit(command.main(raw[1:]))
-    args = resolve_config_args(raw)
+    from medrobust.cli_errors import run_cli, strip_debug
+
+    args, debug = strip_debug(resolve_config_args(raw))
     train = load_train_module()
     # The resolved flags go through sys.argv: Lightning's DDP launcher restarts this command
     # from sys.argv for the other ranks.
     sys.argv = [sys.argv[0], *args]
-    train.cli_main(None)
+    run_cli(lambda _: train.cli_main(None), args, debug)
 
 
 if __name__ == "__main__":
