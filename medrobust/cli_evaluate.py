@@ -42,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, default=None, help="evaluate this many samples (seeded)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sanity", default="test", choices=["test", "never"],
+                   help="run the gradient-masking checks (default) or not")
+    p.add_argument("--intervals", default="test", choices=["test", "never"],
+                   help="confidence intervals from the per-sample file (default) or not")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="1")
     p.add_argument("--strategy", default="auto")
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         record = evaluate(args.model, args.data, task=args.task, suite=args.suite, eps=args.eps, norm=args.norm,
                           normalization=normalization_of(args), out=args.out, net=net, trusted=args.trusted,
                           split=args.split, subset=args.subset, batch_size=args.batch_size, seed=args.seed,
+                          sanity=args.sanity, intervals=args.intervals,
                           accelerator=args.accelerator, devices=devices, strategy=args.strategy)
         assert isinstance(record, RobustnessRecord)
         print(f"[medrobust] {args.split}: {summarise_record(record, None)}")

@@ -224,3 +224,27 @@ def test_a_medrobust_checkpoint_carries_its_normalisation(tmp_path: Path) -> Non
     # the same numbers as the trained pipeline (its Normalize(0.4, 0.2) inside) given as a module
     module.eval()
     assert numbers(from_file) == numbers(run(module.attack_model(), normalization="none"))
+
+
+@pytest.mark.slow  # ~15 s of CPU: a MONAI U-Net under the quick segmentation suite
+def test_a_monai_segmentation_state_dict_from_the_cli(tmp_path: Path) -> None:
+    """A new user's MONAI network, given as a state dict + its spec, evaluated by the command."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    from medrobust.cli_evaluate import main as evaluate_main
+
+    spec = {"class_path": "monai.networks.nets.BasicUNet",
+            "init_args": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "features": [4, 4, 4, 4, 4, 4]}}
+    torch.manual_seed(0)
+    net = monai_nets.BasicUNet(**spec["init_args"])
+    torch.save(net.state_dict(), tmp_path / "unet.pt")
+    from datamodules.manifest import write_example_manifest
+
+    manifest = write_example_manifest(tmp_path / "data", "segmentation", n=6, image_size=(32, 32))
+    code = evaluate_main(["--model", str(tmp_path / "unet.pt"), "--net", json.dumps(spec),
+                          "--data", str(manifest), "--task", "segmentation", "--suite", "quick",
+                          "--eps", "0.02", "--no-normalization", "--out", str(tmp_path / "out"),
+                          "--accelerator", "cpu", "--subset", "2", "--sanity", "never"])
+    assert code == 0
+    record = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert record["task"] == "segmentation" and "dice" in record["clean"]
+    assert {a["attack"] for a in record["attacks"]} >= {"apgd-mask_ce", "apgd-dice", "square"}
