@@ -70,6 +70,9 @@ def test_same_record_as_the_callback(tmp_path: Path) -> None:
 
 
 def test_model_files(tmp_path: Path) -> None:
+    import medrobust
+
+    assert medrobust.evaluate is evaluate  # exported from the package
     model = classifier()
     reference = numbers(run(model))
     script = tmp_path / "model.ts"
@@ -207,6 +210,9 @@ def test_a_manifest_and_a_datamodule(tmp_path: Path) -> None:
     from_dm = run(model, dm, normalization="none")
     assert numbers(from_path) == numbers(from_dm)
     assert from_path.split == "test"
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(16, k + 1))  # one class too many for the data
+    with pytest.raises(ValueError, match=rf"does not fit the classification task.*\[B, {k}\]"):
+        run(wrong, dm, normalization="none")
 
 
 def test_a_medrobust_checkpoint_carries_its_normalisation(tmp_path: Path) -> None:
