@@ -225,4 +225,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> MedRobustCLI:
 
 
 if __name__ == "__main__":
-    cli_main()
+    from medrobust.cli_errors import run_cli, strip_debug
+
+    _args, _debug = strip_debug(sys.argv[1:])
+    sys.argv = [sys.argv[0], *_args]  # DDP workers restart from sys.argv
+    run_cli(lambda _: cli_main(None), _args, _debug)

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
@@ -74,6 +75,19 @@ class RobustTaskAdapter:
         per_sample_metric: ``(output, target) -> Tensor[B]``, the main metric of each sample
             (higher or lower is better as ``main_metric``'s ``higher_is_better`` says); default
             for classification: 1.0 where the arg-max equals the label, else 0.0.
+        num_classes: the number of classes (classification: logits ``[B, K]``; segmentation:
+            ``[B, K, *spatial]``); the ``standard`` classification suite adds its targeted
+            members with ``>= 4``. ``None``: read from a metric of ``metrics`` that has
+            ``num_classes`` (torchmetrics' multi-class metrics do), else unknown.
+        attack_loss_inputs: ``(output, target, image) -> (logits, labels)`` for the named attack
+            losses of :mod:`attacks.task_losses` (what the named suites use). Default per task:
+            classification logits ``[B, K]`` and labels ``[B]``; segmentation logits
+            ``[B, K, *spatial]`` and the mask ``[B, *spatial]`` (a ``[B, 1, *spatial]`` mask is
+            squeezed); landmarks heatmaps ``[B, L, h, w]`` and targets ``[B, L, 2]`` ``(x, y)``
+            image pixels (``[B, L, 3]``: + visibility 1/0), mapped to the heatmap frame when the
+            heatmaps are smaller than the image. Detection has no default (its DAG loss needs
+            the predictions matched to objects): pass one, or use
+            :class:`lightning_modules.DetectionModule`.
     """
 
     violation_direction = None
@@ -93,6 +107,8 @@ class RobustTaskAdapter:
         main_metric: str | None = None,
         panel: Any = None,
         per_sample_metric: Callable[[Any, Any], Tensor] | None = None,
+        num_classes: int | None = None,
+        attack_loss_inputs: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
@@ -117,6 +133,15 @@ class RobustTaskAdapter:
         if main_metric is not None and main_metric not in names:
             raise ValueError(f"RobustTaskAdapter.main_metric={main_metric!r} is not one of the metrics {names}")
         self.main_metric = main_metric or (names[0] if names else "")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"RobustTaskAdapter.num_classes must be an int >= 1, got {num_classes!r}")
+        #: number of classes (``None``: unknown); the named suites read it
+        self.num_classes = num_classes if num_classes is not None else _classes_of(self._metrics)
+        if attack_loss_inputs is not None and not callable(attack_loss_inputs):
+            raise TypeError("RobustTaskAdapter.attack_loss_inputs must be callable "
+                            "(output, target, image) -> (logits, labels)")
+        self._loss_inputs = attack_loss_inputs
         from lightning_modules.panels import panel_for
 
         self.panel = panel_for(panel if panel is not None else task)
@@ -207,10 +232,26 @@ class RobustTaskAdapter:
         return higher_is_better(self._metrics, name or self.main_metric, "RobustTaskAdapter")
 
     def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-        if self.task == "classification" and isinstance(output, Tensor) and output.ndim == 2:
-            return output.float(), self._target(batch).reshape(-1).long()
-        raise ValueError(f"RobustTaskAdapter: no named attack losses for task {self.task!r}; "
-                         "drop `loss:` to use your per_sample_loss")
+        """``(logits, labels)`` for the named attack losses (see ``attack_loss_inputs`` above)."""
+        target = self._target(batch)
+        if self._loss_inputs is not None:
+            return self._loss_inputs(output, target, batch[self.keys[0]])
+        if not isinstance(output, Tensor):
+            raise ValueError(f"RobustTaskAdapter: the named attack losses of task {self.task!r} need a "
+                             f"Tensor output, got {type(output).__name__}; pass attack_loss_inputs=")
+        if self.task == "classification" and output.ndim == 2:
+            return output.float(), target.reshape(-1).long()
+        if self.task == "segmentation" and output.ndim >= 3:
+            mask = target[:, 0] if target.ndim == output.ndim else target
+            if mask.shape[1:] != output.shape[2:]:
+                raise ValueError(f"RobustTaskAdapter: segmentation logits {tuple(output.shape)} and mask "
+                                 f"{tuple(target.shape)} differ in their spatial size")
+            return output, mask.long()
+        if self.task == "landmarks" and output.ndim == 4:
+            return output, _landmark_labels(output, target, batch[self.keys[0]])
+        raise ValueError(f"RobustTaskAdapter: no named attack losses for task {self.task!r} with an output "
+                         f"of shape {tuple(output.shape)}; pass attack_loss_inputs=(output, target, image) "
+                         "-> (logits, labels), or drop `loss:` to use your per_sample_loss")
 
     def attack_loss_reference(self, output: Any) -> Tensor | None:
         if self.task == "classification" and isinstance(output, Tensor) and output.ndim == 2:
@@ -224,6 +265,34 @@ class RobustTaskAdapter:
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         raise ValueError("RobustTaskAdapter has no output divergence, so TRADES cannot train through "
                          "it; use a medrobust task module (lightning_modules) for TRADES")
+
+
+def _classes_of(metrics: MetricCollection) -> int | None:
+    """The ``num_classes`` a metric of the collection was built for (``None``: none says)."""
+    for name in metrics.keys(keep_base=True):
+        k = getattr(metrics[name], "num_classes", None)
+        if isinstance(k, int) and not isinstance(k, bool) and k >= 1:
+            return k
+    return None
+
+
+def _landmark_labels(heat: Tensor, target: Tensor, image: Tensor) -> Tensor:
+    """``[B, L, 3]``: the target points ``(x, y)`` in the heatmap frame and the visibility.
+
+    ``target`` is ``[B, L, 2]`` (all visible) or ``[B, L, 3]`` in image pixels; heatmaps
+    ``[B, L, h, w]`` smaller than the image ``[B, C, H, W]`` get the points mapped with the
+    pixel-centre convention of the resize transform (``(p + 0.5) / scale − 0.5``)."""
+    if target.ndim != 3 or target.shape[-1] not in (2, 3) or target.shape[:2] != heat.shape[:2]:
+        raise ValueError(f"RobustTaskAdapter: landmark targets must be [B, {heat.shape[1]}, 2] (x, y) or "
+                         f"[B, {heat.shape[1]}, 3] (+ visibility) for heatmaps {tuple(heat.shape)}, "
+                         f"got {tuple(target.shape)}")
+    pts = target[..., :2].to(heat.device, torch.float32)
+    vis = (target[..., 2].to(heat.device, torch.float32) if target.shape[-1] == 3
+           else pts.new_ones(pts.shape[:2]))
+    sx, sy = image.shape[-1] / heat.shape[-1], image.shape[-2] / heat.shape[-2]
+    if (sx, sy) != (1.0, 1.0):
+        pts = (pts + 0.5) / pts.new_tensor([sx, sy]) - 0.5
+    return torch.cat([pts, vis[..., None]], dim=-1)
 
 
 def robust_task_of(pl_module: Any) -> Any:

@@ -8,6 +8,7 @@ the task and is resolved at ``setup``. A named classification suite is *sequenti
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from callbacks.evaluation_loop import parse_attack_specs
@@ -31,6 +32,9 @@ class SuitePlan:
             if isinstance(value, str) and value not in SUITES:
                 raise ValueError(f"{who}.{fname}: unknown suite {value!r}; known suites: {sorted(SUITES)}")
         self.who = who
+        #: ``"linf"`` / ``"l2"``: the threat model of every member of a *named* suite (``None``:
+        #: each member's own, L∞ for the shipped suites); set by ``medrobust.evaluate(norm=…)``
+        self.norm: str | None = None
         self.names = {"per_epoch": attacks if isinstance(attacks, str) else None,
                       "test": test_attacks if isinstance(test_attacks, str) else None}
         if isinstance(attacks, str):
@@ -45,15 +49,31 @@ class SuitePlan:
         )
 
     def resolve(self, pl_module: Any) -> None:
-        """Turn named suites into specs for this task (idempotent)."""
-        task, k = getattr(pl_module, "task", None), getattr(pl_module, "num_classes", None)
+        """Turn named suites into specs for this task (idempotent).
+
+        The task and its number of classes are the *robust task's*: the module itself, or its
+        :class:`~callbacks.adapter.RobustTaskAdapter` (a module of the user's own has neither)."""
+        task, k = task_and_classes(pl_module)
         per, test = self.names["per_epoch"], self.names["test"]
+        if task == "classification" and k is None and (per or test):
+            warnings.warn(
+                f"{self.who}: the number of classes is unknown, so the named suite "
+                f"{per or test!r} runs without its targeted members (they need >= 4 classes); "
+                "give the RobustTaskAdapter num_classes=K", stacklevel=2)
         if per is not None:
-            self.specs = parse_attack_specs(per, f"{self.who}.attacks", task, k)
+            self.specs = parse_attack_specs(self._named(per, task, k), f"{self.who}.attacks", task, k)
         if test is not None:
-            self.test_specs = parse_attack_specs(test, f"{self.who}.test_attacks", task, k)
+            self.test_specs = parse_attack_specs(self._named(test, task, k), f"{self.who}.test_attacks", task, k)
         elif per is not None:
             self.test_specs = self.specs
+
+    def _named(self, name: str, task: str | None, k: int | None) -> Any:
+        """The suite's attack list with :attr:`norm` applied (or its name, resolved as is)."""
+        if self.norm is None:
+            return name
+        from attacks.suites import suite_configs
+
+        return [{**c, "norm": self.norm} for c in suite_configs(name, task, self.who, k)]
 
     def name(self, suite: str) -> str | None:
         """The named suite behind ``suite`` (``"per_epoch"``/``"test"``), or ``None``."""
@@ -65,4 +85,14 @@ class SuitePlan:
     def sequential(self, pl_module: Any, suite: str) -> bool:
         from attacks.suites import is_sequential
 
-        return self.name(suite) is not None and is_sequential(getattr(pl_module, "task", None))
+        return self.name(suite) is not None and is_sequential(task_and_classes(pl_module)[0])
+
+
+def task_and_classes(pl_module: Any) -> tuple[str | None, int | None]:
+    """``(task name, number of classes)`` of the module's robust task (its adapter when it has
+    one: :func:`callbacks.adapter.robust_task_of`); ``None`` for what it does not say."""
+    from callbacks.adapter import robust_task_of
+
+    task = robust_task_of(pl_module)
+    k = getattr(task, "num_classes", None)
+    return getattr(task, "task", None), (int(k) if isinstance(k, int) and not isinstance(k, bool) else None)

@@ -84,7 +84,9 @@ def main(out: Path) -> dict[str, dict]:
     # 1. a built network in medrobust's ClassificationModule, trained with SAT
     info = DataInfo(task="classification", in_channels=1, image_size=(16, 16), num_classes=2,
                     num_train=len(train))
-    module = ClassificationModule(net=small_net(), data_info=info, method=SAT(eps=0.02, attack={"steps": 3}), lr=3e-3)
+    # a built network: its input normalisation is stated (a built nn.Module gets no default)
+    module = ClassificationModule(net=small_net(), data_info=info, method=SAT(eps=0.02, attack={"steps": 3}),
+                                  lr=3e-3, mean=0.5, std=0.25)
     try:
         trainer(out, "tuples", AdversarialEvaluation(**evaluation)).fit(
             module, DataLoader(train, batch_size=32), DataLoader(val, batch_size=32))

@@ -103,9 +103,12 @@ class TaskModule(L.LightningModule):
             2020: per step, linear from ~0 up to ``lr`` over the first 40 % of all training
             steps, then linearly down to ~0).
         mean: normalization mean, one value or one per channel. ``None``: the middle of
-            ``data_info.bounds`` (0.5 for [0, 1]).
+            ``data_info.bounds`` (0.5 for [0, 1]) — only for a network medrobust builds (``net``
+            a config or ``None``); a built ``nn.Module`` needs ``mean`` and ``std`` stated (an
+            error otherwise: a network trained elsewhere expects its own normalisation;
+            ``mean=0.0, std=1.0`` for none).
         std: normalization std, one value or one per channel. ``None``: a quarter of the bounds'
-            width (0.25 for [0, 1]).
+            width (0.25 for [0, 1]); the same rule as ``mean``.
         nonfinite: what a training step does with a NaN / Inf image or loss: ``"error"``
             (raise, naming the samples' ``index``) or ``"skip"`` (no backward, no step; counted,
             warned and logged as ``train/nonfinite_skipped``; the count is checkpointed).
@@ -152,6 +155,17 @@ class TaskModule(L.LightningModule):
         self.optimizer_name, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
         self.momentum, self.scheduler_name = float(momentum), scheduler
         lo, hi = self.data_info.bounds
+        if isinstance(net, nn.Module) and (mean is None or std is None):
+            # A built network comes from elsewhere (trained in plain PyTorch, a MONAI bundle…):
+            # guessing its input normalisation silently changes its predictions.
+            raise ValueError(
+                f"{owner}(net=<{type(net).__name__} instance>): state the input normalisation the "
+                "network expects, mean=… and std=… (one value or one per channel; mean=0.0, "
+                "std=1.0: it takes the images as they are, in data_info.bounds). The default "
+                f"(mean {(lo + hi) / 2:g}, std {(hi - lo) / 4:g}) is only for networks medrobust "
+                "builds from a config and trains behind it. Loading an older checkpoint of such "
+                "a module: load_from_checkpoint(path, net=…, mean=0.5, std=0.25) keeps what it "
+                "was trained with.")
         self._norm_mean = (lo + hi) / 2 if mean is None else mean
         self._norm_std = (hi - lo) / 4 if std is None else std
 

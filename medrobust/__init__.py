@@ -32,6 +32,7 @@ import pkgutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -94,11 +95,17 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-def __getattr__(name: str) -> ModuleType:
+def __getattr__(name: str) -> Any:
     if name in PACKAGES:
         module = _load(name)
         globals()[name] = module
         return module
+    if name == "evaluate":  # medrobust.evaluate(model, data, task=…, suite=…, eps=…)
+        for package in PACKAGES:
+            __getattr__(package)
+        from medrobust.evaluation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'medrobust' has no attribute {name!r}")
 
 

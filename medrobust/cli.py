@@ -8,9 +8,15 @@ from any folder::
     medrobust fit --config configs/experiment/quickstart.yaml --trainer.max_epochs 1
     medrobust fit --config experiment/quickstart.yaml          # the same file
 
+A mistake in a flag or config prints its message alone (``--debug``: with the traceback; see
+:mod:`medrobust.cli_errors`).
+
 Subcommands that read finished runs instead of training (:data:`SUBCOMMANDS`)::
 
     medrobust compare runs/a/version_0 runs/b/version_0      # paired comparison, same samples
+    medrobust evaluate --model m.ts --data manifest.csv --task classification --eps 0.004 \
+        --mean 0.5 --std 0.25 --out results/m              # any model, no training code
+    medrobust leaderboard results/ --sort accuracy@0.004     # many records, one table
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from types import ModuleType
 import medrobust
 
 #: ``medrobust <name> …`` commands that are not LightningCLI subcommands: name → module with ``main(argv)``
-SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare"}
+SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare",
+                               "evaluate": "medrobust.cli_evaluate",
+                               "leaderboard": "medrobust.callbacks.leaderboard"}
 
 
 def resolve_config_path(value: str) -> str:
@@ -84,12 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     if raw and raw[0] in SUBCOMMANDS:
         command = importlib.import_module(SUBCOMMANDS[raw[0]])
         raise SystemExit(command.main(raw[1:]))
-    args = resolve_config_args(raw)
+    from medrobust.cli_errors import run_cli, strip_debug
+
+    args, debug = strip_debug(resolve_config_args(raw))
     train = load_train_module()
     # The resolved flags go through sys.argv: Lightning's DDP launcher restarts this command
     # from sys.argv for the other ranks.
     sys.argv = [sys.argv[0], *args]
-    train.cli_main(None)
+    run_cli(lambda _: train.cli_main(None), args, debug)
 
 
 if __name__ == "__main__":

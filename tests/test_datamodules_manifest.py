@@ -198,6 +198,24 @@ def test_missing_file_unknown_label_duplicate_and_bad_split(tmp_path: Path) -> N
         _ = ManifestDataModule(str(path), split_file=None).info
 
 
+def test_non_contiguous_integer_labels_name_the_rows(tmp_path: Path) -> None:
+    """Labels {0, 1, 5} with no declared classes would make a 6-class model with 3 empty
+    classes: an error naming the rows beyond the gap; declaring the classes accepts them."""
+    path = write_example_manifest(tmp_path, "classification", n=8, image_size=(16, 16))
+    rows = _rows(path)
+    for i, r in enumerate(rows):
+        r["label"] = str(i % 2)
+    rows[3]["label"] = "5"
+    rows[6]["label"] = "5"
+    _write_rows(path, rows)
+    with pytest.raises(ValueError, match=r"skip \[2, 3, 4\](.|\n)*row 4 \(label 5\), row 7 \(label 5\)"):
+        _ = ManifestDataModule(str(path), split_file=None).info
+    assert ManifestDataModule(str(path), num_classes=6, split_file=None).info.num_classes == 6
+    rows[3]["label"] = rows[6]["label"] = "2"  # contiguous again
+    _write_rows(path, rows)
+    assert ManifestDataModule(str(path), split_file=None).info.num_classes == 3
+
+
 def test_segmentation_mask_values_outside_classes(tmp_path: Path) -> None:
     path = write_example_manifest(tmp_path, "segmentation", n=6, image_size=(16, 16))
     rows = _rows(path)

@@ -46,7 +46,9 @@ def quiet_trainer(tmp_path: Path, callbacks: list) -> L.Trainer:
 
 def test_module_instance_as_net_and_tuple_batches_error(tmp_path: Path) -> None:
     net = tiny_net()
-    module = ClassificationModule(net=net, data_info=INFO)
+    with pytest.raises(ValueError, match=r"state the input normalisation.*mean=0.0, std=1.0"):
+        ClassificationModule(net=net, data_info=INFO)  # no silent Normalize(0.5, 0.25) in front
+    module = ClassificationModule(net=net, data_info=INFO, mean=0.5, std=0.25)
     assert module.net is net
     assert str(module.hparams["net"]).startswith("nn.Module instance")  # plain, weights_only-safe
     with pytest.raises(TypeError, match=r"dict with keys \['image', 'label'\].*DictDataset"):

@@ -58,12 +58,18 @@ def test_quiet_on_an_ordinary_model() -> None:
     assert flags(report) == set(), report
     assert report["large_eps"]["value"] >= 0.9
     assert set(report) == {"gradient", "monotone", "large_eps", "black_box", "randomness"}
+    # a passed check does not read like a failure ("broke only 100.0 %")
+    assert "only" not in report["large_eps"]["message"] and "expected at least" in report["large_eps"]["message"]
+    assert "failing" not in report["monotone"]["message"]
+    assert "masking" not in report["black_box"].get("message", "")
 
 
 def test_quantised_first_layer_fires_gradient_large_eps_and_black_box() -> None:
     report, _ = evaluate(lambda m: Quantised(m, levels=8))  # 4 levels: chance accuracy
     assert {"gradient", "large_eps", "black_box"} <= flags(report), report
     assert report["gradient"]["value"] == 1.0  # round() has a zero gradient everywhere
+    assert "broke only" in report["large_eps"]["message"]
+    assert "masking" in report["black_box"]["message"]
 
 
 def test_saturated_softmax_fires_gradient() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datamodules.imagefiles import BadSampleError
 from datamodules.manifest.sample import Sample
 
-__all__ = ["Flag", "resolve_labels"]
+__all__ = ["Flag", "check_contiguous", "resolve_labels"]
 
 #: records a bad row: ``flag(row number, sample id, reason)``
 Flag = Callable[[int, "str | None", str], None]
@@ -38,6 +38,8 @@ def resolve_labels(samples: list[Sample], class_names: list[str] | None, num_cla
     names = class_names
     if names is None:
         if raw and all(numeric):
+            if num_classes is None:
+                check_contiguous(samples, what)
             names = [str(i) for i in range(num_classes or
                                            max(2, max(int(float(v)) for v in raw) + 1))]
         elif raw and not any(numeric):
@@ -74,3 +76,28 @@ def resolve_labels(samples: list[Sample], class_names: list[str] | None, num_cla
         if problem:
             flag(s.rows[0], s.id, problem)
     return list(names) if len(names) == k else [str(i) for i in range(k)]
+
+
+def check_contiguous(samples: list[Sample], what: str) -> None:
+    """Integer labels with no declared classes must be ``0..max`` without a gap: labels
+    {0, 1, 5} would silently make a 6-class model with three classes that no sample has.
+    The error names the rows whose labels lie beyond the first missing class."""
+    rows: dict[int, list[int]] = {}
+    for s in samples:
+        at = s.label_rows or [s.rows[0]] * len(s.raw_labels)
+        for v, row in zip(s.raw_labels, at):
+            i = int(float(str(v).strip()))
+            if i >= 0:  # a negative label is a bad row, reported with the others
+                rows.setdefault(i, []).append(row)
+    if not rows:
+        return
+    missing = [i for i in range(max(rows)) if i not in rows]
+    if not missing:
+        return
+    beyond = sorted((row, i) for i, rs in rows.items() if i > missing[0] for row in rs)
+    shown = ", ".join(f"row {r} (label {i})" for r, i in beyond[:10]) + (" …" if len(beyond) > 10 else "")
+    raise ValueError(
+        f"{what}: the class indices {sorted(rows)} skip {missing}, so the model would get "
+        f"{max(rows) + 1} classes, {len(missing)} of them with no sample. Labels beyond the gap: "
+        f"{shown}. Renumber the labels 0..{len(rows) - 1}, or declare the classes "
+        f"(num_classes={max(rows) + 1} or class_names) if the missing ones exist elsewhere")

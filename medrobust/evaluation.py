@@ -1,0 +1,509 @@
+"""Benchmark any model in one call: ``medrobust.evaluate(model, data, task=…, suite=…, eps=…)``.
+
+For a model medrobust did not train (a TorchScript file from a collaborator, a network fine-tuned
+elsewhere, a state dict) and a test set. The model is wrapped in medrobust's task module
+(:mod:`lightning_modules`) with *the input normalisation the user states* — never a default —
+and evaluated by ``trainer.test`` with :class:`callbacks.AdversarialEvaluation`: the same runner,
+suites, sanity flags, per-sample file (``robustness_samples.csv``), intervals, curve and
+``report.md`` as a medrobust run, on one device or several::
+
+    import medrobust
+    record = medrobust.evaluate("model.ts", (x, y), task="classification", suite="standard",
+                                eps=[1/255, 2/255], normalization={"mean": 0.5, "std": 0.25},
+                                out="results/my_model")
+    print(record.robust_area)
+
+Accepted models (:func:`load_model`): an ``nn.Module``; a TorchScript file (``torch.jit.load``);
+a ``torch.export`` file (``torch.export.load``); a medrobust checkpoint (its normalisation is in
+it); a state dict with a network spec ``net`` (read with ``weights_only=True``). A file holding a
+pickled whole ``nn.Module`` runs code when it is unpickled: it loads only with ``trusted=True``.
+
+Accepted data (:func:`as_datamodule`): a medrobust datamodule, a manifest file
+(:class:`datamodules.manifest.ManifestDataModule`), or tensors ``(x, y)``: ``x`` ``[N, C, *spatial]``
+in ``bounds``; ``y`` labels ``[N]`` (classification), masks ``[N, *spatial]`` (segmentation) or
+points ``[N, L, 2]`` ``(x, y)`` image pixels, NaN = missing (landmarks).
+
+Before evaluating, the wrapped model's clean output on the first batch is compared with the
+bare model's (after the stated normalisation): a wrapper that changed a prediction is an error.
+Detection models are not accepted yet (their output needs medrobust's detector wrapper).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["TensorDataModule", "as_datamodule", "evaluate", "load_model", "normalizer"]
+
+#: tasks :func:`evaluate` accepts
+EVALUATE_TASKS = ("classification", "segmentation", "landmarks")
+
+
+# ------------------------------------------------------------------------------ the model
+def load_model(model: Any, net: Any = None, trusted: bool = False) -> tuple[nn.Module, Any]:
+    """``(bare model, medrobust task module or None)`` from any accepted model form.
+
+    Args:
+        model: an ``nn.Module`` or a path to a TorchScript, ``torch.export``, medrobust
+            checkpoint, state dict or (with ``trusted``) pickled ``nn.Module`` file.
+        net: for a state dict: the network to load it into — an ``nn.Module``, a zero-argument
+            callable returning one, or ``{class_path, init_args}``.
+        trusted: allow unpickling a whole ``nn.Module`` (runs code from the file).
+
+    A medrobust checkpoint comes back as its task module (second element; the first is its
+    whole model, normalisation included).
+    """
+    if isinstance(model, nn.Module):
+        return model, None
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"evaluate: model must be an nn.Module or a file path, got {type(model).__name__}")
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate: model file {str(path)!r} does not exist")
+    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    if any("/code/__torch__" in n for n in names):
+        return torch.jit.load(str(path), map_location="cpu"), None
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return ExportedModel(torch.export.load(str(path)).module()), None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — an UnpicklingError, or not a torch file at all
+        if not names and not _is_pickle(path):
+            raise ValueError(f"evaluate: {str(path)!r} is not a model file (not TorchScript, torch.export, "
+                             f"a checkpoint or a state dict): {err}") from None
+        if not trusted:
+            raise ValueError(
+                f"evaluate: {str(path)!r} holds pickled Python objects (a whole nn.Module?), and "
+                "unpickling runs code from the file. Load it only if you trust its source, with "
+                "trusted=True (CLI: --trusted); better, save it as TorchScript, torch.export or a "
+                "state dict + net spec") from None
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(obj, nn.Module):
+            raise ValueError(f"evaluate: {str(path)!r} unpickled to a {type(obj).__name__}, not an nn.Module") from None
+        return obj, None
+    if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
+        return _from_checkpoint(path, obj, net)
+    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
+    if not (isinstance(state, Mapping) and state and all(isinstance(v, Tensor) for v in state.values())):
+        raise ValueError(f"evaluate: {str(path)!r} holds a {type(obj).__name__}, not a model: expected "
+                         "TorchScript, torch.export, a medrobust checkpoint or a state dict")
+    if net is None:
+        raise ValueError(f"evaluate: {str(path)!r} is a state dict; give the network it belongs to as "
+                         "net= (an nn.Module, or {class_path, init_args}; CLI: --net)")
+    module = _build_net(net)
+    module.load_state_dict(dict(state), strict=True)
+    return module, None
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # pickle protocol >= 2
+
+
+def _build_net(net: Any) -> nn.Module:
+    if isinstance(net, nn.Module):
+        return net
+    if isinstance(net, Mapping):
+        from lightning_modules.nets.builder import import_object
+
+        if "class_path" not in net:
+            raise ValueError(f"evaluate: net spec needs class_path, got keys {sorted(net)}")
+        built = import_object(str(net["class_path"]))(**dict(net.get("init_args", {})))
+    elif callable(net):
+        built = net()
+    else:
+        raise TypeError(f"evaluate: net must be an nn.Module, a callable or {{class_path, init_args}}, "
+                        f"got {type(net).__name__}")
+    if not isinstance(built, nn.Module):
+        raise TypeError(f"evaluate: net built a {type(built).__name__}, not an nn.Module")
+    return built
+
+
+def _from_checkpoint(path: Path, ckpt: Mapping[str, Any], net: Any) -> tuple[nn.Module, Any]:
+    from lightning_modules import ClassificationModule, LandmarkModule, SegmentationModule
+
+    info = ckpt["hyper_parameters"].get("data_info") or {}
+    task = info.get("task") if isinstance(info, Mapping) else None
+    classes = {"classification": ClassificationModule, "segmentation": SegmentationModule,
+               "landmarks": LandmarkModule}
+    if task not in classes:
+        raise ValueError(f"evaluate: checkpoint {str(path)!r} is for task {task!r}; evaluate takes "
+                         f"{sorted(classes)}")
+    extra = {"net": _build_net(net)} if net is not None else {}
+    module = classes[task].load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **extra)
+    return module.attack_model(), module
+
+
+# ------------------------------------------------------------------------------ normalisation
+def normalizer(normalization: Any, channels: int) -> nn.Module:
+    """The user's stated input normalisation as a module over images in ``bounds``.
+
+    ``normalization``: ``"none"`` (the model takes the images as they are), ``{"mean": m,
+    "std": s}`` or ``(mean, std)`` (one value or one per channel), or a callable ``x -> x'``.
+    ``None`` is an error: a model's normalisation is stated, never assumed."""
+    from lightning_modules.nets.normalize import Normalize
+
+    if normalization is None:
+        raise ValueError(
+            "evaluate: state the input normalisation the model expects: normalization='none' "
+            "(it takes the images as they are), {'mean': m, 'std': s} or a callable "
+            "(CLI: --mean/--std or --no-normalization); it is never assumed")
+    if isinstance(normalization, str):
+        if normalization != "none":
+            raise ValueError(f"evaluate: normalization={normalization!r}: the only name is 'none'")
+        return nn.Identity()
+    if isinstance(normalization, Mapping):
+        if set(normalization) != {"mean", "std"}:
+            raise ValueError(f"evaluate: normalization needs exactly 'mean' and 'std', got {sorted(normalization)}")
+        return Normalize(normalization["mean"], normalization["std"], channels)
+    if isinstance(normalization, (tuple, list)) and len(normalization) == 2:
+        return Normalize(normalization[0], normalization[1], channels)
+    if callable(normalization):
+        return _CallableModule(normalization)
+    raise TypeError(f"evaluate: normalization must be 'none', {{mean, std}}, (mean, std) or a callable, "
+                    f"got {type(normalization).__name__}")
+
+
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program as a module whose mode switches do not reach the program
+    (``train()``/``eval()`` are not supported on it; it runs as it was exported, normally in
+    eval mode). Registered as a child, so it moves with ``.to(device)``."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Any:
+        return self.program(x)
+
+
+class _CallableModule(nn.Module):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+class NormalizedModel(nn.Module):
+    """``model(normalize(x))``: the user's model behind their stated normalisation."""
+
+    def __init__(self, normalize: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.normalize, self.model = normalize, model
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(self.normalize(x))
+
+
+# ------------------------------------------------------------------------------ the data
+class _TensorDataset(Dataset):
+    """Items of a task's batch contract from tensors (``index`` = position)."""
+
+    def __init__(self, x: Tensor, y: Tensor, task: str) -> None:
+        self.x, self.y, self.task = x, y, task
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"image": self.x[i], "index": torch.tensor(i)}
+        if self.task == "classification":
+            item["label"] = self.y[i]
+        elif self.task == "segmentation":
+            item["mask"] = self.y[i]
+        else:
+            pts = self.y[i]
+            visible = torch.isfinite(pts).all(dim=-1)
+            item.update(landmarks=torch.nan_to_num(pts), visible=visible, spacing=torch.tensor(float("nan")))
+        return item
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Tensors ``(x, y)`` as a datamodule whose ``test`` split (also ``val``) holds them all."""
+
+    def __init__(self, x: Tensor, y: Tensor, task: str, info: Any, batch_size: int = 32) -> None:
+        super().__init__()
+        self._dataset = _TensorDataset(x, y, task)
+        self.info, self.batch_size, self.eval_batch_size = info, batch_size, batch_size
+
+    def dataset(self, split: str) -> Dataset:
+        return self._dataset
+
+    def test_dataloader(self) -> DataLoader:
+        from datamodules.base import collate_batch
+
+        return DataLoader(self._dataset, batch_size=self.batch_size, collate_fn=collate_batch)
+
+    val_dataloader = test_dataloader
+
+
+def _check_tensors(x: Any, y: Any, task: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"evaluate: data as tensors is (x, y), got ({type(x).__name__}, {type(y).__name__})")
+    if x.ndim not in (4, 5) or not x.is_floating_point():
+        raise ValueError(f"evaluate: x must be float [N, C, H, W] or [N, C, D, H, W], got {x.dtype} {tuple(x.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"evaluate: x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if task == "classification" and (y.ndim != 1 or y.is_floating_point()):
+        raise ValueError(f"evaluate: classification labels y must be integers [N], got {y.dtype} {tuple(y.shape)}")
+    if task == "segmentation" and (y.shape[1:] != x.shape[2:] or y.is_floating_point()):
+        raise ValueError(f"evaluate: segmentation masks y must be integers [N, *spatial] = "
+                         f"[{x.shape[0]}, {', '.join(map(str, x.shape[2:]))}], got {y.dtype} {tuple(y.shape)}")
+    if task == "landmarks" and (y.ndim != 3 or y.shape[-1] != 2):
+        raise ValueError(f"evaluate: landmark targets y must be [N, L, 2] (x, y) pixels, got {tuple(y.shape)}")
+    return x.float(), y.long() if task != "landmarks" else y.float()
+
+
+def _check_labels(y: Tensor, k: int, task: str) -> None:
+    bad = ((y < 0) | (y >= k)).reshape(y.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        what = "labels" if task == "classification" else "mask values"
+        raise ValueError(f"evaluate: {what} out of range [0, {k}) for the model's {k} outputs at "
+                         f"samples {bad[:10]}{' …' if len(bad) > 10 else ''}")
+
+
+def as_datamodule(data: Any, task: str, batch_size: int | None = None) -> Any:
+    """A medrobust datamodule (returned as is), a manifest path (a
+    :class:`~datamodules.manifest.ManifestDataModule`) or a YAML datamodule config
+    (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model)."""
+    if isinstance(data, L.LightningDataModule):
+        return data
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"evaluate: data file {str(path)!r} does not exist")
+        if path.suffix in (".yaml", ".yml"):
+            return _datamodule_from_config(path)
+        from datamodules.manifest import ManifestDataModule
+
+        kwargs = {"eval_batch_size": batch_size} if batch_size else {}
+        return ManifestDataModule(manifest=str(path), task=task, **kwargs)
+    raise TypeError(f"evaluate: data must be a datamodule, a manifest / config path or tensors (x, y), "
+                    f"got {type(data).__name__}")
+
+
+def _datamodule_from_config(path: Path) -> Any:
+    import yaml
+
+    from lightning_modules.nets.builder import import_object
+
+    cfg = yaml.safe_load(path.read_text())
+    if isinstance(cfg, Mapping) and "data" in cfg:
+        cfg = cfg["data"]
+    if not (isinstance(cfg, Mapping) and "class_path" in cfg):
+        raise ValueError(f"evaluate: {str(path)!r} is not a datamodule config ({{class_path, init_args}}, "
+                         "or a run config with a data: section)")
+    return import_object(str(cfg["class_path"]))(**dict(cfg.get("init_args") or {}))
+
+
+# ------------------------------------------------------------------------------ evaluate
+def evaluate(
+    model: Any,
+    data: Any,
+    task: str = "classification",
+    suite: str | list[dict[str, Any]] = "standard",
+    eps: Sequence[float] = (0.002, 0.004),
+    norm: str = "linf",
+    normalization: Any = None,
+    out: str | Path | None = None,
+    *,
+    net: Any = None,
+    trusted: bool = False,
+    num_classes: int | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    split: str = "test",
+    subset: int | float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    sanity: str = "test",
+    intervals: str = "test",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    strategy: str = "auto",
+    progress: bool = True,
+    module_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Robustness of ``model`` on ``data`` as a :class:`callbacks.record.RobustnessRecord`.
+
+    Args:
+        model: see :func:`load_model` (with ``net`` and ``trusted``).
+        data: a datamodule, a manifest / datamodule-config path, or tensors ``(x, y)`` (module
+            docstring).
+        task: ``classification``, ``segmentation`` or ``landmarks``.
+        suite: a named suite (``standard``, ``quick``, ``aa_budget``; :mod:`attacks.suites`) or
+            an attack list as ``AdversarialEvaluation.test_attacks`` takes.
+        eps: the budgets, in the units of ``bounds`` (pixel units).
+        norm: ``linf`` or ``l2``: the threat model of every member of a named suite.
+        normalization: what the model expects: ``"none"``, ``{"mean", "std"}``, ``(mean, std)``
+            or a callable (see :func:`normalizer`); required, except for a medrobust checkpoint
+            (its normalisation is in it; stating one is then an error).
+        out: the folder for ``robustness.json``, ``robustness_samples.csv``, ``robustness.png``
+            and ``report.md``; ``None``: nothing is kept.
+        num_classes: classification / segmentation: the number of classes (default: the
+            model's output channels on the first batch).
+        bounds: the images' value range (tensor data; a datamodule says its own).
+        split: the datamodule split (``test``).
+        subset, batch_size, seed, sanity, intervals: as ``AdversarialEvaluation``'s
+            ``test_subset``, ``batch_size``, ``seed``, ``sanity``, ``intervals``.
+        accelerator, devices, strategy: the Trainer's (``devices=2, strategy="ddp"``: DDP).
+        progress: show progress bars.
+        module_options: extra arguments of the task module (e.g. landmarks' ``decode``).
+
+    Raises:
+        ValueError: a missing or contradictory normalisation, an output that does not fit the
+            task, labels out of range, a file that is not a model, or a wrapped model whose
+            clean output differs from the bare model's.
+    """
+    from callbacks import AdversarialEvaluation
+    from callbacks.evaluation_loop import check_eps_grid
+
+    if task not in EVALUATE_TASKS:
+        hint = " (detection: use lightning_modules.DetectionModule with a detector wrapper)" if task == "detection" else ""
+        raise ValueError(f"evaluate: task must be one of {EVALUATE_TASKS}, got {task!r}{hint}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"evaluate: norm must be 'linf' or 'l2', got {norm!r}")
+    if split not in ("val", "test"):
+        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
+    eps_grid = check_eps_grid(list(eps), "evaluate.eps")
+    bare, loaded = load_model(model, net, trusted)
+    if loaded is not None:
+        if normalization is not None:
+            raise ValueError("evaluate: a medrobust checkpoint carries its own normalisation; do not "
+                             "state one (normalization=None)")
+        if loaded.task != task:
+            raise ValueError(f"evaluate: the checkpoint is a {loaded.task!r} model, not {task!r}")
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = _check_tensors(data[0], data[1], task)
+        dm = None
+        channels = int(x.shape[1])
+        probe_x, probe_y = x[: min(len(x), batch_size or 32)], y[: min(len(x), batch_size or 32)]
+    else:
+        dm = as_datamodule(data, task, batch_size)
+        info = dm.info
+        if info.task != task:
+            raise ValueError(f"evaluate: the data is for task {info.task!r}, not {task!r}")
+        channels = info.in_channels
+        dm.setup("test" if split == "test" else "validate")
+        from datamodules.base import collate_batch
+
+        ds = dm.dataset(split)
+        first = collate_batch([ds[i] for i in range(min(len(ds), batch_size or 8))])
+        probe_x = first["image"]
+        probe_y = first.get({"classification": "label", "segmentation": "mask"}.get(task, "landmarks"))
+
+    if loaded is not None:
+        module = loaded
+        wrapped_ref = None
+        if dm is None:  # tensors: described by the checkpoint's data_info
+            if task != "landmarks":
+                _check_labels(y, max(loaded.data_info.num_classes, 1), task)
+            dm = TensorDataModule(x, y, task, loaded.data_info, batch_size or 32)
+    else:
+        pre = normalizer(normalization, channels)
+        user = NormalizedModel(pre, bare)
+        bare.eval()
+        with torch.no_grad():
+            reference = bare(pre(probe_x))
+        k = _output_classes(reference, task, num_classes)
+        if dm is None:
+            if task != "landmarks":
+                _check_labels(y, k, task)
+            from datamodules.info import DataInfo
+
+            info = DataInfo(task=task, in_channels=channels, spatial_dims=x.ndim - 2, bounds=tuple(bounds),
+                            image_size=tuple(x.shape[2:]), num_classes=k if task != "landmarks" else 0,
+                            num_landmarks=int(y.shape[1]) if task == "landmarks" else 0)
+            dm = TensorDataModule(x, y, task, info, batch_size or 32)
+        options = dict(module_options or {})
+        if task == "classification" and reference.shape[1] == 1:
+            options.setdefault("binary_single_logit", True)
+        module = _task_module(task, user, dm.info, options)
+        wrapped_ref = reference
+    module.eval()
+    with torch.no_grad():
+        wrapped = module.attack_model()(probe_x)
+    _check_fits(module, wrapped, probe_x, probe_y, task)
+    if wrapped_ref is not None:
+        _check_same(wrapped, wrapped_ref)
+
+    cb = AdversarialEvaluation(test_attacks=suite, test_eps=eps_grid, test_subset=subset, subset=subset,
+                               batch_size=batch_size, seed=seed, sanity=sanity, intervals=intervals)
+    if norm != "linf":
+        cb.suites.norm = norm
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        trainer = L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
+                            default_root_dir=str(root), enable_checkpointing=False,
+                            enable_model_summary=False, enable_progress_bar=progress, callbacks=[cb])
+        if split == "test":
+            trainer.test(module, datamodule=dm, verbose=False)
+        else:
+            trainer.validate(module, datamodule=dm, verbose=False)
+    return cb.last_record["test" if split == "test" else "val"]
+
+
+def _output_classes(output: Any, task: str, given: int | None) -> int:
+    """The number of classes (or landmarks) the model's output has along dim 1."""
+    if not isinstance(output, Tensor):
+        raise ValueError(f"evaluate: the model's output must be a Tensor for task {task!r}, got "
+                         f"{type(output).__name__}")
+    if output.ndim < 2:
+        raise ValueError(f"evaluate: the model's output {tuple(output.shape)} has no class dimension")
+    k = int(output.shape[1])
+    if task == "classification" and k == 1:
+        k = 2  # a single logit: binary
+    if given is not None and given != k:
+        raise ValueError(f"evaluate: num_classes={given} but the model outputs {output.shape[1]} channels")
+    return k
+
+
+def _task_module(task: str, model: nn.Module, info: Any, options: dict[str, Any]) -> Any:
+    """medrobust's task module around ``model`` with an identity normalisation (the user's own
+    is inside ``model``): ``mean=0, std=1`` stated, so no default is added."""
+    from lightning_modules import ClassificationModule, LandmarkModule, SegmentationModule
+
+    cls = {"classification": ClassificationModule, "segmentation": SegmentationModule,
+           "landmarks": LandmarkModule}[task]
+    return cls(net=model, data_info=info, mean=0.0, std=1.0, **options)
+
+
+def _check_fits(module: Any, output: Any, x: Tensor, y: Any, task: str) -> None:
+    """The task's loss and metric accept the model's output (else a clear error)."""
+    key = {"classification": "label", "segmentation": "mask", "landmarks": "landmarks"}[task]
+    batch: dict[str, Any] = {"image": x, key: y}
+    if task == "landmarks":
+        batch["visible"] = torch.isfinite(y).all(dim=-1) if isinstance(y, Tensor) else None
+        batch["landmarks"] = torch.nan_to_num(y)
+    try:
+        module.per_sample_loss(output, batch)
+    except (ValueError, RuntimeError, IndexError) as err:
+        raise ValueError(f"evaluate: the model's output does not fit the {task} task: {err}") from None
+
+
+def _check_same(wrapped: Any, reference: Any) -> None:
+    """The wrapped model gives the bare model's clean output (else an error)."""
+    from attacks.tree import tree_leaves
+
+    a, b = tree_leaves(wrapped), tree_leaves(reference)
+    for u, v in zip(a, b, strict=True):
+        if u.shape != v.shape or not torch.allclose(u.float(), v.float(), rtol=1e-4, atol=1e-5):
+            diff = (u.float() - v.float()).abs().max().item() if u.shape == v.shape else math.inf
+            raise ValueError(f"evaluate: the wrapped model's clean output differs from the bare model's "
+                             f"on the first batch (max |difference| {diff:.3g}); nothing is evaluated")
