@@ -83,24 +83,29 @@ def test_ids_come_from_run_batch_and_bad_ids_are_named() -> None:
     assert ev.compute().per_sample is None
 
 
-def _validate(root: Path) -> tuple[Path, Path]:
+def _validate(root: Path, **callback: object) -> L.Trainer:
+    """``trainer.validate`` of the trained tiny classifier with ``AdversarialEvaluation`` (FGSM,
+    PGD-3 at ε 0.01 and 0.02 on 20 of 24 samples unless ``callback`` says otherwise); files
+    under ``root``."""
     torch.manual_seed(0)
     dm = SyntheticDataModule(task="classification", num_train=64, num_val=24, num_test=8,
                              image_size=(16, 16), seed=0, batch_size=8, num_classes=4)
     module, _ = trained("classification")
-    cb = AdversarialEvaluation(attacks=SPECS, eps=[0.01, 0.02], subset=20, plot=False, report=False)
-    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(root))
+    kwargs = {"attacks": SPECS, "eps": [0.01, 0.02], "subset": 20, "plot": False, "report": False, **callback}
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[AdversarialEvaluation(**kwargs)],
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
     trainer.validate(module, datamodule=dm, verbose=False)
-    return root / "robustness.json", root / FILE_NAME
+    return trainer
 
 
 def test_callback_writes_the_file_beside_the_record_and_repeats_it_byte_for_byte(tmp_path) -> None:
     """Same seed, same machine, same thread count: a byte-identical per-sample file and a
     ``robustness.json`` identical but for its wall-clock fields (``eval_seconds`` and the
     compute accounting's seconds, which no run can repeat)."""
-    rec_a, samples_a = _validate(tmp_path / "a")
-    rec_b, samples_b = _validate(tmp_path / "b")
+    _validate(tmp_path / "a")
+    _validate(tmp_path / "b")
+    rec_a, samples_a = tmp_path / "a" / "robustness.json", tmp_path / "a" / FILE_NAME
+    rec_b, samples_b = tmp_path / "b" / "robustness.json", tmp_path / "b" / FILE_NAME
     assert samples_a.read_bytes() == samples_b.read_bytes()
     record_a, record_b = json.loads(rec_a.read_text()), json.loads(rec_b.read_text())
     assert strip_timing(record_a) == strip_timing(record_b)
@@ -160,14 +165,7 @@ def test_validate_puts_intervals_in_the_record_report_summary_and_curve(tmp_path
     from callbacks.report import write_report
     from medrobust.cli_summary import summarise_record
 
-    torch.manual_seed(0)
-    dm = SyntheticDataModule(task="classification", num_train=64, num_val=24, num_test=8,
-                             image_size=(16, 16), seed=0, batch_size=8, num_classes=4)
-    module, _ = trained("classification")
-    cb = AdversarialEvaluation(attacks=SPECS, eps=[0.01, 0.02], subset=24, plot=True, report=False)
-    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
-    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer = _validate(tmp_path, subset=24, plot=True)
     record = RobustnessRecord.load(tmp_path / "robustness.json")
     clean = record.interval("clean")
     assert clean is not None and clean.n == 24 and clean.method == "agresti_coull"
@@ -187,10 +185,7 @@ def test_validate_puts_intervals_in_the_record_report_summary_and_curve(tmp_path
     assert float(logged["adv/robust_area_ci_high"]) == pytest.approx(record.interval("robust_area").high)
 
     # intervals="never": the per-sample file still, no intervals
-    cb = AdversarialEvaluation(attacks=SPECS, eps=[0.01], subset=24, plot=False, report=False, intervals="never")
-    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path / "never"))
-    trainer.validate(module, datamodule=dm, verbose=False)
+    _validate(tmp_path / "never", eps=[0.01], intervals="never")
     assert RobustnessRecord.load(tmp_path / "never" / "robustness.json").intervals is None
     assert (tmp_path / "never" / FILE_NAME).exists()
     with pytest.raises(ValueError, match="intervals must be"):
