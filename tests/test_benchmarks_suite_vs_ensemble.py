@@ -1,0 +1,59 @@
+"""benchmarks/suite_vs_ensemble.py: the two worst-case rules it compares, and the spread that
+flags a constant landmark predictor (a model that ignores its input, which no attack moves)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.suite_vs_ensemble import combine, spread
+
+
+class _Points:
+    """A stand-in landmark module: the model is the identity, the points are what ``fn`` says."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def attack_model(self) -> Any:
+        return lambda x: x
+
+    def decode_points(self, out: torch.Tensor) -> torch.Tensor:
+        return self.fn(out)
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(6, 3, 2, generator=g) * 10  # [B, K, 2]
+    return [{"image": truth[:3].clone(), "landmarks": truth[:3]},
+            {"image": truth[3:].clone(), "landmarks": truth[3:]}]
+
+
+def test_spread_is_zero_for_a_constant_predictor_and_matches_the_truth_for_a_perfect_one() -> None:
+    batches = _batches()
+    truth = torch.cat([b["landmarks"] for b in batches])
+    mean_shape_mre = float((truth - truth.mean(dim=0, keepdim=True)).norm(dim=-1).mean())
+    const = spread(_Points(lambda x: torch.full_like(x, 4.0)), batches)
+    assert const is not None and const["pred_spread_px"] == 0.0
+    assert abs(const["truth_spread_px"] - mean_shape_mre) < 1e-6
+    perfect = spread(_Points(lambda x: x), batches)  # the "image" carries the true points
+    assert perfect is not None and abs(perfect["pred_spread_px"] - mean_shape_mre) < 1e-6
+    assert spread(_Points(lambda x: x), [{"image": torch.zeros(1, 1, 2, 2)}]) is None
+
+
+def _cand(metric: list[float], loss: list[float], violated: list[bool]) -> dict[str, torch.Tensor]:
+    return {"metric": torch.tensor(metric), "loss": torch.tensor(loss), "violated": torch.tensor(violated)}
+
+
+def test_old_rule_keeps_the_violating_higher_loss_candidate_new_rule_the_worse_metric() -> None:
+    """Two members that disagree (as in issue 22's landmark case): ``a`` violates with the higher
+    loss but moves the points little, ``b`` moves them far with a lower loss."""
+    clean = _cand([1.0, 1.0], [0.0, 0.0], [False, False])
+    a = _cand([2.0, 5.0], [9.0, 9.0], [True, True])
+    b = _cand([6.0, 3.0], [1.0, 1.0], [False, True])
+    assert combine([clean, a, b], "old", higher=False).tolist() == [2.0, 5.0]
+    assert combine([clean, a, b], "new", higher=False).tolist() == [6.0, 5.0]
+    # higher-is-better metric (Dice, AP): the new rule keeps the lower value
+    assert combine([_cand([0.9], [0.0], [False]), _cand([0.5], [1.0], [True]), _cand([0.25], [0.5], [True])],
+                   "new", higher=True).tolist() == [0.25]
