@@ -191,3 +191,31 @@ def test_two_processes_measure_what_one_does(tmp_path: Path) -> None:
         for k in key:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
     assert any(0 < h["clean"] < 1 for h in single)  # a measurement that can differ
+
+
+# ---------------------------------------------------------------------------- a real collapse
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_fgsm_run_collapses_and_restore_gives_back_the_best_weights(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain FGSM (no random start) at ε = 0.05 on balanced PneumoniaMNIST overfits
+    catastrophically (benchmarks/co_watchdog.py, docs/co_watchdog.png): the watchdog fires —
+    PGD-10 accuracy down ≥ min_drop from its best while FGSM accuracy is higher than then — and
+    ``restore`` leaves the module with weights that measure exactly the best point again."""
+    from benchmarks import co_watchdog as co
+
+    monkeypatch.setenv("MEDROBUST_DATA", str(shared_data))
+    args = co.parse_args(["--dataset", "pneumoniamnist", "--balanced", "--epochs", "8",
+                          "--num-train", "4708", "--eval-subset", "64", "--every-n-steps", "16",
+                          "--eps", "0.05"])
+    train_set, eval_items, info = co.load(args)
+    objects: dict = {}
+    record = co.run(args, "restore", train_set, eval_items, info, tmp_path, objects)
+    fired, best = record["fired"], record["best"]
+    assert fired is not None and best is not None and best["step"] < fired["step"]
+    assert best["multi_step"] - fired["multi_step"] >= args.min_drop
+    assert fired["single_step"] > best["single_step"]
+    assert record["steps"] < 8 * 38  # stopped early (38 steps an epoch)
+    again = objects["watchdog"].measure(objects["trainer"], objects["model"])
+    for key in ("clean", "single_step", "multi_step"):
+        assert again[key] == pytest.approx(best[key], abs=1e-9), key
