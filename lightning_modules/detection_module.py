@@ -199,6 +199,19 @@ class DetectionModule(TaskModule):
         """``[B]``: sum of the detector's training losses of each image."""
         return self._output(output).loss(batch["boxes"], batch["labels"])
 
+    def batch_loss(self, output: Any, batch: Batch) -> Tensor:
+        """``[]``: the detector's training loss of the batch as torchvision reduces it
+        (:meth:`DetectionOutput.batch_loss`), not the mean of :meth:`per_sample_loss`.
+
+        Why: FCOS normalises its summed terms by the foreground locations of the *batch*
+        (Faster R-CNN by the anchors / proposals sampled in the batch), so in torchvision an
+        image with many objects weighs more than one with few; the mean of per-image losses
+        weighs every image alike. On a batch with uneven object counts the two differ in value
+        and gradient direction (measured: ``benchmarks/detection_batch_loss.py``, numbers in
+        ``docs/fast_at.md``). Training follows torchvision; attacks and AMAT keep the exact
+        per-image losses ``[B]``."""
+        return self._output(output).batch_loss(batch["boxes"], batch["labels"])
+
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         """The per-image loss ``[B]`` (violated when *above* the threshold)."""
         with torch.no_grad():
