@@ -197,11 +197,13 @@ def test_two_processes_measure_what_one_does(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_fgsm_run_collapses_and_restore_gives_back_the_best_weights(
-        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        one_thread: None) -> None:
     """Plain FGSM (no random start) at ε = 0.05 on balanced PneumoniaMNIST overfits
     catastrophically (benchmarks/co_watchdog.py, docs/co_watchdog.png): the watchdog fires —
     PGD-10 accuracy down ≥ min_drop from its best while FGSM accuracy is higher than then — and
-    ``restore`` leaves the module with weights that measure exactly the best point again."""
+    ``restore`` leaves the module with weights that measure exactly the best point again. One
+    torch thread, as the benchmark runs: the trajectory depends on float reduction order."""
     from benchmarks import co_watchdog as co
 
     monkeypatch.setenv("MEDROBUST_DATA", str(shared_data))
@@ -215,7 +217,7 @@ def test_real_fgsm_run_collapses_and_restore_gives_back_the_best_weights(
     assert fired is not None and best is not None and best["step"] < fired["step"]
     assert best["multi_step"] - fired["multi_step"] >= args.min_drop
     assert fired["single_step"] > best["single_step"]
-    assert record["steps"] < 8 * 38  # stopped early (38 steps an epoch)
+    assert objects["trainer"].should_stop  # restore stops the run
     again = objects["watchdog"].measure(objects["trainer"], objects["model"])
     for key in ("clean", "single_step", "multi_step"):
         assert again[key] == pytest.approx(best[key], abs=1e-9), key
