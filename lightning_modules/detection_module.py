@@ -11,7 +11,7 @@ holds the batch's backbone features; losses and detections are computed from it 
 
 * ``per_sample_loss`` = the sum of the detector's training losses *per image* (exact, see
   :mod:`lightning_modules.nets.detectors` for how and what it costs), differentiable w.r.t. the
-  input — the attack loss, AMAT's loss and TRADES' inner loss;
+  input — the attack loss and AMAT's (per-sample, masked) loss;
 * ``batch_loss`` = the detector's loss of the whole batch as torchvision normalises it — what
   clean training, SAT, the fast-AT methods, TRADES' natural term and denoise train on;
 * ``violation_statistic`` = that loss, ``violation_direction = "above"`` (Ma & Liang's AMAT
