@@ -14,8 +14,10 @@ epochs after the first (with ``--threads 1`` the process's CPU time is the work 
 the waiting for cores that other processes hold). Evaluation is the project's own
 :class:`callbacks.AdversarialEvaluation` (one ``validate`` with two instances: the named suite,
 whose per-sample worst case is the robust number, and PGD-10 alone) on the first
-``--eval-subset`` samples of the validation split. Accuracies carry a 95 % Wilson interval over
-the n evaluated samples; Dice (a mean of per-image values) carries none here.
+``--eval-subset`` samples of the validation split (training draws only from the training
+split, never from validation or test). Accuracies carry a 95 % Agresti–Coull interval over the
+n evaluated samples (:func:`callbacks.uncertainty.proportion_interval`); Dice (a mean of
+per-image values) carries none here.
 
 Target (issue 27): N-FGSM within 2 points of PGD-10 SAT (or inside its interval) at ≤ 0.3× its
 training cost. Written: ``--out`` JSON and a Markdown table printed at the end.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import time
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.method_cost import train_epoch
 from callbacks import AdversarialEvaluation
+from callbacks.uncertainty import proportion_interval
 from datamodules.base import collate_batch
 from lightning_modules import (
     FGSMRS,
@@ -60,14 +62,11 @@ LABELS = {"clean": "clean", "sat": "SAT PGD-10", "fgsm_rs": "FGSM-RS", "nfgsm": 
           "gradalign": "GradAlign"}
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion ``p`` measured on ``n`` samples."""
-    if n == 0:
-        return (math.nan, math.nan)
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+def accuracy_interval(p: float, n: int) -> tuple[float, float]:
+    """95 % Agresti–Coull interval of an accuracy ``p`` measured on ``n`` samples (``p·n``
+    correct)."""
+    iv = proportion_interval(round(p * n), n)
+    return (iv.low, iv.high)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Any, list, list]:
@@ -89,6 +88,7 @@ def load_data(args: argparse.Namespace) -> tuple[Any, list, list]:
         dm = PH2DataModule(root=str(Path(root) / "ph2"), task="segmentation",
                            image_size=(args.image_size, args.image_size))
     dm.setup("fit")
+    # train on the training split; score on the validation split (the test split is untouched)
     train, val = dm.dataset("train"), dm.dataset("val")
     gen = torch.Generator().manual_seed(0)
     tr_idx = torch.randperm(len(train), generator=gen)[: args.num_train].tolist()
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
     results: dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                                             for k, v in vars(args).items()},
+                               "splits": {"train": "train", "evaluated": "val"},
                                "loadavg_start": open("/proc/loadavg").read().split()[:3],
                                "methods": {}}
     clean_cost = statistics.median(runs["clean"]["cpu"][1:] or runs["clean"]["cpu"]) if "clean" in runs else None
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "cost_vs_clean": round(cost / clean_cost, 2) if clean_cost else None, "n_eval": n,
                  **ev}
         if ev["metric"] == "accuracy":
-            entry["intervals"] = {k: wilson(ev[k], n) for k in ("clean", "pgd10", "suite")}
+            entry["intervals"] = {k: accuracy_interval(ev[k], n) for k in ("clean", "pgd10", "suite")}
         results["methods"][name] = entry
         print(f"{name}: {json.dumps(entry)}", flush=True)
     results["loadavg_end"] = open("/proc/loadavg").read().split()[:3]

@@ -337,7 +337,10 @@ def plot_history(history: list[dict[str, float]], path: str | Path, title: str =
 
 
 def _log_dir(trainer: pl.Trainer) -> Path | None:
-    value = trainer.log_dir if trainer.loggers else trainer.default_root_dir
+    """The run's log directory: the first logger's, else ``Trainer(default_root_dir=…)``
+    (Lightning's own fallback: the working directory when that is not given either).
+    Collective under DDP (every rank must ask)."""
+    value = trainer.log_dir or trainer.default_root_dir
     return Path(str(value)) if value else None
 
 

@@ -252,6 +252,12 @@ class TaskModule(L.LightningModule):
     def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
         raise NotImplementedError
 
+    def batch_loss(self, output: Any, batch: Batch) -> Tensor:
+        """``[]``: the training loss of the whole batch (what methods train on; attacks use
+        :meth:`per_sample_loss`). The mean of the per-sample losses, except where a task's
+        reference implementation reduces differently (detection)."""
+        return self.per_sample_loss(output, batch).mean()
+
     def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -418,7 +424,7 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch: Batch, stage: str, metrics: MetricCollection) -> None:
         out = self(batch["image"])
-        loss = self.per_sample_loss(out, batch).mean()
+        loss = self.batch_loss(out, batch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  sync_dist=True, batch_size=batch_size_of(batch))
         self.update_metrics(metrics, out, batch)

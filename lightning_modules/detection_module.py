@@ -11,7 +11,9 @@ holds the batch's backbone features; losses and detections are computed from it 
 
 * ``per_sample_loss`` = the sum of the detector's training losses *per image* (exact, see
   :mod:`lightning_modules.nets.detectors` for how and what it costs), differentiable w.r.t. the
-  input — the attack loss and the loss SAT / AMAT / TRADES train on;
+  input — the attack loss and AMAT's (per-sample, masked) loss;
+* ``batch_loss`` = the detector's loss of the whole batch as torchvision normalises it — what
+  clean training, SAT, the fast-AT methods, TRADES' natural term and denoise train on;
 * ``violation_statistic`` = that loss, ``violation_direction = "above"`` (Ma & Liang's AMAT
   for detection: violated when the loss exceeds a threshold computed from the clean model's
   training losses; AMAT computes it, ``violation_threshold`` is only the default for callers
@@ -200,6 +202,19 @@ class DetectionModule(TaskModule):
     def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
         """``[B]``: sum of the detector's training losses of each image."""
         return self._output(output).loss(batch["boxes"], batch["labels"])
+
+    def batch_loss(self, output: Any, batch: Batch) -> Tensor:
+        """``[]``: the detector's training loss of the batch as torchvision reduces it
+        (:meth:`DetectionOutput.batch_loss`), not the mean of :meth:`per_sample_loss`.
+
+        Why: FCOS normalises its summed terms by the foreground locations of the *batch*
+        (Faster R-CNN by the anchors / proposals sampled in the batch), so in torchvision an
+        image with many objects weighs more than one with few; the mean of per-image losses
+        weighs every image alike. On a batch with uneven object counts the two differ in value
+        and gradient direction (measured: ``benchmarks/detection_batch_loss.py``, numbers in
+        ``docs/fast_at.md``). Training follows torchvision; attacks and AMAT keep the exact
+        per-image losses ``[B]``."""
+        return self._output(output).batch_loss(batch["boxes"], batch["labels"])
 
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         """The per-image loss ``[B]`` (violated when *above* the threshold)."""

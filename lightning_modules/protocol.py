@@ -55,6 +55,12 @@ class RobustTask(Protocol):
         Used as the attack's ``loss_fn(output, target=batch)``; differentiable w.r.t. the input.
         """
 
+    # Optional (not required of a task, so adapters and test doubles need not have it):
+    # ``batch_loss(output, batch) -> Tensor[]``, the training loss of a whole batch when the
+    # task's reference implementation does not reduce by the mean of ``per_sample_loss``
+    # (detection: torchvision's batch normalisation). Methods ask for it through
+    # ``lightning_modules.methods.base.batch_loss``.
+
     def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> torch.Tensor:
         """Bool ``[B]``: the sample is no longer "correct" (AMAT's loss-defined margin test).
 

@@ -3,6 +3,7 @@ pre-collapse weights), its state, and the same numbers on 1 and 2 DDP processes.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def _dm(n: int = 32) -> SyntheticDataModule:
                                image_size=(16, 16), batch_size=8, seed=0)
 
 
-def _fit(dog: CatastrophicOverfittingWatchdog, method=None, epochs: int = 4, lr: float = 3e-3,
-         root: Path | None = None) -> tuple[ClassificationModule, L.Trainer]:
+def _fit(dog: CatastrophicOverfittingWatchdog, root: Path, method=None, epochs: int = 4,
+         lr: float = 3e-3) -> tuple[ClassificationModule, L.Trainer]:
+    """Fit with the watchdog; its files go to ``root`` (the trainer's log directory without a
+    logger), never to the working directory."""
     L.seed_everything(0, verbose=False)
     dm = _dm()
     model = ClassificationModule(net=NET, data_info=dm.info, lr=lr,
@@ -59,26 +62,29 @@ class Scripted(CatastrophicOverfittingWatchdog):
 CO = [(0.40, 0.30), (0.45, 0.35), (0.50, 0.38), (0.90, 0.05), (0.95, 0.00), (0.97, 0.00)]
 
 
-def test_rule_fires_only_when_multi_step_collapses_while_single_step_rises() -> None:
+def test_rule_fires_only_when_multi_step_collapses_while_single_step_rises(tmp_path: Path) -> None:
     dog = Scripted(CO, action="warn")
     with pytest.warns(UserWarning, match="catastrophic overfitting at epoch 3"):
-        _fit(dog, epochs=6)
+        _fit(dog, tmp_path / "co", epochs=6)
     assert [h["collapsed"] for h in dog.history] == [0, 0, 0, 1, 1, 1]
     assert dog.fired["epoch"] == 3 and dog.best["epoch"] == 2
+    # one line per measurement in the run's log directory (default_root_dir without a logger)
+    lines = (tmp_path / "co" / "co_watchdog.jsonl").read_text().splitlines()
+    assert [json.loads(line)["collapsed"] for line in lines] == [0, 0, 0, 1, 1, 1]
     # both falling (a bad step, a growing ε) is not CO; nor is a fall smaller than min_drop
     quiet = Scripted([(0.5, 0.4), (0.2, 0.1), (0.6, 0.25), (0.7, 0.45)], action="stop")
-    _, trainer = _fit(quiet, epochs=4)
+    _, trainer = _fit(quiet, tmp_path / "quiet", epochs=4)
     assert quiet.fired is None and trainer.current_epoch == 4
 
 
-def test_stop_and_restore_give_back_the_pre_collapse_weights() -> None:
+def test_stop_and_restore_give_back_the_pre_collapse_weights(tmp_path: Path) -> None:
     dog = Scripted(CO, action="stop")
     with pytest.warns(UserWarning, match="stopped"):
-        _, trainer = _fit(dog, epochs=6)
+        _, trainer = _fit(dog, tmp_path / "stop", epochs=6)
     assert trainer.current_epoch == 4  # stopped after the epoch that collapsed (epoch 3)
     dog = Scripted(CO, action="restore")
     with pytest.warns(UserWarning, match="restored the weights of epoch 2"):
-        model, trainer = _fit(dog, epochs=6)
+        model, trainer = _fit(dog, tmp_path / "restore", epochs=6)
     assert trainer.current_epoch == 4
     best = dog.weights[2]  # what the module held at the best measurement (epoch 2)
     now = model.state_dict()
@@ -107,7 +113,7 @@ def test_real_measurement_logs_three_curves_and_the_png(tmp_path: Path) -> None:
     PGD-10 no stronger-looking than it should be (multi-step ≤ single-step ≤ clean is not
     guaranteed for N-FGSM's 3ε perturbation, but PGD-10 ≤ clean is), the files written."""
     dog = CatastrophicOverfittingWatchdog(subset=16, batch_size=8, every_n_epochs=1)
-    model, trainer = _fit(dog, method=NFGSM(eps=0.03), epochs=2, root=tmp_path)
+    model, trainer = _fit(dog, tmp_path, method=NFGSM(eps=0.03), epochs=2)
     assert len(dog.history) == 2 and all(h["eps"] == 0.03 for h in dog.history)
     for h in dog.history:
         assert h["multi_step"] <= h["clean"] + 1e-9
@@ -116,10 +122,10 @@ def test_real_measurement_logs_three_curves_and_the_png(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pgd_trained_run_stays_quiet() -> None:
+def test_pgd_trained_run_stays_quiet(tmp_path: Path) -> None:
     dog = CatastrophicOverfittingWatchdog(subset=32, batch_size=16, every_n_train_steps=4,
                                           every_n_epochs=0, action="stop", plot=False)
-    _, trainer = _fit(dog, method=SAT(eps=0.03, attack={"steps": 5}), epochs=6)
+    _, trainer = _fit(dog, tmp_path, method=SAT(eps=0.03, attack={"steps": 5}), epochs=6)
     assert dog.fired is None and trainer.current_epoch == 6 and len(dog.history) >= 6
 
 
@@ -151,7 +157,7 @@ DDP_SCRIPT = textwrap.dedent('''
                             strategy="ddp" if devices > 1 else "auto", max_epochs=2,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, callbacks=[dog])
+                            num_sanity_val_steps=0, callbacks=[dog], default_root_dir=out)
         trainer.fit(model, dm)
         torch.save(dog.history, f"{out}/history_rank{trainer.global_rank}.pt")
 
@@ -185,3 +191,33 @@ def test_two_processes_measure_what_one_does(tmp_path: Path) -> None:
         for k in key:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
     assert any(0 < h["clean"] < 1 for h in single)  # a measurement that can differ
+
+
+# ---------------------------------------------------------------------------- a real collapse
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_fgsm_run_collapses_and_restore_gives_back_the_best_weights(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        one_thread: None) -> None:
+    """Plain FGSM (no random start) at ε = 0.05 on balanced PneumoniaMNIST overfits
+    catastrophically (benchmarks/co_watchdog.py, docs/co_watchdog.png): the watchdog fires —
+    PGD-10 accuracy down ≥ min_drop from its best while FGSM accuracy is higher than then — and
+    ``restore`` leaves the module with weights that measure exactly the best point again. One
+    torch thread, as the benchmark runs: the trajectory depends on float reduction order."""
+    from benchmarks import co_watchdog as co
+
+    monkeypatch.setenv("MEDROBUST_DATA", str(shared_data))
+    args = co.parse_args(["--dataset", "pneumoniamnist", "--balanced", "--epochs", "8",
+                          "--num-train", "4708", "--eval-subset", "64", "--every-n-steps", "16",
+                          "--eps", "0.05"])
+    train_set, eval_items, info = co.load(args)
+    objects: dict = {}
+    record = co.run(args, "restore", train_set, eval_items, info, tmp_path, objects)
+    fired, best = record["fired"], record["best"]
+    assert fired is not None and best is not None and best["step"] < fired["step"]
+    assert best["multi_step"] - fired["multi_step"] >= args.min_drop
+    assert fired["single_step"] > best["single_step"]
+    assert objects["trainer"].should_stop  # restore stops the run
+    again = objects["watchdog"].measure(objects["trainer"], objects["model"])
+    for key in ("clean", "single_step", "multi_step"):
+        assert again[key] == pytest.approx(best[key], abs=1e-9), key

@@ -37,6 +37,17 @@ from lightning_modules.protocol import Batch, RobustTask
 Logs = dict[str, float | Tensor]
 
 
+def batch_loss(task: RobustTask, output: Any, batch: Batch) -> Tensor:
+    """``[]``: the training loss of a whole batch — ``task.batch_loss`` where the task reduces
+    its loss its own way (detection: torchvision's batch normalisation), else the mean of
+    :meth:`~lightning_modules.protocol.RobustTask.per_sample_loss`. Attacks keep the per-sample
+    loss ``[B]``; what the network is trained on is this."""
+    reduce = getattr(task, "batch_loss", None)
+    if reduce is None:  # a task without the optional hook (adapters, test doubles)
+        return task.per_sample_loss(output, batch).mean()
+    return reduce(output, batch)
+
+
 class TrainingMethod(nn.Module):
     """Base class of the training methods. Subclasses set :attr:`name` and implement
     :meth:`training_loss`.

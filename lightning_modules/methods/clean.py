@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_modules.methods.base import Logs, TrainingMethod
+from lightning_modules.methods.base import Logs, TrainingMethod, batch_loss
 from lightning_modules.protocol import Batch, RobustTask
 
 
@@ -18,5 +18,5 @@ class Clean(TrainingMethod):
 
     def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
         out = task.attack_model()(batch["image"])
-        loss = task.per_sample_loss(out, batch).mean()
+        loss = batch_loss(task, out, batch)
         return loss, {}

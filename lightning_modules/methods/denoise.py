@@ -39,7 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from attacks import AttackSpec, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
-from lightning_modules.methods.base import Logs, TrainingMethod, check_choice, check_range
+from lightning_modules.methods.base import (
+    Logs,
+    TrainingMethod,
+    batch_loss,
+    check_choice,
+    check_range,
+)
 from lightning_modules.nets.builder import build_net
 from lightning_modules.protocol import Batch, RobustTask
 
@@ -220,8 +226,8 @@ class Denoise(TrainingMethod):
                 "whose output is one"
             )
         inv = ((f_noisy.float() - f_clean.detach().float()) ** 2).mean()
-        loss_clean = task.per_sample_loss(out_clean, batch).mean()
-        loss_noisy = task.per_sample_loss(out_noisy, batch).mean()
+        loss_clean = batch_loss(task, out_clean, batch)
+        loss_noisy = batch_loss(task, out_noisy, batch)
         task_loss = 0.5 * (loss_clean + loss_noisy)
         loss = task_loss + self.lambda_rec * rec + self.lambda_inv * inv
         logs.update({"loss_clean": loss_clean.detach(), "loss_noisy": loss_noisy.detach(),

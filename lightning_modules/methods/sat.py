@@ -12,6 +12,7 @@ from attacks import Attack, AttackSpec
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
+    batch_loss,
     check_choice,
     check_range,
     detach_output,
@@ -108,7 +109,7 @@ class SAT(TrainingMethod):
         x = batch["image"]
         model = task.attack_model()
         if eps <= 0:  # a schedule may start at 0: plain training, no attack cost
-            loss = task.per_sample_loss(model(x), batch).mean()
+            loss = batch_loss(task, model(x), batch)
             return loss, {"eps": 0.0, "loss_clean": loss.detach()}
         atk = self.make_attack(task, eps)
         x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss,
@@ -116,12 +117,12 @@ class SAT(TrainingMethod):
         logs: Logs = {"eps": eps}
         if self.beta >= 1.0:
             out_adv = model(x_adv)
-            loss_adv = task.per_sample_loss(out_adv, batch).mean()
+            loss_adv = batch_loss(task, out_adv, batch)
             loss = loss_adv
         else:
             out_clean, out_adv = task.forward_joint([x, x_adv])
-            loss_clean = task.per_sample_loss(out_clean, batch).mean()
-            loss_adv = task.per_sample_loss(out_adv, batch).mean()
+            loss_clean = batch_loss(task, out_clean, batch)
+            loss_adv = batch_loss(task, out_adv, batch)
             loss = (1 - self.beta) * loss_clean + self.beta * loss_adv
             logs["loss_clean"] = loss_clean.detach()
         logs["loss_adv"] = loss_adv.detach()

@@ -12,6 +12,7 @@ from attacks import AttackSpec, attack_mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
+    batch_loss,
     check_choice,
     check_range,
     detach_output,
@@ -103,7 +104,7 @@ class TRADES(TrainingMethod):
             out_clean, out_adv = task.forward_joint([x, x_adv])
         else:
             out_clean, out_adv = model(x), model(x_adv)
-        natural = task.per_sample_loss(out_clean, batch).mean()
+        natural = batch_loss(task, out_clean, batch)
         robust = task.output_divergence(out_adv, out_clean).mean()
         loss = natural + self.beta * robust
         return loss, {"eps": self.eps, "loss_clean": natural.detach(), "divergence": robust.detach()}

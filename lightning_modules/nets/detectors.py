@@ -450,6 +450,33 @@ class DetectorWrapper(nn.Module):
         zero = out.z.new_zeros(())
         return {n: torch.stack([losses.get(n, zero) for losses in per_image]) for n in names}
 
+    def batch_losses(self, out: DetectionOutput, targets: Targets) -> dict[str, Tensor]:
+        """Each loss term of the detector for the whole batch, reduced as torchvision reduces
+        it in training (``{name: []}``): what ``detector(images, targets)`` returns in train
+        mode for these features, e.g. FCOS divides by the foreground locations of the *batch*,
+        Faster R-CNN by the sampled anchors / proposals of the batch, RetinaNet averages its
+        per-image terms. Same random-sampling rule as :meth:`per_image_losses`."""
+        det = self.detector
+        with _maybe_fork_rng(out.sampling_seed, out.z.device):
+            if self.family == "generic":
+                with _logic_flags(det, True):
+                    return dict(det(list(out.z), targets))
+            image_list, features = out.image_list, out.features
+            assert image_list is not None and features is not None
+            tgt = self._scaled_targets(targets, image_list, out.original_sizes)
+            if self.family == "rcnn":
+                with _flags([det, det.rpn, det.roi_heads], True):
+                    proposals, rpn_losses = det.rpn(image_list, features, tgt)
+                    _, roi_losses = det.roi_heads(features, proposals, image_list.image_sizes, tgt)
+                return {**rpn_losses, **roi_losses}
+            feats = list(features.values())
+            head_out = out.head_outputs()
+            anchors = self._anchors(image_list, feats)
+            if self.family == "fcos":
+                levels = [f.shape[2] * f.shape[3] for f in feats]
+                return dict(det.compute_loss(tgt, head_out, anchors, levels))
+            return dict(det.compute_loss(tgt, head_out, anchors))
+
     def detections(self, out: DetectionOutput) -> Targets:
         """Eval-mode post-processed detections per image: ``boxes`` ``[N, 4]`` xyxy pixels,
         ``scores`` ``[N]``, ``labels`` ``[N]`` in ``[0, C)``."""
@@ -556,6 +583,15 @@ class DetectionOutput:
         """``[B]``: the sum of the detector's training losses for each image."""
         terms = self.per_image_losses(boxes, labels)
         return torch.stack(list(terms.values())).sum(dim=0)
+
+    def batch_loss(self, boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
+        """``[]``: the detector's training loss of the whole batch, normalised as torchvision
+        normalises it (the sum of :meth:`DetectorWrapper.batch_losses`). Not the mean of
+        :meth:`loss`: FCOS, for one, divides by the foreground locations of the batch, so an
+        image with many objects weighs more than one with few (see the task's ``batch_loss``)."""
+        targets = self.wrapper.to_detector_targets(boxes, labels, self.z.device)
+        terms = self.wrapper.batch_losses(self, targets)
+        return torch.stack([v.reshape(()) for v in terms.values()]).sum()
 
     def matched_predictions(self, boxes: Sequence[Tensor], labels: Sequence[Tensor],
                             iou_thresh: float = 0.5) -> tuple[Tensor, Tensor]:
