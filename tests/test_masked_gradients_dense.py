@@ -105,7 +105,8 @@ def landmark_model() -> tuple[LandmarkModule, dict[str, Any]]:
         dm = SyntheticDataModule(task="landmarks", num_train=512, num_val=6, num_test=4,
                                  image_size=(16, 16), num_landmarks=3, seed=0, batch_size=32)
         dm.setup("fit")
-        module = LandmarkModule(net=TinyHeatmapNet(3), data_info=dm.info, sigma=1.0, lr=1e-2)
+        # the normalisation it was measured with (stated: a built network gets none by default)
+        module = LandmarkModule(net=TinyHeatmapNet(3), data_info=dm.info, sigma=1.0, lr=1e-2, mean=0.5, std=0.25)
         model = module.attack_model()
         train = collate_batch([dm.dataset("train")[i] for i in range(512)])
         opt = torch.optim.Adam(module.parameters(), lr=1e-2)
