@@ -221,3 +221,58 @@ def test_real_fgsm_run_collapses_and_restore_gives_back_the_best_weights(
     again = objects["watchdog"].measure(objects["trainer"], objects["model"])
     for key in ("clean", "single_step", "multi_step"):
         assert again[key] == pytest.approx(best[key], abs=1e-9), key
+
+
+# ----------------------------------------------------------------------------- every task
+TASK_NETS = {
+    "segmentation": {"class_path": "lightning_modules.nets.SmallUNet", "init_args": {"features": [4, 8]}},
+    "landmarks": {"class_path": "lightning_modules.nets.SmallUNet", "init_args": {"features": [4, 8]}},
+    "detection": {"class_path": "lightning_modules.nets.detectors.tiny_fcos",
+                  "init_args": {"widths": [16, 32], "out_channels": 32}},
+}
+
+
+def _fit_task(task: str, dog: CatastrophicOverfittingWatchdog, root: Path, epochs: int = 1):
+    """A tiny ``task`` model fitted with N-FGSM and the watchdog; files under ``root``."""
+    from lightning_modules import DetectionModule, LandmarkModule, SegmentationModule
+
+    L.seed_everything(0, verbose=False)
+    kw = {"num_landmarks": 3} if task == "landmarks" else {}
+    size = (32, 32) if task == "detection" else (16, 16)
+    dm = SyntheticDataModule(task=task, num_train=16, num_val=4, num_test=4, image_size=size,
+                             batch_size=8, seed=0, **kw)
+    cls = {"segmentation": SegmentationModule, "landmarks": LandmarkModule, "detection": DetectionModule}[task]
+    model = cls(net=TASK_NETS[task], data_info=dm.info, lr=3e-3, method=NFGSM(eps=0.03))
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=root, callbacks=[dog])
+    trainer.fit(model, dm)
+    return model, trainer
+
+
+@pytest.mark.parametrize("task", ["segmentation", "landmarks", "detection"])
+def test_real_measurement_on_every_task(task: str, tmp_path: Path) -> None:
+    """The watchdog measures the task's own main metric (Dice, radial error, mAP) clean, under
+    the method's single-step attack and under PGD-10, on every task."""
+    dog = CatastrophicOverfittingWatchdog(subset=8, batch_size=8, every_n_epochs=1, plot=False)
+    model, _ = _fit_task(task, dog, tmp_path)
+    assert len(dog.history) == 1
+    entry = dog.history[0]
+    for key in ("clean", "single_step", "multi_step"):
+        assert torch.isfinite(torch.tensor(entry[key])), (key, entry)
+    assert entry["eps"] == 0.03
+    assert (tmp_path / "co_watchdog.jsonl").exists()
+
+
+def test_rule_follows_the_metric_direction_for_radial_error(tmp_path: Path) -> None:
+    """Radial error: lower is better, so a collapse is PGD-10's MRE *rising* by min_drop while
+    the single-step MRE *falls*; the classification-shaped script (multi-step falling) is an
+    improvement there and does not fire."""
+    collapse = [(3.0, 4.0), (2.5, 3.8), (1.0, 6.0)]  # (single-step MRE, PGD-10 MRE) per epoch
+    dog = Scripted(collapse, action="warn", min_drop=1.0)
+    with pytest.warns(UserWarning, match="catastrophic overfitting at epoch 2"):
+        _fit_task("landmarks", dog, tmp_path / "co", epochs=3)
+    assert [h["collapsed"] for h in dog.history] == [0, 0, 1] and dog.best["epoch"] == 1
+    improving = Scripted([(3.0, 4.0), (3.5, 3.0), (4.0, 1.0)], action="warn", min_drop=1.0)
+    _fit_task("landmarks", improving, tmp_path / "better", epochs=3)
+    assert improving.fired is None
