@@ -169,10 +169,10 @@ def _attack_columns(entry: dict[str, Any], metric: str, kind: str = "test") -> l
 def sample_metric(task: str) -> str:
     """The name of the task's per-sample metric in the per-sample files (detection: ``ap50``,
     the per-image AP@0.5; the others: their main metric)."""
+    from callbacks.per_sample import metric_name
     from lightning_modules import TASK_MODULES
 
-    cls = TASK_MODULES[task]
-    return getattr(cls, "per_sample_metric_name", None) or cls.main_metric
+    return metric_name(TASK_MODULES[task])
 
 
 def _mean(values: list[float]) -> float:

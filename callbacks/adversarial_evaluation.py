@@ -302,12 +302,12 @@ class AdversarialEvaluation(Callback):
             mark_unreliable(record)  # a fired flag marks the numbers it makes upper bounds
         samples = run.outcome.per_sample
         if samples is not None and (self.intervals == "always" or (self.intervals == "test" and suite == "test")):
+            from callbacks.per_sample import metric_name
             from callbacks.record_intervals import record_intervals
 
             # from the per-sample values, identical on every rank (gathered), seeded
-            name = getattr(task, "per_sample_metric_name", None) or task.main_metric
             record.intervals = record_intervals(
-                samples, name, sorted({e.eps for e in record.attacks}),
+                samples, metric_name(task), sorted({e.eps for e in record.attacks}),
                 [(e.attack, e.eps) for e in record.attacks], not bool(task.metric_higher_is_better()),
                 self.interval_level, self.seed)
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)

@@ -255,7 +255,7 @@ class RobustnessEvaluator:
                 metric = self.task.per_sample_metric(output, batch).detach().reshape(size).to(self.device)
                 if self._higher is None:
                     self._higher = bool(self.task.metric_higher_is_better())
-            except (AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as err:
+            except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
                 warnings.warn(
                     f"{type(self.task).__name__}.per_sample_metric(output, batch) failed ({err}); the "
                     "ensemble judges the worst case by is_violated, then the per-sample loss, and no "
@@ -272,18 +272,19 @@ class RobustnessEvaluator:
         (``(condition, ε or None)``)."""
         metric = self._metric(output, batch, size)
         if metric is not None:
-            self._sample_values.setdefault(column, []).append(metric.float().cpu())
+            # on the model's device until compute (one copy then, no sync per attack × ε)
+            self._sample_values.setdefault(column, []).append(metric.float())
 
     def per_sample_table(self) -> Any:
         """The kept per-sample values of every rank (a collective under DDP: call on every rank)
         as a :class:`callbacks.per_sample.SampleTable` sorted by sample id; ``None`` when nothing
         was kept (``keep_per_sample`` off, or the task has no per-sample metric)."""
-        from callbacks.per_sample import SampleTable, column_name
+        from callbacks.per_sample import SampleTable, column_name, metric_name
         from lightning_modules.distributed import is_distributed
 
         ok = self.keep_per_sample and self._metric_ok and bool(self._sample_ids)
         ids = torch.cat(self._sample_ids).numpy() if ok else None
-        cols = {k: torch.cat(v).double().numpy() for k, v in self._sample_values.items()} if ok else {}
+        cols = {k: torch.cat(v).double().cpu().numpy() for k, v in self._sample_values.items()} if ok else {}
         if is_distributed():
             import torch.distributed as dist
 
@@ -296,7 +297,7 @@ class RobustnessEvaluator:
             cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
         if ids is None:
             return None
-        name = getattr(self.task, "per_sample_metric_name", None) or self.task.main_metric
+        name = metric_name(self.task)
         named = {column_name(cond, name, eps): v for (cond, eps), v in cols.items()}
         return SampleTable(ids, named).sorted()
 

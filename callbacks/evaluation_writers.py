@@ -39,9 +39,18 @@ def robust_area(clean: float, curve: dict[float, float], lower_better: bool) -> 
     ys = [clean, *(curve[e] for e in xs[1:])]
     if len(xs) < 2 or any(not math.isfinite(y) for y in ys):
         return math.nan
-    area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
-    mean = area / (xs[-1] - xs[0])
+    mean = trapezoid_mean(xs, ys)
     return -mean if lower_better else mean
+
+
+def trapezoid_mean(xs: Sequence[float], ys: Sequence[Any]) -> Any:
+    """The trapezoid mean of ``ys`` over ``xs`` (sorted, at least two): floats, or arrays of
+    per-sample values (the same operations in the same order, so a one-sample array gives the
+    float's bits; :func:`callbacks.record_intervals.sample_area`)."""
+    area = 0
+    for i in range(len(xs) - 1):
+        area = area + (xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2
+    return area / (xs[-1] - xs[0])
 
 
 def _attack_entries(outcome: EvalOutcome, specs: Sequence[Any]) -> list[AttackEntry]:

@@ -37,13 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FILE_NAME", "FORMAT_VERSION", "SampleTable", "column_name"]
+__all__ = ["FILE_NAME", "FORMAT_VERSION", "SampleTable", "column_name", "metric_name"]
 
 #: the file's name inside a run's log directory (beside ``robustness.json``)
 FILE_NAME = "robustness_samples.csv"
 #: bump when a column changes meaning
 FORMAT_VERSION = 1
 _HEADER = f"# medrobust per-sample results, format {FORMAT_VERSION}"
+
+
+def metric_name(task: object) -> str:
+    """The name of ``task``'s per-sample metric in the file: its ``per_sample_metric_name``
+    where that differs from the main metric (detection: ``ap50``), else ``main_metric``."""
+    return getattr(task, "per_sample_metric_name", None) or task.main_metric  # type: ignore[attr-defined]
 
 
 def column_name(condition: str, metric: str, level: float | None = None) -> str:

@@ -58,12 +58,13 @@ def sample_area(clean: np.ndarray, curve: dict[float, np.ndarray], lower_is_bett
     ``ε ∈ [0, max ε]`` (ε = 0 is its clean value), negated when lower is better, as
     :func:`callbacks.evaluation_writers.robust_area` computes the record's from the means (NaN
     where a value is missing); vectorised over samples."""
-    xs = np.array([0.0, *sorted(curve)], dtype=np.float64)
-    ys = np.stack([np.asarray(clean, dtype=np.float64), *(np.asarray(curve[e], dtype=np.float64) for e in xs[1:])])
-    if xs.size < 2:
-        return np.full(ys.shape[1], np.nan)
-    widths = np.diff(xs)[:, None]  # [E, 1]
-    area = (widths * (ys[1:] + ys[:-1]) / 2).sum(axis=0) / (xs[-1] - xs[0])
+    from callbacks.evaluation_writers import trapezoid_mean
+
+    xs = [0.0, *sorted(curve)]
+    ys = [np.asarray(clean, dtype=np.float64), *(np.asarray(curve[e], dtype=np.float64) for e in xs[1:])]
+    if len(xs) < 2:
+        return np.full(ys[0].shape, np.nan)
+    area = trapezoid_mean(xs, ys)
     return -area if lower_is_better else area
 
 

@@ -160,6 +160,11 @@ DDP_SCRIPT = textwrap.dedent('''
                             num_sanity_val_steps=0, callbacks=[dog], default_root_dir=out)
         trainer.fit(model, dm)
         torch.save(dog.history, f"{out}/history_rank{trainer.global_rank}.pt")
+        if torch.distributed.is_initialized():
+            # close gloo before the interpreter exits: its threads, torn down at exit, can abort
+            # the process ("terminate called without an active exception", seen once in CI-like runs)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
     if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ class RowOptions:
     degenerate_boxes: str = "error"
 
 
-class TaskRows:
+class TaskRows(ABC):
     """Everything a manifest needs to know about one task. Subclasses set :attr:`name`,
-    :attr:`columns` and implement :meth:`parse`, :meth:`classes` and :meth:`item`.
+    :attr:`columns` and implement :meth:`parse` and :meth:`classes` (abstract: a handler that
+    lacks one cannot be built), and :meth:`item` unless they override :meth:`dataset`.
 
     A handler keeps some state while a manifest is indexed (landmark names from the columns,
     detection's box problems); :meth:`start` resets it.
@@ -51,9 +53,10 @@ class TaskRows:
     def __init__(self, options: RowOptions) -> None:
         self.options = options
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 (an optional hook, empty by default)
         """Forget the state of an earlier indexing."""
 
+    @abstractmethod
     def parse(self, s: Sample, cells: dict[str, Any], resolve: Callable[[Any], Path],
               decode: bool) -> None:
         """Read this task's targets of one row into ``s`` (its image header is known).
@@ -62,14 +65,13 @@ class TaskRows:
         Raises:
             BadSampleError: a missing column or a bad value (the row becomes bad).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def classes(self, samples: list[Sample], flag: Flag, multilabel: bool, what: str) -> list[str]:
         """The class (or landmark) names; targets that do not fit make their row bad
         (``flag``)."""
-        raise NotImplementedError
 
-    def finish(self, what: str) -> None:
+    def finish(self, what: str) -> None:  # noqa: B027 (an optional hook, empty by default)
         """Called once the usable samples are known (warnings about what was repaired)."""
 
     def strata(self, samples: list[Sample], multilabel: bool) -> dict[str, int] | None:
@@ -96,5 +98,7 @@ class TaskRows:
 
     def item(self, s: Sample, out: dict[str, Any], num_classes: int,
              multilabel: bool) -> dict[str, torch.Tensor]:
-        """The item's target keys from the transform's ``out``."""
-        raise NotImplementedError
+        """The item's target keys from the transform's ``out`` — what the default
+        :meth:`dataset` asks of a handler (detection builds its items in its own dataset)."""
+        raise TypeError(f"{type(self).__name__} uses TaskRows.dataset, which needs its item(); "
+                        "define item() or override dataset()")
