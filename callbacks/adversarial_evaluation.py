@@ -308,7 +308,7 @@ class AdversarialEvaluation(Callback):
             # from the per-sample values, identical on every rank (gathered), seeded
             record.intervals = record_intervals(
                 samples, metric_name(task), sorted({e.eps for e in record.attacks}),
-                [(e.attack, e.eps) for e in record.attacks], not bool(task.metric_higher_is_better()),
+                [(e.attack, e.eps) for e in record.attacks], not self._direction(task, task.main_metric),
                 self.interval_level, self.seed)
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
         self.last_record[split] = record

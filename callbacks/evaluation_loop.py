@@ -146,6 +146,7 @@ class RobustnessEvaluator:
         keep_per_sample: bool = False,
         share_start: bool = False,
         alias_ensemble: bool = False,
+        higher: bool | None = None,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -174,7 +175,9 @@ class RobustnessEvaluator:
         }
         self._violation_ok = True
         self._metric_ok = True
-        self._higher: bool | None = None
+        #: direction of the task's main metric (``higher``: known already, e.g. kept by the
+        #: runner from the last evaluation; else asked of the task at the first metric)
+        self._higher: bool | None = None if higher is None else bool(higher)
         #: the last output's per-sample metric: (output, value) — the ensemble's score and the
         #: per-sample file read the same call
         self._last_metric: tuple[Any, torch.Tensor | None] | None = None

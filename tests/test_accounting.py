@@ -314,3 +314,47 @@ def test_aliased_ensemble_reports_the_same_numbers_also_when_a_later_batch_diffe
         plain, aliased = outs
         assert aliased.ensemble == plain.ensemble and aliased.attacks == plain.attacks
         assert aliased.clean == plain.clean
+
+
+def test_metric_directions_are_asked_in_the_first_evaluation_only(tmp_path: Any) -> None:
+    """``cache_directions``: the runner keeps the main metric's direction its first evaluation
+    learnt and the callback keeps each metric's (asking builds the task's whole metric
+    collection), so epochs 2 and 3 ask nothing; without it, every epoch asks as often as the
+    first."""
+    import lightning as L
+
+    from callbacks import AdversarialEvaluation
+    from callbacks.evaluation_runner import Speedups
+    from tests.test_callbacks_support import make_datamodule, make_module
+
+    per_epoch: dict[str, list[int]] = {}
+    for name, speedups in (("fast", Speedups()), ("none", Speedups.none())):
+        ev = AdversarialEvaluation(attacks=[{"name": "fgsm"}], eps=[0.01], subset=4, batch_size=4,
+                                   plot=False, write_json=False, report=False)
+        ev.runner.speedups = speedups
+        dm = make_datamodule()
+        model = make_module(dm)
+        asked: list[Any] = []
+        original = model.metric_higher_is_better
+
+        def counting(metric: str | None = None, _orig: Any = original, _asked: list = asked) -> bool:
+            _asked.append(metric)
+            return _orig(metric)
+
+        model.metric_higher_is_better = counting  # type: ignore[method-assign]
+        seen: list[int] = []
+
+        class Count(L.Callback):
+            def on_validation_epoch_end(self, trainer: Any, pl_module: Any, _seen: list = seen,
+                                        _asked: list = asked) -> None:
+                _seen.append(len(_asked) - sum(_seen))
+
+        tr = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                       limit_train_batches=1, num_sanity_val_steps=0, callbacks=[ev, Count()])
+        tr.fit(model, dm)
+        per_epoch[name] = seen
+    assert per_epoch["fast"][0] >= 2 and per_epoch["fast"][1:] == [0, 0]
+    # without the cache the first epoch asks the same as with it (the runner once, the callback
+    # once per metric) and so does every later one
+    assert per_epoch["none"] == [per_epoch["fast"][0]] * 3
