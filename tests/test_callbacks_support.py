@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[AdversarialEvaluation(**json.loads(args.callback))],
     )
     trainer.validate(model, datamodule=dm, ckpt_path=args.ckpt, verbose=False)
+    if torch.distributed.is_initialized():
+        # close gloo before the interpreter exits (as tests/test_co_watchdog.py's script)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

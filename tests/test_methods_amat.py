@@ -216,6 +216,10 @@ DDP_SCRIPT = textwrap.dedent('''
                             enable_model_summary=False, limit_val_batches=0,
                             num_sanity_val_steps=0, callbacks=[Save(out)])
         trainer.fit(model, dm)
+        if torch.distributed.is_initialized():
+            # close gloo before the interpreter exits (as tests/test_co_watchdog.py's script)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
     if __name__ == "__main__":
@@ -538,6 +542,10 @@ DDP_SEG_SCRIPT = textwrap.dedent('''
                             enable_model_summary=False, limit_val_batches=0,
                             num_sanity_val_steps=0, callbacks=[Save(out)])
         trainer.fit(model, dm)
+        if torch.distributed.is_initialized():
+            # close gloo before the interpreter exits (as tests/test_co_watchdog.py's script)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
     if __name__ == "__main__":
