@@ -19,8 +19,9 @@ classification  APGD-CE 100, APGD-DLR 100 (CW margin for 2 classes), APGD-T-DLR 
                 sequential
 segmentation    APGD 100 with Mask-CE, balanced CE, JS, SegPGD and 1 − soft Dice losses;
                 Square 5000 on ``seg_margin``
-landmarks       APGD 100 on the task loss, on the soft-argmax distance and on the expected
-                distance under the heatmap's softmax; Square 5000 on ``peak_margin``
+landmarks       APGD 100 on the task loss (2 random starts), on the soft-argmax distance and on
+                the expected distance under the heatmap's softmax; Square 5000 on
+                ``peak_margin``
 detection       APGD 100 on the task loss, on DAG (Xie et al. 2017: GT-matched locations
                 flipped to a wrong class, boxes off their objects) and on DAG's untargeted
                 margin (the highest wrong class); Square 5000 on the DAG
@@ -107,7 +108,11 @@ def _segmentation(steps: int, queries: int, num_classes: int | None) -> list[dic
 
 
 def _landmarks(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
-    return [{"name": "apgd", "steps": steps, "label": "apgd-task"},
+    # two random starts on the task loss: on a SAT cephalometric model at 4× its training ε the
+    # one-start suite stayed 0.14 px below a 2-start brute-force ensemble, and the task loss's
+    # second start was what it lacked (docs/benchmarks.md); one more APGD run is ≈ 3 % of the
+    # suite's passes next to Square's 5000 queries
+    return [{"name": "apgd", "steps": steps, "restarts": 2, "label": "apgd-task"},
             {"name": "apgd", "steps": steps, "loss": "soft_argmax", "label": "apgd-soft_argmax"},
             {"name": "apgd", "steps": steps, "loss": "expected_distance", "label": "apgd-expected_distance"},
             _square("landmarks", queries)]

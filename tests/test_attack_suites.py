@@ -40,6 +40,9 @@ def test_standard_suite_per_task() -> None:
     assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", "dice", "seg_margin"}
     assert all(s.params["steps"] == 100 for s in seg if s.name == "apgd")
     assert suite_configs("standard", "landmarks")[1]["loss"] == "soft_argmax"
+    # the task loss runs two random starts (the brute-force ensemble's edge, docs/benchmarks.md)
+    lmk = {s.label: s for s in parse_attack_specs("standard", "x", "landmarks")}
+    assert lmk["apgd-task"].params["restarts"] == 2 and lmk["apgd-task"].build(0.03, (0.0, 1.0)).restarts == 2
     det = {s.label: s for s in parse_attack_specs("standard", "x", "detection")}
     assert list(det) == ["apgd-task", "apgd-dag", "apgd-dag_untargeted", "square"]
     assert det["apgd-dag_untargeted"].loss == "dag" and det["apgd-dag_untargeted"].loss_args == {"target_shift": None}
