@@ -46,6 +46,7 @@ def test_standard_suite_per_task() -> None:
     det = {s.label: s for s in parse_attack_specs("standard", "x", "detection")}
     assert list(det) == ["apgd-task", "apgd-dag", "apgd-dag_untargeted", "square"]
     assert det["apgd-dag_untargeted"].loss == "dag" and det["apgd-dag_untargeted"].loss_args == {"target_shift": None}
+    assert [det[k].params.get("restarts", 1) for k in det] == [2, 1, 2, 1]
     with pytest.raises(ValueError, match="unknown suite"):
         parse_attack_specs("strongest", "x", "classification")
 
