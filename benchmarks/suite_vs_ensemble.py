@@ -20,6 +20,8 @@ more than ``--margin``.
         --losses heatmap_mse soft_argmax radial_error expected_distance peak_suppress
     python benchmarks/suite_vs_ensemble.py --task detection --n 24 --batch 24 \
         --square-queries 1000 [--eps 0.08]                           # synthetic boxes
+    MEDROBUST_DATA=/work/shared/data python benchmarks/suite_vs_ensemble.py --task detection \
+        --data bccd ...                                              # BCCD (real)
 
 (the runs of docs/benchmarks.md, "Suite against a brute-force ensemble"; ``--square-queries``,
 ``--n`` and ``--losses`` cut the cost to fit two shared cores, and the record says so).
@@ -36,7 +38,11 @@ the measured model is ``--train-eps 0.031372549`` (8/255): at 32/255 without the
 model was a constant predictor, and 32/255 with the warm-up was not tried;
 detection — the tiny FCOS and synthetic boxes of ``configs/experiment/detection_synthetic_sat.yaml``
 (SAT PGD-5 L∞ at its ε 0.02, warmed up linearly over 10 epochs, 256 training images),
-per-image AP@0.5 as the metric.
+per-image AP@0.5 as the metric; with ``--data bccd`` the real BCCD blood smears (Pascal VOC, RBC /
+WBC / platelets) at 144×192 as the BCCD configs load them, the tiny FCOS of the amat suite's
+``--quick`` BCCD runs (widths 8, 16, 32; 32 channels), SAT PGD L∞ at ``--train-eps`` (default
+:data:`BCCD_EPS`, the L∞ ε of ``configs/experiment/detection_bccd_sat.yaml``), warmed up over the
+first third of the epochs.
 Models train on the training split; every image of the data set (all splits, up to ``--n``)
 is attacked: the question is the attacks' strength, not generalisation.
 """
@@ -73,6 +79,28 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: BCCD (``--data bccd``): the L∞ ε of ``configs/experiment/detection_bccd_sat.yaml``
+BCCD_EPS = 0.004
+#: BCCD: the tiny FCOS of the amat suite's --quick BCCD runs
+BCCD_NET = {"class_path": "lightning_modules.nets.detectors.tiny_fcos",
+            "init_args": {"widths": [8, 16, 32], "out_channels": 32}}
+
+
+def data_name(args: argparse.Namespace) -> str:
+    """``synthetic`` or ``bccd`` (detection only: the other tasks always use their real set)."""
+    data = getattr(args, "data", None) or "synthetic"
+    if data != "synthetic" and getattr(args, "task", "detection") != "detection":
+        raise ValueError(f"--data {data}: only detection has a choice of data (segmentation is PH2, "
+                         "landmarks the cephalometric set)")
+    return data
+
+
+def warmup_epochs(epochs: int) -> int:
+    """Epochs of SAT's linear ε warm-up: 10 (the synthetic and landmark runs), at most a third
+    of a shorter run (at least 1)."""
+    return max(1, min(10, epochs // 3))
+
+
 def build(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
     """Datamodule and a fresh task module (SAT, PGD-5 L∞ at the evaluation ε)."""
     from lightning_modules.methods import SAT
@@ -103,6 +131,18 @@ def build(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
                   schedule="linear", warmup_epochs=10)
         module = LandmarkModule(net=UNET, data_info=dm.info, method=sat, sigma=3.0, lr=2e-3,
                                 regression_head=True, predict_from="regression")
+    elif data_name(args) == "bccd":
+        from datamodules.detection import VOCDetectionDataModule
+        from datamodules.transforms import AugmentConfig
+        from lightning_modules.detection_module import DetectionModule
+
+        # the data settings of configs/experiment/detection_bccd_sat.yaml
+        dm = VOCDetectionDataModule(image_size=(144, 192), channels=3, degenerate_boxes="drop",
+                                    augment=AugmentConfig(hflip=0.5, vflip=0.5, brightness=0.1, contrast=0.1),
+                                    batch_size=8)
+        sat = SAT(eps=eps, attack={"name": "pgd", "norm": "linf", "steps": args.train_steps}, beta=1.0,
+                  schedule="linear", warmup_epochs=warmup_epochs(args.epochs))
+        module = DetectionModule(net=BCCD_NET, data_info=dm.info, method=sat, lr=3e-3)
     else:
         import yaml
 
@@ -122,8 +162,26 @@ def build(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def train_eps(task: str, args: argparse.Namespace) -> float:
-    """SAT's ε: ``--train-eps`` or the task's evaluation ε."""
-    return SETTINGS[task]["eps"] if getattr(args, "train_eps", None) is None else float(args.train_eps)
+    """SAT's ε: ``--train-eps`` or the task's evaluation ε (BCCD: :data:`BCCD_EPS`)."""
+    if getattr(args, "train_eps", None) is not None:
+        return float(args.train_eps)
+    return BCCD_EPS if data_name(args) == "bccd" else SETTINGS[task]["eps"]
+
+
+def attack_eps(task: str, args: argparse.Namespace) -> float:
+    """The attack's ε: ``--eps``, else the task's evaluation ε (BCCD: :data:`BCCD_EPS`), also
+    when ``--train-eps`` trained the model at another ε."""
+    if getattr(args, "eps", None) is not None:
+        return float(args.eps)
+    return BCCD_EPS if data_name(args) == "bccd" else SETTINGS[task]["eps"]
+
+
+def file_stem(task: str, args: argparse.Namespace) -> str:
+    """Stem of the cached model and the result files: the task, ``_bccd`` for BCCD, the
+    training ε when given."""
+    data = "" if data_name(args) == "synthetic" else f"_{data_name(args)}"
+    tag = "" if getattr(args, "train_eps", None) is None else f"_train{args.train_eps:g}"
+    return f"{task}{data}{tag}"
 
 
 def train(task: str, args: argparse.Namespace) -> Any:
@@ -131,8 +189,8 @@ def train(task: str, args: argparse.Namespace) -> Any:
     import lightning as L
 
     dm, module = build(task, args)
-    tag = "" if getattr(args, "train_eps", None) is None else f"_train{args.train_eps:g}"
-    path = args.out / f"{task}{tag}.pt"
+    stem = file_stem(task, args)
+    path = args.out / f"{stem}.pt"
     if path.is_file():
         module.load_state_dict(torch.load(path, map_location="cpu"))
         return dm, module
@@ -145,7 +203,7 @@ def train(task: str, args: argparse.Namespace) -> Any:
     torch.save(module.state_dict(), path)
     seconds = time.time() - t0
     clean = clean_metric(module, images(dm, args.n, args.batch))
-    (args.out / f"{task}{tag}_train.json").write_text(json.dumps(
+    (args.out / f"{stem}_train.json").write_text(json.dumps(
         {"epochs": args.epochs, "train_steps": args.train_steps, "train_eps": train_eps(task, args),
          "seconds": seconds, "spread": spread(module, images(dm, args.n, args.batch)),
          "clean_metric_attacked_images": clean, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}))
@@ -168,10 +226,12 @@ def main() -> None:
                    help="per-image difference counted, metric units (default per task: 0.05 Dice / AP, 0.5 px)")
     p.add_argument("--losses", nargs="+", default=None,
                    help="a subset of the brute-force losses (default: all of the task's)")
+    p.add_argument("--data", choices=["synthetic", "bccd"], default="synthetic",
+                   help="detection only: synthetic boxes (default) or the real BCCD blood smears")
     p.add_argument("--train-eps", type=float, default=None,
                    help="SAT's training ε (default: the task's evaluation ε); cached separately")
     p.add_argument("--eps", type=float, default=None,
-                   help="attack ε (L∞; default per task, the training ε); the model is the same")
+                   help="attack ε (L∞; default per task: its evaluation ε, BCCD 0.004); the model is the same")
     p.add_argument("--square-queries", type=int, default=None,
                    help="override the suite's Square queries (default: the suite's, 5000 in standard)")
     p.add_argument("--batch", type=int, default=25)
@@ -179,6 +239,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "suite_vs_ensemble")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    data_name(args)  # --data with a task that has no choice: an error before any work
     args.out.mkdir(parents=True, exist_ok=True)
     args.n = args.n or SETTINGS[args.task]["n"]
     args.epochs = args.epochs or SETTINGS[args.task]["epochs"]
@@ -328,7 +389,7 @@ def combine(cands: list[dict[str, torch.Tensor]], rule: str, higher: bool) -> to
 
 def compare(module: Any, batches: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     task, cfg = args.task, SETTINGS[args.task]
-    eps = cfg["eps"] if args.eps is None else args.eps
+    eps = attack_eps(task, args)
     higher = module.metric_higher_is_better()
     model = module.attack_model()
     bounds = tuple(module.data_info.bounds)
@@ -407,7 +468,7 @@ def compare(module: Any, batches: list[dict[str, Any]], args: argparse.Namespace
         return int((d > args.margin).sum())
 
     return {
-        "task": task, "eps": eps, "train_eps": train_eps(task, args), "n": int(clean_c["metric"].numel()), "metric": cfg["metric"],
+        "task": task, "data": data_name(args), "eps": eps, "train_eps": train_eps(task, args), "n": int(clean_c["metric"].numel()), "metric": cfg["metric"],
         "higher_is_better": higher, "suite": args.suite, "members": [s.label for s in specs],
         "old_members": old_labels, "square_queries": [c.get("steps") for c in configs if c["name"] == "square"],
         "steps": args.steps, "starts": args.starts, "margin": args.margin,
@@ -437,7 +498,7 @@ def _mean(t: torch.Tensor) -> float:
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     tag = "" if args.eps is None else f"_eps{args.eps:g}"
-    (args.out / f"{args.task}{tag}.json").write_text(json.dumps(r, indent=1))
+    (args.out / f"{file_stem(args.task, args)}{tag}.json").write_text(json.dumps(r, indent=1))
     print(json.dumps(r, indent=1))
 
 

@@ -57,3 +57,49 @@ def test_old_rule_keeps_the_violating_higher_loss_candidate_new_rule_the_worse_m
     # higher-is-better metric (Dice, AP): the new rule keeps the lower value
     assert combine([_cand([0.9], [0.0], [False]), _cand([0.5], [1.0], [True]), _cand([0.25], [0.5], [True])],
                    "new", higher=True).tolist() == [0.25]
+
+
+def _args(**kw: Any) -> Any:
+    import argparse
+
+    base = {"task": "detection", "data": "synthetic", "train_eps": None, "eps": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_bccd_option_sets_its_own_eps_and_file_names_and_is_detection_only() -> None:
+    import pytest
+
+    from benchmarks.suite_vs_ensemble import (
+        BCCD_EPS,
+        SETTINGS,
+        attack_eps,
+        data_name,
+        file_stem,
+        train_eps,
+    )
+
+    # synthetic detection: as before (the task's ε for training and attack, file "detection")
+    syn = _args()
+    assert train_eps("detection", syn) == attack_eps("detection", syn) == SETTINGS["detection"]["eps"]
+    assert file_stem("detection", syn) == "detection"
+    # BCCD: its own ε (the L∞ ε of detection_bccd_sat.yaml) and its own cache / result files
+    bccd = _args(data="bccd")
+    assert BCCD_EPS == 0.004
+    assert train_eps("detection", bccd) == attack_eps("detection", bccd) == BCCD_EPS
+    assert file_stem("detection", bccd) == "detection_bccd"
+    assert attack_eps("detection", _args(data="bccd", eps=0.016)) == 0.016
+    assert file_stem("detection", _args(data="bccd", train_eps=0.008)) == "detection_bccd_train0.008"
+    # --train-eps alone leaves the attack at the task's evaluation ε (the landmark runs: trained
+    # at 8/255, attacked at 32/255)
+    lm = _args(task="landmarks", train_eps=8 / 255)
+    assert train_eps("landmarks", lm) == 8 / 255
+    assert attack_eps("landmarks", lm) == SETTINGS["landmarks"]["eps"]
+    assert data_name(_args(task="segmentation")) == "synthetic"
+    with pytest.raises(ValueError, match="--data bccd"):
+        data_name(_args(task="landmarks", data="bccd"))
+
+
+def test_warmup_is_ten_epochs_for_long_runs_and_a_third_of_short_ones() -> None:
+    from benchmarks.suite_vs_ensemble import warmup_epochs
+
+    assert [warmup_epochs(e) for e in (40, 30, 24, 12, 2)] == [10, 10, 8, 4, 1]
