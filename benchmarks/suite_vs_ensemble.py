@@ -284,15 +284,32 @@ def spread(module: Any, batches: list[dict[str, Any]]) -> dict[str, float] | Non
 
 
 def images(dm: Any, n: int, batch: int) -> list[dict[str, Any]]:
-    """The first ``n`` images of train + val + test, in batches of ``batch``."""
+    """The first ``n`` images of train + val + test, in batches of ``batch``; the training
+    split without its augmentations (random flips and intensity changes would give every call,
+    and every run, other images)."""
     dm.setup("fit")
     dm.setup("test")
     items = []
     for split in ("train", "val", "test"):
-        ds = dm.dataset(split)
+        ds = plain_split(dm, split)
         items += [ds[i] for i in range(len(ds))]
     items = items[:n]
     return [collate_batch(items[s:s + batch]) for s in range(0, len(items), batch)]
+
+
+def plain_split(dm: Any, split: str) -> Any:
+    """``dm``'s dataset of ``split``; the training split rebuilt without augmentation when the
+    datamodule augments (the cached training dataset is left as it is)."""
+    from datamodules.transforms import AugmentConfig
+
+    aug = getattr(dm, "augment", None)
+    if split != "train" or aug is None or not aug.enabled:
+        return dm.dataset(split)
+    dm.augment = AugmentConfig()
+    try:
+        return dm.build_split(split)
+    finally:
+        dm.augment = aug
 
 
 # ---------------------------------------------------------------------- the brute-force losses

@@ -103,3 +103,30 @@ def test_warmup_is_ten_epochs_for_long_runs_and_a_third_of_short_ones() -> None:
     from benchmarks.suite_vs_ensemble import warmup_epochs
 
     assert [warmup_epochs(e) for e in (40, 30, 24, 12, 2)] == [10, 10, 8, 4, 1]
+
+
+class _AugDM:
+    """A stand-in datamodule: ``build_split`` records the augmentation it was built with."""
+
+    def __init__(self, augment: Any) -> None:
+        self.augment, self.built = augment, []
+
+    def dataset(self, split: str) -> str:
+        return f"cached {split}"
+
+    def build_split(self, split: str) -> str:
+        self.built.append((split, self.augment.enabled))
+        return f"built {split}"
+
+
+def test_attacked_training_images_are_built_without_augmentation_and_the_setting_is_restored() -> None:
+    from benchmarks.suite_vs_ensemble import plain_split
+    from datamodules.transforms import AugmentConfig
+
+    aug = AugmentConfig(hflip=0.5, brightness=0.1)
+    dm = _AugDM(aug)
+    assert plain_split(dm, "train") == "built train" and dm.built == [("train", False)]
+    assert dm.augment is aug  # restored
+    assert plain_split(dm, "val") == "cached val"  # evaluation splits are never augmented
+    plain = _AugDM(AugmentConfig())
+    assert plain_split(plain, "train") == "cached train" and plain.built == []
