@@ -27,7 +27,7 @@ from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 
 class ChestXrayFolderDataModule(BaseDataModule):
@@ -67,7 +67,7 @@ class ChestXrayFolderDataModule(BaseDataModule):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.root = root
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.split_file = split_file

@@ -57,7 +57,7 @@ from datamodules.samples import (
     format_listing,
 )
 from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class _DetectionDataModule(BaseDataModule):
         self.split_fractions = tuple(split_fractions)
         self.seed = seed
         self.split_file = split_file
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.degenerate_boxes = degenerate_boxes
         self.on_bad_sample = on_bad_sample
         self.class_names: list[str] = []

@@ -60,7 +60,7 @@ from datamodules.samples import (
     format_listing,
 )
 from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ class CephalometricDataModule(BaseDataModule):
         self.seed = seed
         self.split_file = split_file
         self.isbi_test_sets = tuple(isbi_test_sets)
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.bad_landmarks = bad_landmarks
         self.on_bad_sample = on_bad_sample
         self._splits: dict[str, list[LandmarkCase]] | None = None

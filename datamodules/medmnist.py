@@ -24,6 +24,7 @@ from datamodules.samples import OnBadSample, check_on_bad_sample
 from datamodules.transforms import (
     AugmentConfig,
     JointTransform,
+    as_augment_config,
     flip_volume,
     volume_augment_warning,
 )
@@ -171,7 +172,7 @@ class MedMNISTDataModule(BaseDataModule):
                              f"<flag>_<size>.npz; 28 = <flag>.npz), got {size}")
         self.size = size
         self.image_size = tuple(image_size) if image_size is not None else None
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self._file: Path | None = None
         self._meta: dict[str, Any] | None = None

@@ -26,7 +26,7 @@ from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 PH2_CLASSES = ["common_nevus", "atypical_nevus", "melanoma"]
 IMAGES_DIR = "PH2 Dataset images"
@@ -139,7 +139,7 @@ class PH2DataModule(BaseDataModule):
         self.root = root
         self.task = task
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.split_file = split_file

@@ -40,6 +40,7 @@ from datamodules.info import TASKS, DataInfo
 from datamodules.transforms import (
     AugmentConfig,
     JointTransform,
+    as_augment_config,
     flip_volume,
     volume_augment_warning,
 )
@@ -509,7 +510,7 @@ class SyntheticDataModule(BaseDataModule):
         self.num_landmarks = num_landmarks if task == "landmarks" else 0
         self.max_objects = max_objects
         self.seed = seed
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
 
     def build_info(self) -> DataInfo:
         return DataInfo(

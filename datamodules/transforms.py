@@ -31,6 +31,24 @@ BOX_MIN_VISIBILITY = 0.3
 BOX_MIN_SIDE = 1e-3
 
 
+def as_augment_config(augment: Any) -> AugmentConfig:
+    """``augment`` as an :class:`AugmentConfig`: ``None`` → all off; a mapping (what a datamodule
+    built from Python, not the CLI, is given) → its fields, an unknown one named in the error."""
+    if augment is None:
+        return AugmentConfig()
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if isinstance(augment, dict):
+        from dataclasses import fields
+
+        known = [f.name for f in fields(AugmentConfig)]
+        unknown = sorted(set(augment) - set(known))
+        if unknown:
+            raise ValueError(f"augment: unknown field(s) {unknown}; known: {known}")
+        return AugmentConfig(**augment)
+    raise TypeError(f"augment must be an AugmentConfig, a dict of its fields or None, got {type(augment).__name__}")
+
+
 @dataclass
 class AugmentConfig:
     """Training augmentations; every field defaults to *off*.
@@ -128,7 +146,7 @@ class JointTransform:
     def __init__(
         self,
         image_size: tuple[int, int] | None,
-        augment: AugmentConfig | None,
+        augment: AugmentConfig | dict[str, Any] | None,
         train: bool,
         bounds: tuple[float, float] = (0.0, 1.0),
         has_mask: bool = False,
@@ -138,7 +156,7 @@ class JointTransform:
         self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ValueError(f"image_size must be (H, W) with positive sizes, got {image_size}")
-        self.augment = augment if augment is not None else AugmentConfig()
+        self.augment = as_augment_config(augment)
         self.train = train
         lo, hi = float(bounds[0]), float(bounds[1])
         if not lo < hi:

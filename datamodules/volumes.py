@@ -55,7 +55,7 @@ from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, BadSamples, OnBadSample, check_on_bad_sample
 from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ class DecathlonDataModule(BaseDataModule):
         self.split_fractions = tuple(split_fractions)
         self.seed = seed
         self.split_file = split_file
-        self.augment = augment
+        self.augment = as_augment_config(augment) if augment is not None else None
         self.cache = cache
         self.on_bad_sample = on_bad_sample
         self.what = f"Decathlon ({self.root})"

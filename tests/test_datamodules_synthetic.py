@@ -422,3 +422,15 @@ def test_resolve_data_path(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("MEDROBUST_DATA")
     with pytest.raises(FileNotFoundError, match="MEDROBUST_DATA is not set"):
         resolve_data_path(None, "isic", "ISIC")
+
+
+def test_augment_given_as_a_dict_from_python_works_like_the_config_object() -> None:
+    """A datamodule built in Python with ``augment={...}`` (the CLI converts the mapping itself)
+    gets the same :class:`AugmentConfig`; an unknown field is named."""
+    from datamodules.transforms import AugmentConfig
+
+    as_dict = SyntheticDataModule(task="detection", augment={"hflip": 0.5, "vflip": 0.5})
+    as_obj = SyntheticDataModule(task="detection", augment=AugmentConfig(hflip=0.5, vflip=0.5))
+    assert as_dict.augment == as_obj.augment and as_dict.augment.enabled
+    with pytest.raises(ValueError, match=r"augment: unknown field\(s\) \['flip'\]"):
+        SyntheticDataModule(task="detection", augment={"flip": 0.5})
