@@ -1,0 +1,245 @@
+"""Corruption robustness of trained models and the corruption suite's cost next to PGD-10.
+
+For each dataset (PneumoniaMNIST → the ``chest_xray`` suite, PH2 → ``dermoscopy``) and each
+method's checkpoint of a run folder (the xue2019 suite's clean, SAT and denoise models), runs
+``trainer.test`` with :class:`callbacks.AdversarialEvaluation` (PGD-10 L∞ at ε 0.004 plus the
+modality's corruption suite at severities 1–5 on the same test samples, intervals on) and
+prints the table: the metric per corruption (mean over severities, with its interval), the mean
+per severity, the mean error and the mCE / relative mCE against the clean model (the first
+method). Then, measured side by side on the same batches of the clean model, the seconds per
+evaluated sample of the whole corruption suite and of one PGD-10 attack, and their ratio.
+
+Example (the numbers of docs/corruptions.md)::
+
+    python benchmarks/corruption_robustness.py --runs /work/models/xue2019 \\
+        --datasets pneumoniamnist --subset 624 --out /work/models/h25corr/corruptions
+
+Writes each run's ``robustness.json``, ``robustness_samples.csv``, ``report.md``,
+``corruptions.png`` under ``--out/<dataset>_<method>/`` and example panels
+``panel_<dataset>_<method>.png`` (one image at severities 0–5 of every corruption, with the
+prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+SUITE_FOR = {"pneumoniamnist": "chest_xray", "ph2": "dermoscopy"}
+
+
+def _build(spec: dict[str, Any]) -> Any:
+    module_name, _, cls_name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), cls_name)(**(spec.get("init_args") or {}))
+
+
+def _checkpoint(run_dir: Path) -> Path:
+    found = sorted(run_dir.glob("version_*/checkpoints/best-*.ckpt")) or sorted(run_dir.glob("version_*/checkpoints/last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}")
+    return found[-1]
+
+
+def load(runs: Path, dataset: str, method: str) -> tuple[Any, Any, Path]:
+    """``(module in eval mode, datamodule, checkpoint)`` of one run of the xue2019 folder."""
+    import lightning_modules
+
+    cfg = yaml.safe_load((runs / "configs" / f"{dataset}_{method}.yaml").read_text())
+    dm = _build(cfg["data"])
+    cls_name = cfg["model"]["class_path"].rpartition(".")[2]
+    ckpt = _checkpoint(runs / "runs" / f"{dataset}_{method}")
+    module = getattr(lightning_modules, cls_name).load_from_checkpoint(str(ckpt), map_location="cpu")
+    module.eval()
+    return module, dm, ckpt
+
+
+def evaluate(module: Any, dm: Any, suite: str, subset: int | None, out: Path, reference: Path | None) -> Path:
+    import lightning as L
+
+    from callbacks import AdversarialEvaluation
+
+    cb = AdversarialEvaluation(attacks=[{"name": "pgd", "norm": "linf", "steps": 10}], eps=[0.004],
+                               subset=subset, test_subset=subset, corruptions=suite, intervals="test",
+                               sanity="never", corruption_reference=None if reference is None else str(reference))
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(out))
+    trainer.test(module, datamodule=dm, verbose=False)
+    return out / "robustness.json"
+
+
+def cost_side_by_side(module: Any, dm: Any, suite_name: str, n: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per sample of the whole suite (every corruption × severity 1–5 and the forward
+    that scores it) and of PGD-10 (its 10 steps and the scoring forward), same batches."""
+    from attacks import PGD
+    from corruptions import corruption_suite
+
+    dm.setup("test")
+    ds = dm.test_dataloader().dataset
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(min(n, len(ds)))),
+                                         batch_size=64, collate_fn=dm.test_dataloader().collate_fn)
+    batches = list(loader)
+    model = module.attack_model()
+    suite = corruption_suite(suite_name)
+    bounds = tuple(module.data_info.bounds)
+    pgd = PGD(eps=0.004, norm="linf", steps=10, bounds=bounds)
+
+    def loss(out: Any, batch: Any) -> torch.Tensor:
+        return module.per_sample_loss(out, batch)
+
+    def run_suite() -> None:
+        for b in batches:
+            for c in suite:
+                for s in range(1, 6):
+                    with torch.no_grad():
+                        model(c(b["image"], s, generator=torch.Generator().manual_seed(s), bounds=bounds))
+
+    def run_pgd() -> None:
+        for b in batches:
+            x_adv = pgd(model, b["image"], b, loss_fn=loss, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                model(x_adv)
+
+    samples = sum(b["image"].shape[0] for b in batches)
+    times: dict[str, list[float]] = {"suite": [], "pgd10": []}
+    for _ in range(repeats):  # interleaved, so load on the shared machine hits both alike
+        for name, fn in (("suite", run_suite), ("pgd10", run_pgd)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    suite_s = statistics.median(times["suite"]) / samples
+    pgd_s = statistics.median(times["pgd10"]) / samples
+    return {"samples": samples, "suite_s_per_sample": suite_s, "pgd10_s_per_sample": pgd_s,
+            "ratio": suite_s / pgd_s, "cells": len(suite) * 5}
+
+
+def panel(module: Any, dm: Any, suite_name: str, path: Path, index: int = 0) -> None:
+    """One test image at severities 0–5 of every corruption, titled with the prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from corruptions import corruption_suite
+
+    dm.setup("test")
+    ds = dm.test_dataloader().dataset
+    item = ds[index]
+    x = item["image"][None]
+    label = int(torch.as_tensor(item["label"]).reshape(-1)[0])
+    suite = corruption_suite(suite_name)
+    bounds = tuple(module.data_info.bounds)
+    model = module.attack_model()
+    fig, axes = plt.subplots(len(suite), 6, figsize=(9, 1.6 * len(suite)))
+    for r, c in enumerate(suite):
+        for s in range(6):
+            xc = c(x, s, seeds=[index], bounds=bounds)
+            with torch.no_grad():
+                p = torch.softmax(model(xc), 1)[0]
+            ax = axes[r, s]
+            img = xc[0].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
+            pred = int(p.argmax())
+            ax.set_title(f"{'clean' if s == 0 else f'sev {s}'}: {pred} ({float(p[pred]):.2f})",
+                         fontsize=7, color="green" if pred == label else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(c.name, fontsize=7)
+    fig.suptitle(f"{suite_name} suite, true class {label} (prediction (probability); red: wrong)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def table(records: dict[str, Any], metric: str) -> list[str]:
+    """Markdown: per corruption, ``metric`` mean over severities [interval] per method; the mean
+    per severity; the mean error, mCE and relative mCE."""
+    from callbacks.record import RobustnessRecord
+
+    recs = {m: RobustnessRecord.load(p) for m, p in records.items()}
+    methods = list(recs)
+    first = recs[methods[0]].corruptions
+    lines = [f"| corruption | {' | '.join(methods)} |", "|---|" + "---|" * len(methods)]
+
+    def ci_mean(rec: Any, name: str) -> str:
+        v = next(r for r in rec.corruptions.to_dict()["per_corruption"] if r["corruption"] == name)["mean"][metric]
+        iv = next((r for r in (rec.intervals or {}).get("corruptions", {}).get("per_corruption", [])
+                   if r["corruption"] == name), None)
+        return f"{v:.3f}" + (f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else "")
+
+    lines.append("| clean | " + " | ".join(
+        f"{r.clean[metric]:.3f}" + (lambda ci: f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")(r.interval("clean"))
+        for r in recs.values()) + " |")
+    for name in first.names():
+        lines.append(f"| {name} | " + " | ".join(ci_mean(r, name) for r in recs.values()) + " |")
+    for s in first.severities:
+        vals = [statistics.fmean(r.corruptions.value(n, s, metric) for n in first.names()) for r in recs.values()]
+        lines.append(f"| mean, severity {s} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines.append("| mean over all | " + " | ".join(
+        f"{r.corruptions.mean()[metric]:.3f}" + (lambda iv: f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else "")(
+            (r.intervals or {}).get("corruptions", {}).get("mean")) for r in recs.values()) + " |")
+    data = {m: r.corruptions.to_dict() for m, r in recs.items()}
+    lines.append(f"| mean error ({first.error_metric}) | " + " | ".join(
+        f"{d['mean_error']:.3f}" for d in data.values()) + " |")
+    lines.append("| mCE vs clean | " + " | ".join("1 (reference)" if i == 0 else f"{d['mce']:.3f}"
+                                                 for i, d in enumerate(data.values())) + " |")
+    lines.append("| relative mCE vs clean | " + " | ".join(
+        "1 (reference)" if i == 0 else f"{d['relative_mce']:.3f}" for i, d in enumerate(data.values())) + " |")
+    pgd = [next((e.metrics.get(metric) for e in r.attacks), math.nan) for r in recs.values()]
+    lines.append("| PGD-10 ε=0.004 | " + " | ".join(f"{v:.3f}" for v in pgd) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=Path("/work/models/xue2019"))
+    ap.add_argument("--datasets", nargs="+", default=["pneumoniamnist", "ph2"])
+    ap.add_argument("--methods", nargs="+", default=["clean", "sat", "denoise"])
+    ap.add_argument("--subset", type=int, default=None, help="test samples (default: the whole split)")
+    ap.add_argument("--cost-samples", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("results/corruptions"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    summary: dict[str, Any] = {}
+    for ds in args.datasets:
+        suite = SUITE_FOR[ds]
+        records: dict[str, Path] = {}
+        for method in args.methods:
+            try:
+                module, dm, ckpt = load(args.runs, ds, method)
+            except FileNotFoundError as err:
+                print(f"[{ds}/{method}] skipped: {err}")
+                continue
+            t = time.perf_counter()
+            reference = records.get(args.methods[0])
+            records[method] = evaluate(module, dm, suite, args.subset, args.out / f"{ds}_{method}", reference)
+            print(f"[{ds}/{method}] {ckpt} evaluated in {time.perf_counter() - t:.0f} s")
+            panel(module, dm, suite, args.out / f"panel_{ds}_{method}.png")
+            if method == args.methods[0]:
+                cost = cost_side_by_side(module, dm, suite, args.cost_samples)
+                summary[f"{ds}_cost"] = cost
+                print(f"[{ds}] cost per evaluated sample, same {cost['samples']} samples, side by side: "
+                      f"corruption suite ({cost['cells']} corruption × severity cells) "
+                      f"{1e3 * cost['suite_s_per_sample']:.3f} ms vs PGD-10 {1e3 * cost['pgd10_s_per_sample']:.3f} ms "
+                      f"→ ratio {cost['ratio']:.2f}")
+        if records:
+            lines = table(records, "accuracy")
+            summary[ds] = lines
+            print(f"\n## {ds} — suite {suite}, accuracy (95 % intervals)\n")
+            print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
