@@ -122,42 +122,14 @@ def cost_side_by_side(module: Any, dm: Any, suite_name: str, n: int, repeats: in
 
 
 def panel(module: Any, dm: Any, suite_name: str, path: Path, index: int = 0) -> None:
-    """One test image at severities 0–5 of every corruption, titled with the prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from corruptions import corruption_suite
+    """One test image at severities 0–5 of every corruption, titled with the prediction
+    (:func:`callbacks.corruption_eval.plot_corruption_panel`)."""
+    from callbacks.corruption_eval import plot_corruption_panel
 
     dm.setup("test")
-    ds = dm.test_dataloader().dataset
-    item = ds[index]
-    x = item["image"][None]
-    label = int(torch.as_tensor(item["label"]).reshape(-1)[0])
-    suite = corruption_suite(suite_name)
-    bounds = tuple(module.data_info.bounds)
-    model = module.attack_model()
-    fig, axes = plt.subplots(len(suite), 6, figsize=(9, 1.6 * len(suite)))
-    for r, c in enumerate(suite):
-        for s in range(6):
-            xc = c(x, s, seeds=[index], bounds=bounds)
-            with torch.no_grad():
-                p = torch.softmax(model(xc), 1)[0]
-            ax = axes[r, s]
-            img = xc[0].permute(1, 2, 0).numpy()
-            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=bounds[0], vmax=bounds[1])
-            pred = int(p.argmax())
-            ax.set_title(f"{'clean' if s == 0 else f'sev {s}'}: {pred} ({float(p[pred]):.2f})",
-                         fontsize=7, color="green" if pred == label else "red")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(c.name, fontsize=7)
-    fig.suptitle(f"{suite_name} suite, true class {label} (prediction (probability); red: wrong)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    loader = dm.test_dataloader()
+    batch = loader.collate_fn([loader.dataset[index]])
+    plot_corruption_panel(module, batch, suite_name, path)
 
 
 def table(records: dict[str, Any], metric: str) -> list[str]:

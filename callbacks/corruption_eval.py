@@ -453,6 +453,54 @@ def plot_corruption_curves(section: CorruptionSection, clean: Mapping[str, Any],
     return _save(fig, path)
 
 
+def plot_corruption_panel(task: Any, batch: Mapping[str, Any], suite: CorruptionSuite | str, path: str | Path,
+                          index: int = 0, seed: int = 0) -> Path:
+    """Example panel: sample ``index`` of ``batch`` at severities 0–5 (columns) of every
+    corruption of ``suite`` (rows), each titled with the model's prediction — the predicted class
+    and its probability for a ``[B, K]`` logit output — and the task's per-sample metric (red
+    where it is worse than on the clean image). Corrupted with the evaluation's per-sample seed."""
+    from callbacks.per_sample import metric_name
+    from callbacks.plotting import _save, plt
+
+    suite = corruption_suite(suite)
+    one = {k: (v[index:index + 1] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch["image"].shape[0]
+               else v) for k, v in batch.items()}
+    x = one["image"]
+    sid = int(torch.as_tensor(one.get("index", [index])).reshape(-1)[0])
+    bounds = tuple(float(b) for b in task.data_info.bounds)
+    model = task.attack_model()
+    name = metric_name(task)
+    higher = bool(task.metric_higher_is_better())
+    fig, axes = plt.subplots(len(suite), 6, figsize=(9, 1.7 * len(suite)), squeeze=False)
+    for r, c in enumerate(suite):
+        base = None
+        for s in range(6):
+            xc = c(x, s, seeds=[_seed(seed, sid, r, s)], bounds=bounds)
+            with torch.no_grad():
+                out = model(xc)
+            value = float(task.per_sample_metric(out, one).reshape(-1)[0])
+            base = value if s == 0 else base
+            text = f"{name}={value:.2f}"
+            if isinstance(out, torch.Tensor) and out.ndim == 2:
+                p = torch.softmax(out.float(), 1)[0]
+                text = f"class {int(p.argmax())} ({float(p.max()):.2f}) · " + text
+            worse = s > 0 and math.isfinite(value) and base is not None and (value < base if higher else value > base)
+            ax = axes[r, s]
+            img = xc[0].detach().float().cpu()
+            img = img[:, img.shape[1] // 2] if img.ndim == 4 else img  # a volume: its middle slice
+            img = img.permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[2] != 3 else img.clip(*bounds), cmap="gray",
+                      vmin=bounds[0], vmax=bounds[1])
+            ax.set_title(f"{'clean' if s == 0 else f'sev {s}'}: {text}", fontsize=6,
+                         color="red" if worse else "black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(c.name, fontsize=7)
+    fig.suptitle(f"corruption suite {suite.name}, sample {sid}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    return _save(fig, path)
+
+
 def resolve_suite(value: Any, where: str) -> CorruptionSuite | None:
     """``None`` stays ``None``; a name or list becomes a checked suite."""
     if value is None:

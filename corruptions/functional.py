@@ -25,6 +25,7 @@ re-implemented on tensors (batched, on the images' device, seeded) from those de
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -276,6 +277,11 @@ def box_resample_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu
     """``[n_out, n_in]``: PIL's ``BOX`` resampling weights along one axis, as PIL's
     ``precompute_coeffs`` with its box filter (1 on ``(−0.5, 0.5]``): the mean of the input
     pixels within the output pixel's scaled box when shrinking, nearest when enlarging."""
+    return _box_matrix(int(n_in), int(n_out)).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_matrix(n_in: int, n_out: int) -> Tensor:
     m = torch.zeros(n_out, n_in, dtype=torch.float64)
     sc = n_in / n_out
     fs = max(sc, 1.0)
@@ -290,7 +296,7 @@ def box_resample_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu
                 m[o, j] = 1.0
         if m[o].sum() > 0:
             m[o] /= m[o].sum()
-    return m.to(device)
+    return m
 
 
 def pixelate(x: Tensor, factor: float, draw: Draw, scale: float) -> Tensor:

@@ -179,3 +179,35 @@ def test_corruption_augment_with_sat_trains_and_keeps_targets() -> None:
     assert trainer.global_step == 2
     with pytest.raises(ValueError, match="unknown keys"):
         ClassificationModule(data_info=dm.info, corruption_augment={"suite": "chest_xray", "prob": 1})
+
+
+def test_medrobust_evaluate_runs_a_corruption_suite_from_the_command_line(tmp_path) -> None:
+    """``medrobust evaluate --corruptions``: a plain torch model, 16×16 grey tensors as a
+    manifest, the chest X-ray suite at two severities beside the attack."""
+    from datamodules.manifest import write_example_manifest
+    from medrobust.cli_evaluate import main as evaluate_main
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2))
+    torch.save(model, tmp_path / "m.pt")
+    manifest = write_example_manifest(tmp_path / "data", "classification", n=24, image_size=(16, 16))
+    code = evaluate_main(["--model", str(tmp_path / "m.pt"), "--trusted", "--data", str(manifest),
+                          "--task", "classification", "--suite", "quick", "--eps", "0.01",
+                          "--no-normalization", "--out", str(tmp_path / "out"), "--accelerator", "cpu",
+                          "--sanity", "never", "--corruptions", "chest_xray",
+                          "--corruption-severities", "1", "5"])
+    assert code == 0
+    record = RobustnessRecord.load(tmp_path / "out" / "robustness.json")
+    assert record.corruptions.suite == "chest_xray" and record.corruptions.severities == [1, 5]
+    assert len(record.corruptions.entries) == 13 * 2
+    table = SampleTable.load(tmp_path / "out" / FILE_NAME)
+    assert "corruption-jpeg_compression/5/accuracy" in table.columns
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_example_panel(task: str, tmp_path) -> None:
+    from callbacks.corruption_eval import plot_corruption_panel
+
+    module, batch = trained(task)
+    path = plot_corruption_panel(module, batch, SUITE, tmp_path / "panel.png", index=3)
+    assert path.stat().st_size > 5000
