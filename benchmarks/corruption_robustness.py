@@ -171,6 +171,42 @@ def table(records: dict[str, Any], metric: str) -> list[str]:
     return lines
 
 
+def paired(records: dict[str, Any], metric: str) -> list[str]:
+    """Markdown: each method minus the first (the reference) on the same samples — the paired
+    difference of the per-sample mean over severities, per corruption and over all, with its
+    BCa interval and verdict (``callbacks.uncertainty.paired_difference``, as ``medrobust
+    compare``); positive = the method keeps more ``metric``."""
+    import numpy as np
+
+    from callbacks.per_sample import FILE_NAME, SampleTable
+    from callbacks.record import RobustnessRecord
+    from callbacks.uncertainty import decide, paired_difference
+
+    methods = list(records)
+    if len(methods) < 2:
+        return []
+    ref_rec = RobustnessRecord.load(records[methods[0]])
+    names, sev = ref_rec.corruptions.names(), ref_rec.corruptions.severities
+    tables = {m: SampleTable.load(Path(p).parent / FILE_NAME) for m, p in records.items()}
+
+    def per_sample(t: Any, which: list[str]) -> np.ndarray:
+        if not which:
+            return t.column(f"clean/{metric}")
+        return np.mean([t.column(f"corruption-{n}/{s}/{metric}") for n in which for s in sev], axis=0)
+
+    lines = [f"| Δ {metric} vs {methods[0]} (paired) | " + " | ".join(methods[1:]) + " |",
+             "|---|" + "---|" * (len(methods) - 1)]
+    for label, which in [("clean", []), *((n, [n]) for n in names), ("mean over all", names)]:
+        cells = []
+        for m in methods[1:]:
+            a, b = tables[m].aligned(tables[methods[0]])
+            diff = paired_difference(per_sample(a, which), per_sample(b, which)).difference
+            verdict = {"confirmed": "better", "refuted": "worse"}.get(decide(diff, "greater"), "inconclusive")
+            cells.append(f"{diff.estimate:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] {verdict}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("/work/models/xue2019"))
@@ -205,7 +241,7 @@ def main() -> None:
                       f"{1e3 * cost['suite_s_per_sample']:.3f} ms vs PGD-10 {1e3 * cost['pgd10_s_per_sample']:.3f} ms "
                       f"→ ratio {cost['ratio']:.2f}")
         if records:
-            lines = table(records, "accuracy")
+            lines = table(records, "accuracy") + [""] + paired(records, "accuracy")
             summary[ds] = lines
             print(f"\n## {ds} — suite {suite}, accuracy (95 % intervals)\n")
             print("\n".join(lines))
