@@ -41,6 +41,7 @@ import torch
 
 from callbacks.common import compute_metrics
 from corruptions import Corruption, CorruptionSuite, corruption_suite
+from corruptions.draw import mix_seed
 
 __all__ = ["CorruptionEvaluator", "CorruptionSection", "condition", "corruption_error",
            "mean_corruption_error"]
@@ -54,7 +55,8 @@ def condition(name: str) -> str:
 
 
 def _seed(seed: int, sample: int, corruption: int, severity: int) -> int:
-    return hash((int(seed), int(sample), int(corruption), int(severity), "corruption")) & 0x7FFF_FFFF_FFFF_FFFF
+    """The seed of one sample's corruption at one severity (:func:`corruptions.draw.mix_seed`)."""
+    return mix_seed(seed, sample, corruption, severity)
 
 
 class CorruptionEvaluator:

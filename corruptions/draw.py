@@ -21,7 +21,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Draw"]
+__all__ = ["Draw", "mix_seed"]
+
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def mix_seed(*values: int) -> int:
+    """A seed in ``[0, 2⁶³)`` from integers (a splitmix64-style mix): the same in every process,
+    machine and Python version — unlike ``hash`` of a tuple, which is salted per process as soon
+    as it holds a string."""
+    h = 0x9E37_79B9_7F4A_7C15
+    for v in values:
+        h = ((h ^ (int(v) & _MASK)) * 0xBF58_476D_1CE4_E5B9) & _MASK
+        h = ((h ^ (h >> 27)) * 0x94D0_49BB_1331_11EB) & _MASK
+        h ^= h >> 31
+    return h & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Draw:

@@ -382,8 +382,10 @@ class TaskModule(L.LightningModule):
     def _corrupt_batch(self, batch: Batch) -> Batch:
         """The batch with its images corrupted by :attr:`corruption_augment` (targets kept)."""
         x = batch["image"]
+        from corruptions.draw import mix_seed
+
         gen = torch.Generator(device=x.device).manual_seed(
-            hash((self._augment_seed, int(self.global_step), int(self.global_rank))) & 0x7FFF_FFFF_FFFF_FFFF)
+            mix_seed(self._augment_seed, int(self.global_step), int(self.global_rank)))
         return {**batch, "image": self.corruption_augment(x, gen, tuple(self.data_info.bounds))}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

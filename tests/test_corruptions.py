@@ -311,3 +311,18 @@ def test_augment_corrupts_a_fraction_and_is_seeded() -> None:
     assert CorruptionAugment("dermoscopy").p == pytest.approx(14 / 15)
     with pytest.raises(ValueError, match="not in suite"):
         CorruptionAugment("chest_xray", exclude=["bubble"])
+
+
+def test_seeds_are_the_same_in_every_process() -> None:
+    """Per-sample seeds come from an integer mix, never from the per-process salted ``hash``:
+    the values are fixed numbers, and a child process with another hash salt agrees."""
+    import subprocess
+    import sys
+
+    from corruptions.draw import mix_seed
+
+    code = "from corruptions.draw import mix_seed; print(mix_seed(0, 17, 3, 5))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout.strip() for s in ("1", "2")}
+    assert outs == {str(mix_seed(0, 17, 3, 5))}
+    assert mix_seed(0, 17, 3, 5) != mix_seed(0, 17, 3, 4) and 0 <= mix_seed(1) < 2 ** 63
