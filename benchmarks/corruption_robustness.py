@@ -165,7 +165,8 @@ def table(records: dict[str, Any], metric: str) -> list[str]:
     lines.append("| mCE vs clean | " + " | ".join("1 (reference)" if i == 0 else f"{d['mce']:.3f}"
                                                  for i, d in enumerate(data.values())) + " |")
     lines.append("| relative mCE vs clean | " + " | ".join(
-        "1 (reference)" if i == 0 else f"{d['relative_mce']:.3f}" for i, d in enumerate(data.values())) + " |")
+        "1 (reference)" if i == 0 else f"{d['relative_mce']:.3f} ({len((d['reference'] or {}).get('undefined', []))} "
+        "undefined)" for i, d in enumerate(data.values())) + " |")
     pgd = [next((e.metrics.get(metric) for e in r.attacks), math.nan) for r in recs.values()]
     lines.append("| PGD-10 ε=0.004 | " + " | ".join(f"{v:.3f}" for v in pgd) + " |")
     return lines

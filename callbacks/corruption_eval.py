@@ -176,7 +176,10 @@ def mean_corruption_error(errors: Mapping[str, Mapping[int, float]], clean: floa
 
     ``errors[c][s]``: the model's error at corruption ``c``, severity ``s``; ``ref_*``: the
     reference model's. Corruptions or severities the reference lacks are left out (named in
-    ``missing``); a zero denominator gives ``nan`` for that corruption."""
+    ``missing``); a denominator ≤ 0 gives ``nan`` for that corruption, left out of the mean and
+    named in ``undefined`` (relative CE: the reference's error under the corruption is not
+    above its clean error — ImageNet-C's relative CE is undefined there, and unstable when the
+    denominator is small)."""
     ce: dict[str, float] = {}
     rce: dict[str, float] = {}
     missing: list[str] = []
@@ -193,7 +196,8 @@ def mean_corruption_error(errors: Mapping[str, Mapping[int, float]], clean: floa
         rce[c] = rnum / rden if rden > 0 else math.nan
     finite = [v for v in ce.values() if math.isfinite(v)]
     rfinite = [v for v in rce.values() if math.isfinite(v)]
-    return {"ce": ce, "relative_ce": rce, "missing": missing,
+    undefined = sorted({c for c, v in (*ce.items(), *rce.items()) if not math.isfinite(v)})
+    return {"ce": ce, "relative_ce": rce, "missing": missing, "undefined": undefined,
             "mce": float(np.mean(finite)) if finite else math.nan,
             "relative_mce": float(np.mean(rfinite)) if rfinite else math.nan}
 

@@ -86,8 +86,14 @@ def test_mce_and_relative_mce_by_hand() -> None:
     assert out["relative_ce"] == pytest.approx({"a": (0.15 + 0.35) / (0.3 + 0.5), "b": (0.05 + 0.05) / (0.1 + 0.2)})
     assert out["mce"] == pytest.approx((0.6 + 0.4) / 2)
     assert out["missing"] == []
+    assert out["undefined"] == []
     out = mean_corruption_error({"z": {1: 0.1}}, 0.0, ref, 0.1)
     assert out["missing"] == ["z"] and math.isnan(out["mce"])
+    # the reference does not degrade under "b" (its error there ≤ its clean error): relative CE
+    # undefined for "b", left out of the relative mCE
+    out = mean_corruption_error(errors, 0.05, {"a": {1: 0.4, 2: 0.6}, "b": {1: 0.1, 2: 0.1}}, 0.1)
+    assert math.isnan(out["relative_ce"]["b"]) and out["undefined"] == ["b"]
+    assert out["relative_mce"] == pytest.approx((0.15 + 0.35) / (0.3 + 0.5))
 
 
 def _validate(root, **callback):  # noqa: ANN001, ANN003, ANN202
