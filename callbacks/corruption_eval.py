@@ -477,7 +477,7 @@ def plot_corruption_panel(task: Any, batch: Mapping[str, Any], suite: Corruption
     model = task.attack_model()
     name = metric_name(task)
     higher = bool(task.metric_higher_is_better())
-    fig, axes = plt.subplots(len(suite), 6, figsize=(9, 1.7 * len(suite)), squeeze=False)
+    fig, axes = plt.subplots(len(suite), 6, figsize=(12, 1.9 * len(suite)), squeeze=False)
     for r, c in enumerate(suite):
         base = None
         for s in range(6):
