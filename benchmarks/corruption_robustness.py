@@ -49,14 +49,17 @@ def _checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def load(runs: Path, dataset: str, method: str) -> tuple[Any, Any, Path]:
-    """``(module in eval mode, datamodule, checkpoint)`` of one run of the xue2019 folder."""
+def load(runs: Path, dataset: str, method: str, config: Path | None = None,
+         ckpt: Path | None = None) -> tuple[Any, Any, Path]:
+    """``(module in eval mode, datamodule, checkpoint)`` of one run of the xue2019 folder (or of
+    the ``config`` and ``ckpt`` given)."""
     import lightning_modules
 
-    cfg = yaml.safe_load((runs / "configs" / f"{dataset}_{method}.yaml").read_text())
+    config = config or runs / "configs" / f"{dataset}_{method}.yaml"
+    cfg = yaml.safe_load(Path(config).read_text())
     dm = _build(cfg["data"])
     cls_name = cfg["model"]["class_path"].rpartition(".")[2]
-    ckpt = _checkpoint(runs / "runs" / f"{dataset}_{method}")
+    ckpt = ckpt or _checkpoint(runs / "runs" / f"{dataset}_{method}")
     module = getattr(lightning_modules, cls_name).load_from_checkpoint(str(ckpt), map_location="cpu")
     module.eval()
     return module, dm, ckpt
@@ -217,15 +220,18 @@ def main() -> None:
     ap.add_argument("--cost-samples", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path("results/corruptions"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--extra", nargs=4, action="append", default=[], metavar=("DATASET", "NAME", "CONFIG", "CKPT"),
+                    help="one more model: its dataset, a name for the table, its run config and checkpoint")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     summary: dict[str, Any] = {}
     for ds in args.datasets:
         suite = SUITE_FOR[ds]
         records: dict[str, Path] = {}
-        for method in args.methods:
+        extra = {name: (Path(cfg), Path(ck)) for d, name, cfg, ck in args.extra if d == ds}
+        for method in [*args.methods, *extra]:
             try:
-                module, dm, ckpt = load(args.runs, ds, method)
+                module, dm, ckpt = load(args.runs, ds, method, *extra.get(method, (None, None)))
             except FileNotFoundError as err:
                 print(f"[{ds}/{method}] skipped: {err}")
                 continue

@@ -108,10 +108,16 @@ class CorruptionEvaluator:
                 self.forwards += size if counted else 0
                 if counted:
                     self.task.update_metrics(self.metrics[(corruption.name, s)], out, batch)
-                if keep:
-                    value = self.task.per_sample_metric(out, batch).detach().reshape(size).float()
+                if keep and self.keep_per_sample:
+                    try:
+                        value = self.task.per_sample_metric(out, batch).detach().reshape(size).float()
+                    except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
+                        warnings.warn(f"{type(self.task).__name__}.per_sample_metric failed ({err}); no "
+                                      "per-sample corruption columns", stacklevel=2)
+                        self.keep_per_sample, self._values, self._ids = False, {}, []
+                        continue
                     self._values.setdefault((corruption.name, s), []).append(value)
-        if keep:
+        if keep and self.keep_per_sample:
             self._ids.append(ids_t)
         if counted:
             self.num_samples += size
