@@ -133,6 +133,18 @@ class AdversarialEvaluation(Callback):
             :mod:`callbacks.record_intervals`): ``"test"`` (validate/test only), ``"always"``
             or ``"never"``.
         interval_level: their confidence level (0.95).
+        corruptions: a corruption suite run beside the attacks on the same subset at every
+            evaluation (a modality name of :mod:`corruptions.suites` — ``"chest_xray"``,
+            ``"dermoscopy"``, ``"microscopy"``, ``"xray"``, ``"retina"``, ``"ct"``, ``"mri"`` —
+            or a list of corruptions); ``None``: none. Its results are the record's
+            ``corruptions`` section (:mod:`callbacks.corruption_eval`): metric per corruption ×
+            severity, means, error, CE / mCE against ``corruption_reference``, cost; scalars
+            ``<prefix>/corruption/…``; per-sample columns ``corruption-<name>/<severity>/<metric>``;
+            a curve ``corruptions.png``; a section of ``report.md``.
+        test_corruptions: the suite at ``validate``/``test`` (``"same"``: ``corruptions``).
+        corruption_severities: the severities run (1–5).
+        corruption_reference: a reference run's ``robustness.json`` (evaluated with the same
+            suite), for ImageNet-C's CE, relative CE and mCE; ``None``: errors only.
     """
 
     def __init__(
@@ -160,6 +172,10 @@ class AdversarialEvaluation(Callback):
         sanity: str = "test",
         intervals: str = "test",
         interval_level: float = 0.95,
+        corruptions: str | list[dict[str, Any]] | None = None,
+        test_corruptions: str | list[dict[str, Any]] | None = "same",
+        corruption_severities: list[int] | None = None,
+        corruption_reference: str | None = None,
     ) -> None:
         super().__init__()
         who = "AdversarialEvaluation"
@@ -192,6 +208,16 @@ class AdversarialEvaluation(Callback):
         self.num_workers, self.cache_mb = num_workers, float(cache_mb)
         #: the last record written (``robustness.json`` content), per split
         self.last_record: dict[str, RobustnessRecord] = {}
+        from callbacks.corruption_eval import resolve_suite
+
+        self.corruptions = resolve_suite(corruptions, f"{who}.corruptions")
+        self.test_corruptions = (self.corruptions if test_corruptions == "same"
+                                 else resolve_suite(test_corruptions, f"{who}.test_corruptions"))
+        sev = [1, 2, 3, 4, 5] if corruption_severities is None else list(corruption_severities)
+        if not sev or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5 for s in sev):
+            raise ValueError(f"{who}.corruption_severities must be a non-empty list of ints in 1…5, got {sev!r}")
+        self.corruption_severities = sorted(set(sev))
+        self.corruption_reference = corruption_reference
 
     # the suite's attacks, as before the split into trigger / runner / writers
     @property
@@ -255,6 +281,7 @@ class AdversarialEvaluation(Callback):
                 Path(log_dir) / self.file_name("report.md"),
                 plot_name=self.file_name("robustness.png") if self.plot else None,
                 checkpoint=getattr(trainer, "ckpt_path", None),
+                corruption_plot=self.file_name("corruptions.png") if self.plot else None,
             )
 
     # --- the evaluation ------------------------------------------------------------------------
@@ -283,7 +310,9 @@ class AdversarialEvaluation(Callback):
         check = self.sanity == "always" or (self.sanity == "test" and suite == "test")
         run = self.runner.run(trainer, pl_module, task, split, specs, eps,
                               self.test_subset if suite == "test" else self.subset,
-                              sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix)
+                              sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix,
+                              corruptions=self.test_corruptions if suite == "test" else self.corruptions,
+                              corruption_severities=self.corruption_severities)
         monitor = self.monitor_for(task, list(run.outcome.clean))
         lower = not self._direction(task, monitor)
         record = build_record(
@@ -310,6 +339,8 @@ class AdversarialEvaluation(Callback):
                 samples, metric_name(task), sorted({e.eps for e in record.attacks}),
                 [(e.attack, e.eps) for e in record.attacks], not self._direction(task, task.main_metric),
                 self.interval_level, self.seed)
+        if run.outcome.corruptions is not None:
+            self._corruption_section(record, run, task, samples)
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
@@ -319,7 +350,49 @@ class AdversarialEvaluation(Callback):
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
                           directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
                           samples=run.outcome.per_sample)
+            if record.corruptions is not None:
+                self._write_corruption_outputs(trainer, record, Path(log_dir))
         return record
+
+    def _corruption_section(self, record: RobustnessRecord, run: Any, task: Any, samples: Any) -> None:
+        """The record's ``corruptions`` section (with mCE against the reference, and intervals
+        where the attacks have theirs)."""
+        from callbacks.corruption_eval import (
+            build_section,
+            corruption_intervals,
+            error_metric_for,
+            load_reference,
+        )
+
+        got = run.outcome.corruptions
+        metric = error_metric_for(task)
+        if metric not in record.clean:
+            raise ValueError(f"AdversarialEvaluation.corruptions: the task's corruption metric {metric!r} is not "
+                             f"one of its metrics {record.metric_names()}")
+        section = build_section(got["suite"], got["severities"], got["metrics"], got["cost"], record.clean,
+                                metric, not bool(self._direction(task, metric)))
+        if self.corruption_reference is not None:
+            section.with_reference(load_reference(self.corruption_reference), str(self.corruption_reference))
+        record.corruptions = section
+        if record.intervals is not None and samples is not None:
+            from callbacks.per_sample import metric_name
+
+            record.intervals["corruptions"] = corruption_intervals(samples, metric_name(task), section,
+                                                                   self.interval_level, self.seed)
+
+    def _write_corruption_outputs(self, trainer: pl.Trainer, record: RobustnessRecord, log_dir: Path) -> None:
+        """Rank 0: the corruption curve and the logger table."""
+        from callbacks.corruption_eval import plot_corruption_curves
+        from callbacks.logger_outputs import log_image, log_table
+
+        section = record.corruptions
+        main = record.robust_area.metric if record.robust_area else record.metric_names()[0]
+        if self.plot:
+            path = plot_corruption_curves(section, record.clean, main, log_dir / self.file_name("corruptions.png"))
+            log_image(trainer, f"{self.prefix}/corruption_curve_{record.split}", path, caption=f"epoch {record.epoch}")
+        names = record.metric_names()
+        rows = [[e["corruption"], e["severity"], *(e["metrics"].get(m) for m in names)] for e in section.entries]
+        log_table(trainer, f"{self.prefix}/corruption_table_{record.split}", ["corruption", "severity", *names], rows)
 
     def _direction(self, task: Any, metric: str, *fallback: Any) -> Any:
         """:func:`~callbacks.common.metric_direction`, asked once per task and metric (the task

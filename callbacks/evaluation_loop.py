@@ -624,7 +624,7 @@ class RobustnessEvaluator:
             gradients = {k: sum_counts(v) for k, v in self.gradients.items()}
         mine = self.meter.totals()
         # every rank sums the same keys in the same order (a part a rank never ran counts 0)
-        keys = [*self.attacks, "clean", "ensemble", "sanity", "minimal_eps"]
+        keys = [*self.attacks, "clean", "ensemble", "sanity", "minimal_eps", "corruptions"]
         flat = {f"{i}.{k}": mine.get(key, {}).get(k, 0.0)
                 for i, key in enumerate(keys) for k in ("forward", "backward", "seconds")}
         summed = sum_values(flat)

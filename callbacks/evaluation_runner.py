@@ -153,8 +153,14 @@ class EvaluationRunner:
 
     def run(self, trainer: Any, pl_module: Any, task: Any, split: str, specs: Sequence[Any],
             eps: Sequence[float], subset: int | float | None, sequential: bool = False,
-            sanity: bool = False, label: str = "") -> RunResult:
-        """Evaluate ``specs`` × ``eps`` on the subset of ``split``; on every rank (collective)."""
+            sanity: bool = False, label: str = "", corruptions: Any = None,
+            corruption_severities: Sequence[int] = (1, 2, 3, 4, 5)) -> RunResult:
+        """Evaluate ``specs`` × ``eps`` on the subset of ``split``; on every rank (collective).
+
+        ``corruptions``: a corruption suite (:mod:`corruptions.suites`) run on the same batches
+        at ``corruption_severities`` (:class:`callbacks.corruption_eval.CorruptionEvaluator`);
+        its metrics and cost land in ``outcome.corruptions``, its per-sample values in the same
+        per-sample table."""
         start = time.perf_counter()
         dataset, collate_fn, dm_bs = resolve_dataset(trainer, split)
         indices = select_subset(len(dataset), subset, self.seed)
@@ -184,6 +190,12 @@ class EvaluationRunner:
                 keep_per_sample=self.keep_per_sample,
                 higher=self._kept_direction(task) if fast.cache_directions else None,
             )
+            corrupting = None
+            if corruptions is not None:
+                from callbacks.corruption_eval import CorruptionEvaluator
+
+                corrupting = CorruptionEvaluator(task, evaluator.model, corruptions, corruption_severities,
+                                                 self.seed, self.keep_per_sample)
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
                 self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}
                 self._metrics[metrics_key] = (task, evaluator.metrics)  # the task: ids get reused
@@ -193,6 +205,10 @@ class EvaluationRunner:
             for i, batch in enumerate(batches):
                 batch_no, idx, counted = mine[i]
                 evaluator.run_batch(batch_no, batch, counted, ids=idx)
+                if corrupting is not None:
+                    evaluator.meter.begin(counted, "corruptions")
+                    corrupting.run_batch(batch, counted, idx)
+                    evaluator.meter.end()
                 if self.minimal_eps.enabled:
                     evaluator.meter.begin(counted, "minimal_eps")
                     gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
@@ -204,6 +220,15 @@ class EvaluationRunner:
             outcome = evaluator.compute()  # collective (torchmetrics sync)
             if fast.cache_directions and evaluator._higher is not None:
                 self._direction = (task, evaluator._higher)
+            if corrupting is not None:
+                from callbacks.corruption_eval import merge_columns
+                from callbacks.per_sample import metric_name
+
+                metrics, cost = corrupting.compute()  # collective
+                ids, cols = corrupting.per_sample_columns(metric_name(task))  # collective
+                merge_columns(outcome.per_sample, ids, cols)
+                outcome.corruptions = {"metrics": metrics, "cost": cost, "suite": corrupting.suite,
+                                       "severities": corrupting.severities}
         per_sample = None
         if self.minimal_eps.enabled:
             per_sample = [v for _, v in sorted(_gather_pairs(minimal, world_size))]

@@ -49,6 +49,9 @@ class EvalOutcome:
     compute: Any = None
     #: per-sample metric values (``callbacks.per_sample.SampleTable``, all ranks), or None
     per_sample: Any = None
+    #: corruption × severity metrics and cost (``{"metrics", "cost", "suite", "severities"}``,
+    #: :mod:`callbacks.corruption_eval`), or None when no corruption suite ran
+    corruptions: Any = None
 
 
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:

@@ -95,6 +95,10 @@ class RobustnessRecord:
     #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`; read one with
     #: :meth:`interval`); ``None`` when not computed
     intervals: dict[str, Any] | None = None
+    #: corruption × severity metrics, per-corruption means, mCE against a reference, cost
+    #: (:class:`callbacks.corruption_eval.CorruptionSection`); ``None`` when no corruption
+    #: suite ran (and in files written before corruptions existed)
+    corruptions: Any = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -137,6 +141,7 @@ class RobustnessRecord:
             else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
             unreliable=_need(data, "unreliable", list, source, optional=True),
             intervals=_need(data, "intervals", dict, source, optional=True),
+            corruptions=_corruptions(data.get("corruptions"), f"{source}: corruptions"),
             schema_version=version,
         )
 
@@ -190,6 +195,8 @@ class RobustnessRecord:
             out["unreliable"] = self.unreliable
         if self.intervals is not None:
             out["intervals"] = self.intervals
+        if self.corruptions is not None:
+            out["corruptions"] = self.corruptions.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -263,6 +270,14 @@ class RobustnessRecord:
 
     def keys(self) -> Any:
         return self.to_dict().keys()
+
+
+def _corruptions(data: Any, source: str) -> Any:
+    if data is None:
+        return None
+    from callbacks.corruption_eval import CorruptionSection
+
+    return CorruptionSection.from_dict(data, source)
 
 
 # --- the history -------------------------------------------------------------------------------

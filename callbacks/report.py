@@ -117,6 +117,7 @@ def write_report(
     plot_name: str | None = "robustness.png",
     checkpoint: str | None = None,
     extra_settings: Mapping[str, Any] | None = None,
+    corruption_plot: str | None = None,
 ) -> Path:
     """Write ``report.md`` for one robustness record (or its ``robustness.json`` dict)."""
     record = RobustnessRecord.coerce(record)
@@ -147,6 +148,14 @@ def write_report(
     ]
     if plot_name:
         parts += [f"![metric vs ε]({plot_name})", ""]
+    if record.corruptions is not None:
+        from callbacks.corruption_eval import report_section
+
+        section = record.corruptions
+        shown = section.error_metric if section.error_metric in record.clean else record.metric_names()[0]
+        main = record.robust_area.metric if record.robust_area else shown
+        parts += report_section(section, main, (record.intervals or {}).get("corruptions"),
+                                corruption_plot)
     me = record.minimal_eps
     if me:
         parts += [

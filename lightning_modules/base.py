@@ -114,6 +114,12 @@ class TaskModule(L.LightningModule):
             warned and logged as ``train/nonfinite_skipped``; the count is checkpointed).
         max_nonfinite_skips: with ``"skip"``, raise once more than this many batches were
             skipped in the run (``None``: never).
+        corruption_augment: corruption-aware training (MedMNIST-C's augmentation use):
+            ``{suite, p?, severities?, exclude?}`` of :class:`corruptions.CorruptionAugment`;
+            each training image is corrupted with probability ``p`` by a corruption of the
+            modality's suite at a random severity, on the device, *before* the method's step —
+            so it combines with every method (SAT attacks the corrupted images). The draws come
+            from a generator seeded by the global step (resumable). ``None``: off.
     """
 
     #: the task name (``DataInfo.task`` must match)
@@ -137,6 +143,7 @@ class TaskModule(L.LightningModule):
         std: float | list[float] | None = None,
         nonfinite: fault_tolerance.NonFiniteMode = "error",
         max_nonfinite_skips: int | None = None,
+        corruption_augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -185,6 +192,20 @@ class TaskModule(L.LightningModule):
         self._pipeline: Pipeline | None = None
         #: the ``nonfinite="skip"`` policy (its count is checkpointed); None = an error
         self.nonfinite_policy = fault_tolerance.nonfinite_policy(nonfinite, max_nonfinite_skips, owner)
+        self.corruption_augment = None
+        if corruption_augment is not None:
+            from corruptions import CorruptionAugment
+
+            if not isinstance(corruption_augment, dict):
+                raise ValueError(f"{owner}.corruption_augment must be a mapping like {{suite: chest_xray, p: 0.5}}, "
+                                 f"got {corruption_augment!r}")
+            unknown = set(corruption_augment) - {"suite", "p", "severities", "exclude", "seed"}
+            if unknown:
+                raise ValueError(f"{owner}.corruption_augment: unknown keys {sorted(unknown)} (suite, p, severities, "
+                                 "exclude, seed)")
+            args = {k: v for k, v in corruption_augment.items() if k != "seed"}
+            self.corruption_augment = CorruptionAugment(**args)
+            self._augment_seed = int(corruption_augment.get("seed", 0))
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -343,6 +364,8 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self._require_built()
+        if self.corruption_augment is not None:
+            batch = self._corrupt_batch(batch)
         # the method's loss, with the non-finite guard around it (lightning_modules/fault_tolerance.py)
         guarded = fault_tolerance.guarded_training_loss(self, batch, batch_idx)
         if guarded is None:
@@ -355,6 +378,15 @@ class TaskModule(L.LightningModule):
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=bs)
         return loss
+
+    def _corrupt_batch(self, batch: Batch) -> Batch:
+        """The batch with its images corrupted by :attr:`corruption_augment` (targets kept)."""
+        x = batch["image"]
+        from corruptions.draw import mix_seed
+
+        gen = torch.Generator(device=x.device).manual_seed(
+            mix_seed(self._augment_seed, int(self.global_step), int(self.global_rank)))
+        return {**batch, "image": self.corruption_augment(x, gen, tuple(self.data_info.bounds))}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Close the epoch right after its last batch: validation and ModelCheckpoint (whichever

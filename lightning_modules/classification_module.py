@@ -62,7 +62,7 @@ class ClassificationModule(TaskModule):
 
     Args:
         net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
-        nonfinite, max_nonfinite_skips:
+        nonfinite, max_nonfinite_skips, corruption_augment:
             see :class:`lightning_modules.base.TaskModule`.
         binary_single_logit: for two classes, output one logit (sigmoid / BCE) instead of two
             (softmax / CE). Ignored for more classes and for multi-label data.
@@ -79,6 +79,8 @@ class ClassificationModule(TaskModule):
     default_net = "lightning_modules.nets.SmallCNN"
     violation_direction = None
     main_metric: ClassVar[str] = "accuracy"
+    #: the metric whose error the corruption CE / mCE uses (MedMNIST-C: balanced error)
+    corruption_metric: ClassVar[str] = "balanced_accuracy"
     panel = LabelPanel()
 
     def __init__(
@@ -97,11 +99,13 @@ class ClassificationModule(TaskModule):
         std: float | list[float] | None = None,
         nonfinite: NonFiniteMode = "error",
         max_nonfinite_skips: int | None = None,
+        corruption_augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
                          mean=mean, std=std,
-                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips,
+                         corruption_augment=corruption_augment)
         k = self.data_info.num_classes
         if k < 2 and not (self.data_info.multilabel and k >= 1):
             raise ValueError(

@@ -63,7 +63,7 @@ class DetectionModule(TaskModule):
 
     Args:
         net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
-        nonfinite, max_nonfinite_skips:
+        nonfinite, max_nonfinite_skips, corruption_augment:
             see :class:`lightning_modules.base.TaskModule`. ``net`` names a detector:
             ``{class_path: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn,
             init_args: {...}}`` (any torchvision detector builder or class, or
@@ -113,11 +113,13 @@ class DetectionModule(TaskModule):
         std: float | list[float] | None = None,
         nonfinite: NonFiniteMode = "error",
         max_nonfinite_skips: int | None = None,
+        corruption_augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
                          mean=mean, std=std,
-                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips,
+                         corruption_augment=corruption_augment)
         owner = type(self).__name__
         info = self.data_info
         if info.num_classes < 1:

@@ -73,7 +73,7 @@ class LandmarkModule(TaskModule):
 
     Args:
         net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
-        nonfinite, max_nonfinite_skips:
+        nonfinite, max_nonfinite_skips, corruption_augment:
             see :class:`lightning_modules.base.TaskModule`. ``net`` is any 2-D network mapping
             ``[B, C, H, W]`` to ``[B, K, h, w]`` (``out_channels`` is filled with ``K``): the
             default ``SmallUNet``, MONAI ``BasicUNet`` / ``UNet`` / ``AttentionUnet``…
@@ -133,11 +133,13 @@ class LandmarkModule(TaskModule):
         std: float | list[float] | None = None,
         nonfinite: NonFiniteMode = "error",
         max_nonfinite_skips: int | None = None,
+        corruption_augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
                          mean=mean, std=std,
-                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips,
+                         corruption_augment=corruption_augment)
         owner = type(self).__name__
         info = self.data_info
         if info.num_landmarks < 1:

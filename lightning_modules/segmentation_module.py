@@ -110,7 +110,7 @@ class SegmentationModule(TaskModule):
 
     Args:
         net, data_info, method, optimizer, lr, weight_decay, momentum, scheduler, mean, std,
-        nonfinite, max_nonfinite_skips:
+        nonfinite, max_nonfinite_skips, corruption_augment:
             see :class:`lightning_modules.base.TaskModule`.
         include_background_in_loss: count the background channel in the soft Dice term.
         lambda_dice, lambda_ce: weights of the Dice + cross-entropy loss.
@@ -148,11 +148,13 @@ class SegmentationModule(TaskModule):
         std: float | list[float] | None = None,
         nonfinite: NonFiniteMode = "error",
         max_nonfinite_skips: int | None = None,
+        corruption_augment: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net=net, data_info=data_info, method=method, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
                          mean=mean, std=std,
-                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips)
+                         nonfinite=nonfinite, max_nonfinite_skips=max_nonfinite_skips,
+                         corruption_augment=corruption_augment)
         if self.data_info.num_classes < 2:
             raise ValueError(
                 "SegmentationModule needs data_info.num_classes >= 2 (background + at least one "

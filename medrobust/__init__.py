@@ -37,7 +37,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: the framework's top-level packages, re-exported as ``medrobust.<name>``
-PACKAGES: tuple[str, ...] = ("attacks", "datamodules", "lightning_modules", "callbacks")
+PACKAGES: tuple[str, ...] = ("attacks", "corruptions", "datamodules", "lightning_modules", "callbacks")
 #: the folder holding the top-level packages (the source tree or site-packages)
 ROOT: Path = Path(__file__).resolve().parent.parent
 

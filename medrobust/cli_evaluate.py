@@ -49,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="1")
     p.add_argument("--strategy", default="auto")
+    p.add_argument("--corruptions", default=None,
+                   help="corruption suite run beside the attacks: dermoscopy, chest_xray, xray, retina, "
+                        "microscopy, pathology, ct, mri (docs/corruptions.md)")
+    p.add_argument("--corruption-reference", default=None,
+                   help="robustness.json of a reference run (same corruption suite) for CE / mCE")
+    p.add_argument("--corruption-severities", type=int, nargs="+", default=None, help="severities (1-5)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
@@ -79,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         record = evaluate(args.model, args.data, task=args.task, suite=args.suite, eps=args.eps, norm=args.norm,
                           normalization=normalization_of(args), out=args.out, net=net, trusted=args.trusted,
                           split=args.split, subset=args.subset, batch_size=args.batch_size, seed=args.seed,
-                          sanity=args.sanity, intervals=args.intervals,
+                          sanity=args.sanity, intervals=args.intervals, corruptions=args.corruptions,
+                          corruption_reference=args.corruption_reference,
+                          corruption_severities=args.corruption_severities,
                           accelerator=args.accelerator, devices=devices, strategy=args.strategy)
         assert isinstance(record, RobustnessRecord)
         print(f"[medrobust] {args.split}: {summarise_record(record, None)}")

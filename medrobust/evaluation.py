@@ -337,6 +337,9 @@ def evaluate(
     strategy: str = "auto",
     progress: bool = True,
     module_options: Mapping[str, Any] | None = None,
+    corruptions: str | list[dict[str, Any]] | None = None,
+    corruption_reference: str | None = None,
+    corruption_severities: Sequence[int] | None = None,
 ) -> Any:
     """Robustness of ``model`` on ``data`` as a :class:`callbacks.record.RobustnessRecord`.
 
@@ -363,6 +366,10 @@ def evaluate(
         accelerator, devices, strategy: the Trainer's (``devices=2, strategy="ddp"``: DDP).
         progress: show progress bars.
         module_options: extra arguments of the task module (e.g. landmarks' ``decode``).
+        corruptions, corruption_reference, corruption_severities: a corruption suite run beside
+            the attacks on the same samples (a modality name of :mod:`corruptions.suites`), the
+            reference run's ``robustness.json`` for mCE, the severities; as
+            ``AdversarialEvaluation``'s ``corruptions`` (docs/corruptions.md).
 
     Raises:
         ValueError: a missing or contradictory normalisation, an output that does not fit the
@@ -443,7 +450,10 @@ def evaluate(
         _check_same(wrapped, wrapped_ref)
 
     cb = AdversarialEvaluation(test_attacks=suite, test_eps=eps_grid, test_subset=subset, subset=subset,
-                               batch_size=batch_size, seed=seed, sanity=sanity, intervals=intervals)
+                               batch_size=batch_size, seed=seed, sanity=sanity, intervals=intervals,
+                               corruptions=corruptions, corruption_reference=corruption_reference,
+                               corruption_severities=None if corruption_severities is None
+                               else list(corruption_severities))
     if norm != "linf":
         cb.suites.norm = norm
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,260 @@
+"""Corruption robustness of trained models and the corruption suite's cost next to PGD-10.
+
+For each dataset (PneumoniaMNIST → the ``chest_xray`` suite, PH2 → ``dermoscopy``) and each
+method's checkpoint of a run folder (the xue2019 suite's clean, SAT and denoise models), runs
+``trainer.test`` with :class:`callbacks.AdversarialEvaluation` (PGD-10 L∞ at ε 0.004 plus the
+modality's corruption suite at severities 1–5 on the same test samples, intervals on) and
+prints the table: the metric per corruption (mean over severities, with its interval), the mean
+per severity, the mean error and the mCE / relative mCE against the clean model (the first
+method). Then, measured side by side on the same batches of the clean model, the seconds per
+evaluated sample of the whole corruption suite and of one PGD-10 attack, and their ratio.
+
+Example (the numbers of docs/corruptions.md)::
+
+    python benchmarks/corruption_robustness.py --runs /work/models/xue2019 \\
+        --datasets pneumoniamnist --subset 624 --out /work/models/h25corr/corruptions
+
+Writes each run's ``robustness.json``, ``robustness_samples.csv``, ``report.md``,
+``corruptions.png`` under ``--out/<dataset>_<method>/`` and example panels
+``panel_<dataset>_<method>.png`` (one image at severities 0–5 of every corruption, with the
+prediction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+SUITE_FOR = {"pneumoniamnist": "chest_xray", "ph2": "dermoscopy"}
+
+
+def _build(spec: dict[str, Any]) -> Any:
+    module_name, _, cls_name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), cls_name)(**(spec.get("init_args") or {}))
+
+
+def _checkpoint(run_dir: Path) -> Path:
+    found = sorted(run_dir.glob("version_*/checkpoints/best-*.ckpt")) or sorted(run_dir.glob("version_*/checkpoints/last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}")
+    return found[-1]
+
+
+def load(runs: Path, dataset: str, method: str, config: Path | None = None,
+         ckpt: Path | None = None) -> tuple[Any, Any, Path]:
+    """``(module in eval mode, datamodule, checkpoint)`` of one run of the xue2019 folder (or of
+    the ``config`` and ``ckpt`` given)."""
+    import lightning_modules
+
+    config = config or runs / "configs" / f"{dataset}_{method}.yaml"
+    cfg = yaml.safe_load(Path(config).read_text())
+    dm = _build(cfg["data"])
+    cls_name = cfg["model"]["class_path"].rpartition(".")[2]
+    ckpt = ckpt or _checkpoint(runs / "runs" / f"{dataset}_{method}")
+    module = getattr(lightning_modules, cls_name).load_from_checkpoint(str(ckpt), map_location="cpu")
+    module.eval()
+    return module, dm, ckpt
+
+
+def evaluate(module: Any, dm: Any, suite: str, subset: int | None, out: Path, reference: Path | None) -> Path:
+    import lightning as L
+
+    from callbacks import AdversarialEvaluation
+
+    cb = AdversarialEvaluation(attacks=[{"name": "pgd", "norm": "linf", "steps": 10}], eps=[0.004],
+                               subset=subset, test_subset=subset, corruptions=suite, intervals="test",
+                               sanity="never", corruption_reference=None if reference is None else str(reference))
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(out))
+    trainer.test(module, datamodule=dm, verbose=False)
+    return out / "robustness.json"
+
+
+def cost_side_by_side(module: Any, dm: Any, suite_name: str, n: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per sample of the whole suite (every corruption × severity 1–5 and the forward
+    that scores it) and of PGD-10 (its 10 steps and the scoring forward), same batches."""
+    from attacks import PGD
+    from corruptions import corruption_suite
+
+    dm.setup("test")
+    ds = dm.test_dataloader().dataset
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(min(n, len(ds)))),
+                                         batch_size=64, collate_fn=dm.test_dataloader().collate_fn)
+    batches = list(loader)
+    model = module.attack_model()
+    suite = corruption_suite(suite_name)
+    bounds = tuple(module.data_info.bounds)
+    pgd = PGD(eps=0.004, norm="linf", steps=10, bounds=bounds)
+
+    def loss(out: Any, batch: Any) -> torch.Tensor:
+        return module.per_sample_loss(out, batch)
+
+    def run_suite() -> None:
+        for b in batches:
+            for c in suite:
+                for s in range(1, 6):
+                    with torch.no_grad():
+                        model(c(b["image"], s, generator=torch.Generator().manual_seed(s), bounds=bounds))
+
+    def run_pgd() -> None:
+        for b in batches:
+            x_adv = pgd(model, b["image"], b, loss_fn=loss, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                model(x_adv)
+
+    samples = sum(b["image"].shape[0] for b in batches)
+    times: dict[str, list[float]] = {"suite": [], "pgd10": []}
+    for _ in range(repeats):  # interleaved, so load on the shared machine hits both alike
+        for name, fn in (("suite", run_suite), ("pgd10", run_pgd)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    suite_s = statistics.median(times["suite"]) / samples
+    pgd_s = statistics.median(times["pgd10"]) / samples
+    return {"samples": samples, "suite_s_per_sample": suite_s, "pgd10_s_per_sample": pgd_s,
+            "ratio": suite_s / pgd_s, "cells": len(suite) * 5}
+
+
+def panel(module: Any, dm: Any, suite_name: str, path: Path, index: int = 0) -> None:
+    """One test image at severities 0–5 of every corruption, titled with the prediction
+    (:func:`callbacks.corruption_eval.plot_corruption_panel`)."""
+    from callbacks.corruption_eval import plot_corruption_panel
+
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    batch = loader.collate_fn([loader.dataset[index]])
+    plot_corruption_panel(module, batch, suite_name, path)
+
+
+def table(records: dict[str, Any], metric: str) -> list[str]:
+    """Markdown: per corruption, ``metric`` mean over severities [interval] per method; the mean
+    per severity; the mean error, mCE and relative mCE."""
+    from callbacks.record import RobustnessRecord
+
+    recs = {m: RobustnessRecord.load(p) for m, p in records.items()}
+    methods = list(recs)
+    first = recs[methods[0]].corruptions
+    lines = [f"| corruption | {' | '.join(methods)} |", "|---|" + "---|" * len(methods)]
+
+    def ci_mean(rec: Any, name: str) -> str:
+        v = next(r for r in rec.corruptions.to_dict()["per_corruption"] if r["corruption"] == name)["mean"][metric]
+        iv = next((r for r in (rec.intervals or {}).get("corruptions", {}).get("per_corruption", [])
+                   if r["corruption"] == name), None)
+        return f"{v:.3f}" + (f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else "")
+
+    lines.append("| clean | " + " | ".join(
+        f"{r.clean[metric]:.3f}" + (lambda ci: f" [{ci.low:.3f}, {ci.high:.3f}]" if ci else "")(r.interval("clean"))
+        for r in recs.values()) + " |")
+    for name in first.names():
+        lines.append(f"| {name} | " + " | ".join(ci_mean(r, name) for r in recs.values()) + " |")
+    for s in first.severities:
+        vals = [statistics.fmean(r.corruptions.value(n, s, metric) for n in first.names()) for r in recs.values()]
+        lines.append(f"| mean, severity {s} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines.append("| mean over all | " + " | ".join(
+        f"{r.corruptions.mean()[metric]:.3f}" + (lambda iv: f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else "")(
+            (r.intervals or {}).get("corruptions", {}).get("mean")) for r in recs.values()) + " |")
+    data = {m: r.corruptions.to_dict() for m, r in recs.items()}
+    lines.append(f"| mean error ({first.error_metric}) | " + " | ".join(
+        f"{d['mean_error']:.3f}" for d in data.values()) + " |")
+    lines.append("| mCE vs clean | " + " | ".join("1 (reference)" if i == 0 else f"{d['mce']:.3f}"
+                                                 for i, d in enumerate(data.values())) + " |")
+    lines.append("| relative mCE vs clean | " + " | ".join(
+        "1 (reference)" if i == 0 else f"{d['relative_mce']:.3f} ({len((d['reference'] or {}).get('undefined', []))} "
+        "undefined)" for i, d in enumerate(data.values())) + " |")
+    pgd = [next((e.metrics.get(metric) for e in r.attacks), math.nan) for r in recs.values()]
+    lines.append("| PGD-10 ε=0.004 | " + " | ".join(f"{v:.3f}" for v in pgd) + " |")
+    return lines
+
+
+def paired(records: dict[str, Any], metric: str) -> list[str]:
+    """Markdown: each method minus the first (the reference) on the same samples — the paired
+    difference of the per-sample mean over severities, per corruption and over all, with its
+    BCa interval and verdict (``callbacks.uncertainty.paired_difference``, as ``medrobust
+    compare``); positive = the method keeps more ``metric``."""
+    import numpy as np
+
+    from callbacks.per_sample import FILE_NAME, SampleTable
+    from callbacks.record import RobustnessRecord
+    from callbacks.uncertainty import decide, paired_difference
+
+    methods = list(records)
+    if len(methods) < 2:
+        return []
+    ref_rec = RobustnessRecord.load(records[methods[0]])
+    names, sev = ref_rec.corruptions.names(), ref_rec.corruptions.severities
+    tables = {m: SampleTable.load(Path(p).parent / FILE_NAME) for m, p in records.items()}
+
+    def per_sample(t: Any, which: list[str]) -> np.ndarray:
+        if not which:
+            return t.column(f"clean/{metric}")
+        return np.mean([t.column(f"corruption-{n}/{s}/{metric}") for n in which for s in sev], axis=0)
+
+    lines = [f"| Δ {metric} vs {methods[0]} (paired) | " + " | ".join(methods[1:]) + " |",
+             "|---|" + "---|" * (len(methods) - 1)]
+    for label, which in [("clean", []), *((n, [n]) for n in names), ("mean over all", names)]:
+        cells = []
+        for m in methods[1:]:
+            a, b = tables[m].aligned(tables[methods[0]])
+            diff = paired_difference(per_sample(a, which), per_sample(b, which)).difference
+            verdict = {"confirmed": "better", "refuted": "worse"}.get(decide(diff, "greater"), "inconclusive")
+            cells.append(f"{diff.estimate:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}] {verdict}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=Path("/work/models/xue2019"))
+    ap.add_argument("--datasets", nargs="+", default=["pneumoniamnist", "ph2"])
+    ap.add_argument("--methods", nargs="+", default=["clean", "sat", "denoise"])
+    ap.add_argument("--subset", type=int, default=None, help="test samples (default: the whole split)")
+    ap.add_argument("--cost-samples", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path("results/corruptions"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--extra", nargs=4, action="append", default=[], metavar=("DATASET", "NAME", "CONFIG", "CKPT"),
+                    help="one more model: its dataset, a name for the table, its run config and checkpoint")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    summary: dict[str, Any] = {}
+    for ds in args.datasets:
+        suite = SUITE_FOR[ds]
+        records: dict[str, Path] = {}
+        extra = {name: (Path(cfg), Path(ck)) for d, name, cfg, ck in args.extra if d == ds}
+        for method in [*args.methods, *extra]:
+            try:
+                module, dm, ckpt = load(args.runs, ds, method, *extra.get(method, (None, None)))
+            except FileNotFoundError as err:
+                print(f"[{ds}/{method}] skipped: {err}")
+                continue
+            t = time.perf_counter()
+            reference = records.get(args.methods[0])
+            records[method] = evaluate(module, dm, suite, args.subset, args.out / f"{ds}_{method}", reference)
+            print(f"[{ds}/{method}] {ckpt} evaluated in {time.perf_counter() - t:.0f} s")
+            panel(module, dm, suite, args.out / f"panel_{ds}_{method}.png")
+            if method == args.methods[0]:
+                cost = cost_side_by_side(module, dm, suite, args.cost_samples)
+                summary[f"{ds}_cost"] = cost
+                print(f"[{ds}] cost per evaluated sample, same {cost['samples']} samples, side by side: "
+                      f"corruption suite ({cost['cells']} corruption × severity cells) "
+                      f"{1e3 * cost['suite_s_per_sample']:.3f} ms vs PGD-10 {1e3 * cost['pgd10_s_per_sample']:.3f} ms "
+                      f"→ ratio {cost['ratio']:.2f}")
+        if records:
+            lines = table(records, "accuracy") + [""] + paired(records, "accuracy")
+            summary[ds] = lines
+            print(f"\n## {ds} — suite {suite}, accuracy (95 % intervals)\n")
+            print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
