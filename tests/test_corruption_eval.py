@@ -217,3 +217,26 @@ def test_example_panel(task: str, tmp_path) -> None:
     module, batch = trained(task)
     path = plot_corruption_panel(module, batch, SUITE, tmp_path / "panel.png", index=3)
     assert path.stat().st_size > 5000
+
+
+def test_detection_boxes_stay_and_map_falls_with_severity() -> None:
+    """The fourth task: on a trained tiny FCOS the boxes and labels are untouched, every
+    corruption × severity is scored by the detection metrics, and mAP@0.5 at severity 5 is
+    below the clean one on average over the corruptions."""
+    from test_masked_gradients_dense import detector
+
+    module, batch = detector()
+    ev = CorruptionEvaluator(module, module.attack_model(), corruption_suite(SUITE), seed=0)
+    boxes = [b.clone() for b in batch["boxes"]]
+    labels = [lab.clone() for lab in batch["labels"]]
+    ev.run_batch(batch, True, batch["index"])
+    assert all(torch.equal(a, b) for a, b in zip(batch["boxes"], boxes))
+    assert all(torch.equal(a, b) for a, b in zip(batch["labels"], labels))
+    metrics, cost = ev.compute()
+    assert set(metrics) == {(c["name"], s) for c in SUITE for s in range(1, 6)}
+    assert cost["forwards"] == batch["image"].shape[0] * len(SUITE) * 5
+    clean = module.build_metrics()
+    module.update_metrics(clean, module.attack_model()(batch["image"]), batch)
+    c0 = float(clean.compute()["map_50"])
+    worst = float(np.mean([metrics[(c["name"], 5)]["map_50"] for c in SUITE]))
+    assert c0 > 0.5 and worst < c0 - 0.05, (c0, worst)
