@@ -14,6 +14,15 @@ Example (the numbers of docs/corruptions.md)::
     python benchmarks/corruption_robustness.py --runs /work/models/xue2019 \\
         --datasets pneumoniamnist --subset 624 --out /work/models/h25corr/corruptions
 
+mCE and relative mCE carry a paired, seeded percentile bootstrap interval over the test samples
+(:func:`callbacks.corruption_eval.mce_interval`: both runs' per-sample files resampled with the
+same draw, the balanced error recomputed from the test split's labels, read by sample id from
+the run's datamodule). ``--from-saved`` recomputes the tables from the files an earlier run left
+under ``--out`` without loading or running any model (the labels still come from the dataset)::
+
+    python benchmarks/corruption_robustness.py --from-saved --runs /work/models/xue2019 \
+        --out /work/models/h25corr/corruptions --summary /tmp/summary.json
+
 Writes each run's ``robustness.json``, ``robustness_samples.csv``, ``report.md``,
 ``corruptions.png`` under ``--out/<dataset>_<method>/`` and example panels
 ``panel_<dataset>_<method>.png`` (one image at severities 0–5 of every corruption, with the
@@ -135,9 +144,74 @@ def panel(module: Any, dm: Any, suite_name: str, path: Path, index: int = 0) -> 
     plot_corruption_panel(module, batch, suite_name, path)
 
 
-def table(records: dict[str, Any], metric: str) -> list[str]:
+def split_labels(config: Path, ids: Any) -> Any:
+    """``int64[n]``: the class labels of test-split samples ``ids`` (the per-sample files'
+    ``sample_id``: the index in the test split) of the datamodule of run ``config``; ``None``
+    (with a message) when the split has no labels."""
+    import numpy as np
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    dm = _build(cfg["data"])
+    dm.setup("test")
+    ds = dm.test_dataloader().dataset
+    try:
+        return np.array([int(ds[int(i)]["label"]) for i in ids], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as err:
+        print(f"[{config}] no class labels in the test split ({err!r}): plain error for the mCE intervals")
+        return None
+
+
+def mce_intervals(records: dict[str, Path], metric: str, labels: Any, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per method after the first (the reference): :func:`callbacks.corruption_eval.mce_interval`
+    of its mCE / relative mCE against the first, from both per-sample files aligned by sample id;
+    ``labels``: ``{sample_id: label}`` (balanced error) or ``None`` (plain error). Checks that the
+    estimate equals the record's mCE (same definition, same samples)."""
+    import math
+
+    import numpy as np
+
+    from callbacks.corruption_eval import mce_interval
+    from callbacks.per_sample import FILE_NAME, SampleTable
+    from callbacks.record import RobustnessRecord
+
+    methods = list(records)
+    ref_table = SampleTable.load(Path(records[methods[0]]).parent / FILE_NAME)
+    out = {}
+    for m in methods[1:]:
+        sec = RobustnessRecord.load(records[m]).corruptions
+        a, b = SampleTable.load(Path(records[m]).parent / FILE_NAME).aligned(ref_table)
+        lab = None if labels is None else np.array([labels[int(i)] for i in a.sample_ids], dtype=np.int64)
+        res = mce_interval(a.columns, b.columns, sec.names(), sec.severities, metric,
+                           labels=lab, seed=seed)
+        data = sec.to_dict()
+        for key in ("mce", "relative_mce"):
+            rec_v = data.get(key)
+            if lab is not None and rec_v is not None and not math.isclose(res[key].estimate, rec_v, rel_tol=1e-4, abs_tol=1e-6):
+                print(f"[{m}] warning: bootstrap {key} estimate {res[key].estimate:.6f} ≠ record {rec_v:.6f}")
+        out[m] = res
+    return out
+
+
+def _mce_cell(res: dict[str, Any], key: str) -> str:
+    ci = res[key]
+    text = f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+    undefined = res["undefined" if key == "mce" else "relative_undefined"]
+    left = res["estimate_undefined" if key == "mce" else "estimate_relative_undefined"]
+    rest = [v for c, v in undefined.items() if c not in left]
+    notes = []
+    if left:  # undefined on the observed samples: how often they are in the resamples
+        notes.append(f"{len(left)} undefined, in ≥ {100 * min(undefined[c] for c in left):.1f} % of resamples")
+    if rest and max(rest) > 0:
+        notes.append(f"the others left out of ≤ {100 * max(rest):.1f} % of resamples")
+    if notes:
+        text += f" ({'; '.join(notes)})"
+    return text + ("" if res["error"] == "balanced" else " (plain error)")
+
+
+def table(records: dict[str, Any], metric: str, mce: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Markdown: per corruption, ``metric`` mean over severities [interval] per method; the mean
-    per severity; the mean error, mCE and relative mCE."""
+    per severity; the mean error, mCE and relative mCE (with their paired bootstrap intervals
+    when ``mce``, from :func:`mce_intervals`, is given)."""
     from callbacks.record import RobustnessRecord
 
     recs = {m: RobustnessRecord.load(p) for m, p in records.items()}
@@ -165,11 +239,20 @@ def table(records: dict[str, Any], metric: str) -> list[str]:
     data = {m: r.corruptions.to_dict() for m, r in recs.items()}
     lines.append(f"| mean error ({first.error_metric}) | " + " | ".join(
         f"{d['mean_error']:.3f}" for d in data.values()) + " |")
+    if mce:
+        for key, label in (("mce", "mCE"), ("relative_mce", "relative mCE")):
+            lines.append(f"| {label} vs {methods[0]} [paired bootstrap] | " + " | ".join(
+                "1 (reference)" if i == 0 else _mce_cell(mce[m], key) for i, m in enumerate(methods)) + " |")
+        return _pgd_row(lines, recs, metric)
     lines.append("| mCE vs clean | " + " | ".join("1 (reference)" if i == 0 else f"{d['mce']:.3f}"
                                                  for i, d in enumerate(data.values())) + " |")
     lines.append("| relative mCE vs clean | " + " | ".join(
         "1 (reference)" if i == 0 else f"{d['relative_mce']:.3f} ({len((d['reference'] or {}).get('undefined', []))} "
         "undefined)" for i, d in enumerate(data.values())) + " |")
+    return _pgd_row(lines, recs, metric)
+
+
+def _pgd_row(lines: list[str], recs: dict[str, Any], metric: str) -> list[str]:
     pgd = [next((e.metrics.get(metric) for e in r.attacks), math.nan) for r in recs.values()]
     lines.append("| PGD-10 ε=0.004 | " + " | ".join(f"{v:.3f}" for v in pgd) + " |")
     return lines
@@ -222,6 +305,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--extra", nargs=4, action="append", default=[], metavar=("DATASET", "NAME", "CONFIG", "CKPT"),
                     help="one more model: its dataset, a name for the table, its run config and checkpoint")
+    ap.add_argument("--from-saved", action="store_true",
+                    help="no model: recompute the tables from the records and per-sample files under --out")
+    ap.add_argument("--summary", type=Path, default=None, help="where to write summary.json (default: --out)")
+    ap.add_argument("--mce-seed", type=int, default=0, help="seed of the mCE bootstrap")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     summary: dict[str, Any] = {}
@@ -230,6 +317,13 @@ def main() -> None:
         records: dict[str, Path] = {}
         extra = {name: (Path(cfg), Path(ck)) for d, name, cfg, ck in args.extra if d == ds}
         for method in [*args.methods, *extra]:
+            if args.from_saved:
+                saved = args.out / f"{ds}_{method}" / "robustness.json"
+                if saved.exists():
+                    records[method] = saved
+                else:
+                    print(f"[{ds}/{method}] skipped: no {saved}")
+                continue
             try:
                 module, dm, ckpt = load(args.runs, ds, method, *extra.get(method, (None, None)))
             except FileNotFoundError as err:
@@ -248,12 +342,23 @@ def main() -> None:
                       f"{1e3 * cost['suite_s_per_sample']:.3f} ms vs PGD-10 {1e3 * cost['pgd10_s_per_sample']:.3f} ms "
                       f"→ ratio {cost['ratio']:.2f}")
         if records:
-            lines = table(records, "accuracy") + [""] + paired(records, "accuracy")
+            first = next(iter(records))
+            config = extra[first][0] if first in extra else args.runs / "configs" / f"{ds}_{first}.yaml"
+            from callbacks.per_sample import FILE_NAME, SampleTable
+
+            ids = SampleTable.load(records[first].parent / FILE_NAME).sample_ids
+            lab = split_labels(config, ids)
+            labels = None if lab is None else dict(zip(ids.tolist(), lab.tolist(), strict=True))
+            mce = mce_intervals(records, "accuracy", labels, seed=args.mce_seed)
+            summary[f"{ds}_mce"] = {m: {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in r.items()}
+                                    for m, r in mce.items()}
+            lines = table(records, "accuracy", mce) + [""] + paired(records, "accuracy")
             summary[ds] = lines
             print(f"\n## {ds} — suite {suite}, accuracy (95 % intervals)\n")
             print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path = args.summary or args.out / "summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

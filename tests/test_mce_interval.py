@@ -132,3 +132,47 @@ def test_lower_is_better_metric_and_clear_errors() -> None:
         mce_interval(model, ref, ["blur"], SEV, "radial", labels=np.zeros(200, dtype=np.int64))
     with pytest.raises(ValueError, match="labels"):
         mce_interval(model, ref, ["blur"], SEV, "radial", labels=np.zeros(3, dtype=np.int64))
+
+
+def test_estimate_from_saved_files_equals_the_records_mce(tmp_path) -> None:
+    """End to end on saved files, as ``benchmarks/corruption_robustness.py --from-saved`` uses
+    them: two tiny models evaluated by the callback (the second against the first), labels read
+    from the split by sample id; the bootstrap's estimate is the record's mCE (torchmetrics'
+    balanced accuracy rebuilt from per-sample correctness and labels)."""
+    import lightning as L
+    import torch
+    from attack_eval_support import trained
+
+    from callbacks import AdversarialEvaluation
+    from callbacks.per_sample import FILE_NAME, SampleTable
+    from callbacks.record import RobustnessRecord
+    from datamodules.synthetic import SyntheticDataModule
+
+    torch.set_num_threads(1)
+    suite = [{"name": "gaussian_noise", "params": [0.05, 0.1, 0.2, 0.3, 0.5], "reference_size": None},
+             {"name": "contrast_down", "kind": "contrast", "params": [0.9, 0.75, 0.6, 0.45, 0.3],
+              "reference_size": None}]
+    dm = SyntheticDataModule(task="classification", num_train=64, num_val=48, num_test=8,
+                             image_size=(16, 16), seed=0, batch_size=16, num_classes=4)
+    for name, seed in (("ref", 0), ("other", 1)):
+        module, _ = trained("classification", steps=60, seed=seed)
+        cb = AdversarialEvaluation(attacks=[{"name": "fgsm"}], eps=[0.02], subset=37, report=False, plot=False,
+                                   corruptions=suite, corruption_severities=[1, 3, 5], intervals="never",
+                                   corruption_reference=None if name == "ref" else str(tmp_path / "ref" / "robustness.json"))
+        trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=str(tmp_path / name))
+        trainer.validate(module, datamodule=dm, verbose=False)
+    sec = RobustnessRecord.load(tmp_path / "other" / "robustness.json").corruptions
+    a, b = SampleTable.load(tmp_path / "other" / FILE_NAME).aligned(SampleTable.load(tmp_path / "ref" / FILE_NAME))
+    dm.setup("validate")
+    ds = dm.val_dataloader().dataset
+    labels = np.array([int(ds[int(i)]["label"]) for i in a.sample_ids])
+    counts = np.bincount(labels, minlength=4)
+    assert counts.min() > 0 and counts.min() < counts.max()  # unbalanced: balanced error ≠ plain error
+    res = mce_interval(a.columns, b.columns, sec.names(), sec.severities, "accuracy", labels=labels,
+                       num_classes=4, n_resamples=200)
+    data = sec.to_dict()
+    assert res["mce"].estimate == pytest.approx(data["mce"], rel=1e-5)
+    if math.isfinite(data["relative_mce"]):
+        assert res["relative_mce"].estimate == pytest.approx(data["relative_mce"], rel=1e-4)
+    assert res["mce"].low <= res["mce"].estimate <= res["mce"].high
