@@ -23,10 +23,11 @@ import medrobust
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medrobust evaluate", description=(
         "Robustness of a model medrobust did not train (TorchScript, torch.export, state dict + "
-        "--net, medrobust checkpoint) on a manifest or datamodule config."))
+        "--net, medrobust checkpoint; detection: a torchvision-style detector as a state dict + "
+        "--net) on a manifest (every row: the evaluation set) or datamodule config."))
     p.add_argument("--model", required=True, help="model file")
     p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON) or datamodule YAML config")
-    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks"])
+    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks", "detection"])
     p.add_argument("--suite", default="standard", help="named suite: standard, quick, aa_budget")
     p.add_argument("--eps", type=float, nargs="+", required=True, help="budgets in pixel units")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])

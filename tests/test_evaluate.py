@@ -171,7 +171,9 @@ def test_output_and_labels_that_do_not_fit() -> None:
     with pytest.raises(ValueError, match="num_classes=4 but the model outputs 3"):
         run(classifier(3), num_classes=4)
     with pytest.raises(ValueError, match="task must be one of"):
-        run(classifier(3), task="detection")
+        run(classifier(3), task="segmenation")
+    with pytest.raises(ValueError, match="detection targets y must be a list of 6 dicts"):
+        run(classifier(3), task="detection")  # labels where boxes are needed
 
 
 def test_l2_threat_model_reaches_every_member(tmp_path: Path) -> None:
@@ -202,14 +204,17 @@ def test_a_manifest_and_a_datamodule(tmp_path: Path) -> None:
     from datamodules.manifest import ManifestDataModule, write_example_manifest
 
     path = write_example_manifest(tmp_path, "classification", n=10, image_size=(4, 4))
-    dm = ManifestDataModule(manifest=str(path), task="classification", channels=1)
+    # a manifest given by path is the evaluation set: all of its rows (no seeded split, no file)
+    dm = ManifestDataModule(manifest=str(path), task="classification", channels=1,
+                            split_fractions=(0.0, 0.0, 1.0), split_file=None)
     k = dm.info.num_classes
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, k))
     from_path = run(model, path, normalization="none")
     from_dm = run(model, dm, normalization="none")
     assert numbers(from_path) == numbers(from_dm)
-    assert from_path.split == "test"
+    assert from_path.split == "test" and from_path.subset.size == from_path.subset.of == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "manifest.csv"]  # nothing written beside it
     wrong = nn.Sequential(nn.Flatten(), nn.Linear(16, k + 1))  # one class too many for the data
     with pytest.raises(ValueError, match=rf"does not fit the classification task.*\[B, {k}\]"):
         run(wrong, dm, normalization="none")
