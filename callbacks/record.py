@@ -95,6 +95,10 @@ class RobustnessRecord:
     #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`; read one with
     #: :meth:`interval`); ``None`` when not computed
     intervals: dict[str, Any] | None = None
+    #: set when the evaluation was stopped before its end (SIGTERM): ``{reason,
+    #: samples_evaluated, samples_planned, batches_evaluated, batches_planned, not_run}``; the
+    #: numbers rest on the evaluated samples only (whole batches, every member × ε)
+    incomplete: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -137,6 +141,7 @@ class RobustnessRecord:
             else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
             unreliable=_need(data, "unreliable", list, source, optional=True),
             intervals=_need(data, "intervals", dict, source, optional=True),
+            incomplete=_need(data, "incomplete", dict, source, optional=True),
             schema_version=version,
         )
 
@@ -190,6 +195,8 @@ class RobustnessRecord:
             out["unreliable"] = self.unreliable
         if self.intervals is not None:
             out["intervals"] = self.intervals
+        if self.incomplete is not None:
+            out["incomplete"] = self.incomplete
         return out
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -7,7 +7,9 @@ writes ``robustness.json``, ``robustness_samples.csv``, ``robustness.png`` and `
 into ``--out`` and prints the one-line summary. The input normalisation is stated with
 ``--mean``/``--std`` or ``--no-normalization`` (a medrobust checkpoint carries its own). A
 pickled whole ``nn.Module`` loads only with ``--trusted``. Errors print as one message
-(``--debug``: with the traceback).
+(``--debug``: with the traceback). A progress bar (on a terminal) names the batch, member and
+ε running; SIGTERM stops after the running member × ε, writes the record of the whole batches
+done (``incomplete`` in ``robustness.json``, a note in ``report.md``) and exits with 143.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model file")
     p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON) or datamodule YAML config")
     p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks", "detection"])
-    p.add_argument("--suite", default="standard", help="named suite: standard, quick, aa_budget")
+    p.add_argument("--suite", default="standard",
+                   help='named suite (standard, quick, aa_budget) or a JSON attack list, e.g. '
+                        '\'[{"name": "pgd", "steps": 50}]\'')
     p.add_argument("--eps", type=float, nargs="+", required=True, help="budgets in pixel units")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--out", required=True, help="output folder")
@@ -67,17 +71,22 @@ def normalization_of(args: argparse.Namespace) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 on success, 2 on a user error, 143 when a SIGTERM stopped it (the
+    record of what was finished is written, marked ``incomplete``)."""
     args = parser().parse_args(argv)
+    for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
+        getattr(medrobust, name)
+    from callbacks.adversarial_evaluation import EvaluationInterrupted
+
     try:
-        for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
-            getattr(medrobust, name)
         from callbacks.record import RobustnessRecord
         from medrobust.cli_summary import summarise_record
         from medrobust.evaluation import evaluate
 
         net = json.loads(args.net) if args.net else None
+        suite = json.loads(args.suite) if args.suite.lstrip().startswith("[") else args.suite
         devices = int(args.devices) if args.devices.isdigit() else args.devices
-        record = evaluate(args.model, args.data, task=args.task, suite=args.suite, eps=args.eps, norm=args.norm,
+        record = evaluate(args.model, args.data, task=args.task, suite=suite, eps=args.eps, norm=args.norm,
                           normalization=normalization_of(args), out=args.out, net=net, trusted=args.trusted,
                           split=args.split, subset=args.subset, batch_size=args.batch_size, seed=args.seed,
                           sanity=args.sanity, intervals=args.intervals,
@@ -85,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         assert isinstance(record, RobustnessRecord)
         print(f"[medrobust] {args.split}: {summarise_record(record, None)}")
         print(f"[medrobust] written to {args.out}")
+    except EvaluationInterrupted as stop:  # SIGTERM: the incomplete record is written (message printed)
+        if args.debug:
+            traceback.print_exc()
+        return int(stop.code) if isinstance(stop.code, int) else 143
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
         if args.debug:
             traceback.print_exc()
