@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
         "--net, medrobust checkpoint; detection: a torchvision-style detector as a state dict + "
         "--net) on a manifest (every row: the evaluation set) or datamodule config."))
     p.add_argument("--model", required=True, help="model file")
-    p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON) or datamodule YAML config")
+    p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON), data folder (a manifest in it, or "
+                   "images/ + masks/ for segmentation) or datamodule YAML config")
     p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks", "detection"])
     p.add_argument("--suite", default="standard",
                    help='named suite (standard, quick, aa_budget) or a JSON attack list, e.g. '

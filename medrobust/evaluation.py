@@ -19,7 +19,8 @@ it); a state dict with a network spec ``net`` (read with ``weights_only=True``).
 pickled whole ``nn.Module`` runs code when it is unpickled: it loads only with ``trusted=True``.
 
 Accepted data (:func:`as_datamodule`): a medrobust datamodule, a manifest file
-(:class:`datamodules.manifest.ManifestDataModule`), or tensors ``(x, y)``: ``x`` ``[N, C, *spatial]``
+(:class:`datamodules.manifest.ManifestDataModule`), a data folder (holding a manifest, or
+segmentation's ``images/`` + ``masks/`` paired by stem), or tensors ``(x, y)``: ``x`` ``[N, C, *spatial]``
 in ``bounds``; ``y`` labels ``[N]`` (classification), masks ``[N, *spatial]`` (segmentation),
 points ``[N, L, 2]`` ``(x, y)`` image pixels, NaN = missing (landmarks), or a list of ``N``
 ``{"boxes": [N_i, 4] xyxy pixels, "labels": [N_i]}`` (detection).
@@ -326,8 +327,9 @@ def _check_labels(y: Any, k: int, task: str) -> None:
 
 def as_datamodule(data: Any, task: str, batch_size: int | None = None, split: str = "test") -> Any:
     """A medrobust datamodule (returned as is), a manifest path (a
-    :class:`~datamodules.manifest.ManifestDataModule`) or a YAML datamodule config
-    (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model).
+    :class:`~datamodules.manifest.ManifestDataModule`), a data folder (a manifest in it, or
+    segmentation's ``images/`` + ``masks/``: :func:`_datamodule_from_folder`) or a YAML datamodule
+    config (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model).
 
     A manifest path is the evaluation set: without a ``split`` column every row is in ``split``
     (no seeded train / val / test split, no split file written beside it); with one, its
@@ -336,18 +338,43 @@ def as_datamodule(data: Any, task: str, batch_size: int | None = None, split: st
         return data
     if isinstance(data, (str, Path)):
         path = Path(data)
+        kwargs: dict[str, Any] = {"eval_batch_size": batch_size} if batch_size else {}
+        # the evaluation set: every sample in the evaluated split, no split file written
+        kwargs.update(split_fractions=(0.0, 0.0, 1.0) if split == "test" else (0.0, 1.0, 0.0), split_file=None)
+        if path.is_dir():
+            return _datamodule_from_folder(path, task, kwargs)
         if not path.is_file():
             raise FileNotFoundError(f"evaluate: data file {str(path)!r} does not exist")
         if path.suffix in (".yaml", ".yml"):
             return _datamodule_from_config(path)
         from datamodules.manifest import ManifestDataModule
 
-        kwargs = {"eval_batch_size": batch_size} if batch_size else {}
-        fractions = (0.0, 0.0, 1.0) if split == "test" else (0.0, 1.0, 0.0)
-        return ManifestDataModule(manifest=str(path), task=task, split_fractions=fractions, split_file=None,
-                                  **kwargs)
+        return ManifestDataModule(manifest=str(path), task=task, **kwargs)
     raise TypeError(f"evaluate: data must be a datamodule, a manifest / config path or tensors (x, y), "
                     f"got {type(data).__name__}")
+
+
+#: manifest names :func:`as_datamodule` looks for in a data folder
+FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.json")
+
+
+def _datamodule_from_folder(path: Path, task: str, kwargs: dict[str, Any]) -> Any:
+    """A data folder in a layout medrobust reads: one holding a manifest (``manifest.csv`` /
+    ``.tsv`` / ``.json``), or, for segmentation, ``images/`` and ``masks/`` folders paired by
+    file stem (:class:`~datamodules.manifest.folders.PairedFoldersDataModule`)."""
+    from datamodules.manifest import ManifestDataModule
+
+    for name in FOLDER_MANIFESTS:
+        if (path / name).is_file():
+            return ManifestDataModule(manifest=str(path / name), task=task, **kwargs)
+    if task == "segmentation" and (path / "images").is_dir() and (path / "masks").is_dir():
+        from datamodules.manifest.folders import PairedFoldersDataModule
+
+        return PairedFoldersDataModule(images_dir=str(path / "images"), masks_dir=str(path / "masks"), **kwargs)
+    raise FileNotFoundError(
+        f"evaluate: data folder {str(path)!r} has no layout medrobust reads: a manifest "
+        f"({' / '.join(FOLDER_MANIFESTS)}) or, for segmentation, images/ and masks/ folders paired by "
+        "file stem; or give a manifest or datamodule config file")
 
 
 def _datamodule_from_config(path: Path) -> Any:

@@ -259,3 +259,23 @@ def test_a_monai_segmentation_state_dict_from_the_cli(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert record["task"] == "segmentation" and "dice" in record["clean"]
     assert {a["attack"] for a in record["attacks"]} >= {"apgd-mask_ce", "apgd-dice", "square"}
+
+
+def test_a_data_folder(tmp_path: Path) -> None:
+    """A folder in a layout medrobust reads: a manifest inside it, or images/ + masks/."""
+    from datamodules.manifest import write_example_manifest
+
+    folder = tmp_path / "lesions"
+    manifest = write_example_manifest(folder, "segmentation", n=4, image_size=(8, 8))
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 2, 3, padding=1)
+    seg = {"task": "segmentation", "normalization": "none", "eps": [0.05]}
+    from_manifest = run(model, manifest, **seg)
+    from_folder = run(model, folder, **seg)  # finds manifest.csv
+    manifest.unlink()
+    from_pairs = run(model, folder, **seg)  # images/ + masks/, paired by file stem
+    assert numbers(from_folder) == numbers(from_manifest) == numbers(from_pairs)
+    assert from_pairs.subset.size == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "masks"]  # nothing written there
+    with pytest.raises(FileNotFoundError, match="has no layout medrobust reads"):
+        run(classifier(), folder / "images")
