@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 on success, 2 on a user error, 143 when a SIGTERM stopped it (the
     record of what was finished is written, marked ``incomplete``)."""
     args = parser().parse_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a --net class path may name the user's module here (as python -m does)
     for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
         getattr(medrobust, name)
     from callbacks.adversarial_evaluation import EvaluationInterrupted
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                           sanity=args.sanity, intervals=args.intervals,
                           accelerator=args.accelerator, devices=devices, strategy=args.strategy)
         assert isinstance(record, RobustnessRecord)
-        print(f"[medrobust] {args.split}: {summarise_record(record, None)}")
-        print(f"[medrobust] written to {args.out}")
+        if os.environ.get("LOCAL_RANK", "0") in ("", "0"):  # under DDP: once, from rank 0
+            print(f"[medrobust] {args.split}: {summarise_record(record, None)}")
+            print(f"[medrobust] written to {args.out}")
     except EvaluationInterrupted as stop:  # SIGTERM: the incomplete record is written (message printed)
         if args.debug:
             traceback.print_exc()

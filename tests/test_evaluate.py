@@ -279,3 +279,31 @@ def test_a_data_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["images", "masks"]  # nothing written there
     with pytest.raises(FileNotFoundError, match="has no layout medrobust reads"):
         run(classifier(), folder / "images")
+
+
+@pytest.mark.slow  # two runs of the command, one of them with 2 DDP processes (gloo, CPU)
+def test_the_command_under_ddp_gives_the_single_process_record(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from datamodules.manifest import write_example_manifest
+
+    torch.manual_seed(0)
+    torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 2))).save(str(tmp_path / "model.ts"))
+    write_example_manifest(tmp_path / "data", "classification", n=8, image_size=(8, 8))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    records = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        out = tmp_path / f"out{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "medrobust.cli", "evaluate", "--model", "model.ts", "--data", "data/manifest.csv",
+             "--task", "classification", "--suite", "quick", "--eps", "0.004", "0.008", "--no-normalization",
+             "--out", str(out), "--accelerator", "cpu", "--devices", str(devices), "--strategy", strategy,
+             "--batch-size", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("[medrobust] written to") == 1  # rank 0 only
+        record = json.loads((out / "robustness.json").read_text())
+        records[devices] = ({k: record[k] for k in ("clean", "attacks", "ensemble", "robust_area", "intervals")},
+                            (out / "robustness_samples.csv").read_text())
+    assert records[2] == records[1]

@@ -102,7 +102,12 @@ def test_recipe_runs_as_written(name: str, tmp_path: Path, monkeypatch: pytest.M
                                                "report.md"}
     assert capsys.readouterr().out.strip()  # the robust area, printed
 
-    # the same recipe from the command line
+    # the same recipe from the command line (which finds my_detector.py in the working
+    # directory itself: a console script's sys.path does not hold it)
+    import sys
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (str(tmp_path), "")])
+    sys.modules.pop("my_detector", None)
     lang, command = blocks()[f"{name}-cli"]
     assert lang == "bash"
     args = shlex.split(quick(command).replace("\\\n", " "))
