@@ -95,6 +95,26 @@ def write_inputs(folder: Path) -> tuple[Path, Path]:
     return model, manifest
 
 
+def terminate_when(cmd: list[str], cwd: Path, env: dict[str, str], marker: bytes,
+                   timeout: float = 240) -> tuple[subprocess.Popen, str, float]:
+    """Run ``cmd``, send SIGTERM once ``marker`` appears on its stderr (the progress bar), wait
+    for it; ``(process, all its stderr, seconds from the signal to its exit)``."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        assert proc.poll() is None, seen.decode(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, rest = proc.communicate(timeout=timeout)
+    return proc, (seen + (rest or b"")).decode(errors="replace"), time.monotonic() - sent
+
+
 def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
     model, manifest = write_inputs(tmp_path)
     out = tmp_path / "out"
@@ -105,23 +125,7 @@ def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
            "--data", str(manifest), "--task", "classification", "--suite", slow, "--eps", "0.01", "0.02",
            "--no-normalization", "--out", str(out), "--batch-size", "2", "--accelerator", "cpu",
            "--sanity", "never"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stderr is not None
-    os.set_blocking(proc.stderr.fileno(), False)
-    seen = b""
-    deadline = time.monotonic() + 240
-    while b"batch 2/6" not in seen:  # batch 1 of 6 is done by every member × ε
-        assert proc.poll() is None, seen.decode(errors="replace")[-2000:]
-        assert time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
-        chunk = proc.stderr.read()
-        seen += chunk or b""
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    stdout, rest = proc.communicate(timeout=240)
-    waited = time.monotonic() - sent
-    seen += rest or b""
-    text = seen.decode(errors="replace")
+    proc, text, waited = terminate_when(cmd, tmp_path, env, b"batch 2/6")  # batch 1 of 6 is done
     assert proc.returncode == 143, text[-3000:]
     assert "stopped by SIGTERM" in text
     # the progress bar named the batch, the member and ε
@@ -141,4 +145,33 @@ def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
     # it stopped after the member × ε that was running, not at the end: far fewer than the
     # remaining batches' work (each member × ε of a batch is 4000 steps)
     assert inc["batches_evaluated"] < 6
+    assert waited < 120, waited
+
+
+def test_sigterm_during_train_py_validate(tmp_path: Path) -> None:
+    """The same through the training CLI: the run folder keeps the incomplete record, exit 143."""
+    import yaml
+
+    from medrobust.config_pieces import load_config
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_clean.yaml")
+    cfg["data"]["init_args"].update(num_train=8, num_val=8, num_test=8, image_size=[8, 8], batch_size=2)
+    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
+                                   if cb["class_path"].endswith("AdversarialEvaluation")]
+    evaluation = cfg["trainer"]["callbacks"][0]["init_args"]
+    evaluation.update(test_attacks=[{"name": "pgd", "steps": 4000, "random_start": False}], test_eps=[0.01],
+                      batch_size=2, sanity="never", test_subset=None)
+    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), "validate", "--config", str(path),
+           "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
+           "--trainer.enable_progress_bar", "false"]
+    proc, text, waited = terminate_when(cmd, tmp_path, env, b"batch 2/4")
+    assert proc.returncode == 143, text[-3000:]
+    folder = tmp_path / "runs" / "tiny" / "version_0"
+    record = json.loads((folder / "robustness.json").read_text())
+    assert record["split"] == "val" and record["incomplete"]["samples_evaluated"] in (2, 4, 6)
+    assert record["incomplete"]["samples_planned"] == 8
     assert waited < 120, waited
