@@ -93,6 +93,13 @@ def test_bad_and_mixed_records_are_named(tmp_path: Path) -> None:
         build_board(collect_records([tmp_path]))
     with pytest.raises(SystemExit):
         leaderboard_main([str(tmp_path / "nowhere")])
+    # a record a SIGTERM cut short is marked in its row
+    (tmp_path / "seg" / "robustness.json").unlink()
+    data = json.loads((tmp_path / "model_1" / "robustness.json").read_text())
+    data["incomplete"] = {"reason": "SIGTERM", "samples_evaluated": 4, "samples_planned": 12}
+    (tmp_path / "model_1" / "robustness.json").write_text(json.dumps(data))
+    notes = {name: note for name, _, note in build_board(collect_records([tmp_path])).rows}
+    assert notes["model_1"] == "⚠ incomplete (4 of 12 samples)" and notes["model_0"] == ""
 
 
 def test_cli_evaluate_a_torchscript_classifier_on_a_manifest(tmp_path: Path,
