@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import medrobust
 
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationInterrupted as stop:  # SIGTERM: the incomplete record is written (message printed)
         if args.debug:
             traceback.print_exc()
+        written = Path(args.out) / "robustness.json"
+        if written.is_file() and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+            from medrobust.cli_summary import summarise_record
+
+            print(f"[medrobust] {args.split}: {summarise_record(json.loads(written.read_text()), None)}")
         return int(stop.code) if isinstance(stop.code, int) else 143
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
         if args.debug:

@@ -98,7 +98,7 @@ def write_inputs(folder: Path) -> tuple[Path, Path]:
 def terminate_when(cmd: list[str], cwd: Path, env: dict[str, str], marker: bytes,
                    timeout: float = 240) -> tuple[subprocess.Popen, str, float]:
     """Run ``cmd``, send SIGTERM once ``marker`` appears on its stderr (the progress bar), wait
-    for it; ``(process, all its stderr, seconds from the signal to its exit)``."""
+    for it; ``(process, all its stderr then stdout, seconds from the signal to its exit)``."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stderr is not None
     os.set_blocking(proc.stderr.fileno(), False)
@@ -111,8 +111,9 @@ def terminate_when(cmd: list[str], cwd: Path, env: dict[str, str], marker: bytes
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    _, rest = proc.communicate(timeout=timeout)
-    return proc, (seen + (rest or b"")).decode(errors="replace"), time.monotonic() - sent
+    out, rest = proc.communicate(timeout=timeout)
+    text = (seen + (rest or b"")).decode(errors="replace") + (out or b"").decode(errors="replace")
+    return proc, text, time.monotonic() - sent
 
 
 def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
@@ -128,6 +129,7 @@ def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
     proc, text, waited = terminate_when(cmd, tmp_path, env, b"batch 2/6")  # batch 1 of 6 is done
     assert proc.returncode == 143, text[-3000:]
     assert "stopped by SIGTERM" in text
+    assert re.search(r"\[medrobust\] test: ⚠ INCOMPLETE \(SIGTERM: \d+ of 12 samples\)", text)  # the summary
     # the progress bar named the batch, the member and ε
     for member in ("pgd ε=0.01", "pgd-rs ε=0.01", "pgd ε=0.02", "pgd-rs ε=0.02"):
         assert f"batch 1/6 · {member}" in text, text[-2000:]
