@@ -109,9 +109,10 @@ class RunResult:
 
 @dataclass
 class StopInfo:
-    """An evaluation stopped before its end (on this rank): it stopped before member ``attack``
-    at ``eps`` of batch ``batches_done`` (0-based), so batches ``0 … batches_done − 1``
-    (``samples_done`` counted samples) were evaluated by every member × ε and the rest by none."""
+    """An evaluation stopped before its end: this rank stopped before member ``attack`` at
+    ``eps`` of its batch ``batches_done`` (0-based) of ``batches``, so its batches ``0 …
+    batches_done − 1`` were evaluated by every member × ε and the rest by none;
+    ``samples_done`` of the subset's ``samples`` were counted (over every rank)."""
 
     reason: str
     attack: str
@@ -241,6 +242,9 @@ class EvaluationRunner:
             finally:
                 bar.close()
             outcome = evaluator.compute()  # collective (torchmetrics sync)
+            if stopped is not None:  # over every rank: the samples counted, of the whole subset
+                stopped.samples_done = int(outcome.total_samples or outcome.num_samples)
+                stopped.samples = len(indices)
         per_sample = None
         if self.minimal_eps.enabled:
             per_sample = [v for _, v in sorted(_gather_pairs(minimal, world_size))]
