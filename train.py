@@ -29,7 +29,10 @@ with others are listed by path relative to the file (``- ../callbacks/checkpoint
 * ``--ckpt_path last`` with ``fit`` resumes from the newest ``last*.ckpt`` of earlier runs of the
   same experiment under ``default_root_dir`` (Lightning alone would only look in the new run's
   empty folder); a resumed run continues in its run folder (same ``version_<n>``, CSV rows and
-  W&B run id kept).
+  W&B run id kept). ``validate`` / ``test`` with ``--ckpt_path last`` or the path of a run's
+  checkpoint write beside that training run (its ``version_<n>``: ``robustness.json``,
+  ``report.md``, a numbered ``config-<k>.yaml``; the training's CSV rows are kept), and a
+  command that fails before writing anything but its config leaves no folder behind.
 * ``--batch_scaling global`` (the default) reads ``data.batch_size`` as the global batch,
   split over ``num_nodes × devices`` processes, so a run means the same on 1 or 8 GPUs;
   ``--speed.channels_last`` / ``--speed.compile`` are GPU speed options (docs/scaling.md).
@@ -40,6 +43,7 @@ with others are listed by path relative to the file (``- ../callbacks/checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -126,12 +130,18 @@ class MedRobustCLI(LightningCLI):
             else:
                 print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
                       "Lightning will look in this run's checkpoint folder", file=sys.stderr)
-        if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
-            resume = Path(cfg["ckpt_path"])  # continues in its run folder if it is one of ours
+        if cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
+            # fit continues in the checkpoint's run folder, if it is one of ours; validate /
+            # test write beside the training run that saved it (same version_<n>)
+            resume = Path(cfg["ckpt_path"])
         if trainer_cfg.logger in (None, True) and not trainer_cfg.get("fast_dev_run"):
             trainer_cfg.logger = csv_logger_config(root, name)
         self._run_folder = configure_loggers(trainer_cfg.logger, root, name, resume)
         self._resuming = resume is not None
+        # a run folder this command opens, removed again if the command fails before it wrote
+        # anything but its config (see _run_subcommand)
+        folder = self._run_folder
+        self._new_folder = folder if folder is not None and not Path(folder).exists() else None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         callbacks = [*callbacks, *scaling_callbacks(self._subconfig())]
@@ -151,6 +161,13 @@ class MedRobustCLI(LightningCLI):
 
             keep_csv_history(trainer.loggers)
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_unused_run_folder(getattr(self, "_new_folder", None))
+            raise
 
     # ---------------------------------------------------------------- resume
     def _load_weights_only(self) -> None:
@@ -184,6 +201,27 @@ class MedRobustCLI(LightningCLI):
     def print_robustness(self) -> None:
         """One line per split (:func:`medrobust.cli_summary.print_robustness`)."""
         print_robustness(self.trainer, getattr(self.model, "main_metric", None))
+
+
+def remove_unused_run_folder(folder: str | os.PathLike[str] | None) -> bool:
+    """Remove ``folder`` (a run folder the failed command opened) when it holds nothing but
+    the resolved config(s) it saved: a failed ``test`` leaves no empty ``version_<n>``. A
+    folder with anything else in it (a checkpoint, metrics, a partial robustness record) is
+    kept. Rank 0 only. Returns whether it was removed."""
+    if folder is None or int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+        return False
+    path = Path(folder)
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if any(not (p.is_file() and p.name.startswith("config") and p.suffix == ".yaml") for p in entries):
+        return False
+    for p in entries:
+        p.unlink()
+    path.rmdir()
+    with contextlib.suppress(OSError):  # the experiment's folder too, when this run was its only one
+        path.parent.rmdir()
+    return True
 
 
 def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:

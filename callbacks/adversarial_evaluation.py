@@ -58,12 +58,15 @@ monitors them the same ``every_n_epochs`` (ModelCheckpoint uses the same convent
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.common import check_robust_task, method_name, metric_direction
 from callbacks.evaluation_loop import check_eps_grid
@@ -313,6 +316,10 @@ class AdversarialEvaluation(Callback):
                               sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix,
                               corruptions=self.test_corruptions if suite == "test" else self.corruptions,
                               corruption_severities=self.corruption_severities)
+        if run.stopped is not None and run.stopped.samples_done == 0:
+            raise EvaluationInterrupted(
+                f"{self.prefix} {split}: stopped by {run.stopped.reason} before the first batch was "
+                "evaluated by every member × ε; nothing written (a smaller batch_size stops with more done)")
         monitor = self.monitor_for(task, list(run.outcome.clean))
         lower = not self._direction(task, monitor)
         record = build_record(
@@ -341,6 +348,8 @@ class AdversarialEvaluation(Callback):
                 self.interval_level, self.seed)
         if run.outcome.corruptions is not None:
             self._corruption_section(record, run, task, samples)
+        if run.stopped is not None:
+            record.incomplete = run.stopped.to_dict()
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
@@ -352,6 +361,13 @@ class AdversarialEvaluation(Callback):
                           samples=run.outcome.per_sample)
             if record.corruptions is not None:
                 self._write_corruption_outputs(trainer, record, Path(log_dir))
+        if record.incomplete is not None:
+            if split == "test":
+                self.on_test_end(trainer, pl_module)  # report.md, marked incomplete
+            raise EvaluationInterrupted(
+                f"{self.prefix} {split}: stopped by {run.stopped.reason}; the incomplete record "
+                f"({record.incomplete['samples_evaluated']} of {record.incomplete['samples_planned']} "
+                f"samples) is written to {log_dir}")
         return record
 
     def _corruption_section(self, record: RobustnessRecord, run: Any, task: Any, samples: Any) -> None:
@@ -408,3 +424,18 @@ class AdversarialEvaluation(Callback):
     @staticmethod
     def _log_dir(trainer: pl.Trainer) -> str:
         return str(trainer.log_dir or trainer.default_root_dir)
+
+
+class EvaluationInterrupted(SIGTERMException):
+    """A SIGTERM stopped the evaluation: after the member × ε that was running, with the record of
+    the whole batches evaluated so far written (``incomplete`` set) when there was one. Exits
+    the process with status 143 (128 + SIGTERM), the shell's status of a process it ended."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(143)
+        self.message = message
+        if os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+            print(f"[medrobust] {message}", file=sys.stderr, flush=True)
+
+    def __str__(self) -> str:
+        return self.message

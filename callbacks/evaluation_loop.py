@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -182,6 +182,10 @@ class RobustnessEvaluator:
         #: per-sample file read the same call
         self._last_metric: tuple[Any, torch.Tensor | None] | None = None
         self.keep_per_sample = bool(keep_per_sample)
+        #: asked before each member × ε: ``True`` stops the evaluation (:meth:`run_batch`)
+        self.should_stop: Callable[[], bool] | None = None
+        #: told ``(label, ε)`` before each member × ε runs (``("sanity", None)``: the large-ε check)
+        self.on_member: Callable[[str, float | None], None] | None = None
         self._sample_ids: list[torch.Tensor] = []
         self._sample_values: dict[str, list[torch.Tensor]] = {}
         self.num_samples = 0
@@ -428,7 +432,68 @@ class RobustnessEvaluator:
         ``counted=False`` (a DDP padding copy) runs the same computation but updates nothing.
         ``ids``: the samples' dataset indices (``[B]``) for the per-sample file; the batch's
         ``index`` entry when ``None``.
+
+        Before each member × ε, :attr:`on_member` is told which one starts (a progress bar) and
+        :attr:`should_stop` is asked whether to stop (a SIGTERM): then :class:`EvaluationStopped`
+        is raised after the member × ε that ran last, and every count and metric this batch
+        had updated is put back as it was before the batch (:meth:`_snapshot`), so what
+        :meth:`compute` reports rests on whole batches only.
         """
+        snapshot = self._snapshot() if self.should_stop is not None else None
+        try:
+            self._run_batch(batch_no, batch, counted, ids)
+        except EvaluationStopped:
+            if snapshot is not None:
+                self._restore(snapshot)
+            self.meter.end()
+            raise
+
+    def _next_member(self, label: str, eps: float | None) -> None:
+        """A member × ε (``label``, ``eps``; ``("sanity", None)``: the large-ε check) is about to
+        run: report it, or stop before it when asked to."""
+        if self.should_stop is not None and self.should_stop():
+            raise EvaluationStopped(label, eps)
+        if self.on_member is not None:
+            self.on_member(label, eps)
+
+    def _collections(self) -> list[Any]:
+        m = self.metrics
+        return [m.clean, *m.attacks.values(), *m.ensemble.values()]
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Every state :meth:`run_batch` changes, copied (tensor states cloned, list states
+        shallow-copied: their tensors are never written in place)."""
+        metrics = []
+        for collection in self._collections():
+            for metric in _metric_members(collection):
+                state = {k: _copy_state(v) for k, v in metric.metric_state.items()}
+                metrics.append((metric, state, metric._update_count))
+        alias = {e: v if v is False or v is None else (v[0], list(v[1])) for e, v in self._ens_alias.items()}
+        return {"metrics": metrics, "num_samples": self.num_samples, "random_clean": self._random_clean,
+                "large_broken": self.large_broken, "gradients": {k: dict(v) for k, v in self.gradients.items()},
+                "blackbox_wins": dict(self.blackbox_wins), "ids": len(self._sample_ids),
+                "values": {k: len(v) for k, v in self._sample_values.items()}, "alias": alias}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        """Back to :meth:`_snapshot`'s state (the batch that was stopped counts for nothing)."""
+        for metric, state, count in snap["metrics"]:
+            for k, v in state.items():
+                setattr(metric, k, v)
+            metric._update_count = count
+            metric._computed = None
+        self.num_samples, self._random_clean = snap["num_samples"], snap["random_clean"]
+        self.large_broken, self.gradients = snap["large_broken"], snap["gradients"]
+        self.blackbox_wins, self._ens_alias = snap["blackbox_wins"], snap["alias"]
+        del self._sample_ids[snap["ids"]:]
+        for k in list(self._sample_values):
+            kept = snap["values"].get(k, 0)
+            if kept:
+                del self._sample_values[k][kept:]
+            else:
+                del self._sample_values[k]
+
+    def _run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool,
+                   ids: Sequence[int] | torch.Tensor | None) -> None:
         task = self.task
         x = batch["image"]
         size = x.shape[0]
@@ -484,6 +549,7 @@ class RobustnessEvaluator:
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
             for a_i, spec in enumerate(self.specs):
+                self._next_member(spec.label, eps)
                 self.meter.switch((spec.label, eps))
                 attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
@@ -548,6 +614,7 @@ class RobustnessEvaluator:
             task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
 
         if self.large_eps is not None:
+            self._next_member("sanity", None)
             self.meter.switch("sanity")
         if self.large_eps is not None and counted:
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
@@ -642,6 +709,36 @@ STACKABLE = ("pgd", "bim", "fgsm")
 SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
 #: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
 MAX_STACK_BYTES = 16 * 2**20
+
+
+class EvaluationStopped(Exception):
+    """The evaluation was asked to stop (:attr:`RobustnessEvaluator.should_stop`) before
+    ``attack`` at ``eps`` of the current batch; that batch's updates were undone."""
+
+    def __init__(self, attack: str, eps: float | None) -> None:
+        super().__init__(f"stopped before {attack}" + ("" if eps is None else f" at ε={eps:g}"))
+        self.attack, self.eps = attack, eps
+
+
+def _metric_members(collection: Any) -> list[Any]:
+    """Every torchmetrics ``Metric`` in a collection (a ``MetricCollection``, a dict of metrics,
+    or one metric), metrics nested inside metrics included (a metric built from others keeps
+    its state in them), without copying compute-group states."""
+    from torchmetrics import Metric
+
+    if isinstance(collection, nn.Module):
+        return [m for m in collection.modules() if isinstance(m, Metric)]
+    if isinstance(collection, dict):
+        return [m for v in collection.values() for m in _metric_members(v)]
+    return []
+
+
+def _copy_state(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return list(value)
+    return value
 
 
 class _Precomputed:

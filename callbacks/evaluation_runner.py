@@ -34,10 +34,10 @@ from callbacks.common import (
     to_autograd_safe,
     world,
 )
-from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.evaluation_loop import EvaluationStopped, RobustnessEvaluator
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
 from callbacks.outcome import EvalOutcome
-from callbacks.progress import progress_bar
+from callbacks.progress import MemberProgress
 
 MODES = ("eval", "train")
 
@@ -103,6 +103,33 @@ class RunResult:
     seconds: float
     #: per subset position, the minimal ε (``inf``: not broken at ``eps_max``); ``None`` when off
     minimal_eps: list[float] | None = None
+    #: set when the evaluation was stopped early (SIGTERM): what ran and what did not
+    stopped: StopInfo | None = None
+
+
+@dataclass
+class StopInfo:
+    """An evaluation stopped before its end: this rank stopped before member ``attack`` at
+    ``eps`` of its batch ``batches_done`` (0-based) of ``batches``, so its batches ``0 …
+    batches_done − 1`` were evaluated by every member × ε and the rest by none;
+    ``samples_done`` of the subset's ``samples`` were counted (over every rank)."""
+
+    reason: str
+    attack: str
+    eps: float | None
+    batches_done: int
+    batches: int
+    samples_done: int
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's ``incomplete`` entry."""
+        at = self.attack + ("" if self.eps is None else f" at ε={self.eps:g}")
+        return {"reason": self.reason, "samples_evaluated": self.samples_done, "samples_planned": self.samples,
+                "batches_evaluated": self.batches_done, "batches_planned": self.batches,
+                "not_run": f"samples of batches {self.batches_done + 1}–{self.batches} "
+                           f"({self.samples - self.samples_done} samples) under every member × ε; "
+                           f"stopped before {at} of batch {self.batches_done + 1}"}
 
 
 class EvaluationRunner:
@@ -199,25 +226,44 @@ class EvaluationRunner:
             if fast.reuse_metrics:  # one grid per split: a new suite replaces the old one
                 self._metrics = {k: v for k, v in self._metrics.items() if k[1] != split}
                 self._metrics[metrics_key] = (task, evaluator.metrics)  # the task: ids get reused
-            batches = progress_bar(  # silent unless rank 0 on a terminal (callbacks/progress.py)
-                self._device_batches(key, dataset, mine, collate_fn, task, device), len(mine),
-                f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
-            for i, batch in enumerate(batches):
-                batch_no, idx, counted = mine[i]
-                evaluator.run_batch(batch_no, batch, counted, ids=idx)
-                if corrupting is not None:
-                    evaluator.meter.begin(counted, "corruptions")
-                    corrupting.run_batch(batch, counted, idx)
-                    evaluator.meter.end()
-                if self.minimal_eps.enabled:
-                    evaluator.meter.begin(counted, "minimal_eps")
-                    gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
-                    values = minimal_eps_batch(task, evaluator.model, batch, self.minimal_eps,
-                                               self.bn_mode, self.dropout_mode, gen)
-                    evaluator.meter.end()
-                    if counted:
-                        minimal += [(position[j], float(v)) for j, v in zip(idx, values.tolist())]
+            # one step per batch × member × ε; silent unless rank 0 on a terminal (callbacks/progress.py)
+            bar = MemberProgress(len(mine) * len(specs) * len(eps),
+                                 f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
+            evaluator.on_member = bar.member
+            # Lightning's SIGTERM handler only sets this flag; the evaluation stops after the
+            # member × ε that is running (EvaluationStopped) instead of running on to the end
+            evaluator.should_stop = lambda: bool(getattr(trainer, "received_sigterm", False))
+            stopped: StopInfo | None = None
+            done = 0
+            try:
+                batches = self._device_batches(key, dataset, mine, collate_fn, task, device)
+                for i, batch in enumerate(batches):
+                    bar.at_batch(i, len(mine))
+                    batch_no, idx, counted = mine[i]
+                    evaluator.run_batch(batch_no, batch, counted, ids=idx)
+                    if corrupting is not None:
+                        evaluator.meter.begin(counted, "corruptions")
+                        corrupting.run_batch(batch, counted, idx)
+                        evaluator.meter.end()
+                    if self.minimal_eps.enabled:
+                        evaluator.meter.begin(counted, "minimal_eps")
+                        gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
+                        values = minimal_eps_batch(task, evaluator.model, batch, self.minimal_eps,
+                                                   self.bn_mode, self.dropout_mode, gen)
+                        evaluator.meter.end()
+                        if counted:
+                            minimal += [(position[j], float(v)) for j, v in zip(idx, values.tolist())]
+                    done += len(idx) if counted else 0
+            except EvaluationStopped as stop:
+                stopped = StopInfo(reason="SIGTERM", attack=stop.attack, eps=stop.eps, batches_done=i,
+                                   batches=len(mine), samples_done=done,
+                                   samples=sum(len(b) for _, b, c in mine if c))
+            finally:
+                bar.close()
             outcome = evaluator.compute()  # collective (torchmetrics sync)
+            if stopped is not None:  # over every rank: the samples counted, of the whole subset
+                stopped.samples_done = int(outcome.total_samples or outcome.num_samples)
+                stopped.samples = len(indices)
             if fast.cache_directions and evaluator._higher is not None:
                 self._direction = (task, evaluator._higher)
             if corrupting is not None:
@@ -235,7 +281,7 @@ class EvaluationRunner:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return RunResult(outcome, indices, len(dataset), batch_size, world_size,
-                         time.perf_counter() - start, per_sample)
+                         time.perf_counter() - start, per_sample, stopped)
 
     def _kept_direction(self, task: Any) -> bool | None:
         """The main metric's direction learnt by the last evaluation of this very task object

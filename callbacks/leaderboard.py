@@ -171,7 +171,11 @@ def build_board(records: list[tuple[str, RobustnessRecord]], sort: str = "robust
         low, high = _interval(r, metric, "robust_area") if area is not None else (None, None)
         cells.append(Cell(area, low, high))
         flags = ", ".join(r.unreliable_flags())
-        rows.append((name, cells, f"⚠ upper bound ({flags})" if flags else "", r))
+        notes = [f"⚠ upper bound ({flags})"] if flags else []
+        if r.incomplete:  # a stopped evaluation: its numbers rest on fewer samples than planned
+            notes.append(f"⚠ incomplete ({r.incomplete.get('samples_evaluated')} of "
+                         f"{r.incomplete.get('samples_planned')} samples)")
+        rows.append((name, cells, "; ".join(notes), r))
 
     kind, attack, sort_metric, eps = _parse_sort(sort)
     sort_metric = sort_metric or metric

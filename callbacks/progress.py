@@ -1,6 +1,8 @@
 """Progress for the slow parts outside Lightning's own bar: the robustness evaluation (minutes
 with a strong suite) and the runs of ``benchmarks/run.py``.
 
+* :class:`MemberProgress` — the robustness evaluation's bar, one step per batch × suite member
+  × ε, naming the member and ε that run now;
 * :func:`progress_bar` — a tqdm bar (the library Lightning's default ``TQDMProgressBar`` uses),
   shown only on global rank 0, only when stderr is a terminal, and not when the trainer's
   progress bar is disabled (``--trainer.enable_progress_bar false``). ``MEDROBUST_PROGRESS=1``
@@ -47,6 +49,47 @@ def progress_bar(items: Iterable[T], total: int | None, desc: str, trainer: Any 
     with tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
               file=sys.stderr) as bar:
         yield from bar
+
+
+class MemberProgress:
+    """A tqdm bar over an evaluation's batches × suite members × ε, whose text names the batch,
+    member and ε running now (``adv test · batch 2/5 · apgd-ce ε=0.004``); drawn only when
+    :func:`bar_wanted` (a terminal on rank 0, or ``MEDROBUST_PROGRESS=1``), else silent: no
+    log lines. :meth:`member` is :attr:`callbacks.evaluation_loop.RobustnessEvaluator.on_member`.
+    """
+
+    def __init__(self, total: int, desc: str, trainer: Any = None) -> None:
+        self.desc, self.batch, self.batches = desc, 0, 0
+        self._bar: Any = None
+        self._started = False
+        if total > 0 and bar_wanted(trainer):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+                             file=sys.stderr)
+
+    def at_batch(self, i: int, n: int) -> None:
+        """Batch ``i`` (0-based) of ``n`` starts."""
+        self.batch, self.batches = i, n
+
+    def member(self, label: str, eps: float | None) -> None:
+        """``label`` at ``eps`` starts (the one before it is done)."""
+        if self._bar is None:
+            return
+        if label == "sanity":
+            self._bar.set_postfix_str(f"batch {self.batch + 1}/{self.batches} · sanity check", refresh=True)
+            return
+        if self._started:
+            self._bar.update(1)
+        self._started = True
+        self._bar.set_postfix_str(f"batch {self.batch + 1}/{self.batches} · {label} ε={eps:g}", refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            if self._started:
+                self._bar.update(1)
+            self._bar.close()
+            self._bar = None
 
 
 class EpochLine(Callback):

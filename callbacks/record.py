@@ -99,6 +99,10 @@ class RobustnessRecord:
     #: (:class:`callbacks.corruption_eval.CorruptionSection`); ``None`` when no corruption
     #: suite ran (and in files written before corruptions existed)
     corruptions: Any = None
+    #: set when the evaluation was stopped before its end (SIGTERM): ``{reason,
+    #: samples_evaluated, samples_planned, batches_evaluated, batches_planned, not_run}``; the
+    #: numbers rest on the evaluated samples only (whole batches, every member × ε)
+    incomplete: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -142,6 +146,7 @@ class RobustnessRecord:
             unreliable=_need(data, "unreliable", list, source, optional=True),
             intervals=_need(data, "intervals", dict, source, optional=True),
             corruptions=_corruptions(data.get("corruptions"), f"{source}: corruptions"),
+            incomplete=_need(data, "incomplete", dict, source, optional=True),
             schema_version=version,
         )
 
@@ -197,6 +202,8 @@ class RobustnessRecord:
             out["intervals"] = self.intervals
         if self.corruptions is not None:
             out["corruptions"] = self.corruptions.to_dict()
+        if self.incomplete is not None:
+            out["incomplete"] = self.incomplete
         return out
 
     def to_json(self, indent: int | None = 2) -> str:

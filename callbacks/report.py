@@ -134,6 +134,10 @@ def write_report(
         f"{subset.size if subset else None} samples, checkpoint `{checkpoint or 'in-memory model'}`.",
         f"Generated {_dt.datetime.now().isoformat(timespec='seconds')}.",
         "",
+        *([f"**Incomplete** ({record.incomplete.get('reason')}): "
+           f"{record.incomplete.get('samples_evaluated')} of {record.incomplete.get('samples_planned')} "
+           f"samples evaluated; not run: {record.incomplete.get('not_run')}. Every number below rests "
+           "on the evaluated samples only.", ""] if record.incomplete else []),
         "## Results",
         "",
         markdown_table(record),

@@ -7,15 +7,19 @@ writes ``robustness.json``, ``robustness_samples.csv``, ``robustness.png`` and `
 into ``--out`` and prints the one-line summary. The input normalisation is stated with
 ``--mean``/``--std`` or ``--no-normalization`` (a medrobust checkpoint carries its own). A
 pickled whole ``nn.Module`` loads only with ``--trusted``. Errors print as one message
-(``--debug``: with the traceback).
+(``--debug``: with the traceback). A progress bar (on a terminal) names the batch, member and
+ε running; SIGTERM stops after the running member × ε, writes the record of the whole batches
+done (``incomplete`` in ``robustness.json``, a note in ``report.md``) and exits with 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
+from pathlib import Path
 
 import medrobust
 
@@ -23,11 +27,15 @@ import medrobust
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medrobust evaluate", description=(
         "Robustness of a model medrobust did not train (TorchScript, torch.export, state dict + "
-        "--net, medrobust checkpoint) on a manifest or datamodule config."))
+        "--net, medrobust checkpoint; detection: a torchvision-style detector as a state dict + "
+        "--net) on a manifest (every row: the evaluation set) or datamodule config."))
     p.add_argument("--model", required=True, help="model file")
-    p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON) or datamodule YAML config")
-    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks"])
-    p.add_argument("--suite", default="standard", help="named suite: standard, quick, aa_budget")
+    p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON), data folder (a manifest in it, or "
+                   "images/ + masks/ for segmentation) or datamodule YAML config")
+    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks", "detection"])
+    p.add_argument("--suite", default="standard",
+                   help='named suite (standard, quick, aa_budget) or a JSON attack list, e.g. '
+                        '\'[{"name": "pgd", "steps": 50}]\'')
     p.add_argument("--eps", type=float, nargs="+", required=True, help="budgets in pixel units")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--out", required=True, help="output folder")
@@ -72,17 +80,24 @@ def normalization_of(args: argparse.Namespace) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 on success, 2 on a user error, 143 when a SIGTERM stopped it (the
+    record of what was finished is written, marked ``incomplete``)."""
     args = parser().parse_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a --net class path may name the user's module here (as python -m does)
+    for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
+        getattr(medrobust, name)
+    from callbacks.adversarial_evaluation import EvaluationInterrupted
+
     try:
-        for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
-            getattr(medrobust, name)
         from callbacks.record import RobustnessRecord
         from medrobust.cli_summary import summarise_record
         from medrobust.evaluation import evaluate
 
         net = json.loads(args.net) if args.net else None
+        suite = json.loads(args.suite) if args.suite.lstrip().startswith("[") else args.suite
         devices = int(args.devices) if args.devices.isdigit() else args.devices
-        record = evaluate(args.model, args.data, task=args.task, suite=args.suite, eps=args.eps, norm=args.norm,
+        record = evaluate(args.model, args.data, task=args.task, suite=suite, eps=args.eps, norm=args.norm,
                           normalization=normalization_of(args), out=args.out, net=net, trusted=args.trusted,
                           split=args.split, subset=args.subset, batch_size=args.batch_size, seed=args.seed,
                           sanity=args.sanity, intervals=args.intervals, corruptions=args.corruptions,
@@ -90,8 +105,18 @@ def main(argv: list[str] | None = None) -> int:
                           corruption_severities=args.corruption_severities,
                           accelerator=args.accelerator, devices=devices, strategy=args.strategy)
         assert isinstance(record, RobustnessRecord)
-        print(f"[medrobust] {args.split}: {summarise_record(record, None)}")
-        print(f"[medrobust] written to {args.out}")
+        if os.environ.get("LOCAL_RANK", "0") in ("", "0"):  # under DDP: once, from rank 0
+            print(f"[medrobust] {args.split}: {summarise_record(record, None)}")
+            print(f"[medrobust] written to {args.out}")
+    except EvaluationInterrupted as stop:  # SIGTERM: the incomplete record is written (message printed)
+        if args.debug:
+            traceback.print_exc()
+        written = Path(args.out) / "robustness.json"
+        if written.is_file() and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+            from medrobust.cli_summary import summarise_record
+
+            print(f"[medrobust] {args.split}: {summarise_record(json.loads(written.read_text()), None)}")
+        return int(stop.code) if isinstance(stop.code, int) else 143
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
         if args.debug:
             traceback.print_exc()

@@ -57,4 +57,8 @@ def summarise_record(rec: Any, metric: str | None) -> str:
     from callbacks.sanity import unreliable_summary
 
     warning = unreliable_summary(rec)
+    if rec.incomplete:
+        inc = rec.incomplete
+        parts.insert(0, f"⚠ INCOMPLETE ({inc.get('reason')}: {inc.get('samples_evaluated')} of "
+                        f"{inc.get('samples_planned')} samples)")
     return " · ".join(parts) + (f" · ⚠ {warning}" if warning else "")

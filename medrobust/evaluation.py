@@ -19,13 +19,24 @@ it); a state dict with a network spec ``net`` (read with ``weights_only=True``).
 pickled whole ``nn.Module`` runs code when it is unpickled: it loads only with ``trusted=True``.
 
 Accepted data (:func:`as_datamodule`): a medrobust datamodule, a manifest file
-(:class:`datamodules.manifest.ManifestDataModule`), or tensors ``(x, y)``: ``x`` ``[N, C, *spatial]``
-in ``bounds``; ``y`` labels ``[N]`` (classification), masks ``[N, *spatial]`` (segmentation) or
-points ``[N, L, 2]`` ``(x, y)`` image pixels, NaN = missing (landmarks).
+(:class:`datamodules.manifest.ManifestDataModule`), a data folder (holding a manifest, or
+segmentation's ``images/`` + ``masks/`` paired by stem), or tensors ``(x, y)``: ``x`` ``[N, C, *spatial]``
+in ``bounds``; ``y`` labels ``[N]`` (classification), masks ``[N, *spatial]`` (segmentation),
+points ``[N, L, 2]`` ``(x, y)`` image pixels, NaN = missing (landmarks), or a list of ``N``
+``{"boxes": [N_i, 4] xyxy pixels, "labels": [N_i]}`` (detection).
+
+Detection: a torchvision-style detector (``FCOS``, ``RetinaNet``, the R-CNN family, or a model
+that takes a list of images and returns its training losses in train mode), as an
+``nn.Module`` or a state dict + ``net`` spec, trained in plain PyTorch: it is put inside
+:class:`~lightning_modules.nets.detectors.DetectorWrapper` (which computes the per-image losses
+the attacks need from the detector's own heads) and evaluated by
+:class:`~lightning_modules.DetectionModule`. Its class count must be the data's (plus the
+background slot of an R-CNN). Its own transform (``image_mean``/``image_std``, resizing) stays
+as the user built it; ``normalization`` states anything it expects *before* that.
 
 Before evaluating, the wrapped model's clean output on the first batch is compared with the
-bare model's (after the stated normalisation): a wrapper that changed a prediction is an error.
-Detection models are not accepted yet (their output needs medrobust's detector wrapper).
+bare model's (after the stated normalisation; detection: the detections' boxes, scores and
+labels): a wrapper that changed a prediction is an error.
 """
 
 from __future__ import annotations
@@ -45,7 +56,9 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["TensorDataModule", "as_datamodule", "evaluate", "load_model", "normalizer"]
 
 #: tasks :func:`evaluate` accepts
-EVALUATE_TASKS = ("classification", "segmentation", "landmarks")
+EVALUATE_TASKS = ("classification", "segmentation", "landmarks", "detection")
+#: the batch entry that holds each task's targets
+TARGET_KEYS = {"classification": "label", "segmentation": "mask", "landmarks": "landmarks", "detection": "boxes"}
 
 
 # ------------------------------------------------------------------------------ the model
@@ -129,12 +142,17 @@ def _build_net(net: Any) -> nn.Module:
 
 
 def _from_checkpoint(path: Path, ckpt: Mapping[str, Any], net: Any) -> tuple[nn.Module, Any]:
-    from lightning_modules import ClassificationModule, LandmarkModule, SegmentationModule
+    from lightning_modules import (
+        ClassificationModule,
+        DetectionModule,
+        LandmarkModule,
+        SegmentationModule,
+    )
 
     info = ckpt["hyper_parameters"].get("data_info") or {}
     task = info.get("task") if isinstance(info, Mapping) else None
     classes = {"classification": ClassificationModule, "segmentation": SegmentationModule,
-               "landmarks": LandmarkModule}
+               "landmarks": LandmarkModule, "detection": DetectionModule}
     if task not in classes:
         raise ValueError(f"evaluate: checkpoint {str(path)!r} is for task {task!r}; evaluate takes "
                          f"{sorted(classes)}")
@@ -226,6 +244,8 @@ class _TensorDataset(Dataset):
             item["label"] = self.y[i]
         elif self.task == "segmentation":
             item["mask"] = self.y[i]
+        elif self.task == "detection":
+            item.update(boxes=self.y[i]["boxes"], labels=self.y[i]["labels"])
         else:
             pts = self.y[i]
             visible = torch.isfinite(pts).all(dim=-1)
@@ -252,7 +272,9 @@ class TensorDataModule(L.LightningDataModule):
     val_dataloader = test_dataloader
 
 
-def _check_tensors(x: Any, y: Any, task: str) -> tuple[Tensor, Tensor]:
+def _check_tensors(x: Any, y: Any, task: str) -> tuple[Tensor, Any]:
+    if task == "detection" and isinstance(x, Tensor):
+        return x.float(), _check_boxes(x, y)
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"evaluate: data as tensors is (x, y), got ({type(x).__name__}, {type(y).__name__})")
     if x.ndim not in (4, 5) or not x.is_floating_point():
@@ -269,7 +291,33 @@ def _check_tensors(x: Any, y: Any, task: str) -> tuple[Tensor, Tensor]:
     return x.float(), y.long() if task != "landmarks" else y.float()
 
 
-def _check_labels(y: Tensor, k: int, task: str) -> None:
+def _check_boxes(x: Tensor, y: Any) -> list[dict[str, Tensor]]:
+    """Detection targets: one ``{"boxes" [N_i, 4] xyxy pixels, "labels" [N_i]}`` per image."""
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"evaluate: detection images x must be float [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+    if not isinstance(y, (list, tuple)) or len(y) != x.shape[0]:
+        raise ValueError(f"evaluate: detection targets y must be a list of {x.shape[0]} dicts "
+                         "{'boxes': [N_i, 4], 'labels': [N_i]}, one per image")
+    out = []
+    for i, t in enumerate(y):
+        if not (isinstance(t, Mapping) and {"boxes", "labels"} <= set(t)):
+            raise ValueError(f"evaluate: detection target {i} must be a dict with 'boxes' and 'labels'")
+        boxes, labels = torch.as_tensor(t["boxes"], dtype=torch.float32), torch.as_tensor(t["labels"])
+        if boxes.reshape(-1, 4).shape[0] != labels.reshape(-1).shape[0] or (boxes.numel() and boxes.shape[-1] != 4):
+            raise ValueError(f"evaluate: detection target {i}: boxes [N, 4] and labels [N] disagree: "
+                             f"{tuple(boxes.shape)} vs {tuple(labels.shape)}")
+        out.append({"boxes": boxes.reshape(-1, 4), "labels": labels.reshape(-1).long()})
+    return out
+
+
+def _check_labels(y: Any, k: int, task: str) -> None:
+    if task == "detection":
+        bad = [i for i, t in enumerate(y) if t["labels"].numel() and not (0 <= int(t["labels"].min())
+                                                                        and int(t["labels"].max()) < k)]
+        if bad:
+            raise ValueError(f"evaluate: box labels out of range [0, {k}) for the detector's {k} object "
+                             f"classes at samples {bad[:10]}{' …' if len(bad) > 10 else ''}")
+        return
     bad = ((y < 0) | (y >= k)).reshape(y.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
     if bad:
         what = "labels" if task == "classification" else "mask values"
@@ -277,24 +325,56 @@ def _check_labels(y: Tensor, k: int, task: str) -> None:
                          f"samples {bad[:10]}{' …' if len(bad) > 10 else ''}")
 
 
-def as_datamodule(data: Any, task: str, batch_size: int | None = None) -> Any:
+def as_datamodule(data: Any, task: str, batch_size: int | None = None, split: str = "test") -> Any:
     """A medrobust datamodule (returned as is), a manifest path (a
-    :class:`~datamodules.manifest.ManifestDataModule`) or a YAML datamodule config
-    (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model)."""
+    :class:`~datamodules.manifest.ManifestDataModule`), a data folder (a manifest in it, or
+    segmentation's ``images/`` + ``masks/``: :func:`_datamodule_from_folder`) or a YAML datamodule
+    config (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model).
+
+    A manifest path is the evaluation set: without a ``split`` column every row is in ``split``
+    (no seeded train / val / test split, no split file written beside it); with one, its
+    ``split`` rows are evaluated. Images keep their size (the manifest's common size)."""
     if isinstance(data, L.LightningDataModule):
         return data
     if isinstance(data, (str, Path)):
         path = Path(data)
+        kwargs: dict[str, Any] = {"eval_batch_size": batch_size} if batch_size else {}
+        # the evaluation set: every sample in the evaluated split, no split file written
+        kwargs.update(split_fractions=(0.0, 0.0, 1.0) if split == "test" else (0.0, 1.0, 0.0), split_file=None)
+        if path.is_dir():
+            return _datamodule_from_folder(path, task, kwargs)
         if not path.is_file():
             raise FileNotFoundError(f"evaluate: data file {str(path)!r} does not exist")
         if path.suffix in (".yaml", ".yml"):
             return _datamodule_from_config(path)
         from datamodules.manifest import ManifestDataModule
 
-        kwargs = {"eval_batch_size": batch_size} if batch_size else {}
         return ManifestDataModule(manifest=str(path), task=task, **kwargs)
     raise TypeError(f"evaluate: data must be a datamodule, a manifest / config path or tensors (x, y), "
                     f"got {type(data).__name__}")
+
+
+#: manifest names :func:`as_datamodule` looks for in a data folder
+FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.json")
+
+
+def _datamodule_from_folder(path: Path, task: str, kwargs: dict[str, Any]) -> Any:
+    """A data folder in a layout medrobust reads: one holding a manifest (``manifest.csv`` /
+    ``.tsv`` / ``.json``), or, for segmentation, ``images/`` and ``masks/`` folders paired by
+    file stem (:class:`~datamodules.manifest.folders.PairedFoldersDataModule`)."""
+    from datamodules.manifest import ManifestDataModule
+
+    for name in FOLDER_MANIFESTS:
+        if (path / name).is_file():
+            return ManifestDataModule(manifest=str(path / name), task=task, **kwargs)
+    if task == "segmentation" and (path / "images").is_dir() and (path / "masks").is_dir():
+        from datamodules.manifest.folders import PairedFoldersDataModule
+
+        return PairedFoldersDataModule(images_dir=str(path / "images"), masks_dir=str(path / "masks"), **kwargs)
+    raise FileNotFoundError(
+        f"evaluate: data folder {str(path)!r} has no layout medrobust reads: a manifest "
+        f"({' / '.join(FOLDER_MANIFESTS)}) or, for segmentation, images/ and masks/ folders paired by "
+        "file stem; or give a manifest or datamodule config file")
 
 
 def _datamodule_from_config(path: Path) -> Any:
@@ -347,7 +427,7 @@ def evaluate(
         model: see :func:`load_model` (with ``net`` and ``trusted``).
         data: a datamodule, a manifest / datamodule-config path, or tensors ``(x, y)`` (module
             docstring).
-        task: ``classification``, ``segmentation`` or ``landmarks``.
+        task: ``classification``, ``segmentation``, ``landmarks`` or ``detection``.
         suite: a named suite (``standard``, ``quick``, ``aa_budget``; :mod:`attacks.suites`) or
             an attack list as ``AdversarialEvaluation.test_attacks`` takes.
         eps: the budgets, in the units of ``bounds`` (pixel units).
@@ -358,7 +438,8 @@ def evaluate(
         out: the folder for ``robustness.json``, ``robustness_samples.csv``, ``robustness.png``
             and ``report.md``; ``None``: nothing is kept.
         num_classes: classification / segmentation: the number of classes (default: the
-            model's output channels on the first batch).
+            model's output channels on the first batch); detection: object classes, no
+            background (default: read from the detector's head).
         bounds: the images' value range (tensor data; a datamodule says its own).
         split: the datamodule split (``test``).
         subset, batch_size, seed, sanity, intervals: as ``AdversarialEvaluation``'s
@@ -380,8 +461,7 @@ def evaluate(
     from callbacks.evaluation_loop import check_eps_grid
 
     if task not in EVALUATE_TASKS:
-        hint = " (detection: use lightning_modules.DetectionModule with a detector wrapper)" if task == "detection" else ""
-        raise ValueError(f"evaluate: task must be one of {EVALUATE_TASKS}, got {task!r}{hint}")
+        raise ValueError(f"evaluate: task must be one of {EVALUATE_TASKS}, got {task!r}")
     if norm not in ("linf", "l2"):
         raise ValueError(f"evaluate: norm must be 'linf' or 'l2', got {norm!r}")
     if split not in ("val", "test"):
@@ -400,8 +480,9 @@ def evaluate(
         dm = None
         channels = int(x.shape[1])
         probe_x, probe_y = x[: min(len(x), batch_size or 32)], y[: min(len(x), batch_size or 32)]
+        probe_labels = y[: len(probe_x)] if task == "detection" else None
     else:
-        dm = as_datamodule(data, task, batch_size)
+        dm = as_datamodule(data, task, batch_size, split)
         info = dm.info
         if info.task != task:
             raise ValueError(f"evaluate: the data is for task {info.task!r}, not {task!r}")
@@ -412,7 +493,8 @@ def evaluate(
         ds = dm.dataset(split)
         first = collate_batch([ds[i] for i in range(min(len(ds), batch_size or 8))])
         probe_x = first["image"]
-        probe_y = first.get({"classification": "label", "segmentation": "mask"}.get(task, "landmarks"))
+        probe_y = first.get(TARGET_KEYS[task])
+        probe_labels = first.get("labels")
 
     if loaded is not None:
         module = loaded
@@ -421,6 +503,25 @@ def evaluate(
             if task != "landmarks":
                 _check_labels(y, max(loaded.data_info.num_classes, 1), task)
             dm = TensorDataModule(x, y, task, loaded.data_info, batch_size or 32)
+    elif task == "detection":
+        pre = normalizer(normalization, channels)
+        wrapper, k, reference = _detector(bare, pre, probe_x, num_classes)
+        if dm is None:
+            _check_labels(y, k, task)
+            from datamodules.info import DataInfo
+
+            info = DataInfo(task=task, in_channels=channels, spatial_dims=2, bounds=tuple(bounds),
+                            image_size=tuple(x.shape[2:]), num_classes=k)
+            dm = TensorDataModule(x, y, task, info, batch_size or 32)
+        elif dm.info.num_classes != k:
+            raise ValueError(f"evaluate: the detector has {k} object classes but the data has "
+                             f"{dm.info.num_classes} ({wrapper.family} family; an R-CNN counts background "
+                             "as class 0 besides them)")
+        from lightning_modules import DetectionModule
+
+        module = DetectionModule(net=wrapper, data_info=dm.info, label_offset=wrapper.label_offset,
+                                 mean=0.0, std=1.0, **dict(module_options or {}))
+        wrapped_ref = reference
     else:
         pre = normalizer(normalization, channels)
         user = NormalizedModel(pre, bare)
@@ -445,7 +546,9 @@ def evaluate(
     module.eval()
     with torch.no_grad():
         wrapped = module.attack_model()(probe_x)
-    _check_fits(module, wrapped, probe_x, probe_y, task)
+    _check_fits(module, wrapped, probe_x, probe_y, task, probe_labels)
+    if task == "detection":
+        wrapped = [{k: v.detach() for k, v in d.items()} for d in wrapped.detections]
     if wrapped_ref is not None:
         _check_same(wrapped, wrapped_ref)
 
@@ -494,10 +597,14 @@ def _task_module(task: str, model: nn.Module, info: Any, options: dict[str, Any]
     return cls(net=model, data_info=info, mean=0.0, std=1.0, **options)
 
 
-def _check_fits(module: Any, output: Any, x: Tensor, y: Any, task: str) -> None:
+def _check_fits(module: Any, output: Any, x: Tensor, y: Any, task: str, labels: Any = None) -> None:
     """The task's loss and metric accept the model's output (else a clear error)."""
-    key = {"classification": "label", "segmentation": "mask", "landmarks": "landmarks"}[task]
-    batch: dict[str, Any] = {"image": x, key: y}
+    batch: dict[str, Any] = {"image": x, TARGET_KEYS[task]: y}
+    if task == "detection":
+        if isinstance(y, list) and y and isinstance(y[0], Mapping):  # tensors' targets: dicts
+            batch.update(boxes=[t["boxes"] for t in y], labels=[t["labels"] for t in y])
+        else:
+            batch["labels"] = labels
     if task == "landmarks":
         batch["visible"] = torch.isfinite(y).all(dim=-1) if isinstance(y, Tensor) else None
         batch["landmarks"] = torch.nan_to_num(y)
@@ -505,6 +612,54 @@ def _check_fits(module: Any, output: Any, x: Tensor, y: Any, task: str) -> None:
         module.per_sample_loss(output, batch)
     except (ValueError, RuntimeError, IndexError) as err:
         raise ValueError(f"evaluate: the model's output does not fit the {task} task: {err}") from None
+
+
+def detector_classes(detector: nn.Module) -> tuple[int, int]:
+    """``(object classes, label offset)`` of a torchvision-style detector: FCOS / RetinaNet
+    (no background slot) from their classification head, the R-CNN family (class 0 is
+    background) from their box predictor."""
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    if isinstance(detector, (FCOS, RetinaNet)):
+        return int(detector.head.classification_head.num_classes), 0
+    if isinstance(detector, GeneralizedRCNN):
+        predictor = getattr(detector.roi_heads, "box_predictor", None)
+        scores = getattr(predictor, "cls_score", None)
+        if isinstance(scores, nn.Linear):
+            return int(scores.out_features) - 1, 1
+    raise ValueError(f"evaluate: cannot tell the object classes of a {type(detector).__name__}: give "
+                     "num_classes (the data's object classes, no background)")
+
+
+def _detector(bare: nn.Module, pre: nn.Module, probe_x: Tensor, given: int | None) -> tuple[Any, int, Any]:
+    """``(DetectorWrapper, object classes, the bare detector's detections on probe_x)``."""
+    from lightning_modules.nets.detectors import DetectorWrapper, label_offset_for
+
+    if isinstance(bare, (ExportedModel, torch.jit.ScriptModule)):
+        raise ValueError("evaluate: a detector is needed as an nn.Module (or a state dict + net spec): the "
+                         "per-image losses the attacks need come from its heads and transform, which a "
+                         "TorchScript / torch.export file does not expose as torchvision's classes")
+    if given is None:
+        k, offset = detector_classes(bare)
+    else:
+        offset = label_offset_for(bare)
+        k, offset = int(given), 1 if offset is None else offset
+        try:
+            found, _ = detector_classes(bare)
+        except ValueError:
+            found = k
+        if found != k:
+            raise ValueError(f"evaluate: num_classes={given} but the detector has {found} object classes")
+    bare.eval()
+    with torch.no_grad():
+        reference = bare(list(pre(probe_x)))
+    if not (isinstance(reference, list) and all(isinstance(d, Mapping) and "boxes" in d for d in reference)):
+        raise ValueError("evaluate: a detector must return, in eval mode, one dict with 'boxes', 'scores' "
+                         f"and 'labels' per image (torchvision's form); got {type(reference).__name__}")
+    reference = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - offset} for d in reference]
+    wrapper = DetectorWrapper(bare, normalize=pre, label_offset=offset, sampling_seed=0)
+    return wrapper, k, reference
 
 
 def _check_same(wrapped: Any, reference: Any) -> None:

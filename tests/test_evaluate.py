@@ -171,7 +171,9 @@ def test_output_and_labels_that_do_not_fit() -> None:
     with pytest.raises(ValueError, match="num_classes=4 but the model outputs 3"):
         run(classifier(3), num_classes=4)
     with pytest.raises(ValueError, match="task must be one of"):
-        run(classifier(3), task="detection")
+        run(classifier(3), task="segmenation")
+    with pytest.raises(ValueError, match="detection targets y must be a list of 6 dicts"):
+        run(classifier(3), task="detection")  # labels where boxes are needed
 
 
 def test_l2_threat_model_reaches_every_member(tmp_path: Path) -> None:
@@ -202,14 +204,17 @@ def test_a_manifest_and_a_datamodule(tmp_path: Path) -> None:
     from datamodules.manifest import ManifestDataModule, write_example_manifest
 
     path = write_example_manifest(tmp_path, "classification", n=10, image_size=(4, 4))
-    dm = ManifestDataModule(manifest=str(path), task="classification", channels=1)
+    # a manifest given by path is the evaluation set: all of its rows (no seeded split, no file)
+    dm = ManifestDataModule(manifest=str(path), task="classification", channels=1,
+                            split_fractions=(0.0, 0.0, 1.0), split_file=None)
     k = dm.info.num_classes
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, k))
     from_path = run(model, path, normalization="none")
     from_dm = run(model, dm, normalization="none")
     assert numbers(from_path) == numbers(from_dm)
-    assert from_path.split == "test"
+    assert from_path.split == "test" and from_path.subset.size == from_path.subset.of == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "manifest.csv"]  # nothing written beside it
     wrong = nn.Sequential(nn.Flatten(), nn.Linear(16, k + 1))  # one class too many for the data
     with pytest.raises(ValueError, match=rf"does not fit the classification task.*\[B, {k}\]"):
         run(wrong, dm, normalization="none")
@@ -254,3 +259,51 @@ def test_a_monai_segmentation_state_dict_from_the_cli(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert record["task"] == "segmentation" and "dice" in record["clean"]
     assert {a["attack"] for a in record["attacks"]} >= {"apgd-mask_ce", "apgd-dice", "square"}
+
+
+def test_a_data_folder(tmp_path: Path) -> None:
+    """A folder in a layout medrobust reads: a manifest inside it, or images/ + masks/."""
+    from datamodules.manifest import write_example_manifest
+
+    folder = tmp_path / "lesions"
+    manifest = write_example_manifest(folder, "segmentation", n=4, image_size=(8, 8))
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 2, 3, padding=1)
+    seg = {"task": "segmentation", "normalization": "none", "eps": [0.05]}
+    from_manifest = run(model, manifest, **seg)
+    from_folder = run(model, folder, **seg)  # finds manifest.csv
+    manifest.unlink()
+    from_pairs = run(model, folder, **seg)  # images/ + masks/, paired by file stem
+    assert numbers(from_folder) == numbers(from_manifest) == numbers(from_pairs)
+    assert from_pairs.subset.size == 4
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "masks"]  # nothing written there
+    with pytest.raises(FileNotFoundError, match="has no layout medrobust reads"):
+        run(classifier(), folder / "images")
+
+
+@pytest.mark.slow  # two runs of the command, one of them with 2 DDP processes (gloo, CPU)
+def test_the_command_under_ddp_gives_the_single_process_record(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from datamodules.manifest import write_example_manifest
+
+    torch.manual_seed(0)
+    torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 2))).save(str(tmp_path / "model.ts"))
+    write_example_manifest(tmp_path / "data", "classification", n=8, image_size=(8, 8))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    records = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        out = tmp_path / f"out{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "medrobust.cli", "evaluate", "--model", "model.ts", "--data", "data/manifest.csv",
+             "--task", "classification", "--suite", "quick", "--eps", "0.004", "0.008", "--no-normalization",
+             "--out", str(out), "--accelerator", "cpu", "--devices", str(devices), "--strategy", strategy,
+             "--batch-size", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("[medrobust] written to") == 1  # rank 0 only
+        record = json.loads((out / "robustness.json").read_text())
+        records[devices] = ({k: record[k] for k in ("clean", "attacks", "ensemble", "robust_area", "intervals")},
+                            (out / "robustness_samples.csv").read_text())
+    assert records[2] == records[1]

@@ -93,6 +93,13 @@ def test_bad_and_mixed_records_are_named(tmp_path: Path) -> None:
         build_board(collect_records([tmp_path]))
     with pytest.raises(SystemExit):
         leaderboard_main([str(tmp_path / "nowhere")])
+    # a record a SIGTERM cut short is marked in its row
+    (tmp_path / "seg" / "robustness.json").unlink()
+    data = json.loads((tmp_path / "model_1" / "robustness.json").read_text())
+    data["incomplete"] = {"reason": "SIGTERM", "samples_evaluated": 4, "samples_planned": 12}
+    (tmp_path / "model_1" / "robustness.json").write_text(json.dumps(data))
+    notes = {name: note for name, _, note in build_board(collect_records([tmp_path])).rows}
+    assert notes["model_1"] == "⚠ incomplete (4 of 12 samples)" and notes["model_0"] == ""
 
 
 def test_cli_evaluate_a_torchscript_classifier_on_a_manifest(tmp_path: Path,
@@ -101,8 +108,26 @@ def test_cli_evaluate_a_torchscript_classifier_on_a_manifest(tmp_path: Path,
 
     manifest = write_example_manifest(tmp_path / "data", "classification", n=10, image_size=(4, 4))
     info = ManifestDataModule(manifest=str(manifest), task="classification").info
+    # a new user's own loop, in plain PyTorch: read the manifest's rows, train, script the model
+    import numpy as np
+    from PIL import Image
+
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    names = sorted({r["label"] for r in rows})
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(manifest.parent / r["image"]), dtype=np.float32) / 255)
+                     for r in rows]).unsqueeze(1)
+    y = torch.tensor([names.index(r["label"]) for r in rows])
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16 * info.in_channels, info.num_classes))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(model((x - 0.5) / 0.25), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    own_accuracy = float((model((x - 0.5) / 0.25).argmax(1) == y).float().mean())
+    assert own_accuracy >= 0.8
     script = tmp_path / "model.ts"
     torch.jit.save(torch.jit.script(model), str(script))
     args = ["evaluate", "--model", str(script), "--data", str(manifest), "--task", "classification",
@@ -112,6 +137,9 @@ def test_cli_evaluate_a_torchscript_classifier_on_a_manifest(tmp_path: Path,
         cli_main(args)
     assert done.value.code == 0
     assert "clean accuracy" in capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert record["subset"]["size"] == 10  # every row of the manifest
+    assert record["clean"]["accuracy"] == pytest.approx(own_accuracy)  # the user's own number
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"robustness.json", "robustness_samples.csv", "robustness.png", "report.md"} <= written
     # no normalisation stated: one line naming the fix, no traceback

@@ -68,3 +68,20 @@ def test_epoch_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[run.py] 1/3 x")]
     assert [x.split(" · ")[0] for x in lines] == ["[run.py] 1/3 x epoch 1/2", "[run.py] 1/3 x epoch 2/2"]
     assert all("train/loss" in x for x in lines)
+
+
+def test_bar_names_batch_member_and_eps(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One step per batch × member × ε, and the text names the one running."""
+    monkeypatch.setenv("MEDROBUST_PROGRESS", "1")
+    cb = AdversarialEvaluation(attacks=[{"name": "fgsm"}, {"name": "pgd", "steps": 1}], eps=[0.1, 0.2],
+                               subset=None, plot=False, write_json=False, batch_size=4, sanity="never")
+    fit(tmp_path, [cb], progress_bar=False)
+    err = capfd.readouterr().err
+    for b in (1, 2, 3):  # 12 samples in batches of 4
+        for member in ("fgsm ε=0.1", "pgd ε=0.1", "fgsm ε=0.2", "pgd ε=0.2"):
+            assert f"batch {b}/3 · {member}" in err, err[-1500:]
+    assert "adv val: 2 attack(s) × 2 ε" in err and "12/12" in err  # 3 batches × 2 members × 2 ε
+    monkeypatch.delenv("MEDROBUST_PROGRESS")
+    fit(tmp_path, [cb], progress_bar=False)
+    assert "batch 1/3" not in capfd.readouterr().err  # not a terminal: no bar, no log lines

@@ -84,6 +84,51 @@ def test_failed_parse_leaves_no_folder(tmp_path: Path) -> None:
     assert not root.exists() or not any(root.rglob("*")), list(root.rglob("*"))
 
 
+def test_failed_test_leaves_no_folder(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        cli_main(["test", "--config", str(tiny(tmp_path, "classification_synthetic_sat")),
+                  "--trainer.default_root_dir", str(root), *QUIET, "--ckpt_path", str(tmp_path / "nope.ckpt")])
+    assert not root.exists() or not any(root.rglob("*")), list(root.rglob("*"))
+
+
+def test_a_folder_with_more_than_its_config_is_kept(tmp_path: Path) -> None:
+    from train import remove_unused_run_folder
+
+    run = tmp_path / "x" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("a: 1\n")
+    (run / "robustness.json").write_text("{}")  # e.g. a record written before a failure
+    assert not remove_unused_run_folder(run) and (run / "config.yaml").is_file()
+    (run / "robustness.json").unlink()
+    assert remove_unused_run_folder(run) and not (tmp_path / "x").exists()
+
+
+def test_test_writes_beside_the_training_run(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    common = ["--config", str(tiny(tmp_path, "classification_synthetic_sat")),
+              "--trainer.default_root_dir", str(root), *QUIET]
+    folder = Path(cli_main(["fit", *common, "--trainer.max_epochs", "1"]).trainer.log_dir)
+    assert folder.name == "version_0"
+    other = Path(cli_main(["fit", *common, "--trainer.max_epochs", "1"]).trainer.log_dir)
+    assert other.name == "version_1"
+    # `last`: the newest run's checkpoint (version_1), evaluated in version_1
+    last = cli_main(["test", *common, "--ckpt_path", "last"])
+    assert Path(last.trainer.log_dir) == other
+    # a path to version_0's checkpoint: evaluated in version_0, not in a new version_2
+    test = cli_main(["test", *common, "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")])
+    assert Path(test.trainer.log_dir) == folder
+    assert not (folder.parent / "version_2").exists()
+    assert json.loads((folder / "robustness.json").read_text())["split"] == "test"
+    history = [json.loads(x) for x in (folder / "robustness_history.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in history] == ["val", "test"]  # the training's record is kept
+    with open(folder / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r.get("train/loss_epoch") for r in rows)  # the training's rows are kept
+    assert any(r.get("test/accuracy") for r in rows), rows[-1].keys()
+    assert sorted(p.name for p in folder.glob("config*.yaml")) == ["config-1.yaml", "config.yaml"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed")
 def test_two_wandb_runs_keep_separate_folders_and_resume_in_place(tmp_path: Path) -> None:

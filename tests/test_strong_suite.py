@@ -1,4 +1,5 @@
-"""configs/callbacks/adversarial_eval_strong.yaml composes with every shipped experiment."""
+"""configs/callbacks/adversarial_eval_strong.yaml and adversarial_eval_standard.yaml compose with
+every shipped experiment, and the standard file's header command runs as written."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from train import cli_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STRONG = PROJECT_ROOT / "configs" / "callbacks" / "adversarial_eval_strong.yaml"
+STANDARD = PROJECT_ROOT / "configs" / "callbacks" / "adversarial_eval_standard.yaml"
 EXPERIMENTS = sorted((PROJECT_ROOT / "configs" / "experiment").glob("*.yaml"))
 #: parsed for real (one per task, real and synthetic data); all are checked statically below
 PARSED = ["quickstart", "segmentation_ph2_sat", "landmarks_synthetic_amat",
@@ -23,13 +25,14 @@ def evaluation_prefixes(callbacks: list[dict]) -> list[str]:
             if str(cb.get("class_path", "")).endswith("AdversarialEvaluation")]
 
 
-def test_no_experiment_clashes_with_the_strong_suite() -> None:
-    strong = yaml.safe_load(STRONG.read_text())
+@pytest.mark.parametrize("piece", [STRONG, STANDARD], ids=["strong", "standard"])
+def test_no_experiment_clashes_with_the_added_suite(piece: Path) -> None:
+    added = yaml.safe_load(piece.read_text())
     assert EXPERIMENTS
     for path in EXPERIMENTS:
         cfg = load_config(path)
         callbacks = list((cfg.get("trainer") or {}).get("callbacks") or [])
-        prefixes = evaluation_prefixes([*callbacks, strong])
+        prefixes = evaluation_prefixes([*callbacks, added])
         assert len(prefixes) == len(set(prefixes)), f"{path.name}: {prefixes}"
 
 
@@ -76,7 +79,7 @@ def test_strong_suite_runs_beside_the_experiments_evaluation(tmp_path: Path) -> 
     torch.manual_seed(0)
     test = cli_main(["test", *common, f"--trainer.callbacks+={strong_path}", "--ckpt_path", "last"])
     folder = Path(test.trainer.log_dir)
-    assert folder.name == "version_1"
+    assert folder.name == "version_0"  # beside the training run that saved the checkpoint
     plain = json.loads((folder / "robustness.json").read_text())
     record = json.loads((folder / "robustness_strong.json").read_text())
     assert record["split"] == plain["split"] == "test"
@@ -84,3 +87,56 @@ def test_strong_suite_runs_beside_the_experiments_evaluation(tmp_path: Path) -> 
     assert {a["eps"] for a in record["attacks"]} == {0.001, 0.002, 0.004, 0.008}
     assert (folder / "report_strong.md").is_file()
     assert "strong/robust_area" in test.trainer.callback_metrics
+
+
+def header_command(piece: Path) -> list[str]:
+    """The command in the file's header comment (``#   python train.py …``, continued with ``\\``)
+    as an argument list without ``python train.py``."""
+    lines = [line[1:].strip() for line in piece.read_text().splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("python train.py"))
+    text = ""
+    for line in lines[start:]:
+        text += " " + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            break
+    words = text.split()
+    assert words[:2] == ["python", "train.py"], words
+    return words[2:]
+
+
+def test_standard_suite_header_command_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit an experiment, then run the header command of adversarial_eval_standard.yaml on its
+    checkpoint (the shipped file with a tiny budget: the quick suite on 4 samples at one ε)."""
+    import json
+
+    args = header_command(STANDARD)
+    assert args[0] == "test" and "configs/experiment/<x>.yaml" in args and "<ckpt>" in args
+    assert "--trainer.callbacks+=configs/callbacks/adversarial_eval_standard.yaml" in args
+    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_sat.yaml")
+    cfg["data"]["init_args"].update(num_train=8, num_val=4, num_test=4, image_size=[12, 12], batch_size=4)
+    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
+                                   if not cb["class_path"].endswith("MarginMonitor")]
+    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
+    cfg["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] = 1
+    (tmp_path / "configs" / "experiment").mkdir(parents=True)
+    (tmp_path / "configs" / "callbacks").mkdir()
+    (tmp_path / "configs" / "experiment" / "classification_synthetic_sat.yaml").write_text(yaml.safe_dump(cfg))
+    standard = yaml.safe_load(STANDARD.read_text())
+    assert standard["init_args"]["test_attacks"] == "standard"
+    standard["init_args"].update(test_attacks="quick", test_eps=[0.05], test_subset=4)
+    (tmp_path / "configs" / "callbacks" / "adversarial_eval_standard.yaml").write_text(yaml.safe_dump(standard))
+    monkeypatch.chdir(tmp_path)  # the command's relative paths, to the tiny copies
+    common = ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+              "--trainer.accelerator", "cpu"]
+    fit = cli_main(["fit", "--config", "configs/experiment/classification_synthetic_sat.yaml", *common,
+                    "--trainer.max_epochs", "1"])
+    ckpt = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    args = [a.replace("<x>", "classification_synthetic_sat").replace("<ckpt>", str(ckpt)) for a in args]
+    test = cli_main([*args, *common])
+    folder = Path(test.trainer.log_dir)
+    assert folder == ckpt.parent.parent
+    record = json.loads((folder / "robustness_standard.json").read_text())
+    assert record["split"] == "test" and record["suite_name"] == "quick"
+    assert json.loads((folder / "robustness.json").read_text())["split"] == "test"  # the experiment's own
+    assert (folder / "report_standard.md").is_file() and (folder / "robustness_samples_standard.csv").is_file()
+    assert "standard/robust_area" in test.trainer.callback_metrics
