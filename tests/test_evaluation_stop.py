@@ -177,3 +177,36 @@ def test_sigterm_during_train_py_validate(tmp_path: Path) -> None:
     assert record["split"] == "val" and record["incomplete"]["samples_evaluated"] in (2, 4, 6)
     assert record["incomplete"]["samples_planned"] == 8
     assert waited < 120, waited
+
+
+def test_the_stop_is_armed_in_validate_and_test_but_not_in_fits_per_epoch_evaluation(tmp_path: Path) -> None:
+    """Fit's per-epoch evaluation is short (Lightning ends the fit right after it), so it runs
+    without the stop and its per-batch copy of every metric state; validate / test arm it."""
+    import lightning as L
+
+    from callbacks import AdversarialEvaluation
+    from tests.test_callbacks_support import make_datamodule, make_module
+
+    armed: list[bool] = []
+    original = RobustnessEvaluator.run_batch
+
+    def spy(self: RobustnessEvaluator, *args: Any, **kwargs: Any) -> None:
+        armed.append(self.should_stop is not None)
+        return original(self, *args, **kwargs)
+
+    ev = AdversarialEvaluation(attacks=[{"name": "fgsm"}], eps=[0.01], subset=4, batch_size=4,
+                               plot=False, write_json=False, report=False)
+    dm = make_datamodule()
+    model = make_module(dm)
+    tr = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                   limit_train_batches=1, num_sanity_val_steps=0, callbacks=[ev])
+    RobustnessEvaluator.run_batch = spy  # type: ignore[method-assign]
+    try:
+        tr.fit(model, dm)
+        in_fit = list(armed)
+        armed.clear()
+        tr.validate(model, dm, verbose=False)
+    finally:
+        RobustnessEvaluator.run_batch = original  # type: ignore[method-assign]
+    assert in_fit == [False] and armed == [True], (in_fit, armed)
