@@ -95,6 +95,11 @@ class RobustnessRecord:
     #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`; read one with
     #: :meth:`interval`); ``None`` when not computed
     intervals: dict[str, Any] | None = None
+    #: randomized-smoothing certificates of the same model on the same samples, one entry per σ
+    #: (:func:`certification.run.certification_entry`: settings n0, n, α, σ, batch, correction,
+    #: seed, and the certified metric and abstain rate per L2 radius with intervals); ``None``
+    #: when not certified
+    certified: list[dict[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -137,6 +142,7 @@ class RobustnessRecord:
             else ComputeAccounting.from_dict(data["compute"], f"{source}: compute"),
             unreliable=_need(data, "unreliable", list, source, optional=True),
             intervals=_need(data, "intervals", dict, source, optional=True),
+            certified=_need(data, "certified", list, source, optional=True),
             schema_version=version,
         )
 
@@ -190,6 +196,8 @@ class RobustnessRecord:
             out["unreliable"] = self.unreliable
         if self.intervals is not None:
             out["intervals"] = self.intervals
+        if self.certified is not None:
+            out["certified"] = self.certified
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -210,6 +218,13 @@ class RobustnessRecord:
         from callbacks.record_intervals import interval_of
 
         return interval_of(self.intervals, kind, eps, attack)
+
+    def certification(self, sigma: float) -> dict[str, Any] | None:
+        """The ``certified`` entry of noise level ``sigma`` (``None`` when there is none)."""
+        for entry in self.certified or []:
+            if math.isclose(float(entry.get("sigma", math.nan)), float(sigma)):
+                return entry
+        return None
 
     def metric_names(self) -> list[str]:
         """The task's metric names, in the order the clean metrics were computed."""
