@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--subset", type=int, default=None, help="this many samples (seeded)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sanity", default="test", choices=["test", "never"],
+                   help="gradient-masking checks of the empirical evaluation (default) or not")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         record = certify(args.model, args.data, task=args.task, sigmas=args.sigma, radii=args.radii,
                          n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, out=args.out,
                          denoiser=args.denoiser, suite=args.suite, correction=args.correction,
-                         split=args.split, subset=args.subset, seed=args.seed, device=args.device)
+                         split=args.split, subset=args.subset, seed=args.seed, sanity=args.sanity,
+                         device=args.device)
         for entry in record.certified or []:
             m = entry["metric"]
             curve = " · ".join(f"R={row['radius']:g} {m} {row.get(m)} (abstain {row.get('abstain')})"

@@ -72,6 +72,7 @@ def certify(
     split: str = "test",
     subset: int | None = None,
     seed: int = 0,
+    sanity: str = "test",
     device: str = "cpu",
     progress: bool = True,
 ) -> Any:
@@ -92,6 +93,7 @@ def certify(
         suite: the empirical attack suite (named, or a list; ``standard`` by default).
         correction: segmentation's family-wise correction (``holm``, ``bonferroni``, ``none``).
         split, subset, seed: the samples (as :func:`medrobust.evaluate`); ``seed`` also seeds the noise.
+        sanity: the empirical evaluation's gradient-masking checks (``test`` or ``never``).
         device: where the model and the noise live (``cpu``, ``cuda``).
     """
     from callbacks.record import RobustnessRecord
@@ -121,11 +123,11 @@ def certify(
         dm = as_datamodule(data, task)
     if denoiser is None:
         record = evaluate(str(model), dm, task=task, suite=suite, eps=list(radii), norm="l2", out=out,
-                          split=split, subset=subset, seed=seed, progress=progress)
+                          split=split, subset=subset, seed=seed, sanity=sanity, progress=progress)
     else:  # the composite, its normalisation inside it
         record = evaluate(smoothed_model, dm, task=task, suite=suite, eps=list(radii), norm="l2",
                           normalization="none", out=out, split=split, subset=subset, seed=seed,
-                          progress=progress, module_options=_options(module))
+                          sanity=sanity, progress=progress, module_options=_options(module))
     indices = list(record.subset.indices) if record.subset is not None and record.subset.indices is not None else None
     dm.setup("test" if split == "test" else "validate")
     dataset = dm.dataset(split)
