@@ -23,15 +23,7 @@ import torch
 from certification.sampling import NoiseSampler
 from certification.tasks import TaskCertification, condition_name
 
-__all__ = ["REFERENCES", "add_certification", "certification_entry", "certify_samples"]
-
-#: the papers behind each task's certificate (written into the record)
-REFERENCES = {
-    "ClassificationCertification": "Cohen, Rosenfeld & Kolter 2019 (CERTIFY, Clopper-Pearson)",
-    "SegmentationCertification": "Fischer, Baader & Vechev 2021 (SegCertify, per-pixel tests)",
-    "LandmarkCertification": "Chiang et al. 2020 (median smoothing, order statistics)",
-}
-
+__all__ = ["add_certification", "certification_entry", "certify_samples"]
 
 def certify_samples(cert: TaskCertification, dataset: Any, indices: Sequence[int], radii: Sequence[float],
                     device: torch.device | str = "cpu",
@@ -83,20 +75,20 @@ def certification_entry(cert: TaskCertification, columns: dict[str, np.ndarray],
             ci = values_interval(values, level, seed)
             row[f"{name}_interval"] = ci.to_dict() if ci is not None else None
         curve.append(row)
-    forwards_per_sample = (cert.n0 if not cert.lower_is_better else 0) + cert.n
+    forwards_per_sample = (cert.n0 if cert.uses_selection else 0) + cert.n
     return {
         "method": "randomized_smoothing",
         "certificate": type(cert).__name__,
-        "reference": REFERENCES.get(type(cert).__name__, ""),
+        "reference": cert.reference,
         "condition": condition_name(sampler.sigma),
         "metric": cert.metric,
         "lower_is_better": bool(cert.lower_is_better),
         "sigma": sampler.sigma,
-        "n0": cert.n0 if not cert.lower_is_better else None,
+        "n0": cert.n0 if cert.uses_selection else None,
         "n": cert.n,
         "alpha": cert.alpha,
         "batch": sampler.batch_size,
-        "correction": cert.correction if type(cert).__name__ == "SegmentationCertification" else None,
+        "correction": cert.correction if cert.uses_correction else None,
         "seed": sampler.seed,
         "samples": n_samples,
         "radii": [float(r) for r in sorted(radii)],

@@ -62,6 +62,12 @@ class TaskCertification:
     extra_metrics: ClassVar[tuple[str, ...]] = ()
     #: True when the task's metric is lower-is-better (the certified value is an upper bound)
     lower_is_better: ClassVar[bool] = False
+    #: whether the procedure draws ``n0`` selection samples before the ``n`` estimation ones
+    uses_selection: ClassVar[bool] = True
+    #: whether the family-wise ``correction`` enters the certificate
+    uses_correction: ClassVar[bool] = False
+    #: the paper behind the certificate (written into the record)
+    reference: ClassVar[str] = ""
 
     def __init__(self, task: Any, model: nn.Module, sampler: NoiseSampler, n0: int, n: int,
                  alpha: float, correction: Correction = "holm") -> None:
@@ -89,6 +95,8 @@ class TaskCertification:
 class ClassificationCertification(TaskCertification):
     """CERTIFY of Cohen et al. (:class:`certification.classify.SmoothedClassifier`)."""
 
+    reference = "Cohen, Rosenfeld & Kolter 2019 (CERTIFY, Clopper-Pearson)"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smoothed = SmoothedClassifier(self.predict, max(int(self.task.data_info.num_classes), 2), self.sampler)
@@ -109,6 +117,8 @@ class SegmentationCertification(TaskCertification):
     """SegCertify of Fischer et al. (:class:`certification.segment.SmoothedSegmenter`)."""
 
     extra_metrics = ("pixel_accuracy",)
+    uses_correction = True
+    reference = "Fischer, Baader & Vechev 2021 (SegCertify, per-pixel tests)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,6 +142,8 @@ class LandmarkCertification(TaskCertification):
     ``n0`` is not used (no selection step)."""
 
     lower_is_better = True
+    uses_selection = False
+    reference = "Chiang et al. 2020 (median smoothing, order statistics)"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
