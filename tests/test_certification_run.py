@@ -186,3 +186,34 @@ def test_art_randomized_smoothing_agrees(trained: dict[str, Path]) -> None:
         ours_acc = np.mean((our_pred == y.numpy()) & (our_radius >= r))
         art_acc = np.mean((art_pred == y.numpy()) & (art_radius >= r))
         assert math.isclose(ours_acc, art_acc, abs_tol=0.1), (r, ours_acc, art_acc)
+
+
+def test_certification_callback_after_test_adds_to_the_evaluation(tmp_path: Path) -> None:
+    """``train.py test`` with ``callbacks.Certification`` after ``AdversarialEvaluation``: the
+    test record gains ``certified`` on the evaluation's samples; listed before it, an error."""
+    from callbacks import AdversarialEvaluation, Certification
+    from datamodules.synthetic import SyntheticDataModule
+
+    torch.manual_seed(0)
+    dm = SyntheticDataModule(task="classification", num_train=32, num_val=8, num_test=12, image_size=[8, 8],
+                             batch_size=8)
+    dm.setup("fit")
+    module = ClassificationModule(net=small_net(), data_info=dm.info, method=GaussianAugment(sigma=0.25), lr=0.01)
+    ev = AdversarialEvaluation(attacks=CHEAP, eps=[0.3], test_attacks=CHEAP, test_eps=[0.3], test_subset=10,
+                               sanity="never", plot=False)
+    cert = Certification(sigmas=[0.25], radii=[0.3], n0=10, n=100, batch=100)
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, max_steps=5,
+                        limit_val_batches=0, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=False, callbacks=[ev, cert])
+    trainer.fit(module, dm)
+    trainer.test(module, dm, verbose=False)
+    record = RobustnessRecord.load(tmp_path / "robustness.json")
+    entry = record.certification(0.25)
+    assert entry["samples"] == 10 and entry["n"] == 100 and [r["radius"] for r in entry["curve"]] == [0.0, 0.3]
+    table = SampleTable.load(tmp_path / "robustness_samples.csv")
+    assert "certified-s0.25/0.3/accuracy" in table.columns and len(table.sample_ids) == 10
+    assert "Certified robustness" in (tmp_path / "report.md").read_text()
+    wrong = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path / "w", enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[Certification(sigmas=[0.25]), ev])
+    with pytest.raises(ValueError, match="listed after the AdversarialEvaluation"):
+        wrong.test(module, dm, verbose=False)
