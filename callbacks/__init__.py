@@ -29,6 +29,7 @@ from callbacks.adversarial_evaluation import (
     robust_area,
 )
 from callbacks.adversarial_examples import AdversarialExamples
+from callbacks.certification import Certification
 from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
 from callbacks.co_watchdog import CatastrophicOverfittingWatchdog
 from callbacks.margin_monitor import MarginMonitor
@@ -43,6 +44,7 @@ __all__ = [
     "AdversarialExamples",
     "AtomicCheckpointIO",
     "CatastrophicOverfittingWatchdog",
+    "Certification",
     "MarginMonitor",
     "MinimalEpsConfig",
     "ModelCheckpoint",

@@ -103,6 +103,11 @@ class RobustnessRecord:
     #: samples_evaluated, samples_planned, batches_evaluated, batches_planned, not_run}``; the
     #: numbers rest on the evaluated samples only (whole batches, every member × ε)
     incomplete: dict[str, Any] | None = None
+    #: randomized-smoothing certificates of the same model on the same samples, one entry per σ
+    #: (:func:`certification.run.certification_entry`: settings n0, n, α, σ, batch, correction,
+    #: seed, and the certified metric and abstain rate per L2 radius with intervals); ``None``
+    #: when not certified
+    certified: list[dict[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -147,6 +152,7 @@ class RobustnessRecord:
             intervals=_need(data, "intervals", dict, source, optional=True),
             corruptions=_corruptions(data.get("corruptions"), f"{source}: corruptions"),
             incomplete=_need(data, "incomplete", dict, source, optional=True),
+            certified=_need(data, "certified", list, source, optional=True),
             schema_version=version,
         )
 
@@ -204,6 +210,8 @@ class RobustnessRecord:
             out["corruptions"] = self.corruptions.to_dict()
         if self.incomplete is not None:
             out["incomplete"] = self.incomplete
+        if self.certified is not None:
+            out["certified"] = self.certified
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -224,6 +232,13 @@ class RobustnessRecord:
         from callbacks.record_intervals import interval_of
 
         return interval_of(self.intervals, kind, eps, attack)
+
+    def certification(self, sigma: float) -> dict[str, Any] | None:
+        """The ``certified`` entry of noise level ``sigma`` (``None`` when there is none)."""
+        for entry in self.certified or []:
+            if math.isclose(float(entry.get("sigma", math.nan)), float(sigma)):
+                return entry
+        return None
 
     def metric_names(self) -> list[str]:
         """The task's metric names, in the order the clean metrics were computed."""

@@ -41,7 +41,13 @@ import numpy as np
 from callbacks.per_sample import SampleTable, column_name
 from callbacks.uncertainty import DEFAULT_LEVEL, Interval, mean_interval, proportion_interval
 
-__all__ = ["interval_of", "record_intervals", "sample_area"]
+__all__ = ["interval_of", "record_intervals", "sample_area", "values_interval"]
+
+
+def values_interval(values: np.ndarray, level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval | None:
+    """The interval of the mean of per-sample ``values`` (NaN left out): Agresti–Coull for 0/1
+    values, else BCa bootstrap (module docstring); ``None`` when no value is finite."""
+    return _interval(np.asarray(values, dtype=np.float64), level, seed)
 
 
 def _interval(values: np.ndarray, level: float, seed: int) -> Interval | None:

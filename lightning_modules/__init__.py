@@ -3,7 +3,8 @@
 ``TaskModule`` (base) → ``ClassificationModule``, ``SegmentationModule``, ``LandmarkModule``,
 ``DetectionModule``; methods in
 :mod:`lightning_modules.methods` (``Clean``, ``SAT``, ``AMAT``, ``Denoise``, ``TRADES``, and the
-fast single-step ``FGSMRS``, ``NFGSM``, ``GradAlign``);
+fast single-step ``FGSMRS``, ``NFGSM``, ``GradAlign``; ``GaussianAugment`` for randomized
+smoothing);
 networks in :mod:`lightning_modules.nets`.
 """
 
@@ -19,6 +20,7 @@ from lightning_modules.methods import (
     TRADES,
     Clean,
     Denoise,
+    GaussianAugment,
     GradAlign,
     TrainingMethod,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "Clean",
     "Denoise",
     "DetectionModule",
+    "GaussianAugment",
     "GradAlign",
     "LandmarkModule",
     "Pipeline",

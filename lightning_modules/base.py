@@ -320,6 +320,14 @@ class TaskModule(L.LightningModule):
 
     #: how a panel draws this task's predictions and ground truth (lightning_modules/panels.py)
     panel: ClassVar[Any] = None
+    #: the task's randomized-smoothing certification (a class path in :mod:`certification.tasks`,
+    #: built by :func:`certification.tasks.certification_for`); ``None``: the task has none
+    certification: ClassVar[str | None] = None
+
+    def hard_prediction(self, output: Any) -> Tensor:
+        """The task's hard decision from a model output (a class per image, a label map, decoded
+        points), what randomized smoothing votes on or takes the median of."""
+        raise NotImplementedError(f"{type(self).__name__} has no hard_prediction (no certification)")
 
     def metric_names_per_class(self) -> list[str]:
         """Names used for per-class metric entries (class names, else indices)."""

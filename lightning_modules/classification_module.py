@@ -244,6 +244,15 @@ class ClassificationModule(TaskModule):
         """The clean logits ``[B, K]`` (targeted losses take their target classes from them)."""
         return self._logits(output).detach()
 
+    certification: ClassVar[str | None] = "certification.tasks.ClassificationCertification"
+
+    def hard_prediction(self, output: Any) -> Tensor:
+        """``int64 [B]``: the predicted class (argmax of the probabilities; single-label only)."""
+        if self.multilabel:
+            raise ValueError("classification: hard_prediction (randomized smoothing) needs single-label "
+                             "classes; this model is multi-label")
+        return self.probabilities(output).argmax(dim=1)
+
     def predict_for_display(self, output: Any) -> dict[str, Tensor]:
         """``label`` ``[B]`` (multi-label: ``[B, K]`` 0/1), ``confidence`` ``[B]`` and ``probs``
         ``[B, K]``."""

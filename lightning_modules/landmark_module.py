@@ -333,6 +333,12 @@ class LandmarkModule(TaskModule):
         for name in metrics.keys(keep_base=True):
             metrics[name].update(pred, truth, visible, spacing)
 
+    certification: ClassVar[str | None] = "certification.tasks.LandmarkCertification"
+
+    def hard_prediction(self, output: Any) -> Tensor:
+        """``[B, L, 2]`` ``(x, y)`` image pixels: the decoded points (:meth:`decode_points`)."""
+        return self.decode_points(output)
+
     def predict_for_display(self, output: Any) -> dict[str, Tensor]:
         """``points`` ``[B, K, 2]`` ``(x, y)`` image pixels and ``confidence`` ``[B, K]`` (the
         heatmap peak value, ~1 for a confident, well-formed peak)."""

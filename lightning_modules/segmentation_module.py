@@ -235,6 +235,12 @@ class SegmentationModule(TaskModule):
         for name in metrics.keys(keep_base=True):
             metrics[name].update(pred, batch["mask"])
 
+    certification: ClassVar[str | None] = "certification.tasks.SegmentationCertification"
+
+    def hard_prediction(self, output: Any) -> Tensor:
+        """``int64 [B, *spatial]``: the predicted class of every pixel (argmax)."""
+        return class_argmax(self._logits(output))
+
     def predict_for_display(self, output: Any) -> dict[str, Tensor]:
         """``mask`` ``[B, *spatial]`` (argmax) and ``confidence`` ``[B, *spatial]``."""
         probs = self._logits(output).detach().float().softmax(dim=1)

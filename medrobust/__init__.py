@@ -37,7 +37,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: the framework's top-level packages, re-exported as ``medrobust.<name>``
-PACKAGES: tuple[str, ...] = ("attacks", "corruptions", "datamodules", "lightning_modules", "callbacks")
+PACKAGES: tuple[str, ...] = ("attacks", "corruptions", "datamodules", "lightning_modules", "callbacks",
+                           "certification")
 #: the folder holding the top-level packages (the source tree or site-packages)
 ROOT: Path = Path(__file__).resolve().parent.parent
 
@@ -106,6 +107,12 @@ def __getattr__(name: str) -> Any:
         from medrobust.evaluation import evaluate
 
         return evaluate
+    if name == "certify":  # medrobust.certify(model, data, task=…, sigmas=…, radii=…)
+        for package in PACKAGES:
+            __getattr__(package)
+        from medrobust.smoothing import certify
+
+        return certify
     raise AttributeError(f"module 'medrobust' has no attribute {name!r}")
 
 

@@ -17,6 +17,8 @@ Subcommands that read finished runs instead of training (:data:`SUBCOMMANDS`)::
     medrobust evaluate --model m.ts --data manifest.csv --task classification --eps 0.004 \
         --mean 0.5 --std 0.25 --out results/m              # any model, no training code
     medrobust leaderboard results/ --sort accuracy@0.004     # many records, one table
+    medrobust certify --model last.ckpt --data cfg.yaml --task classification --sigma 0.25 \
+        --out results/m                                      # randomized smoothing + empirical L2
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from types import ModuleType
 import medrobust
 
 #: ``medrobust <name> …`` commands that are not LightningCLI subcommands: name → module with ``main(argv)``
-SUBCOMMANDS: dict[str, str] = {"compare": "medrobust.callbacks.compare",
+SUBCOMMANDS: dict[str, str] = {"certify": "medrobust.cli_certify",
+                               "compare": "medrobust.callbacks.compare",
                                "evaluate": "medrobust.cli_evaluate",
                                "leaderboard": "medrobust.callbacks.leaderboard"}
 
