@@ -88,6 +88,7 @@ class MemberProgress:
         if self._bar is not None:
             if self._started:
                 self._bar.update(1)
+                self._bar.refresh()  # the last step drawn even within tqdm's redraw interval
             self._bar.close()
             self._bar = None
 
