@@ -234,7 +234,7 @@ class EvaluationRunner:
             # member × ε that is running (EvaluationStopped) instead of running on to the end.
             # Not in fit's per-epoch evaluation: it is short, Lightning ends the fit right after
             # it, and arming the stop copies every metric state before each batch (≈ 1 ms)
-            if _stage(trainer) != "fit":
+            if getattr(getattr(trainer, "state", None), "fn", None) != "fit":  # TrainerFn is a str enum
                 evaluator.should_stop = lambda: bool(getattr(trainer, "received_sigterm", False))
             stopped: StopInfo | None = None
             done = 0
@@ -337,12 +337,6 @@ class EvaluationRunner:
             # one subset per split: a new subset (other dataset, batch size…) replaces the old
             self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
             self._cache[key] = kept
-
-
-def _stage(trainer: Any) -> str | None:
-    """``"fit"``, ``"validate"``, ``"test"``… (Lightning's ``trainer.state.fn``), or ``None``."""
-    fn = getattr(getattr(trainer, "state", None), "fn", None)
-    return None if fn is None else str(getattr(fn, "value", fn))
 
 
 def batch_size_for_world(n: int, batch_size: int, world_size: int, rank: int, split: str,
