@@ -178,9 +178,9 @@ def _timed_logging(prefix: str) -> Iterator[list[tuple[int, float]]]:
 
     original, times = ae.log_scalars, []
 
-    def timed(pl_module: Any, record: Any, log_prefix: str, *args: Any) -> None:
+    def timed(pl_module: Any, record: Any, log_prefix: str, *args: Any, **kwargs: Any) -> None:
         t0 = time.process_time()
-        original(pl_module, record, log_prefix, *args)
+        original(pl_module, record, log_prefix, *args, **kwargs)
         if log_prefix == prefix:
             times.append((len(scalar_values(record, log_prefix, *args)), time.process_time() - t0))
 

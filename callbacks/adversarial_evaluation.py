@@ -350,7 +350,9 @@ class AdversarialEvaluation(Callback):
             self._corruption_section(record, run, task, samples)
         if run.stopped is not None:
             record.incomplete = run.stopped.to_dict()
-        log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max)
+        # fit: straight to the loggers and callback_metrics (Speedups.direct_logging)
+        direct = self.runner.speedups.direct_logging and trainer.state.fn == "fit"
+        log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max, direct=direct)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
         if trainer.is_global_zero:
