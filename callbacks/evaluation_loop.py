@@ -119,6 +119,11 @@ class RobustnessEvaluator:
             call taking it again (see :meth:`_shared_start`); the same numbers, fewer passes.
         alias_ensemble: while one member wins every sample at an ε, the ensemble's metrics are
             that member's (its updates are deferred, not repeated; :meth:`_defer_ensemble`).
+        merge_updates: for a task whose metric states do not depend on how the samples are cut
+            into updates (``metrics_batch_invariant``: classification's integer counts and lists
+            of rows), keep each collection's ``(output, batch)`` pairs and give them to it in
+            one update over the concatenated batches at :meth:`compute` (:meth:`_update`): one
+            update per collection per evaluation instead of one per batch.
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
@@ -147,6 +152,7 @@ class RobustnessEvaluator:
         share_start: bool = False,
         alias_ensemble: bool = False,
         higher: bool | None = None,
+        merge_updates: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -166,6 +172,11 @@ class RobustnessEvaluator:
         self.alias_ensemble = bool(alias_ensemble) and not _distributed()
         #: per ε: (member, deferred (output, batch) pairs) while aliased, False once not
         self._ens_alias: dict[float, Any] = {}
+        self.merge_updates = bool(merge_updates) and bool(getattr(task, "metrics_batch_invariant", False))
+        #: merge_updates: per collection (by id), the collection and its deferred (output, batch)
+        #: pairs, in order; and the bytes of their outputs
+        self._pending: dict[int, tuple[Any, list[tuple[Any, dict[str, Any]]]]] = {}
+        self._pending_bytes = 0
         #: outputs computed already, by id of their input (see :meth:`_stack_members`)
         self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
@@ -472,7 +483,9 @@ class RobustnessEvaluator:
         return {"metrics": metrics, "num_samples": self.num_samples, "random_clean": self._random_clean,
                 "large_broken": self.large_broken, "gradients": {k: dict(v) for k, v in self.gradients.items()},
                 "blackbox_wins": dict(self.blackbox_wins), "ids": len(self._sample_ids),
-                "values": {k: len(v) for k, v in self._sample_values.items()}, "alias": alias}
+                "values": {k: len(v) for k, v in self._sample_values.items()}, "alias": alias,
+                "pending": {k: (c, list(p)) for k, (c, p) in self._pending.items()},
+                "pending_bytes": self._pending_bytes}
 
     def _restore(self, snap: dict[str, Any]) -> None:
         """Back to :meth:`_snapshot`'s state (the batch that was stopped counts for nothing)."""
@@ -484,6 +497,7 @@ class RobustnessEvaluator:
         self.num_samples, self._random_clean = snap["num_samples"], snap["random_clean"]
         self.large_broken, self.gradients = snap["large_broken"], snap["gradients"]
         self.blackbox_wins, self._ens_alias = snap["blackbox_wins"], snap["alias"]
+        self._pending, self._pending_bytes = snap["pending"], snap["pending_bytes"]
         del self._sample_ids[snap["ids"]:]
         for k in list(self._sample_values):
             kept = snap["values"].get(k, 0)
@@ -526,7 +540,7 @@ class RobustnessEvaluator:
             if self._metric_ok:
                 self._sample_ids.append(ids)
         if counted:
-            task.update_metrics(self.metrics.clean, out_clean, batch)
+            self._update(self.metrics.clean, out_clean, batch)
             self.num_samples += size
             if self.check_randomness:
                 # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
@@ -572,7 +586,7 @@ class RobustnessEvaluator:
                     self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
                 out = self.forward(x_adv)
                 if counted:
-                    task.update_metrics(self.metrics.attacks[(spec.label, eps)], out, batch)
+                    self._update(self.metrics.attacks[(spec.label, eps)], out, batch)
                 if keep:
                     self._keep((spec.label, eps), out, batch, size)
                 if not (self.ensemble and spec.budgeted):
@@ -611,7 +625,7 @@ class RobustnessEvaluator:
             self._replay_ensemble(eps)
             if ens_out is None:
                 ens_out = self.forward(worst.x)
-            task.update_metrics(self.metrics.ensemble[eps], ens_out, batch)
+            self._update(self.metrics.ensemble[eps], ens_out, batch)
 
         if self.large_eps is not None:
             self._next_member("sanity", None)
@@ -647,8 +661,51 @@ class RobustnessEvaluator:
         state = self._ens_alias.get(eps)
         if state:
             for out, batch in state[1]:
-                self.task.update_metrics(self.metrics.ensemble[eps], out, batch)
+                self._update(self.metrics.ensemble[eps], out, batch)
         self._ens_alias[eps] = False
+
+    def _update(self, collection: Any, output: Any, batch: dict[str, Any]) -> None:
+        """``task.update_metrics(collection, output, batch)`` — or, with ``merge_updates``, the
+        pair kept for one update over all of the collection's batches (:meth:`_flush`): for
+        a task whose metric states are sums of integer counts and lists of rows
+        (``metrics_batch_invariant``), one update over the concatenated batches leaves the
+        same states as one update per batch. Kept only while the outputs are ``[B, …]``
+        tensors, every batch entry a ``[B, …]`` tensor and the kept outputs within
+        :data:`MAX_STACK_BYTES`; otherwise the collection's kept pairs are given first, in
+        order, and this one directly."""
+        if self.merge_updates:
+            size = output.shape[0] if isinstance(output, torch.Tensor) and output.ndim else None
+            nbytes = output.element_size() * output.nelement() if size is not None else 0
+            if size is not None and self._pending_bytes + nbytes <= MAX_STACK_BYTES and all(
+                    isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size for v in batch.values()):
+                entry = self._pending.setdefault(id(collection), (collection, []))
+                if not entry[1] or entry[1][0][1].keys() == batch.keys():
+                    entry[1].append((output, batch))
+                    self._pending_bytes += nbytes
+                    return
+        self._flush(collection)
+        self.task.update_metrics(collection, output, batch)
+
+    def _flush(self, collection: Any = None) -> None:
+        """Give ``collection`` (``None``: every collection) its kept pairs: one update over the
+        concatenated outputs and batches when every output is finite, else one per pair, in
+        order (a non-finite output can make a torchmetrics update reformat its whole input,
+        e.g. a sigmoid over probabilities that are not all in [0, 1], so per-batch and merged
+        updates could differ there)."""
+        keys = list(self._pending) if collection is None else [id(collection)]
+        for key in keys:
+            entry = self._pending.pop(key, None)
+            if entry is None:
+                continue
+            target, pairs = entry
+            self._pending_bytes -= sum(o.element_size() * o.nelement() for o, _ in pairs)
+            if len(pairs) > 1 and all(bool(torch.isfinite(o).all()) for o, _ in pairs):
+                output = torch.cat([o for o, _ in pairs])
+                batch = {k: torch.cat([b[k] for _, b in pairs]) for k in pairs[0][1]}
+                self.task.update_metrics(target, output, batch)
+            else:
+                for output, batch in pairs:
+                    self.task.update_metrics(target, output, batch)
 
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
@@ -656,6 +713,7 @@ class RobustnessEvaluator:
 
     def compute(self) -> EvalOutcome:
         """Compute every collection; a collective under DDP (call on every rank, same order)."""
+        self._flush()  # merge_updates: the kept updates, one per collection
         clean = compute_metrics(self.metrics.clean)
         attacks = {k: compute_metrics(m) for k, m in self.metrics.attacks.items()}
         ensemble = {}

@@ -73,6 +73,10 @@ class Speedups:
             collection would get exactly that member's updates; they are deferred instead of
             repeated and the ensemble reports the member's metrics
             (:meth:`RobustnessEvaluator._defer_ensemble`; replayed when a batch differs).
+        merge_updates: for a task that declares ``metrics_batch_invariant`` (classification:
+            its metrics keep integer counts and lists of rows), each collection gets one
+            update over all its batches at the end instead of one per batch
+            (:meth:`RobustnessEvaluator._update`); the same states, so the same numbers.
         direct_logging: in ``fit``'s per-epoch evaluation, hand the scalars to the loggers, to
             ``trainer.callback_metrics`` (what ``ModelCheckpoint`` / ``EarlyStopping`` monitor)
             and to ``trainer.logged_metrics`` in one call
@@ -91,6 +95,7 @@ class Speedups:
     stack_eps: bool = True
     share_start: bool = True
     alias_ensemble: bool = True
+    merge_updates: bool = True
     direct_logging: bool = True
 
     @classmethod
@@ -224,6 +229,7 @@ class EvaluationRunner:
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
                 metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
                 stack_eps=fast.stack_eps, share_start=fast.share_start, alias_ensemble=fast.alias_ensemble,
+                merge_updates=fast.merge_updates,
                 keep_per_sample=self.keep_per_sample,
                 higher=self._kept_direction(task) if fast.cache_directions else None,
             )

@@ -81,6 +81,11 @@ class ClassificationModule(TaskModule):
     main_metric: ClassVar[str] = "accuracy"
     #: the metric whose error the corruption CE / mCE uses (MedMNIST-C: balanced error)
     corruption_metric: ClassVar[str] = "balanced_accuracy"
+    #: :meth:`build_metrics`' states are integer counts (accuracy, recall, F1) and lists of
+    #: rows (AUROC), so one update over concatenated batches leaves the same states as one per
+    #: batch (the evaluation then merges its updates: ``Speedups.merge_updates``). A subclass
+    #: whose metrics keep float sums or per-batch values must set it to False.
+    metrics_batch_invariant: ClassVar[bool] = True
     panel = LabelPanel()
 
     def __init__(

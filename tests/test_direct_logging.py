@@ -20,6 +20,8 @@ from callbacks.evaluation_runner import Speedups
 from callbacks.evaluation_writers import publish_scalars, scalar_values
 from tests.test_callbacks_support import make_datamodule, make_module
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
+
 SETTINGS = {"attacks": [{"name": "fgsm"}], "eps": [0.01, 0.03], "subset": 6, "batch_size": 3,
             "plot": False, "write_json": False, "report": False}
 
