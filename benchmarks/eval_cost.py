@@ -86,6 +86,8 @@ class EpochTimer(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._lap("val_loop")
+            _ = trainer.callback_metrics  # untimed: see after_evaluation
+            self._mark = self._now()
 
     def after_evaluation(self, name: str = "eval", last: bool = True) -> Callback:
         """A callback that laps ``name`` (put it right after the evaluation it times); the
@@ -98,6 +100,14 @@ class EpochTimer(Callback):
                     timer._lap(name)
                     if last:
                         timer.rows.append(dict(timer._row))
+                    else:
+                        # Untimed: Lightning's epoch values of what was logged so far (cached
+                        # until the next update of each key). Lightning computes them right after
+                        # the hook in any run; reading trainer.callback_metrics (direct_logging)
+                        # computes them early, which would charge the next variant with the
+                        # compute of every scalar the variants before it logged.
+                        _ = trainer.callback_metrics
+                        timer._mark = timer._now()
 
         return _After()
 
