@@ -61,7 +61,10 @@ class Speedups:
         stack_eps: attack all ε of a deterministic member (PGD/BIM/FGSM without random start,
             the per-epoch default) in one call over the batch repeated per ε, and score them
             with one forward (:meth:`RobustnessEvaluator._stack_members`): fewer, larger calls.
-            Bit-identical on the CPU; the stacked input is capped at 16 MiB.
+            Bit-identical on the CPU; the stacked input is capped at 16 MiB. Only on an
+            accelerator: on the CPU (one thread, the quickstart CNN) the 64-row passes cost
+            more per row than two 32-row ones and stacking made the evaluation ≈ 1.2 ms slower
+            (paired median of 55 interleaved runs, slower in 76 % of them; docs/scaling.md).
         share_start: PGD / BIM / FGSM without random start take their first gradient at the
             clean input, the same for every ε: compute it once per batch, in the same pass as
             the clean output (the clean forward, run with gradients, plus one backward), and
@@ -228,7 +231,7 @@ class EvaluationRunner:
                 large_eps=0.25 * (hi - lo) if sanity and math.isfinite(hi - lo) else None,
                 check_randomness=sanity or not fast.randomness_only_with_sanity,
                 metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
-                stack_eps=fast.stack_eps, share_start=fast.share_start, alias_ensemble=fast.alias_ensemble,
+                stack_eps=fast.stack_eps and device.type != "cpu", share_start=fast.share_start, alias_ensemble=fast.alias_ensemble,
                 merge_updates=fast.merge_updates,
                 keep_per_sample=self.keep_per_sample,
                 higher=self._kept_direction(task) if fast.cache_directions else None,
