@@ -129,9 +129,8 @@ def _direction_lower(records: list[tuple[str, RobustnessRecord]], metric: str) -
 
 def _interval(rec: RobustnessRecord, metric: str, kind: str, eps: float | None = None,
               attack: str | None = None) -> tuple[float | None, float | None]:
-    if not rec.intervals or rec.intervals.get("metric") != metric:
-        return None, None
-    iv = rec.interval(kind, eps, attack)
+    # the per-sample metric's interval, or a dataset-level metric's (AUROC, mAP)
+    iv = rec.interval(kind, eps, attack, metric=metric)
     return (iv.low, iv.high) if iv is not None else (None, None)
 
 

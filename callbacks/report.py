@@ -76,6 +76,16 @@ def interval_section(record: RobustnessRecord) -> list[str]:
              f"over n = {clean.n if clean else '–'} samples ({how}; seeded, from `robustness_samples.csv`)."]
     if area is not None:
         lines.append(f"Robust area as a mean of per-sample areas: {area} (BCa bootstrap).")
+    dataset = iv.get("dataset_metrics") or {}
+    if dataset:
+        first = next((record.interval("clean", metric=m) for m in dataset), None)
+        lines.append(f"Dataset-level metrics ({', '.join(f'`{m}`' for m in dataset)}): percentile bootstrap "
+                     f"over {first.n if first else '–'} images, the metric recomputed on each resample "
+                     "(seeded, from `robustness_evidence.json`).")
+        for m in dataset:
+            a = record.interval("robust_area", metric=m)
+            if a is not None and record.robust_area is not None and record.robust_area.metric == m:
+                lines.append(f"Robust area of `{m}`: {a} (the same resamples).")
     return [*lines, ""]
 
 
@@ -146,11 +156,10 @@ def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
     head = ["attack", "ε", "norm", "steps", "step size", "restarts", "random start", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     clean = record.clean
-    ci_metric = (record.intervals or {}).get("metric")
-
     def ci(m: str, kind: str, eps: float | None = None, attack: str | None = None) -> str:
-        """`` [low, high]`` after the number the record has an interval for."""
-        interval = record.interval(kind, eps, attack) if m == ci_metric else None
+        """`` [low, high]`` after the number the record has an interval for (the per-sample
+        metric's, or a dataset-level metric's: AUROC, mAP)."""
+        interval = record.interval(kind, eps, attack, metric=m)
         return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
 
     lines.append("| clean | 0 | – | – | – | – | – | "

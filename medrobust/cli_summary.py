@@ -37,10 +37,9 @@ def summarise_record(rec: Any, metric: str | None) -> str:
     metric = metric if metric in clean else next(iter(clean))
     from callbacks.record import EnsembleEntry
 
-    with_ci = bool(rec.intervals) and rec.intervals.get("metric") == metric
-
     def ci(kind: str, eps: float | None = None, attack: str | None = None) -> str:
-        interval = rec.interval(kind, eps, attack) if with_ci else None
+        # the per-sample metric's interval, or a dataset-level metric's (AUROC, mAP)
+        interval = rec.interval(kind, eps, attack, metric=metric)
         return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
 
     parts = [f"epoch {rec.epoch}", f"clean {metric} {clean[metric]:.3f}{ci('clean')}"]

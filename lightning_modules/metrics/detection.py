@@ -9,8 +9,10 @@ them. Backend: ``pycocotools`` (a declared dependency of the project).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
@@ -106,3 +108,184 @@ def per_image_ap50(preds: list[dict[str, Tensor]], target: list[dict[str, Tensor
 
 
 __all__ += ["per_image_ap50"]
+
+
+# --- the matches mAP is computed from, kept per image for the bootstrap over images ------------
+@functools.lru_cache(maxsize=1)
+def _thresholds() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    metric = DetectionMAP()
+    return tuple(float(t) for t in metric.iou_thresholds), tuple(float(t) for t in metric.rec_thresholds)
+
+
+def coco_thresholds() -> tuple[list[float], list[float]]:
+    """``(iou_thresholds, recall_thresholds)`` exactly as :class:`DetectionMAP` hands them to
+    COCOeval (torchmetrics' float32 ``linspace`` values: 0.5:0.05:0.95 and 0:0.01:1)."""
+    iou, rec = _thresholds()
+    return list(iou), list(rec)
+
+
+def _xywh64(boxes: Tensor) -> np.ndarray:
+    """``xyxy`` boxes ``[N, 4]`` converted to ``xywh`` in float32 (as torchmetrics hands them to
+    COCO), then float64 (COCO's arithmetic)."""
+    from torchvision.ops import box_convert
+
+    b = box_convert(boxes.detach().reshape(-1, 4).float().cpu(), in_fmt="xyxy", out_fmt="xywh")
+    return np.asarray(b.tolist(), dtype=np.float64).reshape(-1, 4)
+
+
+def _coco_iou(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """``[n, m]`` IoU of ``xywh`` boxes as pycocotools' ``bbIou`` computes it (no crowd)."""
+    ix = np.minimum(dt[:, None, 0] + dt[:, None, 2], gt[None, :, 0] + gt[None, :, 2]) - \
+        np.maximum(dt[:, None, 0], gt[None, :, 0])
+    iy = np.minimum(dt[:, None, 1] + dt[:, None, 3], gt[None, :, 1] + gt[None, :, 3]) - \
+        np.maximum(dt[:, None, 1], gt[None, :, 1])
+    inter = np.where((ix > 0) & (iy > 0), ix * iy, 0.0)
+    union = (dt[:, None, 2] * dt[:, None, 3]) + (gt[None, :, 2] * gt[None, :, 3]) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
+def coco_matches(pred: dict[str, Tensor], target: dict[str, Tensor], iou_thresholds: Sequence[float],
+                 max_detections: int = 100) -> tuple[list[list[float]], list[list[int]]]:
+    """One image's detections matched to its ground truth as COCOeval's ``evaluateImg`` matches
+    them for :class:`DetectionMAP` (area "all", no crowd, ``max_detections`` per class).
+
+    Per class: detections sorted by descending score (stable), the first ``max_detections``
+    kept; at each IoU threshold ``t`` each detection in turn takes the unmatched ground-truth
+    box of highest IoU ``≥ t`` (COCO's tie rule: the last such box).
+
+    Returns:
+        ``detections``: ``[[class, score, tp_bits], …]`` in that order, ``tp_bits`` bit ``k``
+        set when the detection is a true positive at ``iou_thresholds[k]``;
+        ``ground_truth``: ``[[class, count], …]`` sorted by class.
+        Together they determine every image's contribution to AP, so AP can be recomputed on
+        any multiset of images (:func:`average_precision_from_matches`).
+    """
+    gl = target["labels"].detach().reshape(-1).long().cpu().tolist()
+    pl = pred["labels"].detach().reshape(-1).long().cpu().tolist()
+    ps = pred["scores"].detach().reshape(-1).float().cpu().tolist()
+    gb, pb = _xywh64(target["boxes"]), _xywh64(pred["boxes"])
+    thresholds = [min(float(t), 1 - 1e-10) for t in iou_thresholds]
+    dets: list[list[float]] = []
+    for c in sorted(set(pl) | set(gl)):
+        d_idx = [i for i, lab in enumerate(pl) if lab == c]
+        g_idx = [j for j, lab in enumerate(gl) if lab == c]
+        order = sorted(d_idx, key=lambda i: -ps[i])[:max_detections]  # stable, as COCO's mergesort
+        if not order:
+            continue
+        bits = [0] * len(order)
+        if g_idx:
+            iou = _coco_iou(pb[order], gb[g_idx])
+            for k, t in enumerate(thresholds):
+                taken = np.zeros(len(g_idx), dtype=bool)
+                for i in range(len(order)):
+                    best, m = t, -1
+                    for j in range(len(g_idx)):
+                        if taken[j] or iou[i, j] < best:
+                            continue
+                        best, m = iou[i, j], j
+                    if m >= 0:
+                        taken[m] = True
+                        bits[i] |= 1 << k
+        dets += [[int(c), ps[i], bits[n]] for n, i in enumerate(order)]
+    counts = {}
+    for c in gl:
+        counts[c] = counts.get(c, 0) + 1
+    return dets, [[int(c), int(counts[c])] for c in sorted(counts)]
+
+
+def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]]],
+                                   ground_truth: Sequence[Sequence[Sequence[int]]],
+                                   weights: np.ndarray, iou_thresholds: Sequence[float],
+                                   rec_thresholds: Sequence[float],
+                                   keys: Sequence[tuple[str, float | None]] = (("map", None), ("map_50", 0.5),
+                                                                               ("map_75", 0.75)),
+                                   ) -> dict[str, np.ndarray]:
+    """COCO mAP of many image multisets at once, from each image's matches (:func:`coco_matches`).
+
+    A multiset is given by image ``weights[R, n]`` (how often each of the ``n`` images is in
+    it: a bootstrap resample; ``ones`` is the evaluated set). Per class, every image's kept
+    detections are sorted once by descending score (stable, images in order: COCOeval's
+    ``accumulate``), and cumulative true / false positives are weighted sums — an image drawn
+    ``k`` times counts ``k`` times, which gives the same precision envelope at every recall
+    threshold as ``k`` copies would (copies of a detection are adjacent with equal precision
+    steps). Precision ``tp / (tp + fp + spacing(1))``, recall ``tp / (ground-truth count)``, the
+    envelope, and the 101-point interpolation follow COCOeval; a class with no ground truth in a
+    multiset is left out of its mean. Detections after a class's last true positive are dropped
+    first: they lower no envelope value at a recall threshold.
+
+    Returns ``{key: float64[R]}`` for ``keys`` (``(name, IoU threshold)``, ``None``: mean over all
+    thresholds); NaN for a multiset without ground truth.
+    """
+    w_all = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    r_count, n = w_all.shape
+    if len(detections) != n or len(ground_truth) != n:
+        raise ValueError(f"average_precision_from_matches: {len(detections)} detection lists and "
+                         f"{len(ground_truth)} ground-truth lists for weights of {n} images")
+    thr = np.asarray(iou_thresholds, dtype=np.float64)
+    rec = np.asarray(rec_thresholds, dtype=np.float64)
+    n_t = thr.size
+    classes = sorted({int(c) for g in ground_truth for c, _ in g})
+    gt_count = np.zeros((n, len(classes)))
+    col = {c: k for k, c in enumerate(classes)}
+    for i, g in enumerate(ground_truth):
+        for c, cnt in g:
+            gt_count[i, col[int(c)]] = cnt
+    img, cls, score, bits = [], [], [], []
+    for i, dets in enumerate(detections):
+        for c, s, b in dets:
+            if int(c) in col:
+                img.append(i)
+                cls.append(int(c))
+                score.append(float(s))
+                bits.append(int(b))
+    img_a, cls_a, score_a, bits_a = (np.asarray(img, dtype=np.int64), np.asarray(cls, dtype=np.int64),
+                                     np.asarray(score, dtype=np.float64), np.asarray(bits, dtype=np.int64))
+    ap = np.full((r_count, n_t, len(classes)), np.nan)
+    eps = np.spacing(1)
+    for k, c in enumerate(classes):
+        npig = w_all @ gt_count[:, k]                                     # [R]
+        sel = np.nonzero(cls_a == c)[0]
+        order = sel[np.argsort(-score_a[sel], kind="mergesort")]
+        tp = ((bits_a[order][None, :] >> np.arange(n_t)[:, None]) & 1).astype(np.float64)  # [T, D]
+        hits = np.nonzero(tp.any(axis=0))[0]
+        defined = npig > 0
+        ap[defined, :, k] = 0.0
+        if hits.size == 0:
+            continue
+        last = int(hits[-1]) + 1
+        tp, who = tp[:, :last], img_a[order[:last]]
+        chunk = max(1, int(4e6 // (n_t * last)))
+        for start in range(0, r_count, chunk):
+            w = w_all[start:start + chunk][:, who]                          # [r, D]
+            tpc = np.cumsum(w[:, None, :] * tp[None], axis=2)               # [r, T, D]
+            fpc = np.cumsum(w[:, None, :] * (1.0 - tp[None]), axis=2)
+            g = npig[start:start + chunk, None, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rc = tpc / np.where(g > 0, g, 1.0)
+            pr = tpc / (fpc + tpc + eps)
+            env = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]
+            # recall thresholds r with rc[i-1] < r <= rc[i] take the envelope at i (COCO's
+            # searchsorted(rc, r, "left")); thresholds above the last recall take 0
+            upto = np.searchsorted(rec, rc, side="right")
+            share = np.diff(upto, axis=2, prepend=0)
+            vals = (env * share).sum(axis=2) / rec.size                    # [r, T]
+            ok = defined[start:start + chunk]
+            ap[start:start + chunk][ok, :, k] = vals[ok]
+    out = {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a multiset without ground truth: NaN
+        for name, t in keys:
+            if t is None:
+                out[name] = np.nanmean(ap.reshape(r_count, -1), axis=1)
+            else:
+                hit = np.nonzero(np.isclose(thr, float(t)))[0]
+                if hit.size == 0:
+                    raise ValueError(f"average_precision_from_matches: no IoU threshold {t} in {list(thr)}")
+                out[name] = np.nanmean(ap[:, int(hit[0]), :], axis=1)
+    return out
+
+
+__all__ += ["average_precision_from_matches", "coco_matches", "coco_thresholds"]

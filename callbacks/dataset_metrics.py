@@ -1,0 +1,360 @@
+"""Intervals for dataset-level metrics (AUROC, mAP): the evidence file and the bootstrap over images.
+
+AUROC, balanced accuracy, F1 and mAP are not means of per-sample values, so the per-sample file
+(``robustness_samples.csv``) cannot give them an interval. What can: each image's prediction in
+the form the metric consumes, kept for every condition of the evaluation, from which the metric
+is recomputed on any multiset of images. The evaluation writes it beside ``robustness.json`` as
+``robustness_evidence.json``::
+
+    {"format": "medrobust dataset-level evidence", "version": 1, "kind": "scores",
+     "metrics": ["auroc", "balanced_accuracy", "f1"], "info": {"classes": 2, "multilabel": false},
+     "sample_ids": [3, 17, …],
+     "targets": [1, 0, …],
+     "columns": {"clean": [0.91, 0.12, …], "pgd/0.004": […], "worst/0.004": […]}}
+
+* ``kind: "scores"`` (classification): per sample, the positive-class probability for two
+  classes, else the list of class probabilities (multi-label: per-label sigmoids); ``targets``:
+  the label (multi-label: the 0/1 list). Probabilities carry 9 significant digits (an exact
+  round trip of the float32 the metrics saw, so the ordering and the 0.5 threshold are kept).
+* ``kind: "matches"`` (detection): per image, its kept detections ``[class, score, tp_bits]``
+  matched to ground truth as COCOeval matches them (``tp_bits``: bit ``k`` set for a true
+  positive at ``info.iou_thresholds[k]``; :func:`lightning_modules.metrics.detection.coco_matches`);
+  ``targets``: ``[[class, count], …]`` ground-truth boxes per class. Matching is per image and
+  class, so these lists recompute AP on any multiset of images.
+* columns: ``clean``, ``<attack>/<ε>``, ``worst/<ε>``: the same conditions (and the same
+  candidate chosen for the worst case) as the per-sample file; rows sorted by sample id.
+
+The same evaluation gives a byte-identical file (fixed key order, floats printed by ``repr``).
+
+:func:`dataset_intervals` turns it into the record's ``intervals["dataset_metrics"]``::
+
+    "dataset_metrics": {"auroc": {"clean": {"estimate", "low", "high", "level", "n", "method"},
+                                  "worst": [{"eps", …}], "attacks": [{"attack", "eps", …}],
+                                  "robust_area": {…} or null}, …}
+
+Percentile bootstrap over images (Efron & Tibshirani 1993, ch. 13), seeded. Each resample is a
+vector of multinomial image weights (:func:`callbacks.uncertainty.bootstrap_weights`), the same
+draws for every column of one evaluation, so the robust area's interval comes from the same
+resamples (its draws are the trapezoid of each resample's per-ε values). Why not
+``scipy.stats.bootstrap``: it hands the statistic resampled copies of the data, so AUROC would
+sort every resample and mAP rebuild every class's list per resample; with weights one sort per
+column serves all 2000 resamples (a weighted Mann–Whitney sum, weighted cumulative TP/FP
+counts). Why percentile and not BCa: BCa's acceleration needs a jackknife of the whole
+statistic (``n`` recomputations per column); the percentile interval of AUROC covers 94–96 %
+in ``tests/test_dataset_metrics.py``'s binormal simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from callbacks.uncertainty import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    Interval,
+    _check_level,
+    bootstrap_weights,
+    weighted_auroc,
+)
+
+__all__ = ["FILE_NAME", "Evidence", "dataset_intervals", "evidence_key", "metric_draws", "statistics"]
+
+#: the file's name inside a run's log directory (beside ``robustness.json``)
+FILE_NAME = "robustness_evidence.json"
+FORMAT = "medrobust dataset-level evidence"
+FORMAT_VERSION = 1
+KINDS = ("scores", "matches")
+#: statistics are vectorised over resamples; this bounds one chunk's image weights
+_CHUNK_VALUES = 4_000_000
+
+
+def evidence_key(condition: str, eps: float | None = None) -> str:
+    """``clean``, ``pgd/0.004``, ``worst/0.004`` (the per-sample file's column names, less the metric)."""
+    return condition if eps is None else f"{condition}/{float(eps):g}"
+
+
+def round9(value: float) -> float:
+    """9 significant digits: an exact round trip of a float32, printed short."""
+    return float(f"{float(value):.9g}")
+
+
+@dataclass
+class Evidence:
+    """Per-image predictions of one evaluation in the form its dataset-level metrics consume
+    (module docstring). ``columns[key][i]`` and ``targets[i]`` belong to ``sample_ids[i]``."""
+
+    kind: str
+    metrics: list[str]
+    sample_ids: np.ndarray
+    targets: list[Any]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"dataset-level evidence: kind must be one of {KINDS}, got {self.kind!r}")
+        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64).reshape(-1)
+        n = self.sample_ids.size
+        if len(np.unique(self.sample_ids)) != n:
+            raise ValueError("dataset-level evidence: sample ids must be unique")
+        if len(self.targets) != n:
+            raise ValueError(f"dataset-level evidence: {len(self.targets)} targets for {n} samples")
+        for key, values in self.columns.items():
+            if len(values) != n:
+                raise ValueError(f"dataset-level evidence: column {key!r} has {len(values)} entries for {n} samples")
+
+    @property
+    def n(self) -> int:
+        return int(self.sample_ids.size)
+
+    def sorted(self) -> Evidence:
+        """Rows sorted by sample id."""
+        order = np.argsort(self.sample_ids, kind="stable").tolist()
+        return Evidence(self.kind, list(self.metrics), self.sample_ids[order], [self.targets[i] for i in order],
+                        {k: [v[i] for i in order] for k, v in self.columns.items()}, dict(self.info))
+
+    def to_dict(self) -> dict[str, Any]:
+        table = self.sorted()
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": table.kind, "metrics": table.metrics,
+                "info": table.info, "sample_ids": table.sample_ids.tolist(), "targets": table.targets,
+                "columns": table.columns}
+
+    def to_json(self) -> str:
+        # one line per column: compact, and a diff shows which column changed
+        d = self.to_dict()
+        head = {k: v for k, v in d.items() if k != "columns"}
+        lines = [json.dumps(head, allow_nan=False)[:-1] + ', "columns": {']
+        cols = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False, separators=(',', ':'))}"
+                for k, v in d["columns"].items()]
+        return "\n".join(lines + [",\n".join(cols), "}}"]) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temp file + rename), like ``robustness.json``."""
+        from callbacks.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Evidence:
+        """Read a file written by :meth:`save`; errors name the file and the key."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the dataset-level evidence ({err.strerror})") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a medrobust dataset-level evidence file (key 'format' should be {FORMAT!r})")
+        if int(data.get("version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{path}: format version {data.get('version')} is newer than this medrobust reads")
+        try:
+            return cls(data["kind"], list(data["metrics"]), np.asarray(data["sample_ids"], dtype=np.int64),
+                       list(data["targets"]), dict(data["columns"]), dict(data.get("info") or {}))
+        except KeyError as err:
+            raise ValueError(f"{path}: key {err} is missing") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+# --- statistics: metric values of many image multisets at once ---------------------------------
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+
+def _chunked(fn: Statistic, n: int, per_row: int) -> Statistic:
+    """``fn`` applied to row chunks of ``weights[R, n]`` (bounded memory)."""
+    def run(weights: np.ndarray) -> np.ndarray:
+        w = np.atleast_2d(weights)
+        step = max(1, int(_CHUNK_VALUES // max(1, n * per_row)))
+        return np.concatenate([np.asarray(fn(w[s:s + step]), dtype=np.float64) for s in range(0, w.shape[0], step)])
+    return run
+
+
+def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
+    """``{metric: statistic(weights[R, n]) -> [R]}`` of one ``scores`` column, each as
+    torchmetrics computes it in :meth:`ClassificationModule.build_metrics`: binary AUROC of the
+    positive-class probability, balanced accuracy and F1 at ``p > 0.5``; multi-class macro
+    one-vs-rest AUROC, macro recall and macro F1 of the argmax; multi-label macro AUROC."""
+    info = evidence.info
+    k = int(info.get("classes", 2))
+    multilabel = bool(info.get("multilabel", False))
+    n = evidence.n
+    values = evidence.columns[key]
+    out: dict[str, Statistic] = {}
+    if multilabel:
+        probs = np.asarray(values, dtype=np.float64).reshape(n, k)
+        labels = np.asarray(evidence.targets, dtype=np.float64).reshape(n, k) > 0.5
+
+        def ml_auroc(w: np.ndarray) -> np.ndarray:
+            per = np.stack([weighted_auroc(probs[:, c], labels[:, c], w) for c in range(k)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.nanmean(per, axis=0)
+        out["auroc"] = _chunked(ml_auroc, n, 4 * k)
+        return out
+    y = np.asarray(evidence.targets, dtype=np.int64).reshape(n)
+    if k == 2:
+        p1 = np.asarray(values, dtype=np.float64).reshape(n)
+        pred = (p1 > 0.5).astype(np.int64)
+        out["auroc"] = _chunked(lambda w: weighted_auroc(p1, y == 1, w), n, 4)
+    else:
+        probs = np.asarray(values, dtype=np.float64).reshape(n, k)
+        pred = probs.argmax(axis=1)
+
+        def mc_auroc(w: np.ndarray) -> np.ndarray:
+            # torchmetrics' macro average keeps every class (an absent one counts 0 and warns);
+            # a class absent from a resample is left out there
+            per = np.stack([weighted_auroc(probs[:, c], y == c, w) for c in range(k)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.nanmean(per, axis=0)
+        out["auroc"] = _chunked(mc_auroc, n, 4 * k)
+    onehot_y = (y[:, None] == np.arange(k)[None, :]).astype(np.float64)       # [n, K]
+    onehot_p = (pred[:, None] == np.arange(k)[None, :]).astype(np.float64)
+    hit = onehot_y * onehot_p
+
+    def counts(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return w @ hit, w @ onehot_y, w @ onehot_p                            # tp, support, predicted
+
+    def balanced(w: np.ndarray) -> np.ndarray:
+        tp, sup, predicted = counts(w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(sup > 0, tp / np.where(sup > 0, sup, 1.0), 0.0)
+        # torchmetrics' macro recall counts a class absent from the targets as 0 when it is
+        # predicted and leaves out a class neither present nor predicted
+        used = (sup + predicted) > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(used.any(axis=1), (recall * used).sum(axis=1) / used.sum(axis=1), np.nan)
+
+    def f1(w: np.ndarray) -> np.ndarray:
+        tp, sup, predicted = counts(w)
+        den = sup + predicted                                                  # 2tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1.0), 0.0)
+        if k == 2:
+            return per[:, 1]                                                   # binary: the positive class
+        present = den > 0
+        return np.where(present.any(axis=1), (per * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan)
+
+    out["balanced_accuracy"] = _chunked(balanced, n, 3 * k)
+    out["f1"] = _chunked(f1, n, 3 * k)
+    return out
+
+
+def _match_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
+    """``{map, map_50, map_75: statistic(weights[R, n]) -> [R]}`` of one ``matches`` column
+    (:func:`lightning_modules.metrics.detection.average_precision_from_matches`); the three
+    share one computation per call."""
+    from lightning_modules.metrics.detection import average_precision_from_matches
+
+    info = evidence.info
+    iou, rec = info["iou_thresholds"], info["rec_thresholds"]
+    names = [m for m in evidence.metrics if m in ("map", "map_50", "map_75")]
+    keys = [(m, None if m == "map" else {"map_50": 0.5, "map_75": 0.75}[m]) for m in names]
+    cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def one(name: str) -> Statistic:
+        def stat(w: np.ndarray) -> np.ndarray:
+            w = np.atleast_2d(w)
+            hit = cache.get(id(w))
+            if hit is None or hit["_w"] is not w:
+                res = average_precision_from_matches(evidence.columns[key], evidence.targets, w, iou, rec, keys)
+                hit = {**res, "_w": w}
+                cache.clear()
+                cache[id(w)] = hit
+            return hit[name]
+        return stat
+    return {m: one(m) for m in names}
+
+
+def statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
+    """``{metric: statistic(weights[R, n]) -> float64[R]}`` for one column ``key`` of
+    ``evidence``: the metric on the image multiset each weight row describes (NaN where it is
+    undefined, e.g. AUROC of a resample with one class); ``ones((1, n))`` gives the metric of
+    the evaluated set, the record's number."""
+    if key not in evidence.columns:
+        raise KeyError(f"dataset-level evidence has no column {key!r}; columns: {list(evidence.columns)[:6]}")
+    fn = _score_statistics if evidence.kind == "scores" else _match_statistics
+    return {m: s for m, s in fn(evidence, key).items() if m in evidence.metrics}
+
+
+def metric_draws(evidence: Evidence, keys: Sequence[str], weights: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """``{metric: {column: float64[1 + R]}}``: each metric on the evaluated set (index 0) and on
+    each resample ``weights[R, n]`` (indices 1…), for the columns ``keys``."""
+    w = np.concatenate([np.ones((1, evidence.n)), np.atleast_2d(weights)])
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in keys:
+        for metric, stat in statistics(evidence, key).items():
+            out.setdefault(metric, {})[key] = np.asarray(stat(w), dtype=np.float64)
+    return out
+
+
+def _percentile(draws: np.ndarray, level: float, n: int, n_resamples: int) -> Interval | None:
+    """Percentile interval from ``draws[0]`` (the estimate) and ``draws[1:]`` (resamples; the
+    undefined ones dropped); ``None`` when the estimate itself is undefined."""
+    est = float(draws[0])
+    if not math.isfinite(est):
+        return None
+    rs = draws[1:][np.isfinite(draws[1:])]
+    if rs.size < max(20, n_resamples // 2):
+        return Interval(est, math.nan, math.nan, level, n, f"percentile ({rs.size} defined resamples)")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(rs, [alpha, 1 - alpha])
+    return Interval(est, float(min(low, est)), float(max(high, est)), level, n, "percentile")
+
+
+def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequence[tuple[str, float]],
+                      lower_is_better: dict[str, bool] | None = None, level: float = DEFAULT_LEVEL,
+                      seed: int = 0, n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
+    """The record's ``intervals["dataset_metrics"]`` (module docstring) from ``evidence``.
+
+    Args:
+        eps: the ε grid (worst-case columns); ``attacks``: the record's (attack label, ε) pairs.
+        lower_is_better: direction per metric for the robust area (default: higher is better).
+        seed, n_resamples: the bootstrap's; one draw of image weights serves every column.
+    """
+    level = _check_level(level)
+    n = evidence.n
+    weights = bootstrap_weights(n, n_resamples, seed)
+    keys = ["clean", *(evidence_key("worst", e) for e in eps), *(evidence_key(a, e) for a, e in attacks)]
+    keys = [k for k in dict.fromkeys(keys) if k in evidence.columns]
+    if "clean" not in keys:
+        raise ValueError("dataset-level evidence has no 'clean' column")
+    draws = metric_draws(evidence, keys, weights)
+    from callbacks.record_intervals import sample_area
+
+    out: dict[str, Any] = {}
+    for metric, cols in draws.items():
+        iv = _percentile(cols["clean"], level, n, n_resamples)
+        entry: dict[str, Any] = {"clean": iv.to_dict() if iv is not None else None, "worst": [], "attacks": []}
+        curve: dict[float, np.ndarray] = {}
+        for e in eps:
+            d = cols.get(evidence_key("worst", e))
+            if d is None:
+                continue
+            curve[float(e)] = d
+            iv = _percentile(d, level, n, n_resamples)
+            if iv is not None:
+                entry["worst"].append({"eps": float(e), **iv.to_dict()})
+        for label, e in attacks:
+            d = cols.get(evidence_key(label, e))
+            iv = None if d is None else _percentile(d, level, n, n_resamples)
+            if iv is not None:
+                entry["attacks"].append({"attack": label, "eps": float(e), **iv.to_dict()})
+        entry["robust_area"] = None
+        if curve:
+            # the trapezoid of each resample's clean and worst-case values (the record's area
+            # from its per-ε numbers, computed on every resample)
+            area = sample_area(cols["clean"], curve, bool((lower_is_better or {}).get(metric, False)))
+            iv = _percentile(area, level, n, n_resamples)
+            entry["robust_area"] = iv.to_dict() if iv is not None else None
+        out[metric] = entry
+    return out
