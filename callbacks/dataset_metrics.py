@@ -286,10 +286,15 @@ def statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
     return {m: s for m, s in fn(evidence, key).items() if m in evidence.metrics}
 
 
-def metric_draws(evidence: Evidence, keys: Sequence[str], weights: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-    """``{metric: {column: float64[1 + R]}}``: each metric on the evaluated set (index 0) and on
-    each resample ``weights[R, n]`` (indices 1…), for the columns ``keys``."""
-    w = np.concatenate([np.ones((1, evidence.n)), np.atleast_2d(weights)])
+def metric_draws(evidence: Evidence, keys: Sequence[str], weights: np.ndarray,
+                 jackknife: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """``{metric: {column: float64[1 + R (+ n)]}}``: each metric on the evaluated set (index 0),
+    on each resample ``weights[R, n]`` (indices 1 … R) and, with ``jackknife``, on the set
+    without image ``i`` (indices R + 1 + i: BCa's acceleration), for the columns ``keys``."""
+    parts = [np.ones((1, evidence.n)), np.atleast_2d(weights)]
+    if jackknife:
+        parts.append(1.0 - np.eye(evidence.n))
+    w = np.concatenate(parts)
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in keys:
         for metric, stat in statistics(evidence, key).items():
@@ -297,18 +302,43 @@ def metric_draws(evidence: Evidence, keys: Sequence[str], weights: np.ndarray) -
     return out
 
 
-def _percentile(draws: np.ndarray, level: float, n: int, n_resamples: int) -> Interval | None:
-    """Percentile interval from ``draws[0]`` (the estimate) and ``draws[1:]`` (resamples; the
-    undefined ones dropped); ``None`` when the estimate itself is undefined."""
+def bca_bounds(estimate: float, draws: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float, str]:
+    """BCa bounds (Efron 1987) from bootstrap ``draws`` and leave-one-out values ``jack``:
+    bias correction ``z0 = Φ⁻¹(share of draws below the estimate, ties half)``, acceleration
+    ``a = Σd³ / (6 (Σd²)^1.5)`` with ``d = mean(jack) − jack``; the percentile bounds when
+    either is undefined (every draw on one side). Returns ``(low, high, method)``."""
+    from scipy import stats
+
+    alpha = (1 - level) / 2
+    share = (np.sum(draws < estimate) + 0.5 * np.sum(draws == estimate)) / draws.size
+    jack = jack[np.isfinite(jack)]
+    d = jack.mean() - jack if jack.size else np.zeros(1)
+    ss = float((d ** 2).sum())
+    a = float((d ** 3).sum() / (6 * ss ** 1.5)) if ss > 0 else 0.0
+    if 0.0 < share < 1.0:
+        z0 = stats.norm.ppf(share)
+        z = stats.norm.ppf([alpha, 1 - alpha])
+        q = stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+        if np.isfinite(q).all():
+            low, high = np.quantile(draws, q)
+            return float(low), float(high), "bca"
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return float(low), float(high), "percentile"
+
+
+def _interval(draws: np.ndarray, level: float, n: int, n_resamples: int) -> Interval | None:
+    """BCa interval from ``draws[0]`` (the estimate), ``draws[1:1 + R]`` (resamples; the
+    undefined ones dropped) and ``draws[1 + R:]`` (the jackknife); ``None`` when the estimate
+    itself is undefined."""
     est = float(draws[0])
     if not math.isfinite(est):
         return None
-    rs = draws[1:][np.isfinite(draws[1:])]
+    rs = draws[1:1 + n_resamples]
+    rs = rs[np.isfinite(rs)]
     if rs.size < max(20, n_resamples // 2):
-        return Interval(est, math.nan, math.nan, level, n, f"percentile ({rs.size} defined resamples)")
-    alpha = (1 - level) / 2
-    low, high = np.quantile(rs, [alpha, 1 - alpha])
-    return Interval(est, float(min(low, est)), float(max(high, est)), level, n, "percentile")
+        return Interval(est, math.nan, math.nan, level, n, f"bca ({rs.size} defined resamples)")
+    low, high, method = bca_bounds(est, rs, draws[1 + n_resamples:], level)
+    return Interval(est, float(min(low, est)), float(max(high, est)), level, n, method)
 
 
 def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequence[tuple[str, float]],
@@ -333,7 +363,7 @@ def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequenc
 
     out: dict[str, Any] = {}
     for metric, cols in draws.items():
-        iv = _percentile(cols["clean"], level, n, n_resamples)
+        iv = _interval(cols["clean"], level, n, n_resamples)
         entry: dict[str, Any] = {"clean": iv.to_dict() if iv is not None else None, "worst": [], "attacks": []}
         curve: dict[float, np.ndarray] = {}
         for e in eps:
@@ -341,12 +371,12 @@ def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequenc
             if d is None:
                 continue
             curve[float(e)] = d
-            iv = _percentile(d, level, n, n_resamples)
+            iv = _interval(d, level, n, n_resamples)
             if iv is not None:
                 entry["worst"].append({"eps": float(e), **iv.to_dict()})
         for label, e in attacks:
             d = cols.get(evidence_key(label, e))
-            iv = None if d is None else _percentile(d, level, n, n_resamples)
+            iv = None if d is None else _interval(d, level, n, n_resamples)
             if iv is not None:
                 entry["attacks"].append({"attack": label, "eps": float(e), **iv.to_dict()})
         entry["robust_area"] = None
@@ -354,7 +384,22 @@ def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequenc
             # the trapezoid of each resample's clean and worst-case values (the record's area
             # from its per-ε numbers, computed on every resample)
             area = sample_area(cols["clean"], curve, bool((lower_is_better or {}).get(metric, False)))
-            iv = _percentile(area, level, n, n_resamples)
+            iv = _interval(area, level, n, n_resamples)
             entry["robust_area"] = iv.to_dict() if iv is not None else None
         out[metric] = entry
     return out
+
+
+def weighted_bca_interval(statistic: Statistic, n: int, level: float = DEFAULT_LEVEL, seed: int = 0,
+                          n_resamples: int = DEFAULT_RESAMPLES) -> Interval | None:
+    """The interval :func:`dataset_intervals` gives one dataset-level metric, for any vectorised
+    ``statistic(weights[R, n]) -> [R]`` (e.g. ``lambda w: weighted_auroc(scores, labels, w)``):
+    BCa over ``n_resamples`` multinomial resamples of the ``n`` images, acceleration from the
+    jackknife (weights with one image left out); ``None`` when the statistic of the evaluated
+    set is undefined."""
+    level = _check_level(level)
+    w = np.concatenate([np.ones((1, n)), bootstrap_weights(n, n_resamples, seed), 1.0 - np.eye(n)])
+    return _interval(np.asarray(statistic(w), dtype=np.float64), level, n, n_resamples)
+
+
+__all__ += ["bca_bounds", "weighted_bca_interval"]
