@@ -553,7 +553,10 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
             f"(`{sm}`) and the robust area (per-sample mean metric over the L2 PGD ε grid, negated for MRE). "
             "Confirmed when AMAT is above 0 on both axes for some SAT ε and, for every SAT ε, on at least one; "
             "refuted when for every SAT ε some axis lies below 0 (AMAT dominates none) or some SAT ε lies below 0 "
-            "on both axes (it dominates AMAT); inconclusive otherwise)",
+            "on both axes (it dominates AMAT); inconclusive otherwise)"
+            + (f"; decided on the mean per-image AP@0.5 (`{sm}`), not on mAP: mAP's intervals are per "
+               "record (bootstrap over images), a paired mAP difference is not built"
+               if sm != group.metric and group.metric.startswith("map") else ""),
             pts + f"{_n_seeds(amat, *sats.values())}. " + "; ".join(shown),
             [t for pair in parts for t in pair], verdict=verdict, point=reading or "n/a"))
         cost_a = _mean([e.get("train_s_per_epoch", math.nan) for e in _seeds(amat)])

@@ -32,16 +32,23 @@ The same evaluation gives a byte-identical file (fixed key order, floats printed
                                   "worst": [{"eps", …}], "attacks": [{"attack", "eps", …}],
                                   "robust_area": {…} or null}, …}
 
-Percentile bootstrap over images (Efron & Tibshirani 1993, ch. 13), seeded. Each resample is a
-vector of multinomial image weights (:func:`callbacks.uncertainty.bootstrap_weights`), the same
-draws for every column of one evaluation, so the robust area's interval comes from the same
-resamples (its draws are the trapezoid of each resample's per-ε values). Why not
+BCa bootstrap over images (Efron 1987), seeded. Each resample is a vector of multinomial image
+weights (:func:`callbacks.uncertainty.bootstrap_weights`), the same draws for every column of
+one evaluation, so the robust area's interval comes from the same resamples (its draws are the
+trapezoid of each resample's per-ε values). The acceleration comes from the jackknife, which
+is one more set of weights (``1 − I``: each image left out once). Why not
 ``scipy.stats.bootstrap``: it hands the statistic resampled copies of the data, so AUROC would
-sort every resample and mAP rebuild every class's list per resample; with weights one sort per
-column serves all 2000 resamples (a weighted Mann–Whitney sum, weighted cumulative TP/FP
-counts). Why percentile and not BCa: BCa's acceleration needs a jackknife of the whole
-statistic (``n`` recomputations per column); the percentile interval of AUROC covers 94–96 %
-in ``tests/test_dataset_metrics.py``'s binormal simulation.
+sort every resample and mAP rebuild every class's ranked list per resample; with weights one
+sort per column serves all 2000 resamples and the jackknife (a weighted Mann–Whitney sum,
+weighted cumulative TP / FP counts). Why BCa and not the percentile interval: at n = 100 and a
+binormal AUROC of 0.94 the percentile interval covered the truth in 92.4 % of 1000 seeded
+replications, BCa in 94.2 % (95.3 % at n = 60, AUROC 0.90: ``tests/test_dataset_metrics.py``);
+AUROC near 1 is skewed, which BCa corrects and the percentile interval does not.
+Limits: a metric whose every resample gives the same value (e.g. balanced accuracy 0 when
+every sample is broken) gets the zero-width interval ``[v, v]`` — the bootstrap cannot see
+beyond the observed samples, unlike the Agresti–Coull interval of the accuracy beside it; and
+ties between scores of *different* images are ordered by sample id here, by evaluation order
+in torchmetrics (equal only when the subset is evaluated in id order, as the evaluation does).
 """
 
 from __future__ import annotations

@@ -175,18 +175,21 @@ def coco_matches(pred: dict[str, Tensor], target: dict[str, Tensor], iou_thresho
             continue
         bits = [0] * len(order)
         if g_idx:
-            iou = _coco_iou(pb[order], gb[g_idx])
-            for k, t in enumerate(thresholds):
-                taken = np.zeros(len(g_idx), dtype=bool)
-                for i in range(len(order)):
-                    best, m = t, -1
-                    for j in range(len(g_idx)):
-                        if taken[j] or iou[i, j] < best:
-                            continue
-                        best, m = iou[i, j], j
-                    if m >= 0:
-                        taken[m] = True
-                        bits[i] |= 1 << k
+            iou = _coco_iou(pb[order], gb[g_idx])                      # [n, m]
+            thr = np.asarray(thresholds)[:, None]                      # [T, 1]
+            taken = np.zeros((len(thresholds), len(g_idx)), dtype=bool)
+            weight = 1 << np.arange(len(thresholds))
+            first = float(thr.min())
+            for i in range(len(order)):
+                if iou[i].max(initial=0.0) < first:
+                    continue  # below every threshold: a false positive everywhere, takes nothing
+                # COCO's loop over ground truth keeps the *last* unmatched box of highest IoU ≥ t
+                cand = np.where(taken, -1.0, iou[i][None, :])          # [T, m]
+                best = cand.max(axis=1)
+                last = cand.shape[1] - 1 - np.argmax(cand[:, ::-1] == best[:, None], axis=1)
+                hit = best >= thr[:, 0]
+                taken[np.nonzero(hit)[0], last[hit]] = True
+                bits[i] = int((weight * hit).sum())
         dets += [[int(c), ps[i], bits[n]] for n, i in enumerate(order)]
     counts = {}
     for c in gl:
