@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--det-eps", type=float, nargs="+", default=[0.004, 0.008, 0.016])
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
+    # NumPy's BLAS with the same thread count as torch (the statistics' matrix products)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
     if "MEDROBUST_DATA" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
         os.environ["MEDROBUST_DATA"] = str((ROOT.parent / "shared" / "data").resolve())
     import torch

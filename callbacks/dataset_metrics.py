@@ -69,10 +69,10 @@ from callbacks.uncertainty import (
     Interval,
     _check_level,
     bootstrap_weights,
-    weighted_auroc,
 )
 
-__all__ = ["FILE_NAME", "Evidence", "dataset_intervals", "evidence_key", "metric_draws", "statistics"]
+__all__ = ["FILE_NAME", "Evidence", "auroc_statistic", "dataset_intervals", "evidence_key", "metric_draws",
+           "statistics"]
 
 #: the file's name inside a run's log directory (beside ``robustness.json``)
 FILE_NAME = "robustness_evidence.json"
@@ -185,6 +185,51 @@ def _chunked(fn: Statistic, n: int, per_row: int) -> Statistic:
     return run
 
 
+def auroc_statistic(scores: np.ndarray, positive: np.ndarray) -> Statistic:
+    """Binary AUROC (Mann–Whitney: P(score of a positive > score of a negative), ties ½; what
+    torchmetrics' exact ROC integrates) as a statistic of image weights ``[R, n] -> [R]``, NaN
+    where a multiset lacks a class. Equal to :func:`callbacks.uncertainty.weighted_auroc`, but
+    the sort and the tie groups are computed once: per call it is a cumulative sum of the
+    negatives' weights in score order and, per positive, the weight of the negatives below its
+    score and tied with it (two gathers) — no per-resample sort."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    order = np.argsort(scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    new = np.r_[True, s[1:] != s[:-1]]
+    group = np.cumsum(new) - 1
+    starts = np.nonzero(new)[0]
+    ends = np.r_[starts[1:], s.size]                       # one past each tie group's end
+    neg_before = np.r_[0, np.cumsum(~pos)]                  # negatives at sorted positions < i
+    p_at = np.nonzero(pos)[0]
+    below_idx = neg_before[starts[group[p_at]]]            # negatives strictly below each positive
+    upto_idx = neg_before[ends[group[p_at]]]               # … below or tied with it
+    neg_cols, pos_cols = order[~pos], order[pos]
+
+    def stat(w: np.ndarray) -> np.ndarray:
+        w = np.atleast_2d(w)
+        wn = w[:, neg_cols]
+        c = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(wn, axis=1)], axis=1)
+        below, upto = c[:, below_idx], c[:, upto_idx]
+        wp = w[:, pos_cols]
+        num = (wp * (0.5 * (below + upto))).sum(axis=1)
+        den = wp.sum(axis=1) * c[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return _chunked(stat, scores.size, 4)
+
+
+def _mean_over(stats: list[Statistic]) -> Statistic:
+    """The macro average of per-class statistics; a class undefined in a multiset (absent) is
+    left out of that multiset's mean."""
+    def stat(w: np.ndarray) -> np.ndarray:
+        per = np.stack([f(w) for f in stats])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(per, axis=0)
+    return stat
+
+
 def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
     """``{metric: statistic(weights[R, n]) -> [R]}`` of one ``scores`` column, each as
     torchmetrics computes it in :meth:`ClassificationModule.build_metrics`: binary AUROC of the
@@ -199,37 +244,30 @@ def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
     if multilabel:
         probs = np.asarray(values, dtype=np.float64).reshape(n, k)
         labels = np.asarray(evidence.targets, dtype=np.float64).reshape(n, k) > 0.5
-
-        def ml_auroc(w: np.ndarray) -> np.ndarray:
-            per = np.stack([weighted_auroc(probs[:, c], labels[:, c], w) for c in range(k)])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return np.nanmean(per, axis=0)
-        out["auroc"] = _chunked(ml_auroc, n, 4 * k)
+        out["auroc"] = _mean_over([auroc_statistic(probs[:, c], labels[:, c]) for c in range(k)])
         return out
     y = np.asarray(evidence.targets, dtype=np.int64).reshape(n)
     if k == 2:
         p1 = np.asarray(values, dtype=np.float64).reshape(n)
         pred = (p1 > 0.5).astype(np.int64)
-        out["auroc"] = _chunked(lambda w: weighted_auroc(p1, y == 1, w), n, 4)
+        out["auroc"] = auroc_statistic(p1, y == 1)
     else:
+        # torchmetrics' macro average keeps every class (an absent one counts 0 and warns); a
+        # class absent from a resample is left out there
         probs = np.asarray(values, dtype=np.float64).reshape(n, k)
         pred = probs.argmax(axis=1)
-
-        def mc_auroc(w: np.ndarray) -> np.ndarray:
-            # torchmetrics' macro average keeps every class (an absent one counts 0 and warns);
-            # a class absent from a resample is left out there
-            per = np.stack([weighted_auroc(probs[:, c], y == c, w) for c in range(k)])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return np.nanmean(per, axis=0)
-        out["auroc"] = _chunked(mc_auroc, n, 4 * k)
+        out["auroc"] = _mean_over([auroc_statistic(probs[:, c], y == c) for c in range(k)])
     onehot_y = (y[:, None] == np.arange(k)[None, :]).astype(np.float64)       # [n, K]
     onehot_p = (pred[:, None] == np.arange(k)[None, :]).astype(np.float64)
-    hit = onehot_y * onehot_p
+    design = np.concatenate([onehot_y * onehot_p, onehot_y, onehot_p], axis=1)  # [n, 3K]
+    last: list[Any] = [None, None]
 
     def counts(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return w @ hit, w @ onehot_y, w @ onehot_p                            # tp, support, predicted
+        """tp, support, predicted per class ``[R, K]``: one product, shared by both metrics."""
+        if last[0] is not w:
+            last[0], last[1] = w, np.atleast_2d(w) @ design
+        m = last[1]
+        return m[:, :k], m[:, k:2 * k], m[:, 2 * k:]
 
     def balanced(w: np.ndarray) -> np.ndarray:
         tp, sup, predicted = counts(w)
@@ -251,8 +289,8 @@ def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
         present = den > 0
         return np.where(present.any(axis=1), (per * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan)
 
-    out["balanced_accuracy"] = _chunked(balanced, n, 3 * k)
-    out["f1"] = _chunked(f1, n, 3 * k)
+    out["balanced_accuracy"] = balanced
+    out["f1"] = f1
     return out
 
 
