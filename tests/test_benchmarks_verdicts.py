@@ -369,3 +369,16 @@ def test_size_rule_with_seeds_uses_the_two_level_ratio_bootstrap(tmp_path: Path)
     assert agree["verdict"] == "confirmed" and agree["tests"].count("2 seeds") == 3
     (split,) = joel_size_claim(results((10, 90, 170)), sides)
     assert split["verdict"] == "inconclusive"
+
+
+def test_medmnist_auroc_falls_back_to_the_records_interval(tmp_path: Path) -> None:
+    """A run folder without the evidence file whose record carries an AUROC interval (one seed):
+    the rule tests that interval."""
+    entry = _write_run(tmp_path, "rec", {"clean/accuracy": _ones(600, 590)}, with_intervals=True)
+    entry["test"]["clean"]["auroc"] = 0.97
+    iv = {"estimate": 0.97, "low": 0.955, "high": 0.982, "level": 0.95, "n": 600, "method": "bca"}
+    entry["test"]["intervals"]["dataset_metrics"] = {"auroc": {"clean": iv, "worst": [], "attacks": [],
+                                                               "robust_area": None}}
+    (claim,) = medmnist_check({"pneumoniamnist/clean": entry}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "confirmed" and "the record's interval" in claim["tests"]
+    assert dataset_estimate(entry, "auroc").interval.low == 0.955
