@@ -179,10 +179,8 @@ def coco_matches(pred: dict[str, Tensor], target: dict[str, Tensor], iou_thresho
             thr = np.asarray(thresholds)[:, None]                      # [T, 1]
             taken = np.zeros((len(thresholds), len(g_idx)), dtype=bool)
             weight = 1 << np.arange(len(thresholds))
-            first = float(thr.min())
-            for i in range(len(order)):
-                if iou[i].max(initial=0.0) < first:
-                    continue  # below every threshold: a false positive everywhere, takes nothing
+            # a detection below every threshold is a false positive everywhere and takes nothing
+            for i in np.nonzero(iou.max(axis=1) >= float(thr.min()))[0].tolist():
                 # COCO's loop over ground truth keeps the *last* unmatched box of highest IoU ≥ t
                 cand = np.where(taken, -1.0, iou[i][None, :])          # [T, m]
                 best = cand.max(axis=1)
@@ -195,6 +193,20 @@ def coco_matches(pred: dict[str, Tensor], target: dict[str, Tensor], iou_thresho
     for c in gl:
         counts[c] = counts.get(c, 0) + 1
     return dets, [[int(c), int(counts[c])] for c in sorted(counts)]
+
+
+def _count_at_most(thresholds: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``searchsorted(thresholds, x, side="right")`` (how many thresholds are ≤ each ``x``) for
+    thresholds within a rounding error of ``0, 1/m, …, 1`` (COCO's recall thresholds) and ``x``
+    in ``[0, 1]``: a guess from ``x·m``, corrected by one step either way — exact, and several
+    times faster than a binary search on large arrays."""
+    m = thresholds.size - 1
+    above = np.r_[thresholds, np.inf]       # above[g]: the next threshold a count g would pass
+    below = np.r_[-np.inf, thresholds]      # below[g]: the last threshold a count g includes
+    g = np.clip(np.floor(x * m).astype(np.int64) + 1, 0, m + 1)
+    g += above[g] <= x
+    g -= below[g] > x
+    return g
 
 
 def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]]],
@@ -214,8 +226,9 @@ def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]
     threshold as ``k`` copies would (copies of a detection are adjacent with equal precision
     steps). Precision ``tp / (tp + fp + spacing(1))``, recall ``tp / (ground-truth count)``, the
     envelope, and the 101-point interpolation follow COCOeval; a class with no ground truth in a
-    multiset is left out of its mean. Detections after a class's last true positive are dropped
-    first: they lower no envelope value at a recall threshold.
+    multiset is left out of its mean. Only the positions of true positives are evaluated (the
+    false positives enter as counts before them): the envelope at every recall threshold is the
+    same, and the cost scales with the ground truth, not with the detections.
 
     Returns ``{key: float64[R]}`` for ``keys`` (``(name, IoU threshold)``, ``None``: mean over all
     thresholds); NaN for a multiset without ground truth.
@@ -251,30 +264,38 @@ def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]
         sel = np.nonzero(cls_a == c)[0]
         order = sel[np.argsort(-score_a[sel], kind="mergesort")]
         tp = ((bits_a[order][None, :] >> np.arange(n_t)[:, None]) & 1).astype(np.float64)  # [T, D]
-        hits = np.nonzero(tp.any(axis=0))[0]
         defined = npig > 0
         ap[defined, :, k] = 0.0
-        if hits.size == 0:
-            continue
-        last = int(hits[-1]) + 1
-        tp, who = tp[:, :last], img_a[order[:last]]
-        chunk = max(1, int(4e6 // (n_t * last)))
-        for start in range(0, r_count, chunk):
-            w = w_all[start:start + chunk][:, who]                          # [r, D]
-            tpc = np.cumsum(w[:, None, :] * tp[None], axis=2)               # [r, T, D]
-            fpc = np.cumsum(w[:, None, :] * (1.0 - tp[None]), axis=2)
-            g = npig[start:start + chunk, None, None]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rc = tpc / np.where(g > 0, g, 1.0)
-            pr = tpc / (fpc + tpc + eps)
-            env = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]
-            # recall thresholds r with rc[i-1] < r <= rc[i] take the envelope at i (COCO's
-            # searchsorted(rc, r, "left")); thresholds above the last recall take 0
-            upto = np.searchsorted(rec, rc, side="right")
-            share = np.diff(upto, axis=2, prepend=0)
-            vals = (env * share).sum(axis=2) / rec.size                    # [r, T]
-            ok = defined[start:start + chunk]
-            ap[start:start + chunk][ok, :, k] = vals[ok]
+        g = npig[:, None]
+        # Per IoU threshold, only its true-positive positions matter: recall rises only there,
+        # and the precision of a false positive never exceeds that of the point before it, so
+        # the envelope at every recall threshold is the same computed on them alone. The false
+        # positives enter as counts: all detections up to each such position (``cw``) minus the
+        # true ones. The cost therefore scales with the matched ground truth, not the detections.
+        for t in range(n_t):
+            at = np.nonzero(tp[t])[0]
+            if at.size == 0:
+                continue
+            img = img_a[order[:at[-1] + 1]]
+            cnt = np.zeros((n, at.size))
+            np.add.at(cnt, (img, np.searchsorted(at, np.arange(img.size))), 1.0)
+            img_at = img_a[order[at]]
+            chunk = max(1, int(4e6 // (at.size + n)))
+            for start in range(0, r_count, chunk):
+                w = w_all[start:start + chunk]
+                cw = np.cumsum(w @ cnt, axis=1)                            # [r, P]: detections so far
+                tpc = np.cumsum(w[:, img_at], axis=1)                      # true positives so far
+                gg = g[start:start + chunk]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rc = tpc / np.where(gg > 0, gg, 1.0)
+                pr = tpc / (cw + eps)                                       # tp / (tp + fp + spacing(1))
+                env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+                # recall thresholds r with rc[i-1] < r <= rc[i] take the envelope at i (COCO's
+                # searchsorted(rc, r, "left")); thresholds above the last recall take 0
+                share = np.diff(_count_at_most(rec, rc), axis=1, prepend=0)
+                vals = (env * share).sum(axis=1) / rec.size                # [r]
+                ok = defined[start:start + chunk]
+                ap[start:start + chunk, t, k][ok] = vals[ok]
     out = {}
     import warnings
 
