@@ -36,7 +36,9 @@ BCa bootstrap over images (Efron 1987), seeded. Each resample is a vector of mul
 weights (:func:`callbacks.uncertainty.bootstrap_weights`), the same draws for every column of
 one evaluation, so the robust area's interval comes from the same resamples (its draws are the
 trapezoid of each resample's per-ε values). The acceleration comes from the jackknife, which
-is one more set of weights (``1 − I``: each image left out once). Why not
+is one more set of weights (``1 − I``: each image left out once; above 1000 images, 1000 groups
+left out in turn, a grouped jackknife). Rows are generated and used in chunks, so memory stays
+bounded for large test sets. Why not
 ``scipy.stats.bootstrap``: it hands the statistic resampled copies of the data, so AUROC would
 sort every resample and mAP rebuild every class's ranked list per resample; with weights one
 sort per column serves all 2000 resamples and the jackknife (a weighted Mann–Whitney sum,
@@ -56,7 +58,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,6 @@ from callbacks.uncertainty import (
     DEFAULT_RESAMPLES,
     Interval,
     _check_level,
-    bootstrap_weights,
 )
 
 __all__ = ["FILE_NAME", "Evidence", "auroc_statistic", "dataset_intervals", "evidence_key", "metric_draws",
@@ -296,26 +297,22 @@ def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
 
 def _match_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
     """``{map, map_50, map_75: statistic(weights[R, n]) -> [R]}`` of one ``matches`` column
-    (:func:`lightning_modules.metrics.detection.average_precision_from_matches`); the three
-    share one computation per call."""
-    from lightning_modules.metrics.detection import average_precision_from_matches
+    (:func:`lightning_modules.metrics.detection.ap_statistic`, the lists parsed once); the
+    three share one computation per weight matrix."""
+    from lightning_modules.metrics.detection import ap_statistic
 
     info = evidence.info
-    iou, rec = info["iou_thresholds"], info["rec_thresholds"]
     names = [m for m in evidence.metrics if m in ("map", "map_50", "map_75")]
     keys = [(m, None if m == "map" else {"map_50": 0.5, "map_75": 0.75}[m]) for m in names]
-    cache: dict[int, dict[str, np.ndarray]] = {}
+    compute = ap_statistic(evidence.columns[key], evidence.targets, info["iou_thresholds"],
+                           info["rec_thresholds"], keys)
+    last: list[Any] = [None, None]
 
     def one(name: str) -> Statistic:
         def stat(w: np.ndarray) -> np.ndarray:
-            w = np.atleast_2d(w)
-            hit = cache.get(id(w))
-            if hit is None or hit["_w"] is not w:
-                res = average_precision_from_matches(evidence.columns[key], evidence.targets, w, iou, rec, keys)
-                hit = {**res, "_w": w}
-                cache.clear()
-                cache[id(w)] = hit
-            return hit[name]
+            if last[0] is not w:
+                last[0], last[1] = w, compute(w)
+            return last[1][name]
         return stat
     return {m: one(m) for m in names}
 
@@ -331,20 +328,47 @@ def statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
     return {m: s for m, s in fn(evidence, key).items() if m in evidence.metrics}
 
 
-def metric_draws(evidence: Evidence, keys: Sequence[str], weights: np.ndarray,
-                 jackknife: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """``{metric: {column: float64[1 + R (+ n)]}}``: each metric on the evaluated set (index 0),
-    on each resample ``weights[R, n]`` (indices 1 … R) and, with ``jackknife``, on the set
-    without image ``i`` (indices R + 1 + i: BCa's acceleration), for the columns ``keys``."""
-    parts = [np.ones((1, evidence.n)), np.atleast_2d(weights)]
+#: the jackknife's groups at most: each image its own group up to this many images, above it
+#: images are dealt into this many groups (a grouped jackknife; memory and time stay bounded)
+JACKKNIFE_GROUPS = 1000
+
+
+def weight_rows(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                jackknife: bool = True) -> Iterator[np.ndarray]:
+    """Image weights in row chunks of at most ~4 M values: the evaluated set (one row of ones),
+    ``n_resamples`` multinomial bootstrap resamples (seeded; :func:`callbacks.uncertainty.
+    bootstrap_weights`' distribution), then the jackknife — each image left out once, or for
+    ``n > JACKKNIFE_GROUPS`` each of ``JACKKNIFE_GROUPS`` groups (image ``i`` in group
+    ``i mod G``) left out once."""
+    if n <= 0:
+        raise ValueError(f"weight_rows: need n > 0 images, got {n}")
+    step = max(1, int(_CHUNK_VALUES // n))
+    yield np.ones((1, n))
+    rng = np.random.default_rng(seed)
+    p = np.full(n, 1.0 / n)
+    for start in range(0, int(n_resamples), step):
+        yield rng.multinomial(n, p, size=min(step, int(n_resamples) - start)).astype(np.float64)
     if jackknife:
-        parts.append(1.0 - np.eye(evidence.n))
-    w = np.concatenate(parts)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key in keys:
-        for metric, stat in statistics(evidence, key).items():
-            out.setdefault(metric, {})[key] = np.asarray(stat(w), dtype=np.float64)
-    return out
+        groups = min(n, JACKKNIFE_GROUPS)
+        member = np.arange(n) % groups
+        for start in range(0, groups, step):
+            ids = np.arange(start, min(groups, start + step))
+            yield 1.0 - (member[None, :] == ids[:, None]).astype(np.float64)
+
+
+def metric_draws(evidence: Evidence, keys: Sequence[str], n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                 jackknife: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """``{metric: {column: float64[1 + R (+ G)]}}``: each metric on the evaluated set (index
+    0), on each bootstrap resample (indices 1 … R) and, with ``jackknife``, on each jackknife
+    set (BCa's acceleration), for the columns ``keys``; one draw of image weights
+    (:func:`weight_rows`) serves every column, chunk by chunk."""
+    stats = {key: statistics(evidence, key) for key in keys}
+    parts: dict[str, dict[str, list[np.ndarray]]] = {}
+    for w in weight_rows(evidence.n, n_resamples, seed, jackknife):
+        for key, per in stats.items():
+            for metric, fn in per.items():
+                parts.setdefault(metric, {}).setdefault(key, []).append(np.asarray(fn(w), dtype=np.float64))
+    return {m: {k: np.concatenate(v) for k, v in cols.items()} for m, cols in parts.items()}
 
 
 def bca_bounds(estimate: float, draws: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float, str]:
@@ -398,12 +422,11 @@ def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequenc
     """
     level = _check_level(level)
     n = evidence.n
-    weights = bootstrap_weights(n, n_resamples, seed)
     keys = ["clean", *(evidence_key("worst", e) for e in eps), *(evidence_key(a, e) for a, e in attacks)]
     keys = [k for k in dict.fromkeys(keys) if k in evidence.columns]
     if "clean" not in keys:
         raise ValueError("dataset-level evidence has no 'clean' column")
-    draws = metric_draws(evidence, keys, weights)
+    draws = metric_draws(evidence, keys, n_resamples, seed)
     from callbacks.record_intervals import sample_area
 
     out: dict[str, Any] = {}
@@ -440,11 +463,11 @@ def weighted_bca_interval(statistic: Statistic, n: int, level: float = DEFAULT_L
     """The interval :func:`dataset_intervals` gives one dataset-level metric, for any vectorised
     ``statistic(weights[R, n]) -> [R]`` (e.g. ``lambda w: weighted_auroc(scores, labels, w)``):
     BCa over ``n_resamples`` multinomial resamples of the ``n`` images, acceleration from the
-    jackknife (weights with one image left out); ``None`` when the statistic of the evaluated
-    set is undefined."""
+    jackknife (:func:`weight_rows`); ``None`` when the statistic of the evaluated set is
+    undefined."""
     level = _check_level(level)
-    w = np.concatenate([np.ones((1, n)), bootstrap_weights(n, n_resamples, seed), 1.0 - np.eye(n)])
-    return _interval(np.asarray(statistic(w), dtype=np.float64), level, n, n_resamples)
+    draws = np.concatenate([np.asarray(statistic(w), dtype=np.float64) for w in weight_rows(n, n_resamples, seed)])
+    return _interval(draws, level, n, n_resamples)
 
 
-__all__ += ["bca_bounds", "weighted_bca_interval"]
+__all__ += ["JACKKNIFE_GROUPS", "bca_bounds", "weight_rows", "weighted_bca_interval"]

@@ -16,6 +16,7 @@ from scipy import stats
 from callbacks.dataset_metrics import (
     FILE_NAME,
     Evidence,
+    auroc_statistic,
     dataset_intervals,
     statistics,
     weighted_bca_interval,
@@ -43,7 +44,7 @@ def test_auroc_interval_covers_the_binormal_truth() -> None:
     hits = 0
     for rep in range(1000):
         s = rng.normal(size=n) + d * y
-        iv = weighted_bca_interval(lambda w, s=s: weighted_auroc(s, y, w), n, seed=rep, n_resamples=500)
+        iv = weighted_bca_interval(auroc_statistic(s, y), n, seed=rep, n_resamples=500)
         assert iv.low <= iv.estimate <= iv.high
         hits += iv.low <= auc <= iv.high
     assert 0.93 <= hits / 1000 <= 0.97
@@ -137,6 +138,24 @@ def test_binary_scores_recompute_torchmetrics_and_intervals_contain_their_estima
     # seeded: the same evidence gives the same intervals; another seed other bounds
     assert dataset_intervals(ev, [0.01], [("pgd", 0.01)], seed=0, n_resamples=400) == out
     assert dataset_intervals(ev, [0.01], [("pgd", 0.01)], seed=1, n_resamples=400) != out
+
+
+def test_auroc_statistic_equals_the_reference_with_ties_and_missing_classes() -> None:
+    """The one-sort AUROC equals :func:`callbacks.uncertainty.weighted_auroc` (a sort per call)
+    on scores with many ties, under bootstrap and jackknife weights (NaN where a class is
+    missing), and torchmetrics' binary AUROC at unit weights."""
+    from torchmetrics.classification import AUROC
+
+    from callbacks.dataset_metrics import weight_rows
+
+    rng = np.random.default_rng(4)
+    for n in (7, 60):
+        s = np.round(rng.normal(size=n), 1)
+        y = rng.random(n) < 0.4
+        w = np.concatenate(list(weight_rows(n, 200, seed=1)))
+        np.testing.assert_allclose(auroc_statistic(s, y)(w), weighted_auroc(s, y, w), rtol=0, atol=1e-12)
+        ref = AUROC(task="binary")(torch.tensor(s, dtype=torch.float32), torch.tensor(y.astype(int)))
+        assert auroc_statistic(s, y)(np.ones((1, n)))[0] == pytest.approx(float(ref), abs=1e-6)
 
 
 def test_evidence_file_round_trip_and_errors(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ them. Backend: ``pycocotools`` (a declared dependency of the project).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -234,10 +235,20 @@ def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]
     thresholds); NaN for a multiset without ground truth.
     """
     w_all = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    r_count, n = w_all.shape
-    if len(detections) != n or len(ground_truth) != n:
+    if len(detections) != w_all.shape[1] or len(ground_truth) != w_all.shape[1]:
         raise ValueError(f"average_precision_from_matches: {len(detections)} detection lists and "
-                         f"{len(ground_truth)} ground-truth lists for weights of {n} images")
+                         f"{len(ground_truth)} ground-truth lists for weights of {w_all.shape[1]} images")
+    return ap_statistic(detections, ground_truth, iou_thresholds, rec_thresholds, keys)(w_all)
+
+
+def ap_statistic(detections: Sequence[Sequence[Sequence[float]]], ground_truth: Sequence[Sequence[Sequence[int]]],
+                 iou_thresholds: Sequence[float], rec_thresholds: Sequence[float],
+                 keys: Sequence[tuple[str, float | None]] = (("map", None), ("map_50", 0.5), ("map_75", 0.75)),
+                 ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """:func:`average_precision_from_matches` with the image lists parsed and every class's
+    ranking prepared once: returns ``weights[R, n] -> {key: float64[R]}`` (call it on chunks of
+    resamples)."""
+    n = len(detections)
     thr = np.asarray(iou_thresholds, dtype=np.float64)
     rec = np.asarray(rec_thresholds, dtype=np.float64)
     n_t = thr.size
@@ -257,59 +268,65 @@ def average_precision_from_matches(detections: Sequence[Sequence[Sequence[float]
                 bits.append(int(b))
     img_a, cls_a, score_a, bits_a = (np.asarray(img, dtype=np.int64), np.asarray(cls, dtype=np.int64),
                                      np.asarray(score, dtype=np.float64), np.asarray(bits, dtype=np.int64))
-    ap = np.full((r_count, n_t, len(classes)), np.nan)
-    eps = np.spacing(1)
-    for k, c in enumerate(classes):
-        npig = w_all @ gt_count[:, k]                                     # [R]
+    # Per class and IoU threshold, only its true-positive positions matter: recall rises only
+    # there, and the precision of a false positive never exceeds that of the point before it,
+    # so the envelope at every recall threshold is the same computed on them alone. The false
+    # positives enter as counts: all detections up to each such position (``cnt``: per image,
+    # its detections between consecutive true positives) minus the true ones. The cost scales
+    # with the matched ground truth, not with the detections.
+    prepared: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
+    for c in classes:
         sel = np.nonzero(cls_a == c)[0]
         order = sel[np.argsort(-score_a[sel], kind="mergesort")]
-        tp = ((bits_a[order][None, :] >> np.arange(n_t)[:, None]) & 1).astype(np.float64)  # [T, D]
-        defined = npig > 0
-        ap[defined, :, k] = 0.0
-        g = npig[:, None]
-        # Per IoU threshold, only its true-positive positions matter: recall rises only there,
-        # and the precision of a false positive never exceeds that of the point before it, so
-        # the envelope at every recall threshold is the same computed on them alone. The false
-        # positives enter as counts: all detections up to each such position (``cw``) minus the
-        # true ones. The cost therefore scales with the matched ground truth, not the detections.
+        per_t = []
         for t in range(n_t):
-            at = np.nonzero(tp[t])[0]
+            at = np.nonzero((bits_a[order] >> t) & 1)[0]
             if at.size == 0:
                 continue
-            img = img_a[order[:at[-1] + 1]]
+            im = img_a[order[:at[-1] + 1]]
             cnt = np.zeros((n, at.size))
-            np.add.at(cnt, (img, np.searchsorted(at, np.arange(img.size))), 1.0)
-            img_at = img_a[order[at]]
-            chunk = max(1, int(4e6 // (at.size + n)))
-            for start in range(0, r_count, chunk):
-                w = w_all[start:start + chunk]
-                cw = np.cumsum(w @ cnt, axis=1)                            # [r, P]: detections so far
-                tpc = np.cumsum(w[:, img_at], axis=1)                      # true positives so far
-                gg = g[start:start + chunk]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    rc = tpc / np.where(gg > 0, gg, 1.0)
+            np.add.at(cnt, (im, np.searchsorted(at, np.arange(im.size))), 1.0)
+            per_t.append((t, cnt, img_a[order[at]]))
+        prepared.append(per_t)
+    eps = np.spacing(1)
+    named = []
+    for name, t in keys:
+        if t is None:
+            named.append((name, None))
+            continue
+        hit = np.nonzero(np.isclose(thr, float(t)))[0]
+        if hit.size == 0:
+            raise ValueError(f"average_precision_from_matches: no IoU threshold {t} in {list(thr)}")
+        named.append((name, int(hit[0])))
+
+    def stat(weights: np.ndarray) -> dict[str, np.ndarray]:
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[1] != n:
+            raise ValueError(f"average_precision_from_matches: weights of {w.shape[1]} images for {n}")
+        ap = np.full((w.shape[0], n_t, len(classes)), np.nan)
+        for k, per_t in enumerate(prepared):
+            npig = w @ gt_count[:, k]                                      # [R] ground truth
+            defined = npig > 0
+            ap[defined, :, k] = 0.0
+            g = np.where(defined, npig, 1.0)[:, None]
+            for t, cnt, img_at in per_t:
+                cw = np.cumsum(w @ cnt, axis=1)                             # [R, P] detections so far
+                tpc = np.cumsum(w[:, img_at], axis=1)                       # true positives so far
+                rc = tpc / g
                 pr = tpc / (cw + eps)                                       # tp / (tp + fp + spacing(1))
                 env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
                 # recall thresholds r with rc[i-1] < r <= rc[i] take the envelope at i (COCO's
                 # searchsorted(rc, r, "left")); thresholds above the last recall take 0
                 share = np.diff(_count_at_most(rec, rc), axis=1, prepend=0)
-                vals = (env * share).sum(axis=1) / rec.size                # [r]
-                ok = defined[start:start + chunk]
-                ap[start:start + chunk, t, k][ok] = vals[ok]
-    out = {}
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a multiset without ground truth: NaN
-        for name, t in keys:
-            if t is None:
-                out[name] = np.nanmean(ap.reshape(r_count, -1), axis=1)
-            else:
-                hit = np.nonzero(np.isclose(thr, float(t)))[0]
-                if hit.size == 0:
-                    raise ValueError(f"average_precision_from_matches: no IoU threshold {t} in {list(thr)}")
-                out[name] = np.nanmean(ap[:, int(hit[0]), :], axis=1)
-    return out
+                vals = (env * share).sum(axis=1) / rec.size
+                ap[defined, t, k] = vals[defined]
+        out = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a multiset without ground truth: NaN
+            for name, t in named:
+                out[name] = np.nanmean(ap.reshape(ap.shape[0], -1) if t is None else ap[:, t, :], axis=1)
+        return out
+    return stat
 
 
-__all__ += ["average_precision_from_matches", "coco_matches", "coco_thresholds"]
+__all__ += ["ap_statistic", "average_precision_from_matches", "coco_matches", "coco_thresholds"]
