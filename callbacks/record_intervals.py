@@ -17,7 +17,7 @@ What the intervals are of: the mean over samples of the task's per-sample metric
 For accuracy, Dice, IoU and radial error that mean is the record's own number; metrics that
 are not a mean of per-sample values (AUROC, balanced accuracy, F1, detection's mAP) get their
 intervals from the dataset-level evidence file instead, under ``"dataset_metrics"``
-(:mod:`callbacks.dataset_metrics`: percentile bootstrap over images), and ``metric`` names
+(:mod:`callbacks.dataset_metrics`: BCa bootstrap over images), and ``metric`` names
 the per-sample quantity the intervals above describe (``ap50``: mean per-image AP@0.5).
 
 * a 0/1 metric (accuracy): the Agresti–Coull interval of the proportion

@@ -79,7 +79,7 @@ def interval_section(record: RobustnessRecord) -> list[str]:
     dataset = iv.get("dataset_metrics") or {}
     if dataset:
         first = next((record.interval("clean", metric=m) for m in dataset), None)
-        lines.append(f"Dataset-level metrics ({', '.join(f'`{m}`' for m in dataset)}): percentile bootstrap "
+        lines.append(f"Dataset-level metrics ({', '.join(f'`{m}`' for m in dataset)}): BCa bootstrap "
                      f"over {first.n if first else '–'} images, the metric recomputed on each resample "
                      "(seeded, from `robustness_evidence.json`).")
         for m in dataset:
