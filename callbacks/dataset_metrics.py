@@ -343,17 +343,31 @@ def weight_rows(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
     if n <= 0:
         raise ValueError(f"weight_rows: need n > 0 images, got {n}")
     step = max(1, int(_CHUNK_VALUES // n))
-    yield np.ones((1, n))
-    rng = np.random.default_rng(seed)
-    p = np.full(n, 1.0 / n)
-    for start in range(0, int(n_resamples), step):
-        yield rng.multinomial(n, p, size=min(step, int(n_resamples) - start)).astype(np.float64)
-    if jackknife:
-        groups = min(n, JACKKNIFE_GROUPS)
-        member = np.arange(n) % groups
-        for start in range(0, groups, step):
-            ids = np.arange(start, min(groups, start + step))
-            yield 1.0 - (member[None, :] == ids[:, None]).astype(np.float64)
+
+    def blocks() -> Iterator[np.ndarray]:
+        yield np.ones((1, n))
+        rng = np.random.default_rng(seed)
+        p = np.full(n, 1.0 / n)
+        for start in range(0, int(n_resamples), step):
+            yield rng.multinomial(n, p, size=min(step, int(n_resamples) - start)).astype(np.float64)
+        if jackknife:
+            groups = min(n, JACKKNIFE_GROUPS)
+            member = np.arange(n) % groups
+            for start in range(0, groups, step):
+                ids = np.arange(start, min(groups, start + step))
+                yield 1.0 - (member[None, :] == ids[:, None]).astype(np.float64)
+
+    # packed into chunks of up to ``step`` rows: few calls of each statistic (its fixed cost)
+    pending: list[np.ndarray] = []
+    rows = 0
+    for block in blocks():
+        if pending and rows + block.shape[0] > step:
+            yield np.concatenate(pending)
+            pending, rows = [], 0
+        pending.append(block)
+        rows += block.shape[0]
+    if pending:
+        yield np.concatenate(pending)
 
 
 def metric_draws(evidence: Evidence, keys: Sequence[str], n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
