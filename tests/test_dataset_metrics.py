@@ -234,3 +234,20 @@ def test_a_record_without_dataset_intervals_still_loads_and_reports(tmp_path: Pa
     write_report(rec, tmp_path / "report.md")
     assert "adv/clean/auroc_ci_low" not in scalar_values(rec, "adv")
     assert "adv/clean/auroc_ci_low" in scalar_values(RobustnessRecord.load(tmp_path / "robustness.json"), "adv")
+
+
+def test_paper_report_tables_show_the_auroc_interval_of_a_one_seed_run(tmp_path: Path) -> None:
+    from benchmarks.paper_report import metric_table
+    from benchmarks.paper_suites import JOEL
+    from callbacks.record import RobustnessRecord
+
+    _validate(tmp_path, subset=24)
+    rec = RobustnessRecord.load(tmp_path / "robustness.json")
+    results = {"pneumoniamnist/naive": {"label": "naive", "log_dir": str(tmp_path), "test": rec.to_dict()}}
+    table = metric_table(JOEL, JOEL.group("pneumoniamnist"), results, "auroc", ensemble_only=True)
+    clean, worst = rec.interval("clean", metric="auroc"), rec.interval("worst", 0.02, metric="auroc")
+    assert f"{rec.clean['auroc']:.3f} [{clean.low:.3f}, {clean.high:.3f}]" in table
+    assert f"[{worst.low:.3f}, {worst.high:.3f}]" in table
+    seeds = {"pneumoniamnist/naive": {**results["pneumoniamnist/naive"],
+                                      "seeds": [results["pneumoniamnist/naive"]] * 2}}
+    assert "[" not in metric_table(JOEL, JOEL.group("pneumoniamnist"), seeds, "auroc", ensemble_only=True)
