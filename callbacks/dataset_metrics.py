@@ -485,3 +485,53 @@ def weighted_bca_interval(statistic: Statistic, n: int, level: float = DEFAULT_L
 
 
 __all__ += ["JACKKNIFE_GROUPS", "bca_bounds", "weight_rows", "weighted_bca_interval"]
+
+
+def aligned(a: Evidence, b: Evidence) -> tuple[Evidence, Evidence]:
+    """Both evidence tables restricted to the sample ids they share, sorted by id (for paired
+    comparisons); ``ValueError`` when they share none or are of different kinds."""
+    if a.kind != b.kind:
+        raise ValueError(f"dataset-level evidence of different kinds ({a.kind!r}, {b.kind!r}) cannot be paired")
+    common = np.intersect1d(a.sample_ids, b.sample_ids)
+    if common.size == 0:
+        raise ValueError("the two runs share no evaluated sample id: a paired comparison needs the same samples")
+
+    def take(ev: Evidence) -> Evidence:
+        pos = {int(s): i for i, s in enumerate(ev.sample_ids.tolist())}
+        rows = [pos[int(s)] for s in common]
+        return Evidence(ev.kind, list(ev.metrics), common.copy(), [ev.targets[i] for i in rows],
+                        {k: [v[i] for i in rows] for k, v in ev.columns.items()}, dict(ev.info))
+    return take(a), take(b)
+
+
+def paired_dataset_differences(a: Evidence, b: Evidence, keys: Sequence[str] | None = None,
+                               level: float = DEFAULT_LEVEL, seed: int = 0,
+                               n_resamples: int = DEFAULT_RESAMPLES) -> list[tuple[str, float, float, Interval]]:
+    """Model A against model B on the same images, for every dataset-level metric of the columns
+    both evaluated (or ``keys``): ``(name, metric of A, metric of B, interval of A − B)`` with
+    ``name`` as in the per-sample file (``clean/auroc``, ``worst/0.004/map``).
+
+    Paired: both metrics are computed on every resample of one draw of image weights (the same
+    images for both models, :func:`weight_rows` with the same seed), and the interval is the BCa
+    interval of the differences (the jackknife of the difference for the acceleration), so the
+    images' shared difficulty cancels as in :func:`callbacks.uncertainty.paired_difference`."""
+    level = _check_level(level)
+    a, b = aligned(a, b)
+    shared = [k for k in a.columns if k in b.columns]
+    if keys is not None:
+        missing = [k for k in keys if k not in shared]
+        if missing:
+            raise ValueError(f"dataset-level columns {missing} are not in both runs; shared: {shared}")
+        shared = list(keys)
+    da, db = metric_draws(a, shared, n_resamples, seed), metric_draws(b, shared, n_resamples, seed)
+    out = []
+    for metric in [m for m in da if m in db]:
+        for key in shared:
+            xa, xb = da[metric][key], db[metric][key]
+            iv = _interval(xa - xb, level, a.n, n_resamples)
+            if iv is not None:
+                out.append((f"{key}/{metric}", float(xa[0]), float(xb[0]), iv))
+    return out
+
+
+__all__ += ["aligned", "paired_dataset_differences"]

@@ -251,3 +251,33 @@ def test_paper_report_tables_show_the_auroc_interval_of_a_one_seed_run(tmp_path:
     seeds = {"pneumoniamnist/naive": {**results["pneumoniamnist/naive"],
                                       "seeds": [results["pneumoniamnist/naive"]] * 2}}
     assert "[" not in metric_table(JOEL, JOEL.group("pneumoniamnist"), seeds, "auroc", ensemble_only=True)
+
+
+def test_compare_pairs_the_dataset_level_metrics_of_two_runs(tmp_path: Path) -> None:
+    """``medrobust compare`` adds the paired AUROC (etc.) difference where both runs kept
+    evidence: a better-separating model is confirmed better; a model against itself differs by
+    exactly 0 (inconclusive); the estimates are each run's own AUROC."""
+    from callbacks.compare import compare_runs
+    from callbacks.per_sample import FILE_NAME as SAMPLES
+    from callbacks.per_sample import SampleTable
+
+    rng = np.random.default_rng(5)
+    y = (np.arange(150) % 3 == 0).astype(int)
+    noise = rng.normal(size=150)
+    for name, sep in (("good", 2.5), ("weak", 0.8)):
+        folder = tmp_path / name
+        folder.mkdir()
+        p = np.round(1 / (1 + np.exp(-(noise + rng.normal(size=150) * 0.5 + sep * y - sep / 2))), 9)
+        _evidence(p, y, p).save(folder / FILE_NAME)
+        SampleTable(np.arange(150) + 7, {"clean/accuracy": ((p > 0.5) == y).astype(float)}).save(folder / SAMPLES)
+    rows = {r.column: r for r in compare_runs(tmp_path / "good", tmp_path / "weak")}
+    assert {"clean/accuracy", "clean/auroc", "worst/0.01/auroc", "clean/f1"} <= set(rows)
+    auc = rows["clean/auroc"]
+    good = Evidence.load(tmp_path / "good" / FILE_NAME)
+    assert auc.mean_a == pytest.approx(statistics(good, "clean")["auroc"](np.ones((1, 150)))[0])
+    assert auc.verdict == "A > B" and auc.p_value is None and auc.n == 150
+    same = {r.column: r for r in compare_runs(tmp_path / "good", tmp_path / "good")}
+    assert same["clean/auroc"].difference.low == same["clean/auroc"].difference.high == 0.0
+    assert same["clean/auroc"].verdict == "inconclusive"
+    only = compare_runs(tmp_path / "good", tmp_path / "weak", columns=["clean/auroc"])
+    assert [r.column for r in only] == ["clean/auroc"]
