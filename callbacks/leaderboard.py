@@ -131,7 +131,8 @@ def _interval(rec: RobustnessRecord, metric: str, kind: str, eps: float | None =
               attack: str | None = None) -> tuple[float | None, float | None]:
     # the per-sample metric's interval, or a dataset-level metric's (AUROC, mAP)
     iv = rec.interval(kind, eps, attack, metric=metric)
-    return (iv.low, iv.high) if iv is not None else (None, None)
+    ok = iv is not None and math.isfinite(iv.low) and math.isfinite(iv.high)
+    return (iv.low, iv.high) if ok else (None, None)
 
 
 def _parse_sort(key: str) -> tuple[str, str | None, str | None, float | None]:

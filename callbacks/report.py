@@ -7,6 +7,7 @@ Written by :class:`callbacks.AdversarialEvaluation` after ``trainer.test`` besid
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,7 +161,9 @@ def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
         """`` [low, high]`` after the number the record has an interval for (the per-sample
         metric's, or a dataset-level metric's: AUROC, mAP)."""
         interval = record.interval(kind, eps, attack, metric=m)
-        return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
+        if interval is None or not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+            return ""  # none, or one the bootstrap could not define
+        return f" [{interval.low:.3f}, {interval.high:.3f}]"
 
     lines.append("| clean | 0 | – | – | – | – | – | "
                  + " | ".join(_fmt(clean.get(m)) + ci(m, "clean") for m in metrics) + " |")

@@ -90,7 +90,11 @@ class Interval:
 
     @classmethod
     def from_dict(cls, data: dict) -> Interval:
-        return cls(float(data["estimate"]), float(data["low"]), float(data["high"]),
+        """The inverse of :meth:`to_dict`; a bound written as ``null`` (strict JSON's NaN: an
+        interval the bootstrap could not define) reads back as NaN."""
+        def num(v: object) -> float:
+            return math.nan if v is None else float(v)  # type: ignore[arg-type]
+        return cls(num(data["estimate"]), num(data["low"]), num(data["high"]),
                    float(data["level"]), int(data["n"]), str(data["method"]))
 
     def contains(self, value: float) -> bool:

@@ -281,3 +281,31 @@ def test_compare_pairs_the_dataset_level_metrics_of_two_runs(tmp_path: Path) -> 
     assert same["clean/auroc"].verdict == "inconclusive"
     only = compare_runs(tmp_path / "good", tmp_path / "weak", columns=["clean/auroc"])
     assert [r.column for r in only] == ["clean/auroc"]
+
+
+def test_an_undefined_interval_survives_the_record_file(tmp_path: Path) -> None:
+    """An interval the bootstrap could not define (fewer than half the resamples defined: NaN
+    bounds, said in its method — with one positive image AUROC is still defined on ~63 % of
+    resamples, so it is built by hand here) is written as null, read back as NaN, and the
+    report shows the number without brackets."""
+    from callbacks.dataset_metrics import _interval
+    from callbacks.record import RobustnessRecord
+    from callbacks.report import markdown_table
+
+    draws = np.r_[0.8, np.full(150, np.nan), np.full(50, 0.7), np.full(24, 0.8)]
+    iv = _interval(draws, 0.95, 24, 200)
+    assert np.isnan(iv.low) and iv.method == "bca (50 defined resamples)"
+    y = np.zeros(24, dtype=int)
+    y[3] = 1
+    p = np.linspace(0.05, 0.95, 24)
+    out = dataset_intervals(_evidence(p, y, p), [0.01], [("pgd", 0.01)], n_resamples=200)
+    assert out["auroc"]["clean"]["low"] < out["auroc"]["clean"]["high"]  # one positive: defined, wide
+    out["auroc"]["clean"] = iv.to_dict()
+    rec = RobustnessRecord.from_dict({"task": "classification", "method": "clean", "epoch": 0, "split": "test",
+                                      "clean": {"accuracy": 0.5, "auroc": out["auroc"]["clean"]["estimate"]},
+                                      "attacks": [], "intervals": {"metric": "accuracy", "level": 0.95,
+                                                                   "dataset_metrics": out}})
+    path = rec.save(tmp_path / "robustness.json")
+    back = RobustnessRecord.load(path)
+    assert np.isnan(back.interval("clean", metric="auroc").low)
+    assert "[nan" not in markdown_table(back)
