@@ -182,7 +182,20 @@ def _validate(root: Path, **kwargs: object) -> None:
     validate(root, **kwargs)
 
 
-def test_evaluation_writes_identical_evidence_and_shows_auroc_intervals(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One validated run of the tiny classifier (24 samples), shared by the tests below."""
+    root = tmp_path_factory.mktemp("validated")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests' one_thread: the determinism test compares with it
+    try:
+        _validate(root, subset=24)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def test_evaluation_writes_identical_evidence_and_shows_auroc_intervals(tmp_path: Path, validated: Path) -> None:
     """The callback writes ``robustness_evidence.json`` beside the record, byte-identical for
     the same evaluation; the AUROC of its scores is the record's; the intervals appear in the
     record, ``report.md``'s table, the CLI summary, the leaderboard and the curve data."""
@@ -191,11 +204,10 @@ def test_evaluation_writes_identical_evidence_and_shows_auroc_intervals(tmp_path
     from callbacks.report import interval_section, markdown_table
     from medrobust.cli_summary import summarise_record
 
-    _validate(tmp_path / "a", subset=24)
     _validate(tmp_path / "b", subset=24)
-    assert (tmp_path / "a" / FILE_NAME).read_bytes() == (tmp_path / "b" / FILE_NAME).read_bytes()
-    rec = RobustnessRecord.load(tmp_path / "a" / "robustness.json")
-    ev = Evidence.load(tmp_path / "a" / FILE_NAME)
+    assert (validated / FILE_NAME).read_bytes() == (tmp_path / "b" / FILE_NAME).read_bytes()
+    rec = RobustnessRecord.load(validated / "robustness.json")
+    ev = Evidence.load(validated / FILE_NAME)
     assert ev.sample_ids.tolist() == rec.subset.indices and ev.kind == "scores"
     assert sorted(ev.columns) == sorted(["clean", "fgsm/0.01", "pgd/0.01", "worst/0.01",
                                          "fgsm/0.02", "pgd/0.02", "worst/0.02"])
@@ -217,14 +229,13 @@ def test_evaluation_writes_identical_evidence_and_shows_auroc_intervals(tmp_path
     assert board.rows[0][1][0].low == pytest.approx(auc.low)
 
 
-def test_a_record_without_dataset_intervals_still_loads_and_reports(tmp_path: Path) -> None:
+def test_a_record_without_dataset_intervals_still_loads_and_reports(tmp_path: Path, validated: Path) -> None:
     from callbacks.evaluation_writers import scalar_values
     from callbacks.record import RobustnessRecord
     from callbacks.report import markdown_table, write_report
     from medrobust.cli_summary import summarise_record
 
-    _validate(tmp_path, subset=24)
-    data = json.loads((tmp_path / "robustness.json").read_text())
+    data = json.loads((validated / "robustness.json").read_text())
     del data["intervals"]["dataset_metrics"]  # as written before this change
     rec = RobustnessRecord.from_dict(data)
     assert rec.interval("clean", metric="auroc") is None and rec.interval("clean") is not None
@@ -233,17 +244,16 @@ def test_a_record_without_dataset_intervals_still_loads_and_reports(tmp_path: Pa
     assert "auroc" in summarise_record(rec, "auroc") and "[" not in summarise_record(rec, "auroc")
     write_report(rec, tmp_path / "report.md")
     assert "adv/clean/auroc_ci_low" not in scalar_values(rec, "adv")
-    assert "adv/clean/auroc_ci_low" in scalar_values(RobustnessRecord.load(tmp_path / "robustness.json"), "adv")
+    assert "adv/clean/auroc_ci_low" in scalar_values(RobustnessRecord.load(validated / "robustness.json"), "adv")
 
 
-def test_paper_report_tables_show_the_auroc_interval_of_a_one_seed_run(tmp_path: Path) -> None:
+def test_paper_report_tables_show_the_auroc_interval_of_a_one_seed_run(validated: Path) -> None:
     from benchmarks.paper_report import metric_table
     from benchmarks.paper_suites import JOEL
     from callbacks.record import RobustnessRecord
 
-    _validate(tmp_path, subset=24)
-    rec = RobustnessRecord.load(tmp_path / "robustness.json")
-    results = {"pneumoniamnist/naive": {"label": "naive", "log_dir": str(tmp_path), "test": rec.to_dict()}}
+    rec = RobustnessRecord.load(validated / "robustness.json")
+    results = {"pneumoniamnist/naive": {"label": "naive", "log_dir": str(validated), "test": rec.to_dict()}}
     table = metric_table(JOEL, JOEL.group("pneumoniamnist"), results, "auroc", ensemble_only=True)
     clean, worst = rec.interval("clean", metric="auroc"), rec.interval("worst", 0.02, metric="auroc")
     assert f"{rec.clean['auroc']:.3f} [{clean.low:.3f}, {clean.high:.3f}]" in table
