@@ -348,6 +348,72 @@ def statistic_interval(terms: Sequence[Term], statistic: Callable[[list[np.ndarr
     return Estimate(iv, n_seeds, _mdd_from_width(iv))
 
 
+# ------------------------------------------------------------------------------ dataset-level metrics
+def dataset_estimate(entry: dict[str, Any] | None, metric: str, key: str = "clean", kind: str = "test",
+                     level: float = DEFAULT_LEVEL, seed: int = 0,
+                     n_resamples: int = DEFAULT_RESAMPLES) -> Estimate:
+    """The interval of a dataset-level metric (``auroc``, ``map``…) of one run's column ``key``
+    (``clean``, ``worst/<ε>``) from each seed's ``robustness_evidence.json``
+    (:mod:`callbacks.dataset_metrics`).
+
+    One seed: BCa over images, as the record's own ``dataset_metrics`` interval. Several
+    seeds: a two-level percentile bootstrap — each resample draws one set of images (weights
+    shared by every seed, the same test set) and the seeds with repetition, and averages the
+    drawn seeds' metrics on those images. Without evidence files: the record's
+    ``dataset_metrics`` interval for one seed, else no interval (the reason says why)."""
+    from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
+    from callbacks.dataset_metrics import Evidence, statistics, weighted_bca_interval
+    from callbacks.record import RobustnessRecord
+    from callbacks.uncertainty import bootstrap_weights
+
+    if not entry or not entry.get(kind):
+        return Estimate(None, reason=f"no {kind} record")
+    seeds = seed_entries(entry)
+    evidence = []
+    for e in seeds:
+        path = ROOT / str(e.get("log_dir") or "") / EVIDENCE_FILE
+        if not e.get("log_dir") or not path.is_file():
+            evidence = []
+            break
+        evidence.append(Evidence.load(path))
+    if not evidence:
+        rec = RobustnessRecord.coerce(entry[kind], "results.json record")
+        eps = float(key.split("/", 1)[1]) if "/" in key else None
+        iv = rec.interval("clean" if eps is None else "worst", eps, metric=metric) if len(seeds) == 1 else None
+        if iv is None:
+            return Estimate(None, reason=f"{metric} is a dataset-level metric and the run has no "
+                                         f"`{EVIDENCE_FILE}` to resample (results written before it)")
+        return Estimate(iv, 1, _mdd_from_width(iv), notes=["the record's interval"])
+    stats_ = []
+    for ev in evidence:
+        if not np.array_equal(ev.sample_ids, evidence[0].sample_ids):
+            return Estimate(None, reason="the seeds were evaluated on different samples")
+        try:
+            stats_.append(statistics(ev, key)[metric])
+        except KeyError as err:
+            return Estimate(None, reason=f"the evidence file has no {metric!r} for {key!r} ({err})")
+    n = evidence[0].n
+    if len(stats_) == 1:
+        iv = weighted_bca_interval(stats_[0], n, level, seed, n_resamples)
+        if iv is None:
+            return Estimate(None, reason=f"{metric} is undefined on the evaluated samples")
+        return Estimate(iv, 1, _mdd_from_width(iv))
+    ones = np.ones((1, n))
+    est = float(np.mean([float(st(ones)[0]) for st in stats_]))
+    weights = bootstrap_weights(n, n_resamples, seed)
+    per_seed = np.stack([np.asarray(st(weights), dtype=np.float64) for st in stats_])      # [S, R]
+    rng = np.random.default_rng(seed + 1)
+    drawn = rng.integers(0, len(stats_), size=(int(n_resamples), len(stats_)))             # [R, S]
+    draws = np.nanmean(per_seed[drawn, np.arange(int(n_resamples))[:, None]], axis=1)
+    draws = draws[np.isfinite(draws)]
+    if not math.isfinite(est) or draws.size < n_resamples // 2:
+        return Estimate(None, reason=f"{metric} is undefined on most resamples")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    iv = Interval(est, float(min(low, est)), float(max(high, est)), level, n, "two-level percentile")
+    return Estimate(iv, len(stats_), _mdd_from_width(iv))
+
+
 # ------------------------------------------------------------------------------ tests on intervals
 @dataclass
 class IntervalTest:

@@ -82,7 +82,8 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: str,
                  ensemble_only: bool = False, only_eps: float | None = None) -> str:
     """Rows: methods; columns: clean, then attack × ε (or the worst case per ε, or every attack
-    at ``only_eps``) of ``metric``."""
+    at ``only_eps``) of ``metric``; a one-seed run's cells carry its record's interval
+    (``0.734 [0.690, 0.775]``) where the record has one for ``metric``."""
     runs = [r for r in suite.runs if r.group == group.name and results.get(r.key, {}).get("test")]
     if not runs:
         return "_no results_"
@@ -108,9 +109,27 @@ def metric_table(suite: Suite, group: Group, results: dict[str, Any], metric: st
         def area(rec: RobustnessRecord) -> float | None:
             return rec.robust_area.value if rec.robust_area and rec.robust_area.metric == metric else None
 
-        rows.append([res["label"], fmt(seed_mean(res, lambda rec: rec.clean.get(metric))),
-                     *(fmt(seed_mean(res, lambda rec, a=a, e=e: lookup(rec, a, e, metric))) for a, e in cols),
-                     fmt(seed_mean(res, area))])
+        recs = run_records(res)
+
+        def ci(kind: str, eps: float | None = None, attack: str | None = None,
+               recs: list[RobustnessRecord] = recs) -> str:
+            """`` [low, high]`` of a one-seed run's number (the record's interval of ``metric``:
+            the per-sample metric's or a dataset-level one's, AUROC, mAP); several seeds: none
+            here (their interval over seeds and samples is in the uncertainty table)."""
+            if len(recs) != 1:
+                return ""
+            iv = recs[0].interval(kind, eps, attack, metric=metric)
+            ok = iv is not None and math.isfinite(iv.low) and math.isfinite(iv.high)
+            return f" [{iv.low:.3f}, {iv.high:.3f}]" if ok else ""
+
+        def cell(a: str, e: float, res: dict[str, Any] = res) -> str:
+            value = fmt(seed_mean(res, lambda rec: lookup(rec, a, e, metric)))
+            return value + (ci("worst", e) if a == "ensemble" else ci("attack", e, a))
+
+        area_ci = ci("robust_area") if recs and recs[0].robust_area is not None \
+            and recs[0].robust_area.metric == metric else ""
+        rows.append([res["label"], fmt(seed_mean(res, lambda rec: rec.clean.get(metric))) + ci("clean"),
+                     *(cell(a, e) for a, e in cols), fmt(seed_mean(res, area)) + area_ci])
     return _table(head, rows)
 
 

@@ -346,6 +346,15 @@ class AdversarialEvaluation(Callback):
                 samples, metric_name(task), sorted({e.eps for e in record.attacks}),
                 [(e.attack, e.eps) for e in record.attacks], not self._direction(task, task.main_metric),
                 self.interval_level, self.seed)
+            evidence = run.outcome.evidence
+            if evidence is not None:
+                from callbacks.dataset_metrics import dataset_intervals
+
+                # AUROC, mAP…: percentile bootstrap over images from the evidence file, seeded
+                lower = {m: not d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
+                record.intervals["dataset_metrics"] = dataset_intervals(
+                    evidence, sorted({e.eps for e in record.attacks}), [(e.attack, e.eps) for e in record.attacks],
+                    lower, self.interval_level, self.seed)
         if run.outcome.corruptions is not None:
             self._corruption_section(record, run, task, samples)
         if run.stopped is not None:
@@ -360,7 +369,7 @@ class AdversarialEvaluation(Callback):
             write_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.write_json,
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
                           directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
-                          samples=run.outcome.per_sample)
+                          samples=run.outcome.per_sample, evidence=run.outcome.evidence)
             if record.corruptions is not None:
                 self._write_corruption_outputs(trainer, record, Path(log_dir))
         if record.incomplete is not None:

@@ -4,7 +4,10 @@ Each run's ``robustness_samples.csv`` (:mod:`callbacks.per_sample`) is read, the
 restricted to the sample ids they share, and every column present in both is compared: the
 difference of means A − B with a paired bootstrap interval, and McNemar's exact p-value for
 0/1 columns (accuracy). Pairing removes the samples' shared difficulty from the comparison, so
-it is far more sensitive than comparing two unpaired intervals.
+it is far more sensitive than comparing two unpaired intervals. Where both runs also kept
+``robustness_evidence.json`` (:mod:`callbacks.dataset_metrics`), their dataset-level metrics
+(AUROC, balanced accuracy, F1, mAP…) are compared too: the paired BCa bootstrap of A − B over one
+shared draw of images (rows ``clean/auroc``, ``worst/<ε>/map``…).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,11 +90,38 @@ def compare_tables(a: SampleTable, b: SampleTable, columns: list[str] | None = N
     return rows
 
 
+def _evidence(run: str | Path) -> Any:
+    """The run's dataset-level evidence (``robustness_evidence.json`` beside its per-sample
+    file), or ``None`` when it has none (written before it, or a task without it)."""
+    from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
+    from callbacks.dataset_metrics import Evidence
+
+    path = Path(run)
+    path = (path if path.is_dir() else path.parent) / EVIDENCE_FILE
+    return Evidence.load(path) if path.is_file() else None
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, columns: list[str] | None = None,
                  level: float = DEFAULT_LEVEL, seed: int = 0) -> list[ComparisonRow]:
-    """:func:`compare_tables` on two runs' per-sample files (run folders or file paths)."""
-    return compare_tables(SampleTable.load(samples_path(run_a)), SampleTable.load(samples_path(run_b)),
-                          columns, level, seed)
+    """:func:`compare_tables` on two runs' per-sample files (run folders or file paths), then,
+    where both runs kept dataset-level evidence, the paired differences of their AUROC / mAP…
+    (:func:`callbacks.dataset_metrics.paired_dataset_differences`; rows ``clean/auroc``,
+    ``worst/<ε>/map``…, no McNemar p-value)."""
+    from callbacks.dataset_metrics import paired_dataset_differences
+
+    ev_a, ev_b = _evidence(run_a), _evidence(run_b)
+    diffs = []
+    if ev_a is not None and ev_b is not None and ev_a.kind == ev_b.kind:
+        diffs = paired_dataset_differences(ev_a, ev_b, level=level, seed=seed)
+    names = {d[0] for d in diffs}
+    per_sample = None if columns is None else [c for c in columns if c not in names]
+    rows = []
+    if per_sample is None or per_sample:
+        rows = compare_tables(SampleTable.load(samples_path(run_a)), SampleTable.load(samples_path(run_b)),
+                              per_sample, level, seed)
+    rows += [ComparisonRow(name, iv.n, va, vb, iv, None) for name, va, vb, iv in diffs
+             if columns is None or name in columns]
+    return rows
 
 
 def format_comparison(rows: list[ComparisonRow], name_a: str = "A", name_b: str = "B") -> str:

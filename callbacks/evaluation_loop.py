@@ -199,6 +199,12 @@ class RobustnessEvaluator:
         self.on_member: Callable[[str, float | None], None] | None = None
         self._sample_ids: list[torch.Tensor] = []
         self._sample_values: dict[str, list[torch.Tensor]] = {}
+        #: dataset-level evidence (:mod:`callbacks.dataset_metrics`): the task's
+        #: ``sample_evidence`` per column and batch, its ``evidence_targets`` per batch
+        self._evidence_ok = self.keep_per_sample and all(
+            callable(getattr(task, name, None)) for name in ("evidence_spec", "sample_evidence", "evidence_targets"))
+        self._evidence: dict[tuple[str, float | None], list[Any]] = {}
+        self._evidence_targets: list[list[Any]] = []
         self.num_samples = 0
         self.gradients = {k: {"attacked": 0, "nonfinite": 0, "zero": 0} for k in self.attacks}
         self._random_clean = 0
@@ -292,6 +298,71 @@ class RobustnessEvaluator:
         if metric is not None:
             # on the model's device until compute (one copy then, no sync per attack × ε)
             self._sample_values.setdefault(column, []).append(metric.float())
+            if self._evidence_ok:
+                self._keep_evidence(column, output, batch, size)
+
+    def _keep_evidence(self, column: tuple[str, float | None], output: Any, batch: dict[str, Any],
+                       size: int) -> None:
+        """Append one batch's dataset-level evidence of ``output`` (the task's
+        ``sample_evidence``: a ``[B, …]`` tensor, kept on its device until compute, or a list of
+        ``B`` items) to ``column``; the clean column also keeps the batch's targets. A task whose
+        evidence fails is warned about once and keeps none (no dataset-level intervals)."""
+        try:
+            value = self.task.sample_evidence(output, batch)
+            if isinstance(value, torch.Tensor):
+                value = value.detach()
+            if len(value) != size:
+                raise ValueError(f"{len(value)} entries for a batch of {size}")
+            if column == ("clean", None):
+                targets = list(self.task.evidence_targets(batch))
+                if len(targets) != size:
+                    raise ValueError(f"evidence_targets: {len(targets)} entries for a batch of {size}")
+                self._evidence_targets.append(targets)
+        except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
+            warnings.warn(f"{type(self.task).__name__}.sample_evidence failed ({err}); no dataset-level "
+                          "evidence file and no intervals for AUROC / mAP", stacklevel=3)
+            self._evidence_ok = False
+            self._evidence.clear()
+            self._evidence_targets.clear()
+            return
+        self._evidence.setdefault(column, []).append(value)
+
+    def evidence(self) -> Any:
+        """The kept dataset-level evidence of every rank (a collective under DDP: call on every
+        rank) as a :class:`callbacks.dataset_metrics.Evidence` sorted by sample id; ``None``
+        when none was kept (no per-sample file, or the task offers no ``sample_evidence``)."""
+        from callbacks.dataset_metrics import Evidence, evidence_key, round9
+        from lightning_modules.distributed import is_distributed
+
+        ok = (self.keep_per_sample and self._metric_ok and self._evidence_ok and bool(self._sample_ids)
+              and len(self._evidence_targets) == len(self._sample_ids))
+        ids = torch.cat(self._sample_ids).tolist() if ok else None
+        cols: dict[tuple[str, float | None], list[Any]] = {}
+        targets: list[Any] = []
+        if ok:
+            for key, chunks in self._evidence.items():
+                items: list[Any] = []
+                for c in chunks:
+                    items += c.float().cpu().tolist() if isinstance(c, torch.Tensor) else list(c)
+                cols[key] = _rounded(items, round9)
+            targets = [t for chunk in self._evidence_targets for t in chunk]
+        if is_distributed():
+            import torch.distributed as dist
+
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (ids, cols, targets))
+            parts = [p for p in parts if p[0] is not None]
+            if not parts:
+                return None
+            ids = [i for p in parts for i in p[0]]
+            targets = [t for p in parts for t in p[2]]
+            cols = {k: [v for p in parts for v in p[1][k]] for k in parts[0][1]}
+        if ids is None:
+            return None
+        spec = self.task.evidence_spec()
+        return Evidence(spec["kind"], list(spec["metrics"]), np.asarray(ids, dtype=np.int64), targets,
+                        {evidence_key(cond, eps): v for (cond, eps), v in cols.items()},
+                        dict(spec.get("info") or {})).sorted()
 
     def per_sample_table(self) -> Any:
         """The kept per-sample values of every rank (a collective under DDP: call on every rank)
@@ -485,7 +556,9 @@ class RobustnessEvaluator:
                 "blackbox_wins": dict(self.blackbox_wins), "ids": len(self._sample_ids),
                 "values": {k: len(v) for k, v in self._sample_values.items()}, "alias": alias,
                 "pending": {k: (c, list(p)) for k, (c, p) in self._pending.items()},
-                "pending_bytes": self._pending_bytes}
+                "pending_bytes": self._pending_bytes,
+                "evidence": {k: len(v) for k, v in self._evidence.items()},
+                "evidence_targets": len(self._evidence_targets)}
 
     def _restore(self, snap: dict[str, Any]) -> None:
         """Back to :meth:`_snapshot`'s state (the batch that was stopped counts for nothing)."""
@@ -505,6 +578,13 @@ class RobustnessEvaluator:
                 del self._sample_values[k][kept:]
             else:
                 del self._sample_values[k]
+        for k in list(self._evidence):
+            kept = snap["evidence"].get(k, 0)
+            if kept:
+                del self._evidence[k][kept:]
+            else:
+                del self._evidence[k]
+        del self._evidence_targets[snap["evidence_targets"]:]
 
     def _run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool,
                    ids: Sequence[int] | torch.Tensor | None) -> None:
@@ -736,7 +816,7 @@ class RobustnessEvaluator:
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
                            gradients, randomness, self.sequential, wins, large, total,
                            compute=self.accounting(total, gradients),
-                           per_sample=self.per_sample_table())
+                           per_sample=self.per_sample_table(), evidence=self.evidence())
 
     def accounting(self, total: int | None = None,
                    gradients: dict[tuple[str, float], dict[str, int]] | None = None) -> ComputeAccounting:
@@ -767,6 +847,15 @@ STACKABLE = ("pgd", "bim", "fgsm")
 SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
 #: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
 MAX_STACK_BYTES = 16 * 2**20
+
+
+def _rounded(items: Any, fn: Callable[[float], float]) -> Any:
+    """``items`` with every float passed through ``fn`` (nested lists; ints and bools kept)."""
+    if isinstance(items, float):
+        return fn(items)
+    if isinstance(items, list):
+        return [_rounded(v, fn) for v in items]
+    return items
 
 
 class EvaluationStopped(Exception):

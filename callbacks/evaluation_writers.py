@@ -146,10 +146,18 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
     # confidence bounds (with ``intervals``): the clean, worst-case and robust-area numbers
     if record.intervals:
         name = record.intervals.get("metric", "metric")
+        # the robust area's interval is of the area's own metric (detection: mAP, not the
+        # per-sample AP@0.5 the per-sample intervals are of)
+        area_metric = record.robust_area.metric if record.robust_area is not None else name
         bounds = [(f"{prefix}/clean/{name}", record.interval("clean")),
-                  (f"{prefix}/robust_area", record.interval("robust_area"))]
+                  (f"{prefix}/robust_area", record.interval("robust_area", metric=area_metric))]
         bounds += [(f"{prefix}/ensemble/eps={format_eps(e.eps)}/{name}", record.interval("worst", e.eps))
                    for e in record.ensemble]
+        # dataset-level metrics (AUROC, mAP…): their bounds beside their scalars
+        for m in record.intervals.get("dataset_metrics") or {}:
+            bounds.append((f"{prefix}/clean/{m}", record.interval("clean", metric=m)))
+            bounds += [(f"{prefix}/ensemble/eps={format_eps(e.eps)}/{m}", record.interval("worst", e.eps, metric=m))
+                       for e in record.ensemble]
         for key, ci in bounds:
             if ci is not None:
                 values[f"{key}_ci_low"], values[f"{key}_ci_high"] = ci.low, ci.high
@@ -236,10 +244,12 @@ def logging_step(trainer: Any) -> int:
 def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_name: Callable[[str], str],
                   prefix: str, write_json: bool = True, plot: bool = True,
                   bounds: Sequence[float] | None = None, directions: dict[str, bool] | None = None,
-                  samples: Any = None) -> None:
+                  samples: Any = None, evidence: Any = None) -> None:
     """Rank 0: the files and logger outputs of one record (see the module docstring);
     ``samples``: the per-sample table (``callbacks.per_sample.SampleTable``) written beside
-    ``robustness.json`` as ``robustness_samples.csv`` (with ``write_json``)."""
+    ``robustness.json`` as ``robustness_samples.csv`` (with ``write_json``); ``evidence``: the
+    dataset-level evidence (``callbacks.dataset_metrics.Evidence``) written as
+    ``robustness_evidence.json``."""
     from callbacks.logger_outputs import log_image, log_table
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +262,10 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
             from callbacks.per_sample import FILE_NAME
 
             samples.save(log_dir / file_name(FILE_NAME))
+        if evidence is not None:
+            from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
+
+            evidence.save(log_dir / file_name(EVIDENCE_FILE))
         append_history(log_dir / file_name("robustness_history.jsonl"), record)
     if plot:
         from callbacks.plotting import plot_robustness_curves

@@ -129,10 +129,10 @@ def _direction_lower(records: list[tuple[str, RobustnessRecord]], metric: str) -
 
 def _interval(rec: RobustnessRecord, metric: str, kind: str, eps: float | None = None,
               attack: str | None = None) -> tuple[float | None, float | None]:
-    if not rec.intervals or rec.intervals.get("metric") != metric:
-        return None, None
-    iv = rec.interval(kind, eps, attack)
-    return (iv.low, iv.high) if iv is not None else (None, None)
+    # the per-sample metric's interval, or a dataset-level metric's (AUROC, mAP)
+    iv = rec.interval(kind, eps, attack, metric=metric)
+    ok = iv is not None and math.isfinite(iv.low) and math.isfinite(iv.high)
+    return (iv.low, iv.high) if ok else (None, None)
 
 
 def _parse_sort(key: str) -> tuple[str, str | None, str | None, float | None]:

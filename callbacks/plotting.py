@@ -103,8 +103,9 @@ def plot_robustness_curves(record: RobustnessRecord | Mapping[str, Any], path: s
             if label == "ensemble":
                 ax.plot(eps, vals, color="black", lw=2.2, ls="--", label="ensemble (worst case)")
                 # its confidence band, where the record has intervals of this metric
-                cis = [record.interval("clean")] + [record.interval("worst", e.eps) for e in entries]
-                if (record.intervals or {}).get("metric") == metric and all(c is not None for c in cis):
+                cis = [record.interval("clean", metric=metric)] + \
+                    [record.interval("worst", e.eps, metric=metric) for e in entries]
+                if record.intervals and all(c is not None for c in cis):
                     level = record.intervals.get("level", 0.95)
                     ax.fill_between(eps, [c.low for c in cis], [c.high for c in cis], color="black",
                                     alpha=0.12, lw=0, label=f"{level:.0%} CI (worst case)")

@@ -92,8 +92,10 @@ class RobustnessRecord:
     #: fired or the checks did not run. The affected entries carry ``unreliable: [flag, …]``.
     unreliable: list[dict[str, Any]] | None = None
     #: confidence intervals of the clean, per-attack, worst-case and robust-area numbers, from
-    #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`; read one with
-    #: :meth:`interval`); ``None`` when not computed
+    #: the per-sample file (:func:`callbacks.record_intervals.record_intervals`) and, for
+    #: dataset-level metrics (AUROC, mAP), the evidence file under ``"dataset_metrics"``
+    #: (:func:`callbacks.dataset_metrics.dataset_intervals`); read one with :meth:`interval`;
+    #: ``None`` when not computed
     intervals: dict[str, Any] | None = None
     #: corruption × severity metrics, per-corruption means, mCE against a reference, cost
     #: (:class:`callbacks.corruption_eval.CorruptionSection`); ``None`` when no corruption
@@ -225,13 +227,16 @@ class RobustnessRecord:
         return atomic_write_text(path, self.to_json())
 
     # -- questions readers ask ----------------------------------------------------------------
-    def interval(self, kind: str, eps: float | None = None, attack: str | None = None) -> Any:
+    def interval(self, kind: str, eps: float | None = None, attack: str | None = None,
+                 metric: str | None = None) -> Any:
         """The :class:`callbacks.uncertainty.Interval` of the clean (``"clean"``), worst-case
         (``"worst"``, ``eps``), one attack's (``"attack"``, ``attack``, ``eps``) or the robust
-        area's (``"robust_area"``) number, or ``None`` when the record has none."""
+        area's (``"robust_area"``) number, or ``None`` when the record has none. ``metric``:
+        of that metric (default: the per-sample metric of ``intervals``; ``auroc``, ``map``…
+        from ``intervals["dataset_metrics"]``)."""
         from callbacks.record_intervals import interval_of
 
-        return interval_of(self.intervals, kind, eps, attack)
+        return interval_of(self.intervals, kind, eps, attack, metric)
 
     def certification(self, sigma: float) -> dict[str, Any] | None:
         """The ``certified`` entry of noise level ``sigma`` (``None`` when there is none)."""

@@ -14,10 +14,11 @@ and for the worst case per ε) into the ``intervals`` object of ``robustness.jso
 
 What the intervals are of: the mean over samples of the task's per-sample metric
 (``per_sample_metric``: correct / wrong, the image's Dice, its mean radial error, its AP@0.5).
-For accuracy, Dice, IoU and radial error that mean is the record's own number; for metrics that
-are not a mean of per-sample values (detection's mAP, AUROC) the record's number has no interval
-here, and ``metric`` names the per-sample quantity the intervals describe (``ap50``: mean
-per-image AP@0.5).
+For accuracy, Dice, IoU and radial error that mean is the record's own number; metrics that
+are not a mean of per-sample values (AUROC, balanced accuracy, F1, detection's mAP) get their
+intervals from the dataset-level evidence file instead, under ``"dataset_metrics"``
+(:mod:`callbacks.dataset_metrics`: BCa bootstrap over images), and ``metric`` names
+the per-sample quantity the intervals above describe (``ap50``: mean per-image AP@0.5).
 
 * a 0/1 metric (accuracy): the Agresti–Coull interval of the proportion
   (:func:`callbacks.uncertainty.proportion_interval`);
@@ -126,12 +127,19 @@ def record_intervals(table: SampleTable, metric: str, eps: Sequence[float],
 
 
 def interval_of(intervals: dict[str, Any] | None, kind: str, eps: float | None = None,
-                attack: str | None = None) -> Interval | None:
+                attack: str | None = None, metric: str | None = None) -> Interval | None:
     """The :class:`Interval` of one number of a record's ``intervals`` object: ``kind`` is
     ``"clean"``, ``"robust_area"``, ``"worst"`` (with ``eps``) or ``"attack"`` (with ``attack``
-    and ``eps``); ``None`` when the record has none for it."""
+    and ``eps``); ``metric``: of which metric (``None``: the per-sample metric ``intervals``
+    are of; a dataset-level one such as ``auroc`` or ``map`` is looked up in
+    ``intervals["dataset_metrics"]``, :mod:`callbacks.dataset_metrics`). ``None`` when the
+    record has none for it (older records have no ``dataset_metrics``)."""
     if not intervals:
         return None
+    if metric is not None and metric != intervals.get("metric"):
+        intervals = (intervals.get("dataset_metrics") or {}).get(metric)
+        if not intervals:
+            return None
     if kind in ("clean", "robust_area"):
         data = intervals.get(kind)
         return None if data is None else Interval.from_dict(data)

@@ -7,6 +7,7 @@ Written by :class:`callbacks.AdversarialEvaluation` after ``trainer.test`` besid
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,6 +77,16 @@ def interval_section(record: RobustnessRecord) -> list[str]:
              f"over n = {clean.n if clean else '–'} samples ({how}; seeded, from `robustness_samples.csv`)."]
     if area is not None:
         lines.append(f"Robust area as a mean of per-sample areas: {area} (BCa bootstrap).")
+    dataset = iv.get("dataset_metrics") or {}
+    if dataset:
+        first = next((record.interval("clean", metric=m) for m in dataset), None)
+        lines.append(f"Dataset-level metrics ({', '.join(f'`{m}`' for m in dataset)}): BCa bootstrap "
+                     f"over {first.n if first else '–'} images, the metric recomputed on each resample "
+                     "(seeded, from `robustness_evidence.json`).")
+        for m in dataset:
+            a = record.interval("robust_area", metric=m)
+            if a is not None and record.robust_area is not None and record.robust_area.metric == m:
+                lines.append(f"Robust area of `{m}`: {a} (the same resamples).")
     return [*lines, ""]
 
 
@@ -146,12 +157,13 @@ def markdown_table(record: RobustnessRecord | Mapping[str, Any]) -> str:
     head = ["attack", "ε", "norm", "steps", "step size", "restarts", "random start", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     clean = record.clean
-    ci_metric = (record.intervals or {}).get("metric")
-
     def ci(m: str, kind: str, eps: float | None = None, attack: str | None = None) -> str:
-        """`` [low, high]`` after the number the record has an interval for."""
-        interval = record.interval(kind, eps, attack) if m == ci_metric else None
-        return f" [{interval.low:.3f}, {interval.high:.3f}]" if interval is not None else ""
+        """`` [low, high]`` after the number the record has an interval for (the per-sample
+        metric's, or a dataset-level metric's: AUROC, mAP)."""
+        interval = record.interval(kind, eps, attack, metric=m)
+        if interval is None or not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+            return ""  # none, or one the bootstrap could not define
+        return f" [{interval.low:.3f}, {interval.high:.3f}]"
 
     lines.append("| clean | 0 | – | – | – | – | – | "
                  + " | ".join(_fmt(clean.get(m)) + ci(m, "clean") for m in metrics) + " |")

@@ -12,8 +12,8 @@ a proportion (accuracy: 0/1 per     Agresti–Coull interval (statsmodels); Wils
 sample)                             Clopper–Pearson on request
 a mean of per-sample values (Dice,  BCa bootstrap over samples (``scipy.stats.bootstrap``;
 IoU, radial error)                  Efron 1987) at Hesterberg's expanded level, seeded
-a dataset-level metric (AUROC,      percentile bootstrap over images: the metric recomputed
-mAP)                                on resampled image sets
+a dataset-level metric (AUROC,      BCa bootstrap over images: the metric recomputed on
+mAP)                                resampled image sets (``callbacks.dataset_metrics``)
 a paired difference (model A − B    BCa bootstrap of per-sample differences; McNemar's exact
 on the same samples)                test (binomial on the discordant pairs) for accuracies
 several training seeds              two-level bootstrap: seeds, then samples within each seed
@@ -90,7 +90,11 @@ class Interval:
 
     @classmethod
     def from_dict(cls, data: dict) -> Interval:
-        return cls(float(data["estimate"]), float(data["low"]), float(data["high"]),
+        """The inverse of :meth:`to_dict`; a bound written as ``null`` (strict JSON's NaN: an
+        interval the bootstrap could not define) reads back as NaN."""
+        def num(v: object) -> float:
+            return math.nan if v is None else float(v)  # type: ignore[arg-type]
+        return cls(num(data["estimate"]), num(data["low"]), num(data["high"]),
                    float(data["level"]), int(data["n"]), str(data["method"]))
 
     def contains(self, value: float) -> bool:

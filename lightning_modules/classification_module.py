@@ -241,6 +241,27 @@ class ClassificationModule(TaskModule):
         for name in metrics.keys(keep_base=True):
             metrics[name].update(probs, y)
 
+    # ------------------------------------------------------------------ dataset-level evidence
+    def evidence_spec(self) -> dict[str, Any]:
+        """What :meth:`sample_evidence` keeps for the bootstrap over images of the metrics that
+        are not means of per-sample values (:mod:`callbacks.dataset_metrics`): class scores,
+        for ``auroc`` (and, single-label, ``balanced_accuracy`` and ``f1``)."""
+        metrics = ["auroc"] if self.multilabel else ["auroc", "balanced_accuracy", "f1"]
+        return {"kind": "scores", "metrics": metrics,
+                "info": {"classes": self.num_classes, "multilabel": self.multilabel}}
+
+    def sample_evidence(self, output: Any, batch: Batch) -> Tensor:
+        """The scores :meth:`update_metrics` hands to the dataset-level metrics: ``[B]`` the
+        positive-class probability (two classes), else ``[B, K]`` class (label) probabilities."""
+        with torch.no_grad():
+            probs = self.probabilities(output.detach() if isinstance(output, Tensor) else output).float()
+        return probs[:, 1] if self.binary else probs
+
+    def evidence_targets(self, batch: Batch) -> list[Any]:
+        """Per sample: its label (multi-label: the 0/1 list)."""
+        y = self._labels(batch).detach().cpu()
+        return (y > 0.5).long().tolist() if self.multilabel else y.long().tolist()
+
     def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
         """Logits ``[B, K]`` and labels ``[B]`` (multi-label: ``[B, K]`` floats)."""
         return self._logits(output), self._labels(batch)

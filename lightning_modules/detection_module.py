@@ -238,6 +238,35 @@ class DetectionModule(TaskModule):
                   for b, lab, p in zip(batch["boxes"], batch["labels"], preds)]
         return per_image_ap50(preds, target)
 
+    # ------------------------------------------------------------------ dataset-level evidence
+    def evidence_spec(self) -> dict[str, Any]:
+        """What :meth:`sample_evidence` keeps for the bootstrap over images of ``map``,
+        ``map_50`` and ``map_75`` (:mod:`callbacks.dataset_metrics`): each image's detections
+        matched to its ground truth at COCO's IoU thresholds."""
+        from lightning_modules.metrics.detection import coco_thresholds
+
+        iou, rec = coco_thresholds()
+        return {"kind": "matches", "metrics": ["map", "map_50", "map_75"],
+                "info": {"iou_thresholds": iou, "rec_thresholds": rec, "max_detections": 100}}
+
+    def sample_evidence(self, output: Any, batch: Batch) -> list[list[list[float]]]:
+        """Per image ``[[class, score, tp_bits], …]``: its detections as the ``map`` of
+        :meth:`update_metrics` matches them (:func:`lightning_modules.metrics.detection.coco_matches`)."""
+        from lightning_modules.metrics.detection import coco_matches, coco_thresholds
+
+        iou, _ = coco_thresholds()
+        preds = self._output(output).detached_detections()
+        return [coco_matches(p, {"boxes": b, "labels": lab}, iou)[0]
+                for p, b, lab in zip(preds, batch["boxes"], batch["labels"])]
+
+    def evidence_targets(self, batch: Batch) -> list[list[list[int]]]:
+        """Per image ``[[class, count], …]``: its ground-truth boxes per class."""
+        out = []
+        for lab in batch["labels"]:
+            classes, counts = torch.unique(lab.detach().reshape(-1).long().cpu(), return_counts=True)
+            out.append([[int(c), int(k)] for c, k in zip(classes.tolist(), counts.tolist())])
+        return out
+
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """``[B]`` divergence of the adversarial from the clean output (see module docstring)."""
         adv, clean = self._output(out_adv), self._output(out_clean)

@@ -111,8 +111,10 @@ def test_smoke_run_writes_report_from_robustness_json(tmp_path: Path, shared_dat
         row = table_rows[res["label"]]  # the worst-case table of the report
         cells = [c.strip() for c in row.strip("| ").split(" | ")]
         worst = [e["metrics"]["accuracy"] for e in sorted(rec["ensemble"], key=lambda e: e["eps"])]
-        assert cells[1] == fmt(rec["clean"]["accuracy"])
-        assert cells[2:2 + len(worst)] == [fmt(v) for v in worst]
+        # a one-seed run's cells: the number and its record's interval, `0.750 [0.401, 0.937]`
+        ci = rec["intervals"]["clean"]
+        assert cells[1] == f"{fmt(rec['clean']['accuracy'])} [{ci['low']:.3f}, {ci['high']:.3f}]"
+        assert [c.split(" [")[0] for c in cells[2:2 + len(worst)]] == [fmt(v) for v in worst]
         assert not math.isnan(res["train_s_per_epoch"])
     headline = [e for e in results["pneumoniamnist/naive"]["test"]["attacks"]
                 if e["attack"] == "pgd" and e["eps"] == JOEL.headline_eps]

@@ -17,6 +17,7 @@ from benchmarks.paper_evidence import (
     all_of,
     any_of,
     column,
+    dataset_estimate,
     linear_estimate,
     negate,
     run_tables,
@@ -34,6 +35,7 @@ from benchmarks.paper_suites import (
 )
 from callbacks.per_sample import SampleTable, column_name
 from callbacks.record_intervals import record_intervals, sample_area
+from callbacks.uncertainty import weighted_auroc
 
 EPS = (0.001, JOEL_EPS)
 
@@ -243,13 +245,48 @@ def test_amat_dominance_rule_three_outcomes(tmp_path: Path, amat: tuple[float, f
 
 
 # ------------------------------------------------------------------------------ medmnist, fallbacks
-def test_medmnist_auroc_has_no_interval_so_at_most_inconclusive(tmp_path: Path) -> None:
+def test_medmnist_auroc_without_evidence_has_no_interval_so_at_most_inconclusive(tmp_path: Path) -> None:
     high = {"pneumoniamnist/clean": _write_run(tmp_path, "hi", {"clean/accuracy": _ones(600, 590)})}
     (claim,) = medmnist_check(high, ["pneumoniamnist/clean"])
-    assert claim["verdict"] == "inconclusive" and "no scores to resample" in claim["tests"]
+    assert claim["verdict"] == "inconclusive" and "robustness_evidence.json` to resample" in claim["tests"]
     assert "clean accuracy = 0.983" in claim["tests"] and ": confirmed" in claim["tests"]
     low = {"pneumoniamnist/clean": _write_run(tmp_path, "lo", {"clean/accuracy": _ones(600, 300)})}
     assert medmnist_check(low, ["pneumoniamnist/clean"])[0]["verdict"] == "refuted"
+
+
+def _with_scores(entry: dict[str, Any], separation: float, seed: int = 0) -> dict[str, Any]:
+    """``entry`` with a binormal-score evidence file (600 samples, 40 % positive) and the AUROC
+    of those scores in its record."""
+    from callbacks.dataset_metrics import FILE_NAME, Evidence
+
+    rng = np.random.default_rng(seed)
+    y = (np.arange(600) % 5 < 2).astype(int)
+    p = np.round(1 / (1 + np.exp(-(rng.normal(size=600) + separation * y - separation / 2))), 9)
+    ev = Evidence("scores", ["auroc"], np.arange(100, 700), y.tolist(), {"clean": p.tolist()},
+                  {"classes": 2, "multilabel": False})
+    ev.save(Path(entry["log_dir"]) / FILE_NAME)
+    entry["test"]["clean"]["auroc"] = float(weighted_auroc(p, y == 1, np.ones(600)))
+    return entry
+
+
+def test_medmnist_auroc_interval_decides_with_evidence(tmp_path: Path) -> None:
+    """With the scores kept, the AUROC rule is decided on its interval: far above 0.924
+    confirmed, far below refuted, at the threshold inconclusive; several seeds use the
+    two-level bootstrap."""
+    def run(name: str, sep: float, seed: int = 0) -> dict[str, Any]:
+        return _with_scores(_write_run(tmp_path, name, {"clean/accuracy": _ones(600, 590, seed)}), sep, seed)
+
+    (claim,) = medmnist_check({"pneumoniamnist/clean": run("hi", 3.5)}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "confirmed" and "clean AUROC = 0.9" in claim["tests"]
+    (claim,) = medmnist_check({"pneumoniamnist/clean": run("lo", 1.0)}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "refuted"
+    # binormal AUROC Φ(d/√2) = 0.924 at d ≈ 2.03: the interval straddles the threshold
+    (claim,) = medmnist_check({"pneumoniamnist/clean": run("mid", 2.03)}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "inconclusive"
+    seeds = _with_seeds([run(f"s{s}", 3.5, s) for s in range(3)])
+    (claim,) = medmnist_check({"pneumoniamnist/clean": seeds}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "confirmed"
+    assert dataset_estimate(seeds, "auroc").interval.method == "two-level percentile"
 
 
 def test_without_per_sample_files_records_stand_in_or_the_verdict_is_inconclusive(tmp_path: Path) -> None:
@@ -332,3 +369,16 @@ def test_size_rule_with_seeds_uses_the_two_level_ratio_bootstrap(tmp_path: Path)
     assert agree["verdict"] == "confirmed" and agree["tests"].count("2 seeds") == 3
     (split,) = joel_size_claim(results((10, 90, 170)), sides)
     assert split["verdict"] == "inconclusive"
+
+
+def test_medmnist_auroc_falls_back_to_the_records_interval(tmp_path: Path) -> None:
+    """A run folder without the evidence file whose record carries an AUROC interval (one seed):
+    the rule tests that interval."""
+    entry = _write_run(tmp_path, "rec", {"clean/accuracy": _ones(600, 590)}, with_intervals=True)
+    entry["test"]["clean"]["auroc"] = 0.97
+    iv = {"estimate": 0.97, "low": 0.955, "high": 0.982, "level": 0.95, "n": 600, "method": "bca"}
+    entry["test"]["intervals"]["dataset_metrics"] = {"auroc": {"clean": iv, "worst": [], "attacks": [],
+                                                               "robust_area": None}}
+    (claim,) = medmnist_check({"pneumoniamnist/clean": entry}, ["pneumoniamnist/clean"])
+    assert claim["verdict"] == "confirmed" and "the record's interval" in claim["tests"]
+    assert dataset_estimate(entry, "auroc").interval.low == 0.955
