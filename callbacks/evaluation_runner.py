@@ -269,8 +269,6 @@ class EvaluationRunner:
                                    samples=sum(len(b) for _, b, c in mine if c))
             finally:
                 bar.close()
-                if signal_stop is not None:
-                    signal_stop.restore()
             if signal_stop is not None and world_size > 1:
                 # each rank stopped on its own signal, at its own member × ε: one collective so that
                 # every rank agrees (and writes, raises, exits alike) before the metrics' sync
@@ -382,10 +380,12 @@ def _nbytes(obj: Any) -> int:
 
 
 class StopSignal:
-    """The stop of a validate / test evaluation on SIGTERM: while installed, SIGTERM only sets a flag
+    """The stop of a validate / test evaluation on SIGTERM: once installed, SIGTERM only sets a flag
     (and, in the process that launched the DDP workers, forwards the signal to them once); the
-    evaluator asks it (``should_stop``) before each member × ε. On exit the previous handler
-    (Lightning's) is back.
+    evaluator asks it (``should_stop``) before each member × ε. It stays installed to the end of
+    the stage — through the gather that follows the loop, the metrics' sync and the writing, where
+    a late or second signal must not reach Lightning's handler either — and Lightning's teardown
+    then puts back the handler the process had before the stage.
 
     Why not Lightning's handler: under DDP it runs ``torch.distributed.broadcast`` *inside the
     signal handler* (lightning 2.6, ``_SignalConnector._sigterm_notifier_fn``). A handler runs
@@ -400,8 +400,6 @@ class StopSignal:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.received = False
-        self._previous: Any = None
-        self._installed = False
 
     def __call__(self) -> bool:
         return self.received or bool(getattr(self.trainer, "received_sigterm", False))
@@ -414,17 +412,9 @@ class StopSignal:
             launcher.kill(signum)  # the workers this process launched (none on a worker)
 
     def install(self) -> None:
-        """Handle SIGTERM here (main thread only) until :meth:`restore`."""
+        """Handle SIGTERM here (main thread only; elsewhere Lightning's flag alone is read)."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGTERM)
             signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-
-    def restore(self) -> None:
-        """Give SIGTERM back to the handler it had before :meth:`install`."""
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._installed = False
 
 
 def agree_on_stop(stopped: StopInfo | None, batches: int, samples: int) -> StopInfo | None:
