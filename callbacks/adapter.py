@@ -153,7 +153,6 @@ class RobustTaskAdapter:
             from lightning_modules.metrics.detection import DetectionMAP
 
             metrics = {"detection": DetectionMAP()}
-            main_metric = main_metric or "map"
         self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(
             dict(metrics), compute_groups=not detection)
         self.task = task

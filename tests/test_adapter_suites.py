@@ -197,7 +197,8 @@ DENSE = [(task, k) for task in ("segmentation", "landmarks", "detection") for k 
 METRIC = {"segmentation": "dice", "landmarks": "mre", "detection": "map"}
 
 
-@pytest.mark.slow  # ~5 s each on an idle machine (Square 5000 on 2 samples of 4 × 4)
+@pytest.mark.slow  # ~5 s each on an idle machine (Square 5000 on 2 samples of 4 × 4); detection
+# (tiny FCOS, 2 images of 16 × 16): 28 s each at load 10 on 2 cores
 @pytest.mark.parametrize("task,k", DENSE)
 def test_every_dense_suite_runs_through_the_adapter(tmp_path: Path, task: str, k: int) -> None:
     """The full budgets (APGD-100, Square 5000) end to end. ``aa_budget`` is the same suite for
@@ -422,3 +423,30 @@ def test_detection_models_and_batches_that_do_not_fit_are_named() -> None:
     as_dict = adapter.as_batch({"image": images, "boxes": [t["boxes"] for t in targets],
                                 "labels": [t["labels"] for t in targets]})
     assert torch.equal(as_list["image"], images) and torch.equal(as_dict["image"], images)
+
+
+def test_an_rcnn_detector_keeps_its_own_labels() -> None:
+    """R-CNN's class 0 is background: the user's targets are 1… as the detector trained on them,
+    and the adapter shifts nothing (its DAG targets are the head's indices, its detections the
+    detector's own labels)."""
+    from lightning_modules.nets.detectors import tiny_fasterrcnn
+
+    torch.manual_seed(0)
+    detector = tiny_fasterrcnn(3, in_channels=1, widths=(8,), out_channels=32, min_size=16, max_size=16,
+                               image_mean=[0.0], image_std=[1.0])
+    adapter = OwnDetector(detector).robust_task
+    x, targets = collate_detection(boxes_data(2, 2))
+    targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]  # 1, 2: object classes
+    batch = adapter.as_batch((x, targets))
+    wrapper = adapter.attack_model().eval()
+    assert wrapper.label_offset == 0 and wrapper.detector is detector and adapter.attack_model() is wrapper
+    out = wrapper(batch["image"])
+    loss = adapter.per_sample_loss(out, batch)
+    assert loss.shape == (2,) and bool(torch.isfinite(loss).all())
+    pred, target = adapter.attack_loss_inputs(out, batch, inputs="matched")
+    assert pred.shape[-1] == 3 + 4  # background + 2 classes, and the box
+    assert set(target[..., 0].unique().tolist()) <= {-1.0, 1.0, 2.0}
+    with torch.no_grad():
+        bare = detector(list(x))
+    shown = adapter.predict_for_display(out)
+    assert [torch.equal(a["labels"], b["labels"]) for a, b in zip(shown, bare)] == [True, True]
