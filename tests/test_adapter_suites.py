@@ -198,7 +198,7 @@ METRIC = {"segmentation": "dice", "landmarks": "mre", "detection": "map"}
 
 
 @pytest.mark.slow  # ~5 s each on an idle machine (Square 5000 on 2 samples of 4 × 4); detection
-# (tiny FCOS, 2 images of 16 × 16): 28 s each at load 10 on 2 cores
+# (tiny FCOS, 2 images of 16 × 16): 20-23 s each at load 6 on 2 cores
 @pytest.mark.parametrize("task,k", DENSE)
 def test_every_dense_suite_runs_through_the_adapter(tmp_path: Path, task: str, k: int) -> None:
     """The full budgets (APGD-100, Square 5000) end to end. ``aa_budget`` is the same suite for
