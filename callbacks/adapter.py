@@ -34,6 +34,24 @@ the main metric on each sample alone, in the direction of ``main_metric`` (for e
 Dice, or radial error); with ``task="classification"`` (the default) it defaults to correct
 (1) / wrong (0). Without one, the evaluator falls back to ``is_violated`` (then the loss), and
 says so in the record's ``ensemble_rule``.
+
+Detection (``task="detection"``): ``model`` is a detector in torchvision's call convention —
+``model(images)`` with a list of ``[C, H, W]`` images returns, in eval mode, one dict per image
+with ``boxes`` ``[N, 4]`` (xyxy pixels), ``scores`` ``[N]``, ``labels`` ``[N]``;
+``model(images, targets)`` returns, in train mode, a dict of scalar loss terms. The adapter wraps
+it in :class:`~lightning_modules.nets.detectors.DetectorWrapper` (only the detector's loss
+flags switch; BatchNorm / Dropout stay as the attack sets them), so ``per_sample_loss`` and
+``metrics`` may be ``None``: the detector's own training loss of each image, and
+``DetectionMAP`` (``map``, ``map_50``, ``map_75``); the per-sample metric is each image's
+AP@0.5 and an image is broken when its loss exceeds ``violation_threshold``. DAG's members need
+class logits where the objects are: FCOS, RetinaNet and the R-CNN family give them from their
+heads; any other detector returns ``logits`` ``[N, K]`` with its eval-mode detections. Targets
+are one dict per image, ``boxes`` ``[N_i, 4]`` and ``labels`` ``[N_i]`` in the detector's own
+label convention (nothing is shifted); batches are ``(images, targets)`` or a dict with
+``image``, ``boxes`` and ``labels`` (medrobust's detection datamodules). A callable of your own
+(loss, metric, violation test) receives the eval-mode detections and the targets.
+
+    self.robust_task = RobustTaskAdapter(self, self.detector, None, None, task="detection")
 """
 
 from __future__ import annotations
@@ -56,13 +74,14 @@ class RobustTaskAdapter:
         model: the ``nn.Module`` mapping images ``[B, C, *spatial]`` in ``bounds`` to the
             output, or a zero-argument callable returning it (so it is looked up when needed).
         per_sample_loss: ``(output, target) -> Tensor[B]``, differentiable w.r.t. the input
-            (the attacks ascend it).
+            (the attacks ascend it). Detection: ``None`` = the detector's own loss per image.
         metrics: torchmetrics, ``{name: Metric}`` or a ``MetricCollection``, updated with
-            ``(output, target)`` (a fresh copy per attack × ε).
+            ``(output, target)`` (a fresh copy per attack × ε). Detection: ``None`` = mAP.
         task: a medrobust task name (``classification``…); decides the default violation test
             and the robust-area metric's direction.
         bounds: the images' value range; attacks keep ``x_adv`` inside it.
-        keys: the dict keys a tuple batch is given (image, target).
+        keys: the dict keys a tuple batch is given (image, target); default ``("image",
+            "label")``, detection ``("image", "targets")``.
         is_violated: ``(output, target) -> bool[B]``; default for classification: arg-max ≠
             label (multi-dimensional outputs: ``argmax(dim=1)``).
         method: the name written as ``method`` in ``robustness.json``.
@@ -85,9 +104,10 @@ class RobustTaskAdapter:
             ``[B, K, *spatial]`` and the mask ``[B, *spatial]`` (a ``[B, 1, *spatial]`` mask is
             squeezed); landmarks heatmaps ``[B, L, h, w]`` and targets ``[B, L, 2]`` ``(x, y)``
             image pixels (``[B, L, 3]``: + visibility 1/0), mapped to the heatmap frame when the
-            heatmaps are smaller than the image. Detection has no default (its DAG loss needs
-            the predictions matched to objects): pass one, or use
-            :class:`lightning_modules.DetectionModule`.
+            heatmaps are smaller than the image. Detection takes none: its inputs come from
+            the wrapped detector (see the module docstring).
+        violation_threshold: detection: an image is broken when its loss exceeds this (the
+            default of :class:`lightning_modules.DetectionModule`).
     """
 
     violation_direction = None
@@ -96,11 +116,11 @@ class RobustTaskAdapter:
         self,
         module: nn.Module,
         model: nn.Module | Callable[[], nn.Module],
-        per_sample_loss: Callable[[Any, Any], Tensor],
-        metrics: Mapping[str, Metric] | MetricCollection,
+        per_sample_loss: Callable[[Any, Any], Tensor] | None,
+        metrics: Mapping[str, Metric] | MetricCollection | None,
         task: str = "classification",
         bounds: tuple[float, float] = (0.0, 1.0),
-        keys: Sequence[str] = ("image", "label"),
+        keys: Sequence[str] | None = None,
         is_violated: Callable[[Any, Any], Tensor] | None = None,
         method: str = "user",
         prepare_metric_input: Callable[[Any], Any] | None = None,
@@ -109,18 +129,41 @@ class RobustTaskAdapter:
         per_sample_metric: Callable[[Any, Any], Tensor] | None = None,
         num_classes: int | None = None,
         attack_loss_inputs: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None = None,
+        violation_threshold: float = 1.5,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
+        detection = task == "detection"
+        keys = keys if keys is not None else (("image", "targets") if detection else ("image", "label"))
         if len(tuple(keys)) < 2:
             raise ValueError(f"RobustTaskAdapter.keys needs (image key, target key), got {keys!r}")
-        if not callable(per_sample_loss):
-            raise TypeError("RobustTaskAdapter.per_sample_loss must be callable (output, target) -> [B]")
+        if not (callable(per_sample_loss) or (detection and per_sample_loss is None)):
+            raise TypeError("RobustTaskAdapter.per_sample_loss must be callable (output, target) -> [B]"
+                            + ("" if detection else " (None only for task='detection')"))
+        if metrics is None and not detection:
+            raise TypeError("RobustTaskAdapter.metrics: give {name: torchmetrics.Metric} "
+                            "(None only for task='detection', whose default is mAP)")
+        if detection and attack_loss_inputs is not None:
+            raise ValueError("RobustTaskAdapter(task='detection') takes no attack_loss_inputs: the "
+                             "detection losses read the detector itself (see the class docstring)")
         object.__setattr__(self, "_module", module)  # no nn.Module registration (no cycle)
         self._model = model
         self._loss = per_sample_loss
-        self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(dict(metrics))
+        if metrics is None:
+            from lightning_modules.metrics.detection import DetectionMAP
+
+            metrics = {"detection": DetectionMAP()}
+        self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(
+            dict(metrics), compute_groups=not detection)
         self.task = task
+        #: detection's default violation test: the per-image loss above this (as DetectionModule)
+        self.violation_threshold = float(violation_threshold)
+        if detection:
+            self.violation_direction = "above"
+            if per_sample_metric is None:
+                #: the per-sample file's column: the image's AP@0.5, not its mAP
+                self.per_sample_metric_name = "ap50"
+        self._wrapper: Any = None  # detection: the DetectorWrapper around the user's detector
         self.keys = tuple(keys)
         self._is_violated = is_violated
         if per_sample_metric is not None and not callable(per_sample_metric):
@@ -130,7 +173,9 @@ class RobustTaskAdapter:
         self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
         self.method = type("UserMethod", (), {"name": method})()
         names = list(self._metrics.keys(keep_base=True))
-        if main_metric is not None and main_metric not in names:
+        if detection and main_metric is None and len(names) == 1:
+            main_metric = "map"  # what MeanAveragePrecision reports (one object, many values)
+        if main_metric is not None and main_metric not in names and not (detection and len(names) == 1):
             raise ValueError(f"RobustTaskAdapter.main_metric={main_metric!r} is not one of the metrics {names}")
         self.main_metric = main_metric or (names[0] if names else "")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
@@ -156,13 +201,34 @@ class RobustTaskAdapter:
 
     # -- RobustTask ---------------------------------------------------------------------------------
     def attack_model(self) -> nn.Module:
+        """The model the attacks face; detection: the user's detector inside a
+        :class:`~lightning_modules.nets.detectors.DetectorWrapper` (built once per detector),
+        whose output, a ``DetectionOutput``, gives the per-image losses, the detections and
+        DAG's matched predictions."""
         model = self._model if isinstance(self._model, nn.Module) else self._model()
         if not isinstance(model, nn.Module):
             raise TypeError(f"RobustTaskAdapter.model must give an nn.Module, got {type(model).__name__}")
-        return model
+        if self.task != "detection":
+            return model
+        from lightning_modules.nets.detectors import DetectorWrapper
+
+        if isinstance(model, DetectorWrapper):
+            return model
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError("RobustTaskAdapter(task='detection'): the detector is needed as an nn.Module; "
+                             "a TorchScript detector hides the heads the per-image losses come from")
+        if self._wrapper is None or self._wrapper.detector is not model:
+            # the user's labels are the detector's own (label_offset 0: nothing shifted); a fixed
+            # sampling seed makes Faster R-CNN's eval-mode losses a function of the input
+            self._wrapper = DetectorWrapper(model, label_offset=0, sampling_seed=0)
+        return self._wrapper
 
     def as_batch(self, batch: Any) -> dict[str, Any]:
-        """A tuple ``(image, target, …)`` as ``{keys[i]: …}``; a dict is checked for the keys."""
+        """A tuple ``(image, target, …)`` as ``{keys[i]: …}``; a dict is checked for the keys.
+        Detection: ``{"image": [B, C, H, W], "boxes": [B × [N_i, 4]], "labels": [B × [N_i]]}``
+        (see :func:`_detection_batch`)."""
+        if self.task == "detection":
+            return _detection_batch(batch, self.keys)
         if isinstance(batch, Mapping):
             missing = [k for k in self.keys[:2] if k not in batch]
             if missing:
@@ -176,10 +242,19 @@ class RobustTaskAdapter:
         )
 
     def _target(self, batch: Mapping[str, Any]) -> Any:
+        if self.task == "detection":  # torchvision's targets: one dict per image
+            return [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
         return batch[self.keys[1]]
 
+    def _user_output(self, output: Any) -> Any:
+        """What the user's callables receive: the output itself; detection: the eval-mode
+        detections (one dict per image, differentiable; :func:`_detection_output`)."""
+        return _detection_output(output).detections if self.task == "detection" else output
+
     def per_sample_loss(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
-        loss = self._loss(output, self._target(batch))
+        if self._loss is None:  # detection: the detector's own training loss of each image
+            return _detection_output(output).loss(batch["boxes"], batch["labels"])
+        loss = self._loss(self._user_output(output), self._target(batch))
         if not isinstance(loss, Tensor) or loss.ndim != 1:
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"RobustTaskAdapter.per_sample_loss must return a Tensor[B] "
@@ -188,17 +263,29 @@ class RobustTaskAdapter:
 
     def is_violated(self, output: Any, batch: Mapping[str, Any], threshold: float | None = None) -> Tensor:
         if self._is_violated is not None:
-            return self._is_violated(output, self._target(batch))
+            return self._is_violated(self._user_output(output), self._target(batch))
+        if self.task == "detection":  # DetectionModule's test: the image's loss above a threshold
+            thr = self.violation_threshold if threshold is None else float(threshold)
+            return self.violation_statistic(output, batch) > thr
         if self.task == "classification" and isinstance(output, Tensor):
             return output.argmax(dim=1) != self._target(batch).reshape(-1).long()
         raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no violation test: pass "
                          "is_violated=(output, target) -> Bool[B] (True where the sample counts as broken)")
 
     def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
-        return self.per_sample_loss(output, batch).detach()
+        with torch.no_grad():
+            return self.per_sample_loss(output, batch).detach()
 
     def per_sample_metric(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         target = self._target(batch)
+        if self.task == "detection":
+            preds = _detection_output(output).detached_detections()
+            if self._metric is not None:
+                output = preds
+            else:
+                from lightning_modules.metrics.detection import per_image_ap50
+
+                return per_image_ap50(preds, _detached_targets(target, preds))
         if self._metric is not None:
             value = self._metric(output, target)
             if not isinstance(value, Tensor) or value.ndim != 1:
@@ -214,12 +301,17 @@ class RobustTaskAdapter:
         return self._metrics.clone()
 
     def update_metrics(self, metrics: MetricCollection, output: Any, batch: Mapping[str, Any]) -> None:
-        prepared = self._prepare(output)
         target = self._target(batch)
+        if self.task == "detection":  # torchmetrics' MeanAveragePrecision form
+            output = _detection_output(output).detached_detections()
+            target = _detached_targets(target, output)
+        prepared = self._prepare(output)
         for name in metrics.keys(keep_base=True):
             metrics[name].update(prepared.detach() if isinstance(prepared, Tensor) else prepared, target)
 
     def predict_for_display(self, output: Any) -> Any:
+        if self.task == "detection":
+            return _detection_output(output).detached_detections()
         if isinstance(output, Tensor) and output.ndim == 2:
             probs = output.detach().float().softmax(dim=1)
             conf, label = probs.max(dim=1)
@@ -231,8 +323,19 @@ class RobustTaskAdapter:
 
         return higher_is_better(self._metrics, name or self.main_metric, "RobustTaskAdapter")
 
-    def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-        """``(logits, labels)`` for the named attack losses (see ``attack_loss_inputs`` above)."""
+    def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any],
+                           inputs: str = "default") -> tuple[Tensor, Tensor]:
+        """``(logits, labels)`` for the named attack losses (see ``attack_loss_inputs`` above).
+        Detection, as :meth:`lightning_modules.DetectionModule.attack_loss_inputs`:
+        ``inputs="default"`` the detections' scores and labels ``[B, N]`` (TOG-vanishing);
+        ``"matched"`` (DAG) the class logits and boxes of the locations / proposals / detections
+        with the ground-truth object each covers."""
+        if self.task == "detection":
+            from lightning_modules.detection_module import detection_loss_inputs
+
+            return detection_loss_inputs(_detection_output(output), batch, inputs, "RobustTaskAdapter")
+        if inputs != "default":
+            raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no attack loss inputs {inputs!r}")
         target = self._target(batch)
         if self._loss_inputs is not None:
             return self._loss_inputs(output, target, batch[self.keys[0]])
@@ -265,6 +368,86 @@ class RobustTaskAdapter:
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         raise ValueError("RobustTaskAdapter has no output divergence, so TRADES cannot train through "
                          "it; use a medrobust task module (lightning_modules) for TRADES")
+
+
+def _detection_output(output: Any) -> Any:
+    """The ``DetectionOutput`` the adapter's detector wrapper returns (else a clear error)."""
+    from lightning_modules.nets.detectors import DetectionOutput
+
+    if not isinstance(output, DetectionOutput):
+        raise ValueError("RobustTaskAdapter(task='detection'): expected the output of the adapter's "
+                         f"attack_model() (a DetectionOutput), got {type(output).__name__}")
+    return output
+
+
+def _detached_targets(target: list[dict[str, Tensor]], preds: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Targets on the predictions' device, detached, in torchmetrics' detection form."""
+    return [{"boxes": t["boxes"].detach().to(p["boxes"].device).float().reshape(-1, 4),
+             "labels": t["labels"].detach().to(p["boxes"].device).long().reshape(-1)}
+            for t, p in zip(target, preds)]
+
+
+def _detection_batch(batch: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """A detection batch in medrobust's form: ``image`` ``[B, C, H, W]``, ``boxes`` (``B`` float
+    ``[N_i, 4]`` xyxy pixels) and ``labels`` (``B`` int64 ``[N_i]``), lists so that samples can be
+    picked (:func:`attacks.tree.select_rows`).
+
+    Accepted: a tuple ``(images, targets, …)`` (torchvision's form: ``images`` a ``[B, C, H, W]``
+    tensor or a list / tuple of ``B`` same-size ``[C, H, W]`` tensors; ``targets`` ``B`` dicts with
+    ``boxes`` and ``labels``); a dict with ``keys[0]`` and either ``boxes`` + ``labels`` (medrobust's
+    detection datamodules) or ``keys[1]`` holding the ``B`` target dicts."""
+    image_key, target_key = keys[0], keys[1]
+    if isinstance(batch, Mapping):
+        if image_key not in batch:
+            raise KeyError(f"RobustTaskAdapter: the detection batch lacks {image_key!r}; keys {sorted(batch)}")
+        out = {k: v for k, v in batch.items() if k != target_key}
+        if "boxes" in batch and "labels" in batch:
+            boxes, labels = batch["boxes"], batch["labels"]
+        elif target_key in batch:
+            boxes, labels = _split_targets(batch[target_key])
+        else:
+            raise KeyError(f"RobustTaskAdapter: a detection batch needs 'boxes' and 'labels' or "
+                           f"{target_key!r} (one dict per image); keys {sorted(batch)}")
+        images = batch[image_key]
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        images = batch[0]
+        boxes, labels = _split_targets(batch[1])
+        out = dict(zip(keys[2:], batch[2:]))
+    else:
+        raise TypeError("RobustTaskAdapter: a detection batch must be a tuple (images, targets) or a dict "
+                        f"with {image_key!r} and 'boxes' + 'labels', got {type(batch).__name__}")
+    if isinstance(images, (list, tuple)):
+        shapes = {tuple(i.shape) for i in images if isinstance(i, Tensor)}
+        if len(shapes) != 1 or not all(isinstance(i, Tensor) for i in images):
+            raise ValueError(f"RobustTaskAdapter: detection images must be tensors of one size to be "
+                             f"stacked, got sizes {sorted(shapes)}")
+        images = torch.stack(list(images))
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"RobustTaskAdapter: detection images must be [B, C, H, W], got {got}")
+    boxes, labels = list(boxes), list(labels)
+    if len(boxes) != images.shape[0] or len(labels) != images.shape[0]:
+        raise ValueError(f"RobustTaskAdapter: {len(boxes)} targets for {images.shape[0]} images")
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        if not (isinstance(b, Tensor) and isinstance(lab, Tensor) and b.ndim == 2 and b.shape[1] == 4
+                and lab.ndim == 1 and lab.shape[0] == b.shape[0]):
+            got = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in (b, lab)]
+            raise ValueError(f"RobustTaskAdapter: detection target {i} must have 'boxes' [N, 4] (xyxy "
+                             f"pixels) and 'labels' [N]; got {got[0]} and {got[1]}")
+    out.pop(image_key, None)
+    out.update({"image": images, "boxes": boxes, "labels": labels})  # the evaluator reads "image"
+    return out
+
+
+def _split_targets(targets: Any) -> tuple[list[Any], list[Any]]:
+    """``B`` dicts ``{"boxes", "labels"}`` -> ``(boxes list, labels list)`` (else a clear error)."""
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
+        raise ValueError("RobustTaskAdapter: detection targets must be one dict per image with 'boxes' "
+                         f"[N, 4] and 'labels' [N] (torchvision's form), got {type(targets).__name__}")
+    missing = [i for i, t in enumerate(targets) if "boxes" not in t or "labels" not in t]
+    if missing:
+        raise ValueError(f"RobustTaskAdapter: detection targets {missing} lack 'boxes' or 'labels'")
+    return [t["boxes"] for t in targets], [t["labels"] for t in targets]
 
 
 def _classes_of(metrics: MetricCollection) -> int | None:

@@ -11,6 +11,8 @@ enabled and the model guarded — plus the optional per-sample minimal ε. It re
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -249,14 +251,18 @@ class EvaluationRunner:
             bar = MemberProgress(len(mine) * len(specs) * len(eps),
                                  f"{label} {split}: {len(specs)} attack(s) × {len(eps)} ε", trainer)
             evaluator.on_member = bar.member
-            # Lightning's SIGTERM handler only sets this flag; the evaluation stops after the
-            # member × ε that is running (EvaluationStopped) instead of running on to the end.
-            # Not in fit's per-epoch evaluation: it is short, Lightning ends the fit right after
-            # it, and arming the stop copies every metric state before each batch (≈ 1 ms)
-            if getattr(getattr(trainer, "state", None), "fn", None) != "fit":  # TrainerFn is a str enum
-                evaluator.should_stop = lambda: bool(getattr(trainer, "received_sigterm", False))
+            # A SIGTERM stops the evaluation after the member × ε that is running
+            # (EvaluationStopped) instead of running on to the end. Not in fit's per-epoch
+            # evaluation: it is short, Lightning ends the fit right after it, and arming the stop
+            # copies every metric state before each batch (≈ 1 ms)
+            armed = getattr(getattr(trainer, "state", None), "fn", None) != "fit"  # TrainerFn: a str enum
+            signal_stop = StopSignal(trainer) if armed else None
+            if signal_stop is not None:
+                evaluator.should_stop = signal_stop
             stopped: StopInfo | None = None
-            done = 0
+            done = i = 0
+            if signal_stop is not None:
+                signal_stop.install()
             try:
                 batches = self._device_batches(key, dataset, mine, collate_fn, task, device)
                 for i, batch in enumerate(batches):
@@ -282,6 +288,10 @@ class EvaluationRunner:
                                    samples=sum(len(b) for _, b, c in mine if c))
             finally:
                 bar.close()
+            if signal_stop is not None and world_size > 1:
+                # each rank stopped on its own signal, at its own member × ε: one collective so that
+                # every rank agrees (and writes, raises, exits alike) before the metrics' sync
+                stopped = agree_on_stop(stopped, len(mine), sum(len(b) for _, b, c in mine if c))
             outcome = evaluator.compute()  # collective (torchmetrics sync)
             if stopped is not None:  # over every rank: the samples counted, of the whole subset
                 stopped.samples_done = int(outcome.total_samples or outcome.num_samples)
@@ -386,6 +396,62 @@ def batch_size_for_world(n: int, batch_size: int, world_size: int, rank: int, sp
 def _nbytes(obj: Any) -> int:
     """Bytes held by the tensors of a batch."""
     return sum(t.element_size() * t.nelement() for t in tree_leaves(obj))
+
+
+class StopSignal:
+    """The stop of a validate / test evaluation on SIGTERM: once installed, SIGTERM only sets a flag
+    (and, in the process that launched the DDP workers, forwards the signal to them once); the
+    evaluator asks it (``should_stop``) before each member × ε. It stays installed to the end of
+    the stage — through the gather that follows the loop, the metrics' sync and the writing, where
+    a late or second signal must not reach Lightning's handler either — and Lightning's teardown
+    then puts back the handler the process had before the stage.
+
+    Why not Lightning's handler: under DDP it runs ``torch.distributed.broadcast`` *inside the
+    signal handler* (lightning 2.6, ``_SignalConnector._sigterm_notifier_fn``). A handler runs
+    wherever the rank happens to be, so that broadcast pairs with whatever collective another
+    rank is in — or with nothing, when one rank receives the signal twice (a scheduler signals
+    every process and the launcher forwards it again): then every rank waits forever
+    (``tests/test_evaluation_stop_ddp.py`` hung so before this). Here the ranks agree once, after
+    the loop, in :func:`agree_on_stop`. Also ``True`` once Lightning's own flag
+    (``trainer.received_sigterm``) is set (a signal before the evaluation began). Outside the
+    main thread (where no handler can be installed) only Lightning's flag is read."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.received = False
+
+    def __call__(self) -> bool:
+        return self.received or bool(getattr(self.trainer, "received_sigterm", False))
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = not self.received
+        self.received = True
+        launcher = getattr(getattr(self.trainer, "strategy", None), "launcher", None)
+        if first and launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signum)  # the workers this process launched (none on a worker)
+
+    def install(self) -> None:
+        """Handle SIGTERM here (main thread only; elsewhere Lightning's flag alone is read)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+
+
+def agree_on_stop(stopped: StopInfo | None, batches: int, samples: int) -> StopInfo | None:
+    """One gather after the batch loop: if any rank stopped, every rank returns the same
+    :class:`StopInfo` — the fewest batches any rank finished (a rank that stopped later, or
+    finished all of its batches, evaluated more; the record counts the samples evaluated over the
+    ranks) and the member × ε of the first rank that stopped. ``None`` when none did."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return stopped
+    mine = None if stopped is None else (stopped.attack, stopped.eps, stopped.batches_done)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    first = next((p for p in parts if p is not None), None)
+    if first is None:
+        return None
+    done = min(batches if p is None else p[2] for p in parts)
+    return StopInfo(reason="SIGTERM", attack=first[0], eps=first[1], batches_done=done, batches=batches,
+                    samples_done=samples if stopped is None else stopped.samples_done, samples=samples)
 
 
 def _gather_pairs(pairs: list[tuple[int, float]], world_size: int) -> list[tuple[int, float]]:

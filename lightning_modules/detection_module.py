@@ -58,6 +58,23 @@ from lightning_modules.protocol import Batch
 DIVERGENCES = ("auto", "dense", "pseudo_label")
 
 
+def detection_loss_inputs(output: DetectionOutput, batch: Batch, inputs: str = "default",
+                          who: str = "DetectionModule") -> tuple[Tensor, Tensor]:
+    """The named detection attack losses' ``(logits, labels)`` from a ``DetectionOutput`` and a
+    batch with ``boxes`` / ``labels`` lists (see :meth:`DetectionModule.attack_loss_inputs`; the
+    own-model path's :class:`callbacks.RobustTaskAdapter` uses it too)."""
+    if inputs == "matched":
+        return output.matched_predictions(batch["boxes"], batch["labels"])
+    if inputs != "default":
+        raise ValueError(f"{who}: unknown attack loss inputs {inputs!r}; expected 'default' or 'matched'")
+    dets = output.detections
+    n = max([1] + [d["scores"].numel() for d in dets])
+    pad = [n - d["scores"].numel() for d in dets]
+    scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
+    labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
+    return scores, labels
+
+
 class DetectionModule(TaskModule):
     """Object detection task module.
 
@@ -179,17 +196,7 @@ class DetectionModule(TaskModule):
         decoded boxes of the locations / proposals ``[B, L, K + 4]`` and the ground-truth class
         and box each covers ``[B, L, 5]`` (class ``-1`` where none), from
         ``DetectionOutput.matched_predictions``."""
-        if inputs == "matched":
-            return self._output(output).matched_predictions(batch["boxes"], batch["labels"])
-        if inputs != "default":
-            raise ValueError(f"DetectionModule: unknown attack loss inputs {inputs!r}; "
-                             "expected 'default' or 'matched'")
-        dets = self._output(output).detections
-        n = max([1] + [d["scores"].numel() for d in dets])
-        pad = [n - d["scores"].numel() for d in dets]
-        scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
-        labels = torch.stack([F.pad(d["labels"].long(), (0, p), value=-1) for d, p in zip(dets, pad)])
-        return scores, labels
+        return detection_loss_inputs(self._output(output), batch, inputs)
 
     @staticmethod
     def _output(output: Any) -> DetectionOutput:

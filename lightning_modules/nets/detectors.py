@@ -46,7 +46,7 @@ import contextlib
 import inspect
 import typing
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -272,6 +272,53 @@ def build_detector(
 
 
 # ----------------------------------------------------------------------------- wrapper
+def _call_detector(det: nn.Module, images: list[Tensor], targets: Targets | None = None) -> Any:
+    """``det(images[, targets])`` with a clear error when the detector does not take torchvision's
+    call convention (a list of ``[C, H, W]`` images, and the targets in train mode)."""
+    try:
+        return det(images) if targets is None else det(images, targets)
+    except TypeError as err:
+        raise ValueError(
+            f"detection: {type(det).__name__} must take torchvision's detector call "
+            "(`model(images: list[Tensor[C, H, W]], targets)` -> a dict of losses in train mode, "
+            f"`model(images)` -> one dict per image in eval mode): {err}") from None
+
+
+def _checked_losses(out: Any) -> dict[str, Tensor]:
+    """A generic detector's train-mode output: ``{name: scalar loss}``, else a clear error."""
+    if not (isinstance(out, Mapping) and out
+            and all(isinstance(v, Tensor) and v.numel() == 1 for v in out.values())):
+        got = (f"a dict with {sorted((k, tuple(v.shape)) for k, v in out.items() if isinstance(v, Tensor))}"
+               if isinstance(out, Mapping) else type(out).__name__)
+        raise ValueError("detection: in train mode, given (images, targets), a detector must return a "
+                         f"non-empty dict of scalar loss tensors (torchvision's form); got {got}")
+    return {k: v.reshape(()) for k, v in out.items()}
+
+
+def _checked_detections(out: Any, n: int) -> Targets:
+    """A generic detector's eval-mode output: ``n`` dicts with ``boxes`` ``[N, 4]``, ``scores``
+    ``[N]``, ``labels`` ``[N]`` (and optionally ``logits`` ``[N, K]``), else a clear error."""
+    form = ("one dict per image with 'boxes' [N, 4] (xyxy pixels), 'scores' [N], 'labels' [N] "
+            "(optional: 'logits' [N, K])")
+    if not (isinstance(out, (list, tuple)) and len(out) == n and all(isinstance(d, Mapping) for d in out)):
+        got = f"{len(out)} items" if isinstance(out, (list, tuple)) else type(out).__name__
+        raise ValueError(f"detection: in eval mode a detector must return {form} for {n} images; got {got}")
+    for i, d in enumerate(out):
+        missing = [k for k in ("boxes", "scores", "labels") if not isinstance(d.get(k), Tensor)]
+        if missing:
+            raise ValueError(f"detection: image {i}'s detections lack {missing} (tensors); expected {form}")
+        m = d["boxes"].shape[0] if d["boxes"].ndim == 2 else -1
+        shapes_ok = (d["boxes"].ndim == 2 and d["boxes"].shape[1] == 4 and d["scores"].shape == (m,)
+                     and d["labels"].shape == (m,))
+        if "logits" in d:
+            z = d["logits"]
+            shapes_ok = shapes_ok and isinstance(z, Tensor) and z.ndim == 2 and z.shape[0] == m
+        if not shapes_ok:
+            shapes = {k: tuple(v.shape) for k, v in d.items() if isinstance(v, Tensor)}
+            raise ValueError(f"detection: image {i}'s detections have shapes {shapes}; expected {form}")
+    return list(out)
+
+
 @contextlib.contextmanager
 def _flags(modules: Sequence[nn.Module | None], training: bool) -> Iterator[None]:
     """Set ``.training`` of exactly these modules (not their children) and restore it."""
@@ -422,7 +469,7 @@ class DetectorWrapper(nn.Module):
             if self.family == "generic":
                 with _logic_flags(det, True):
                     for i in range(b):
-                        add(i, det([out.z[i]], [targets[i]]))
+                        add(i, _checked_losses(_call_detector(det, [out.z[i]], [targets[i]])))
             else:
                 image_list, features = out.image_list, out.features
                 assert image_list is not None and features is not None
@@ -460,7 +507,7 @@ class DetectorWrapper(nn.Module):
         with _maybe_fork_rng(out.sampling_seed, out.z.device):
             if self.family == "generic":
                 with _logic_flags(det, True):
-                    return dict(det(list(out.z), targets))
+                    return _checked_losses(_call_detector(det, list(out.z), targets))
             image_list, features = out.image_list, out.features
             assert image_list is not None and features is not None
             tgt = self._scaled_targets(targets, image_list, out.original_sizes)
@@ -479,31 +526,34 @@ class DetectorWrapper(nn.Module):
 
     def detections(self, out: DetectionOutput) -> Targets:
         """Eval-mode post-processed detections per image: ``boxes`` ``[N, 4]`` xyxy pixels,
-        ``scores`` ``[N]``, ``labels`` ``[N]`` in ``[0, C)``."""
+        ``scores`` ``[N]``, ``labels`` ``[N]`` in ``[0, C)`` (a generic detector's ``logits``
+        ``[N, K]`` too, where it returns them)."""
         det = self.detector
         if self.family == "generic":
             with _logic_flags(det, False):
-                dets = det(list(out.z))
+                dets = _checked_detections(_call_detector(det, list(out.z)), len(out))
+            # a generic detector's class logits per detection (optional): DAG's inputs
+            return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - self.label_offset,
+                     **({"logits": d["logits"]} if "logits" in d else {})} for d in dets]
+        image_list, features = out.image_list, out.features
+        assert image_list is not None and features is not None
+        transform = det.transform
+        if self.family == "rcnn":
+            with _flags([det, det.rpn, det.roi_heads, transform], False):
+                proposals, _ = det.rpn(image_list, features)
+                dets, _ = det.roi_heads(features, proposals, image_list.image_sizes)
         else:
-            image_list, features = out.image_list, out.features
-            assert image_list is not None and features is not None
-            transform = det.transform
-            if self.family == "rcnn":
-                with _flags([det, det.rpn, det.roi_heads, transform], False):
-                    proposals, _ = det.rpn(image_list, features)
-                    dets, _ = det.roi_heads(features, proposals, image_list.image_sizes)
-            else:
-                feats = list(features.values())
-                head_out = out.head_outputs()
-                anchors = self._anchors(image_list, feats)
-                hw = [f.shape[2] * f.shape[3] for f in feats]
-                per_loc = head_out["cls_logits"].shape[1] // sum(hw)  # anchors per location
-                levels = [n * per_loc for n in hw]
-                split = {k: list(v.split(levels, dim=1)) for k, v in head_out.items()}
-                split_anchors = [list(a.split(levels)) for a in anchors]
-                dets = det.postprocess_detections(split, split_anchors, image_list.image_sizes)
-            with _flags([transform], False):
-                dets = transform.postprocess(dets, image_list.image_sizes, out.original_sizes)
+            feats = list(features.values())
+            head_out = out.head_outputs()
+            anchors = self._anchors(image_list, feats)
+            hw = [f.shape[2] * f.shape[3] for f in feats]
+            per_loc = head_out["cls_logits"].shape[1] // sum(hw)  # anchors per location
+            levels = [n * per_loc for n in hw]
+            split = {k: list(v.split(levels, dim=1)) for k, v in head_out.items()}
+            split_anchors = [list(a.split(levels)) for a in anchors]
+            dets = det.postprocess_detections(split, split_anchors, image_list.image_sizes)
+        with _flags([transform], False):
+            dets = transform.postprocess(dets, image_list.image_sizes, out.original_sizes)
         return [{"boxes": d["boxes"], "scores": d["scores"],
                  "labels": d["labels"] - self.label_offset} for d in dets]
 
@@ -616,9 +666,11 @@ class DetectionOutput:
             and scale ranges). Differentiable w.r.t. the input.
         """
         wrapper = self.wrapper
-        if wrapper.family == "generic" or self.image_list is None or self.features is None:
-            raise ValueError("matched_predictions needs a FCOS, RetinaNet or Faster R-CNN detector, "
-                             f"got the {wrapper.family!r} family")
+        if wrapper.family == "generic":
+            return self._matched_detections(boxes, labels, iou_thresh)
+        if self.image_list is None or self.features is None:
+            raise ValueError("matched_predictions needs the features of a FCOS, RetinaNet or Faster "
+                             f"R-CNN detector, got the {wrapper.family!r} family")
         targets = wrapper.to_detector_targets(boxes, labels, self.z.device)
         targets = wrapper._scaled_targets(targets, self.image_list, self.original_sizes)
         det = wrapper.detector
@@ -678,6 +730,42 @@ class DetectionOutput:
             tgts.append(torch.cat([cls[:, None].to(gt.dtype), gt], dim=1))
         return torch.stack(preds), torch.stack(tgts)
 
+    def _matched_detections(self, boxes: Sequence[Tensor], labels: Sequence[Tensor],
+                            iou_thresh: float) -> tuple[Tensor, Tensor]:
+        """:meth:`matched_predictions` of a generic detector: its eval-mode detections must
+        carry ``logits`` ``[N, K]`` (the class logits of each detection, differentiable; column
+        ``j`` = the detector's class ``j``). Each detection is matched to the ground-truth box it
+        overlaps most when that IoU is ``>= iou_thresh`` (as Faster R-CNN's proposals are)."""
+        dets = self.detections
+        if not all("logits" in d for d in dets):
+            raise ValueError(
+                "DAG attack losses need the class logits of the detections: a detector that is not "
+                "FCOS, RetinaNet or of the R-CNN family must return, in eval mode, 'logits' [N, K] "
+                "beside 'boxes', 'scores' and 'labels' in each image's dict")
+        targets = self.wrapper.to_detector_targets(boxes, labels, self.z.device)
+        k = max(int(d["logits"].shape[1]) for d in dets)
+        preds, tgts = [], []
+        for i, (d, t) in enumerate(zip(dets, targets)):
+            z, b = d["logits"], d["boxes"].float()
+            if z.shape[1] != k:
+                raise ValueError(f"detection {i}: logits have {z.shape[1]} classes, another image's {k}")
+            gt = t["boxes"]
+            if len(gt) and len(b):
+                iou, j = box_iou(b.detach(), gt).max(dim=1)
+                ok = iou >= iou_thresh
+                cls = torch.where(ok, t["labels"][j], torch.full_like(j, -1))
+                matched = torch.where(ok[:, None], gt[j], torch.zeros_like(gt[j]))
+            else:
+                cls = torch.full((len(b),), -1, dtype=torch.long, device=b.device)
+                matched = b.new_zeros(len(b), 4)
+            preds.append(torch.cat([z.float(), b], dim=1))
+            tgts.append(torch.cat([cls[:, None].to(matched.dtype), matched], dim=1))
+        n = max([1] + [len(p) for p in preds])
+        pred = torch.stack([F.pad(v, (0, 0, 0, n - v.shape[0])) for v in preds])
+        target = torch.stack([F.pad(v, (0, 0, 0, n - v.shape[0]), value=-1.0) for v in tgts])
+        target[..., 1:] = target[..., 1:].clamp_min(0)
+        return pred, target
+
     @property
     def detections(self) -> Targets:
         """Per image ``{"boxes" [N, 4], "scores" [N], "labels" [N] in [0, C)}``."""
@@ -686,5 +774,6 @@ class DetectionOutput:
         return self._detections
 
     def detached_detections(self) -> Targets:
-        """:attr:`detections` with every tensor detached (for metrics, displays, pseudo-labels)."""
-        return [{k: v.detach() for k, v in d.items()} for d in self.detections]
+        """:attr:`detections` (``boxes``, ``scores``, ``labels``) with every tensor detached
+        (for metrics, displays, pseudo-labels)."""
+        return [{k: d[k].detach() for k in ("boxes", "scores", "labels")} for d in self.detections]
