@@ -220,6 +220,17 @@ def _as_json(record: Any) -> dict[str, Any] | None:
     return None if record is None else json.loads(record.to_json())
 
 
+def repo_path(path: str | Path) -> str:
+    """How ``results.json`` names a file: relative to the repository root when it lies inside it
+    (the results move with the checkout), absolute otherwise. A relative path to an ``--out``
+    outside the checkout (``../../models/…``) would resolve only from a checkout at the same
+    depth: ``--report-only`` from another checkout would lose the per-sample files and decide
+    every verdict as inconclusive. Readers join it to their root (``ROOT / p``), which keeps an
+    absolute path as it is."""
+    p = Path(path).resolve()
+    return os.path.relpath(p, ROOT) if p.is_relative_to(ROOT) else str(p)
+
+
 def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = "") -> dict[str, Any]:
     """``train.py fit`` with ``cfg_path`` under ``root``, then ``test`` of the best checkpoint;
     returns timings and the records of the run folder. Progress: one line per epoch
@@ -261,7 +272,7 @@ def execute(cfg_path: Path, root: Path, accelerator: str | None, label: str = ""
     if test is None or test.split != "test":
         raise RuntimeError(f"{log_dir}: no test record in robustness.json")
     return {
-        "log_dir": os.path.relpath(log_dir, ROOT), "ckpt": os.path.relpath(best, ROOT) if best else "last",
+        "log_dir": repo_path(log_dir), "ckpt": repo_path(best) if best else "last",
         "best_epoch": _best_epoch(best) if best else None, "epochs": epochs,
         "fit_s": round(fit_s, 1), "test_s": round(test_s, 1), "val_eval_s": round(val_eval_s, 1),
         "train_s_per_epoch": round((fit_s - val_eval_s) / max(epochs, 1), 2),
@@ -333,7 +344,7 @@ def _run_one(run: Run, cfg: dict[str, Any], applied: Overrides, label: str, seed
         + yaml.safe_dump(cfg, sort_keys=False))
     print(f"[run.py] {tag} ({label}) …", flush=True)
     entry: dict[str, Any] = {"label": label, "config": run.config, "overrides": applied,
-                             "seed": seed, "derived_config": os.path.relpath(cfg_path, ROOT)}
+                             "seed": seed, "derived_config": repo_path(cfg_path)}
     root = out / "runs" / f"seed{seed}" if several else out / "runs"
     try:
         entry.update(execute(cfg_path, root, args.accelerator, tag))
