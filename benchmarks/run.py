@@ -329,15 +329,18 @@ def _run_one(run: Run, cfg: dict[str, Any], applied: Overrides, label: str, seed
              args: argparse.Namespace, tag: str) -> dict[str, Any]:
     """Train and test one seed of ``run``: its derived config (``seed_everything`` = ``seed``)
     and run folder. With one seed the layout is as before (``runs/``, ``configs/<key>.yaml``);
-    with several, each seed has its own root ``runs/seed<s>/`` (so a glob such as AMAT's
-    ``{default_root_dir}/<task>_clean/version_*`` finds that seed's clean model) and config
-    ``configs/<key>_seed<s>.yaml``."""
+    with several, each seed has its own root ``runs/seed<s>/`` and config
+    ``configs/seed<s>/<key>.yaml``. The run folder keeps the run's own name (the config's stem)
+    in every seed's root, so a glob such as AMAT's ``{default_root_dir}/<task>_clean/version_*``
+    finds that seed's clean model (a ``_seed<s>`` suffix on the name made it miss, and AMAT fell
+    back to its running threshold)."""
     several = args.seeds > 1
     cfg = copy.deepcopy(cfg)
     if several or "seed_everything" in cfg:
         cfg["seed_everything"] = seed
-    name = run.key.replace("/", "_") + (f"_seed{seed}" if several else "")
-    cfg_path = out / "configs" / f"{name}.yaml"
+    name = run.key.replace("/", "_")
+    cfg_path = out / "configs" / (f"seed{seed}" if several else "") / f"{name}.yaml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(
         f"# derived by benchmarks/run.py ({mode}) from configs/experiment/{run.config}.yaml\n"
         f"# overrides: {json.dumps(applied)}" + (f"; seed_everything {seed}" if several else "") + "\n"

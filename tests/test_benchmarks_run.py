@@ -3,6 +3,7 @@ and its config-override machinery."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 from pathlib import Path
@@ -154,6 +155,12 @@ def test_smoke_run_with_two_seeds(tmp_path: Path, shared_data: Path, monkeypatch
     assert [e["seed"] for e in entry["seeds"]] == [0, 1] and entry["seed"] == [0, 1]
     dirs = [(PROJECT_ROOT / e["log_dir"]).resolve() for e in entry["seeds"]]
     assert dirs[0] != dirs[1] and [d.relative_to((out / "runs").resolve()).parts[0] for d in dirs] == ["seed0", "seed1"]
+    # every seed's run folder keeps the run's own name, so that a glob over the seed's root
+    # (AMAT's clean_checkpoint: "{default_root_dir}/<task>_clean/version_*/…") finds that seed's run
+    for s, d in enumerate(dirs):
+        root = (out / "runs" / f"seed{s}").resolve()
+        assert d.relative_to(root).parts[0] == "pneumoniamnist_naive"
+        assert [Path(p).resolve() for p in glob.glob(f"{root}/pneumoniamnist_naive/version_*")] == [d]
     for s, e in enumerate(entry["seeds"]):
         cfg = load_config(PROJECT_ROOT / e["derived_config"])
         assert cfg["seed_everything"] == s
