@@ -39,19 +39,33 @@ def empirical(record: RobustnessRecord, metric: str, radius: float) -> str:
     return f"{value:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci is not None and same else "")
 
 
+def extras(entry: dict) -> list[str]:
+    """The task's extra certified metrics in an entry's curve (segmentation: ``pixel_accuracy``)."""
+    skip = {"radius", entry["metric"], "abstain"}
+    names: list[str] = []
+    for row in entry["curve"]:
+        names += [k for k in row if k not in skip and not k.endswith("_interval") and k not in names]
+    return names
+
+
 def table(folders: list[Path]) -> str:
-    lines = []
+    """The markdown table: one row per folder (model), σ and radius; the certified metric, the
+    task's extra certified metrics (segmentation: pixel accuracy), the abstain rate, each with its
+    interval, and the base model's empirical L2 value at ε = R."""
+    lines: list[str] = []
     for folder in folders:
         record = RobustnessRecord.load(folder / "robustness.json")
         for entry in record.certified or []:
-            metric = entry["metric"]
+            metric, more = entry["metric"], extras(entry)
             if not lines:
-                lines += [f"| model | σ | R | certified {metric} | abstain | empirical L2 {metric} (base model) |",
-                          "|---|---|---|---|---|---|"]
+                head = "".join(f" certified {m} |" for m in more)
+                lines += [f"| model | σ | R | certified {metric} |{head} abstain | empirical L2 {metric} (base model) |",
+                          "|---|---|---|---|" + "---|" * len(more) + "---|---|"]
             for row in entry["curve"]:
                 r = float(row["radius"])
+                cells = "".join(f" {_ci(row.get(m), row.get(f'{m}_interval'))} |" for m in more)
                 lines.append(f"| {folder.name} | {entry['sigma']:g} | {r:g} | "
-                             f"{_ci(row.get(metric), row.get(f'{metric}_interval'))} | "
+                             f"{_ci(row.get(metric), row.get(f'{metric}_interval'))} |{cells} "
                              f"{_ci(row.get('abstain'), row.get('abstain_interval'))} | {empirical(record, metric, r)} |")
     return "\n".join(lines)
 

@@ -81,10 +81,12 @@ class NoiseSampler:
         left = int(num)
         while left > 0:
             b = min(self.batch_size, left)
-            noise = torch.randn((b, *x.shape), generator=generator, device=generator.device, dtype=x.dtype)
+            # one buffer per batch, filled and shifted in place: the same values as
+            # ``x + σ·randn(...)`` (randn is ``normal_`` on an empty tensor) without two temporaries
+            noise = torch.empty((b, *x.shape), device=generator.device, dtype=x.dtype).normal_(generator=generator)
             left -= b
             self.forwards += b
-            yield x.unsqueeze(0) + self.sigma * noise.to(x.device)
+            yield noise.to(x.device).mul_(self.sigma).add_(x.unsqueeze(0))
 
     @torch.no_grad()
     def vote_counts(self, predict: HardPredictor, x: Tensor, num: int, num_classes: int,
@@ -98,7 +100,8 @@ class NoiseSampler:
             if labels.shape[0] != xb.shape[0]:
                 raise ValueError(f"NoiseSampler: the predictor returned {labels.shape[0]} labels for a batch of "
                                  f"{xb.shape[0]}")
-            lo, hi = int(labels.min()), int(labels.max())
+            lo_t, hi_t = torch.aminmax(labels)  # one pass over the labels
+            lo, hi = int(lo_t), int(hi_t)
             if lo < 0 or hi >= num_classes:
                 raise ValueError(f"NoiseSampler: predicted labels in [{lo}, {hi}], outside [0, {num_classes})")
             if counts is None:

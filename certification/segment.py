@@ -99,14 +99,13 @@ class SmoothedSegmenter:
         counts = self.sampler.vote_counts(self.predict_fn, x, n, self.num_classes, gen)
         votes = counts.gather(0, top.unsqueeze(0)).squeeze(0).cpu()
         top = top.cpu()
-        k = votes.numpy()
-        labels = []
-        for r in rs:
-            tau = float(stats.norm.cdf(r / self.sigma))
-            certified = reject(binomial_pvalue_greater(k, n, tau), alpha, self.correction)
-            labels.append(torch.where(torch.from_numpy(np.ascontiguousarray(certified)), top,
-                                      torch.full_like(top, ABSTAIN)))
-        return SegmentationCertificate(rs, torch.stack(labels), top, votes)
+        k = votes.numpy().reshape(1, -1)
+        # every radius at once: the p-values [R, pixels] in one call, each row its own family
+        taus = stats.norm.cdf(np.asarray(rs, dtype=np.float64) / self.sigma)
+        certified = reject(binomial_pvalue_greater(k, n, taus[:, None]), alpha, self.correction, axis=1)
+        mask = torch.from_numpy(np.ascontiguousarray(certified)).reshape(len(rs), *top.shape)
+        labels = torch.where(mask, top.unsqueeze(0), torch.full_like(top, ABSTAIN).unsqueeze(0))
+        return SegmentationCertificate(rs, labels, top, votes)
 
 
 def certified_scores(labels: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:

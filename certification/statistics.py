@@ -48,46 +48,68 @@ def clopper_pearson_lower(successes: np.ndarray | int, n: int, alpha: float) -> 
     return np.where(k > 0, low, 0.0)
 
 
-def binomial_pvalue_greater(successes: np.ndarray | int, n: int, tau: float) -> np.ndarray:
-    """``P(Binomial(n, τ) ≥ k)``: the exact one-sided p-value of ``H0: p ≤ τ``. Shape of ``k``."""
-    if not 0.0 <= tau <= 1.0:
+def binomial_pvalue_greater(successes: np.ndarray | int, n: int, tau: float | np.ndarray) -> np.ndarray:
+    """``P(Binomial(n, τ) ≥ k)``: the exact one-sided p-value of ``H0: p ≤ τ``. ``τ`` may be an
+    array (several radii at once): the result has the broadcast shape of ``k`` and ``τ``."""
+    t = np.asarray(tau, dtype=np.float64)
+    if not ((t >= 0.0) & (t <= 1.0)).all():
         raise ValueError(f"binomial_pvalue_greater: tau must lie in [0, 1], got {tau!r}")
     k = np.asarray(successes, dtype=np.float64)
-    return stats.binom.sf(k - 1.0, n, tau)
+    return stats.binom.sf(k - 1.0, n, t)
 
 
-def bonferroni_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
-    """``bool`` of ``pvalues``' shape: the tests rejected at family-wise level α (Bonferroni)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    return p <= _check_alpha(alpha) / max(p.size, 1)
+def _families(p: np.ndarray, axis: int | None) -> np.ndarray:
+    """``p`` as ``[F, m]``: one row per family of tests (``axis=None``: one family, all of ``p``;
+    an axis: every slice along it is a family)."""
+    if axis is None:
+        return p.reshape(1, -1)
+    return np.moveaxis(p, axis, -1).reshape(-1, p.shape[axis])
 
 
-def holm_reject(pvalues: np.ndarray, alpha: float) -> np.ndarray:
-    """``bool`` of ``pvalues``' shape: the tests rejected by Holm's step-down procedure at
-    family-wise level α (sorted p-values ``p_(1) ≤ … ≤ p_(m)``; reject ``p_(i)`` while every
-    ``p_(j) ≤ α / (m − j + 1)`` for ``j ≤ i``)."""
+def _unfamilies(rows: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+    """The inverse of :func:`_families`."""
+    if axis is None:
+        return rows.reshape(shape)
+    moved = list(np.moveaxis(np.empty(shape, dtype=bool), axis, -1).shape)
+    return np.moveaxis(rows.reshape(moved), -1, axis)
+
+
+def bonferroni_reject(pvalues: np.ndarray, alpha: float, axis: int | None = None) -> np.ndarray:
+    """``bool`` of ``pvalues``' shape: the tests rejected at family-wise level α (Bonferroni);
+    ``axis``: each slice along it is its own family (``None``: all tests are one family)."""
     alpha = _check_alpha(alpha)
     p = np.asarray(pvalues, dtype=np.float64)
-    flat = p.reshape(-1)
-    m = flat.size
-    if m == 0:
+    m = p.size if axis is None else p.shape[axis]
+    return p <= alpha / max(m, 1)
+
+
+def holm_reject(pvalues: np.ndarray, alpha: float, axis: int | None = None) -> np.ndarray:
+    """``bool`` of ``pvalues``' shape: the tests rejected by Holm's step-down procedure at
+    family-wise level α (sorted p-values ``p_(1) ≤ … ≤ p_(m)``; reject ``p_(i)`` while every
+    ``p_(j) ≤ α / (m − j + 1)`` for ``j ≤ i``). ``axis``: each slice along it is its own family,
+    all handled in one vectorised pass (``None``: all tests are one family)."""
+    alpha = _check_alpha(alpha)
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.size == 0:
         return np.zeros(p.shape, dtype=bool)
-    order = np.argsort(flat, kind="stable")
-    thresholds = alpha / (m - np.arange(m))
-    ok = flat[order] <= thresholds
-    # the step-down stops at the first failure
-    n_reject = m if ok.all() else int(np.argmin(ok))
-    out = np.zeros(m, dtype=bool)
-    out[order[:n_reject]] = True
-    return out.reshape(p.shape)
+    rows = _families(p, axis)
+    m = rows.shape[1]
+    order = np.argsort(rows, axis=1, kind="stable")
+    ok = np.take_along_axis(rows, order, axis=1) <= alpha / (m - np.arange(m))
+    # the step-down stops at each family's first failure
+    n_reject = np.where(ok.all(axis=1), m, np.argmin(ok, axis=1))
+    out = np.empty(rows.shape, dtype=bool)
+    np.put_along_axis(out, order, np.arange(m)[None, :] < n_reject[:, None], axis=1)
+    return _unfamilies(out, p.shape, axis)
 
 
-def reject(pvalues: np.ndarray, alpha: float, correction: Correction) -> np.ndarray:
-    """The rejected tests under ``correction`` (``holm``, ``bonferroni`` or ``none``)."""
+def reject(pvalues: np.ndarray, alpha: float, correction: Correction, axis: int | None = None) -> np.ndarray:
+    """The rejected tests under ``correction`` (``holm``, ``bonferroni`` or ``none``); ``axis``:
+    each slice along it is its own family (``None``: one family)."""
     if correction == "holm":
-        return holm_reject(pvalues, alpha)
+        return holm_reject(pvalues, alpha, axis)
     if correction == "bonferroni":
-        return bonferroni_reject(pvalues, alpha)
+        return bonferroni_reject(pvalues, alpha, axis)
     if correction == "none":
         return np.asarray(pvalues) <= _check_alpha(alpha)
     raise ValueError(f"correction must be 'holm', 'bonferroni' or 'none', got {correction!r}")

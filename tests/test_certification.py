@@ -57,6 +57,32 @@ def test_holm_between_bonferroni_and_no_correction() -> None:
     assert holm_reject(np.array([0.03, 0.001, 0.04]), 0.05).tolist() == [False, True, False]
 
 
+def test_corrections_per_family_equal_one_family_at_a_time() -> None:
+    """``axis``: every slice along it is its own family, in one vectorised pass, with the same
+    decisions as the procedure applied to each family alone (ties and the step-down's stop
+    included), on either axis; SegCertify uses it for all radii at once."""
+    rng = np.random.default_rng(0)
+    p = rng.choice([1e-7, 1e-5, 1e-4, 0.003, 0.01, 0.2], size=(5, 40)) * rng.uniform(0.5, 1.5, size=(5, 40))
+    p[2, :] = 1e-6  # a family rejected everywhere; ties
+    p[3, 7] = 0.9   # one family that stops at its last test
+    p[4, :] = 0.0099 / (40 - np.arange(40))  # Holm rejects all 40, Bonferroni only the smallest
+    for fn in (holm_reject, bonferroni_reject):
+        rows = fn(p, 0.01, axis=1)
+        assert rows.shape == p.shape
+        assert all(np.array_equal(rows[i], fn(p[i], 0.01)) for i in range(p.shape[0]))
+        cols = fn(p.T, 0.01, axis=0)
+        assert np.array_equal(cols, rows.T)
+        assert np.array_equal(fn(p, 0.01), fn(p.reshape(-1), 0.01).reshape(p.shape))  # axis=None: one family
+    holm, bonf = holm_reject(p, 0.01, axis=1), bonferroni_reject(p, 0.01, axis=1)
+    assert holm[2].all() and holm[4].all() and bonf[4].sum() == 1 and not holm[3, 7]
+    # several τ at once broadcast against the counts, as one τ at a time
+    k, taus = np.arange(0, 51), np.array([0.5, 0.7, 0.9])
+    many = binomial_pvalue_greater(k[None, :], 50, taus[:, None])
+    assert np.array_equal(many, np.stack([binomial_pvalue_greater(k, 50, t) for t in taus]))
+    with pytest.raises(ValueError, match="tau"):
+        binomial_pvalue_greater(k, 50, np.array([0.5, 1.2]))
+
+
 def test_order_statistic_ranks_cover_the_percentile() -> None:
     """Over many replications the chosen order statistics bound the true percentile at least
     1 − α of the time (a standard normal: percentiles known)."""
@@ -277,10 +303,14 @@ def test_segmentation_flipping_pixels_abstain_and_the_correction_is_applied() ->
     cert = {k: (v.labels != ABSTAIN) for k, v in out.items()}
     assert (cert["bonferroni"] <= cert["holm"]).all() and (cert["holm"] <= cert["none"]).all()
     assert int(cert["holm"].sum()) < int(cert["none"].sum())
-    # Holm's decision equals Holm applied by hand to the per-pixel exact tests
-    tau = stats.norm.cdf(0.1 / SIGMA)
-    by_hand = holm_reject(binomial_pvalue_greater(holm.counts.numpy(), 500, tau), 0.01)
-    assert np.array_equal(by_hand, (holm.labels[1] != ABSTAIN).numpy())
+    # each radius' decision equals Holm / Bonferroni / none applied by hand to that radius' per-pixel
+    # exact tests, one radius at a time (the certificate computes all radii in one pass)
+    for corr, fn in (("holm", holm_reject), ("bonferroni", bonferroni_reject), ("none", None)):
+        for i, r in enumerate((0.0, 0.1)):
+            pv = binomial_pvalue_greater(out[corr].counts.numpy(), 500, stats.norm.cdf(r / SIGMA))
+            by_hand = fn(pv, 0.01) if fn is not None else pv <= 0.01
+            assert np.array_equal(by_hand, (out[corr].labels[i] != ABSTAIN).numpy())
+            assert (out[corr].labels[i][torch.from_numpy(by_hand)] == out[corr].top[torch.from_numpy(by_hand)]).all()
 
 
 def test_certified_dice_counts_abstained_pixels_as_wrong() -> None:

@@ -5,6 +5,7 @@ modules' certifications; and a cross-check against IBM ART's randomized smoothin
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -105,6 +106,23 @@ def test_certify_writes_record_samples_curve_and_report(trained: dict[str, Path]
                     n0=20, n=200, alpha=0.001, batch=100, out=tmp_path / "again", suite=CHEAP, subset=16,
                     sanity="never", progress=False)
     assert again.certification(0.25)["curve"] == entry["curve"]
+    # benchmarks/certify_table.py: one row per σ and radius, the record's values and intervals
+    from benchmarks.certify_table import table
+
+    lines = table([out]).splitlines()
+    assert len(lines) == 2 + 2 * 3 and lines[0].count("|") == 7
+    row = entry["curve"][2]
+    ci = row["accuracy_interval"]
+    assert lines[-1].startswith(f"| noise | 0.25 | 0.3 | {row['accuracy']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] |")
+    # a task's extra certified metric (segmentation's pixel accuracy) gets its own column
+    data = json.loads((out / "robustness.json").read_text())
+    for e in data["certified"]:
+        for r in e["curve"]:
+            r["pixel_accuracy"], r["pixel_accuracy_interval"] = 0.875, {"low": 0.5, "high": 0.95}
+    (out / "robustness.json").write_text(json.dumps(data))
+    lines = table([out]).splitlines()
+    assert "certified pixel_accuracy" in lines[0] and lines[0].count("|") == 8
+    assert "| 0.875 [0.500, 0.950] |" in lines[-1]
 
 
 def test_denoised_smoothing_puts_the_denoiser_in_front_of_the_clean_net(trained: dict[str, Path], tmp_path: Path) -> None:
