@@ -381,14 +381,21 @@ def metric_draws(evidence: Evidence, keys: Sequence[str], n_resamples: int = DEF
     """``{metric: {column: float64[1 + R (+ G)]}}``: each metric on the evaluated set (index
     0), on each bootstrap resample (indices 1 … R) and, with ``jackknife``, on each jackknife
     set (BCa's acceleration), for the columns ``keys``; one draw of image weights
-    (:func:`weight_rows`) serves every column, chunk by chunk."""
-    stats = {key: statistics(evidence, key) for key in keys}
+    (:func:`weight_rows`) serves every column, chunk by chunk. A column equal to an earlier
+    one (a one-member suite's worst case is that member's column) is computed once and
+    shares its draws (the same weights give the same values)."""
+    same_as: dict[str, str] = {}
+    for key in keys:
+        same_as[key] = next((k for k in dict.fromkeys(same_as.values())
+                             if evidence.columns[k] == evidence.columns[key]), key)
+    stats = {key: statistics(evidence, key) for key in dict.fromkeys(same_as.values())}
     parts: dict[str, dict[str, list[np.ndarray]]] = {}
     for w in weight_rows(evidence.n, n_resamples, seed, jackknife):
         for key, per in stats.items():
             for metric, fn in per.items():
                 parts.setdefault(metric, {}).setdefault(key, []).append(np.asarray(fn(w), dtype=np.float64))
-    return {m: {k: np.concatenate(v) for k, v in cols.items()} for m, cols in parts.items()}
+    draws = {m: {k: np.concatenate(v) for k, v in cols.items()} for m, cols in parts.items()}
+    return {m: {key: cols[same_as[key]] for key in keys if same_as[key] in cols} for m, cols in draws.items()}
 
 
 def bca_bounds(estimate: float, draws: np.ndarray, jack: np.ndarray, level: float) -> tuple[float, float, str]:

@@ -18,6 +18,7 @@ from callbacks.dataset_metrics import (
     Evidence,
     auroc_statistic,
     dataset_intervals,
+    metric_draws,
     statistics,
     weighted_bca_interval,
 )
@@ -319,3 +320,20 @@ def test_an_undefined_interval_survives_the_record_file(tmp_path: Path) -> None:
     back = RobustnessRecord.load(path)
     assert np.isnan(back.interval("clean", metric="auroc").low)
     assert "[nan" not in markdown_table(back)
+
+
+def test_equal_columns_share_their_draws_and_equal_what_each_gives_alone() -> None:
+    """A one-member suite's worst case equals that member's column: it is computed once, and
+    its draws are exactly those of the column computed on its own."""
+    rng = np.random.default_rng(5)
+    y = (rng.random(50) < 0.5).astype(int)
+    p = np.round(rng.random(50), 9)
+    worst = np.clip(p - 0.2, 0, 1)
+    ev = _evidence(p, y, worst)
+    both = metric_draws(ev, ["clean", "worst/0.01", "pgd/0.01"], n_resamples=100, seed=0)
+    for key in ("clean", "worst/0.01", "pgd/0.01"):
+        alone = metric_draws(ev, [key], n_resamples=100, seed=0)
+        for metric in alone:
+            assert np.array_equal(both[metric][key], alone[metric][key], equal_nan=True)
+    assert list(both["auroc"]) == ["clean", "worst/0.01", "pgd/0.01"]
+    assert not np.array_equal(both["auroc"]["clean"], both["auroc"]["pgd/0.01"])
