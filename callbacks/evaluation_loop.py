@@ -572,18 +572,8 @@ class RobustnessEvaluator:
         self.blackbox_wins, self._ens_alias = snap["blackbox_wins"], snap["alias"]
         self._pending, self._pending_bytes = snap["pending"], snap["pending_bytes"]
         del self._sample_ids[snap["ids"]:]
-        for k in list(self._sample_values):
-            kept = snap["values"].get(k, 0)
-            if kept:
-                del self._sample_values[k][kept:]
-            else:
-                del self._sample_values[k]
-        for k in list(self._evidence):
-            kept = snap["evidence"].get(k, 0)
-            if kept:
-                del self._evidence[k][kept:]
-            else:
-                del self._evidence[k]
+        _truncate_columns(self._sample_values, snap["values"])
+        _truncate_columns(self._evidence, snap["evidence"])
         del self._evidence_targets[snap["evidence_targets"]:]
 
     def _run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool,
@@ -897,6 +887,16 @@ class _Precomputed:
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.x_adv
+
+
+def _truncate_columns(columns: dict[Any, list[Any]], kept: dict[Any, int]) -> None:
+    """Cut each column's list of per-batch chunks back to its ``kept`` length (a snapshot's
+    counts); a column the snapshot did not have goes."""
+    for key in list(columns):
+        if kept.get(key, 0):
+            del columns[key][kept[key]:]
+        else:
+            del columns[key]
 
 
 def _distributed() -> bool:

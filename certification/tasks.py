@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ def condition_name(sigma: float) -> str:
     return f"certified-s{float(sigma):g}"
 
 
-class TaskCertification:
+class TaskCertification(ABC):
     """Base of the per-task certifications.
 
     Args:
@@ -82,10 +83,10 @@ class TaskCertification:
     def metrics(self) -> list[str]:
         return [self.metric, *self.extra_metrics]
 
+    @abstractmethod
     def sample_values(self, item: Mapping[str, Any], radii: Sequence[float], sample_id: int) -> dict[str, float]:
         """Per-sample values of one item (a dataset item: ``image`` ``[C, *spatial]`` and the
         task's targets), keyed ``"<R>/<metric>"``, ``"<R>/abstain"`` (and task extras)."""
-        raise NotImplementedError
 
     @staticmethod
     def key(radius: float, name: str) -> str:
