@@ -177,6 +177,16 @@ class StartGradient:
                              cat(self.zero), self.model, self.loss_fn, self.success_fn,  # type: ignore[arg-type]
                              cat(self.success))
 
+    def rows(self, idx: Tensor) -> StartGradient:
+        """The start of the samples ``idx`` (``LongTensor[k]``) only (``[k, *]``): for a call
+        over ``x[idx]`` (a per-sample forward makes each row's gradient its own)."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx]
+
+        return StartGradient(pick(self.x), pick(self.grad), pick(self.loss), pick(self.nonfinite),  # type: ignore[arg-type]
+                             pick(self.zero), self.model, self.loss_fn, self.success_fn,  # type: ignore[arg-type]
+                             pick(self.success))
+
     def applies_to(self, call: AttackCall, bn_mode: str, dropout_mode: str) -> bool:
         """Whether a call (of an attack with these modes) computes exactly this gradient at
         ``x`` (the values of its iterate are compared when it takes the gradient)."""

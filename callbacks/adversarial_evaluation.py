@@ -315,7 +315,7 @@ class AdversarialEvaluation(Callback):
                               self.test_subset if suite == "test" else self.subset,
                               sequential=self.suites.sequential(pl_module, suite), sanity=check, label=self.prefix,
                               corruptions=self.test_corruptions if suite == "test" else self.corruptions,
-                              corruption_severities=self.corruption_severities)
+                              corruption_severities=self.corruption_severities, per_epoch=suite == "per_epoch")
         if run.stopped is not None and run.stopped.samples_done == 0:
             raise EvaluationInterrupted(
                 f"{self.prefix} {split}: stopped by {run.stopped.reason} before the first batch was "

@@ -124,6 +124,16 @@ class RobustnessEvaluator:
             of rows), keep each collection's ``(output, batch)`` pairs and give them to it in
             one update over the concatenated batches at :meth:`compute` (:meth:`_update`): one
             update per collection per evaluation instead of one per batch.
+        early_exit: across an ascending ε grid, a sample already broken at the previous ε (or
+            clean: ε = 0) is not attacked again: every member's result for it at the next ε is
+            the previous ε's worst case (inside the larger ball, so still broken), and only the
+            other samples are attacked and forwarded. Only for a task whose violation is final
+            (``violation_is_final``: a misclassified sample's per-sample metric cannot get worse),
+            with the ensemble on and not sequential; otherwise ignored. It changes numbers: the
+            main metric is the same or lower (a sample PGD broke at a smaller ε but not at a
+            larger one now counts as broken at both), and score-based metrics (AUROC) see the
+            broken samples' smaller-ε outputs. The runner uses it in fit's per-epoch
+            evaluation only (:attr:`callbacks.evaluation_runner.Speedups.early_exit`).
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the
@@ -153,6 +163,7 @@ class RobustnessEvaluator:
         alias_ensemble: bool = False,
         higher: bool | None = None,
         merge_updates: bool = False,
+        early_exit: bool = False,
     ) -> None:
         self.task = task
         self.sequential = bool(sequential) and ensemble
@@ -173,6 +184,9 @@ class RobustnessEvaluator:
         #: per ε: (member, deferred (output, batch) pairs) while aliased, False once not
         self._ens_alias: dict[float, Any] = {}
         self.merge_updates = bool(merge_updates) and bool(getattr(task, "metrics_batch_invariant", False))
+        self.early_exit = (bool(early_exit) and self.ensemble and not self.sequential
+                           and bool(getattr(task, "violation_is_final", False))
+                           and list(eps) == sorted(eps) and len(set(eps)) == len(list(eps)))
         #: merge_updates: per collection (by id), the collection and its deferred (output, batch)
         #: pairs, in order; and the bytes of their outputs
         self._pending: dict[int, tuple[Any, list[tuple[Any, dict[str, Any]]]]] = {}
@@ -623,7 +637,11 @@ class RobustnessEvaluator:
         def success_fn(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
-        stacked = self._stack_members(batch_no, batch, x, size, task_loss, start)  # {} unless stack_eps
+        early = self.early_exit and self._violation_ok and isinstance(out_clean, torch.Tensor)
+        stacked = {} if early else self._stack_members(batch_no, batch, x, size, task_loss, start)  # {} unless stack_eps
+        # early_exit: the previous ε's worst case per sample (ε = 0: the clean input) and which
+        # samples it breaks; those are not attacked again
+        carried = (x, out_clean, viol_clean) if early else None
 
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
@@ -632,12 +650,18 @@ class RobustnessEvaluator:
                 white = score_clean  # worst score of the clean input and the gradient members
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
+            todo = None if carried is None else (~carried[2]).nonzero().flatten()
             for a_i, spec in enumerate(self.specs):
                 self._next_member(spec.label, eps)
                 self.meter.switch((spec.label, eps))
                 attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
                 gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
-                if self.sequential and spec.budgeted:
+                if carried is not None:
+                    x_adv, out = self._attack_remaining(attack, spec, batch, x, size, todo, carried,
+                                                        out_clean, task_loss, gen, start)
+                    if counted:
+                        self._count_gradients((spec.label, eps), attack, todo.numel())
+                elif self.sequential and spec.budgeted:
                     # AutoAttack's rule: later members spend nothing on samples already broken.
                     todo = (~broken).nonzero().flatten()
                     x_adv = worst.x.clone()
@@ -652,9 +676,10 @@ class RobustnessEvaluator:
                     x_adv = attack(self.model, x, batch,
                                    loss_fn=self._loss_fn(spec, out_clean, None, size, task_loss),
                                    generator=gen, start=start)  # used where it applies
-                if counted:
-                    self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
-                out = self.forward(x_adv)
+                if carried is None:
+                    if counted:
+                        self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
+                    out = self.forward(x_adv)
                 if counted:
                     self._update(self.metrics.attacks[(spec.label, eps)], out, batch)
                 if keep:
@@ -671,6 +696,8 @@ class RobustnessEvaluator:
                     winner = torch.where(better, torch.full_like(winner, a_i), winner)
                     outputs[a_i] = out
             self.meter.switch("ensemble")
+            if carried is not None:  # the next ε starts from this one's worst case
+                carried = (worst.x, _rows_of(outputs, winner), broken)
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
@@ -686,6 +713,13 @@ class RobustnessEvaluator:
             first = int(winner[0])
             uniform = bool((winner == first).all()) and first in outputs
             ens_out = outputs[first] if uniform else None
+            if carried is not None and not uniform:
+                # early_exit: the worst case's output is each sample's winning row (no forward);
+                # a member whose output equals it row for row stands in for it (the usual case:
+                # a sample skipped at this ε has the same row in every candidate that carries it)
+                ens_out = carried[1]
+                first = next((k for k, v in outputs.items() if k >= 0 and torch.equal(v, ens_out)), -1)
+                uniform = first >= 0
             if keep:  # the worst case's per-sample values, whether its metric update is deferred or not
                 if ens_out is None:
                     ens_out = self.forward(worst.x)
@@ -706,6 +740,24 @@ class RobustnessEvaluator:
             out_big = self.forward(x_big)
             self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
         self.meter.end()
+
+    def _attack_remaining(self, attack: Any, spec: AttackSpec, batch: dict[str, Any], x: torch.Tensor,
+                          size: int, todo: torch.Tensor, carried: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                          out_clean: Any, task_loss: Any, gen: torch.Generator,
+                          start: StartGradient | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``early_exit``: ``(x_adv [B, *], output [B, …])`` of one member at one ε, attacking and
+        forwarding only the samples ``todo`` (``LongTensor[k]``) that the previous ε left
+        unbroken; the others keep the previous ε's worst case ``carried = (x, output, broken)``."""
+        x_adv, out = carried[0].clone(), carried[1].clone()
+        if todo.numel() == 0:
+            return x_adv, out
+        every = todo.numel() == size
+        sub = batch if every else select_rows(batch, todo, size)
+        x_adv[todo] = attack(self.model, x if every else x[todo], sub,
+                             loss_fn=self._loss_fn(spec, out_clean, None if every else todo, size, task_loss),
+                             generator=gen, start=start if every or start is None else start.rows(todo))
+        out[todo] = self.forward(x_adv if every else x_adv[todo])
+        return x_adv, out
 
     def _defer_ensemble(self, eps: float, member: int, out: Any, batch: dict[str, Any]) -> bool:
         """``alias_ensemble``: while every counted batch's ensemble update at ``eps`` is exactly
@@ -806,7 +858,8 @@ class RobustnessEvaluator:
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
                            gradients, randomness, self.sequential, wins, large, total,
                            compute=self.accounting(total, gradients),
-                           per_sample=self.per_sample_table(), evidence=self.evidence())
+                           per_sample=self.per_sample_table(), evidence=self.evidence(),
+                           early_exit=self.early_exit)
 
     def accounting(self, total: int | None = None,
                    gradients: dict[tuple[str, float], dict[str, int]] | None = None) -> ComputeAccounting:
@@ -904,6 +957,17 @@ def _distributed() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rows_of(outputs: dict[int, torch.Tensor], winner: torch.Tensor) -> torch.Tensor:
+    """``[B, …]``: each sample's row of the candidate that won it (``winner[i]`` a key of
+    ``outputs``: -1 the clean output, else a member's), i.e. the output of the worst case."""
+    out = outputs[-1].clone()
+    for key, value in outputs.items():
+        if key != -1:
+            rows = winner == key
+            out[rows] = value[rows]
+    return out
 
 
 def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],

@@ -46,9 +46,11 @@ MODES = ("eval", "train")
 
 @dataclass
 class Speedups:
-    """What the runner reuses between evaluations — none of it changes a number
-    (``benchmarks/eval_cost.py --compare`` runs the path with all of them off beside the
-    default and checks that the records agree).
+    """What the runner reuses or skips between and within evaluations. None of it changes a
+    number but ``early_exit`` (fit's per-epoch evaluation only; see below):
+    ``benchmarks/eval_cost.py --compare`` runs the path with all of them off beside the
+    default and checks that the records agree (with ``early_exit``: that the main metric is the
+    same or lower at every ε).
 
     Attributes:
         reuse_metrics: keep the metric collections of a suite × ε grid and ``reset()`` them
@@ -91,6 +93,15 @@ class Speedups:
             epoch, but in a logger row of their own (CSV: a second row with that step and epoch;
             W&B: a second ``log`` call with that ``trainer/global_step``). ``validate`` /
             ``test`` always use ``self.log`` (their scalars are the results those calls return).
+        early_exit: in the per-epoch evaluation only (``run(per_epoch=True)``), samples already broken at a smaller ε
+            of the grid (or clean) are not attacked again at the larger ones
+            (:class:`callbacks.evaluation_loop.RobustnessEvaluator`, ``early_exit``), for a task
+            whose violation is final (classification: misclassified). **The one entry that
+            changes numbers**: robust accuracy the same or lower at each ε (monotone in ε),
+            AUROC under attack computed with the broken samples' smaller-ε outputs. ``validate``
+            / ``test`` (the reported suites) never use it. The record's ``settings`` say
+            whether it was on, and each member's ``gradients.attacked`` how many samples it
+            attacked.
     """
 
     reuse_metrics: bool = True
@@ -102,6 +113,7 @@ class Speedups:
     alias_ensemble: bool = True
     merge_updates: bool = True
     direct_logging: bool = True
+    early_exit: bool = True
 
     @classmethod
     def none(cls) -> Speedups:
@@ -201,13 +213,14 @@ class EvaluationRunner:
     def run(self, trainer: Any, pl_module: Any, task: Any, split: str, specs: Sequence[Any],
             eps: Sequence[float], subset: int | float | None, sequential: bool = False,
             sanity: bool = False, label: str = "", corruptions: Any = None,
-            corruption_severities: Sequence[int] = (1, 2, 3, 4, 5)) -> RunResult:
+            corruption_severities: Sequence[int] = (1, 2, 3, 4, 5), per_epoch: bool = False) -> RunResult:
         """Evaluate ``specs`` × ``eps`` on the subset of ``split``; on every rank (collective).
 
         ``corruptions``: a corruption suite (:mod:`corruptions.suites`) run on the same batches
         at ``corruption_severities`` (:class:`callbacks.corruption_eval.CorruptionEvaluator`);
         its metrics and cost land in ``outcome.corruptions``, its per-sample values in the same
-        per-sample table."""
+        per-sample table. ``per_epoch``: the evaluation is fit's per-epoch one, the only one
+        :attr:`Speedups.early_exit` applies to."""
         start = time.perf_counter()
         dataset, collate_fn, dm_bs = resolve_dataset(trainer, split)
         indices = select_subset(len(dataset), subset, self.seed)
@@ -235,6 +248,7 @@ class EvaluationRunner:
                 metrics=self._reusable_metrics(metrics_key, task) if fast.reuse_metrics else None,
                 stack_eps=fast.stack_eps and device.type != "cpu", share_start=fast.share_start, alias_ensemble=fast.alias_ensemble,
                 merge_updates=fast.merge_updates,
+                early_exit=fast.early_exit and per_epoch,
                 keep_per_sample=self.keep_per_sample,
                 higher=self._kept_direction(task) if fast.cache_directions else None,
             )

@@ -116,7 +116,9 @@ def build_record(run: RunResult, *, task: Any, trainer: Any, split: str, suite: 
                           indices=list(run.indices)),
         settings={"bn_mode": settings.get("bn_mode"), "dropout_mode": settings.get("dropout_mode"),
                   "batch_size": run.batch_size, "world_size": run.world_size, "seed": settings.get("seed"),
-                  "every_n_epochs": settings.get("every_n_epochs"), "precision": str(trainer.precision)},
+                  "every_n_epochs": settings.get("every_n_epochs"), "precision": str(trainer.precision),
+                  # samples broken at a smaller ε skipped the larger ones (Speedups.early_exit)
+                  "early_exit": bool(outcome.early_exit)},
         compute=outcome.compute,
     )
 

@@ -55,6 +55,8 @@ class EvalOutcome:
     #: corruption × severity metrics and cost (``{"metrics", "cost", "suite", "severities"}``,
     #: :mod:`callbacks.corruption_eval`), or None when no corruption suite ran
     corruptions: Any = None
+    #: whether samples broken at a smaller ε skipped the larger ones (``Speedups.early_exit``)
+    early_exit: bool = False
 
 
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:

@@ -172,6 +172,14 @@ class ClassificationModule(TaskModule):
             return ((probs > 0.5) != (y > 0.5)).any(dim=1)
         return probs.argmax(dim=1) != y
 
+    @property
+    def violation_is_final(self) -> bool:
+        """A misclassified sample's per-sample accuracy is 0, the worst it can be, so attacking it
+        again at a larger ε cannot lower the main metric (the per-epoch evaluation's early exit,
+        :class:`callbacks.evaluation_runner.Speedups`). Not for multi-label: one wrong label
+        leaves the others to lose."""
+        return not self.multilabel
+
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         """Per-sample loss (violation itself needs no threshold for classification)."""
         return self.per_sample_loss(output, batch).detach()

@@ -55,6 +55,10 @@ class RobustTask(Protocol):
         Used as the attack's ``loss_fn(output, target=batch)``; differentiable w.r.t. the input.
         """
 
+    # Optional: ``violation_is_final: bool`` — a violated sample's per-sample metric is already
+    # the worst it can be (classification: misclassified, accuracy 0), so the per-epoch
+    # evaluation need not attack it again at a larger ε (``Speedups.early_exit``). Absent: False.
+    #
     # Optional (not required of a task, so adapters and test doubles need not have it):
     # ``batch_loss(output, batch) -> Tensor[]``, the training loss of a whole batch when the
     # task's reference implementation does not reduce by the mean of ``per_sample_loss``

@@ -178,9 +178,10 @@ def test_eps_stacking_gives_the_same_numbers_and_passes() -> None:
 
 
 def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: Any) -> None:
-    """Two evaluations in one fit, one with every reuse of Speedups, one with none: the same
-    records at every epoch, and passes that differ by exactly the shared first gradient;
-    robustness.json and report.md carry the compute accounting."""
+    """Two evaluations in one fit, one with every reuse of Speedups that changes no number (all
+    but early_exit: tests/test_early_exit.py), one with none: the same records at every epoch,
+    and passes that differ by exactly the shared first gradient; robustness.json and report.md
+    carry the compute accounting."""
     import json
 
     import lightning as L
@@ -193,6 +194,7 @@ def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: 
             "eps": [0.01, 0.03], "subset": 9, "batch_size": 4, "plot": False}
     new, old = AdversarialEvaluation(**fast), AdversarialEvaluation(**fast, prefix="old")
     old.runner.speedups = Speedups.none()
+    new.runner.speedups = Speedups(early_exit=False)
     seen: list[tuple[Any, Any]] = []
 
     class Compare(L.Callback):

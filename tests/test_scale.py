@@ -256,9 +256,22 @@ def test_two_nodes_by_torchrun_train_and_evaluate_like_one_process(tmp_path: Pat
     one = cb.last_record["val"]
     assert one["settings"]["world_size"] == 1
     assert one["subset"]["indices"] == two["subset"]["indices"]
-    for key in ("clean", "attacks", "ensemble"):
-        assert one[key] == two[key], key
-    assert one["robust_area"]["value"] == two["robust_area"]["value"]
+    # fit's record is the per-epoch evaluation (early exit across ε: two["settings"]); the same
+    # evaluation of the checkpoint on one process
+    assert two["settings"]["early_exit"] is True
+    from callbacks.common import check_robust_task
+
+    run = cb.runner.run(cli.trainer, cli.model, check_robust_task(cli.model, "test"), "val", cb.specs, cb.eps,
+                        cb.subset, per_epoch=True)
+    assert run.world_size == 1 and run.outcome.early_exit
+    assert two["clean"] == pytest.approx(run.outcome.clean, abs=1e-6) == one["clean"]
+    got = {(a["attack"], a["eps"]): (a["metrics"], a["gradients"]) for a in two["attacks"]}
+    assert set(got) == set(run.outcome.attacks)
+    for key, (metrics, gradients) in got.items():
+        assert metrics == pytest.approx(run.outcome.attacks[key], abs=1e-6), key
+        assert gradients == run.outcome.gradients[key], key
+    for entry in two["ensemble"]:
+        assert entry["metrics"] == pytest.approx(run.outcome.ensemble[entry["eps"]], abs=1e-6)
 
 
 # --------------------------------------------------------------------------- benchmark
