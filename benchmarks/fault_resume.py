@@ -21,7 +21,7 @@ training batch (``every_n_train_steps: 1``), so the resume starts inside the epo
     python benchmarks/fault_resume.py --out results/fault_resume            # table + JSON
     python benchmarks/fault_resume.py --methods amat --boundary step --epochs 3
 
-The same functions back ``tests/test_faults.py``.
+The same functions back ``tests/lightning_modules/test_faults.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The landmark and detection ``standard`` suites behind masked gradients (issue 22): the tables
 of docs/attacks.md ("Masked gradients on landmarks and detection").
 
-The models, maskings and budget are those of ``tests/test_masked_gradients_dense.py`` (imported
+The models, maskings and budget are those of ``tests/attacks/test_masked_gradients_dense.py`` (imported
 from there, so the tables describe exactly the tested models): a four-convolution heatmap net on
 16 × 16 synthetic skulls (3 landmarks, 6 validation images) and a tiny FCOS on 32 × 32 synthetic
 cells (2 classes, 4 validation images), L∞ ε = 0.1, each wrapped in ``quantised``
@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_masked_gradients import Quantised, Scaled  # noqa: E402
-from tests.test_masked_gradients_dense import (  # noqa: E402
+from tests.attacks.test_masked_gradients import Quantised, Scaled  # noqa: E402
+from tests.attacks.test_masked_gradients_dense import (  # noqa: E402
     EPS,
     Masked,
     _metric,

@@ -45,7 +45,7 @@ sort per column serves all 2000 resamples and the jackknife (a weighted Mann–W
 weighted cumulative TP / FP counts). Why BCa and not the percentile interval: at n = 100 and a
 binormal AUROC of 0.94 the percentile interval covered the truth in 92.4 % of 1000 seeded
 replications, BCa in 94.2 % (``benchmarks/dataset_interval_coverage.py``; 95.3 % at n = 60,
-AUROC 0.90: ``tests/test_dataset_metrics.py``);
+AUROC 0.90: ``tests/callbacks/test_dataset_metrics.py``);
 AUROC near 1 is skewed, which BCa corrects and the percentile interval does not.
 Limits: a metric whose every resample gives the same value (e.g. balanced accuracy 0 when
 every sample is broken) gets the zero-width interval ``[v, v]`` — the bootstrap cannot see

@@ -425,7 +425,7 @@ class StopSignal:
     wherever the rank happens to be, so that broadcast pairs with whatever collective another
     rank is in — or with nothing, when one rank receives the signal twice (a scheduler signals
     every process and the launcher forwards it again): then every rank waits forever
-    (``tests/test_evaluation_stop_ddp.py`` hung so before this). Here the ranks agree once, after
+    (``tests/callbacks/test_evaluation_stop_ddp.py`` hung so before this). Here the ranks agree once, after
     the loop, in :func:`agree_on_stop`. Also ``True`` once Lightning's own flag
     (``trainer.received_sigterm``) is set (a signal before the evaluation began). Outside the
     main thread (where no handler can be installed) only Lightning's flag is read."""

@@ -237,7 +237,7 @@ def logging_step(trainer: Any) -> int:
     ``global_step`` nor ``global_step − 1`` in every run — skipped steps, accumulation).
     Lightning keeps it on the fit loop without a public accessor; it is read, never written,
     and ``global_step`` stands in where a Lightning version lacks it.
-    ``tests/test_direct_logging.py`` checks it equals the step of the epoch's ``val/*`` row."""
+    ``tests/callbacks/test_direct_logging.py`` checks it equals the step of the epoch's ``val/*`` row."""
     epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     step = getattr(epoch_loop, "_batches_that_stepped", None)
     return int(trainer.global_step if step is None else step)

@@ -138,7 +138,7 @@ def proportion_interval(successes: int, n: int, level: float = DEFAULT_LEVEL,
     Agresti–Coull ("add z²/2 successes and failures", Agresti & Coull 1998) by default: Brown,
     Cai & DasGupta (2001) recommend it with Wilson's for ``n >= 40``, and it avoids Wilson's
     dips in coverage (Wilson covers only 92.8 % at p = 0.8, n = 40, where Agresti–Coull covers
-    94.9 %; ``tests/test_uncertainty.py`` computes both exactly). ``"exact"`` is Clopper–Pearson
+    94.9 %; ``tests/callbacks/test_uncertainty.py`` computes both exactly). ``"exact"`` is Clopper–Pearson
     (never below the nominal level, often well above it); ``"wilson"`` is Wilson's score interval.
     """
     from statsmodels.stats.proportion import proportion_confint
@@ -164,7 +164,7 @@ def mean_interval(values: Sequence[float] | np.ndarray, level: float = DEFAULT_L
     null about 7–8 % of the time. We therefore run BCa at Hesterberg's *expanded* level (2015,
     "What teachers should know about the bootstrap"), the level whose normal quantile equals
     ``√(n/(n−1)) · t_{n−1}``: 0.9595 at ``n = 40``, 0.9507 at ``n = 600``, so coverage stays
-    near nominal at PH2's 40 test images (measured in ``tests/test_uncertainty.py``).
+    near nominal at PH2's 40 test images (measured in ``tests/callbacks/test_uncertainty.py``).
 
     ``values``: ``[n]`` (one interval) or ``[..., n]`` (one interval per leading index, returned
     as a flat list). Constant values give the degenerate interval ``[v, v]`` (the bootstrap has
