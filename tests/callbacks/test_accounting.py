@@ -179,7 +179,7 @@ def test_eps_stacking_gives_the_same_numbers_and_passes() -> None:
 
 def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: Any) -> None:
     """Two evaluations in one fit, one with every reuse of Speedups that changes no number (all
-    but early_exit: tests/test_early_exit.py), one with none: the same records at every epoch,
+    but early_exit: tests/callbacks/test_early_exit.py), one with none: the same records at every epoch,
     and passes that differ by exactly the shared first gradient; robustness.json and report.md
     carry the compute accounting."""
     import json

@@ -11,8 +11,8 @@ import pytest
 
 from attacks import parse_attack_specs
 from callbacks.evaluation_loop import RobustnessEvaluator
-from tests.attack_eval_support import trained
-from tests.test_accounting import Task
+from tests.support.attack_models import trained
+from tests.callbacks.test_accounting import Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
@@ -76,7 +76,7 @@ def test_fit_uses_it_validate_does_not(tmp_path: Any) -> None:
     import lightning as L
 
     from callbacks import AdversarialEvaluation
-    from tests.test_callbacks_support import make_datamodule, make_module
+    from tests.support.callback_models import make_datamodule, make_module
 
     ev = AdversarialEvaluation(attacks=[{"name": "pgd", "steps": 2, "random_start": False}], eps=[0.01, 0.03],
                                subset=16, batch_size=8, plot=False, write_json=False, report=False)
