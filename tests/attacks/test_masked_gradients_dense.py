@@ -198,7 +198,11 @@ def _assert_marked(record: Any) -> None:
     assert data["ensemble"][0]["unreliable"] and all(u["next"] for u in data["unreliable"])
 
 
-@pytest.mark.parametrize("masking", sorted(LANDMARK_MASKINGS))
+# Only "both" (quantised input and heatmaps × 1000) in the suite's time budget: each masking
+# costs ~9 s (Square 5000 twice). Classification and segmentation run all three maskings;
+# "quantised" and "x1000" here passed the same asserts until 2026-12-07 (parametrize over
+# sorted(LANDMARK_MASKINGS) to rerun them).
+@pytest.mark.parametrize("masking", ["both"])
 def test_landmark_standard_suite_breaks_what_square_5000_breaks_and_is_marked(masking: str) -> None:
     module, batch = landmark_model()
     task = Masked(module, LANDMARK_MASKINGS[masking])
