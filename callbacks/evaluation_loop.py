@@ -34,7 +34,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,11 +41,13 @@ from torch import nn
 # here for compatibility.
 from attacks.base import StartGradient, start_gradient
 from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
-from attacks.tree import select_rows, tree_leaves  # noqa: E402
+from attacks.tree import select_rows  # noqa: E402
 from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
+from callbacks.metric_feed import MAX_STACK_BYTES, MetricFeed, evaluation_metrics
 from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts, sum_values  # noqa: F401 (re-exported)
+from callbacks.sample_columns import SampleColumns
 
 
 def task_loss_tensors(task: Any, output: Any, batch: dict[str, Any],
@@ -118,11 +119,11 @@ class RobustnessEvaluator:
             (:data:`SHARES_START`, no random start, the task loss), at every ε, instead of each
             call taking it again (see :meth:`_shared_start`); the same numbers, fewer passes.
         alias_ensemble: while one member wins every sample at an ε, the ensemble's metrics are
-            that member's (its updates are deferred, not repeated; :meth:`_defer_ensemble`).
+            that member's (its updates are deferred, not repeated; :meth:`MetricFeed.defer_ensemble`).
         merge_updates: for a task whose metric states do not depend on how the samples are cut
             into updates (``metrics_batch_invariant``: classification's integer counts and lists
             of rows), keep each collection's ``(output, batch)`` pairs and give them to it in
-            one update over the concatenated batches at :meth:`compute` (:meth:`_update`): one
+            one update over the concatenated batches at :meth:`compute` (:meth:`MetricFeed.update`): one
             update per collection per evaluation instead of one per batch.
         early_exit: across an ascending ε grid, a sample already broken at the previous ε (or
             clean: ε = 0) is not attacked again: every member's result for it at the next ε is
@@ -179,18 +180,9 @@ class RobustnessEvaluator:
         self.check_randomness = bool(check_randomness)
         self.stack_eps, self.modes = bool(stack_eps), (bn_mode, dropout_mode)
         self.share_start = bool(share_start)
-        # (the ranks of a DDP run must compute the same collections: no aliasing there)
-        self.alias_ensemble = bool(alias_ensemble) and not _distributed()
-        #: per ε: (member, deferred (output, batch) pairs) while aliased, False once not
-        self._ens_alias: dict[float, Any] = {}
-        self.merge_updates = bool(merge_updates) and bool(getattr(task, "metrics_batch_invariant", False))
         self.early_exit = (bool(early_exit) and self.ensemble and not self.sequential
                            and bool(getattr(task, "violation_is_final", False))
                            and list(eps) == sorted(eps) and len(set(eps)) == len(list(eps)))
-        #: merge_updates: per collection (by id), the collection and its deferred (output, batch)
-        #: pairs, in order; and the bytes of their outputs
-        self._pending: dict[int, tuple[Any, list[tuple[Any, dict[str, Any]]]]] = {}
-        self._pending_bytes = 0
         #: outputs computed already, by id of their input (see :meth:`_stack_members`)
         self._scored: dict[int, tuple[torch.Tensor, Any]] = {}
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
@@ -211,14 +203,8 @@ class RobustnessEvaluator:
         self.should_stop: Callable[[], bool] | None = None
         #: told ``(label, ε)`` before each member × ε runs (``("sanity", None)``: the large-ε check)
         self.on_member: Callable[[str, float | None], None] | None = None
-        self._sample_ids: list[torch.Tensor] = []
-        self._sample_values: dict[str, list[torch.Tensor]] = {}
-        #: dataset-level evidence (:mod:`callbacks.dataset_metrics`): the task's
-        #: ``sample_evidence`` per column and batch, its ``evidence_targets`` per batch
-        self._evidence_ok = self.keep_per_sample and all(
-            callable(getattr(task, name, None)) for name in ("evidence_spec", "sample_evidence", "evidence_targets"))
-        self._evidence: dict[tuple[str, float | None], list[Any]] = {}
-        self._evidence_targets: list[list[Any]] = []
+        #: the per-sample values and the dataset-level evidence kept (callbacks/sample_columns.py)
+        self.columns = SampleColumns(task, evidence=self.keep_per_sample)
         self.num_samples = 0
         self.gradients = {k: {"attacked": 0, "nonfinite": 0, "zero": 0} for k in self.attacks}
         self._random_clean = 0
@@ -239,16 +225,12 @@ class RobustnessEvaluator:
                                       random_start=False, bounds=bounds, bn_mode=bn_mode,
                                       dropout_mode=dropout_mode)
         self.device = device
-        if metrics is not None and _fits(metrics, self.attacks, self.eps, ensemble):
-            for m in (metrics.clean, *metrics.attacks.values(), *metrics.ensemble.values()):
-                m.reset()
-            self.metrics = metrics
-        else:
-            self.metrics = EvalMetrics(
-                clean=task.build_metrics().to(device),
-                attacks={k: task.build_metrics().to(device) for k in self.attacks},
-                ensemble={e: task.build_metrics().to(device) for e in self.eps} if ensemble else {},
-            )
+        self.metrics = evaluation_metrics(task, list(self.attacks), self.eps, ensemble, device, reuse=metrics)
+        #: the collections' updates: merged, and the worst case's deferred while aliased
+        #: (callbacks/metric_feed.py); the ranks of a DDP run must compute the same
+        #: collections: no aliasing there
+        self.feed = MetricFeed(task, self.metrics, merge_updates=merge_updates,
+                               alias_ensemble=alias_ensemble and not _distributed())
 
     # -- per-sample ranking -------------------------------------------------------------------
     def _loss(self, output: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -306,103 +288,22 @@ class RobustnessEvaluator:
         return metric
 
     def _keep(self, column: tuple[str, float | None], output: Any, batch: dict[str, Any], size: int) -> None:
-        """Append one batch's per-sample metric of ``output`` to the column ``column``
-        (``(condition, ε or None)``)."""
+        """Keep one batch's per-sample metric of ``output`` (and its evidence) in the column
+        ``column`` (``(condition, ε or None)``)."""
         metric = self._metric(output, batch, size)
         if metric is not None:
-            # on the model's device until compute (one copy then, no sync per attack × ε)
-            self._sample_values.setdefault(column, []).append(metric.float())
-            if self._evidence_ok:
-                self._keep_evidence(column, output, batch, size)
-
-    def _keep_evidence(self, column: tuple[str, float | None], output: Any, batch: dict[str, Any],
-                       size: int) -> None:
-        """Append one batch's dataset-level evidence of ``output`` (the task's
-        ``sample_evidence``: a ``[B, …]`` tensor, kept on its device until compute, or a list of
-        ``B`` items) to ``column``; the clean column also keeps the batch's targets. A task whose
-        evidence fails is warned about once and keeps none (no dataset-level intervals)."""
-        try:
-            value = self.task.sample_evidence(output, batch)
-            if isinstance(value, torch.Tensor):
-                value = value.detach()
-            if len(value) != size:
-                raise ValueError(f"{len(value)} entries for a batch of {size}")
-            if column == ("clean", None):
-                targets = list(self.task.evidence_targets(batch))
-                if len(targets) != size:
-                    raise ValueError(f"evidence_targets: {len(targets)} entries for a batch of {size}")
-                self._evidence_targets.append(targets)
-        except (AttributeError, NotImplementedError, TypeError, ValueError) as err:
-            warnings.warn(f"{type(self.task).__name__}.sample_evidence failed ({err}); no dataset-level "
-                          "evidence file and no intervals for AUROC / mAP", stacklevel=3)
-            self._evidence_ok = False
-            self._evidence.clear()
-            self._evidence_targets.clear()
-            return
-        self._evidence.setdefault(column, []).append(value)
+            self.columns.keep(column, metric, output, batch, size)
 
     def evidence(self) -> Any:
-        """The kept dataset-level evidence of every rank (a collective under DDP: call on every
-        rank) as a :class:`callbacks.dataset_metrics.Evidence` sorted by sample id; ``None``
-        when none was kept (no per-sample file, or the task offers no ``sample_evidence``)."""
-        from callbacks.dataset_metrics import Evidence, evidence_key, round9
-        from lightning_modules.distributed import is_distributed
-
-        ok = (self.keep_per_sample and self._metric_ok and self._evidence_ok and bool(self._sample_ids)
-              and len(self._evidence_targets) == len(self._sample_ids))
-        ids = torch.cat(self._sample_ids).tolist() if ok else None
-        cols: dict[tuple[str, float | None], list[Any]] = {}
-        targets: list[Any] = []
-        if ok:
-            for key, chunks in self._evidence.items():
-                items: list[Any] = []
-                for c in chunks:
-                    items += c.float().cpu().tolist() if isinstance(c, torch.Tensor) else list(c)
-                cols[key] = _rounded(items, round9)
-            targets = [t for chunk in self._evidence_targets for t in chunk]
-        if is_distributed():
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (ids, cols, targets))
-            parts = [p for p in parts if p[0] is not None]
-            if not parts:
-                return None
-            ids = [i for p in parts for i in p[0]]
-            targets = [t for p in parts for t in p[2]]
-            cols = {k: [v for p in parts for v in p[1][k]] for k in parts[0][1]}
-        if ids is None:
-            return None
-        spec = self.task.evidence_spec()
-        return Evidence(spec["kind"], list(spec["metrics"]), np.asarray(ids, dtype=np.int64), targets,
-                        {evidence_key(cond, eps): v for (cond, eps), v in cols.items()},
-                        dict(spec.get("info") or {})).sorted()
+        """The kept dataset-level evidence of every rank (:meth:`SampleColumns.evidence`; a
+        collective under DDP: call on every rank), or ``None``."""
+        return self.columns.evidence(self.keep_per_sample and self._metric_ok)
 
     def per_sample_table(self) -> Any:
-        """The kept per-sample values of every rank (a collective under DDP: call on every rank)
-        as a :class:`callbacks.per_sample.SampleTable` sorted by sample id; ``None`` when nothing
-        was kept (``keep_per_sample`` off, or the task has no per-sample metric)."""
-        from callbacks.per_sample import SampleTable, column_name, metric_name
-        from lightning_modules.distributed import is_distributed
-
-        ok = self.keep_per_sample and self._metric_ok and bool(self._sample_ids)
-        ids = torch.cat(self._sample_ids).numpy() if ok else None
-        cols = {k: torch.cat(v).double().cpu().numpy() for k, v in self._sample_values.items()} if ok else {}
-        if is_distributed():
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (ids, cols))
-            parts = [p for p in parts if p[0] is not None]  # a rank with no counted sample adds nothing
-            if not parts:
-                return None
-            ids = np.concatenate([p[0] for p in parts])
-            cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
-        if ids is None:
-            return None
-        name = metric_name(self.task)
-        named = {column_name(cond, name, eps): v for (cond, eps), v in cols.items()}
-        return SampleTable(ids, named).sorted()
+        """The kept per-sample values of every rank (:meth:`SampleColumns.table`; a collective
+        under DDP: call on every rank), or ``None`` (``keep_per_sample`` off, or the task has no
+        per-sample metric)."""
+        return self.columns.table(self.keep_per_sample and self._metric_ok)
 
     def _loss_fn(self, spec: AttackSpec, out_clean: Any, idx: torch.Tensor | None, size: int,
                  default: Any) -> Any:
@@ -564,15 +465,10 @@ class RobustnessEvaluator:
             for metric in _metric_members(collection):
                 state = {k: _copy_state(v) for k, v in metric.metric_state.items()}
                 metrics.append((metric, state, metric._update_count))
-        alias = {e: v if v is False or v is None else (v[0], list(v[1])) for e, v in self._ens_alias.items()}
         return {"metrics": metrics, "num_samples": self.num_samples, "random_clean": self._random_clean,
                 "large_broken": self.large_broken, "gradients": {k: dict(v) for k, v in self.gradients.items()},
-                "blackbox_wins": dict(self.blackbox_wins), "ids": len(self._sample_ids),
-                "values": {k: len(v) for k, v in self._sample_values.items()}, "alias": alias,
-                "pending": {k: (c, list(p)) for k, (c, p) in self._pending.items()},
-                "pending_bytes": self._pending_bytes,
-                "evidence": {k: len(v) for k, v in self._evidence.items()},
-                "evidence_targets": len(self._evidence_targets)}
+                "blackbox_wins": dict(self.blackbox_wins), "columns": self.columns.snapshot(),
+                "feed": self.feed.snapshot()}
 
     def _restore(self, snap: dict[str, Any]) -> None:
         """Back to :meth:`_snapshot`'s state (the batch that was stopped counts for nothing)."""
@@ -583,12 +479,9 @@ class RobustnessEvaluator:
             metric._computed = None
         self.num_samples, self._random_clean = snap["num_samples"], snap["random_clean"]
         self.large_broken, self.gradients = snap["large_broken"], snap["gradients"]
-        self.blackbox_wins, self._ens_alias = snap["blackbox_wins"], snap["alias"]
-        self._pending, self._pending_bytes = snap["pending"], snap["pending_bytes"]
-        del self._sample_ids[snap["ids"]:]
-        _truncate_columns(self._sample_values, snap["values"])
-        _truncate_columns(self._evidence, snap["evidence"])
-        del self._evidence_targets[snap["evidence_targets"]:]
+        self.blackbox_wins = snap["blackbox_wins"]
+        self.feed.restore(snap["feed"])
+        self.columns.truncate(snap["columns"])
 
     def _run_batch(self, batch_no: int, batch: dict[str, Any], counted: bool,
                    ids: Sequence[int] | torch.Tensor | None) -> None:
@@ -622,9 +515,9 @@ class RobustnessEvaluator:
         if keep:
             self._keep(("clean", None), out_clean, batch, size)
             if self._metric_ok:
-                self._sample_ids.append(ids)
+                self.columns.add_ids(ids)
         if counted:
-            self._update(self.metrics.clean, out_clean, batch)
+            self.feed.update(self.metrics.clean, out_clean, batch)
             self.num_samples += size
             if self.check_randomness:
                 # Sanity check (AutoAttack's checks.py): a second clean forward must agree.
@@ -681,7 +574,7 @@ class RobustnessEvaluator:
                         self._count_gradients((spec.label, eps), attack, size if todo is None else todo.numel())
                     out = self.forward(x_adv)
                 if counted:
-                    self._update(self.metrics.attacks[(spec.label, eps)], out, batch)
+                    self.feed.update(self.metrics.attacks[(spec.label, eps)], out, batch)
                 if keep:
                     self._keep((spec.label, eps), out, batch, size)
                 if not (self.ensemble and spec.budgeted):
@@ -724,12 +617,12 @@ class RobustnessEvaluator:
                 if ens_out is None:
                     ens_out = self.forward(worst.x)
                 self._keep(("worst", eps), ens_out, batch, size)
-            if uniform and first >= 0 and self._defer_ensemble(eps, first, outputs[first], batch):
-                continue  # the member's own update, deferred (see _defer_ensemble)
-            self._replay_ensemble(eps)
+            if uniform and first >= 0 and self.feed.defer_ensemble(eps, first, outputs[first], batch):
+                continue  # the member's own update, deferred (MetricFeed.defer_ensemble)
+            self.feed.replay_ensemble(eps)
             if ens_out is None:
                 ens_out = self.forward(worst.x)
-            self._update(self.metrics.ensemble[eps], ens_out, batch)
+            self.feed.update(self.metrics.ensemble[eps], ens_out, batch)
 
         if self.large_eps is not None:
             self._next_member("sanity", None)
@@ -759,89 +652,19 @@ class RobustnessEvaluator:
         out[todo] = self.forward(x_adv if every else x_adv[todo])
         return x_adv, out
 
-    def _defer_ensemble(self, eps: float, member: int, out: Any, batch: dict[str, Any]) -> bool:
-        """``alias_ensemble``: while every counted batch's ensemble update at ``eps`` is exactly
-        one member's own update (the member won every sample, so the ensemble gets the very
-        ``(output, batch)`` its collection got), skip it: the two collections would hold equal
-        states, and :meth:`compute` reports that member's metrics for the ensemble. The pairs
-        are kept (up to :data:`MAX_STACK_BYTES` of outputs) and replayed into the ensemble's
-        collection, in order, at the first batch where that stops being true. Off under DDP
-        (the ranks must compute the same collections: a collective)."""
-        state = self._ens_alias.get(eps)
-        if not self.alias_ensemble or state is False or (state is not None and state[0] != member):
-            return False
-        pending = [] if state is None else state[1]
-        size = sum(t.element_size() * t.nelement() for o, _ in pending for t in tree_leaves(o))
-        if size + sum(t.element_size() * t.nelement() for t in tree_leaves(out)) > MAX_STACK_BYTES:
-            return False
-        self._ens_alias[eps] = (member, [*pending, (out, batch)])
-        return True
-
-    def _replay_ensemble(self, eps: float) -> None:
-        """Give the ensemble's collection the updates :meth:`_defer_ensemble` skipped, in
-        order; from now on it is updated batch by batch."""
-        state = self._ens_alias.get(eps)
-        if state:
-            for out, batch in state[1]:
-                self._update(self.metrics.ensemble[eps], out, batch)
-        self._ens_alias[eps] = False
-
-    def _update(self, collection: Any, output: Any, batch: dict[str, Any]) -> None:
-        """``task.update_metrics(collection, output, batch)`` — or, with ``merge_updates``, the
-        pair kept for one update over all of the collection's batches (:meth:`_flush`): for
-        a task whose metric states are sums of integer counts and lists of rows
-        (``metrics_batch_invariant``), one update over the concatenated batches leaves the
-        same states as one update per batch. Kept only while the outputs are ``[B, …]``
-        tensors, every batch entry a ``[B, …]`` tensor and the kept outputs within
-        :data:`MAX_STACK_BYTES`; otherwise the collection's kept pairs are given first, in
-        order, and this one directly."""
-        if self.merge_updates:
-            size = output.shape[0] if isinstance(output, torch.Tensor) and output.ndim else None
-            nbytes = output.element_size() * output.nelement() if size is not None else 0
-            if size is not None and self._pending_bytes + nbytes <= MAX_STACK_BYTES and all(
-                    isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == size for v in batch.values()):
-                entry = self._pending.setdefault(id(collection), (collection, []))
-                if not entry[1] or entry[1][0][1].keys() == batch.keys():
-                    entry[1].append((output, batch))
-                    self._pending_bytes += nbytes
-                    return
-        self._flush(collection)
-        self.task.update_metrics(collection, output, batch)
-
-    def _flush(self, collection: Any = None) -> None:
-        """Give ``collection`` (``None``: every collection) its kept pairs: one update over the
-        concatenated outputs and batches when every output is finite, else one per pair, in
-        order (a non-finite output can make a torchmetrics update reformat its whole input,
-        e.g. a sigmoid over probabilities that are not all in [0, 1], so per-batch and merged
-        updates could differ there)."""
-        keys = list(self._pending) if collection is None else [id(collection)]
-        for key in keys:
-            entry = self._pending.pop(key, None)
-            if entry is None:
-                continue
-            target, pairs = entry
-            self._pending_bytes -= sum(o.element_size() * o.nelement() for o, _ in pairs)
-            if len(pairs) > 1 and all(bool(torch.isfinite(o).all()) for o, _ in pairs):
-                output = torch.cat([o for o, _ in pairs])
-                batch = {k: torch.cat([b[k] for _, b in pairs]) for k in pairs[0][1]}
-                self.task.update_metrics(target, output, batch)
-            else:
-                for output, batch in pairs:
-                    self.task.update_metrics(target, output, batch)
-
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
         for batch_no, batch, counted in batches:
             self.run_batch(batch_no, batch, counted)
 
     def compute(self) -> EvalOutcome:
         """Compute every collection; a collective under DDP (call on every rank, same order)."""
-        self._flush()  # merge_updates: the kept updates, one per collection
+        self.feed.flush()  # merge_updates: the kept updates, one per collection
         clean = compute_metrics(self.metrics.clean)
         attacks = {k: compute_metrics(m) for k, m in self.metrics.attacks.items()}
         ensemble = {}
         for e, m in self.metrics.ensemble.items():
-            alias = self._ens_alias.get(e)  # every update was member alias[0]'s (_defer_ensemble)
-            ensemble[e] = (dict(attacks[(self.specs[alias[0]].label, e)]) if alias
+            alias = self.feed.alias(e)  # every update was that member's (MetricFeed.defer_ensemble)
+            ensemble[e] = (dict(attacks[(self.specs[alias].label, e)]) if alias is not None
                            else compute_metrics(m))
         descriptions = {k: dict(a.describe()) for k, a in self.attacks.items()}
         rule = ("task_metric_then_loss" if self._metric_ok
@@ -888,17 +711,6 @@ STACKABLE = ("pgd", "bim", "fgsm")
 #: attacks whose first step, without a random start, takes the gradient at ``x`` (what
 #: :meth:`RobustnessEvaluator._shared_start` computes once for all of them)
 SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
-#: largest stacked input (all ε copies of a batch) that :meth:`RobustnessEvaluator._stack_members` builds
-MAX_STACK_BYTES = 16 * 2**20
-
-
-def _rounded(items: Any, fn: Callable[[float], float]) -> Any:
-    """``items`` with every float passed through ``fn`` (nested lists; ints and bools kept)."""
-    if isinstance(items, float):
-        return fn(items)
-    if isinstance(items, list):
-        return [_rounded(v, fn) for v in items]
-    return items
 
 
 class EvaluationStopped(Exception):
@@ -942,16 +754,6 @@ class _Precomputed:
         return self.x_adv
 
 
-def _truncate_columns(columns: dict[Any, list[Any]], kept: dict[Any, int]) -> None:
-    """Cut each column's list of per-batch chunks back to its ``kept`` length (a snapshot's
-    counts); a column the snapshot did not have goes."""
-    for key in list(columns):
-        if kept.get(key, 0):
-            del columns[key][kept[key]:]
-        else:
-            del columns[key]
-
-
 def _distributed() -> bool:
     """More than one process in an initialised default group."""
     import torch.distributed as dist
@@ -968,12 +770,6 @@ def _rows_of(outputs: dict[int, torch.Tensor], winner: torch.Tensor) -> torch.Te
             rows = winner == key
             out[rows] = value[rows]
     return out
-
-
-def _fits(metrics: EvalMetrics, attacks: dict[tuple[str, float], Any], eps: Sequence[float],
-          ensemble: bool) -> bool:
-    """Reusable collections: one per attack × ε and (with the ensemble) one per ε."""
-    return set(metrics.attacks) == set(attacks) and set(metrics.ensemble) == (set(eps) if ensemble else set())
 
 
 def _differs(a: Any, b: Any, size: int) -> torch.Tensor:

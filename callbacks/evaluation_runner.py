@@ -79,11 +79,11 @@ class Speedups:
             attack never makes a sample less wrong than clean: the usual case), the ensemble
             collection would get exactly that member's updates; they are deferred instead of
             repeated and the ensemble reports the member's metrics
-            (:meth:`RobustnessEvaluator._defer_ensemble`; replayed when a batch differs).
+            (:meth:`callbacks.metric_feed.MetricFeed.defer_ensemble`; replayed when a batch differs).
         merge_updates: for a task that declares ``metrics_batch_invariant`` (classification:
             its metrics keep integer counts and lists of rows), each collection gets one
             update over all its batches at the end instead of one per batch
-            (:meth:`RobustnessEvaluator._update`); the same states, so the same numbers.
+            (:meth:`callbacks.metric_feed.MetricFeed.update`); the same states, so the same numbers.
         direct_logging: in ``fit``'s per-epoch evaluation, hand the scalars to the loggers, to
             ``trainer.callback_metrics`` (what ``ModelCheckpoint`` / ``EarlyStopping`` monitor)
             and to ``trainer.logged_metrics`` in one call

@@ -311,7 +311,7 @@ def test_aliased_ensemble_reports_the_same_numbers_also_when_a_later_batch_diffe
             for i, b in enumerate(order):
                 ev.run_batch(i, b)
                 if alias and i == 0:  # deferred exactly when FGSM won every sample of the batch
-                    assert bool(ev._ens_alias[eps]) == (b is first)
+                    assert bool(ev.feed.aliases[eps]) == (b is first)
             outs.append(ev.compute())
         plain, aliased = outs
         assert aliased.ensemble == plain.ensemble and aliased.attacks == plain.attacks

@@ -82,9 +82,9 @@ def test_a_non_finite_output_keeps_the_updates_per_batch(num_classes: int) -> No
     ev = RobustnessEvaluator(module, [], [0.01], merge_updates=True, ensemble=False)
     kept, direct, naive = module.build_metrics(), module.build_metrics(), module.build_metrics()
     for out, b in pairs:
-        ev._update(kept, out, b)
+        ev.feed.update(kept, out, b)
         module.update_metrics(direct, out, b)
-    ev._flush()
+    ev.feed.flush()
     module.update_metrics(naive, torch.cat([o for o, _ in pairs]), {"label": torch.cat([b["label"] for _, b in pairs])})
 
     def values(c: Any) -> dict[str, float]:
