@@ -6,7 +6,7 @@ The signal is sent as a job scheduler sends it: to the launcher (the process tha
 workers, which forwards it to them) and, as SLURM does on a preemption, to every process of the
 job — the worker first, the launcher a moment later, so the worker receives it twice. Lightning's
 own SIGTERM handler broadcasts inside the handler, and with this order the ranks' broadcasts did
-not pair: before ``callbacks.evaluation_runner.StopSignal`` the command hung (or exited without a
+not pair: before ``callbacks.evaluation_stop.StopSignal`` the command hung (or exited without a
 record)."""
 
 from __future__ import annotations
