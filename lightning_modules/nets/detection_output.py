@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 Targets = list[dict[str, Tensor]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class DetectionOutput:
     """The batch seen by a detector, before (and, once asked, after) its heads.
 
@@ -64,6 +64,9 @@ class DetectionOutput:
 
     def __len__(self) -> int:
         return self.z.shape[0]
+
+    def __repr__(self) -> str:  # not the tensors: an output can hold a batch's feature maps
+        return f"DetectionOutput({self.family}, {len(self)} images)"
 
     def split_batch(self, sizes: Sequence[int]) -> list[DetectionOutput]:
         """Split along the batch into outputs of ``sizes`` images (views of the shared
