@@ -43,7 +43,7 @@ def torchvision_loss(module: DetectionModule, batch: dict[str, Any], seed: int =
     wrapper = module.net
     det = wrapper.detector
     z = wrapper.prepare(module.normalizer(batch["image"]))
-    targets = wrapper.to_detector_targets(batch["boxes"], batch["labels"], z.device)
+    targets = wrapper.family.to_detector_targets(batch["boxes"], batch["labels"], z.device)
     was = det.training
     det.train()
     det.transform.eval()  # (its random min-size choice would consume random numbers)

@@ -277,13 +277,13 @@ class DetectionModule(TaskModule):
     def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
         """``[B]`` divergence of the adversarial from the clean output (see module docstring)."""
         adv, clean = self._output(out_adv), self._output(out_clean)
-        dense_ok = adv.wrapper.family in ("fcos", "retinanet")
+        dense_ok = adv.family.dense_heads
         kind = self.divergence if self.divergence != "auto" else ("dense" if dense_ok else "pseudo_label")
         if kind == "dense":
             if not dense_ok:
                 raise ValueError(
                     f"DetectionModule.divergence='dense' needs a single-stage detector (FCOS, "
-                    f"RetinaNet); this one is {adv.wrapper.family!r}: use 'pseudo_label'"
+                    f"RetinaNet); this one is {adv.family.name!r}: use 'pseudo_label'"
                 )
             ha, hc = adv.head_outputs(), clean.head_outputs()
             div = bernoulli_kl(hc["cls_logits"], ha["cls_logits"]).sum(dim=2).mean(dim=1)
