@@ -62,9 +62,9 @@ class SuitePlan:
                 f"{per or test!r} runs without its targeted members (they need >= 4 classes); "
                 "give the RobustTaskAdapter num_classes=K", stacklevel=2)
         if per is not None:
-            self.specs = parse_attack_specs(self._named(per, kind, k), f"{self.who}.attacks", task, k)
+            self.specs = parse_attack_specs(self._named(per, kind, k), f"{self.who}.attacks", None, k)
         if test is not None:
-            self.test_specs = parse_attack_specs(self._named(test, kind, k), f"{self.who}.test_attacks", task, k)
+            self.test_specs = parse_attack_specs(self._named(test, kind, k), f"{self.who}.test_attacks", None, k)
         elif per is not None:
             self.test_specs = self.specs
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanAbsoluteError
 
+from attacks.suites import SuiteRecipe
 from callbacks import AdversarialEvaluation
 from datamodules import SyntheticDataModule
 from datamodules.tasks import DataTask, register_task, task_named
@@ -119,16 +120,11 @@ class RegressionTask(Task, RegressionData):
     module: ClassVar[type] = RegressionModule
     panel: ClassVar[Any] = Panel()
 
-    def suite_configs(self, name: str, num_classes: int | None = None, where: str = "attacks") -> list[dict[str, Any]]:
-        """APGD on the task loss and Square on the absolute error (``quick``: 20 steps / 100
-        queries; ``standard``: 100 / 5000)."""
-        steps, queries = {"quick": (20, 100), "standard": (100, 5000)}[name]
-        return [{"name": "apgd", "steps": steps, "label": "apgd-task"},
-                {"name": "square", "steps": queries, "label": "square"}]
-
-    @property
-    def sequential_suite(self) -> bool:
-        return False
+    #: the named suites: APGD on the task loss and Square on it (its own, squared-error loss)
+    suite: ClassVar[SuiteRecipe | None] = SuiteRecipe(
+        members=lambda steps, queries, k: [{"name": "apgd", "steps": steps, "label": "apgd-task"},
+                                           {"name": "square", "steps": queries, "label": "square"}],
+        square_loss=None)
 
 
 @pytest.fixture
@@ -141,6 +137,8 @@ def regression() -> Iterator[RegressionTask]:
 def test_the_name_means_the_new_task_everywhere(regression: RegressionTask) -> None:
     assert task_named("regression") is regression and model_task("regression") is regression
     assert regression.batch_keys == ("image", "value")
+    assert [c["steps"] for c in regression.suite_configs("quick")] == [20, 100]  # SUITES' budgets
+    assert not regression.sequential_suite
     with pytest.raises(ValueError, match="the name 'segmentation' is taken"):
         register_task(RegressionTask.__new__(type("Other", (RegressionTask,), {"name": "segmentation"})))
 

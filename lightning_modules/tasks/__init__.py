@@ -41,6 +41,14 @@ def suite_configs(name: str, task: Any, where: str = "attacks",
     return model_task(task, where).suite_configs(name, num_classes, where)
 
 
+def suite_specs(name: str, where: str, task: Any, num_classes: int | None = None) -> list[Any]:
+    """The named suite ``name`` of ``task`` as checked :class:`attacks.AttackSpec` s."""
+    from attacks.spec import parse_attack_specs
+
+    return parse_attack_specs(suite_configs(name, task, where, num_classes), where)
+
+
 __all__ = ["AdapterRules", "ClassificationTask", "DetectionTask", "LandmarksTask", "NormalizedModel",
-           "SegmentationTask", "Task", "WrappedModel", "model_task", "register_task", "suite_configs", "task_named",
+           "SegmentationTask", "Task", "WrappedModel", "model_task", "register_task", "suite_configs", "suite_specs",
+           "task_named",
            "task_names"]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from attacks.suites import SuiteRecipe, suite_configs
 from datamodules.tasks.base import DataTask
 
 __all__ = ["AdapterRules", "Task", "WrappedModel"]
@@ -179,22 +180,22 @@ class Task(DataTask):
     panel: ClassVar[Any]
     #: how a user's own module is read (:class:`callbacks.RobustTaskAdapter`)
     adapter_rules: ClassVar[type[AdapterRules]] = AdapterRules
-    #: a named suite (:mod:`attacks.suites`) exists for the task
-    has_suites: ClassVar[bool] = True
+    #: how the named suites (``standard``, ``quick``, ``aa_budget``) are built for the task's
+    #: output (:class:`attacks.suites.SuiteRecipe`); ``None``: the task has no named suites
+    suite: ClassVar[SuiteRecipe | None] = None
 
     # -- attack suites ----------------------------------------------------------------------
     def suite_configs(self, name: str, num_classes: int | None = None, where: str = "attacks") -> list[dict[str, Any]]:
         """The attack list of the named suite ``name`` for this task."""
-        from attacks.suites import suite_configs
-
-        return suite_configs(name, self.name, where, num_classes)
+        if self.suite is None:
+            raise ValueError(f"{where}: task {self.name!r} has no named suites (its Task.suite is None); "
+                             "give an attack list")
+        return suite_configs(name, self.suite, where, num_classes)
 
     @property
     def sequential_suite(self) -> bool:
         """A named suite's members attack only samples no earlier member broke."""
-        from attacks.suites import is_sequential
-
-        return is_sequential(self.name)
+        return self.suite is not None and self.suite.sequential
 
     def warn_unknown_classes(self) -> bool:
         """A named suite needs the number of classes (to add its targeted members)."""

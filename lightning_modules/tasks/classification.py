@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from attacks.suites import LOGIT_SUITES, SuiteRecipe
 from datamodules.tasks.classification import ClassificationData
 from lightning_modules.classification_module import ClassificationModule
 from lightning_modules.panels import LabelPanel
@@ -42,6 +43,7 @@ class ClassificationTask(Task, ClassificationData):
     module: ClassVar[type] = ClassificationModule
     panel: ClassVar[Any] = LabelPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = ClassificationRules
+    suite: ClassVar[SuiteRecipe | None] = LOGIT_SUITES
 
     def warn_unknown_classes(self) -> bool:
         return True

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from attacks.suites import DETECTION_SUITES, SuiteRecipe
 from datamodules.tasks.detection import DetectionData
 from lightning_modules.detection_module import DetectionModule, detection_loss_inputs
 from lightning_modules.panels import BoxesPanel
@@ -107,6 +108,7 @@ class DetectionTask(Task, DetectionData):
     module: ClassVar[type] = DetectionModule
     panel: ClassVar[Any] = BoxesPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = DetectionRules
+    suite: ClassVar[SuiteRecipe | None] = DETECTION_SUITES
 
     def wrap_model(self, bare: nn.Module, normalize: nn.Module, probe_x: Tensor, given: int | None,
                    opaque: bool = False) -> WrappedModel:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from attacks.suites import HEATMAP_SUITES, SuiteRecipe
 from datamodules.tasks.landmarks import LandmarksData
 from lightning_modules.landmark_module import LandmarkModule
 from lightning_modules.panels import PointsPanel
@@ -44,3 +45,4 @@ class LandmarksTask(Task, LandmarksData):
     module: ClassVar[type] = LandmarkModule
     panel: ClassVar[Any] = PointsPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = LandmarkRules
+    suite: ClassVar[SuiteRecipe | None] = HEATMAP_SUITES

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from attacks.suites import MASK_SUITES, SuiteRecipe
 from datamodules.tasks.segmentation import SegmentationData
 from lightning_modules.panels import MaskPanel
 from lightning_modules.segmentation_module import SegmentationModule
@@ -30,3 +31,4 @@ class SegmentationTask(Task, SegmentationData):
     module: ClassVar[type] = SegmentationModule
     panel: ClassVar[Any] = MaskPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = SegmentationRules
+    suite: ClassVar[SuiteRecipe | None] = MASK_SUITES
