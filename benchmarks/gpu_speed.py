@@ -43,7 +43,8 @@ from attacks import PGD
 from callbacks.scaling import channels_last_input, compile_network, to_channels_last
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
-from lightning_modules import SAT, ClassificationModule, SegmentationModule
+from lightning_modules import SAT
+from lightning_modules.tasks import model_task
 
 
 @dataclass
@@ -108,7 +109,7 @@ def build(spec: ModelSpec, reduced: bool, n_train: int, n_val: int, seed: int = 
         kw["num_classes"] = 2
     dm = SyntheticDataModule(**kw)
     net = spec.reduced_net if (reduced and spec.reduced_net) else spec.net
-    cls = ClassificationModule if spec.task == "classification" else SegmentationModule
+    cls = model_task(spec.task).module
     torch.manual_seed(seed)
     return cls(net=copy.deepcopy(net), data_info=dm.info, lr=1e-3), dm
 
@@ -236,7 +237,7 @@ def measure(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
     for name in configs:
         row: dict[str, Any] = {"model": spec.name, "config": name, "batch": batch,
                                "image": [spec.channels, *(spec.reduced_size if reduced else spec.size)],
-                               "eps": spec.eps, "metric": "accuracy" if spec.task == "classification" else "dice"}
+                               "eps": spec.eps, "metric": model_task(spec.task).module.main_metric}
         if time.perf_counter() > deadline:
             row["skipped"] = "time budget"
             rows.append(row)

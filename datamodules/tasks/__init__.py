@@ -10,8 +10,8 @@ from datamodules.tasks.detection import DetectionData
 from datamodules.tasks.landmarks import LandmarksData
 from datamodules.tasks.segmentation import SegmentationData
 
-for _task in (ClassificationData(), SegmentationData(), LandmarksData(), DetectionData()):
-    register_task(_task)
+for builtin in (ClassificationData(), SegmentationData(), LandmarksData(), DetectionData()):
+    register_task(builtin)
 
 __all__ = ["ClassificationData", "DataTask", "DetectionData", "LandmarksData", "SegmentationData",
            "register_task", "task_named", "task_names"]

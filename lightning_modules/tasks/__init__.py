@@ -17,8 +17,8 @@ from lightning_modules.tasks.detection import DetectionTask
 from lightning_modules.tasks.landmarks import LandmarksTask
 from lightning_modules.tasks.segmentation import SegmentationTask
 
-for _task in (ClassificationTask(), SegmentationTask(), LandmarksTask(), DetectionTask()):
-    register_task(_task)
+for builtin in (ClassificationTask(), SegmentationTask(), LandmarksTask(), DetectionTask()):
+    register_task(builtin)
 
 
 def model_task(name: Any, who: str = "task") -> Task:
