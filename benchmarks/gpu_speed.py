@@ -125,10 +125,9 @@ def batches(dm: Any, split: str, batch: int, device: torch.device) -> list[dict[
 
 
 def robust_metric(task: Any, out: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """Per-sample score in [0, 1]: classification correct (1/0), segmentation hard Dice."""
-    if task.task == "classification":
-        return (~task.is_violated(out, batch)).float()
-    return task.violation_statistic(out, batch).float()
+    """Per-sample score in [0, 1], the task's own (``per_sample_metric``): classification
+    correct (1/0), segmentation hard Dice."""
+    return task.per_sample_metric(out, batch).float()
 
 
 def sat_step(task: Any, method: SAT, opt: torch.optim.Optimizer, batch: dict[str, Any],
