@@ -90,7 +90,12 @@ class DataTask:
         """:class:`~datamodules.info.DataInfo` fields for checked ``y`` and ``k`` model outputs."""
         return {"num_classes": k}
 
-    # -- folders ----------------------------------------------------------------------------
+    # -- manifests and folders --------------------------------------------------------------
+    def manifest_rows(self) -> type | None:
+        """The manifest row handler class that reads this task's rows
+        (:class:`datamodules.manifest.handler.TaskRows`), or ``None``: no manifest form."""
+        return None
+
     def folder_datamodule(self, path: Path, kwargs: Mapping[str, Any]) -> Any:
         """A datamodule for a data folder without a manifest, or ``None`` (no such layout)."""
         return None

@@ -27,6 +27,11 @@ class ClassificationData(DataTask):
             raise ValueError(f"{who}: classification labels y must be integers [N], got {y.dtype} {tuple(y.shape)}")
         return y.long()
 
+    def manifest_rows(self) -> type | None:
+        from datamodules.manifest.tasks import ClassificationRows
+
+        return ClassificationRows
+
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
         from datamodules.synthetic import make_classification
 

@@ -60,6 +60,11 @@ class DetectionData(DataTask):
         if max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {max_objects}")
 
+    def manifest_rows(self) -> type | None:
+        from datamodules.manifest.task_geometry import DetectionRows
+
+        return DetectionRows
+
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
         from datamodules.synthetic import make_detection
 

@@ -45,6 +45,11 @@ class LandmarksData(DataTask):
     def synthetic_num_landmarks(self, num_landmarks: int) -> int:
         return num_landmarks
 
+    def manifest_rows(self) -> type | None:
+        from datamodules.manifest.task_geometry import LandmarkRows
+
+        return LandmarkRows
+
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
         from datamodules.synthetic import make_landmarks
 

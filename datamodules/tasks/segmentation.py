@@ -38,6 +38,11 @@ class SegmentationData(DataTask):
 
         return PairedFoldersDataModule(images_dir=str(path / "images"), masks_dir=str(path / "masks"), **kwargs)
 
+    def manifest_rows(self) -> type | None:
+        from datamodules.manifest.tasks import SegmentationRows
+
+        return SegmentationRows
+
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
         from datamodules.synthetic import make_segmentation
 
