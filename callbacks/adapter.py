@@ -152,8 +152,10 @@ class RobustTaskAdapter:
         self.task = task
         #: detection's default violation test: the per-image loss above this (as DetectionModule)
         self.violation_threshold = float(violation_threshold)
-        rules.configure(self, per_sample_metric)
-        self._wrapper: Any = None  # detection: the DetectorWrapper around the user's detector
+        self.violation_direction = rules.violation_direction
+        if per_sample_metric is None and rules.metric_column is not None:
+            #: the per-sample file's column (detection: the image's AP@0.5, not its mAP)
+            self.per_sample_metric_name = rules.metric_column
         self.keys = tuple(keys)
         self._is_violated = is_violated
         if per_sample_metric is not None and not callable(per_sample_metric):
@@ -198,7 +200,7 @@ class RobustTaskAdapter:
         model = self._model if isinstance(self._model, nn.Module) else self._model()
         if not isinstance(model, nn.Module):
             raise TypeError(f"RobustTaskAdapter.model must give an nn.Module, got {type(model).__name__}")
-        return self._rules.attack_model(self, model)
+        return self._rules.attack_model(model)
 
     def as_batch(self, batch: Any) -> dict[str, Any]:
         """A tuple ``(image, target, …)`` as ``{keys[i]: …}``; a dict is checked for the keys.
@@ -262,7 +264,7 @@ class RobustTaskAdapter:
         ``inputs="default"`` the detections' scores and labels ``[B, N]`` (TOG-vanishing);
         ``"matched"`` (DAG) the class logits and boxes of the locations / proposals / detections
         with the ground-truth object each covers."""
-        return self._rules.attack_loss_inputs(self, output, batch, inputs)
+        return self._rules.attack_loss_inputs(output, batch, self.keys, self._loss_inputs, inputs)
 
     def attack_loss_reference(self, output: Any) -> Tensor | None:
         return self._rules.loss_reference(output)

@@ -12,7 +12,7 @@ through :class:`callbacks.RobustTaskAdapter`, whose task-specific defaults are t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,8 +78,10 @@ class AdapterRules:
     #: torchmetrics' compute groups for the user's metrics
     compute_groups: ClassVar[bool] = True
 
-    def configure(self, adapter: Any, per_sample_metric: Any) -> None:
-        """Set task-specific attributes of ``adapter`` (violation direction, column name)."""
+    #: the default violation test's direction (:attr:`RobustTask.violation_direction`)
+    violation_direction: ClassVar[str | None] = None
+    #: the per-sample file's column for the default per-sample metric (``None``: the main metric)
+    metric_column: ClassVar[str | None] = None
 
     def default_main_metric(self, names: Sequence[str]) -> str | None:
         return None
@@ -88,7 +90,8 @@ class AdapterRules:
         if main_metric not in names:
             raise ValueError(f"RobustTaskAdapter.main_metric={main_metric!r} is not one of the metrics {names}")
 
-    def attack_model(self, adapter: Any, model: nn.Module) -> nn.Module:
+    def attack_model(self, model: nn.Module) -> nn.Module:
+        """The model the attacks face (a rules object belongs to one adapter, so it may cache)."""
         return model
 
     def as_batch(self, batch: Any, keys: Sequence[str]) -> dict[str, Any]:
@@ -140,19 +143,20 @@ class AdapterRules:
             return {"label": label, "confidence": conf, "probs": probs}
         return output
 
-    def attack_loss_inputs(self, adapter: Any, output: Any, batch: Mapping[str, Any],
+    def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any], keys: Sequence[str],
+                           given: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None,
                            inputs: str) -> tuple[Tensor, Tensor]:
-        """``(logits, labels)`` of the named attack losses: the user's ``attack_loss_inputs``,
-        else :meth:`default_loss_inputs`."""
+        """``(logits, labels)`` of the named attack losses: the user's ``attack_loss_inputs``
+        (``given``), else :meth:`default_loss_inputs`."""
         if inputs != "default":
             raise ValueError(f"RobustTaskAdapter(task={self.task.name!r}) has no attack loss inputs {inputs!r}")
-        target = self.target(batch, adapter.keys)
-        if adapter._loss_inputs is not None:
-            return adapter._loss_inputs(output, target, batch[adapter.keys[0]])
+        target = self.target(batch, keys)
+        if given is not None:
+            return given(output, target, batch[keys[0]])
         if not isinstance(output, Tensor):
             raise ValueError(f"RobustTaskAdapter: the named attack losses of task {self.task.name!r} need a "
                              f"Tensor output, got {type(output).__name__}; pass attack_loss_inputs=")
-        found = self.default_loss_inputs(output, target, batch[adapter.keys[0]])
+        found = self.default_loss_inputs(output, target, batch[keys[0]])
         if found is None:
             raise ValueError(f"RobustTaskAdapter: no named attack losses for task {self.task.name!r} with an "
                              f"output of shape {tuple(output.shape)}; pass attack_loss_inputs=(output, target, "

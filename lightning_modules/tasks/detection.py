@@ -37,11 +37,9 @@ class DetectionRules(AdapterRules):
 
         return {"detection": DetectionMAP()}
 
-    def configure(self, adapter: Any, per_sample_metric: Any) -> None:
-        adapter.violation_direction = "above"
-        if per_sample_metric is None:
-            #: the per-sample file's column: the image's AP@0.5, not its mAP
-            adapter.per_sample_metric_name = "ap50"
+    violation_direction: ClassVar[str | None] = "above"
+    #: the per-sample file's column: the image's AP@0.5, not its mAP
+    metric_column: ClassVar[str | None] = "ap50"
 
     def default_main_metric(self, names: Sequence[str]) -> str | None:
         return "map" if len(names) == 1 else None  # MeanAveragePrecision: one object, many values
@@ -50,7 +48,11 @@ class DetectionRules(AdapterRules):
         if len(names) != 1:
             super().check_main_metric(main_metric, names)
 
-    def attack_model(self, adapter: Any, model: nn.Module) -> nn.Module:
+    def __init__(self, task: Task) -> None:
+        super().__init__(task)
+        self.wrapper: Any = None  # the DetectorWrapper around the user's detector (built once)
+
+    def attack_model(self, model: nn.Module) -> nn.Module:
         from lightning_modules.nets.detectors import DetectorWrapper
 
         if isinstance(model, DetectorWrapper):
@@ -58,11 +60,11 @@ class DetectionRules(AdapterRules):
         if isinstance(model, torch.jit.ScriptModule):
             raise ValueError("RobustTaskAdapter(task='detection'): the detector is needed as an nn.Module; "
                              "a TorchScript detector hides the heads the per-image losses come from")
-        if adapter._wrapper is None or adapter._wrapper.detector is not model:
+        if self.wrapper is None or self.wrapper.detector is not model:
             # the user's labels are the detector's own (label_offset 0: nothing shifted); a fixed
             # sampling seed makes Faster R-CNN's eval-mode losses a function of the input
-            adapter._wrapper = DetectorWrapper(model, label_offset=0, sampling_seed=0)
-        return adapter._wrapper
+            self.wrapper = DetectorWrapper(model, label_offset=0, sampling_seed=0)
+        return self.wrapper
 
     def as_batch(self, batch: Any, keys: Sequence[str]) -> dict[str, Any]:
         return detection_batch(batch, keys)
@@ -99,8 +101,8 @@ class DetectionRules(AdapterRules):
     def display(self, output: Any) -> Any:
         return detection_output(output).detached_detections()
 
-    def attack_loss_inputs(self, adapter: Any, output: Any, batch: Mapping[str, Any],
-                           inputs: str) -> tuple[Tensor, Tensor]:
+    def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any], keys: Sequence[str],
+                           given: Any, inputs: str) -> tuple[Tensor, Tensor]:
         return detection_loss_inputs(detection_output(output), batch, inputs, "RobustTaskAdapter")
 
 
