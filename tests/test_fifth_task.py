@@ -118,7 +118,6 @@ class RegressionModule(TaskModule):
 
 class RegressionTask(Task, RegressionData):
     module: ClassVar[type] = RegressionModule
-    panel: ClassVar[Any] = Panel()
 
     #: the named suites: APGD on the task loss and Square on it (its own, squared-error loss)
     suite: ClassVar[SuiteRecipe | None] = SuiteRecipe(

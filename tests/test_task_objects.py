@@ -52,7 +52,7 @@ def test_one_object_per_builtin_task(name: str) -> None:
     task = task_named(name)
     assert isinstance(task, Task) and isinstance(task, DataTask) and model_task(name) is task
     assert task.module.task == name  # the module it names trains this task
-    assert type(task.panel) is type(task.module.panel)  # drawn the same by name and by module
+    assert task.panel is task.module.panel  # drawn the same by name and by module
     assert task.batch_keys[0] == "image" and task.target_keys
     assert name in task_names()
 

@@ -175,18 +175,23 @@ class AdapterRules:
 class Task(DataTask):
     """The model side of a task (subclass it together with the task's data-side class).
 
-    Subclasses set :attr:`module` (the task's ``TaskModule`` class), :attr:`panel` and
-    :attr:`adapter_rules`, and override what differs from the defaults below."""
+    Subclasses set :attr:`module` (the task's ``TaskModule`` class: its loss, metrics and their
+    direction, success test, panel, certification form), :attr:`suite` and :attr:`adapter_rules`,
+    and override what differs from the defaults below."""
 
     #: the task's LightningModule class (``TaskModule`` subclass)
     module: ClassVar[type]
-    #: how predictions and ground truth are drawn (:class:`lightning_modules.panels.Panel`)
-    panel: ClassVar[Any]
     #: how a user's own module is read (:class:`callbacks.RobustTaskAdapter`)
     adapter_rules: ClassVar[type[AdapterRules]] = AdapterRules
     #: how the named suites (``standard``, ``quick``, ``aa_budget``) are built for the task's
     #: output (:class:`attacks.suites.SuiteRecipe`); ``None``: the task has no named suites
     suite: ClassVar[SuiteRecipe | None] = None
+
+    @property
+    def panel(self) -> Any:
+        """How predictions and ground truth are drawn: the module's
+        (:class:`lightning_modules.panels.Panel`; one home, read here by name)."""
+        return self.module.panel
 
     # -- attack suites ----------------------------------------------------------------------
     def suite_configs(self, name: str, num_classes: int | None = None, where: str = "attacks") -> list[dict[str, Any]]:

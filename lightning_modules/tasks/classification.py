@@ -10,7 +10,6 @@ from torch import Tensor
 from attacks.suites import LOGIT_SUITES, SuiteRecipe
 from datamodules.tasks.classification import ClassificationData
 from lightning_modules.classification_module import ClassificationModule
-from lightning_modules.panels import LabelPanel
 from lightning_modules.tasks.base import AdapterRules, Task
 
 
@@ -41,7 +40,6 @@ class ClassificationRules(AdapterRules):
 
 class ClassificationTask(Task, ClassificationData):
     module: ClassVar[type] = ClassificationModule
-    panel: ClassVar[Any] = LabelPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = ClassificationRules
     suite: ClassVar[SuiteRecipe | None] = LOGIT_SUITES
 

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from attacks.suites import DETECTION_SUITES, SuiteRecipe
 from datamodules.tasks.detection import DetectionData
 from lightning_modules.detection_module import DetectionModule, detection_loss_inputs
-from lightning_modules.panels import BoxesPanel
 from lightning_modules.tasks.base import AdapterRules, Task, WrappedModel
 
 
@@ -108,7 +107,6 @@ class DetectionRules(AdapterRules):
 
 class DetectionTask(Task, DetectionData):
     module: ClassVar[type] = DetectionModule
-    panel: ClassVar[Any] = BoxesPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = DetectionRules
     suite: ClassVar[SuiteRecipe | None] = DETECTION_SUITES
 

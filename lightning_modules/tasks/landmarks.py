@@ -11,7 +11,6 @@ from torch import Tensor
 from attacks.suites import HEATMAP_SUITES, SuiteRecipe
 from datamodules.tasks.landmarks import LandmarksData
 from lightning_modules.landmark_module import LandmarkModule
-from lightning_modules.panels import PointsPanel
 from lightning_modules.tasks.base import AdapterRules, Task
 
 
@@ -43,6 +42,5 @@ def landmark_labels(heat: Tensor, target: Tensor, image: Tensor) -> Tensor:
 
 class LandmarksTask(Task, LandmarksData):
     module: ClassVar[type] = LandmarkModule
-    panel: ClassVar[Any] = PointsPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = LandmarkRules
     suite: ClassVar[SuiteRecipe | None] = HEATMAP_SUITES

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from attacks.suites import MASK_SUITES, SuiteRecipe
 from datamodules.tasks.segmentation import SegmentationData
-from lightning_modules.panels import MaskPanel
 from lightning_modules.segmentation_module import SegmentationModule
 from lightning_modules.tasks.base import AdapterRules, Task
 
@@ -29,6 +28,5 @@ class SegmentationRules(AdapterRules):
 
 class SegmentationTask(Task, SegmentationData):
     module: ClassVar[type] = SegmentationModule
-    panel: ClassVar[Any] = MaskPanel()
     adapter_rules: ClassVar[type[AdapterRules]] = SegmentationRules
     suite: ClassVar[SuiteRecipe | None] = MASK_SUITES
