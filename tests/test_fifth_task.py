@@ -148,7 +148,8 @@ def test_fifth_task_trains_and_is_evaluated_through_the_normal_path(regression: 
     dm = SyntheticDataModule(task="regression", num_train=16, num_val=8, num_test=8, image_size=(16, 16),
                              batch_size=8)
     assert dm.info.task == "regression" and dm.info.num_classes == 0
-    module = RegressionModule(data_info=dm.info, method=SAT(eps=0.02, attack={"name": "pgd", "steps": 2}))
+    module = RegressionModule(net={"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [4, 8]}},
+                              data_info=dm.info, method=SAT(eps=0.02, attack={"name": "pgd", "steps": 2}))
     evaluation = AdversarialEvaluation(attacks="quick", eps=[0.1], subset=8, sanity="never", intervals="never")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
