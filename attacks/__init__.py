@@ -36,7 +36,7 @@ from .noise import GaussianNoise, Noise, SaltPepperNoise, SpeckleNoise, UniformN
 from .registry import ATTACKS, build_attack, register_attack
 from .spec import AttackSpec, parse_attack_specs
 from .square import Square
-from .suites import SUITES, suite_configs
+from .suites import SUITES, SuiteRecipe, suite_configs
 
 __all__ = [
     "APGD",
@@ -48,6 +48,7 @@ __all__ = [
     "Square",
     "parse_attack_specs",
     "register_attack",
+    "SuiteRecipe",
     "suite_configs",
     "task_losses",
     "BIM",

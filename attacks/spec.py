@@ -293,15 +293,16 @@ def _default_label(name: str, loss: str | None, loss_args: Mapping[str, Any]) ->
 def parse_attack_specs(
     configs: Sequence[Mapping[str, Any] | AttackSpec] | Mapping[str, Any] | AttackSpec | str | None,
     field_name: str,
-    task: str | None = None,
+    suite: Any = None,
     num_classes: int | None = None,
 ) -> list[AttackSpec]:
-    """Check a YAML attack list (or a named suite such as ``"standard"``) and turn it into
-    :class:`AttackSpec` s. Errors name the offending field and list the known attacks."""
+    """Check a YAML attack list (or a named suite such as ``"standard"``, built by ``suite``, the
+    task's :class:`~attacks.suites.SuiteRecipe`) and turn it into :class:`AttackSpec` s. Errors
+    name the offending field and list the known attacks."""
     if isinstance(configs, str):
         from .suites import suite_configs
 
-        configs = suite_configs(configs, task, field_name, num_classes)
+        configs = suite_configs(configs, suite, field_name, num_classes)
     if configs is None:
         raise ValueError(f"{field_name}: give a list of attacks, e.g. [{{name: pgd, steps: 10}}]")
     if isinstance(configs, Mapping | AttackSpec):

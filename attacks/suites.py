@@ -30,7 +30,7 @@ detection       APGD 100 on the task loss (2 random starts), on DAG (Xie et al. 
                 (docs/attacks.md)
 ==============  ==========================================================================
 
-Square ascends each task's margin-type loss (``SQUARE_LOSS``), never a cross-entropy: a random
+Square ascends each task's margin-type loss (the recipe's ``square_loss``), never a cross-entropy: a random
 search only compares values, and cross-entropy on a saturated softmax is exactly 0 on every
 confident sample (the masked-gradient case), while a margin is positively homogeneous in the
 output and ranks proposals the same at any logit scale. 5000 queries (AutoAttack's budget):
@@ -40,27 +40,29 @@ output and ranks proposals the same at any logit scale. 5000 queries (AutoAttack
 is AutoAttack's published budget for "AutoAttack-equivalent" reports: APGD-CE 100, APGD-T on 9
 target classes × 100 (capped by classes − 1), FMN 100 for FAB-T, Square 5000 on the margin; the
 dense tasks run their ``standard`` members with Square 5000.
+
+This module knows attacks, not tasks: each kind of model output has a :class:`SuiteRecipe`
+(class logits, dense logits, heatmaps, detections), and a task object names its recipe
+(``lightning_modules/tasks/``: ``ClassificationTask.suite = LOGIT_SUITES``). The table above
+reads "the recipe the task uses".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-SEQUENTIAL = {"classification"}
+#: Square's losses (see module docstring): margin-type, never a saturating cross-entropy
+LOGIT_SQUARE_LOSS = "margin"
+MASK_SQUARE_LOSS = "seg_margin"
+HEATMAP_SQUARE_LOSS = "peak_margin"
+DETECTION_SQUARE_LOSS: dict[str, Any] = {"name": "dag", "target_shift": None, "kappa": None, "box_weight": 0.0}
 
 
-#: Square's loss per task (see module docstring): margin-type, never a saturating cross-entropy
-SQUARE_LOSS: dict[str, Any] = {
-    "classification": "margin",
-    "segmentation": "seg_margin",
-    "landmarks": "peak_margin",
-    "detection": {"name": "dag", "target_shift": None, "kappa": None, "box_weight": 0.0},
-}
-
-
-def _square(task: str, queries: int) -> dict[str, Any]:
-    """Square on the task's scale-free loss (``SQUARE_LOSS``)."""
-    return {"name": "square", "steps": queries, "label": "square", "loss": SQUARE_LOSS[task]}
+def _square(loss: Any, queries: int) -> dict[str, Any]:
+    """Square on a scale-free loss."""
+    return {"name": "square", "steps": queries, "label": "square", "loss": loss}
 
 
 def _classification(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
@@ -73,7 +75,7 @@ def _classification(steps: int, queries: int, num_classes: int | None) -> list[d
             out.append({"name": "apgd", "steps": steps, "label": f"apgd-t{r}",
                         "loss": {"name": "dlr_targeted", "target_rank": r}})
     out.append(_fmn(steps))
-    out.append(_square("classification", queries))
+    out.append(_square(LOGIT_SQUARE_LOSS, queries))
     return out
 
 
@@ -98,13 +100,13 @@ def _classification_aa(steps: int, queries: int, num_classes: int | None) -> lis
             out.append({"name": "apgd", "steps": steps, "label": f"apgd-t{r}",
                         "loss": {"name": loss, "target_rank": r}})
     out.append(_fmn(steps))
-    out.append(_square("classification", queries))
+    out.append(_square(LOGIT_SQUARE_LOSS, queries))
     return out
 
 
 def _segmentation(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
     return [{"name": "apgd", "steps": steps, "loss": loss, "label": f"apgd-{loss}"}
-            for loss in ("mask_ce", "balanced_ce", "js", "segpgd", "dice")] + [_square("segmentation", queries)]
+            for loss in ("mask_ce", "balanced_ce", "js", "segpgd", "dice")] + [_square(MASK_SQUARE_LOSS, queries)]
 
 
 def _landmarks(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
@@ -115,7 +117,7 @@ def _landmarks(steps: int, queries: int, num_classes: int | None) -> list[dict[s
     return [{"name": "apgd", "steps": steps, "restarts": 2, "label": "apgd-task"},
             {"name": "apgd", "steps": steps, "loss": "soft_argmax", "label": "apgd-soft_argmax"},
             {"name": "apgd", "steps": steps, "loss": "expected_distance", "label": "apgd-expected_distance"},
-            _square("landmarks", queries)]
+            _square(HEATMAP_SQUARE_LOSS, queries)]
 
 
 def _detection(steps: int, queries: int, num_classes: int | None) -> list[dict[str, Any]]:
@@ -127,33 +129,58 @@ def _detection(steps: int, queries: int, num_classes: int | None) -> list[dict[s
             # the brute-force ensemble's most frequent winner on a SAT FCOS (docs/benchmarks.md)
             {"name": "apgd", "steps": steps, "restarts": 2, "loss": {"name": "dag", "target_shift": None},
              "label": "apgd-dag_untargeted"},
-            _square("detection", queries)]
+            _square(DETECTION_SQUARE_LOSS, queries)]
 
 
-_TASKS = {"classification": _classification, "segmentation": _segmentation,
-          "landmarks": _landmarks, "detection": _detection}
-#: suite → (gradient steps, Square queries for classification)
+#: suite → (gradient steps, Square queries of a sequential suite)
 SUITES = {"standard": (100, 5000), "quick": (20, 100), "aa_budget": (100, 5000)}
-#: Square queries for the dense tasks (every member attacks every sample there, no early stop
+#: Square queries of a dense suite (every member attacks every sample there, no early stop
 #: on a broken sample, so a query costs one forward on the whole batch)
 DENSE_QUERIES = {"standard": 5000, "quick": 100, "aa_budget": 5000}
 
 
-def suite_configs(name: str, task: str | None, where: str = "attacks",
+@dataclass(frozen=True)
+class SuiteRecipe:
+    """How the named suites (:data:`SUITES`) are built for one kind of model output.
+
+    Args:
+        members: ``(gradient steps, Square queries, number of classes or None) -> configs``.
+        square_loss: the scale-free loss Square ascends (a loss name or ``{name, **args}``).
+        sequential: a member attacks only the samples no earlier member broke (AutoAttack).
+        dense: Square's budget is :data:`DENSE_QUERIES` (every member attacks every sample).
+        aa_budget: the members of ``aa_budget``; ``None``: the ``standard`` members.
+    """
+
+    members: Callable[[int, int, int | None], list[dict[str, Any]]]
+    square_loss: Any
+    sequential: bool = False
+    dense: bool = True
+    aa_budget: Callable[[int, int, int | None], list[dict[str, Any]]] | None = None
+
+
+#: class logits ``[B, K]``: AutoAttack's suite, sequential
+LOGIT_SUITES = SuiteRecipe(_classification, LOGIT_SQUARE_LOSS, sequential=True, dense=False,
+                           aa_budget=_classification_aa)
+#: dense logits ``[B, K, *spatial]``: SEA's losses
+MASK_SUITES = SuiteRecipe(_segmentation, MASK_SQUARE_LOSS)
+#: heatmaps ``[B, L, h, w]``
+HEATMAP_SUITES = SuiteRecipe(_landmarks, HEATMAP_SQUARE_LOSS)
+#: detections (a ``DetectionOutput``)
+DETECTION_SUITES = SuiteRecipe(_detection, DETECTION_SQUARE_LOSS)
+
+
+def suite_configs(name: str, recipe: SuiteRecipe | None, where: str = "attacks",
                   num_classes: int | None = None) -> list[dict[str, Any]]:
-    """The attack list of suite ``name`` for ``task`` (``{name, label, loss?, **params}``)."""
+    """The attack list of suite ``name`` built by ``recipe`` (``{name, label, loss?, **params}``);
+    the recipe is the task's (``lightning_modules.tasks``: ``model_task(name).suite``)."""
     if name not in SUITES:
         raise ValueError(f"{where}: unknown suite {name!r}; known suites: {sorted(SUITES)}")
-    if task not in _TASKS:
-        raise ValueError(f"{where}: suite {name!r} needs the task, one of {sorted(_TASKS)}; got {task!r}")
+    if not isinstance(recipe, SuiteRecipe):
+        raise ValueError(f"{where}: suite {name!r} needs the task's suite recipe (a task with named "
+                         f"suites); got {recipe!r}")
     steps, queries = SUITES[name]
-    if task != "classification":
+    if recipe.dense:
         queries = DENSE_QUERIES[name]
-    elif name == "aa_budget":
-        return _classification_aa(steps, queries, num_classes)
-    return _TASKS[task](steps, queries, num_classes)
-
-
-def is_sequential(task: str | None) -> bool:
-    """Whether the suite skips samples that earlier members broke (see module docstring)."""
-    return task in SEQUENTIAL
+    elif name == "aa_budget" and recipe.aa_budget is not None:
+        return recipe.aa_budget(steps, queries, num_classes)
+    return recipe.members(steps, queries, num_classes)

@@ -43,7 +43,8 @@ from attacks import PGD
 from callbacks.scaling import channels_last_input, compile_network, to_channels_last
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
-from lightning_modules import SAT, ClassificationModule, SegmentationModule
+from lightning_modules import SAT
+from lightning_modules.tasks import model_task
 
 
 @dataclass
@@ -108,7 +109,7 @@ def build(spec: ModelSpec, reduced: bool, n_train: int, n_val: int, seed: int = 
         kw["num_classes"] = 2
     dm = SyntheticDataModule(**kw)
     net = spec.reduced_net if (reduced and spec.reduced_net) else spec.net
-    cls = ClassificationModule if spec.task == "classification" else SegmentationModule
+    cls = model_task(spec.task).module
     torch.manual_seed(seed)
     return cls(net=copy.deepcopy(net), data_info=dm.info, lr=1e-3), dm
 
@@ -124,10 +125,9 @@ def batches(dm: Any, split: str, batch: int, device: torch.device) -> list[dict[
 
 
 def robust_metric(task: Any, out: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """Per-sample score in [0, 1]: classification correct (1/0), segmentation hard Dice."""
-    if task.task == "classification":
-        return (~task.is_violated(out, batch)).float()
-    return task.violation_statistic(out, batch).float()
+    """Per-sample score in [0, 1], the task's own (``per_sample_metric``): classification
+    correct (1/0), segmentation hard Dice."""
+    return task.per_sample_metric(out, batch).float()
 
 
 def sat_step(task: Any, method: SAT, opt: torch.optim.Optimizer, batch: dict[str, Any],
@@ -236,7 +236,7 @@ def measure(spec: ModelSpec, args: argparse.Namespace, device: torch.device,
     for name in configs:
         row: dict[str, Any] = {"model": spec.name, "config": name, "batch": batch,
                                "image": [spec.channels, *(spec.reduced_size if reduced else spec.size)],
-                               "eps": spec.eps, "metric": "accuracy" if spec.task == "classification" else "dice"}
+                               "eps": spec.eps, "metric": model_task(spec.task).module.main_metric}
         if time.perf_counter() > deadline:
             row["skipped"] = "time budget"
             rows.append(row)

@@ -37,6 +37,7 @@ from callbacks.evaluation_loop import RobustnessEvaluator
 from callbacks.sanity import sanity_report
 from datamodules.base import collate_batch
 from lightning_modules import ClassificationModule
+from lightning_modules.tasks import model_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,7 @@ def main() -> None:
                 cells[suite], secs[suite] = autoattack(model, batches, args.eps, k)
                 continue
             cfg: Any = [{"name": "pgd", "steps": 10}] if suite == "pgd10" else suite
-            specs = parse_attack_specs(cfg, suite, "classification", k)
+            specs = parse_attack_specs(cfg, suite, model_task("classification").suite, k)
             ev = RobustnessEvaluator(task, specs, [args.eps], sequential=suite != "pgd10",
                                      large_eps=0.25 if suite == "standard" else None)
             start = time.perf_counter()

@@ -34,12 +34,13 @@ import torch
 
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
-from lightning_modules import AMAT, SAT, ClassificationModule, Clean, SegmentationModule
+from lightning_modules import AMAT, SAT, Clean, TaskModule
+from lightning_modules.tasks import model_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_epoch(model: ClassificationModule | SegmentationModule, optimizer: torch.optim.Optimizer,
+def train_epoch(model: TaskModule, optimizer: torch.optim.Optimizer,
                 batches: list[dict]) -> tuple[float, float]:
     """One training epoch exactly as ``TaskModule.training_step`` runs it (method loss,
     backward, step, the method's epoch hooks); returns its ``(wall, cpu)`` time in seconds.
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     seg = args.task == "segmentation"
     net = {"class_path": "lightning_modules.nets.SmallUNet" if seg else "lightning_modules.nets.SmallCNN",
            "init_args": {"features": list(args.features)}}
-    module = SegmentationModule if seg else ClassificationModule
+    module = model_task(args.task).module
     amat_extra = {"threshold": 0.5} if seg else {}
     k = args.steps
     methods = {

@@ -23,9 +23,9 @@ Overrides = dict[str, Any]
 
 def _main_metric(task: str) -> str:
     """The task's main metric, from its module (the one home: ``TaskModule.main_metric``)."""
-    from lightning_modules import TASK_MODULES
+    from lightning_modules.tasks import model_task
 
-    return TASK_MODULES[task].main_metric
+    return model_task(task).module.main_metric
 
 
 @dataclass
@@ -170,9 +170,9 @@ def sample_metric(task: str) -> str:
     """The name of the task's per-sample metric in the per-sample files (detection: ``ap50``,
     the per-image AP@0.5; the others: their main metric)."""
     from callbacks.per_sample import metric_name
-    from lightning_modules import TASK_MODULES
+    from lightning_modules.tasks import model_task
 
-    return metric_name(TASK_MODULES[task])
+    return metric_name(model_task(task).module)
 
 
 def _mean(values: list[float]) -> float:

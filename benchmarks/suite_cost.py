@@ -70,13 +70,15 @@ def train(config: Path, epochs: int, out: Path) -> Path:
 def specs_for(name: str, task: str, num_classes: int | None) -> tuple[list[Any], bool]:
     """``(specs, sequential)`` of a suite name or ``pgd<k>`` (PGD-k L∞ with a random start)."""
     from attacks import parse_attack_specs
-    from attacks.suites import SUITES, is_sequential
+    from attacks.suites import SUITES
+    from lightning_modules.tasks import model_task
 
     if name.startswith("pgd") and name[3:].isdigit():
         return parse_attack_specs([{"name": "pgd", "norm": "linf", "steps": int(name[3:])}], name), False
     if name not in SUITES:
         raise SystemExit(f"--suites: unknown suite {name!r}; known: pgd<k>, {sorted(SUITES)}")
-    return parse_attack_specs(name, name, task, num_classes), is_sequential(task)
+    kind = model_task(task)
+    return parse_attack_specs(name, name, kind.suite, num_classes), kind.sequential_suite
 
 
 def measure(module: Any, batches: list[dict[str, Any]], eps: list[float], name: str) -> dict[str, Any]:

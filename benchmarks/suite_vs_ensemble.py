@@ -410,12 +410,12 @@ def compare(module: Any, batches: list[dict[str, Any]], args: argparse.Namespace
     higher = module.metric_higher_is_better()
     model = module.attack_model()
     bounds = tuple(module.data_info.bounds)
-    from attacks.suites import suite_configs
+    from lightning_modules.tasks import suite_configs
 
     configs = suite_configs(args.suite, task)
     if args.square_queries is not None:  # a smaller Square budget, to fit the machine (say so)
         configs = [dict(c, steps=args.square_queries) if c["name"] == "square" else c for c in configs]
-    specs = parse_attack_specs(configs, "suite", task)
+    specs = parse_attack_specs(configs, "suite")
     ev = RobustnessEvaluator(module, specs, [eps])
     for s in specs:
         ev.attacks[(s.label, eps)] = Recording(ev.attacks[(s.label, eps)])
@@ -430,7 +430,7 @@ def compare(module: Any, batches: list[dict[str, Any]], args: argparse.Namespace
     shipped = ev.compute()
     # PGD-10 on the task loss (the evaluator's default PGD), the usual per-epoch number
     t_pgd = time.time()
-    pgd_specs = parse_attack_specs([{"name": "pgd", "steps": 10, "label": "pgd-10"}], "pgd", task)
+    pgd_specs = parse_attack_specs([{"name": "pgd", "steps": 10, "label": "pgd-10"}], "pgd")
     ev_pgd = RobustnessEvaluator(module, pgd_specs, [eps])
     ev_pgd.attacks[("pgd-10", eps)] = Recording(ev_pgd.attacks[("pgd-10", eps)])
     pgd_rows = []

@@ -29,6 +29,7 @@ import torch
 from attacks import parse_attack_specs
 from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.base import collate_batch
+from lightning_modules.tasks import model_task, suite_specs
 from medrobust.config_pieces import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
     rows: dict[str, Any] = {"task": task, "method": method, "eps": eps, "n": n}
     for name, specs, seq in (
         ("pgd10", parse_attack_specs([{"name": "pgd", "steps": 10}], "pgd"), False),
-        ("standard", parse_attack_specs("standard", "standard", task, k), task == "classification"),
+        ("standard", suite_specs("standard", "standard", task, k), model_task(task).sequential_suite),
     ):
         torch.manual_seed(0)
         ev = RobustnessEvaluator(module, specs, eps, sequential=seq)

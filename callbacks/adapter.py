@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from datamodules.info import TASKS, DataInfo
+from datamodules.info import DataInfo
 
 
 class RobustTaskAdapter:
@@ -131,39 +131,31 @@ class RobustTaskAdapter:
         attack_loss_inputs: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None = None,
         violation_threshold: float = 1.5,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"RobustTaskAdapter.task must be one of {TASKS}, got {task!r}")
-        detection = task == "detection"
-        keys = keys if keys is not None else (("image", "targets") if detection else ("image", "label"))
+        from lightning_modules.tasks import model_task, task_names
+
+        if not (isinstance(task, str) and task in task_names()):
+            raise ValueError(f"RobustTaskAdapter.task must be one of {task_names()}, got {task!r}")
+        kind = model_task(task, "RobustTaskAdapter.task")
+        rules = kind.adapter_rules(kind)
+        keys = keys if keys is not None else rules.keys
         if len(tuple(keys)) < 2:
             raise ValueError(f"RobustTaskAdapter.keys needs (image key, target key), got {keys!r}")
-        if not (callable(per_sample_loss) or (detection and per_sample_loss is None)):
-            raise TypeError("RobustTaskAdapter.per_sample_loss must be callable (output, target) -> [B]"
-                            + ("" if detection else " (None only for task='detection')"))
-        if metrics is None and not detection:
-            raise TypeError("RobustTaskAdapter.metrics: give {name: torchmetrics.Metric} "
-                            "(None only for task='detection', whose default is mAP)")
-        if detection and attack_loss_inputs is not None:
-            raise ValueError("RobustTaskAdapter(task='detection') takes no attack_loss_inputs: the "
-                             "detection losses read the detector itself (see the class docstring)")
+        rules.check(per_sample_loss, metrics, attack_loss_inputs)
         object.__setattr__(self, "_module", module)  # no nn.Module registration (no cycle)
+        self._rules = rules
         self._model = model
         self._loss = per_sample_loss
         if metrics is None:
-            from lightning_modules.metrics.detection import DetectionMAP
-
-            metrics = {"detection": DetectionMAP()}
+            metrics = rules.default_metrics()
         self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(
-            dict(metrics), compute_groups=not detection)
+            dict(metrics), compute_groups=rules.compute_groups)
         self.task = task
         #: detection's default violation test: the per-image loss above this (as DetectionModule)
         self.violation_threshold = float(violation_threshold)
-        if detection:
-            self.violation_direction = "above"
-            if per_sample_metric is None:
-                #: the per-sample file's column: the image's AP@0.5, not its mAP
-                self.per_sample_metric_name = "ap50"
-        self._wrapper: Any = None  # detection: the DetectorWrapper around the user's detector
+        self.violation_direction = rules.violation_direction
+        if per_sample_metric is None and rules.metric_column is not None:
+            #: the per-sample file's column (detection: the image's AP@0.5, not its mAP)
+            self.per_sample_metric_name = rules.metric_column
         self.keys = tuple(keys)
         self._is_violated = is_violated
         if per_sample_metric is not None and not callable(per_sample_metric):
@@ -173,10 +165,10 @@ class RobustTaskAdapter:
         self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
         self.method = type("UserMethod", (), {"name": method})()
         names = list(self._metrics.keys(keep_base=True))
-        if detection and main_metric is None and len(names) == 1:
-            main_metric = "map"  # what MeanAveragePrecision reports (one object, many values)
-        if main_metric is not None and main_metric not in names and not (detection and len(names) == 1):
-            raise ValueError(f"RobustTaskAdapter.main_metric={main_metric!r} is not one of the metrics {names}")
+        if main_metric is None:
+            main_metric = rules.default_main_metric(names)
+        if main_metric is not None:
+            rules.check_main_metric(main_metric, names)
         self.main_metric = main_metric or (names[0] if names else "")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                         or num_classes < 1):
@@ -189,7 +181,7 @@ class RobustTaskAdapter:
         self._loss_inputs = attack_loss_inputs
         from lightning_modules.panels import panel_for
 
-        self.panel = panel_for(panel if panel is not None else task)
+        self.panel = panel_for(panel if panel is not None else kind)
 
     # -- what the callback reaches through the module ------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -208,53 +200,21 @@ class RobustTaskAdapter:
         model = self._model if isinstance(self._model, nn.Module) else self._model()
         if not isinstance(model, nn.Module):
             raise TypeError(f"RobustTaskAdapter.model must give an nn.Module, got {type(model).__name__}")
-        if self.task != "detection":
-            return model
-        from lightning_modules.nets.detectors import DetectorWrapper
-
-        if isinstance(model, DetectorWrapper):
-            return model
-        if isinstance(model, torch.jit.ScriptModule):
-            raise ValueError("RobustTaskAdapter(task='detection'): the detector is needed as an nn.Module; "
-                             "a TorchScript detector hides the heads the per-image losses come from")
-        if self._wrapper is None or self._wrapper.detector is not model:
-            # the user's labels are the detector's own (label_offset 0: nothing shifted); a fixed
-            # sampling seed makes Faster R-CNN's eval-mode losses a function of the input
-            self._wrapper = DetectorWrapper(model, label_offset=0, sampling_seed=0)
-        return self._wrapper
+        return self._rules.attack_model(model)
 
     def as_batch(self, batch: Any) -> dict[str, Any]:
         """A tuple ``(image, target, …)`` as ``{keys[i]: …}``; a dict is checked for the keys.
         Detection: ``{"image": [B, C, H, W], "boxes": [B × [N_i, 4]], "labels": [B × [N_i]]}``
-        (see :func:`_detection_batch`)."""
-        if self.task == "detection":
-            return _detection_batch(batch, self.keys)
-        if isinstance(batch, Mapping):
-            missing = [k for k in self.keys[:2] if k not in batch]
-            if missing:
-                raise KeyError(f"RobustTaskAdapter: the batch lacks {missing}; keys {list(self.keys)}")
-            return dict(batch)
-        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-            return dict(zip(self.keys, batch))
-        raise TypeError(
-            f"RobustTaskAdapter: a batch must be a tuple (image, target) or a dict with keys "
-            f"{list(self.keys)}, got {type(batch).__name__}"
-        )
+        (see :func:`lightning_modules.tasks.detection.detection_batch`)."""
+        return self._rules.as_batch(batch, self.keys)
 
     def _target(self, batch: Mapping[str, Any]) -> Any:
-        if self.task == "detection":  # torchvision's targets: one dict per image
-            return [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
-        return batch[self.keys[1]]
-
-    def _user_output(self, output: Any) -> Any:
-        """What the user's callables receive: the output itself; detection: the eval-mode
-        detections (one dict per image, differentiable; :func:`_detection_output`)."""
-        return _detection_output(output).detections if self.task == "detection" else output
+        return self._rules.target(batch, self.keys)
 
     def per_sample_loss(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         if self._loss is None:  # detection: the detector's own training loss of each image
-            return _detection_output(output).loss(batch["boxes"], batch["labels"])
-        loss = self._loss(self._user_output(output), self._target(batch))
+            return self._rules.loss(output, batch)
+        loss = self._loss(self._rules.user_output(output), self._target(batch))
         if not isinstance(loss, Tensor) or loss.ndim != 1:
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"RobustTaskAdapter.per_sample_loss must return a Tensor[B] "
@@ -263,14 +223,8 @@ class RobustTaskAdapter:
 
     def is_violated(self, output: Any, batch: Mapping[str, Any], threshold: float | None = None) -> Tensor:
         if self._is_violated is not None:
-            return self._is_violated(self._user_output(output), self._target(batch))
-        if self.task == "detection":  # DetectionModule's test: the image's loss above a threshold
-            thr = self.violation_threshold if threshold is None else float(threshold)
-            return self.violation_statistic(output, batch) > thr
-        if self.task == "classification" and isinstance(output, Tensor):
-            return output.argmax(dim=1) != self._target(batch).reshape(-1).long()
-        raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no violation test: pass "
-                         "is_violated=(output, target) -> Bool[B] (True where the sample counts as broken)")
+            return self._is_violated(self._rules.user_output(output), self._target(batch))
+        return self._rules.is_violated(self, output, batch, threshold)
 
     def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         with torch.no_grad():
@@ -278,45 +232,25 @@ class RobustTaskAdapter:
 
     def per_sample_metric(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         target = self._target(batch)
-        if self.task == "detection":
-            preds = _detection_output(output).detached_detections()
-            if self._metric is not None:
-                output = preds
-            else:
-                from lightning_modules.metrics.detection import per_image_ap50
-
-                return per_image_ap50(preds, _detached_targets(target, preds))
-        if self._metric is not None:
-            value = self._metric(output, target)
-            if not isinstance(value, Tensor) or value.ndim != 1:
-                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"RobustTaskAdapter.per_sample_metric must return a Tensor[B], got {got}")
-            return value.detach().float()
-        if self.task == "classification" and isinstance(output, Tensor):
-            return (output.detach().argmax(dim=1) == target.reshape(-1).long()).float()
-        raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no per-sample metric: pass "
-                         "per_sample_metric=(output, target) -> Tensor[B] (the main metric per sample)")
+        if self._metric is None:
+            return self._rules.per_sample_metric(output, target)
+        value = self._metric(self._rules.metric_output(output), target)
+        if not isinstance(value, Tensor) or value.ndim != 1:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"RobustTaskAdapter.per_sample_metric must return a Tensor[B], got {got}")
+        return value.detach().float()
 
     def build_metrics(self) -> MetricCollection:
         return self._metrics.clone()
 
     def update_metrics(self, metrics: MetricCollection, output: Any, batch: Mapping[str, Any]) -> None:
-        target = self._target(batch)
-        if self.task == "detection":  # torchmetrics' MeanAveragePrecision form
-            output = _detection_output(output).detached_detections()
-            target = _detached_targets(target, output)
+        output, target = self._rules.metric_inputs(output, self._target(batch))
         prepared = self._prepare(output)
         for name in metrics.keys(keep_base=True):
             metrics[name].update(prepared.detach() if isinstance(prepared, Tensor) else prepared, target)
 
     def predict_for_display(self, output: Any) -> Any:
-        if self.task == "detection":
-            return _detection_output(output).detached_detections()
-        if isinstance(output, Tensor) and output.ndim == 2:
-            probs = output.detach().float().softmax(dim=1)
-            conf, label = probs.max(dim=1)
-            return {"label": label, "confidence": conf, "probs": probs}
-        return output
+        return self._rules.display(output)
 
     def metric_higher_is_better(self, name: str | None = None) -> bool:
         from lightning_modules.protocol import higher_is_better
@@ -330,36 +264,10 @@ class RobustTaskAdapter:
         ``inputs="default"`` the detections' scores and labels ``[B, N]`` (TOG-vanishing);
         ``"matched"`` (DAG) the class logits and boxes of the locations / proposals / detections
         with the ground-truth object each covers."""
-        if self.task == "detection":
-            from lightning_modules.detection_module import detection_loss_inputs
-
-            return detection_loss_inputs(_detection_output(output), batch, inputs, "RobustTaskAdapter")
-        if inputs != "default":
-            raise ValueError(f"RobustTaskAdapter(task={self.task!r}) has no attack loss inputs {inputs!r}")
-        target = self._target(batch)
-        if self._loss_inputs is not None:
-            return self._loss_inputs(output, target, batch[self.keys[0]])
-        if not isinstance(output, Tensor):
-            raise ValueError(f"RobustTaskAdapter: the named attack losses of task {self.task!r} need a "
-                             f"Tensor output, got {type(output).__name__}; pass attack_loss_inputs=")
-        if self.task == "classification" and output.ndim == 2:
-            return output.float(), target.reshape(-1).long()
-        if self.task == "segmentation" and output.ndim >= 3:
-            mask = target[:, 0] if target.ndim == output.ndim else target
-            if mask.shape[1:] != output.shape[2:]:
-                raise ValueError(f"RobustTaskAdapter: segmentation logits {tuple(output.shape)} and mask "
-                                 f"{tuple(target.shape)} differ in their spatial size")
-            return output, mask.long()
-        if self.task == "landmarks" and output.ndim == 4:
-            return output, _landmark_labels(output, target, batch[self.keys[0]])
-        raise ValueError(f"RobustTaskAdapter: no named attack losses for task {self.task!r} with an output "
-                         f"of shape {tuple(output.shape)}; pass attack_loss_inputs=(output, target, image) "
-                         "-> (logits, labels), or drop `loss:` to use your per_sample_loss")
+        return self._rules.attack_loss_inputs(output, batch, self.keys, self._loss_inputs, inputs)
 
     def attack_loss_reference(self, output: Any) -> Tensor | None:
-        if self.task == "classification" and isinstance(output, Tensor) and output.ndim == 2:
-            return output.detach().float()
-        return None
+        return self._rules.loss_reference(output)
 
     def forward_joint(self, xs: Sequence[Tensor]) -> list[Any]:
         model = self.attack_model()
@@ -370,86 +278,6 @@ class RobustTaskAdapter:
                          "it; use a medrobust task module (lightning_modules) for TRADES")
 
 
-def _detection_output(output: Any) -> Any:
-    """The ``DetectionOutput`` the adapter's detector wrapper returns (else a clear error)."""
-    from lightning_modules.nets.detectors import DetectionOutput
-
-    if not isinstance(output, DetectionOutput):
-        raise ValueError("RobustTaskAdapter(task='detection'): expected the output of the adapter's "
-                         f"attack_model() (a DetectionOutput), got {type(output).__name__}")
-    return output
-
-
-def _detached_targets(target: list[dict[str, Tensor]], preds: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Targets on the predictions' device, detached, in torchmetrics' detection form."""
-    return [{"boxes": t["boxes"].detach().to(p["boxes"].device).float().reshape(-1, 4),
-             "labels": t["labels"].detach().to(p["boxes"].device).long().reshape(-1)}
-            for t, p in zip(target, preds)]
-
-
-def _detection_batch(batch: Any, keys: Sequence[str]) -> dict[str, Any]:
-    """A detection batch in medrobust's form: ``image`` ``[B, C, H, W]``, ``boxes`` (``B`` float
-    ``[N_i, 4]`` xyxy pixels) and ``labels`` (``B`` int64 ``[N_i]``), lists so that samples can be
-    picked (:func:`attacks.tree.select_rows`).
-
-    Accepted: a tuple ``(images, targets, …)`` (torchvision's form: ``images`` a ``[B, C, H, W]``
-    tensor or a list / tuple of ``B`` same-size ``[C, H, W]`` tensors; ``targets`` ``B`` dicts with
-    ``boxes`` and ``labels``); a dict with ``keys[0]`` and either ``boxes`` + ``labels`` (medrobust's
-    detection datamodules) or ``keys[1]`` holding the ``B`` target dicts."""
-    image_key, target_key = keys[0], keys[1]
-    if isinstance(batch, Mapping):
-        if image_key not in batch:
-            raise KeyError(f"RobustTaskAdapter: the detection batch lacks {image_key!r}; keys {sorted(batch)}")
-        out = {k: v for k, v in batch.items() if k != target_key}
-        if "boxes" in batch and "labels" in batch:
-            boxes, labels = batch["boxes"], batch["labels"]
-        elif target_key in batch:
-            boxes, labels = _split_targets(batch[target_key])
-        else:
-            raise KeyError(f"RobustTaskAdapter: a detection batch needs 'boxes' and 'labels' or "
-                           f"{target_key!r} (one dict per image); keys {sorted(batch)}")
-        images = batch[image_key]
-    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        images = batch[0]
-        boxes, labels = _split_targets(batch[1])
-        out = dict(zip(keys[2:], batch[2:]))
-    else:
-        raise TypeError("RobustTaskAdapter: a detection batch must be a tuple (images, targets) or a dict "
-                        f"with {image_key!r} and 'boxes' + 'labels', got {type(batch).__name__}")
-    if isinstance(images, (list, tuple)):
-        shapes = {tuple(i.shape) for i in images if isinstance(i, Tensor)}
-        if len(shapes) != 1 or not all(isinstance(i, Tensor) for i in images):
-            raise ValueError(f"RobustTaskAdapter: detection images must be tensors of one size to be "
-                             f"stacked, got sizes {sorted(shapes)}")
-        images = torch.stack(list(images))
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"RobustTaskAdapter: detection images must be [B, C, H, W], got {got}")
-    boxes, labels = list(boxes), list(labels)
-    if len(boxes) != images.shape[0] or len(labels) != images.shape[0]:
-        raise ValueError(f"RobustTaskAdapter: {len(boxes)} targets for {images.shape[0]} images")
-    for i, (b, lab) in enumerate(zip(boxes, labels)):
-        if not (isinstance(b, Tensor) and isinstance(lab, Tensor) and b.ndim == 2 and b.shape[1] == 4
-                and lab.ndim == 1 and lab.shape[0] == b.shape[0]):
-            got = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in (b, lab)]
-            raise ValueError(f"RobustTaskAdapter: detection target {i} must have 'boxes' [N, 4] (xyxy "
-                             f"pixels) and 'labels' [N]; got {got[0]} and {got[1]}")
-    out.pop(image_key, None)
-    out.update({"image": images, "boxes": boxes, "labels": labels})  # the evaluator reads "image"
-    return out
-
-
-def _split_targets(targets: Any) -> tuple[list[Any], list[Any]]:
-    """``B`` dicts ``{"boxes", "labels"}`` -> ``(boxes list, labels list)`` (else a clear error)."""
-    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, Mapping) for t in targets):
-        raise ValueError("RobustTaskAdapter: detection targets must be one dict per image with 'boxes' "
-                         f"[N, 4] and 'labels' [N] (torchvision's form), got {type(targets).__name__}")
-    missing = [i for i, t in enumerate(targets) if "boxes" not in t or "labels" not in t]
-    if missing:
-        raise ValueError(f"RobustTaskAdapter: detection targets {missing} lack 'boxes' or 'labels'")
-    return [t["boxes"] for t in targets], [t["labels"] for t in targets]
-
-
 def _classes_of(metrics: MetricCollection) -> int | None:
     """The ``num_classes`` a metric of the collection was built for (``None``: none says)."""
     for name in metrics.keys(keep_base=True):
@@ -457,25 +285,6 @@ def _classes_of(metrics: MetricCollection) -> int | None:
         if isinstance(k, int) and not isinstance(k, bool) and k >= 1:
             return k
     return None
-
-
-def _landmark_labels(heat: Tensor, target: Tensor, image: Tensor) -> Tensor:
-    """``[B, L, 3]``: the target points ``(x, y)`` in the heatmap frame and the visibility.
-
-    ``target`` is ``[B, L, 2]`` (all visible) or ``[B, L, 3]`` in image pixels; heatmaps
-    ``[B, L, h, w]`` smaller than the image ``[B, C, H, W]`` get the points mapped with the
-    pixel-centre convention of the resize transform (``(p + 0.5) / scale − 0.5``)."""
-    if target.ndim != 3 or target.shape[-1] not in (2, 3) or target.shape[:2] != heat.shape[:2]:
-        raise ValueError(f"RobustTaskAdapter: landmark targets must be [B, {heat.shape[1]}, 2] (x, y) or "
-                         f"[B, {heat.shape[1]}, 3] (+ visibility) for heatmaps {tuple(heat.shape)}, "
-                         f"got {tuple(target.shape)}")
-    pts = target[..., :2].to(heat.device, torch.float32)
-    vis = (target[..., 2].to(heat.device, torch.float32) if target.shape[-1] == 3
-           else pts.new_ones(pts.shape[:2]))
-    sx, sy = image.shape[-1] / heat.shape[-1], image.shape[-2] / heat.shape[-2]
-    if (sx, sy) != (1.0, 1.0):
-        pts = (pts + 0.5) / pts.new_tensor([sx, sy]) - 0.5
-    return torch.cat([pts, vis[..., None]], dim=-1)
 
 
 def robust_task_of(pl_module: Any) -> Any:

@@ -54,26 +54,27 @@ class SuitePlan:
         The task and its number of classes are the *robust task's*: the module itself, or its
         :class:`~callbacks.adapter.RobustTaskAdapter` (a module of the user's own has neither)."""
         task, k = task_and_classes(pl_module)
+        kind = _task_object(task)
         per, test = self.names["per_epoch"], self.names["test"]
-        if task == "classification" and k is None and (per or test):
+        if kind is not None and kind.warn_unknown_classes() and k is None and (per or test):
             warnings.warn(
                 f"{self.who}: the number of classes is unknown, so the named suite "
                 f"{per or test!r} runs without its targeted members (they need >= 4 classes); "
                 "give the RobustTaskAdapter num_classes=K", stacklevel=2)
         if per is not None:
-            self.specs = parse_attack_specs(self._named(per, task, k), f"{self.who}.attacks", task, k)
+            self.specs = parse_attack_specs(self._named(per, kind, k), f"{self.who}.attacks", None, k)
         if test is not None:
-            self.test_specs = parse_attack_specs(self._named(test, task, k), f"{self.who}.test_attacks", task, k)
+            self.test_specs = parse_attack_specs(self._named(test, kind, k), f"{self.who}.test_attacks", None, k)
         elif per is not None:
             self.test_specs = self.specs
 
-    def _named(self, name: str, task: str | None, k: int | None) -> Any:
-        """The suite's attack list with :attr:`norm` applied (or its name, resolved as is)."""
-        if self.norm is None:
+    def _named(self, name: str, kind: Any, k: int | None) -> Any:
+        """The suite's attack list, asked of the task object, with :attr:`norm` applied (no task:
+        the name, which then fails naming what is missing)."""
+        if kind is None:
             return name
-        from attacks.suites import suite_configs
-
-        return [{**c, "norm": self.norm} for c in suite_configs(name, task, self.who, k)]
+        configs = kind.suite_configs(name, k, self.who)
+        return configs if self.norm is None else [{**c, "norm": self.norm} for c in configs]
 
     def name(self, suite: str) -> str | None:
         """The named suite behind ``suite`` (``"per_epoch"``/``"test"``), or ``None``."""
@@ -83,9 +84,16 @@ class SuitePlan:
         return own
 
     def sequential(self, pl_module: Any, suite: str) -> bool:
-        from attacks.suites import is_sequential
+        kind = _task_object(task_and_classes(pl_module)[0])
+        return self.name(suite) is not None and kind is not None and kind.sequential_suite
 
-        return self.name(suite) is not None and is_sequential(task_and_classes(pl_module)[0])
+
+def _task_object(task: str | None) -> Any:
+    """The registry's task object of ``task`` (``None``: no task, or one without a model side)."""
+    from lightning_modules.tasks import Task, task_named, task_names
+
+    kind = task_named(task) if task in task_names() else None
+    return kind if isinstance(kind, Task) else None
 
 
 def task_and_classes(pl_module: Any) -> tuple[str | None, int | None]:

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules.samples import BadSampleError  # also importable from here, as it always was
+from datamodules.tasks import task_named
 from datamodules.transforms import JointTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -183,6 +184,7 @@ class ImageFileDataset(Dataset):
                              f"not {task!r}")
         self.records = list(records)
         self.task = task
+        self.kind = task_named(task, "ImageFileDataset")
         self.channels = channels
         self.transform = transform
         self.name = name
@@ -195,7 +197,7 @@ class ImageFileDataset(Dataset):
         try:
             image = read_image(rec.image, self.channels)
             mask = None
-            if self.task == "segmentation":
+            if self.kind.has_mask:
                 if rec.mask is None:
                     raise BadSampleError(f"no mask for image {rec.image}")
                 mask = read_binary_mask(rec.mask)
@@ -207,7 +209,7 @@ class ImageFileDataset(Dataset):
             raise BadSampleError(f"{self.name}: sample {index} ({rec.id}, {rec.image}"
                                  f"{', ' + str(rec.mask) if rec.mask else ''}): {err}") from err
         out = {"image": res["image"]}
-        if self.task == "segmentation":
+        if self.kind.has_mask:
             out["mask"] = res["mask"]
         else:
             out["label"] = torch.tensor(int(rec.label), dtype=torch.int64)  # type: ignore[arg-type]

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASKS = ("classification", "segmentation", "landmarks", "detection")
-
 
 @dataclass
 class DataInfo:
@@ -45,10 +43,10 @@ class DataInfo:
     num_train: int = 0
 
     def __post_init__(self) -> None:
-        # The built-in tasks are TASKS; a new task module may bring its own name (a new task is
-        # one module file), so only the form is checked here — the datamodules check their own.
+        # Which names are tasks is the registry's (datamodules.tasks); a task of the user's own may
+        # bring its own name, so only the form is checked here — the datamodules check their own.
         if not (isinstance(self.task, str) and self.task.isidentifier()):
-            raise ValueError(f"DataInfo.task must be a task name such as one of {TASKS}, got {self.task!r}")
+            raise ValueError(f"DataInfo.task must be a task name such as 'classification', got {self.task!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"DataInfo.spatial_dims must be 2 or 3, got {self.spatial_dims}")
         lo, hi = self.bounds

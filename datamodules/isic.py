@@ -37,6 +37,7 @@ from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
+from datamodules.tasks import task_named
 from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 _IMAGE_ID = re.compile(r"^ISIC_\d+$")
@@ -52,7 +53,7 @@ def default_layout(edition: str, split: str, task: str) -> dict[str, str]:
                 "csv": f"ISIC-2017_{word}_Part3_GroundTruth.csv",
                 "masks": f"ISIC-2017_{word}_Part1_GroundTruth"}
     gt = f"ISIC2018_Task3_{word}_GroundTruth"
-    return {"images": (f"ISIC2018_Task1-2_{word}_Input" if task == "segmentation"
+    return {"images": (f"ISIC2018_Task1-2_{word}_Input" if task_named(task).has_mask
                        else f"ISIC2018_Task3_{word}_Input"),
             "csv": f"{gt}/{gt}.csv",
             "masks": f"ISIC2018_Task1_{word}_GroundTruth"}
@@ -201,7 +202,7 @@ class ISICDataModule(BaseDataModule):
         """All samples listed for ``split``'s folders (official layout), before screening."""
         if split in self._records:
             return self._records[split]
-        seg = self.task == "segmentation"
+        seg = task_named(self.task).has_mask
         images_dir = require_dir(self._path(split, "images"), f"ISIC {self.edition} {split} images")
         if seg:
             masks_dir = require_dir(self._path(split, "masks"),
@@ -234,7 +235,7 @@ class ISICDataModule(BaseDataModule):
         return records
 
     def class_names(self) -> list[str]:
-        if self.task == "segmentation":
+        if task_named(self.task).has_mask:
             return ["background", "lesion"]
         if self._class_names is None:
             self.records("train")
@@ -266,7 +267,7 @@ class ISICDataModule(BaseDataModule):
         )
 
     def build_split(self, split: str) -> ImageFileDataset:
-        seg = self.task == "segmentation"
+        seg = task_named(self.task).has_mask
         num_classes = None if seg else len(self.class_names())
         decode = self.on_bad_sample == "skip"
 

@@ -26,6 +26,7 @@ from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
 from datamodules.splits import load_or_create_split
+from datamodules.tasks import task_named
 from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
 
 PH2_CLASSES = ["common_nevus", "atypical_nevus", "melanoma"]
@@ -159,7 +160,7 @@ class PH2DataModule(BaseDataModule):
         images_dir = require_dir(root / IMAGES_DIR, f"PH2 images folder ({IMAGES_DIR!r})")
         label_file = next((root / n for n in LABEL_FILES if (root / n).is_file()), None)
         if label_file is None:
-            if self.task == "classification":
+            if not task_named(self.task).has_mask:  # the diagnosis is the target
                 raise FileNotFoundError(f"PH2: no label table in {root} (expected one of "
                                         f"{LABEL_FILES})")
             labels: dict[str, int] = {}
@@ -193,7 +194,7 @@ class PH2DataModule(BaseDataModule):
         return self._split
 
     def build_info(self) -> DataInfo:
-        seg = self.task == "segmentation"
+        seg = task_named(self.task).has_mask
         return DataInfo(
             task=self.task,
             in_channels=3,
@@ -207,7 +208,7 @@ class PH2DataModule(BaseDataModule):
 
     def build_split(self, split: str) -> ImageFileDataset:
         cases = self.cases()
-        seg = self.task == "segmentation"
+        seg = task_named(self.task).has_mask
         records = [cases[c] for c in self.split_ids()[split]]
         if not seg:  # the diagnosis is the target; the mask is not read
             records = [FileRecord(r.id, r.image, None, r.label) for r in records]

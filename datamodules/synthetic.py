@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule
-from datamodules.info import TASKS, DataInfo
+from datamodules.info import DataInfo
+from datamodules.tasks import DataTask, task_named
 from datamodules.transforms import (
     AugmentConfig,
     JointTransform,
@@ -47,7 +48,6 @@ from datamodules.transforms import (
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 BORDER_GRID = 64  # most points per axis at which a lesion border is evaluated (see blob)
-DEFAULT_NUM_CLASSES = {"classification": 2, "segmentation": 2, "landmarks": 0, "detection": 3}
 
 # Per-channel absorption (R, G, B) of each structure: how much it darkens each channel.
 LESION_RGB = (0.30, 0.48, 0.58)     # brown pigment
@@ -364,14 +364,6 @@ def make_detection(rng: np.random.Generator, index: int, p: dict[str, Any]) -> d
             "box_labels": np.asarray(labels, dtype=np.int64)}
 
 
-GENERATORS = {
-    "classification": make_classification,
-    "segmentation": make_segmentation,
-    "landmarks": make_landmarks,
-    "detection": make_detection,
-}
-
-
 class SyntheticDataset(Dataset):
     """Map-style dataset whose item ``i`` is generated from ``(seed, split, i)`` on demand.
 
@@ -379,9 +371,10 @@ class SyntheticDataset(Dataset):
     ``[C, H, W]`` / ``[C, D, H, W]`` in [0, 1], ``index`` int64 scalar, task target).
     """
 
-    def __init__(self, task: str, split: str, length: int, seed: int, params: dict[str, Any],
+    def __init__(self, task: str | DataTask, split: str, length: int, seed: int, params: dict[str, Any],
                  transform: JointTransform | None, augment: AugmentConfig | None = None) -> None:
-        self.task, self.split, self.length, self.seed = task, split, length, seed
+        self.kind = task_named(task, "SyntheticDataset.task")
+        self.task, self.split, self.length, self.seed = self.kind.name, split, length, seed
         self.params = params
         self.transform = transform
         self.augment3d = augment if (transform is None and split == "train") else None
@@ -394,7 +387,7 @@ class SyntheticDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.split} split of {self.length}")
         rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
-        return GENERATORS[self.task](rng, index, self.params)
+        return self.kind.synthetic_sample(rng, index, self.params)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.raw(index)
@@ -424,8 +417,7 @@ class SyntheticDataset(Dataset):
             out = {"image": image.contiguous()}
             if mask is not None:
                 out["mask"] = mask.contiguous()
-        if "label" in sample:
-            out["label"] = torch.tensor(sample["label"], dtype=torch.int64)
+        out = self.kind.finish_item(sample, out)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         return out
 
@@ -471,12 +463,12 @@ class SyntheticDataModule(BaseDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        kind = task_named(task, "SyntheticDataModule.task")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if spatial_dims == 3 and task in ("landmarks", "detection"):
-            raise ValueError(f"synthetic {task} data is 2-D only; use spatial_dims=2")
+        if spatial_dims not in kind.spatial_dims:
+            raise ValueError(f"synthetic {task} data is {'/'.join(map(str, kind.spatial_dims))}-D only; "
+                             f"use spatial_dims={kind.spatial_dims[0]}")
         size = tuple(int(s) for s in image_size)
         if spatial_dims == 2:
             if len(size) != 2:
@@ -490,24 +482,21 @@ class SyntheticDataModule(BaseDataModule):
                 raise ValueError(f"{name} must be >= 1, got {n}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        k = DEFAULT_NUM_CLASSES[task] if num_classes is None else int(num_classes)
-        minimum = {"classification": 2, "segmentation": 2, "landmarks": 0, "detection": 1}[task]
-        if k < minimum:
-            raise ValueError(f"num_classes for {task} must be >= {minimum}, got {k}")
-        if task == "landmarks" and num_landmarks < 1:
-            raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
-        if task == "detection" and max_objects < 1:
-            raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        k = kind.default_num_classes if num_classes is None else int(num_classes)
+        if k < kind.min_classes:
+            raise ValueError(f"num_classes for {task} must be >= {kind.min_classes}, got {k}")
+        kind.check_synthetic(num_landmarks, max_objects)
         message = volume_augment_warning(augment) if spatial_dims == 3 else None
         if message:
             warnings.warn(f"SyntheticDataModule: {message}", stacklevel=2)
-        self.task = task
+        self.task = kind.name
+        self.kind = kind
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size = size
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = k
-        self.num_landmarks = num_landmarks if task == "landmarks" else 0
+        self.num_landmarks = kind.synthetic_num_landmarks(num_landmarks)
         self.max_objects = max_objects
         self.seed = seed
         self.augment = as_augment_config(augment) if augment is not None else None
@@ -526,17 +515,7 @@ class SyntheticDataModule(BaseDataModule):
         )
 
     def class_names(self) -> list[str]:
-        k = self.num_classes
-        if self.task == "classification":
-            named = {2: ["benign", "malignant"], 3: ["benign", "atypical", "malignant"]}
-            return named.get(k, [f"grade_{i}" for i in range(k)])
-        if self.task == "segmentation":
-            base = ["background", "lesion", "core"]
-            return (base + [f"satellite_{i}" for i in range(3, k)])[:k]
-        if self.task == "detection":
-            names = ["rbc", "wbc", "platelet"]
-            return [names[i % 3] + (f"_{i // 3 + 1}x" if i >= 3 else "") for i in range(k)]
-        return []
+        return self.kind.synthetic_class_names(self.num_classes)
 
     def build_split(self, split: str) -> SyntheticDataset:
         params = {
@@ -550,8 +529,8 @@ class SyntheticDataModule(BaseDataModule):
         if self.spatial_dims == 2:
             transform = JointTransform(
                 self.image_size, self.augment, train=split == "train",
-                has_mask=self.task == "segmentation", has_keypoints=self.task == "landmarks",
-                has_boxes=self.task == "detection",
+                has_mask=self.kind.has_mask, has_keypoints=self.kind.has_keypoints,
+                has_boxes=self.kind.has_boxes,
             )
-        return SyntheticDataset(self.task, split, self.sizes[split], self.seed, params,
+        return SyntheticDataset(self.kind, split, self.sizes[split], self.seed, params,
                                 transform, self.augment)

@@ -5,7 +5,8 @@
 :mod:`lightning_modules.methods` (``Clean``, ``SAT``, ``AMAT``, ``Denoise``, ``TRADES``, and the
 fast single-step ``FGSMRS``, ``NFGSM``, ``GradAlign``; ``GaussianAugment`` for randomized
 smoothing);
-networks in :mod:`lightning_modules.nets`.
+networks in :mod:`lightning_modules.nets`. A task's module is named by its task object
+(:mod:`lightning_modules.tasks`: ``model_task("segmentation").module``).
 """
 
 from lightning_modules.base import Pipeline, TaskModule
@@ -27,12 +28,6 @@ from lightning_modules.methods import (
 from lightning_modules.protocol import RobustTask
 from lightning_modules.segmentation_module import SegmentationModule
 
-#: the built-in task modules by task name (their ``main_metric``, ``panel``… are read from here
-#: by code that knows only a task's name, e.g. the paper suites)
-TASK_MODULES: dict[str, type[TaskModule]] = {
-    m.task: m for m in (ClassificationModule, SegmentationModule, LandmarkModule, DetectionModule)
-}
-
 __all__ = [
     "AMAT",
     "FGSMRS",
@@ -49,7 +44,6 @@ __all__ = [
     "Pipeline",
     "RobustTask",
     "SegmentationModule",
-    "TASK_MODULES",
     "TaskModule",
     "TrainingMethod",
 ]

@@ -17,14 +17,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-#: keys a batch must hold, per task (``index`` is added by the datamodules; AMAT needs it)
-BATCH_KEYS: dict[str, tuple[str, ...]] = {
-    "classification": ("image", "label"),
-    "segmentation": ("image", "mask"),
-    "landmarks": ("image", "landmarks"),
-    "detection": ("image", "boxes", "labels"),
-}
-
 
 def _describe(batch: Any) -> str:
     if isinstance(batch, (tuple, list)):
@@ -38,13 +30,16 @@ def _describe(batch: Any) -> str:
 
 
 def check_batch(batch: Any, task: str, owner: str) -> Any:
-    """Return ``batch`` if it is a mapping with :data:`BATCH_KEYS` ``[task]``; raise otherwise.
+    """Return ``batch`` if it is a mapping with the task's keys (``DataTask.batch_keys``: a
+    task name the registry does not know needs only ``image``); raise otherwise.
 
     Raises:
         TypeError: ``batch`` is not a mapping (e.g. a ``TensorDataset`` tuple).
         KeyError: keys are missing (the message lists them and the keys found).
     """
-    keys = BATCH_KEYS.get(task, ("image",))
+    from datamodules.tasks import task_named, task_names
+
+    keys = task_named(task).batch_keys if task in task_names() else ("image",)
     if not isinstance(batch, Mapping):
         raise TypeError(
             f"{owner} expects each batch to be a dict with keys {list(keys)} (+ 'index' for AMAT); "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BoxesPanel", "LabelPanel", "MaskPanel", "PANELS", "Panel", "PointsPanel", "panel_for"]
+__all__ = ["BoxesPanel", "LabelPanel", "MaskPanel", "Panel", "PointsPanel", "panel_for"]
 
 
 def _as_np(t: Any) -> np.ndarray:
@@ -217,30 +217,21 @@ class BoxesPanel(Panel):
                 Patch(fill=False, edgecolor="lime", lw=1.4, label="prediction (class score)")]
 
 
-#: the panels of the built-in tasks by name, for figures drawn from a task *name* (a saved
-#: record, a notebook); a task module is reached through its own ``panel`` attribute.
-PANELS: dict[str, Panel] = {
-    "classification": LabelPanel(),
-    "segmentation": MaskPanel(),
-    "landmarks": PointsPanel(),
-    "detection": BoxesPanel(),
-}
-
-
 def panel_for(task: Any) -> Panel:
     """The :class:`Panel` of ``task``: a panel itself, an object with a ``panel`` attribute (a
-    task module, a :class:`callbacks.RobustTaskAdapter`) or a built-in task name."""
+    task module, a :class:`callbacks.RobustTaskAdapter`, a task object) or a task name (the
+    registry's task object draws it, :mod:`lightning_modules.tasks`)."""
     if isinstance(task, Panel):
         return task
     own = getattr(task, "panel", None)
     if isinstance(own, Panel):
         return own
-    if isinstance(task, str) and task in PANELS:
-        return PANELS[task]
-    name = getattr(task, "task", task)
-    if isinstance(name, str) and name in PANELS:
-        return PANELS[name]
+    from lightning_modules.tasks import model_task, task_names
+
+    name = task if isinstance(task, str) else getattr(task, "task", task)
+    if isinstance(name, str) and name in task_names():
+        return model_task(name).panel
     raise ValueError(
         f"no panel for {task!r}: give the task module a `panel = lightning_modules.panels.Panel()` "
-        f"(or a subclass); built-in panels: {sorted(PANELS)}"
+        f"(or a subclass); tasks with a panel: {list(task_names())}"
     )

@@ -1,7 +1,9 @@
 """The interface every task module offers to training methods and evaluation callbacks.
 
 Methods (``lightning_modules/methods``) and callbacks (``callbacks/``) are written once for all
-tasks; they talk to a task only through this protocol. A new task is one file implementing it.
+tasks; they talk to a task module only through this protocol. The module is one fact of its
+task object (:mod:`lightning_modules.tasks`: ``model_task(name).module``), which also holds what
+is asked before a module exists (batch keys, attack suites, how a foreign model is wrapped).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ Batch = dict[str, Any]
 class RobustTask(Protocol):
     """What a task LightningModule exposes (in addition to being a ``LightningModule``)."""
 
-    #: "classification" | "segmentation" | "landmarks" | "detection" (or a new task's own name)
+    #: the task's name, a key of the task registry (:func:`datamodules.tasks.task_named`), or the
+    #: name of a module of the user's own
     task: str
     #: the metric (a key of ``build_metrics().compute()``) that picks the robust area, the
     #: checkpoint and the progress-bar value; its direction is :meth:`metric_higher_is_better`

@@ -25,7 +25,10 @@ def parser() -> argparse.ArgumentParser:
         "beside the empirical L2 robustness of the same model on the same samples."))
     p.add_argument("--model", required=True, help="medrobust checkpoint")
     p.add_argument("--data", required=True, help="datamodule or run config (YAML) or manifest")
-    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks"])
+    from lightning_modules.tasks import model_task, task_names
+
+    certifiable = [n for n in task_names() if getattr(model_task(n).module, "certification", None)]
+    p.add_argument("--task", required=True, choices=certifiable)
     p.add_argument("--sigma", type=float, nargs="+", required=True, help="noise levels σ (input units)")
     p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="L2 radii (and empirical ε)")
     p.add_argument("--n0", type=int, default=100, help="selection draws")

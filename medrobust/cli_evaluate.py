@@ -32,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model file")
     p.add_argument("--data", required=True, help="manifest (CSV/TSV/JSON), data folder (a manifest in it, or "
                    "images/ + masks/ for segmentation) or datamodule YAML config")
-    p.add_argument("--task", required=True, choices=["classification", "segmentation", "landmarks", "detection"])
+    from lightning_modules.tasks import task_names
+
+    p.add_argument("--task", required=True, choices=list(task_names()))
     p.add_argument("--suite", default="standard",
                    help='named suite (standard, quick, aa_budget) or a JSON attack list, e.g. '
                         '\'[{"name": "pgd", "steps": 50}]\'')

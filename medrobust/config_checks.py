@@ -82,7 +82,7 @@ def check_net_spec(spec: Any, field: str) -> list[str]:
 
 def check_config(cfg: Any) -> list[str]:
     """Problems of a parsed (sub)command config (``model``, ``data`` sections)."""
-    from datamodules.info import TASKS
+    from lightning_modules.tasks import task_names
 
     problems: list[str] = []
     model_args = _get(_get(cfg, "model"), "init_args")
@@ -90,7 +90,8 @@ def check_config(cfg: Any) -> list[str]:
     if net is not None and not isinstance(net, str):
         problems += check_net_spec(net, "model.init_args.net")
     task = _get(_get(_get(cfg, "data"), "init_args"), "task")
-    if isinstance(task, str) and task not in TASKS:
-        problems.append(f"data.init_args.task={task!r} is not a task{did_you_mean(task, TASKS)} "
-                        f"(tasks: {list(TASKS)})")
+    tasks = task_names()
+    if isinstance(task, str) and task not in tasks:
+        problems.append(f"data.init_args.task={task!r} is not a task{did_you_mean(task, tasks)} "
+                        f"(tasks: {list(tasks)})")
     return problems

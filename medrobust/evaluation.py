@@ -53,12 +53,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TensorDataModule", "as_datamodule", "evaluate", "load_model", "normalizer"]
+from lightning_modules.tasks.base import NormalizedModel
+from lightning_modules.tasks.detection import detector_classes
 
-#: tasks :func:`evaluate` accepts
-EVALUATE_TASKS = ("classification", "segmentation", "landmarks", "detection")
-#: the batch entry that holds each task's targets
-TARGET_KEYS = {"classification": "label", "segmentation": "mask", "landmarks": "landmarks", "detection": "boxes"}
+__all__ = ["NormalizedModel", "TensorDataModule", "as_datamodule", "detector_classes", "evaluate",
+           "load_model", "normalizer"]
+
 
 
 # ------------------------------------------------------------------------------ the model
@@ -142,22 +142,15 @@ def _build_net(net: Any) -> nn.Module:
 
 
 def _from_checkpoint(path: Path, ckpt: Mapping[str, Any], net: Any) -> tuple[nn.Module, Any]:
-    from lightning_modules import (
-        ClassificationModule,
-        DetectionModule,
-        LandmarkModule,
-        SegmentationModule,
-    )
+    from lightning_modules.tasks import model_task, task_names
 
     info = ckpt["hyper_parameters"].get("data_info") or {}
     task = info.get("task") if isinstance(info, Mapping) else None
-    classes = {"classification": ClassificationModule, "segmentation": SegmentationModule,
-               "landmarks": LandmarkModule, "detection": DetectionModule}
-    if task not in classes:
+    if task not in task_names():
         raise ValueError(f"evaluate: checkpoint {str(path)!r} is for task {task!r}; evaluate takes "
-                         f"{sorted(classes)}")
+                         f"{sorted(task_names())}")
     extra = {"net": _build_net(net)} if net is not None else {}
-    module = classes[task].load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **extra)
+    module = model_task(task).module.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **extra)
     return module.attack_model(), module
 
 
@@ -217,46 +210,27 @@ class _CallableModule(nn.Module):
         return self.fn(x)
 
 
-class NormalizedModel(nn.Module):
-    """``model(normalize(x))``: the user's model behind their stated normalisation."""
-
-    def __init__(self, normalize: nn.Module, model: nn.Module) -> None:
-        super().__init__()
-        self.normalize, self.model = normalize, model
-
-    def forward(self, x: Tensor) -> Any:
-        return self.model(self.normalize(x))
-
-
 # ------------------------------------------------------------------------------ the data
 class _TensorDataset(Dataset):
-    """Items of a task's batch contract from tensors (``index`` = position)."""
+    """Items of a task's batch contract from tensors (``index`` = position; the targets as the
+    task object builds them: :meth:`datamodules.tasks.DataTask.tensor_item`)."""
 
-    def __init__(self, x: Tensor, y: Tensor, task: str) -> None:
-        self.x, self.y, self.task = x, y, task
+    def __init__(self, x: Tensor, y: Any, task: Any) -> None:
+        from datamodules.tasks import task_named
+
+        self.x, self.y, self.task = x, y, task_named(task, "evaluate")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"image": self.x[i], "index": torch.tensor(i)}
-        if self.task == "classification":
-            item["label"] = self.y[i]
-        elif self.task == "segmentation":
-            item["mask"] = self.y[i]
-        elif self.task == "detection":
-            item.update(boxes=self.y[i]["boxes"], labels=self.y[i]["labels"])
-        else:
-            pts = self.y[i]
-            visible = torch.isfinite(pts).all(dim=-1)
-            item.update(landmarks=torch.nan_to_num(pts), visible=visible, spacing=torch.tensor(float("nan")))
-        return item
+        return {"image": self.x[i], "index": torch.tensor(i), **self.task.tensor_item(self.y[i])}
 
 
 class TensorDataModule(L.LightningDataModule):
     """Tensors ``(x, y)`` as a datamodule whose ``test`` split (also ``val``) holds them all."""
 
-    def __init__(self, x: Tensor, y: Tensor, task: str, info: Any, batch_size: int = 32) -> None:
+    def __init__(self, x: Tensor, y: Any, task: Any, info: Any, batch_size: int = 32) -> None:
         super().__init__()
         self._dataset = _TensorDataset(x, y, task)
         self.info, self.batch_size, self.eval_batch_size = info, batch_size, batch_size
@@ -272,57 +246,12 @@ class TensorDataModule(L.LightningDataModule):
     val_dataloader = test_dataloader
 
 
-def _check_tensors(x: Any, y: Any, task: str) -> tuple[Tensor, Any]:
-    if task == "detection" and isinstance(x, Tensor):
-        return x.float(), _check_boxes(x, y)
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(f"evaluate: data as tensors is (x, y), got ({type(x).__name__}, {type(y).__name__})")
-    if x.ndim not in (4, 5) or not x.is_floating_point():
-        raise ValueError(f"evaluate: x must be float [N, C, H, W] or [N, C, D, H, W], got {x.dtype} {tuple(x.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"evaluate: x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if task == "classification" and (y.ndim != 1 or y.is_floating_point()):
-        raise ValueError(f"evaluate: classification labels y must be integers [N], got {y.dtype} {tuple(y.shape)}")
-    if task == "segmentation" and (y.shape[1:] != x.shape[2:] or y.is_floating_point()):
-        raise ValueError(f"evaluate: segmentation masks y must be integers [N, *spatial] = "
-                         f"[{x.shape[0]}, {', '.join(map(str, x.shape[2:]))}], got {y.dtype} {tuple(y.shape)}")
-    if task == "landmarks" and (y.ndim != 3 or y.shape[-1] != 2):
-        raise ValueError(f"evaluate: landmark targets y must be [N, L, 2] (x, y) pixels, got {tuple(y.shape)}")
-    return x.float(), y.long() if task != "landmarks" else y.float()
+def _check_tensors(x: Any, y: Any, task: Any) -> tuple[Tensor, Any]:
+    """``(x, y)`` checked and converted by the task object
+    (:meth:`datamodules.tasks.DataTask.check_tensors`)."""
+    from datamodules.tasks import task_named
 
-
-def _check_boxes(x: Tensor, y: Any) -> list[dict[str, Tensor]]:
-    """Detection targets: one ``{"boxes" [N_i, 4] xyxy pixels, "labels" [N_i]}`` per image."""
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"evaluate: detection images x must be float [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
-    if not isinstance(y, (list, tuple)) or len(y) != x.shape[0]:
-        raise ValueError(f"evaluate: detection targets y must be a list of {x.shape[0]} dicts "
-                         "{'boxes': [N_i, 4], 'labels': [N_i]}, one per image")
-    out = []
-    for i, t in enumerate(y):
-        if not (isinstance(t, Mapping) and {"boxes", "labels"} <= set(t)):
-            raise ValueError(f"evaluate: detection target {i} must be a dict with 'boxes' and 'labels'")
-        boxes, labels = torch.as_tensor(t["boxes"], dtype=torch.float32), torch.as_tensor(t["labels"])
-        if boxes.reshape(-1, 4).shape[0] != labels.reshape(-1).shape[0] or (boxes.numel() and boxes.shape[-1] != 4):
-            raise ValueError(f"evaluate: detection target {i}: boxes [N, 4] and labels [N] disagree: "
-                             f"{tuple(boxes.shape)} vs {tuple(labels.shape)}")
-        out.append({"boxes": boxes.reshape(-1, 4), "labels": labels.reshape(-1).long()})
-    return out
-
-
-def _check_labels(y: Any, k: int, task: str) -> None:
-    if task == "detection":
-        bad = [i for i, t in enumerate(y) if t["labels"].numel() and not (0 <= int(t["labels"].min())
-                                                                        and int(t["labels"].max()) < k)]
-        if bad:
-            raise ValueError(f"evaluate: box labels out of range [0, {k}) for the detector's {k} object "
-                             f"classes at samples {bad[:10]}{' …' if len(bad) > 10 else ''}")
-        return
-    bad = ((y < 0) | (y >= k)).reshape(y.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
-    if bad:
-        what = "labels" if task == "classification" else "mask values"
-        raise ValueError(f"evaluate: {what} out of range [0, {k}) for the model's {k} outputs at "
-                         f"samples {bad[:10]}{' …' if len(bad) > 10 else ''}")
+    return task_named(task, "evaluate").check_tensors(x, y, "evaluate")
 
 
 def as_datamodule(data: Any, task: str, batch_size: int | None = None, split: str = "test") -> Any:
@@ -367,10 +296,11 @@ def _datamodule_from_folder(path: Path, task: str, kwargs: dict[str, Any]) -> An
     for name in FOLDER_MANIFESTS:
         if (path / name).is_file():
             return ManifestDataModule(manifest=str(path / name), task=task, **kwargs)
-    if task == "segmentation" and (path / "images").is_dir() and (path / "masks").is_dir():
-        from datamodules.manifest.folders import PairedFoldersDataModule
+    from datamodules.tasks import task_named
 
-        return PairedFoldersDataModule(images_dir=str(path / "images"), masks_dir=str(path / "masks"), **kwargs)
+    found = task_named(task, "evaluate").folder_datamodule(path, kwargs)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"evaluate: data folder {str(path)!r} has no layout medrobust reads: a manifest "
         f"({' / '.join(FOLDER_MANIFESTS)}) or, for segmentation, images/ and masks/ folders paired by "
@@ -459,9 +389,13 @@ def evaluate(
     """
     from callbacks import AdversarialEvaluation
     from callbacks.evaluation_loop import check_eps_grid
+    from datamodules.base import collate_batch
+    from datamodules.info import DataInfo
+    from lightning_modules.tasks import model_task, task_names
 
-    if task not in EVALUATE_TASKS:
-        raise ValueError(f"evaluate: task must be one of {EVALUATE_TASKS}, got {task!r}")
+    if task not in task_names():
+        raise ValueError(f"evaluate: task must be one of {task_names()}, got {task!r}")
+    kind = model_task(task, "evaluate")
     if norm not in ("linf", "l2"):
         raise ValueError(f"evaluate: norm must be 'linf' or 'l2', got {norm!r}")
     if split not in ("val", "test"):
@@ -476,11 +410,11 @@ def evaluate(
             raise ValueError(f"evaluate: the checkpoint is a {loaded.task!r} model, not {task!r}")
 
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = _check_tensors(data[0], data[1], task)
+        x, y = kind.check_tensors(data[0], data[1], "evaluate")
         dm = None
         channels = int(x.shape[1])
-        probe_x, probe_y = x[: min(len(x), batch_size or 32)], y[: min(len(x), batch_size or 32)]
-        probe_labels = y[: len(probe_x)] if task == "detection" else None
+        tensors = _TensorDataset(x, y, kind)
+        probe = collate_batch([tensors[i] for i in range(min(len(x), batch_size or 32))])
     else:
         dm = as_datamodule(data, task, batch_size, split)
         info = dm.info
@@ -488,69 +422,35 @@ def evaluate(
             raise ValueError(f"evaluate: the data is for task {info.task!r}, not {task!r}")
         channels = info.in_channels
         dm.setup("test" if split == "test" else "validate")
-        from datamodules.base import collate_batch
-
         ds = dm.dataset(split)
-        first = collate_batch([ds[i] for i in range(min(len(ds), batch_size or 8))])
-        probe_x = first["image"]
-        probe_y = first.get(TARGET_KEYS[task])
-        probe_labels = first.get("labels")
+        probe = collate_batch([ds[i] for i in range(min(len(ds), batch_size or 8))])
+    probe_x = probe["image"]
 
     if loaded is not None:
         module = loaded
         wrapped_ref = None
         if dm is None:  # tensors: described by the checkpoint's data_info
-            if task != "landmarks":
-                _check_labels(y, max(loaded.data_info.num_classes, 1), task)
-            dm = TensorDataModule(x, y, task, loaded.data_info, batch_size or 32)
-    elif task == "detection":
-        pre = normalizer(normalization, channels)
-        wrapper, k, reference = _detector(bare, pre, probe_x, num_classes)
-        if dm is None:
-            _check_labels(y, k, task)
-            from datamodules.info import DataInfo
-
-            info = DataInfo(task=task, in_channels=channels, spatial_dims=2, bounds=tuple(bounds),
-                            image_size=tuple(x.shape[2:]), num_classes=k)
-            dm = TensorDataModule(x, y, task, info, batch_size or 32)
-        elif dm.info.num_classes != k:
-            raise ValueError(f"evaluate: the detector has {k} object classes but the data has "
-                             f"{dm.info.num_classes} ({wrapper.family} family; an R-CNN counts background "
-                             "as class 0 besides them)")
-        from lightning_modules import DetectionModule
-
-        module = DetectionModule(net=wrapper, data_info=dm.info, label_offset=wrapper.label_offset,
-                                 mean=0.0, std=1.0, **dict(module_options or {}))
-        wrapped_ref = reference
+            kind.check_target_classes(y, max(loaded.data_info.num_classes, 1), "evaluate")
+            dm = TensorDataModule(x, y, kind, loaded.data_info, batch_size or 32)
     else:
-        pre = normalizer(normalization, channels)
-        user = NormalizedModel(pre, bare)
-        bare.eval()
-        with torch.no_grad():
-            reference = bare(pre(probe_x))
-        k = _output_classes(reference, task, num_classes)
+        made = kind.wrap_model(bare, normalizer(normalization, channels), probe_x, num_classes,
+                               opaque=isinstance(bare, (ExportedModel, torch.jit.ScriptModule)))
         if dm is None:
-            if task != "landmarks":
-                _check_labels(y, k, task)
-            from datamodules.info import DataInfo
-
+            kind.check_target_classes(y, made.num_classes, "evaluate")
             info = DataInfo(task=task, in_channels=channels, spatial_dims=x.ndim - 2, bounds=tuple(bounds),
-                            image_size=tuple(x.shape[2:]), num_classes=k if task != "landmarks" else 0,
-                            num_landmarks=int(y.shape[1]) if task == "landmarks" else 0)
-            dm = TensorDataModule(x, y, task, info, batch_size or 32)
-        options = dict(module_options or {})
-        if task == "classification" and reference.shape[1] == 1:
-            options.setdefault("binary_single_logit", True)
-        module = _task_module(task, user, dm.info, options)
-        wrapped_ref = reference
+                            image_size=tuple(x.shape[2:]), **kind.info_fields(y, made.num_classes))
+            dm = TensorDataModule(x, y, kind, info, batch_size or 32)
+        else:
+            kind.check_model_classes(made, dm.info)
+        module = kind.module(net=made.net, data_info=dm.info, mean=0.0, std=1.0,
+                             **{**made.options, **dict(module_options or {})})
+        wrapped_ref = made.reference
     module.eval()
     with torch.no_grad():
         wrapped = module.attack_model()(probe_x)
-    _check_fits(module, wrapped, probe_x, probe_y, task, probe_labels)
-    if task == "detection":
-        wrapped = [{k: v.detach() for k, v in d.items()} for d in wrapped.detections]
+    _check_fits(module, wrapped, probe, task)
     if wrapped_ref is not None:
-        _check_same(wrapped, wrapped_ref)
+        _check_same(kind.comparable_output(wrapped), wrapped_ref)
 
     cb = AdversarialEvaluation(test_attacks=suite, test_eps=eps_grid, test_subset=subset, subset=subset,
                                batch_size=batch_size, seed=seed, sanity=sanity, intervals=intervals,
@@ -572,94 +472,12 @@ def evaluate(
     return cb.last_record["test" if split == "test" else "val"]
 
 
-def _output_classes(output: Any, task: str, given: int | None) -> int:
-    """The number of classes (or landmarks) the model's output has along dim 1."""
-    if not isinstance(output, Tensor):
-        raise ValueError(f"evaluate: the model's output must be a Tensor for task {task!r}, got "
-                         f"{type(output).__name__}")
-    if output.ndim < 2:
-        raise ValueError(f"evaluate: the model's output {tuple(output.shape)} has no class dimension")
-    k = int(output.shape[1])
-    if task == "classification" and k == 1:
-        k = 2  # a single logit: binary
-    if given is not None and given != k:
-        raise ValueError(f"evaluate: num_classes={given} but the model outputs {output.shape[1]} channels")
-    return k
-
-
-def _task_module(task: str, model: nn.Module, info: Any, options: dict[str, Any]) -> Any:
-    """medrobust's task module around ``model`` with an identity normalisation (the user's own
-    is inside ``model``): ``mean=0, std=1`` stated, so no default is added."""
-    from lightning_modules import ClassificationModule, LandmarkModule, SegmentationModule
-
-    cls = {"classification": ClassificationModule, "segmentation": SegmentationModule,
-           "landmarks": LandmarkModule}[task]
-    return cls(net=model, data_info=info, mean=0.0, std=1.0, **options)
-
-
-def _check_fits(module: Any, output: Any, x: Tensor, y: Any, task: str, labels: Any = None) -> None:
-    """The task's loss and metric accept the model's output (else a clear error)."""
-    batch: dict[str, Any] = {"image": x, TARGET_KEYS[task]: y}
-    if task == "detection":
-        if isinstance(y, list) and y and isinstance(y[0], Mapping):  # tensors' targets: dicts
-            batch.update(boxes=[t["boxes"] for t in y], labels=[t["labels"] for t in y])
-        else:
-            batch["labels"] = labels
-    if task == "landmarks":
-        batch["visible"] = torch.isfinite(y).all(dim=-1) if isinstance(y, Tensor) else None
-        batch["landmarks"] = torch.nan_to_num(y)
+def _check_fits(module: Any, output: Any, batch: Mapping[str, Any], task: str) -> None:
+    """The task's loss accepts the model's output on a first batch (else a clear error)."""
     try:
         module.per_sample_loss(output, batch)
     except (ValueError, RuntimeError, IndexError) as err:
         raise ValueError(f"evaluate: the model's output does not fit the {task} task: {err}") from None
-
-
-def detector_classes(detector: nn.Module) -> tuple[int, int]:
-    """``(object classes, label offset)`` of a torchvision-style detector: FCOS / RetinaNet
-    (no background slot) from their classification head, the R-CNN family (class 0 is
-    background) from their box predictor."""
-    from torchvision.models.detection import FCOS, RetinaNet
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-
-    if isinstance(detector, (FCOS, RetinaNet)):
-        return int(detector.head.classification_head.num_classes), 0
-    if isinstance(detector, GeneralizedRCNN):
-        predictor = getattr(detector.roi_heads, "box_predictor", None)
-        scores = getattr(predictor, "cls_score", None)
-        if isinstance(scores, nn.Linear):
-            return int(scores.out_features) - 1, 1
-    raise ValueError(f"evaluate: cannot tell the object classes of a {type(detector).__name__}: give "
-                     "num_classes (the data's object classes, no background)")
-
-
-def _detector(bare: nn.Module, pre: nn.Module, probe_x: Tensor, given: int | None) -> tuple[Any, int, Any]:
-    """``(DetectorWrapper, object classes, the bare detector's detections on probe_x)``."""
-    from lightning_modules.nets.detectors import DetectorWrapper, label_offset_for
-
-    if isinstance(bare, (ExportedModel, torch.jit.ScriptModule)):
-        raise ValueError("evaluate: a detector is needed as an nn.Module (or a state dict + net spec): the "
-                         "per-image losses the attacks need come from its heads and transform, which a "
-                         "TorchScript / torch.export file does not expose as torchvision's classes")
-    if given is None:
-        k, offset = detector_classes(bare)
-    else:
-        offset = label_offset_for(bare)
-        k, offset = int(given), 1 if offset is None else offset
-        try:
-            found, _ = detector_classes(bare)
-        except ValueError:
-            found = k
-        if found != k:
-            raise ValueError(f"evaluate: num_classes={given} but the detector has {found} object classes")
-    bare.eval()
-    with torch.no_grad():
-        reference = bare(list(pre(probe_x)))
-    if not (isinstance(reference, list) and all(isinstance(d, Mapping) and "boxes" in d for d in reference)):
-        raise ValueError("evaluate: a detector must return, in eval mode, one dict with 'boxes', 'scores' "
-                         f"and 'labels' per image (torchvision's form); got {type(reference).__name__}")
-    reference = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - offset} for d in reference]
-    wrapper = DetectorWrapper(bare, normalize=pre, label_offset=offset, sampling_seed=0)
-    return wrapper, k, reference
 
 
 def _check_same(wrapped: Any, reference: Any) -> None:

@@ -27,7 +27,7 @@ from datamodules.manifest.rows import (
     read_manifest,
 )
 from datamodules.manifest.sample import Sample, check_image
-from datamodules.manifest.tasks import TASK_ROWS, task_rows
+from datamodules.manifest.tasks import manifest_tasks, task_rows
 from datamodules.samples import BadSamples, OnBadSample, check_on_bad_sample
 from datamodules.splits import load_or_create_split
 from datamodules.transforms import AugmentConfig
@@ -98,7 +98,7 @@ class ManifestDataModule(BaseDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          eval_batch_size=eval_batch_size)
-        check_choice("task", task, tuple(TASK_ROWS))  # the built-ins: MANIFEST_TASKS
+        check_choice("task", task, manifest_tasks())  # the built-ins: MANIFEST_TASKS
         check_on_bad_sample(on_bad_sample)
         check_choice("degenerate_boxes", degenerate_boxes, ("error", "drop", "fix"))
         if channels not in (None, 1, 3):

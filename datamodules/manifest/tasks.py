@@ -1,11 +1,12 @@
 """Per-task row handlers: how a manifest row becomes a sample, what columns it needs, what the
 task's classes are, and which dataset and item keys it delivers.
 
-One object per task (:data:`TASK_ROWS`, interface in :mod:`datamodules.manifest.handler`);
+One object per task, named by the task object (:meth:`datamodules.tasks.DataTask.manifest_rows`;
+interface in :mod:`datamodules.manifest.handler`);
 :class:`~datamodules.manifest.datamodule.ManifestDataModule` and
 :class:`~datamodules.manifest.dataset.ManifestDataset` ask it instead of switching on the
-task's name. A new task is one :class:`~datamodules.manifest.handler.TaskRows` subclass added
-to the table.
+task's name. A new task's data-side object names its own
+:class:`~datamodules.manifest.handler.TaskRows` subclass (or one is added to :data:`TASK_ROWS`).
 
 Classification and segmentation are here; landmarks and detection (points and boxes, with more
 column forms) are in :mod:`datamodules.manifest.task_geometry`.
@@ -25,10 +26,9 @@ from datamodules.manifest.handler import RowOptions, TaskRows
 from datamodules.manifest.labels import Flag, resolve_labels
 from datamodules.manifest.rows import empty, is_nifti, json_cell
 from datamodules.manifest.sample import Sample, nifti_values, read_label_mask
-from datamodules.manifest.task_geometry import DetectionRows, LandmarkRows
 from datamodules.volumes import header_shape_dhw
 
-__all__ = ["MANIFEST_TASKS", "TASK_ROWS", "ClassificationRows", "SegmentationRows", "task_rows"]
+__all__ = ["MANIFEST_TASKS", "TASK_ROWS", "ClassificationRows", "SegmentationRows", "manifest_tasks", "task_rows"]
 
 
 class ClassificationRows(TaskRows):
@@ -147,12 +147,29 @@ class SegmentationRows(TaskRows):
         return {"mask": out["mask"]}
 
 
-#: task name -> its row handler, in the order the docs list the tasks
-TASK_ROWS: dict[str, type[TaskRows]] = {
-    k.name: k for k in (ClassificationRows, SegmentationRows, LandmarkRows, DetectionRows)}
-MANIFEST_TASKS = tuple(TASK_ROWS)
+#: row handlers of tasks whose task object names none (e.g. one of a test's own); the built-in
+#: tasks' handlers are named by their task objects (``DataTask.manifest_rows``)
+TASK_ROWS: dict[str, type[TaskRows]] = {}
+
+
+def manifest_tasks() -> tuple[str, ...]:
+    """The tasks a manifest can hold: the registry's tasks with a row handler, then
+    :data:`TASK_ROWS`'."""
+    from datamodules.tasks import task_named, task_names
+
+    names = [n for n in task_names() if task_named(n).manifest_rows() is not None]
+    return (*names, *(n for n in TASK_ROWS if n not in names))
+
+
+#: the built-in tasks a manifest holds, in the order the docs list them
+MANIFEST_TASKS = manifest_tasks()
 
 
 def task_rows(task: str, options: RowOptions) -> TaskRows:
-    """The handler of ``task`` (one of :data:`MANIFEST_TASKS`)."""
-    return TASK_ROWS[task](options)
+    """The handler of ``task`` (one of :func:`manifest_tasks`)."""
+    from datamodules.tasks import task_named
+
+    handler = TASK_ROWS.get(task) or task_named(task, "ManifestDataModule.task").manifest_rows()
+    if handler is None:
+        raise ValueError(f"ManifestDataModule.task: task {task!r} has no manifest row handler")
+    return handler(options)

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import callbacks.evaluation_loop as loop
-from attacks import APGD, PGD, AttackSpec, Square, losses, parse_attack_specs, suite_configs
+from attacks import APGD, PGD, AttackSpec, Square, losses, parse_attack_specs
 from attacks.task_losses import make_attack_loss
 from callbacks import AdversarialEvaluation
 from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
 from datamodules.synthetic import SyntheticDataModule
+from lightning_modules.tasks import suite_configs, suite_specs
 from tests.support.attack_models import trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
@@ -32,28 +33,28 @@ def test_spec_lives_in_attacks_and_builds() -> None:
 
 
 def test_standard_suite_per_task() -> None:
-    four = [s.label for s in parse_attack_specs("standard", "x", "classification", 4)]
+    four = [s.label for s in suite_specs("standard", "x", "classification", 4)]
     assert four == ["apgd-ce", "apgd-dlr", "apgd-t1", "apgd-t2", "apgd-t3", "fmn", "square"]
-    binary = [s.label for s in parse_attack_specs("standard", "x", "classification", 2)]
+    binary = [s.label for s in suite_specs("standard", "x", "classification", 2)]
     assert binary == ["apgd-ce", "apgd-dlr", "fmn", "square"]  # DLR falls back to the CW margin
-    seg = parse_attack_specs("standard", "x", "segmentation")
+    seg = suite_specs("standard", "x", "segmentation")
     assert {s.loss for s in seg} == {"mask_ce", "balanced_ce", "js", "segpgd", "dice", "seg_margin"}
     assert all(s.params["steps"] == 100 for s in seg if s.name == "apgd")
     assert suite_configs("standard", "landmarks")[1]["loss"] == "soft_argmax"
     # the task loss runs two random starts (the brute-force ensemble's edge, docs/benchmarks.md)
-    lmk = {s.label: s for s in parse_attack_specs("standard", "x", "landmarks")}
+    lmk = {s.label: s for s in suite_specs("standard", "x", "landmarks")}
     assert lmk["apgd-task"].params["restarts"] == 2 and lmk["apgd-task"].build(0.03, (0.0, 1.0)).restarts == 2
-    det = {s.label: s for s in parse_attack_specs("standard", "x", "detection")}
+    det = {s.label: s for s in suite_specs("standard", "x", "detection")}
     assert list(det) == ["apgd-task", "apgd-dag", "apgd-dag_untargeted", "square"]
     assert det["apgd-dag_untargeted"].loss == "dag" and det["apgd-dag_untargeted"].loss_args == {"target_shift": None}
     assert [det[k].params.get("restarts", 1) for k in det] == [2, 1, 2, 1]
     with pytest.raises(ValueError, match="unknown suite"):
-        parse_attack_specs("strongest", "x", "classification")
+        suite_specs("strongest", "x", "classification")
 
 
 def test_sequential_suite_skips_broken_samples_and_is_never_better_than_a_member() -> None:
     module, batch = trained("classification")
-    specs = parse_attack_specs("quick", "t", "classification", 4)
+    specs = suite_specs("quick", "t", "classification", 4)
     ev = RobustnessEvaluator(module, specs, [0.006], sequential=True)
     ev.run_batch(0, batch)
     out = ev.compute()
@@ -73,7 +74,7 @@ def test_quick_suite_beats_pgd10() -> None:
     module, batch = trained("classification")
     pgd = RobustnessEvaluator(module, parse_attack_specs([{"name": "pgd", "steps": 10}], "p"), [0.006])
     pgd.run_batch(0, batch)
-    suite = RobustnessEvaluator(module, parse_attack_specs("quick", "s", "classification", 4), [0.006],
+    suite = RobustnessEvaluator(module, suite_specs("quick", "s", "classification", 4), [0.006],
                                 sequential=True)
     suite.run_batch(0, batch)
     assert suite.compute().ensemble[0.006]["accuracy"] <= pgd.compute().ensemble[0.006]["accuracy"]

@@ -19,12 +19,12 @@ import torch
 
 from attacks import APGD, PGD
 from attacks.spec import parse_attack_specs
-from attacks.suites import suite_configs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from callbacks.evaluation_loop import task_loss_tensors
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules.detection_module import DetectionModule
+from lightning_modules.tasks import suite_configs
 from tests.lightning_modules.test_detection import TINY_FCOS, TINY_RCNN, _batch, _info
 
 

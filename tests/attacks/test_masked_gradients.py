@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import Square, parse_attack_specs
+from attacks import Square
 from attacks.task_losses import make_attack_loss
 from callbacks.evaluation_loop import RobustnessEvaluator, _seed_for
 from callbacks.evaluation_runner import RunResult
@@ -27,6 +27,7 @@ from callbacks.sanity import mark_unreliable, sanity_report
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import ClassificationModule, SegmentationModule
+from lightning_modules.tasks import suite_specs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,7 +142,7 @@ def test_classification_standard_suite_breaks_what_square_5000_breaks_and_is_mar
     module, batch = tiny("classification")
     task = Masked(module, MASKINGS[masking])
     model = task.attack_model()
-    specs = parse_attack_specs("standard", "test_attacks", "classification", 2)
+    specs = suite_specs("standard", "test_attacks", "classification", 2)
     ev = RobustnessEvaluator(task, specs, [EPS], sequential=True, large_eps=0.25)
     ev.run_batch(0, batch)
     record = _record(task, ev, specs, "accuracy", False)
@@ -185,7 +186,7 @@ def test_segmentation_standard_suite_breaks_what_square_5000_breaks_and_is_marke
     module, batch = tiny("segmentation")
     task = Masked(module, MASKINGS[masking])
     model = task.attack_model()
-    specs = parse_attack_specs("standard", "test_attacks", "segmentation")
+    specs = suite_specs("standard", "test_attacks", "segmentation")
     labels = [s.label for s in specs]
     ev = RobustnessEvaluator(task, specs, [EPS], sequential=False, large_eps=0.25)
     ev.run_batch(0, batch)

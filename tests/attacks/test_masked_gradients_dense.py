@@ -45,6 +45,7 @@ from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules.detection_module import DetectionModule
 from lightning_modules.landmark_module import LandmarkModule
+from lightning_modules.tasks import suite_specs
 from tests.attacks.test_masked_gradients import Masked, Quantised, Scaled, _record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,7 +180,7 @@ def _pgd10(task: Any, model: Any, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def _suite(task: Any, batch: dict[str, Any], name: str, monitor: str, lower: bool) -> tuple[Any, list[Any]]:
-    specs = parse_attack_specs("standard", "test_attacks", name)
+    specs = suite_specs("standard", "test_attacks", name)
     square = [s for s in specs if s.label == "square"]
     assert len(square) == 1 and square[0].params.get("steps") == 5000, specs  # the claim's budget
     ev = RobustnessEvaluator(task, specs, [EPS], sequential=False, large_eps=0.25)
@@ -318,7 +319,7 @@ def test_every_standard_suite_has_a_gradient_free_member_on_a_scale_free_loss(ta
     positively homogeneous in the saturating part of the output (``f(c·z) = c·f(z)``), so a
     saturation (× 1000) changes none of its comparisons, while cross-entropy-type losses
     flatten to exactly 0."""
-    specs = parse_attack_specs("standard", "test_attacks", task, 3)
+    specs = suite_specs("standard", "test_attacks", task, 3)
     free = [s for s in specs if s.build(0.01, (0.0, 1.0)).describe().get("gradient_free")]
     assert [s.name for s in free] == ["square"] and free[0].steps == 5000, free
     spec = free[0]
@@ -338,8 +339,8 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
     scale-free loss, seeded as the evaluator seeds that member: the same inputs, so the member's
     number *is* "Square alone" (the 5000-query comparisons above differ only by the seed).
     50 queries here: the claim is about the wiring, not the budget."""
-    from attacks.suites import SQUARE_LOSS
     from callbacks.evaluation_loop import _seed_for
+    from lightning_modules.tasks import model_task
 
     if task_name == "landmarks":
         module, batch = landmark_model()
@@ -350,9 +351,9 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
         batch = detector()[1]
         task = Masked(module, lambda m: Quantised(m))
         loss, args, metric = "dag", {"target_shift": None, "kappa": None, "box_weight": 0.0}, "map_50"
-    assert SQUARE_LOSS[task_name] in (loss, {"name": loss, **args})  # the suite's own loss
+    assert model_task(task_name).suite.square_loss in (loss, {"name": loss, **args})  # the suite's own loss
     specs = parse_attack_specs([{"name": "square", "steps": 50, "label": "square",
-                                 "loss": SQUARE_LOSS[task_name]}], "test_attacks")
+                                 "loss": model_task(task_name).suite.square_loss}], "test_attacks")
     ev = RobustnessEvaluator(task, specs, [EPS], ensemble=False)
     ev.run_batch(0, batch)
     member = ev.compute().attacks[("square", EPS)][metric]

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from attacks.suites import suite_configs
 from callbacks import AdversarialEvaluation, RobustTaskAdapter
+from lightning_modules.tasks import suite_configs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 

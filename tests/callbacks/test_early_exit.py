@@ -11,8 +11,8 @@ import pytest
 
 from attacks import parse_attack_specs
 from callbacks.evaluation_loop import RobustnessEvaluator
-from tests.support.attack_models import trained
 from tests.callbacks.test_accounting import Task
+from tests.support.attack_models import trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from attacks import APGD, parse_attack_specs
+from attacks import APGD
 from callbacks.evaluation_loop import EvalOutcome, RobustnessEvaluator
 from callbacks.sanity import sanity_report
+from lightning_modules.tasks import suite_specs
 from tests.support.attack_models import Noisy, Quantised, Saturated, trained
 
 EPS = [0.006, 0.02, 0.05]
@@ -36,7 +37,7 @@ class Wrapped:
 def evaluate(wrap: Any = None) -> tuple[dict[str, dict[str, Any]], EvalOutcome]:
     module, batch = trained("classification")
     task = Wrapped(module, wrap) if wrap is not None else module
-    specs = parse_attack_specs("quick", "t", "classification", 4)
+    specs = suite_specs("quick", "t", "classification", 4)
     ev = RobustnessEvaluator(task, specs, EPS, sequential=True, large_eps=0.25)
     torch.manual_seed(0)
     ev.run_batch(0, batch)

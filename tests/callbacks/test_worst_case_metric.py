@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import parse_attack_specs, suite_configs
+from attacks import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from attacks.worst_case import Worst, badness, keep_worst
 from callbacks.evaluation_loop import RobustnessEvaluator
@@ -29,6 +29,7 @@ from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.detection_module import DetectionModule
 from lightning_modules.landmark_module import LandmarkModule
 from lightning_modules.metrics.detection import per_image_ap50
+from lightning_modules.tasks import suite_configs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 EPS = 1.0
