@@ -253,7 +253,7 @@ def test_two_nodes_by_torchrun_train_and_evaluate_like_one_process(tmp_path: Pat
     cli = cli_main(["validate", "--config", str(config), "--ckpt_path", str(ckpt),
                     "--trainer.default_root_dir", str(tmp_path / "one")])
     (cb,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "AdversarialEvaluation"]
-    one = cb.last_record["val"]
+    one = cb.last_record["val"].to_dict()
     assert one["settings"]["world_size"] == 1
     assert one["subset"]["indices"] == two["subset"]["indices"]
     for key in ("clean", "attacks", "ensemble"):
