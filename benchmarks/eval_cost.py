@@ -199,7 +199,7 @@ def _repeat_runs(trainer: L.Trainer, model: Any, evaluations: dict[str, Adversar
     for _ in range(repeats):
         for name, ev in evaluations.items():
             t0 = time.process_time()
-            ev.runner.run(trainer, model, task, "val", ev.specs, ev.eps, ev.subset, label=ev.prefix)
+            ev.runner.run(trainer, model, task, "val", ev.suites.specs, ev.eps, ev.subset, label=ev.prefix)
             # what evaluate() asks besides the run: the monitor's and each metric's direction
             ev._direction(task, task.main_metric)
             for m in ev.last_record["val"].metric_names():

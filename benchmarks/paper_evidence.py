@@ -164,13 +164,6 @@ def robust_area(metric: str, eps: Sequence[float], lower_is_better: bool) -> Per
     return values
 
 
-def oriented(values: PerSample, lower_is_better: bool) -> PerSample:
-    """``values`` negated when lower is better, so that higher is always better."""
-    if not lower_is_better:
-        return values
-    return lambda t: -values(t)
-
-
 @dataclass
 class Term:
     """``coef`` × the mean over samples of ``values`` of one run (every seed of it).
@@ -489,8 +482,3 @@ def point_reading(tests: Sequence[IntervalTest], combine: Callable[[list[str]], 
 
 def tests_summary(tests: Sequence[IntervalTest]) -> str:
     return "; ".join(t.text() for t in tests)
-
-
-def smallest_n(tests: Sequence[IntervalTest]) -> int | None:
-    ns = [t.estimate.interval.n for t in tests if t.estimate.interval is not None]
-    return min(ns) if ns else None

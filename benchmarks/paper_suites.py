@@ -244,9 +244,6 @@ def medmnist_check(results: dict[str, Any], keys: list[str]) -> list[dict[str, s
 
 
 # ------------------------------------------------------------------------------ Xue et al. 2019
-XUE_ATTACKS = ("fgsm", "bim", "pgd")
-
-
 def _difference(a: dict[str, Any], b: dict[str, Any], values: Any, kind: str = "test",
                 fallback: tuple[str, float | None] | None = None, fallback_metric: str | None = None) -> Any:
     """The paired estimate of mean(values of run ``a``) − mean(values of run ``b``) on their shared samples."""

@@ -222,19 +222,6 @@ class AdversarialEvaluation(Callback):
         self.corruption_severities = sorted(set(sev))
         self.corruption_reference = corruption_reference
 
-    # the suite's attacks, as before the split into trigger / runner / writers
-    @property
-    def attack_configs(self) -> Any:
-        return self.suites.attack_configs
-
-    @property
-    def specs(self) -> list[Any]:
-        return self.suites.specs
-
-    @property
-    def test_specs(self) -> list[Any]:
-        return self.suites.test_specs
-
     # --- when: the trigger ---------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_robust_task(pl_module, "AdversarialEvaluation")
@@ -265,12 +252,12 @@ class AdversarialEvaluation(Callback):
         if trainer.state.fn == "fit":
             if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
                 return
-            self.evaluate(trainer, pl_module, "val", self.specs, self.eps, suite="per_epoch")
+            self.evaluate(trainer, pl_module, "val", self.suites.specs, self.eps, suite="per_epoch")
         else:  # trainer.validate: the stronger suite
-            self.evaluate(trainer, pl_module, "val", self.test_specs, self.test_eps, suite="test")
+            self.evaluate(trainer, pl_module, "val", self.suites.test_specs, self.test_eps, suite="test")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.evaluate(trainer, pl_module, "test", self.test_specs, self.test_eps, suite="test")
+        self.evaluate(trainer, pl_module, "test", self.suites.test_specs, self.test_eps, suite="test")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.report or "test" not in self.last_record:
@@ -309,7 +296,7 @@ class AdversarialEvaluation(Callback):
         task = check_robust_task(pl_module, "AdversarialEvaluation")
         if not specs:
             self.resolve_suites(pl_module)
-            specs = self.test_specs if suite == "test" else self.specs
+            specs = self.suites.test_specs if suite == "test" else self.suites.specs
         check = self.sanity == "always" or (self.sanity == "test" and suite == "test")
         run = self.runner.run(trainer, pl_module, task, split, specs, eps,
                               self.test_subset if suite == "test" else self.subset,

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from attacks.spec import parse_attack_specs
 from callbacks.common import (
     check_robust_task,
     format_eps,
@@ -26,7 +27,6 @@ from callbacks.common import (
     set_eval_mode,
     to_autograd_safe,
 )
-from callbacks.evaluation_loop import parse_attack_specs
 
 
 class AdversarialExamples(Callback):

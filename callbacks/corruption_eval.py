@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from callbacks.common import compute_metrics
-from corruptions import Corruption, CorruptionSuite, corruption_suite
+from corruptions import CorruptionSuite, corruption_suite
 from corruptions.draw import mix_seed
 
 __all__ = ["CorruptionEvaluator", "CorruptionSection", "condition", "corruption_error",
@@ -632,7 +632,3 @@ def resolve_suite(value: Any, where: str) -> CorruptionSuite | None:
     if value is None:
         return None
     return corruption_suite(value, where)
-
-
-def describe_suite(suite: CorruptionSuite | None) -> list[Corruption]:
-    return [] if suite is None else list(suite.corruptions)

@@ -37,16 +37,14 @@ from typing import Any
 import torch
 from torch import nn
 
-# The spec and its parser live in attacks/ (one vocabulary for attack settings); re-exported
-# here for compatibility.
 from attacks.base import StartGradient, start_gradient
-from attacks.spec import AttackSpec, parse_attack_specs  # noqa: E402,F401
-from attacks.tree import select_rows  # noqa: E402
-from attacks.worst_case import Worst, badness, keep_worst  # noqa: E402
+from attacks.spec import AttackSpec
+from attacks.tree import select_rows
+from attacks.worst_case import Worst, badness, keep_worst
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
 from callbacks.common import compute_metrics
 from callbacks.metric_feed import MAX_STACK_BYTES, MetricFeed, evaluation_metrics
-from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts, sum_values  # noqa: F401 (re-exported)
+from callbacks.outcome import EvalMetrics, EvalOutcome, sum_counts, sum_values
 from callbacks.sample_columns import SampleColumns
 
 

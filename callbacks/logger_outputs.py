@@ -21,10 +21,6 @@ def _is_tensorboard(logger: Any) -> bool:
     return type(logger).__name__ == "TensorBoardLogger"
 
 
-def has_wandb(trainer: Any) -> bool:
-    return any(_is_wandb(lg) for lg in getattr(trainer, "loggers", []))
-
-
 def log_image(trainer: Any, key: str, path: str | Path, caption: str = "") -> None:
     """Log the PNG at ``path`` under ``key`` to every image-capable logger."""
     step = int(trainer.global_step)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,11 +170,6 @@ class SampleTable:
                 raise ValueError(f"{path}: line {n}: a cell is not a number: {row}") from None
         arr = np.asarray(values, dtype=np.float64).reshape(len(ids), len(header) - 1)
         return cls(np.asarray(ids, dtype=np.int64), {h: arr[:, j] for j, h in enumerate(header[1:])})
-
-    @classmethod
-    def from_rows(cls, sample_ids: Iterable[int], rows: Mapping[str, Iterable[float]]) -> SampleTable:
-        return cls(np.fromiter(sample_ids, dtype=np.int64),
-                   {k: np.fromiter(v, dtype=np.float64) for k, v in rows.items()})
 
 
 def _fmt(value: float) -> str:

@@ -168,25 +168,6 @@ def _pick(pred: Any, i: int) -> Any:
     return pred
 
 
-def draw_prediction(ax: Any, task: Any, pred: Any, class_names: Sequence[str], shape: tuple[int, int],
-                    min_score: float = 0.3, max_boxes: int = 20) -> str:
-    """Draw one sample's prediction on ``ax`` with the task's panel; return a caption.
-
-    ``task``: a task module, its :class:`~lightning_modules.panels.Panel`, or a built-in task
-    name (see :func:`lightning_modules.panels.panel_for`)."""
-    return panel_for(task).prediction(ax, pred, class_names, shape, min_score, max_boxes)
-
-
-def draw_truth(ax: Any, task: Any, batch: Mapping[str, Any], i: int, class_names: Sequence[str] = ()) -> None:
-    """Ground truth of sample ``i``, drawn by the task's panel."""
-    panel_for(task).truth(ax, batch, i, class_names)
-
-
-def truth_prediction_key(task: Any) -> list[Any]:
-    """Legend handles telling ground truth from prediction (the task's panel)."""
-    return panel_for(task).legend()
-
-
 def plot_adversarial_panel(
     images: torch.Tensor,
     adversarial: torch.Tensor,

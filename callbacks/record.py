@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -282,22 +282,6 @@ class RobustnessRecord:
             return self.robust_area.metric_lower_is_better
         return None
 
-    # -- read-only mapping view, for scripts written against the plain dict -------------------
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_dict()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def keys(self) -> Any:
-        return self.to_dict().keys()
-
 
 def _corruptions(data: Any, source: str) -> Any:
     if data is None:
@@ -343,8 +327,3 @@ def load_history(path: str | Path) -> list[RobustnessRecord]:
             raise RecordError(f"{path}: line {n} is not valid JSON; the history is corrupt") from None
         out.append(RobustnessRecord.from_dict(data, f"{path}: line {n}"))
     return out
-
-
-def _field_names() -> list[str]:
-    """Top-level keys a record can have (for tests and docs)."""
-    return [f.name for f in fields(RobustnessRecord)]

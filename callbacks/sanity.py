@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from callbacks.evaluation_loop import EvalOutcome
+from callbacks.outcome import EvalOutcome
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from callbacks.evaluation_loop import parse_attack_specs
+from attacks.spec import parse_attack_specs
 
 #: Default per-epoch suite, sized by benchmarks/eval_cost.py to stay under 30% of a quickstart
 #: training epoch: PGD-3 (L∞, no random start: deterministic, identical on 1 or N processes) at

@@ -25,9 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-#: spec keys of the option (taken out before the constructor sees ``init_args``)
-WEIGHT_KEYS = ("weights_path", "weights_skip")
-
 
 def pop_weight_options(init_args: dict[str, Any], params: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     """Remove ``weights_path`` / ``weights_skip`` from ``init_args`` (unless the constructor

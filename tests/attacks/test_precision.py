@@ -101,7 +101,7 @@ def test_bf16_mixed_trains_every_task_and_method(task: str, method: str, tmp_pat
     assert str(trainer.precision) == "bf16-mixed"
     assert trainer.state.finished and trainer.global_step == 1
     assert math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
-    record = trainer.callbacks[0].last_record["val"]  # the evaluation callback ran
+    record = trainer.callbacks[0].last_record["val"].to_dict()  # the evaluation callback ran
     assert record["settings"]["precision"] == "bf16-mixed"
     assert record["attacks"] and record["clean"]
     # Every input gradient: taken under bf16 autocast, float32 like its float32 input.

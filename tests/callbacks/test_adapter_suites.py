@@ -174,7 +174,7 @@ def run(tmp_path: Path, task: str, k: int, suite: str, eps: float = 0.05, n: int
 def test_classification_suites_through_the_adapter(tmp_path: Path, k: int) -> None:
     for suite in ("quick", "aa_budget"):
         cb, record = run(tmp_path, "classification", k, suite)
-        labels = [s.label for s in cb.test_specs]
+        labels = [s.label for s in cb.suites.test_specs]
         assert labels == [c["label"] for c in suite_configs(suite, "classification", num_classes=k)]
         assert ("apgd-t1" in labels) == (k >= 4 or suite == "aa_budget" and k >= 3)
         assert {a["attack"] for a in record["attacks"]} == set(labels)
@@ -186,7 +186,7 @@ def test_classification_suites_through_the_adapter(tmp_path: Path, k: int) -> No
 def test_standard_suite_through_the_adapter(tmp_path: Path, k: int) -> None:
     # a large ε breaks every sample early: the sequential suite then skips the rest (fast)
     cb, record = run(tmp_path, "classification", k, "standard", eps=0.5)
-    labels = [s.label for s in cb.test_specs]
+    labels = [s.label for s in cb.suites.test_specs]
     targeted = ["apgd-t1", "apgd-t2", "apgd-t3"][: min(3, k - 1)] if k >= 4 else []
     assert labels == ["apgd-ce", "apgd-dlr", *targeted, "fmn", "square"]
     assert [a["attack"] for a in record["attacks"]] == labels
@@ -209,7 +209,7 @@ def test_every_dense_suite_runs_through_the_adapter(tmp_path: Path, task: str, k
     suite = "standard"
     assert suite_configs("aa_budget", task) == suite_configs("standard", task)
     cb, record = run(tmp_path, task, k, suite, n=2)
-    labels = [s.label for s in cb.test_specs]
+    labels = [s.label for s in cb.suites.test_specs]
     assert labels == [c["label"] for c in suite_configs(suite, task)]
     assert [a["attack"] for a in record["attacks"]] == labels and record["suite_name"] == suite
     assert next(a for a in record["attacks"] if a["attack"] == "square")["steps"] == 5000
@@ -223,7 +223,7 @@ def test_dense_suites_through_the_adapter(tmp_path: Path, task: str, k: int) -> 
     # queries instead of 100 / 5000; the full budgets: the test above)
     # detection: ε = 0.1 (at 0.05 the trained tiny FCOS keeps every image's AP@0.5)
     cb, record = run(tmp_path, task, k, "quick", eps=0.1 if task == "detection" else 0.05)
-    labels = [s.label for s in cb.test_specs]
+    labels = [s.label for s in cb.suites.test_specs]
     assert labels == [c["label"] for c in suite_configs("quick", task)]
     assert labels == [c["label"] for c in suite_configs("standard", task)]
     assert not cb.suites.sequential(Own(task, k), "test")  # dense suites attack every sample
@@ -239,7 +239,7 @@ def test_dense_suites_through_the_adapter(tmp_path: Path, task: str, k: int) -> 
     # the standard suite resolves for the adapter too (not run: see above)
     standard = AdversarialEvaluation(test_attacks="standard")
     standard.resolve_suites(Own(task, k))
-    assert [s.label for s in standard.test_specs] == labels
+    assert [s.label for s in standard.suites.test_specs] == labels
 
 
 def check_detection_worst_case(folder: Path, record: dict, eps: float) -> None:
@@ -285,11 +285,11 @@ def test_unknown_classes_warn_and_bad_num_classes_error() -> None:
         warnings.simplefilter("always")
         cb.resolve_suites(holder)
     assert any("num_classes=K" in str(w.message) for w in caught)
-    assert "apgd-t1" not in [s.label for s in cb.test_specs]
+    assert "apgd-t1" not in [s.label for s in cb.suites.test_specs]
     with_k = RobustTaskAdapter(owner, owner, lambda o, y: o.sum(1), {"acc": metric}, num_classes=5)
     holder.robust_task = with_k
     cb.resolve_suites(holder)
-    assert "apgd-t3" in [s.label for s in cb.test_specs]
+    assert "apgd-t3" in [s.label for s in cb.suites.test_specs]
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
         RobustTaskAdapter(owner, owner, lambda o, y: o.sum(1), {"acc": metric}, num_classes=0)
 

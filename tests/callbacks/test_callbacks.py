@@ -297,7 +297,7 @@ def test_same_numbers_with_inference_mode_on_and_off(tmp_path: Path) -> None:
         cb = AdversarialEvaluation(**suite, write_json=False, plot=False)
         tr = trainer(tmp_path / str(flag), [cb], inference_mode=flag)
         tr.validate(model, dm, verbose=False)
-        records.append(cb.last_record["val"])
+        records.append(cb.last_record["val"].to_dict())
     for key in ("clean", "attacks", "ensemble"):
         assert records[0][key] == records[1][key], key
     assert records[0]["robust_area"]["value"] == records[1]["robust_area"]["value"]
@@ -411,7 +411,7 @@ def _validate_on_one_and_two_processes(tmp_path: Path, data: dict, cb_kwargs: di
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
-    return cb.last_record["val"], json.loads((out / "robustness.json").read_text()), res.stderr
+    return cb.last_record["val"].to_dict(), json.loads((out / "robustness.json").read_text()), res.stderr
 
 
 @pytest.mark.slow
@@ -473,7 +473,7 @@ def test_sat_model_has_a_larger_robust_area_than_clean(tmp_path: Path) -> None:
         trainer(tmp_path / method, [], max_epochs=4, limit_train_batches=None,
                 limit_val_batches=0).fit(model, dm)
         trainer(tmp_path / method, [cb]).validate(model, dm, verbose=False)
-        record = cb.last_record["val"]
+        record = cb.last_record["val"].to_dict()
         assert record["method"] == method
         areas[method] = record["robust_area"]["value"]
     assert areas["sat"] > areas["clean"] + 0.03, areas

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from attacks import APGD
-from callbacks.evaluation_loop import EvalOutcome, RobustnessEvaluator
+from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.outcome import EvalOutcome
 from callbacks.sanity import sanity_report
 from lightning_modules.tasks import suite_specs
 from tests.support.attack_models import Noisy, Quantised, Saturated, trained

@@ -253,7 +253,7 @@ def test_two_nodes_by_torchrun_train_and_evaluate_like_one_process(tmp_path: Pat
     cli = cli_main(["validate", "--config", str(config), "--ckpt_path", str(ckpt),
                     "--trainer.default_root_dir", str(tmp_path / "one")])
     (cb,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "AdversarialEvaluation"]
-    one = cb.last_record["val"]
+    one = cb.last_record["val"].to_dict()
     assert one["settings"]["world_size"] == 1
     assert one["subset"]["indices"] == two["subset"]["indices"]
     # fit's record is the per-epoch evaluation (early exit across ε: two["settings"]); the same
@@ -261,7 +261,7 @@ def test_two_nodes_by_torchrun_train_and_evaluate_like_one_process(tmp_path: Pat
     assert two["settings"]["early_exit"] is True
     from callbacks.common import check_robust_task
 
-    run = cb.runner.run(cli.trainer, cli.model, check_robust_task(cli.model, "test"), "val", cb.specs, cb.eps,
+    run = cb.runner.run(cli.trainer, cli.model, check_robust_task(cli.model, "test"), "val", cb.suites.specs, cb.eps,
                         cb.subset, per_epoch=True)
     assert run.world_size == 1 and run.outcome.early_exit
     assert two["clean"] == pytest.approx(run.outcome.clean, abs=1e-6) == one["clean"]

@@ -95,7 +95,7 @@ def test_adapter_evaluates_ones_own_module(tmp_path: Path) -> None:
     cb = AdversarialEvaluation(attacks=[{"name": "pgd", "norm": "linf", "steps": 5}], eps=[0.5],
                                subset=None, plot=False)
     quiet_trainer(tmp_path, [cb]).fit(module, loader, loader)
-    rec = cb.last_record["val"]
+    rec = cb.last_record["val"].to_dict()
     assert rec["method"] == "user" and rec["task"] == "classification"
     # the clean number is the model's own accuracy on the 16 samples
     x, y = data().tensors

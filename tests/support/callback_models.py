@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,8 +26,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class FeatureDataset(Dataset):
