@@ -17,7 +17,7 @@ EXPERIMENTS = sorted((PROJECT_ROOT / "configs" / "experiment").glob("*.yaml"))
 
 def shrink(cfg: dict) -> dict:
     """The shipped config with smaller sizes so a CI step is cheap: fewer synthetic samples,
-    a smaller adversarial-evaluation subset. Class paths and every other setting stay."""
+    a smaller adversarial-evaluation and watchdog subset. Class paths and every other setting stay."""
     cfg = copy.deepcopy(cfg)
     for cb in cfg.get("trainer", {}).get("callbacks", []) or []:
         if cb.get("class_path", "").endswith("AdversarialEvaluation"):
@@ -26,6 +26,12 @@ def shrink(cfg: dict) -> dict:
             for attack in args.get("attacks") or []:
                 if "steps" in attack:
                     attack["steps"] = 2
+        if cb.get("class_path", "").endswith("CatastrophicOverfittingWatchdog"):
+            # its measurement (128 samples under PGD-10, the PNG) cost ~10 s per fast-AT config
+            args = cb.setdefault("init_args", {})
+            args.update(subset=4, plot=False)
+            if isinstance(args.get("multi_step_attack"), dict) and "steps" in args["multi_step_attack"]:
+                args["multi_step_attack"]["steps"] = 2
     data = cfg.get("data", {}).get("init_args", {})
     if cfg.get("data", {}).get("class_path", "").endswith("SyntheticDataModule"):
         data.update(num_train=32, num_val=8, num_test=8, batch_size=min(8, data.get("batch_size", 8)))
