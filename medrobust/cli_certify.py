@@ -3,11 +3,14 @@
     medrobust certify --model runs/noise/version_0/checkpoints/last.ckpt \\
         --data configs/experiment/classification_pneumoniamnist_gaussian.yaml --task classification \\
         --sigma 0.12 0.25 0.5 --radii 0.25 0.5 1.0 --n0 100 --n 500 --alpha 0.001 --subset 200 \\
-        --out results/noise [--denoiser runs/denoise/…/last.ckpt] [--suite standard]
+        --out results/noise [--denoiser runs/denoise/…/last.ckpt] [--suite standard] \\
+        [--certificates-from results/noise-quick]
 
 writes ``robustness.json`` (with ``certified``), ``robustness_samples.csv`` (with the
 ``certified-s<σ>/…`` columns), ``robustness.png``, ``certified.png`` and ``report.md`` into
-``--out`` and prints the certified curve. Errors print as one message (``--debug``: traceback).
+``--out`` and prints the certified curve. ``--certificates-from DIR`` takes the certificates of an
+earlier run of the same model, samples and settings from ``DIR`` (checked field by field) and
+runs only the empirical suite. Errors print as one message (``--debug``: traceback).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sanity", default="test", choices=["test", "never"],
                    help="gradient-masking checks of the empirical evaluation (default) or not")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--certificates-from", default=None, metavar="DIR",
+                   help="copy the certificates of an earlier certify output folder of the same model, samples "
+                        "and settings (checked; refused naming the field that differs) and run only the "
+                        "empirical suite")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                          n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, out=args.out,
                          denoiser=args.denoiser, suite=args.suite, correction=args.correction,
                          split=args.split, subset=args.subset, seed=args.seed, sanity=args.sanity,
-                         device=args.device)
+                         device=args.device, certificates_from=args.certificates_from)
         for entry in record.certified or []:
             m = entry["metric"]
             curve = " · ".join(f"R={row['radius']:g} {m} {row.get(m)} (abstain {row.get('abstain')})"

@@ -235,3 +235,72 @@ def test_certification_callback_after_test_adds_to_the_evaluation(tmp_path: Path
                       enable_model_summary=False, callbacks=[Certification(sigmas=[0.25]), ev])
     with pytest.raises(ValueError, match="listed after the AdversarialEvaluation"):
         wrong.test(module, dm, verbose=False)
+
+
+def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
+        trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``certify(certificates_from=DIR)`` (``--certificates-from``): a stronger empirical suite
+    beside the certificates of an earlier run, copied sample by sample without a noisy forward;
+    refused, naming the field, when model, samples, σ, n0, n, α, batch or radii differ."""
+    import certification.run
+    from medrobust.cli_certify import main
+
+    x, y = blobs(20, seed=5)
+    first = tmp_path / "first"
+    common = {"task": "classification", "radii": [0.1, 0.3], "n0": 10, "n": 100, "alpha": 0.001, "batch": 100,
+              "subset": 12, "sanity": "never", "progress": False}
+    before = certify(trained["noise"], (x, y), sigmas=[0.12, 0.25], out=first, suite=CHEAP, **common)
+
+    def no_noise(*args: object, **kwargs: object) -> None:
+        raise AssertionError("certificates were recomputed")
+
+    monkeypatch.setattr(certification.run, "certify_samples", no_noise)
+    stronger = [{"name": "pgd", "norm": "l2", "steps": 5, "random_start": False}, {"name": "fgsm", "norm": "l2"}]
+    second = tmp_path / "second"
+    after = certify(trained["noise"], (x, y), sigmas=[0.25], out=second, suite=stronger, certificates_from=first,
+                    **common)
+    entry = after.certification(0.25)
+    assert entry["reused_from"] == str(first)
+    assert {k: v for k, v in entry.items() if k != "reused_from"} == before.certification(0.25)
+    assert after.certification(0.12) is None  # only the σ asked for
+    assert sorted({a.attack for a in after.attacks}) == ["fgsm", "pgd"]  # the new suite ran
+    old = SampleTable.load(first / "robustness_samples.csv")
+    new = SampleTable.load(second / "robustness_samples.csv")
+    old, new = old.aligned(new)
+    assert len(new.sample_ids) == 12
+    certified = [k for k in old.columns if k.startswith("certified-s0.25/")]
+    assert len(certified) >= 6 and not any(k.startswith("certified-s0.12/") for k in new.columns)
+    for key in certified:  # paired sample by sample (the files' rows may be in another order)
+        np.testing.assert_array_equal(new.column(key), old.column(key), err_msg=key)
+    np.testing.assert_allclose(new.column("clean/accuracy"), old.column("clean/accuracy"))
+    assert "Certified robustness" in (second / "report.md").read_text()
+    assert (second / "certified.png").stat().st_size > 1000
+
+    # refusals naming the field; the settings before the evaluation (nothing written)
+    for change, field in (({"n": 200}, "n differs"), ({"n0": 20}, "n0 differs"), ({"alpha": 0.01}, "alpha differs"),
+                          ({"batch": 50}, "batch differs"), ({"radii": [0.1, 0.5]}, "radii differs"),
+                          ({"sigmas": [0.5]}, "sigma differs"), ({"seed": 1}, "seed")):
+        kwargs = {**common, "sigmas": [0.25], **change}
+        with pytest.raises(ValueError, match=field):
+            certify(trained["noise"], (x, y), out=tmp_path / "refused", suite=CHEAP, certificates_from=first, **kwargs)
+        assert not (tmp_path / "refused").exists(), field
+    with pytest.raises(ValueError, match=r"subset \(sample ids\) differs"):
+        certify(trained["noise"], (x, y), sigmas=[0.25], out=tmp_path / "fewer", suite=CHEAP, certificates_from=first,
+                **{**common, "subset": 10})
+    with pytest.raises(ValueError, match="method differs"):  # another model: the clean net
+        certify(trained["clean"], (x, y), sigmas=[0.25], out=tmp_path / "clean", suite=CHEAP, certificates_from=first,
+                **common)
+    # the same method, another model: a sample's clean value differs (here: edited in the file)
+    table = SampleTable.load(first / "robustness_samples.csv")
+    table.columns["clean/accuracy"] = table.columns["clean/accuracy"].copy()
+    table.columns["clean/accuracy"][3] = 1.0 - table.columns["clean/accuracy"][3]
+    table.save(first / "robustness_samples.csv")
+    with pytest.raises(ValueError, match=rf"model differs: sample {int(table.sample_ids[3])}'s clean/accuracy"):
+        certify(trained["noise"], (x, y), sigmas=[0.25], out=tmp_path / "other", suite=CHEAP, certificates_from=first,
+                **common)
+    # the command line: one message naming the field, status 2, before the data are read
+    assert main(["--model", str(trained["noise"]), "--data", str(tmp_path / "nowhere.yaml"), "--task", "classification",
+                 "--sigma", "0.25", "--radii", "0.1", "0.3", "--n0", "10", "--n", "300", "--batch", "100",
+                 "--out", str(tmp_path / "cli"), "--certificates-from", str(first)]) == 2
+    assert f"medrobust certify: error: certificates-from {first}: n differs (300 here, 100 there)" in capsys.readouterr().err
