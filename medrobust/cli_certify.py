@@ -10,12 +10,15 @@ writes ``robustness.json`` (with ``certified``), ``robustness_samples.csv`` (wit
 ``certified-s<σ>/…`` columns), ``robustness.png``, ``certified.png`` and ``report.md`` into
 ``--out`` and prints the certified curve. ``--certificates-from DIR`` takes the certificates of an
 earlier run of the same model, samples and settings from ``DIR`` (checked field by field) and
-runs only the empirical suite. Errors print as one message (``--debug``: traceback).
+runs only the empirical suite. Errors print as one message (``--debug``: traceback). SIGTERM
+during the empirical evaluation stops it after the running attack × ε (what was finished is
+written, marked incomplete; no certificate is computed) with status 143, as ``medrobust evaluate``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 
@@ -36,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
     p.add_argument("--batch", type=int, default=250, help="noisy copies per forward pass")
     p.add_argument("--denoiser", default=None, help="Denoise-method checkpoint: denoised smoothing")
-    p.add_argument("--suite", default="standard", help="empirical attack suite: standard, quick")
+    p.add_argument("--suite", default="standard",
+                   help="empirical attack suite: standard, quick, or a JSON list of attack specs")
     p.add_argument("--correction", default="holm", choices=["holm", "bonferroni", "none"])
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--subset", type=int, default=None, help="this many samples (seeded)")
@@ -55,14 +59,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for name in medrobust.PACKAGES:
+        getattr(medrobust, name)
+    from callbacks.adversarial_evaluation import EvaluationInterrupted
+
     try:
-        for name in medrobust.PACKAGES:
-            getattr(medrobust, name)
         from medrobust.smoothing import certify
 
+        suite = json.loads(args.suite) if args.suite.lstrip().startswith("[") else args.suite
         record = certify(args.model, args.data, task=args.task, sigmas=args.sigma, radii=args.radii,
                          n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, out=args.out,
-                         denoiser=args.denoiser, suite=args.suite, correction=args.correction,
+                         denoiser=args.denoiser, suite=suite, correction=args.correction,
                          split=args.split, subset=args.subset, seed=args.seed, sanity=args.sanity,
                          device=args.device, certificates_from=args.certificates_from)
         for entry in record.certified or []:
@@ -71,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                                for row in entry["curve"])
             print(f"[medrobust] certified σ={entry['sigma']:g}: {curve}")
         print(f"[medrobust] written to {args.out}")
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except EvaluationInterrupted:  # SIGTERM in the empirical evaluation: what it finished is written
+        if args.debug:
+            traceback.print_exc()
+        print("medrobust certify: stopped by SIGTERM during the empirical evaluation; no certificate computed",
+              file=sys.stderr)
+        return 143
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
         if args.debug:
             traceback.print_exc()
         print(f"medrobust certify: error: {err}", file=sys.stderr)

@@ -304,3 +304,43 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
                  "--sigma", "0.25", "--radii", "0.1", "0.3", "--n0", "10", "--n", "300", "--batch", "100",
                  "--out", str(tmp_path / "cli"), "--certificates-from", str(first)]) == 2
     assert f"medrobust certify: error: certificates-from {first}: n differs (300 here, 100 there)" in capsys.readouterr().err
+
+
+def test_sigterm_in_the_empirical_evaluation_stops_certify_with_143(trained: dict[str, Path], tmp_path: Path) -> None:
+    """``medrobust certify`` stops on SIGTERM during its empirical evaluation as ``evaluate`` does
+    (after the running attack × ε, status 143, no certificate computed) — here inside the first
+    batch, where nothing is evaluated: a classifier's AUROC on zero samples made it an error
+    (status 2, "No samples to concatenate") before."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from datamodules.manifest import write_example_manifest
+
+    manifest = write_example_manifest(tmp_path / "data", "classification", n=12, image_size=(6, 6))
+    out = tmp_path / "out"
+    slow = json.dumps([{"name": "pgd", "norm": "l2", "steps": 4000, "random_start": False},
+                       {"name": "pgd", "norm": "l2", "steps": 4000, "random_start": True, "label": "pgd-rs"}])
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", "from medrobust.cli import main; main()", "certify", "--model", str(trained["noise"]),
+           "--data", str(manifest), "--task", "classification", "--sigma", "0.25", "--radii", "0.1", "--n0", "10",
+           "--n", "100", "--batch", "100", "--suite", slow, "--sanity", "never", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, deadline = b"", time.monotonic() + 120
+    while b"batch 1/1 \xc2\xb7 pgd " not in seen:  # the first member's progress
+        assert proc.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stdout, rest = proc.communicate(timeout=120)
+    text = (seen + (rest or b"") + (stdout or b"")).decode(errors="replace")
+    assert proc.returncode == 143, text[-3000:]
+    assert "stopped by SIGTERM before the first batch" in text and "no certificate computed" in text
+    assert "No samples" not in text and not (out / "robustness.json").exists()
+    assert time.monotonic() - sent < 60  # after the running member × ε, not the whole suite
