@@ -306,6 +306,7 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
     assert f"medrobust certify: error: certificates-from {first}: n differs (300 here, 100 there)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigterm_in_the_empirical_evaluation_stops_certify_with_143(trained: dict[str, Path], tmp_path: Path) -> None:
     """``medrobust certify`` stops on SIGTERM during its empirical evaluation as ``evaluate`` does
     (after the running attack × ε, status 143, no certificate computed) — here inside the first
