@@ -307,6 +307,7 @@ class AdversarialEvaluation(Callback):
             raise EvaluationInterrupted(
                 f"{self.prefix} {split}: stopped by {run.stopped.reason} before the first batch was "
                 "evaluated by every member × ε; nothing written (a smaller batch_size stops with more done)")
+        assert run.outcome is not None  # None only with nothing evaluated (stopped above)
         monitor = self.monitor_for(task, list(run.outcome.clean))
         lower = not self._direction(task, monitor)
         record = build_record(

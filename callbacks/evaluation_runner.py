@@ -124,7 +124,8 @@ class Speedups:
 class RunResult:
     """One evaluation as computed (identical on every rank)."""
 
-    outcome: EvalOutcome
+    #: ``None`` only when a stop (``stopped``) came before any sample was evaluated (one process)
+    outcome: EvalOutcome | None
     #: dataset indices of the subset (sorted)
     indices: list[int]
     split_size: int
@@ -280,6 +281,12 @@ class EvaluationRunner:
                 # each rank stopped on its own signal, at its own member × ε: one collective so that
                 # every rank agrees (and writes, raises, exits alike) before the metrics' sync
                 stopped = agree_on_stop(stopped, len(mine), sum(len(b) for _, b, c in mine if c))
+            if stopped is not None and world_size <= 1 and done == 0:
+                # stopped inside the first batch: nothing to compute (a metric such as AUROC cannot
+                # compute on zero samples); the caller stops with nothing written
+                stopped.samples = len(indices)
+                return RunResult(None, indices, len(dataset), batch_size, world_size,
+                                 time.perf_counter() - start, None, stopped)
             outcome = evaluator.compute()  # collective (torchmetrics sync)
             if stopped is not None:  # over every rank: the samples counted, of the whole subset
                 stopped.samples_done = int(outcome.total_samples or outcome.num_samples)

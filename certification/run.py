@@ -23,7 +23,7 @@ import torch
 from certification.sampling import NoiseSampler
 from certification.tasks import TaskCertification, condition_name
 
-__all__ = ["add_certification", "certification_entry", "certify_samples"]
+__all__ = ["add_certification", "certification_entry", "certify_samples", "reuse_certification"]
 
 def certify_samples(cert: TaskCertification, dataset: Any, indices: Sequence[int], radii: Sequence[float],
                     device: torch.device | str = "cpu",
@@ -106,7 +106,21 @@ def add_certification(out: str | Path, cert: TaskCertification, sample_ids: np.n
     ``<stem>_samples.csv`` (condition :func:`condition_name`; the rows must be the file's
     samples), its entry into ``<stem>.json``'s ``certified`` (replacing one of the same σ), and
     redraw ``certified.png`` and ``report.md``. Returns the entry."""
+    from callbacks.record import RobustnessRecord
+
+    record = RobustnessRecord.load(Path(out) / f"{file_stem}.json")
+    level = float((record.intervals or {}).get("level", 0.95))
+    seed = int((record.intervals or {}).get("seed", 0))
+    entry = certification_entry(cert, columns, radii, seconds, level, seed)
+    return _write_certification(out, entry, sample_ids, columns, file_stem)
+
+
+def _write_certification(out: str | Path, entry: dict[str, Any], sample_ids: np.ndarray,
+                         columns: dict[str, np.ndarray], file_stem: str = "robustness") -> dict[str, Any]:
+    """Put one σ's ``entry`` and per-sample ``columns`` (``"<R>/<metric>"`` → ``float64 [N]``, rows
+    in the order of ``sample_ids``) into the evaluation folder ``out``; redraw the curve and report."""
     from callbacks.per_sample import SampleTable
+    from callbacks.plotting import plot_certified_curves
     from callbacks.record import RobustnessRecord
     from callbacks.report import write_report
 
@@ -120,19 +134,120 @@ def add_certification(out: str | Path, cert: TaskCertification, sample_ids: np.n
         raise ValueError(f"add_certification: the certified samples are not the evaluation's samples "
                          f"({len(mine)} certified, {len(table.sample_ids)} evaluated; missing ids {missing[:5]})")
     rows = np.asarray([mine[int(s)] for s in table.sample_ids.tolist()], dtype=np.int64)
-    cond = condition_name(cert.sampler.sigma)
+    sigma = float(entry["sigma"])
+    cond = condition_name(sigma)
     table.columns = {k: v for k, v in table.columns.items() if not k.startswith(cond + "/")}
     for key, values in columns.items():
         table.add(f"{cond}/{key}", values[rows])
     table.save(table_path)
-    level = float((record.intervals or {}).get("level", 0.95))
-    seed = int((record.intervals or {}).get("seed", 0))
-    entry = certification_entry(cert, columns, radii, seconds, level, seed)
-    kept = [e for e in record.certified or [] if not math.isclose(float(e.get("sigma", -1)), cert.sampler.sigma)]
+    kept = [e for e in record.certified or [] if not math.isclose(float(e.get("sigma", -1)), sigma)]
     record.certified = sorted([*kept, entry], key=lambda e: float(e["sigma"]))
     record.save(record_path)
-    from callbacks.plotting import plot_certified_curves
-
     plot_certified_curves(record, out / "certified.png")
     write_report(record, out / "report.md")
     return entry
+
+
+#: how close the clean per-sample values of two runs of one model must be (the per-sample file
+#: keeps 9 significant digits)
+CLEAN_TOLERANCE = 1e-6
+
+
+def certificates_source(source: str | Path, cert: TaskCertification, radii: Sequence[float],
+                        task: str | None = None, split: str | None = None,
+                        file_stem: str = "robustness") -> dict[str, Any]:
+    """The ``certified`` entry of ``cert``'s σ in the earlier certification folder ``source``,
+    checked against ``cert``'s settings (before any evaluation runs, so that a mismatch fails at
+    once): ``ValueError`` naming the field unless its ``task`` and ``split`` (when given) and the
+    entry's ``certificate``, ``n0``, ``n``, ``alpha``, ``batch``, ``correction``, noise ``seed`` and
+    ``radii`` (``radii``: the full grid, 0 included) are the same."""
+    from callbacks.record import RobustnessRecord
+
+    source = Path(source)
+    for path in (source / f"{file_stem}.json", source / f"{file_stem}_samples.csv"):
+        if not path.is_file():
+            raise FileNotFoundError(f"certificates-from: {path} does not exist (not a certify output folder)")
+    there = RobustnessRecord.load(source / f"{file_stem}.json")
+    where = f"certificates-from {source}"
+    for field, value in (("task", task), ("split", split)):
+        if value is not None and getattr(there, field) != value:
+            raise ValueError(f"{where}: {field} differs ({value!r} here, {getattr(there, field)!r} there)")
+    sigma = cert.sampler.sigma
+    entry = there.certification(sigma)
+    if entry is None:
+        raise ValueError(f"{where}: sigma differs: no certified entry at sigma {sigma:g} "
+                         f"(there: {[e.get('sigma') for e in there.certified or []]})")
+    wanted = {"certificate": type(cert).__name__, "n0": cert.n0 if cert.uses_selection else None, "n": cert.n,
+              "alpha": cert.alpha, "batch": cert.sampler.batch_size,
+              "correction": cert.correction if cert.uses_correction else None, "seed": cert.sampler.seed,
+              "radii": [float(r) for r in sorted(radii)]}
+    for field, value in wanted.items():
+        theirs = entry.get(field)
+        same = (theirs == value if not isinstance(value, float)
+                else theirs is not None and math.isclose(float(theirs), value, rel_tol=1e-12))
+        if not same:
+            raise ValueError(f"{where}: {field} differs ({value!r} here, {theirs!r} there)")
+    return entry
+
+
+def reuse_certification(out: str | Path, source: str | Path, cert: TaskCertification,
+                        radii: Sequence[float], file_stem: str = "robustness") -> dict[str, Any]:
+    """Copy the certificates of ``cert``'s σ from an earlier certification folder ``source`` into
+    the evaluation folder ``out`` instead of recomputing them (what :func:`add_certification`
+    would write, sample by sample), after checking that they are the certificates ``cert`` would
+    compute here.
+
+    Refused (``ValueError`` naming the field) unless both runs have the same ``task``, ``split``,
+    samples (``subset``: the same sample ids, the same subset ``seed``), the same model (``method``
+    and every sample's clean metric within :data:`CLEAN_TOLERANCE`: the evaluations' clean forwards
+    of one model agree), a ``certified`` entry at ``sigma`` with the same ``n0``, ``n``, ``alpha``,
+    ``batch``, ``correction``, noise ``seed``, ``certificate`` and ``radii``, and its per-sample
+    columns. The entry gets ``reused_from`` (the source folder); its ``seconds`` and ``forwards`` are
+    those of the run that computed it. Returns the entry."""
+    from callbacks.per_sample import SampleTable
+    from callbacks.record import RobustnessRecord
+
+    out, source = Path(out), Path(source)
+    for path in (source / f"{file_stem}.json", source / f"{file_stem}_samples.csv"):
+        if not path.is_file():
+            raise FileNotFoundError(f"certificates-from: {path} does not exist (not a certify output folder)")
+    here, there = RobustnessRecord.load(out / f"{file_stem}.json"), RobustnessRecord.load(source / f"{file_stem}.json")
+    where = f"certificates-from {source}"
+
+    def differ(field: str, mine: Any, theirs: Any) -> ValueError:
+        return ValueError(f"{where}: {field} differs ({mine!r} here, {theirs!r} there)")
+
+    for field in ("task", "split", "method"):
+        if getattr(here, field) != getattr(there, field):
+            raise differ(field, getattr(here, field), getattr(there, field))
+    seed_here = here.subset.seed if here.subset is not None else None
+    seed_there = there.subset.seed if there.subset is not None else None
+    if seed_here != seed_there:
+        raise differ("seed (of the subset)", seed_here, seed_there)
+    ids_here = sorted(here.subset.indices) if here.subset is not None else None
+    ids_there = sorted(there.subset.indices) if there.subset is not None else None
+    if ids_here != ids_there:
+        raise differ("subset (sample ids)", ids_here, ids_there)
+    entry = certificates_source(source, cert, radii, file_stem=file_stem)
+    sigma = cert.sampler.sigma
+    mine_table = SampleTable.load(out / f"{file_stem}_samples.csv")
+    their_table = SampleTable.load(source / f"{file_stem}_samples.csv")
+    if sorted(mine_table.sample_ids.tolist()) != sorted(their_table.sample_ids.tolist()):
+        raise differ("subset (per-sample file's ids)", sorted(mine_table.sample_ids.tolist()),
+                     sorted(their_table.sample_ids.tolist()))
+    mine_table, their_table = mine_table.aligned(their_table)
+    clean = [k for k in mine_table.columns if k.startswith("clean/") and k in their_table.columns]
+    if not clean:
+        raise ValueError(f"{where}: model cannot be compared: no clean per-sample column in both runs")
+    for key in clean:
+        a, b = mine_table.column(key), their_table.column(key)
+        bad = ~np.isclose(a, b, rtol=0.0, atol=CLEAN_TOLERANCE, equal_nan=True)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where}: model differs: sample {int(mine_table.sample_ids[i])}'s {key} is "
+                             f"{a[i]:.9g} here and {b[i]:.9g} there (another checkpoint or denoiser?)")
+    prefix = condition_name(sigma) + "/"
+    columns = {k[len(prefix):]: their_table.column(k) for k in their_table.columns if k.startswith(prefix)}
+    if not columns:
+        raise ValueError(f"{where}: the per-sample file has no {prefix}… columns")
+    return _write_certification(out, {**entry, "reused_from": str(source)}, their_table.sample_ids, columns, file_stem)

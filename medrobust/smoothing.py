@@ -75,6 +75,7 @@ def certify(
     sanity: str = "test",
     device: str = "cpu",
     progress: bool = True,
+    certificates_from: str | Path | None = None,
 ) -> Any:
     """Empirical L2 robustness and randomized-smoothing certificates of a medrobust checkpoint
     ``model`` on the same samples (module docstring); returns the
@@ -95,9 +96,13 @@ def certify(
         split, subset, seed: the samples (as :func:`medrobust.evaluate`); ``seed`` also seeds the noise.
         sanity: the empirical evaluation's gradient-masking checks (``test`` or ``never``).
         device: where the model and the noise live (``cpu``, ``cuda``).
+        certificates_from: an earlier certify output folder of the same model, samples and
+            certification settings: its certificates are copied (checked field by field,
+            :func:`certification.run.reuse_certification`) instead of recomputed, and only the
+            empirical suite runs — e.g. a stronger suite beside existing certificates.
     """
     from callbacks.record import RobustnessRecord
-    from certification.run import add_certification, certify_samples
+    from certification.run import add_certification, certify_samples, reuse_certification
     from certification.sampling import NoiseSampler
     from certification.tasks import certification_for
     from medrobust.evaluation import as_datamodule, evaluate, load_model
@@ -113,6 +118,13 @@ def certify(
         raise ValueError(f"certify: the checkpoint is a {module.task!r} model, not {task!r}")
     module.eval()
     smoothed_model = denoised_model(module, denoiser) if denoiser is not None else module.attack_model()
+    if certificates_from is not None:  # refuse a mismatch before the (long) evaluation
+        from certification.run import certificates_source
+
+        for sigma in sigmas:
+            probe = certification_for(module, smoothed_model, NoiseSampler(float(sigma), batch, seed),  # type: ignore[arg-type]
+                                      n0, n, alpha, correction)
+            certificates_source(certificates_from, probe, [0.0, *sorted(float(r) for r in radii)], task, split)
     out = Path(out)
     if isinstance(data, (tuple, list)) and len(data) == 2:  # tensors (x, y), described by the checkpoint
         from medrobust.evaluation import TensorDataModule, _check_tensors
@@ -138,6 +150,9 @@ def certify(
     for sigma in sigmas:
         sampler = NoiseSampler(float(sigma), batch, seed)
         cert = certification_for(module, smoothed_model, sampler, n0, n, alpha, correction)  # type: ignore[arg-type]
+        if certificates_from is not None:
+            reuse_certification(out, certificates_from, cert, grid)
+            continue
 
         def report(done: int, total: int, s: float = float(sigma)) -> None:
             if progress and (done == total or done % max(1, total // 10) == 0):

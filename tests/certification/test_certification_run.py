@@ -235,3 +235,113 @@ def test_certification_callback_after_test_adds_to_the_evaluation(tmp_path: Path
                       enable_model_summary=False, callbacks=[Certification(sigmas=[0.25]), ev])
     with pytest.raises(ValueError, match="listed after the AdversarialEvaluation"):
         wrong.test(module, dm, verbose=False)
+
+
+def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
+        trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``certify(certificates_from=DIR)`` (``--certificates-from``): a stronger empirical suite
+    beside the certificates of an earlier run, copied sample by sample without a noisy forward;
+    refused, naming the field, when model, samples, σ, n0, n, α, batch or radii differ."""
+    import certification.run
+    from medrobust.cli_certify import main
+
+    x, y = blobs(20, seed=5)
+    first = tmp_path / "first"
+    common = {"task": "classification", "radii": [0.1, 0.3], "n0": 10, "n": 100, "alpha": 0.001, "batch": 100,
+              "subset": 12, "sanity": "never", "progress": False}
+    before = certify(trained["noise"], (x, y), sigmas=[0.12, 0.25], out=first, suite=CHEAP, **common)
+
+    def no_noise(*args: object, **kwargs: object) -> None:
+        raise AssertionError("certificates were recomputed")
+
+    monkeypatch.setattr(certification.run, "certify_samples", no_noise)
+    stronger = [{"name": "pgd", "norm": "l2", "steps": 5, "random_start": False}, {"name": "fgsm", "norm": "l2"}]
+    second = tmp_path / "second"
+    after = certify(trained["noise"], (x, y), sigmas=[0.25], out=second, suite=stronger, certificates_from=first,
+                    **common)
+    entry = after.certification(0.25)
+    assert entry["reused_from"] == str(first)
+    assert {k: v for k, v in entry.items() if k != "reused_from"} == before.certification(0.25)
+    assert after.certification(0.12) is None  # only the σ asked for
+    assert sorted({a.attack for a in after.attacks}) == ["fgsm", "pgd"]  # the new suite ran
+    old = SampleTable.load(first / "robustness_samples.csv")
+    new = SampleTable.load(second / "robustness_samples.csv")
+    old, new = old.aligned(new)
+    assert len(new.sample_ids) == 12
+    certified = [k for k in old.columns if k.startswith("certified-s0.25/")]
+    assert len(certified) >= 6 and not any(k.startswith("certified-s0.12/") for k in new.columns)
+    for key in certified:  # paired sample by sample (the files' rows may be in another order)
+        np.testing.assert_array_equal(new.column(key), old.column(key), err_msg=key)
+    np.testing.assert_allclose(new.column("clean/accuracy"), old.column("clean/accuracy"))
+    assert "Certified robustness" in (second / "report.md").read_text()
+    assert (second / "certified.png").stat().st_size > 1000
+
+    # refusals naming the field; the settings before the evaluation (nothing written)
+    for change, field in (({"n": 200}, "n differs"), ({"n0": 20}, "n0 differs"), ({"alpha": 0.01}, "alpha differs"),
+                          ({"batch": 50}, "batch differs"), ({"radii": [0.1, 0.5]}, "radii differs"),
+                          ({"sigmas": [0.5]}, "sigma differs"), ({"seed": 1}, "seed")):
+        kwargs = {**common, "sigmas": [0.25], **change}
+        with pytest.raises(ValueError, match=field):
+            certify(trained["noise"], (x, y), out=tmp_path / "refused", suite=CHEAP, certificates_from=first, **kwargs)
+        assert not (tmp_path / "refused").exists(), field
+    with pytest.raises(ValueError, match=r"subset \(sample ids\) differs"):
+        certify(trained["noise"], (x, y), sigmas=[0.25], out=tmp_path / "fewer", suite=CHEAP, certificates_from=first,
+                **{**common, "subset": 10})
+    with pytest.raises(ValueError, match="method differs"):  # another model: the clean net
+        certify(trained["clean"], (x, y), sigmas=[0.25], out=tmp_path / "clean", suite=CHEAP, certificates_from=first,
+                **common)
+    # the same method, another model: a sample's clean value differs (here: edited in the file)
+    table = SampleTable.load(first / "robustness_samples.csv")
+    table.columns["clean/accuracy"] = table.columns["clean/accuracy"].copy()
+    table.columns["clean/accuracy"][3] = 1.0 - table.columns["clean/accuracy"][3]
+    table.save(first / "robustness_samples.csv")
+    with pytest.raises(ValueError, match=rf"model differs: sample {int(table.sample_ids[3])}'s clean/accuracy"):
+        certify(trained["noise"], (x, y), sigmas=[0.25], out=tmp_path / "other", suite=CHEAP, certificates_from=first,
+                **common)
+    # the command line: one message naming the field, status 2, before the data are read
+    assert main(["--model", str(trained["noise"]), "--data", str(tmp_path / "nowhere.yaml"), "--task", "classification",
+                 "--sigma", "0.25", "--radii", "0.1", "0.3", "--n0", "10", "--n", "300", "--batch", "100",
+                 "--out", str(tmp_path / "cli"), "--certificates-from", str(first)]) == 2
+    assert f"medrobust certify: error: certificates-from {first}: n differs (300 here, 100 there)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a subprocess
+def test_sigterm_in_the_empirical_evaluation_stops_certify_with_143(trained: dict[str, Path], tmp_path: Path) -> None:
+    """``medrobust certify`` stops on SIGTERM during its empirical evaluation as ``evaluate`` does
+    (after the running attack × ε, status 143, no certificate computed) — here inside the first
+    batch, where nothing is evaluated: a classifier's AUROC on zero samples made it an error
+    (status 2, "No samples to concatenate") before."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from datamodules.manifest import write_example_manifest
+
+    manifest = write_example_manifest(tmp_path / "data", "classification", n=12, image_size=(6, 6))
+    out = tmp_path / "out"
+    slow = json.dumps([{"name": "pgd", "norm": "l2", "steps": 4000, "random_start": False},
+                       {"name": "pgd", "norm": "l2", "steps": 4000, "random_start": True, "label": "pgd-rs"}])
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", "from medrobust.cli import main; main()", "certify", "--model", str(trained["noise"]),
+           "--data", str(manifest), "--task", "classification", "--sigma", "0.25", "--radii", "0.1", "--n0", "10",
+           "--n", "100", "--batch", "100", "--suite", slow, "--sanity", "never", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, deadline = b"", time.monotonic() + 120
+    while b"batch 1/1 \xc2\xb7 pgd " not in seen:  # the first member's progress
+        assert proc.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")[-2000:]
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stdout, rest = proc.communicate(timeout=120)
+    text = (seen + (rest or b"") + (stdout or b"")).decode(errors="replace")
+    assert proc.returncode == 143, text[-3000:]
+    assert "stopped by SIGTERM before the first batch" in text and "no certificate computed" in text
+    assert "No samples" not in text and not (out / "robustness.json").exists()
+    assert time.monotonic() - sent < 60  # after the running member × ε, not the whole suite
