@@ -324,8 +324,9 @@ def test_sigterm_in_the_empirical_evaluation_stops_certify_with_143(trained: dic
     out = tmp_path / "out"
     slow = json.dumps([{"name": "pgd", "norm": "l2", "steps": 4000, "random_start": False},
                        {"name": "pgd", "norm": "l2", "steps": 4000, "random_start": True, "label": "pgd-rs"}])
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    from tests.conftest import PROJECT_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", "from medrobust.cli import main; main()", "certify", "--model", str(trained["noise"]),
            "--data", str(manifest), "--task", "classification", "--sigma", "0.25", "--radii", "0.1", "--n0", "10",
            "--n", "100", "--batch", "100", "--suite", slow, "--sanity", "never", "--out", str(out)]
