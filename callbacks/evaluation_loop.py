@@ -638,16 +638,31 @@ class RobustnessEvaluator:
                           start: StartGradient | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``early_exit``: ``(x_adv [B, *], output [B, …])`` of one member at one ε, attacking and
         forwarding only the samples ``todo`` (``LongTensor[k]``) that the previous ε left
-        unbroken; the others keep the previous ε's worst case ``carried = (x, output, broken)``."""
+        unbroken; the others keep the previous ε's worst case ``carried = (x, output, broken)``.
+
+        The ``k`` rows are padded to a multiple of :data:`ROW_BUCKET` (repeats of the first one,
+        whose results are dropped, gradient health included): the first pass at a new batch
+        size builds the CPU kernels for that shape (≈ 2 ms for the quickstart CNN), and with
+        ``k`` free every epoch would meet new sizes. The padding rows are passes the meter
+        counts."""
         x_adv, out = carried[0].clone(), carried[1].clone()
-        if todo.numel() == 0:
+        k = todo.numel()
+        if k == 0:
             return x_adv, out
-        every = todo.numel() == size
-        sub = batch if every else select_rows(batch, todo, size)
-        x_adv[todo] = attack(self.model, x if every else x[todo], sub,
-                             loss_fn=self._loss_fn(spec, out_clean, None if every else todo, size, task_loss),
-                             generator=gen, start=start if every or start is None else start.rows(todo))
-        out[todo] = self.forward(x_adv if every else x_adv[todo])
+        rows = todo
+        if k < size:
+            padded = min(size, -(-k // ROW_BUCKET) * ROW_BUCKET)
+            rows = torch.cat([todo, todo[:1].expand(padded - k)]) if padded > k else todo
+        every = rows.numel() == size and k == size
+        sub = batch if every else select_rows(batch, rows, size)
+        result = attack(self.model, x if every else x[rows], sub,
+                        loss_fn=self._loss_fn(spec, out_clean, None if every else rows, size, task_loss),
+                        generator=gen, start=start if every or start is None else start.rows(rows))
+        stats = getattr(attack, "last_gradients", None)
+        if stats is not None and rows.numel() > k:  # the padding rows' gradient health is not a sample's
+            stats.nonfinite, stats.zero = stats.nonfinite[:k], stats.zero[:k]
+        x_adv[todo] = result[:k]
+        out[todo] = self.forward(result)[:k]
         return x_adv, out
 
     def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
@@ -704,6 +719,9 @@ class RobustnessEvaluator:
         return ComputeAccounting.build(totals, total, attacked, self.sequential, list(self.attacks))
 
 
+#: ``early_exit`` attacks the unbroken rows of a batch padded to a multiple of this (a few
+#: batch sizes, whose CPU kernels are built once, instead of a new size nearly every epoch)
+ROW_BUCKET = 4
 #: attacks whose result depends only on each sample and its ε when they have no random start
 STACKABLE = ("pgd", "bim", "fgsm")
 #: attacks whose first step, without a random start, takes the gradient at ``x`` (what
