@@ -159,6 +159,14 @@ class SameRecords(Callback):
                 self.same[name].append(False)
 
 
+def _summary(per_epoch: list[bool | str]) -> bool | str:
+    """A variant's check over all epochs: ``False`` if any epoch failed, ``"main ≤"`` if any
+    passed only that way (early exit), else ``True``."""
+    if not per_epoch or False in per_epoch:
+        return False
+    return "main ≤" if "main ≤" in per_epoch else True
+
+
 def _same_text(same: bool | str) -> str:
     return same if isinstance(same, str) else ("yes" if same else "NO")
 
@@ -340,8 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     first_eps = rec.attacks[0].eps
     # the same records from every variant at every epoch (the reuses change no number)
     # (early_exit: the main metric the same or worse at every ε, "main ≤")
-    same = {name: (bool(v) and all(x is not False for x in v)) and ("main ≤" if any(x == "main ≤" for x in v) else True)
-            for name, v in checker.same.items()}
+    same = {name: _summary(v) for name, v in checker.same.items()}
     names = list(records)
 
     summary = {

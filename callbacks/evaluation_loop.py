@@ -649,11 +649,9 @@ class RobustnessEvaluator:
         k = todo.numel()
         if k == 0:
             return x_adv, out
-        rows = todo
-        if k < size:
-            padded = min(size, -(-k // ROW_BUCKET) * ROW_BUCKET)
-            rows = torch.cat([todo, todo[:1].expand(padded - k)]) if padded > k else todo
-        every = rows.numel() == size and k == size
+        every = k == size
+        padded = min(size, -(-k // ROW_BUCKET) * ROW_BUCKET)
+        rows = torch.cat([todo, todo[:1].expand(padded - k)]) if padded > k else todo
         sub = batch if every else select_rows(batch, rows, size)
         result = attack(self.model, x if every else x[rows], sub,
                         loss_fn=self._loss_fn(spec, out_clean, None if every else rows, size, task_loss),

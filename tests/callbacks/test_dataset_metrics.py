@@ -6,6 +6,7 @@ and records written before it."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +335,44 @@ def test_equal_columns_share_their_draws_and_equal_what_each_gives_alone() -> No
             assert np.array_equal(both[metric][key], alone[metric][key], equal_nan=True)
     assert list(both["auroc"]) == ["clean", "worst/0.01", "pgd/0.01"]
     assert not np.array_equal(both["auroc"]["clean"], both["auroc"]["pgd/0.01"])
+
+
+class _EvidenceTask:
+    """A task whose ``sample_evidence`` fails in one of the ways the evaluator tolerates."""
+
+    main_metric = "accuracy"
+
+    def __init__(self, failure: str) -> None:
+        self.failure = failure
+
+    def evidence_spec(self) -> dict:
+        return {"kind": "scores", "metrics": ["auroc"]}
+
+    def evidence_targets(self, batch: dict) -> list:
+        return batch["label"].tolist()
+
+    def sample_evidence(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.failure == "raises":
+            raise ValueError("no scores for this output")
+        return output[:-1]  # "short": one entry missing
+
+
+@pytest.mark.parametrize("failure", ["raises", "short"])
+def test_failing_sample_evidence_warns_once_and_keeps_no_evidence(failure: str) -> None:
+    """``SampleColumns``: a task whose evidence fails (an error, or fewer entries than samples)
+    is warned about once; its per-sample values are still kept, and it writes no evidence."""
+    from callbacks.sample_columns import SampleColumns
+
+    cols = SampleColumns(_EvidenceTask(failure), evidence=True)
+    batch = {"label": torch.tensor([0, 1, 1])}
+    out, metric = torch.rand(3), torch.tensor([1.0, 0.0, 1.0])
+    cols.add_ids(torch.arange(3))
+    with pytest.warns(UserWarning, match="sample_evidence failed"):
+        cols.keep(("clean", None), metric, out, batch, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the evidence is off now
+        cols.keep(("pgd", 0.01), metric, out, batch, 3)
+    assert cols.evidence_ok is False
+    assert cols.evidence(ok=True) is None
+    assert [v.tolist() for v in cols.values[("clean", None)]] == [[1.0, 0.0, 1.0]]
+    assert list(cols.values) == [("clean", None), ("pgd", 0.01)]
