@@ -1,9 +1,9 @@
 """Task-agnostic adversarial attacks and general noises on tensors.
 
-Every attack is called as ``atk(model, x, target, loss_fn=None, success_fn=None,
+Every attack is called as ``atk(model, x, target, loss_fn=None, is_violated=None,
 generator=None) -> x_adv`` (or ``atk.perturb(...) -> AttackResult``), where ``model`` is any
 callable and ``loss_fn(output, target) -> Tensor[B]`` is a per-sample loss; tasks differ only in
-the ``loss_fn`` (and ``success_fn``) they hand over. Nothing here knows Lightning, tasks or
+the ``loss_fn`` (and ``is_violated``) they hand over. Nothing here knows Lightning, tasks or
 datasets.
 
 A new attack is one file: subclass the public call object :class:`Attack` (it owns argument
@@ -30,7 +30,7 @@ from .base import (
 from .cw import CW
 from .fmn import FMN
 from .gradient import BIM, FGSM, MIFGSM, PGD
-from .losses import loss_above, misclassified
+from .losses import argmax_violated, loss_above
 from .mode import attack_mode
 from .noise import GaussianNoise, Noise, SaltPepperNoise, SpeckleNoise, UniformNoise
 from .registry import ATTACKS, build_attack, register_attack
@@ -72,7 +72,7 @@ __all__ = [
     "input_gradient",
     "loss_above",
     "losses",
-    "misclassified",
+    "argmax_violated",
     "per_sample_norm",
     "start_gradient",
 ]

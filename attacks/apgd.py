@@ -12,7 +12,7 @@ What differs from :class:`attacks.PGD` (from the paper's description):
 * **Momentum** ``α = 0.75``: ``z = P(x_k + η·s(∇))``,
   ``x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}))`` (the first step is plain).
 * **Best point per sample**: the result is each sample's highest-loss iterate (with a
-  ``success_fn``: the first adversarial iterate, after which the sample stops moving).
+  ``is_violated``: the first adversarial iterate, after which the sample stops moving).
 
 ``s(∇)`` is ``sign(∇)`` for L∞ and ``∇/‖∇‖₂`` for L2; ``P`` projects onto the ε-ball ∩
 ``bounds``. Any per-sample loss works; for classification the paper pairs CE with the
@@ -153,10 +153,10 @@ class APGD(Attack):
             x_k = x.clone()
 
         eta = 2.0 * eps_t  # [B]
-        grad, loss, success = self.input_gradient(call, x_k)
+        grad, loss, violated = self.input_gradient(call, x_k)
         best_x, best_loss, best_grad = x_k.clone(), loss.clone(), grad.clone()
-        active = ~success if success is not None else None
-        best_success = success.clone() if success is not None else None
+        active = ~violated if violated is not None else None
+        best_violated = violated.clone() if violated is not None else None
         x_prev = x_k.clone()
         loss_prev = loss
         increases = torch.zeros(b, device=x.device)
@@ -178,17 +178,17 @@ class APGD(Attack):
                 if active is not None:  # adversarial samples keep their iterate
                     x_new = torch.where(view(active), x_new, x_k)
                 x_prev, x_k = x_k, x_new
-            grad, loss, success = self.input_gradient(call, x_k)
+            grad, loss, violated = self.input_gradient(call, x_k)
             with torch.no_grad():
                 increases += (loss > loss_prev).float()
                 loss_prev = loss
                 better = loss > best_loss
                 if active is not None:
-                    assert success is not None and best_success is not None
-                    newly = success & active
+                    assert violated is not None and best_violated is not None
+                    newly = violated & active
                     better = (better & active) | newly
-                    best_success |= newly
-                    active = active & ~success
+                    best_violated |= newly
+                    active = active & ~violated
                 if bool(better.any()):  # copy only the improved samples
                     best_x[better] = x_k[better]
                     best_grad[better] = grad[better]

@@ -7,7 +7,7 @@ touched), projection onto the threat model and the valid range, per-sample early
 random restarts and the final evaluation.
 
 Conventions (shapes): ``x`` is ``[B, *]`` with the batch first (``[B, C, H, W]`` or
-``[B, C, D, H, W]``); per-sample quantities (``eps``, ``step_size``, losses, success flags) are
+``[B, C, D, H, W]``); per-sample quantities (``eps``, ``step_size``, losses, violation flags) are
 ``[B]``; values of ``x`` and ``x_adv`` lie in ``bounds = (lo, hi)``, which are arbitrary (e.g.
 ``(-3, 5)`` for z-scored MRI) and never silently replaced by ``[0, 1]``.
 
@@ -49,7 +49,7 @@ from .tree import tree_leaves, tree_map
 from .worst_case import Worst, keep_worst
 
 LossFn = Callable[[Any, Any], Tensor]
-SuccessFn = Callable[[Any, Any], Tensor]
+ViolationFn = Callable[[Any, Any], Tensor]
 Model = Callable[[Tensor], Any]
 Scalar = float | Tensor
 
@@ -62,8 +62,8 @@ class AttackResult:
 
     Attributes:
         x_adv: ``[B, *]`` adversarial (or noisy) input, detached, same dtype/device as ``x``.
-        success: ``Bool[B]``, whether each sample is adversarial at ``x_adv`` by ``success_fn``
-            (``None`` when no ``success_fn`` was given).
+        violated: ``Bool[B]``, whether each sample is adversarial at ``x_adv`` by ``is_violated``
+            (``None`` when no ``is_violated`` was given).
         loss: ``[B]`` float32 per-sample ``loss_fn`` at ``x_adv``, detached (``None`` only for a
             noise called without a model).
         delta_norm: ``[B]`` norm of ``x_adv - x`` in the attack's norm (L∞ for noises and
@@ -73,7 +73,7 @@ class AttackResult:
     """
 
     x_adv: Tensor
-    success: Tensor | None
+    violated: Tensor | None
     loss: Tensor | None
     delta_norm: Tensor
     gradients: GradientStats | None = None
@@ -106,13 +106,13 @@ class GradientStats:
 class AttackCall:
     """Everything one call needs, checked and converted once: what :meth:`Attack._run` of
     every attack receives (``x`` the clean input ``[B, *]``, ``lo``/``hi`` the bounds, the
-    loss / success callables and the generator)."""
+    loss / violation callables and the generator)."""
 
     model: Model | None
     x: Tensor  # clean input, detached, work dtype (float32/float64)
     target: Any
     loss_fn: LossFn
-    success_fn: SuccessFn | None
+    is_violated: ViolationFn | None
     generator: torch.Generator | None
     lo: float
     hi: float
@@ -144,7 +144,7 @@ class StartGradient:
     computes it once, from the same forward that gives the clean output.
 
     A call uses it only where it computes exactly the same thing: the same ``model`` object and
-    ``loss_fn`` object (and ``success_fn``, when the call has one), eval-mode BatchNorm and
+    ``loss_fn`` object (and ``is_violated``, when the call has one), eval-mode BatchNorm and
     Dropout for both (deterministic, per-sample forwards), an iterate equal to ``x`` element by
     element, and the same shape and dtype. Otherwise the attack ignores it and computes the
     gradient itself, so the result never depends on it — only the cost does.
@@ -152,8 +152,8 @@ class StartGradient:
     Attributes (``B`` the batch): ``x`` ``[B, *]`` the point (work dtype, as the attacks see
     it); ``grad`` ``[B, *]`` the gradient of ``sum_i loss_i`` wrt ``x`` (non-finite entries
     already replaced by 0, as :meth:`Attack.input_gradient` does); ``loss`` ``[B]``;
-    ``nonfinite`` / ``zero`` ``Bool[B]`` its gradient health; ``success`` ``Bool[B]`` (only when
-    computed with a ``success_fn``); ``model``, ``loss_fn``, ``success_fn`` what it was computed
+    ``nonfinite`` / ``zero`` ``Bool[B]`` its gradient health; ``violated`` ``Bool[B]`` (only when
+    computed with an ``is_violated``); ``model``, ``loss_fn``, ``is_violated`` what it was computed
     with.
     """
 
@@ -164,8 +164,8 @@ class StartGradient:
     zero: Tensor
     model: Any
     loss_fn: LossFn
-    success_fn: SuccessFn | None = None
-    success: Tensor | None = None
+    is_violated: ViolationFn | None = None
+    violated: Tensor | None = None
 
     def repeat(self, k: int) -> StartGradient:
         """The start of ``x`` repeated ``k`` times along the batch (``[k·B, *]``): for one call
@@ -174,8 +174,8 @@ class StartGradient:
             return None if t is None else torch.cat([t] * k)
 
         return StartGradient(cat(self.x), cat(self.grad), cat(self.loss), cat(self.nonfinite),  # type: ignore[arg-type]
-                             cat(self.zero), self.model, self.loss_fn, self.success_fn,  # type: ignore[arg-type]
-                             cat(self.success))
+                             cat(self.zero), self.model, self.loss_fn, self.is_violated,  # type: ignore[arg-type]
+                             cat(self.violated))
 
     def rows(self, idx: Tensor) -> StartGradient:
         """The start of the samples ``idx`` (``LongTensor[k]``) only (``[k, *]``): for a call
@@ -184,14 +184,14 @@ class StartGradient:
             return None if t is None else t[idx]
 
         return StartGradient(pick(self.x), pick(self.grad), pick(self.loss), pick(self.nonfinite),  # type: ignore[arg-type]
-                             pick(self.zero), self.model, self.loss_fn, self.success_fn,  # type: ignore[arg-type]
-                             pick(self.success))
+                             pick(self.zero), self.model, self.loss_fn, self.is_violated,  # type: ignore[arg-type]
+                             pick(self.violated))
 
     def applies_to(self, call: AttackCall, bn_mode: str, dropout_mode: str) -> bool:
         """Whether a call (of an attack with these modes) computes exactly this gradient at
         ``x`` (the values of its iterate are compared when it takes the gradient)."""
         return (self.model is call.model and self.loss_fn is call.loss_fn
-                and (call.success_fn is None or (self.success is not None and self.success_fn is call.success_fn))
+                and (call.is_violated is None or (self.violated is not None and self.is_violated is call.is_violated))
                 and (bn_mode, dropout_mode) == ("eval", "eval")
                 and self.x.shape == call.x.shape and self.x.dtype == call.x.dtype
                 and self.x.device == call.x.device)
@@ -271,13 +271,13 @@ class Attack(ABC):
         x: Tensor,
         target: Any = None,
         loss_fn: LossFn | None = None,
-        success_fn: SuccessFn | None = None,
+        is_violated: ViolationFn | None = None,
         generator: torch.Generator | None = None,
         *,
         start: StartGradient | None = None,
     ) -> Tensor:
         """Return ``x_adv`` (``[B, *]``, detached, like ``x``). See :meth:`perturb`."""
-        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=False,
+        return self._perturb(model, x, target, loss_fn, is_violated, generator, evaluate=False,
                              start=start).x_adv
 
     def perturb(
@@ -286,21 +286,21 @@ class Attack(ABC):
         x: Tensor,
         target: Any = None,
         loss_fn: LossFn | None = None,
-        success_fn: SuccessFn | None = None,
+        is_violated: ViolationFn | None = None,
         generator: torch.Generator | None = None,
         *,
         start: StartGradient | None = None,
     ) -> AttackResult:
-        """Attack a batch and report per-sample loss and success at the result.
+        """Attack a batch and report per-sample loss and violation at the result.
 
         Args:
             model: any callable ``model(x) -> output``; the output may be logits, a dense map
-                or any structure — only ``loss_fn``/``success_fn`` look at it.
+                or any structure — only ``loss_fn``/``is_violated`` look at it.
             x: ``[B, *]`` floating input within ``bounds``.
-            target: opaque; only passed to ``loss_fn`` / ``success_fn``.
+            target: opaque; only passed to ``loss_fn`` / ``is_violated``.
             loss_fn: ``(output, target) -> [B]`` per-sample loss that the attack *increases*.
                 Default :func:`attacks.losses.cross_entropy`.
-            success_fn: ``(output, target) -> Bool[B]``. When given, a sample stops moving at
+            is_violated: ``(output, target) -> Bool[B]``. When given, a sample stops moving at
                 the first iterate where it is adversarial, and the attack ends once all are.
             generator: ``torch.Generator`` for all randomness (random start, noise, and — when
                 ``dropout_mode`` is not ``"eval"`` — the model's own dropout, through a forked
@@ -309,7 +309,7 @@ class Attack(ABC):
                 from :func:`start_gradient`); used where it is exactly what the attack would
                 compute (see there), ignored otherwise. Changes the cost, never the result.
         """
-        return self._perturb(model, x, target, loss_fn, success_fn, generator, evaluate=True, start=start)
+        return self._perturb(model, x, target, loss_fn, is_violated, generator, evaluate=True, start=start)
 
     def describe(self) -> dict[str, Any]:
         """Settings for reports (every result should say its steps)."""
@@ -349,9 +349,9 @@ class Attack(ABC):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """One forward and one input-gradient backward at ``x_adv``.
 
-        Returns ``(grad, loss, success)``: ``grad`` ``[B, *]`` float (dtype of ``x``, float32
+        Returns ``(grad, loss, violated)``: ``grad`` ``[B, *]`` float (dtype of ``x``, float32
         at least, also under autocast) of ``sum_i loss_i`` wrt ``x_adv``; ``loss`` ``[B]``
-        detached; ``success`` ``Bool[B]`` from the *same* forward (no extra pass), or ``None``.
+        detached; ``violated`` ``Bool[B]`` from the *same* forward (no extra pass), or ``None``.
         Parameter gradients are never computed: ``torch.autograd.grad`` wrt the input only.
         With the call's :class:`StartGradient` and ``x_adv`` equal to its point, that gradient
         is returned (a copy) instead of a new pass — the same values.
@@ -359,27 +359,27 @@ class Attack(ABC):
         start = call.start
         if start is not None and torch.equal(x_adv, start.x):
             grad, loss, nonfinite, zero = start.grad.clone(), start.loss.clone(), start.nonfinite, start.zero
-            success = None if call.success_fn is None else start.success.clone()  # type: ignore[union-attr]
+            violated = None if call.is_violated is None else start.violated.clone()  # type: ignore[union-attr]
         else:
-            grad, loss, success, nonfinite, zero, _ = self._gradient_pass(call, x_adv)
+            grad, loss, violated, nonfinite, zero, _ = self._gradient_pass(call, x_adv)
         if call.gradients is None:
             call.gradients = GradientStats(nonfinite.clone(), zero.clone(), 0)
         call.gradients.merge(nonfinite, zero)
-        return grad, loss, success
+        return grad, loss, violated
 
     def _gradient_pass(self, call: _Call, x_adv: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Any]:
         """The forward + input-gradient backward of :meth:`input_gradient`: ``(grad, loss,
-        success, nonfinite, zero, output)`` with ``nonfinite`` / ``zero`` ``Bool[B]`` the
+        violated, nonfinite, zero, output)`` with ``nonfinite`` / ``zero`` ``Bool[B]`` the
         gradient health and ``output`` the model's output, detached."""
         xv = x_adv.detach().requires_grad_(True)
         output = call.model(xv)  # type: ignore[misc]
         loss = self._check_loss(call.loss_fn(output, call.target), call.batch)
         (grad,) = torch.autograd.grad(loss.float().sum(), xv)
         output = tree_map(Tensor.detach, output)
-        success = None
-        if call.success_fn is not None:
+        violated = None
+        if call.is_violated is not None:
             with torch.no_grad():
-                success = self._check_success(call.success_fn(output, call.target), call)
+                violated = self._check_violated(call.is_violated(output, call.target), call)
         if grad.dtype != xv.dtype:  # autograd already matches x's dtype; guard, never bf16
             grad = grad.to(xv.dtype)
         # A NaN/inf gradient would poison x_adv; treat it as "no information" instead — but
@@ -390,19 +390,19 @@ class Attack(ABC):
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             flat = grad.reshape(grad.shape[0], -1)
         zero = ~(flat != 0).any(dim=1) if flat.shape[1] else torch.ones_like(nonfinite)
-        return grad, loss.detach().float(), success, nonfinite, zero, output
+        return grad, loss.detach().float(), violated, nonfinite, zero, output
 
     def _evaluate(self, call: _Call, x_adv: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Loss ``[B]`` and success ``Bool[B]`` at ``x_adv`` from one no-grad forward."""
+        """Loss ``[B]`` and violation ``Bool[B]`` at ``x_adv`` from one no-grad forward."""
         if call.model is None:
             return None, None
         with torch.no_grad():
             output = call.model(x_adv)
             loss = self._check_loss(call.loss_fn(output, call.target), call.batch).float()
-            success = None
-            if call.success_fn is not None:
-                success = self._check_success(call.success_fn(output, call.target), call)
-        return loss, success
+            violated = None
+            if call.is_violated is not None:
+                violated = self._check_violated(call.is_violated(output, call.target), call)
+        return loss, violated
 
     def _iterate(
         self,
@@ -414,15 +414,15 @@ class Attack(ABC):
         """Run ``steps`` gradient steps from ``x_adv`` with per-sample early stopping.
 
         ``step(x_adv, grad, t) -> new x_adv`` must return a point inside the threat model and
-        the bounds (it may update ``x_adv`` in place). With a ``success_fn``, a sample found
+        the bounds (it may update ``x_adv`` in place). With an ``is_violated``, a sample found
         adversarial by the forward at iterate ``t`` keeps that iterate exactly (its updates are
         masked out), and the loop ends early once every sample is adversarial.
         """
         active: Tensor | None = None
         for t in range(steps):
-            grad, _, success = self.input_gradient(call, x_adv)
-            if success is not None:
-                active = ~success if active is None else active & ~success
+            grad, _, violated = self.input_gradient(call, x_adv)
+            if violated is not None:
+                active = ~violated if active is None else active & ~violated
                 if not bool(active.any()):
                     break
                 frozen = x_adv.clone() if not bool(active.all()) else None
@@ -510,13 +510,13 @@ class Attack(ABC):
         return loss
 
     @staticmethod
-    def _check_success(success: Any, call: _Call) -> Tensor:
-        if not isinstance(success, Tensor) or success.shape != (call.batch,):
-            got = tuple(success.shape) if isinstance(success, Tensor) else type(success).__name__
+    def _check_violated(violated: Any, call: _Call) -> Tensor:
+        if not isinstance(violated, Tensor) or violated.shape != (call.batch,):
+            got = tuple(violated.shape) if isinstance(violated, Tensor) else type(violated).__name__
             raise ValueError(
-                f"success_fn must return a bool tensor of shape [B]=[{call.batch}], got {got}"
+                f"is_violated must return a bool tensor of shape [B]=[{call.batch}], got {got}"
             )
-        return success.to(device=call.x.device, dtype=torch.bool)
+        return violated.to(device=call.x.device, dtype=torch.bool)
 
     def _prepare(
         self,
@@ -524,7 +524,7 @@ class Attack(ABC):
         x: Tensor,
         target: Any,
         loss_fn: LossFn | None,
-        success_fn: SuccessFn | None,
+        is_violated: ViolationFn | None,
         generator: torch.Generator | None,
     ) -> _Call:
         if torch.is_inference_mode_enabled():
@@ -566,7 +566,7 @@ class Attack(ABC):
             x=work,
             target=_clone_inference(target),
             loss_fn=self._default_loss() if loss_fn is None else loss_fn,
-            success_fn=success_fn,
+            is_violated=is_violated,
             generator=generator,
             lo=lo,
             hi=hi,
@@ -579,12 +579,12 @@ class Attack(ABC):
         x: Tensor,
         target: Any,
         loss_fn: LossFn | None,
-        success_fn: SuccessFn | None,
+        is_violated: ViolationFn | None,
         generator: torch.Generator | None,
         evaluate: bool,
         start: StartGradient | None = None,
     ) -> AttackResult:
-        call = self._prepare(model, x, target, loss_fn, success_fn, generator)
+        call = self._prepare(model, x, target, loss_fn, is_violated, generator)
         self._validate_call(call)
         if start is not None:
             if not isinstance(start, StartGradient):
@@ -592,11 +592,11 @@ class Attack(ABC):
             if start.applies_to(call, self.bn_mode, self.dropout_mode):
                 call.start = start
         restarts = self._n_restarts()
-        # The final forward is only needed to rank restarts or to report loss/success.
+        # The final forward is only needed to rank restarts or to report loss/violation.
         evaluate = evaluate or restarts > 1
         best_x: Tensor | None = None
         best_loss: Tensor | None = None
-        best_success: Tensor | None = None
+        best_violated: Tensor | None = None
         with (
             attack_mode(model, bn=self.bn_mode, dropout=self.dropout_mode),
             _model_rng(call, self.dropout_mode != "eval" and self.uses_model),
@@ -604,14 +604,14 @@ class Attack(ABC):
         ):
             for r in range(restarts):
                 x_adv = self._finalize(call, self._run(call))
-                loss, success = self._evaluate(call, x_adv) if evaluate else (None, None)
+                loss, violated = self._evaluate(call, x_adv) if evaluate else (None, None)
                 if r == 0:
-                    best_x, best_loss, best_success = x_adv, loss, success
+                    best_x, best_loss, best_violated = x_adv, loss, violated
                     continue
-                # Worst case per sample: success first (when a success_fn is given), then loss.
-                worst, _ = keep_worst(Worst(best_x, best_loss, best_success), x_adv, loss, success)  # type: ignore[arg-type]
-                best_x, best_loss, best_success = worst
-                if best_success is not None and bool(best_success.all()):
+                # Worst case per sample: violation first (when an is_violated is given), then loss.
+                worst, _ = keep_worst(Worst(best_x, best_loss, best_violated), x_adv, loss, violated)  # type: ignore[arg-type]
+                best_x, best_loss, best_violated = worst
+                if best_violated is not None and bool(best_violated.all()):
                     break
         assert best_x is not None
         x_adv = best_x.detach()
@@ -623,7 +623,7 @@ class Attack(ABC):
         self.last_gradients = call.gradients
         return AttackResult(
             x_adv=x_adv,
-            success=best_success.detach() if best_success is not None else None,
+            violated=best_violated.detach() if best_violated is not None else None,
             loss=best_loss.detach() if best_loss is not None else None,
             delta_norm=delta_norm,
             gradients=call.gradients,
@@ -669,7 +669,7 @@ def start_gradient(
     x: Tensor,
     target: Any = None,
     loss_fn: LossFn | None = None,
-    success_fn: SuccessFn | None = None,
+    is_violated: ViolationFn | None = None,
     bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> tuple[StartGradient, Any]:
     """One forward of ``x`` (``[B, *]``) with its input-gradient backward, exactly as an attack
@@ -678,17 +678,17 @@ def start_gradient(
     loss_fn, start=...)``), and the model's output at ``x``, detached (the clean output: a
     caller that needs it anyway gets it from the same forward; containers come back as
     :func:`attacks.tree.tree_map` rebuilds them — plain dict / list / tuple — as a
-    ``success_fn`` sees them during an attack).
+    ``is_violated`` sees them during an attack).
 
     ``loss_fn`` default: per-sample cross-entropy, as the attacks'; give the very object the
     attack calls will get (the calls compare it by identity). ``bounds`` only range-checks
     ``x``. Parameter ``.grad`` stays untouched.
     """
     atk = _GradientProbe(eps=None, norm=None, bounds=bounds)
-    call = atk._prepare(model, x, target, loss_fn, success_fn, None)
+    call = atk._prepare(model, x, target, loss_fn, is_violated, None)
     with attack_mode(model, bn="eval", dropout="eval"), torch.enable_grad():  # type: ignore[arg-type]
-        grad, loss, success, nonfinite, zero, output = atk._gradient_pass(call, call.x)
-    start = StartGradient(call.x, grad, loss, nonfinite, zero, model, call.loss_fn, success_fn, success)
+        grad, loss, violated, nonfinite, zero, output = atk._gradient_pass(call, call.x)
+    start = StartGradient(call.x, grad, loss, nonfinite, zero, model, call.loss_fn, is_violated, violated)
     return start, output
 
 

@@ -8,7 +8,7 @@ clipping, and a per-sample binary search over ``c``.
 
 Needs a classifier: ``model(x)`` must return logits ``[B, K]`` and ``target`` integer labels
 ``[B]`` (or a batch dict with them under ``"target"``). ``loss_fn`` is used only to report the
-final per-sample loss; ``success_fn``, if given, replaces the built-in "margin > κ" test of
+final per-sample loss; ``is_violated``, if given, replaces the built-in "margin > κ" test of
 what counts as adversarial (CW keeps optimising to shrink the perturbation, so there is no
 early stop).
 """
@@ -32,8 +32,8 @@ class CW(Attack):
 
     Args:
         c: initial trade-off constant (per sample it is then binary-searched: halved towards
-            the last failure after a success, ×10 while it never succeeded).
-        kappa: confidence κ ≥ 0: success needs ``max_{i≠y} z_i − z_y > κ`` (``> 0`` for κ=0).
+            the last failure after a violation, ×10 while it never found one).
+        kappa: confidence κ ≥ 0: a violation needs ``max_{i≠y} z_i − z_y > κ`` (``> 0`` for κ=0).
         steps: Adam steps per binary-search round (forward + backward each).
         lr: Adam learning rate in tanh space.
         binary_search_steps: rounds of the search over ``c``; total cost is up to
@@ -45,7 +45,7 @@ class CW(Attack):
             adversarial. ``None`` (default): unbounded.
         bounds, bn_mode, dropout_mode: see :class:`attacks.base.Attack`.
 
-    Per sample the output is the smallest successful iterate seen over all rounds, or ``x``
+    Per sample the output is the smallest violating iterate seen over all rounds, or ``x``
     itself where no adversarial example was found.
     """
 
@@ -138,16 +138,16 @@ class CW(Attack):
                 (grad,) = torch.autograd.grad(objective.sum(), wv)
 
                 with torch.no_grad():
-                    if call.success_fn is not None:
-                        success = self._check_success(call.success_fn(logits.detach(), call.target),
+                    if call.is_violated is not None:
+                        violated = self._check_violated(call.is_violated(logits.detach(), call.target),
                                                       call)
                     else:
-                        success = gap > self.kappa if self.kappa > 0 else gap > 0
+                        violated = gap > self.kappa if self.kappa > 0 else gap > 0
                     l2 = l2.detach()
-                    improved = success & (l2 < best_l2)
+                    improved = violated & (l2 < best_l2)
                     best_l2 = torch.where(improved, l2, best_l2)
                     best_adv = torch.where(call.per_sample(improved), xa.detach(), best_adv)
-                    found |= success
+                    found |= violated
 
                     # Adam (elementwise, so one optimiser state serves the whole batch).
                     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)

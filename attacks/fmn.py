@@ -65,7 +65,7 @@ class FMN(Attack):
 
     The loss must be a *margin*: positive exactly when the sample is adversarial, zero on the
     boundary (its value over its gradient's dual norm estimates the distance to the boundary).
-    The default is the CW logit margin ``max_{j≠y} z_j − z_y``; a ``success_fn``, when given,
+    The default is the CW logit margin ``max_{j≠y} z_j − z_y``; an ``is_violated``, when given,
     decides what is adversarial instead of ``loss > 0``.
 
     Shape:
@@ -120,9 +120,9 @@ class FMN(Attack):
         return _margin
 
     def minimal_eps(self, model: Any, x: Tensor, target: Any = None, loss_fn: LossFn | None = None,
-                    success_fn: Any = None, generator: torch.Generator | None = None) -> Tensor:
+                    is_violated: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """Each sample's minimal ε found, ``[B]`` float32 (``inf``: no adversarial point)."""
-        self(model, x, target, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
+        self(model, x, target, loss_fn=loss_fn, is_violated=is_violated, generator=generator)
         assert self.last_min_eps is not None
         return self.last_min_eps
 
@@ -156,8 +156,8 @@ class FMN(Attack):
             cosine = (1 + math.cos(math.pi * k / self.steps)) / 2
             alpha = self.alpha_final + (self.alpha_init - self.alpha_final) * cosine
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
-            grad, loss, success = self.input_gradient(call, x + delta)
-            adv = success if success is not None else loss > 0
+            grad, loss, violated = self.input_gradient(call, x + delta)
+            adv = violated if violated is not None else loss > 0
             size = per_sample_norm(delta, norm)
             smaller = adv & (size < best_norm)
             best_norm = torch.where(smaller, size, best_norm)
@@ -173,9 +173,9 @@ class FMN(Attack):
             g2 = torch.linalg.vector_norm(grad.reshape(b, -1), dim=1).clamp_min(1e-12)
             delta = self._project(call, delta + alpha * grad / call.per_sample(g2), radius)
         # the last iterate was not checked by a forward yet
-        out, succ = self._evaluate(call, x + delta)
+        out, violated = self._evaluate(call, x + delta)
         if out is not None:
-            adv = succ if succ is not None else out > 0
+            adv = violated if violated is not None else out > 0
             size = per_sample_norm(delta, norm)
             smaller = adv & (size < best_norm)
             best_norm = torch.where(smaller, size, best_norm)

@@ -17,7 +17,7 @@ The PGD / BIM default step is Madry et al.'s ``2.5·eps/steps`` (enough to cross
 back) up to 10 steps and ``eps/4`` beyond: a step that shrank with ``steps`` made PGD-50 no
 stronger than PGD-10 (smaller steps from the same start get stuck in the same local maximum).
 With the floor, PGD-k for every ``k >= 10`` uses the same step, so for the same seed its first
-10 iterates *are* PGD-10's; with a ``success_fn`` (the evaluation passes one) a sample that
+10 iterates *are* PGD-10's; with an ``is_violated`` (the evaluation passes one) a sample that
 PGD-10 breaks is frozen at that iterate, so PGD-50 breaks every sample PGD-10 breaks. Up to 10
 steps nothing changed; a configuration that sets ``step_size`` / ``rel_step_size`` keeps it.
 
@@ -73,7 +73,7 @@ class PGD(Attack):
             more steps are never weaker; see the module docstring).
         random_start: start from a random point of the ball (see module docstring).
         restarts: independent random starts; each sample keeps its worst case (higher loss
-            wins; with a ``success_fn``, a successful restart beats an unsuccessful one, and
+            wins; with an ``is_violated``, a violating restart beats a non-violating one, and
             the remaining restarts are skipped once every sample is adversarial). Needs
             ``random_start=True`` when ``> 1``. Within a restart the last iterate is kept.
         init_radius: radius of the random start, float or ``[B]``; ``None`` → ``eps``.
@@ -85,7 +85,7 @@ class PGD(Attack):
             ``bounds`` (N-FGSM's unclipped step; see the module docstring).
 
     Cost: ``steps`` × (forward + backward) per restart, plus one no-grad forward per restart
-    when ``restarts > 1`` or when called through :meth:`perturb` (to report loss/success).
+    when ``restarts > 1`` or when called through :meth:`perturb` (to report loss/violation).
     """
 
     name = "pgd"

@@ -1,4 +1,4 @@
-"""Per-sample losses and success tests for attacks and training methods.
+"""Per-sample losses and violation tests for attacks and training methods.
 
 Every loss here maps ``(output, target)`` to a tensor of shape ``[B]`` (one value per sample,
 never reduced over the batch): attacks ascend each sample's own loss, AMAT thresholds it per
@@ -29,7 +29,7 @@ __all__ = [
     "dlr_targeted_loss",
     "heatmap_mse",
     "margin_loss",
-    "misclassified",
+    "argmax_violated",
     "loss_above",
     "unwrap_target",
 ]
@@ -47,7 +47,7 @@ def unwrap_target(target: Any, key: str = "target") -> Tensor:
         return target[key]
     raise TypeError(
         f"expected target to be a Tensor or a mapping with a Tensor under {key!r}, got "
-        f"{type(target).__name__}; pass a loss_fn/success_fn that understands your target"
+        f"{type(target).__name__}; pass a loss_fn/is_violated that understands your target"
     )
 
 
@@ -287,7 +287,7 @@ def categorical_kl(logits_p: Tensor, logits_q: Tensor, dim: int = 1) -> Tensor:
     return (logp.exp() * (logp - logq)).sum(dim=dim)
 
 
-def misclassified(output: Tensor, target: Any) -> Tensor:
+def argmax_violated(output: Tensor, target: Any) -> Tensor:
     """Success test for classification, ``-> Bool[B]``: the prediction differs from the label.
 
     Logits ``[B, K]`` (``K >= 2``) with integer labels ``[B]``: argmax != label. A single logit
@@ -303,7 +303,7 @@ def misclassified(output: Tensor, target: Any) -> Tensor:
         return (pred != truth).any(dim=1)
     if output.ndim != 2:
         raise ValueError(
-            f"misclassified: expects logits [B, K], got {tuple(output.shape)}; for dense "
+            f"argmax_violated: expects logits [B, K], got {tuple(output.shape)}; for dense "
             "outputs use attacks.losses.loss_above(loss_fn, threshold)"
         )
     return output.argmax(dim=1) != target.long()
@@ -312,14 +312,14 @@ def misclassified(output: Tensor, target: Any) -> Tensor:
 def loss_above(
     loss_fn: Callable[[Any, Any], Tensor], threshold: float | Tensor
 ) -> Callable[[Any, Any], Tensor]:
-    """Loss-defined success test: ``success_fn(output, target) = loss_fn(output, target) >
+    """Loss-defined violation test: ``is_violated(output, target) = loss_fn(output, target) >
     threshold`` (threshold a float or a per-sample tensor ``[B]``). This is AMAT's "violation"
     for segmentation/landmarks/detection, e.g. ``loss_above(dice_loss, 1 - clean_mean_dice)``.
     """
 
-    def success_fn(output: Any, target: Any) -> Tensor:
+    def is_violated(output: Any, target: Any) -> Tensor:
         loss = loss_fn(output, target)
         thr = threshold.to(loss.device) if isinstance(threshold, Tensor) else threshold
         return loss > thr
 
-    return success_fn
+    return is_violated

@@ -5,7 +5,7 @@ denoising defence: Gaussian, uniform, salt-and-pepper and speckle.
 They share the attack interface (``noise(model, x, target, generator=g) -> x_noisy``) so the
 evaluation grid can mix them with attacks, but ignore the model and the loss: ``__call__``
 never runs the model (``model`` may be ``None``); :meth:`perturb` runs one forward only to
-report the loss/success at the noisy input. All randomness comes from ``generator`` (``None``:
+report the loss/violation at the noisy input. All randomness comes from ``generator`` (``None``:
 the global RNG). Outputs are clamped to ``bounds``. Gaussian, uniform and speckle noise take
 an optional ``eps`` (float or ``[B]``): the noisy input is then also clamped to the L∞ ball of
 radius ``eps`` around ``x`` (uniform noise always has one: its amplitude).

@@ -202,10 +202,10 @@ class Square(Attack):
         with torch.no_grad():
             out = call.model(xa)  # type: ignore[misc]
             loss = self._check_loss(call.loss_fn(out, call.target), call.batch).float()
-            succ = None
-            if call.success_fn is not None:
-                succ = self._check_success(call.success_fn(out, call.target), call)
-        return loss, succ
+            violated = None
+            if call.is_violated is not None:
+                violated = self._check_violated(call.is_violated(out, call.target), call)
+        return loss, violated
 
     def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
@@ -235,8 +235,8 @@ class Square(Attack):
             delta = self._l2_init(call, e)
         x_best = project(delta)
         delta = x_best - x
-        best_loss, success = self._loss(call, x_best)
-        active = ~success if success is not None else torch.ones(b, dtype=torch.bool, device=x.device)
+        best_loss, violated = self._loss(call, x_best)
+        active = ~violated if violated is not None else torch.ones(b, dtype=torch.bool, device=x.device)
 
         for t in range(self.steps):
             if not bool(active.any()):
@@ -251,11 +251,11 @@ class Square(Attack):
             else:
                 cand = self._l2_proposal(call, delta, eps_t, e, p)
             x_cand = project(cand)
-            loss, succ = self._loss(call, x_cand)
+            loss, violated = self._loss(call, x_cand)
             better = (loss > best_loss) & active
-            if succ is not None:
-                better = better | (succ & active)
-                active = active & ~(succ & better)
+            if violated is not None:
+                better = better | (violated & active)
+                active = active & ~(violated & better)
             x_best = torch.where(call.per_sample(better), x_cand, x_best)
             best_loss = torch.where(better, loss, best_loss)
             delta = x_best - x

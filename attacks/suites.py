@@ -6,8 +6,8 @@ gradient-free attack (Square) that gradient masking cannot stop. The evaluator k
 sample's worst case over the members *by the task's per-sample metric* (the loss only breaks
 ties; ``attacks/worst_case.py``), so the suite is never weaker than its strongest member on
 any sample; in a *sequential* suite (classification, as AutoAttack)
-a member only attacks the samples that no earlier member has broken, so later members cost
-nothing on broken samples. Segmentation and landmark metrics are continuous (a "broken"
+a member only attacks the samples that no earlier member has already violated, so later members cost
+nothing on violated samples. Segmentation and landmark metrics are continuous (a "violated"
 sample can still lose Dice), so there every member attacks every sample, as SEA does.
 
 ==============  ==========================================================================
@@ -135,7 +135,7 @@ def _detection(steps: int, queries: int, num_classes: int | None) -> list[dict[s
 #: suite → (gradient steps, Square queries of a sequential suite)
 SUITES = {"standard": (100, 5000), "quick": (20, 100), "aa_budget": (100, 5000)}
 #: Square queries of a dense suite (every member attacks every sample there, no early stop
-#: on a broken sample, so a query costs one forward on the whole batch)
+#: on a violated sample, so a query costs one forward on the whole batch)
 DENSE_QUERIES = {"standard": 5000, "quick": 100, "aa_budget": 5000}
 
 

@@ -129,11 +129,11 @@ def _seg_inputs(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def _mask_ce(clean: Tensor | None, steps: int) -> Loss:
     """Croce et al. 2024 (SEA), Mask-CE: CE summed over pixels that are still correct, divided
-    by all pixels, so already-broken pixels stop drawing the gradient.
+    by all pixels, so already-violated pixels stop drawing the gradient.
 
-    A broken pixel adds the constant ``log K`` instead of 0 (no gradient, same direction as
+    A violated pixel adds the constant ``log K`` instead of 0 (no gradient, same direction as
     Mask-CE). Why: a correct pixel's CE is at most ``log K``, so the *value* then grows with
-    every pixel broken, and an attack that keeps its highest-loss iterate (APGD) keeps the
+    every pixel violated, and an attack that keeps its highest-loss iterate (APGD) keeps the
     iterate that broke the most pixels, not one where few pixels broke (plain Mask-CE drops
     when a pixel flips)."""
     def loss(z: Tensor, y: Tensor) -> Tensor:
@@ -180,7 +180,7 @@ def _js(clean: Tensor | None, steps: int) -> Loss:
 
 def _segpgd(clean: Tensor | None, steps: int) -> Loss:
     """Gu et al. 2022, "SegPGD": ``(1 − λ_t)·CE(correct pixels) + λ_t·CE(wrong pixels)`` with
-    ``λ_t = (t − 1)/(2T)``: first break the correct pixels, later keep the broken ones broken.
+    ``λ_t = (t − 1)/(2T)``: first break the correct pixels, later keep the violated ones violated.
     ``t`` counts this loss's gradient calls (one per attack step)."""
     state = {"t": 0}
 

@@ -7,8 +7,8 @@ attack per sample, as AutoAttack does).
 Each candidate carries a per-sample **score** that says how bad the candidate is for the
 model, *higher = worse*: in the evaluation the task's own per-sample metric, oriented by its
 direction (``−Dice``, ``+radial error``, ``−correct``…: see
-:meth:`lightning_modules.protocol.RobustTask.per_sample_metric`); inside an attack its success
-flag (``Bool``: broken counts as 1, which for classification *is* the metric, 1 − correct). A
+:meth:`lightning_modules.protocol.RobustTask.per_sample_metric`); inside an attack its violation
+flag (``Bool``: violated counts as 1, which for classification *is* the metric, 1 − correct). A
 candidate replaces the current worst when its score is higher, or when the scores tie and its
 per-sample loss is higher. Without a score the rule is "higher loss wins". The loss only ever
 breaks ties: a suite keeps the member that hurt the *metric* most, so it can never report less
@@ -32,7 +32,7 @@ class Worst(NamedTuple):
         x: ``[B, C, *spatial]`` inputs.
         loss: ``[B]`` per-sample loss of ``x`` (the tie-break).
         score: ``[B]`` how bad ``x`` is for the model, higher = worse (a float metric oriented
-            by :func:`badness`, or a ``Bool`` success flag), or ``None`` without one.
+            by :func:`badness`, or a ``Bool`` violation flag), or ``None`` without one.
     """
 
     x: Tensor
@@ -40,8 +40,8 @@ class Worst(NamedTuple):
     score: Tensor | None
 
     @property
-    def success(self) -> Tensor | None:
-        """The score when it is a ``Bool`` success flag (attack restarts), else ``None``."""
+    def violated(self) -> Tensor | None:
+        """The score when it is a ``Bool`` violation flag (attack restarts), else ``None``."""
         s = self.score
         return s if s is not None and s.dtype == torch.bool else None
 
@@ -59,7 +59,7 @@ def is_worse(loss: Tensor, best_loss: Tensor, score: Tensor | None = None,
              best_score: Tensor | None = None) -> Tensor:
     """``Bool[B]``: the candidate (``loss``, ``score``) is worse for the model than the best.
 
-    The higher score first (when both scores are given; ``Bool`` scores count broken as the
+    The higher score first (when both scores are given; ``Bool`` scores count violated as the
     higher), then the higher loss. Ties keep the current best, so the first candidate wins
     among equals.
     """
@@ -88,6 +88,6 @@ def keep_worst(best: Worst, x: Tensor, loss: Tensor, score: Tensor | None = None
     mask = better.view(-1, *([1] * (x.ndim - 1)))
     new_score = best.score
     if score is not None and best.score is not None:
-        # `better` needs a score at least as high, so a broken sample stays broken
+        # `better` needs a score at least as high, so a violated sample stays violated
         new_score = torch.where(better, score.to(best.score.dtype), best.score)
     return Worst(torch.where(mask, x, best.x), torch.where(better, loss, best.loss), new_score), better

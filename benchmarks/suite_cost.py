@@ -14,7 +14,7 @@ a named classification suite is sequential, as there) at the config's ε grid.
         --epochs 1 --suites pgd10 standard aa_budget
 
 AutoAttack's budget (Croce & Hein 2020, version "standard", L∞), per sample that no member
-breaks (a broken sample leaves the later members, so this is the most a sample can cost):
+breaks (a violated sample leaves the later members, so this is the most a sample can cost):
 APGD-CE ``N`` iterations, APGD-T ``T × N``, FAB-T ``T × N``, Square ``Q`` queries, each APGD /
 FAB iteration one forward and one input-gradient backward, each Square query one forward:
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {r['suite']} | {len(r['members'])} | {r['sequential']} | {r['clean']:.3f} | {robust} | "
                      f"{r['ms_per_sample']:.1f} | {r['forward_per_sample']:.0f} | {r['backward_per_sample']:.0f} | "
                      f"{r['cpu_s'] / max(ref['cpu_s'], 1e-9):.1f} |")
-    lines.append(f"| AutoAttack budget (N={args.aa_n}, T={args.aa_t}, Q={args.aa_q}), per unbroken sample | 4 | "
+    lines.append(f"| AutoAttack budget (N={args.aa_n}, T={args.aa_t}, Q={args.aa_q}), per unviolated sample | 4 | "
                  f"True | | | | {aa['forward']} | {aa['backward']} | |")
     lines.append("")
     lines.append("Passes are per evaluated sample, over the whole ε grid (a suite runs once per ε); the "

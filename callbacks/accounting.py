@@ -196,7 +196,7 @@ class PartCost:
     attack: str | None = None
     eps: float | None = None
     part: str | None = None
-    #: samples this member attacked (a sequential suite skips samples already broken)
+    #: samples this member attacked (a sequential suite skips samples already violated)
     samples_attacked: int | None = None
     samples_skipped: int | None = None
     #: estimate for a sequential member: its attack's passes per attacked sample × every
@@ -254,7 +254,7 @@ class ComputeAccounting:
                 "seconds": sum(p.seconds for p in every)}
 
     def saved_by_skipping(self) -> dict[str, float] | None:
-        """Estimated passes a sequential suite did not spend on samples already broken."""
+        """Estimated passes a sequential suite did not spend on samples already violated."""
         if not self.sequential:
             return None
         fwd = sum((p.forward_if_all or p.forward) - p.forward for p in self.members)
@@ -334,7 +334,7 @@ class ComputeAccounting:
         lines.append(row("**total**", None, t["forward"], t["backward"], t["seconds"]))
         saved = self.saved_by_skipping()
         if saved is not None:
-            lines += ["", f"Skipping samples already broken saved about {saved['forward']:.0f} forward and "
+            lines += ["", f"Skipping samples already violated saved about {saved['forward']:.0f} forward and "
                           f"{saved['backward']:.0f} backward sample passes (estimate: each member's attack "
                           "passes per attacked sample × the samples it skipped)."]
         return "\n".join(lines)

@@ -43,7 +43,7 @@ it in :class:`~lightning_modules.nets.detectors.DetectorWrapper` (only the detec
 flags switch; BatchNorm / Dropout stay as the attack sets them), so ``per_sample_loss`` and
 ``metrics`` may be ``None``: the detector's own training loss of each image, and
 ``DetectionMAP`` (``map``, ``map_50``, ``map_75``); the per-sample metric is each image's
-AP@0.5 and an image is broken when its loss exceeds ``violation_threshold``. DAG's members need
+AP@0.5 and an image is violated when its loss exceeds ``violation_threshold``. DAG's members need
 class logits where the objects are: FCOS, RetinaNet and the R-CNN family give them from their
 heads; any other detector returns ``logits`` ``[N, K]`` with its eval-mode detections. Targets
 are one dict per image, ``boxes`` ``[N_i, 4]`` and ``labels`` ``[N_i]`` in the detector's own
@@ -106,7 +106,7 @@ class RobustTaskAdapter:
             image pixels (``[B, L, 3]``: + visibility 1/0), mapped to the heatmap frame when the
             heatmaps are smaller than the image. Detection takes none: its inputs come from
             the wrapped detector (see the module docstring).
-        violation_threshold: detection: an image is broken when its loss exceeds this (the
+        violation_threshold: detection: an image is violated when its loss exceeds this (the
             default of :class:`lightning_modules.DetectionModule`).
     """
 

@@ -91,7 +91,7 @@ class AdversarialEvaluation(Callback):
             (needed when one attack appears twice). Default: :data:`DEFAULT_ATTACKS`. Or the
             name of a suite (``"standard"``, ``"quick"``; :mod:`attacks.suites`), resolved for
             the task at setup; a named classification suite is sequential (AutoAttack: later
-            members skip samples already broken). ``loss`` in an entry names an attack loss
+            members skip samples already violated). ``loss`` in an entry names an attack loss
             (:mod:`attacks.task_losses`).
         eps: the ε grid, in the data's pixel units (``data_info.bounds``). Default
             :data:`DEFAULT_EPS`.

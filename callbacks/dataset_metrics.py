@@ -48,7 +48,7 @@ replications, BCa in 94.2 % (``benchmarks/dataset_interval_coverage.py``; 95.3 %
 AUROC 0.90: ``tests/callbacks/test_dataset_metrics.py``);
 AUROC near 1 is skewed, which BCa corrects and the percentile interval does not.
 Limits: a metric whose every resample gives the same value (e.g. balanced accuracy 0 when
-every sample is broken) gets the zero-width interval ``[v, v]`` — the bootstrap cannot see
+every sample is violated) gets the zero-width interval ``[v, v]`` — the bootstrap cannot see
 beyond the observed samples, unlike the Agresti–Coull interval of the accuracy beside it; and
 ties between scores of *different* images are ordered by sample id here, by evaluation order
 in torchmetrics (equal only when the subset is evaluated in id order, as the evaluation does).

@@ -15,7 +15,7 @@ metric falls back to ``is_violated`` then the loss (``violation_then_loss``), or
 The metric is then updated with the model's output *at that sample's chosen input*, so metrics
 that need every sample at once (AUROC, mAP) see one coherent prediction per sample.
 
-Sequential suites (classification) skip samples already *broken*, ``is_violated`` at the kept
+Sequential suites (classification) skip samples already *violated*, ``is_violated`` at the kept
 candidate (misclassified: for classification the same event as the metric's worst value).
 
 Per-sample values (``keep_per_sample``): the same per-sample metric, for every counted sample,
@@ -123,15 +123,15 @@ class RobustnessEvaluator:
             of rows), keep each collection's ``(output, batch)`` pairs and give them to it in
             one update over the concatenated batches at :meth:`compute` (:meth:`MetricFeed.update`): one
             update per collection per evaluation instead of one per batch.
-        early_exit: across an ascending ε grid, a sample already broken at the previous ε (or
+        early_exit: across an ascending ε grid, a sample already violated at the previous ε (or
             clean: ε = 0) is not attacked again: every member's result for it at the next ε is
-            the previous ε's worst case (inside the larger ball, so still broken), and only the
+            the previous ε's worst case (inside the larger ball, so still violated), and only the
             other samples are attacked and forwarded. Only for a task whose violation is final
             (``violation_is_final``: a misclassified sample's per-sample metric cannot get worse),
             with the ensemble on and not sequential; otherwise ignored. It changes numbers: the
             main metric is the same or lower (a sample PGD broke at a smaller ε but not at a
-            larger one now counts as broken at both), and score-based metrics (AUROC) see the
-            broken samples' smaller-ε outputs. The runner uses it in fit's per-epoch
+            larger one now counts as violated at both), and score-based metrics (AUROC) see the
+            violated samples' smaller-ε outputs. The runner uses it in fit's per-epoch
             evaluation only (:attr:`callbacks.evaluation_runner.Speedups.early_exit`).
 
     Compute accounting: every forward and backward through the model, and the wall time, are
@@ -213,7 +213,7 @@ class RobustnessEvaluator:
         # "On evaluating adversarial robustness"); APGD on the task loss, L∞.
         self.large_eps = large_eps
         self.large_eps_steps = int(large_eps_steps)
-        self.large_broken = 0
+        self.large_violated = 0
         if large_eps is not None:
             from attacks import APGD
 
@@ -243,7 +243,7 @@ class RobustnessEvaluator:
             except (NotImplementedError, TypeError, ValueError) as err:
                 warnings.warn(
                     f"{type(self.task).__name__}.is_violated(output, batch) failed ({err}); no sample "
-                    "counts as broken (no sequential skipping, no large-ε check)"
+                    "counts as violated (no sequential skipping, no large-ε check)"
                     + ("" if self._metric_ok else "; the ensemble ranks candidates by per-sample loss only"),
                     stacklevel=2,
                 )
@@ -464,7 +464,7 @@ class RobustnessEvaluator:
                 state = {k: _copy_state(v) for k, v in metric.metric_state.items()}
                 metrics.append((metric, state, metric._update_count))
         return {"metrics": metrics, "num_samples": self.num_samples, "random_clean": self._random_clean,
-                "large_broken": self.large_broken, "gradients": {k: dict(v) for k, v in self.gradients.items()},
+                "large_violated": self.large_violated, "gradients": {k: dict(v) for k, v in self.gradients.items()},
                 "blackbox_wins": dict(self.blackbox_wins), "columns": self.columns.snapshot(),
                 "feed": self.feed.snapshot()}
 
@@ -476,7 +476,7 @@ class RobustnessEvaluator:
             metric._update_count = count
             metric._computed = None
         self.num_samples, self._random_clean = snap["num_samples"], snap["random_clean"]
-        self.large_broken, self.gradients = snap["large_broken"], snap["gradients"]
+        self.large_violated, self.gradients = snap["large_violated"], snap["gradients"]
         self.blackbox_wins = snap["blackbox_wins"]
         self.feed.restore(snap["feed"])
         self.columns.truncate(snap["columns"])
@@ -525,7 +525,7 @@ class RobustnessEvaluator:
             score_clean = self._score(out_clean, batch, size)
             viol_clean = self._violated(out_clean, batch, size)
 
-        def success_fn(output: Any, target: Any) -> torch.Tensor:
+        def is_violated(output: Any, target: Any) -> torch.Tensor:
             return task.is_violated(output, target).bool().reshape(-1)
 
         early = self.early_exit and self._violation_ok and isinstance(out_clean, torch.Tensor)
@@ -537,7 +537,7 @@ class RobustnessEvaluator:
         for e_i, eps in enumerate(self.eps):
             if self.ensemble:
                 worst = Worst(x, loss_clean, score_clean)
-                broken = viol_clean  # is_violated at each sample's kept candidate
+                violated = viol_clean  # is_violated at each sample's kept candidate
                 white = score_clean  # worst score of the clean input and the gradient members
                 winner = torch.full((size,), -1, dtype=torch.long, device=x.device)
                 outputs: dict[int, Any] = {-1: out_clean}
@@ -553,14 +553,14 @@ class RobustnessEvaluator:
                     if counted:
                         self._count_gradients((spec.label, eps), attack, todo.numel())
                 elif self.sequential and spec.budgeted:
-                    # AutoAttack's rule: later members spend nothing on samples already broken.
-                    todo = (~broken).nonzero().flatten()
+                    # AutoAttack's rule: later members spend nothing on samples already violated.
+                    todo = (~violated).nonzero().flatten()
                     x_adv = worst.x.clone()
                     if todo.numel():
                         sub = select_rows(batch, todo, size)
                         x_adv[todo] = attack(self.model, x[todo], sub,
                                              loss_fn=self._loss_fn(spec, out_clean, todo, size, task_loss),
-                                             success_fn=success_fn if self._violation_ok else None,
+                                             is_violated=is_violated if self._violation_ok else None,
                                              generator=gen)
                 else:
                     todo = None
@@ -580,7 +580,7 @@ class RobustnessEvaluator:
                 # the one worst-case rule of attacks/worst_case.py (also the restarts')
                 score = self._score(out, batch, size)
                 worst, better = keep_worst(worst, x_adv, self._loss(out, batch), score)
-                broken = torch.where(better, self._violated(out, batch, size), broken)
+                violated = torch.where(better, self._violated(out, batch, size), violated)
                 if a_i not in self._gradient_free and score is not None and white is not None:
                     white = torch.maximum(white.float(), score.float())
                 if bool(better.any()):
@@ -588,7 +588,7 @@ class RobustnessEvaluator:
                     outputs[a_i] = out
             self.meter.switch("ensemble")
             if carried is not None:  # the next ε starts from this one's worst case
-                carried = (worst.x, _rows_of(outputs, winner), broken)
+                carried = (worst.x, _rows_of(outputs, winner), violated)
             if not (self.ensemble and counted):
                 continue
             if self._gradient_free:
@@ -629,7 +629,7 @@ class RobustnessEvaluator:
             gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
             out_big = self.forward(x_big)
-            self.large_broken += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
+            self.large_violated += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
         self.meter.end()
 
     def _attack_remaining(self, attack: Any, spec: AttackSpec, batch: dict[str, Any], x: torch.Tensor,
@@ -638,7 +638,7 @@ class RobustnessEvaluator:
                           start: StartGradient | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``early_exit``: ``(x_adv [B, *], output [B, …])`` of one member at one ε, attacking and
         forwarding only the samples ``todo`` (``LongTensor[k]``) that the previous ε left
-        unbroken; the others keep the previous ε's worst case ``carried = (x, output, broken)``.
+        unviolated; the others keep the previous ε's worst case ``carried = (x, output, violated)``.
 
         The ``k`` rows are padded to a multiple of :data:`ROW_BUCKET` (repeats of the first one,
         whose results are dropped, gradient health included): the first pass at a new batch
@@ -686,7 +686,7 @@ class RobustnessEvaluator:
         wins = {e: sum_counts({"n": v})["n"] for e, v in self.blackbox_wins.items()}
         large = None
         if self.large_eps is not None:
-            c = sum_counts({"broken": self.large_broken, "samples": self.num_samples})
+            c = sum_counts({"violated": self.large_violated, "samples": self.num_samples})
             large = {"eps": self.large_eps, "steps": self.large_eps_steps, "attack": "apgd linf, task loss",
                      "decidable": self._violation_ok, **c}
         return EvalOutcome(clean, attacks, ensemble, descriptions, rule, self.num_samples,
@@ -717,7 +717,7 @@ class RobustnessEvaluator:
         return ComputeAccounting.build(totals, total, attacked, self.sequential, list(self.attacks))
 
 
-#: ``early_exit`` attacks the unbroken rows of a batch padded to a multiple of this (a few
+#: ``early_exit`` attacks the unviolated rows of a batch padded to a multiple of this (a few
 #: batch sizes, whose CPU kernels are built once, instead of a new size nearly every epoch)
 ROW_BUCKET = 4
 #: attacks whose result depends only on each sample and its ε when they have no random start

@@ -92,12 +92,12 @@ class Speedups:
             epoch, but in a logger row of their own (CSV: a second row with that step and epoch;
             W&B: a second ``log`` call with that ``trainer/global_step``). ``validate`` /
             ``test`` always use ``self.log`` (their scalars are the results those calls return).
-        early_exit: in the per-epoch evaluation only (``run(per_epoch=True)``), samples already broken at a smaller ε
+        early_exit: in the per-epoch evaluation only (``run(per_epoch=True)``), samples already violated at a smaller ε
             of the grid (or clean) are not attacked again at the larger ones
             (:class:`callbacks.evaluation_loop.RobustnessEvaluator`, ``early_exit``), for a task
             whose violation is final (classification: misclassified). **The one entry that
             changes numbers**: robust accuracy the same or lower at each ε (monotone in ε),
-            AUROC under attack computed with the broken samples' smaller-ε outputs. ``validate``
+            AUROC under attack computed with the violated samples' smaller-ε outputs. ``validate``
             / ``test`` (the reported suites) never use it. The record's ``settings`` say
             whether it was on, and each member's ``gradients.attacked`` how many samples it
             attacked.
@@ -133,7 +133,7 @@ class RunResult:
     world_size: int
     #: wall time on this rank, synchronised with the device
     seconds: float
-    #: per subset position, the minimal ε (``inf``: not broken at ``eps_max``); ``None`` when off
+    #: per subset position, the minimal ε (``inf``: not violated at ``eps_max``); ``None`` when off
     minimal_eps: list[float] | None = None
     #: set when the evaluation was stopped early (SIGTERM): what ran and what did not
     stopped: StopInfo | None = None

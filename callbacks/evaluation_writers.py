@@ -117,7 +117,7 @@ def build_record(run: RunResult, *, task: Any, trainer: Any, split: str, suite: 
         settings={"bn_mode": settings.get("bn_mode"), "dropout_mode": settings.get("dropout_mode"),
                   "batch_size": run.batch_size, "world_size": run.world_size, "seed": settings.get("seed"),
                   "every_n_epochs": settings.get("every_n_epochs"), "precision": str(trainer.precision),
-                  # samples broken at a smaller ε skipped the larger ones (Speedups.early_exit)
+                  # samples violated at a smaller ε skipped the larger ones (Speedups.early_exit)
                   "early_exit": bool(outcome.early_exit)},
         compute=outcome.compute,
     )
@@ -170,7 +170,7 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
     values[f"{prefix}/eval_seconds"] = _num(record.eval_seconds)
     if record.minimal_eps is not None:
         med = record.minimal_eps.median
-        # Censored median (more than half not broken at eps_max): log the lower bound.
+        # Censored median (more than half not violated at eps_max): log the lower bound.
         values[f"{prefix}/minimal_eps_median"] = med if med is not None else _num(minimal_eps_max)
     return values
 
@@ -284,7 +284,7 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
         marks = {"median": me.median} if me.median is not None else {}
         path = plot_histogram(
             values, log_dir / file_name("minimal_eps.png"),
-            f"minimal ε per sample ({me.censored_fraction:.0%} not broken at ε_max={me.eps_max:g})",
+            f"minimal ε per sample ({me.censored_fraction:.0%} not violated at ε_max={me.eps_max:g})",
             f"ε ({me.norm}, {me.attack.upper()}-{me.steps}, {me.n_bisect} bisections)", marks, bins=20,
         )
         log_image(trainer, f"{prefix}/minimal_eps_{record.split}", path)

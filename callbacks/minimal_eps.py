@@ -121,29 +121,29 @@ def minimal_eps_batch(
     def loss_fn(output: Any, target: Any) -> torch.Tensor:
         return task.per_sample_loss(output, target)
 
-    def success_fn(output: Any, target: Any) -> torch.Tensor:
+    def is_violated(output: Any, target: Any) -> torch.Tensor:
         return task.is_violated(output, target).bool()
 
     if getattr(ATTACKS[cfg.attack.name], "minimal_norm", False):
         return _minimal_norm_batch(task, model, batch, cfg, bn_mode, dropout_mode, generator)
 
-    def broken_at(eps: torch.Tensor) -> torch.Tensor:
+    def violated_at(eps: torch.Tensor) -> torch.Tensor:
         atk = cfg.attack.build(eps, tuple(task.data_info.bounds), (bn_mode, dropout_mode))
-        res = atk.perturb(model, x, batch, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
-        assert res.success is not None
-        return res.success
+        res = atk.perturb(model, x, batch, loss_fn=loss_fn, is_violated=is_violated, generator=generator)
+        assert res.violated is not None
+        return res.violated
 
     with torch.no_grad():
-        clean_bad = success_fn(model(x), batch).reshape(size)
+        clean_bad = is_violated(model(x), batch).reshape(size)
     hi = torch.full((size,), float(cfg.eps_max), device=x.device)
     lo = torch.zeros(size, device=x.device)
-    broken = broken_at(hi) | clean_bad
+    violated = violated_at(hi) | clean_bad
     for _ in range(cfg.n_bisect):
         mid = (lo + hi) / 2
-        ok = broken_at(mid)
+        ok = violated_at(mid)
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
-    result = torch.where(broken, hi, torch.full_like(hi, math.inf))
+    result = torch.where(violated, hi, torch.full_like(hi, math.inf))
     return torch.where(clean_bad, torch.zeros_like(result), result)
 
 
@@ -157,7 +157,7 @@ def _minimal_norm_batch(task: Any, model: Any, batch: dict[str, Any], cfg: Minim
     x = batch["image"]
     spec = cfg.attack
 
-    def success_fn(output: Any, target: Any) -> torch.Tensor:
+    def is_violated(output: Any, target: Any) -> torch.Tensor:
         return task.is_violated(output, target).bool().reshape(-1)
 
     loss_fn: Any = task.per_sample_loss
@@ -171,10 +171,10 @@ def _minimal_norm_batch(task: Any, model: Any, batch: dict[str, Any], cfg: Minim
             return margin(*task_loss_tensors(task, output, target))
 
     atk = spec.build(float(cfg.eps_max), tuple(task.data_info.bounds), (bn_mode, dropout_mode))
-    atk(model, x, batch, loss_fn=loss_fn, success_fn=success_fn, generator=generator)
+    atk(model, x, batch, loss_fn=loss_fn, is_violated=is_violated, generator=generator)
     found = atk.last_min_eps.to(x.device)
     with torch.no_grad():
-        clean_bad = success_fn(model(x), batch)
+        clean_bad = is_violated(model(x), batch)
     found = torch.where(found <= cfg.eps_max, found, torch.full_like(found, math.inf))
     return torch.where(clean_bad, torch.zeros_like(found), found)
 

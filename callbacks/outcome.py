@@ -41,7 +41,7 @@ class EvalOutcome:
     sequential: bool = False
     #: per ε: samples whose worst case came from a gradient-free attack and violates
     blackbox_wins: dict[float, int] = field(default_factory=dict)
-    #: the large-ε check: ``{"eps", "steps", "broken", "samples"}`` or None
+    #: the large-ε check: ``{"eps", "steps", "violated", "samples"}`` or None
     large_eps: dict[str, Any] | None = None
     #: subset samples over all ranks
     total_samples: int = 0
@@ -55,7 +55,7 @@ class EvalOutcome:
     #: corruption × severity metrics and cost (``{"metrics", "cost", "suite", "severities"}``,
     #: :mod:`callbacks.corruption_eval`), or None when no corruption suite ran
     corruptions: Any = None
-    #: whether samples broken at a smaller ε skipped the larger ones (``Speedups.early_exit``)
+    #: whether samples violated at a smaller ε skipped the larger ones (``Speedups.early_exit``)
     early_exit: bool = False
 
 

@@ -231,7 +231,7 @@ class SubsetInfo:
 class MinimalEpsSummary:
     """Per-sample minimal ε by bisection (:func:`callbacks.minimal_eps.summarise`).
 
-    ``per_sample`` holds one value per subset sample (``None``: not broken at ``eps_max``,
+    ``per_sample`` holds one value per subset sample (``None``: not violated at ``eps_max``,
     censored); ``median`` is ``None`` when more than half are censored.
     """
 

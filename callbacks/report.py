@@ -238,7 +238,7 @@ def write_report(
         parts += [
             "## Minimal ε (bisection with early-stopping PGD)",
             "",
-            f"median {_fmt(me.median)} (None = more than half not broken at ε_max), "
+            f"median {_fmt(me.median)} (None = more than half not violated at ε_max), "
             f"ε_max {me.eps_max}, {me.steps} steps, {me.n_bisect} bisections "
             f"(resolution {_fmt(me.resolution)}), censored {_fmt(me.censored_fraction)}.",
             "",

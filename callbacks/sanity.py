@@ -94,7 +94,7 @@ def sanity_report(
     # 3. a large ε must break (almost) everything
     large = outcome.large_eps
     if large is not None and large.get("decidable") and large.get("samples"):
-        rate = large["broken"] / large["samples"]
+        rate = large["violated"] / large["samples"]
         fired = rate < th.large_eps
         out["large_eps"] = _entry(
             fired, rate, th.large_eps,

@@ -6,7 +6,7 @@ differs between tasks is asked of the task *object* that the name stands for
 targets use, how a target tensor is checked and becomes an item, which targets the joint
 transform moves with the image, and how the synthetic default data makes a sample. Its model
 side (:class:`lightning_modules.tasks.Task`, a subclass) adds the module, the attack suites,
-success and metrics; registering it replaces the data-only object under the same name, so one
+violation test and metrics; registering it replaces the data-only object under the same name, so one
 name always means one object.
 
 Adding a task: subclass :class:`DataTask` (one file in ``datamodules/tasks/``), subclass it

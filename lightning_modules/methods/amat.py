@@ -350,7 +350,7 @@ class AMAT(TrainingMethod):
             margins, tuple(task.data_info.bounds), (self.attack_bn_mode, self.attack_dropout_mode),
             overrides={"step_size": self.alpha * margins / steps,
                        "init_radius": torch.minimum(start, margins)})
-        x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss, success_fn=violated_fn,
+        x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss, is_violated=violated_fn,
                     generator=self.generator(task, x.device, self.seed))
 
         out_clean, out_adv = task.forward_joint([x, x_adv])

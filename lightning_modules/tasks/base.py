@@ -4,7 +4,7 @@ plus its module, attack suites, drawing, and how a model medrobust did not train
 A :class:`Task` subclasses its data-side class and is registered under the same name
 (:func:`datamodules.tasks.register_task`), so ``task_named("segmentation")`` returns one object
 that owns every fact about segmentation. Modules, callbacks and ``medrobust.evaluate`` ask it;
-none switches on the name. The per-sample loss, metrics, success test and their direction are
+none switches on the name. The per-sample loss, metrics, violation test and their direction are
 the module's (:class:`lightning_modules.protocol.RobustTask`); a user's own module gets them
 through :class:`callbacks.RobustTaskAdapter`, whose task-specific defaults are the task's
 :class:`AdapterRules`.
@@ -121,7 +121,7 @@ class AdapterRules:
 
     def is_violated(self, adapter: Any, output: Any, batch: Mapping[str, Any], threshold: float | None) -> Tensor:
         raise ValueError(f"RobustTaskAdapter(task={self.task.name!r}) has no violation test: pass "
-                         "is_violated=(output, target) -> Bool[B] (True where the sample counts as broken)")
+                         "is_violated=(output, target) -> Bool[B] (True where the sample counts as violated)")
 
     def metric_output(self, output: Any) -> Any:
         """The output a user's per-sample metric receives."""
@@ -176,7 +176,7 @@ class Task(DataTask):
     """The model side of a task (subclass it together with the task's data-side class).
 
     Subclasses set :attr:`module` (the task's ``TaskModule`` class: its loss, metrics and their
-    direction, success test, panel, certification form), :attr:`suite` and :attr:`adapter_rules`,
+    direction, violation test, panel, certification form), :attr:`suite` and :attr:`adapter_rules`,
     and override what differs from the defaults below."""
 
     #: the task's LightningModule class (``TaskModule`` subclass)

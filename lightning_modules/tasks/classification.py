@@ -1,5 +1,5 @@
 """Classification, model side: :class:`~lightning_modules.ClassificationModule`, the logit
-suites (sequential, as AutoAttack), a sample is broken when its arg-max is wrong."""
+suites (sequential, as AutoAttack), a sample is violated when its arg-max is wrong."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lightning_modules.tasks.base import AdapterRules, Task
 
 
 class ClassificationRules(AdapterRules):
-    """Logits ``[B, K]`` and labels ``[B]``: broken = arg-max ≠ label; metric = correct (1) /
+    """Logits ``[B, K]`` and labels ``[B]``: violated = arg-max ≠ label; metric = correct (1) /
     wrong (0)."""
 
     def is_violated(self, adapter: Any, output: Any, batch: Any, threshold: float | None) -> Tensor:

@@ -1,6 +1,6 @@
 """Detection, model side: :class:`~lightning_modules.DetectionModule`; a torchvision-style
 detector of the user's own inside :class:`~lightning_modules.nets.detectors.DetectorWrapper`,
-with its own training loss per image, mAP, and an image broken when its loss exceeds a
+with its own training loss per image, mAP, and an image violated when its loss exceeds a
 threshold."""
 
 from __future__ import annotations

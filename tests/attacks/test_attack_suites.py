@@ -138,9 +138,9 @@ def test_mask_ce_value_grows_with_broken_pixels() -> None:
     z = torch.tensor([[[[3.0, 3.0]], [[0.0, 0.0]]]])  # [1, 2, 1, 2]: both pixels class 0
     y = torch.zeros(1, 1, 2, dtype=torch.long)
     fn = make_attack_loss("mask_ce", None, 10)
-    one_broken = z.clone()
-    one_broken[0, 1, 0, 0] = 4.0
-    assert fn(one_broken, y) > fn(z, y)
+    one_violated = z.clone()
+    one_violated[0, 1, 0, 0] = 4.0
+    assert fn(one_violated, y) > fn(z, y)
 
 
 def test_segpgd_weight_moves_to_wrong_pixels() -> None:
@@ -180,8 +180,8 @@ def test_minimal_eps_with_apgd_is_an_upper_bound_no_looser_than_pgd() -> None:
     eps[~finite] = 0.05
     res = APGD(eps=eps, steps=10, random_start=False).perturb(
         model, batch["image"], batch, loss_fn=module.per_sample_loss,
-        success_fn=lambda o, b: module.is_violated(o, b))
-    assert bool(res.success[finite].all())
+        is_violated=lambda o, b: module.is_violated(o, b))
+    assert bool(res.violated[finite].all())
     assert vals["apgd"].median() <= vals["pgd"].median()
     with pytest.raises(ValueError, match="attack must be"):
         MinimalEpsConfig.parse({"attack": "cw"})

@@ -146,7 +146,7 @@ def test_gradient_attacks_contract(data: st.DataObject, seed: int) -> None:
         res = atk.perturb(model, x, y, generator=torch.Generator().manual_seed(seed))
         x_adv = res.x_adv
         assert res.loss is not None and res.loss.shape == (x.shape[0],)
-        assert res.success is None
+        assert res.violated is None
         assert res.delta_norm.shape == (x.shape[0],)
     else:
         x_adv = atk(model, x, y, generator=torch.Generator().manual_seed(seed))

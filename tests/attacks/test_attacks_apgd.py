@@ -42,12 +42,12 @@ def test_apgd_and_square_contract(data: st.DataObject, seed: int) -> None:
     atk = cls(**kwargs)
     x_before = x.clone()
     before = _state(model)
-    use_success = data.draw(st.booleans(), label="success_fn")
-    sfn = losses.misclassified if use_success else None
-    res = atk.perturb(model, x, y, success_fn=sfn, generator=torch.Generator().manual_seed(seed))
+    use_violation = data.draw(st.booleans(), label="is_violated")
+    sfn = losses.argmax_violated if use_violation else None
+    res = atk.perturb(model, x, y, is_violated=sfn, generator=torch.Generator().manual_seed(seed))
     _assert_contract(model, before, x, x_before, res.x_adv, bounds)
     _assert_budget(x_before, res.x_adv, eps, norm)
-    again = atk.perturb(model, x, y, success_fn=sfn, generator=torch.Generator().manual_seed(seed))
+    again = atk.perturb(model, x, y, is_violated=sfn, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(again.x_adv, res.x_adv), "same generator seed, different result"
 
 
@@ -120,16 +120,16 @@ def test_apgd_never_weaker_than_pgd_same_iterations(norm: str, eps: float) -> No
     assert r_apgd.loss.mean() >= r_pgd.loss.mean()
 
 
-def test_apgd_success_fn_keeps_first_adversarial_point() -> None:
+def test_apgd_is_violated_keeps_first_adversarial_point() -> None:
     module, batch = trained("classification")
     model = module.attack_model()
     x, y = batch["image"], batch["label"]
-    res = APGD(eps=0.1, steps=20).perturb(model, x, y, success_fn=losses.misclassified,
+    res = APGD(eps=0.1, steps=20).perturb(model, x, y, is_violated=losses.argmax_violated,
                                            generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         wrong = model(res.x_adv).argmax(1) != y
-    assert torch.equal(wrong, res.success)
-    assert res.success.float().mean() > 0.5
+    assert torch.equal(wrong, res.violated)
+    assert res.violated.float().mean() > 0.5
 
 
 def test_square_finds_adversarials_without_gradients() -> None:
@@ -138,10 +138,10 @@ def test_square_finds_adversarials_without_gradients() -> None:
     x, y = batch["image"], batch["label"]
     with torch.no_grad():
         clean_wrong = (model(x).argmax(1) != y).float().mean()
-    res = Square(eps=0.15, steps=200).perturb(model, x, y, success_fn=losses.misclassified,
+    res = Square(eps=0.15, steps=200).perturb(model, x, y, is_violated=losses.argmax_violated,
                                               generator=torch.Generator().manual_seed(0))
     assert res.gradients is None, "Square must not take a single input gradient"
-    assert res.success.float().mean() > clean_wrong + 0.2
+    assert res.violated.float().mean() > clean_wrong + 0.2
 
 
 def test_dlr_invariant_to_logit_shift_and_scale() -> None:

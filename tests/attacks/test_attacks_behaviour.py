@@ -17,10 +17,10 @@ from attacks import (
     PGD,
     Attack,
     GaussianNoise,
+    argmax_violated,
     build_attack,
     input_gradient,
     losses,
-    misclassified,
     per_sample_norm,
 )
 
@@ -150,11 +150,11 @@ def test_cw_finds_small_adversarials(classifier) -> None:
     model, x, y = classifier
     x, y = x[:16], y[:16]
     res = CW(c=1.0, steps=30, binary_search_steps=3, lr=0.05).perturb(
-        model, x, y, success_fn=misclassified)
-    assert res.success is not None and float(res.success.float().mean()) >= 0.9
+        model, x, y, is_violated=argmax_violated)
+    assert res.violated is not None and float(res.violated.float().mean()) >= 0.9
     # Successful samples really are misclassified, the rest are returned unchanged.
-    assert torch.equal(res.success, misclassified(model(res.x_adv), y))
-    assert torch.equal(res.x_adv[~res.success], x[~res.success])
+    assert torch.equal(res.violated, argmax_violated(model(res.x_adv), y))
+    assert torch.equal(res.x_adv[~res.violated], x[~res.violated])
     capped = CW(steps=30, binary_search_steps=3, lr=0.05, eps=0.1)(model, x, y)
     assert bool((per_sample_norm(capped - x, "l2") <= 0.1 + 1e-6).all())
 
@@ -169,25 +169,25 @@ def test_noises_change_accuracy_little_at_small_std(classifier) -> None:
 # ----------------------------------------------------------------------------- early stop, restarts
 
 
-def test_early_stop_freezes_successful_samples(classifier) -> None:
+def test_early_stop_freezes_violated_samples(classifier) -> None:
     model, x, y = classifier
     x, y = x[:32], y[:32]
     y = y.clone()
     y[:2] = 1 - y[:2]  # two samples already "adversarial" at x (wrong label)
     # Same step size, so the long run repeats the short run's iterates first.
-    short = BIM(eps=0.3, steps=3, step_size=0.05).perturb(model, x, y, success_fn=misclassified)
-    long = BIM(eps=0.3, steps=8, step_size=0.05).perturb(model, x, y, success_fn=misclassified)
-    assert short.success is not None and long.success is not None
-    done = short.success
+    short = BIM(eps=0.3, steps=3, step_size=0.05).perturb(model, x, y, is_violated=argmax_violated)
+    long = BIM(eps=0.3, steps=8, step_size=0.05).perturb(model, x, y, is_violated=argmax_violated)
+    assert short.violated is not None and long.violated is not None
+    done = short.violated
     assert 0 < int(done.sum()) < 32
-    # Frozen at their first successful iterate: more steps do not move them.
+    # Frozen at their first violating iterate: more steps do not move them.
     assert torch.equal(long.x_adv[done], short.x_adv[done])
     assert torch.equal(short.x_adv[:2], x[:2])
     for res in (short, long):
-        assert torch.equal(res.success, misclassified(model(res.x_adv), y))
+        assert torch.equal(res.violated, argmax_violated(model(res.x_adv), y))
 
 
-def test_early_stop_ends_loop_when_all_succeed(classifier) -> None:
+def test_early_stop_ends_loop_when_all_are_violated(classifier) -> None:
     model, x, y = classifier
     calls = []
 
@@ -195,7 +195,7 @@ def test_early_stop_ends_loop_when_all_succeed(classifier) -> None:
         calls.append(1)
         return model(t)
 
-    PGD(eps=0.5, steps=50)(counting, x[:8], y[:8], success_fn=misclassified)
+    PGD(eps=0.5, steps=50)(counting, x[:8], y[:8], is_violated=argmax_violated)
     assert len(calls) < 50
 
 
@@ -216,7 +216,7 @@ class _Scripted(Attack):
         return call.x + self.offsets[self.i - 1].view(-1, 1)
 
 
-def test_restarts_keep_worst_case_success_first() -> None:
+def test_restarts_keep_worst_case_violation_first() -> None:
     offsets = [torch.tensor([0.1, 0.9]), torch.tensor([0.3, 0.6]), torch.tensor([0.8, 0.4]),
                torch.tensor([0.45, 0.45])]
     x = torch.zeros(2, 1)
@@ -230,12 +230,12 @@ def test_restarts_keep_worst_case_success_first() -> None:
     res = _Scripted(offsets).perturb(model, x, None, loss_fn=loss)
     torch.testing.assert_close(res.loss, torch.tensor([0.8, 0.9]))
     atk = _Scripted(offsets)
-    res = atk.perturb(model, x, None, loss_fn=loss, success_fn=lambda out, _: out < 0.5)
-    # Successful restarts beat unsuccessful ones, then the higher loss wins; once every sample
+    res = atk.perturb(model, x, None, loss_fn=loss, is_violated=lambda out, _: out < 0.5)
+    # Violating restarts beat the others, then the higher loss wins; once every sample
     # is adversarial (after restart 3) the remaining restarts are skipped.
     torch.testing.assert_close(res.loss, torch.tensor([0.3, 0.4]))
     torch.testing.assert_close(res.x_adv, torch.tensor([[0.3], [0.4]]))
-    assert res.success.tolist() == [True, True] and atk.i == 3
+    assert res.violated.tolist() == [True, True] and atk.i == 3
 
 
 def test_pgd_restarts_equal_best_of_single_runs(classifier) -> None:
@@ -343,9 +343,9 @@ def test_structured_outputs_and_targets() -> None:
         return losses.cross_entropy(out["logits"], b["label"])
 
     res = PGD(eps=0.1, steps=2).perturb(model, batch["image"], batch, loss_fn=loss_fn,
-                                        success_fn=lambda o, b: misclassified(o["logits"],
+                                        is_violated=lambda o, b: argmax_violated(o["logits"],
                                                                               b["label"]))
-    assert res.x_adv.shape == batch["image"].shape and res.success.shape == (2,)
+    assert res.x_adv.shape == batch["image"].shape and res.violated.shape == (2,)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,4 +1,4 @@
-"""Per-sample losses and success tests: shapes and known values."""
+"""Per-sample losses and violated tests: shapes and known values."""
 
 from __future__ import annotations
 
@@ -70,15 +70,15 @@ def test_heatmap_mse_and_margin() -> None:
         losses.heatmap_mse(out, tgt[:, :2])
 
 
-def test_success_helpers() -> None:
+def test_violation_helpers() -> None:
     logits = torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
-    assert losses.misclassified(logits, torch.tensor([0, 0, 1])).tolist() == [False, True, True]
-    assert losses.misclassified(torch.tensor([[1.0], [-1.0]]), torch.tensor([1, 1])).tolist() == \
+    assert losses.argmax_violated(logits, torch.tensor([0, 0, 1])).tolist() == [False, True, True]
+    assert losses.argmax_violated(torch.tensor([[1.0], [-1.0]]), torch.tensor([1, 1])).tolist() == \
         [False, True]
     above = losses.loss_above(losses.cross_entropy, torch.tensor([0.5, 0.5, 10.0]))
     assert above(logits, torch.tensor([0, 0, 1])).tolist() == [False, True, False]
     with pytest.raises(ValueError, match="loss_above"):
-        losses.misclassified(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+        losses.argmax_violated(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
 
 
 def test_bernoulli_and_categorical_kl_match_torch_distributions() -> None:

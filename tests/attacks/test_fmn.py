@@ -1,5 +1,5 @@
 """FMN (Pintor et al. 2021): the attack contract, the closed-form minimal ε on a linear model,
-the budget where it reports success; and what one Square L∞ query changes (the paper's
+the budget where it reports violated; and what one Square L∞ query changes (the paper's
 Algorithm 2: every channel of the window, each with its own sign)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import FMN, AttackSpec, Square, build_attack, misclassified, per_sample_norm
+from attacks import FMN, AttackSpec, Square, argmax_violated, build_attack, per_sample_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,21 +57,21 @@ def test_fmn_minimal_eps_matches_the_closed_form_on_a_linear_model(norm: str) ->
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_fmn_keeps_the_budget_bounds_and_reports_success_only_inside_it(norm: str) -> None:
+def test_fmn_keeps_the_budget_bounds_and_reports_violation_only_inside_it(norm: str) -> None:
     model, x, y = _linear_batch()
     found = FMN(eps=None, norm=norm, steps=50).minimal_eps(model, x, y)
     eps = float(found.median())  # about half the samples break inside the budget
-    res = FMN(eps=eps, norm=norm, steps=50).perturb(model, x, y, success_fn=misclassified)
+    res = FMN(eps=eps, norm=norm, steps=50).perturb(model, x, y, is_violated=argmax_violated)
     assert torch.all(res.delta_norm <= eps + 1e-6)
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    assert res.success is not None and bool(res.success.any()) and not bool(res.success.all())
-    # where it reports success its perturbation is inside the budget, and the minimal ε it
+    assert res.violated is not None and bool(res.violated.any()) and not bool(res.violated.all())
+    # where it reports violated its perturbation is inside the budget, and the minimal ε it
     # found is too; where it does not, the minimal ε lies beyond the budget
-    assert torch.all(res.delta_norm[res.success] <= eps + 1e-6)
-    assert torch.equal(res.success, found <= eps)
+    assert torch.all(res.delta_norm[res.violated] <= eps + 1e-6)
+    assert torch.equal(res.violated, found <= eps)
     # a per-sample budget
     per = found * torch.linspace(0.5, 1.5, 8)
-    res = FMN(eps=per, norm=norm, steps=30).perturb(model, x, y, success_fn=misclassified)
+    res = FMN(eps=per, norm=norm, steps=30).perturb(model, x, y, is_violated=argmax_violated)
     assert torch.all(res.delta_norm <= per + 1e-6)
 
 

@@ -124,7 +124,7 @@ def _record(task: Any, ev: RobustnessEvaluator, specs: list[Any], monitor: str, 
 
 
 def _square_reference(task: Any, model: Any, batch: dict[str, Any], loss: str, index: int,
-                      success: Any = None) -> torch.Tensor:
+                      violated: Any = None) -> torch.Tensor:
     """A margin-loss Square with 5000 queries, seeded as the suite seeds its member ``index``."""
     x = batch["image"]
     gen = torch.Generator().manual_seed(_seed_for(0, 0, index, 0))
@@ -133,7 +133,7 @@ def _square_reference(task: Any, model: Any, batch: dict[str, Any], loss: str, i
 
     return Square(eps=EPS, steps=5000, bounds=tuple(task.data_info.bounds))(
         model, x, batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b)),
-        success_fn=success, generator=gen)
+        is_violated=violated, generator=gen)
 
 
 @pytest.mark.parametrize("masking", sorted(MASKINGS))

@@ -40,13 +40,13 @@ class AttackProbe:
         probe = self
 
         def recording_input_gradient(self: Attack, call: Any, x_adv: torch.Tensor) -> Any:
-            grad, loss, success = input_gradient(self, call, x_adv)
+            grad, loss, violated = input_gradient(self, call, x_adv)
             probe.grads.append({"autocast": torch.is_autocast_enabled("cpu"),
                                 "autocast_dtype": torch.get_autocast_dtype("cpu"),
                                 "grad_dtype": grad.dtype, "x_dtype": x_adv.dtype,
                                 "finite": bool(torch.isfinite(grad).all()),
                                 "nonzero": bool(grad.abs().sum() > 0)})
-            return grad, loss, success
+            return grad, loss, violated
 
         def recording_perturb(self: Attack, model: Any, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
             res = perturb(self, model, x, *args, **kw)

@@ -104,9 +104,9 @@ def test_paper_l2_square_at_least_as_strong_as_the_simplified_one() -> None:
 
     def run(cls, seed: int) -> float:
         res = cls(eps=0.15, norm="l2", steps=100).perturb(
-            model, x, y, loss_fn=losses.margin_loss, success_fn=losses.misclassified,
+            model, x, y, loss_fn=losses.margin_loss, is_violated=losses.argmax_violated,
             generator=torch.Generator().manual_seed(seed))
-        return res.success.float().mean().item()
+        return res.violated.float().mean().item()
 
     paper = [run(Square, s) for s in range(3)]
     simple = [run(SimplifiedL2Square, s) for s in range(3)]

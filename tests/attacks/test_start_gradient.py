@@ -103,7 +103,7 @@ def _ignored(model: Counted, atk: Any, x: torch.Tensor, y: torch.Tensor, start: 
 def test_a_start_that_does_not_apply_is_ignored() -> None:
     model, x, y = _data()
     start, _ = start_gradient(model, x, y, losses.cross_entropy)
-    # another loss object, a random start, another x, train-mode BatchNorm, a success_fn the
+    # another loss object, a random start, another x, train-mode BatchNorm, a is_violated the
     # start was not computed with: each computes its own first gradient
     _ignored(model, PGD(eps=0.03, steps=2, random_start=False), x, y, start, loss_fn=losses.margin_loss)
     _ignored(model, PGD(eps=0.03, steps=2, random_start=True), x, y, start, loss_fn=losses.cross_entropy)
@@ -112,19 +112,19 @@ def test_a_start_that_does_not_apply_is_ignored() -> None:
     _ignored(model, PGD(eps=0.03, steps=2, random_start=False, bn_mode="train"), x, y, start,
              loss_fn=losses.cross_entropy)
     _ignored(model, PGD(eps=0.03, steps=2, random_start=False), x, y, start,
-             loss_fn=losses.cross_entropy, success_fn=losses.misclassified)
+             loss_fn=losses.cross_entropy, is_violated=losses.argmax_violated)
     with pytest.raises(TypeError, match="start must be a StartGradient"):
         PGD(eps=0.03, steps=2)(model, x, y, start="gradient")  # type: ignore[arg-type]
 
 
-def test_start_with_success_serves_early_stopping() -> None:
+def test_start_with_violation_serves_early_stopping() -> None:
     model, x, y = _data()
-    start, _ = start_gradient(model, x, y, losses.cross_entropy, success_fn=losses.misclassified)
-    assert start.success is not None and torch.equal(start.success, model.net(x).argmax(1) != y)
+    start, _ = start_gradient(model, x, y, losses.cross_entropy, is_violated=losses.argmax_violated)
+    assert start.violated is not None and torch.equal(start.violated, model.net(x).argmax(1) != y)
     atk = PGD(eps=0.2, steps=5, random_start=False)
-    want = atk.perturb(model, x, y, losses.cross_entropy, losses.misclassified)
+    want = atk.perturb(model, x, y, losses.cross_entropy, losses.argmax_violated)
     g0 = model.grad_forwards
-    got = atk.perturb(model, x, y, losses.cross_entropy, losses.misclassified, start=start)
-    assert torch.equal(got.x_adv, want.x_adv) and torch.equal(got.success, want.success)
+    got = atk.perturb(model, x, y, losses.cross_entropy, losses.argmax_violated, start=start)
+    assert torch.equal(got.x_adv, want.x_adv) and torch.equal(got.violated, want.violated)
     # the call without the start took one more gradient pass over the batch
     assert model.grad_forwards - g0 < g0 - 6

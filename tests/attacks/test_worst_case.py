@@ -10,7 +10,7 @@ import attacks.worst_case as wc
 import callbacks.evaluation_loop
 
 
-def test_success_first_then_loss_and_ties_keep_the_current() -> None:
+def test_violation_first_then_loss_and_ties_keep_the_current() -> None:
     best_loss = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])
     best_ok = torch.tensor([False, True, False, True, False])
     loss = torch.tensor([0.5, 5.0, 2.0, 0.5, 1.0])
@@ -20,14 +20,14 @@ def test_success_first_then_loss_and_ties_keep_the_current() -> None:
     assert wc.is_worse(loss, best_loss).tolist() == [False, True, True, False, False]  # loss only
 
 
-def test_keep_worst_merges_inputs_losses_and_successes() -> None:
+def test_keep_worst_merges_inputs_losses_and_violations() -> None:
     x_best, x_new = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
     best = wc.Worst(x_best, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([False, True, False]))
     worst, took = wc.keep_worst(best, x_new, torch.tensor([2.0, 9.0, 0.0]), torch.tensor([False, False, True]))
     assert took.tolist() == [True, False, True]
     assert worst.x[:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0]
     assert worst.loss.tolist() == [2.0, 1.0, 0.0]
-    assert worst.success.tolist() == [False, True, True]  # a broken sample stays broken
+    assert worst.violated.tolist() == [False, True, True]  # a violated sample stays violated
 
 
 def test_restarts_and_ensemble_share_the_rule() -> None:

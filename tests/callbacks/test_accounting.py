@@ -88,12 +88,12 @@ def test_counts_match_the_models_own_counts_with_a_gradient_free_member_and_skip
     pgd = [m for m in acc.members if m.attack == "pgd"]
     assert all(m.backward == 0 and m.forward > 0 for m in square), "Square takes no gradient"
     # PGD-4 on the samples it attacked (clean-correct ones: sequential; it stops once all are
-    # broken): one forward per backward, at most 4 each, plus the forward scoring the batch
+    # violated): one forward per backward, at most 4 each, plus the forward scoring the batch
     for m in pgd:
         k = out.gradients[(m.attack, m.eps)]["attacked"]
         assert 0 < k <= n and 0 < m.backward <= 4 * k and m.backward % k == 0
         assert m.forward == m.backward + n
-    # the sequential skip: Square attacked only the samples PGD left unbroken
+    # the sequential skip: Square attacked only the samples PGD left unviolated
     for m in square:
         assert m.samples_attacked == out.gradients[(m.attack, m.eps)]["attacked"] < n
         assert m.samples_skipped == n - m.samples_attacked

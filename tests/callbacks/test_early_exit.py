@@ -1,6 +1,6 @@
-"""``Speedups.early_exit``: in fit's per-epoch evaluation, a sample broken at a smaller ε of an
+"""``Speedups.early_exit``: in fit's per-epoch evaluation, a sample violated at a smaller ε of an
 ascending grid (or clean) is not attacked again at the larger ones. The main metric can only
-be the same or lower, the passes are exactly those of the samples still unbroken, and nothing
+be the same or lower, the passes are exactly those of the samples still unviolated, and nothing
 but classification's per-epoch evaluation uses it."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_only_the_unbroken_samples_are_attacked_and_the_accuracy_is_never_higher
     acc_on = [on.attacks[("pgd", e)]["accuracy"] for e in EPS]
     assert on.clean == off.clean
     assert all(a <= b for a, b in zip(acc_on, acc_off, strict=True)), (acc_on, acc_off)
-    assert acc_on == sorted(acc_on, reverse=True)  # monotone in ε: a broken sample stays broken
+    assert acc_on == sorted(acc_on, reverse=True)  # monotone in ε: a violated sample stays violated
     # the ensemble (one member) is that member at every ε
     assert [on.ensemble[e]["accuracy"] for e in EPS] == acc_on
     # each ε attacks exactly the samples the previous one (ε = 0: clean) left correct

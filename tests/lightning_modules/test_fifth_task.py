@@ -70,7 +70,7 @@ class RegressionData(DataTask):
 
 # ------------------------------------------------------------------ model side (one file)
 class RegressionModule(TaskModule):
-    """One scalar per image; squared-error loss; MAE (lower is better); a sample is broken when
+    """One scalar per image; squared-error loss; MAE (lower is better); a sample is violated when
     its absolute error exceeds ``violation_threshold``."""
 
     task = "regression"

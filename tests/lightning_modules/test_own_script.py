@@ -101,7 +101,7 @@ def test_adapter_evaluates_ones_own_module(tmp_path: Path) -> None:
     x, y = data().tensors
     expected = (module.model(x).argmax(1) == y).float().mean().item()
     assert rec["clean"]["accuracy"] == pytest.approx(expected)
-    # a linear model under an L∞ ball of 0.5 on [0, 1] inputs of 64 pixels is broken everywhere
+    # a linear model under an L∞ ball of 0.5 on [0, 1] inputs of 64 pixels is violated everywhere
     assert rec["attacks"][0]["metrics"]["accuracy"] < rec["clean"]["accuracy"] or expected == 0
     assert rec["attacks"][0]["metrics"]["accuracy"] == 0.0
 

@@ -171,25 +171,25 @@ def _trained_tiny_classifier() -> tuple[torch.nn.Module, torch.Tensor, torch.Ten
 
 def test_pgd50_is_at_least_as_strong_as_pgd10_on_a_trained_model() -> None:
     """With the default step, PGD-50 breaks every sample PGD-10 breaks (same seed: its first
-    10 iterates are PGD-10's, and a broken sample is frozen there), so its accuracy is never
+    10 iterates are PGD-10's, and a violated sample is frozen there), so its accuracy is never
     higher. (The old default ``2.5·ε/steps`` gave PGD-50 steps 5× smaller than PGD-10's and no
     such guarantee; the step itself is tested above.)"""
     net, x, y = _trained_tiny_classifier()
 
-    def success(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def is_violated(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return out.argmax(1) != target
 
     with torch.no_grad():
         clean = net(x).argmax(1) == y
     assert float(clean.float().mean()) > 0.8
-    broken = {}
+    violated = {}
     for steps in (10, 50):
-        res = PGD(eps=0.02, steps=steps).perturb(net, x, y, success_fn=success,
+        res = PGD(eps=0.02, steps=steps).perturb(net, x, y, is_violated=is_violated,
                                                 generator=torch.Generator().manual_seed(3))
-        broken[steps] = res.success | ~clean
-    assert 0 < int(broken[10].sum()) < len(y) // 2  # a non-trivial comparison
-    assert bool((broken[50] | ~broken[10]).all())  # every PGD-10 success is a PGD-50 success
-    assert int(broken[50].sum()) >= int(broken[10].sum())
+        violated[steps] = res.violated | ~clean
+    assert 0 < int(violated[10].sum()) < len(y) // 2  # a non-trivial comparison
+    assert bool((violated[50] | ~violated[10]).all())  # every sample PGD-10 violates, PGD-50 violates
+    assert int(violated[50].sum()) >= int(violated[10].sum())
 
 
 # ---------------------------------------------------------------------------- TRADES fidelity
