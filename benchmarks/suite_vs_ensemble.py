@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from attacks import APGD, parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from attacks.worst_case import badness
-from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
+from callbacks.attack_loss import task_loss_tensors
+from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.base import collate_batch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,12 +69,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.common import check_robust_task, method_name, metric_direction
-from callbacks.evaluation_loop import check_eps_grid
 from callbacks.evaluation_runner import EvaluationRunner
 from callbacks.evaluation_writers import build_record, log_scalars, robust_area, write_outputs
 from callbacks.minimal_eps import MinimalEpsConfig, summarise
 from callbacks.record import MinimalEpsSummary, RobustnessRecord, json_safe
-from callbacks.suite_plan import DEFAULT_ATTACKS, SuitePlan
+from callbacks.suite_plan import DEFAULT_ATTACKS, SuitePlan, check_eps_grid
 
 __all__ = ["DEFAULT_ATTACKS", "DEFAULT_EPS", "AdversarialEvaluation", "json_safe", "robust_area"]
 

@@ -34,8 +34,8 @@ from callbacks.common import (
     to_autograd_safe,
     world,
 )
-from callbacks.evaluation_loop import EvaluationStopped, RobustnessEvaluator
-from callbacks.evaluation_stop import StopInfo, StopSignal, agree_on_stop
+from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.evaluation_stop import EvaluationStopped, StopInfo, StopSignal, agree_on_stop
 from callbacks.minimal_eps import MinimalEpsConfig, minimal_eps_batch
 from callbacks.outcome import EvalOutcome
 from callbacks.progress import MemberProgress

@@ -1,6 +1,9 @@
 """Stopping an evaluation on SIGTERM: the flag the evaluator asks before each member × ε
-(:class:`StopSignal`), the ranks' one agreement after the batch loop (:func:`agree_on_stop`),
-and what the record says about the part that did not run (:class:`StopInfo`)."""
+(:class:`StopSignal`), the exception it raises then (:class:`EvaluationStopped`), the metric
+states it puts back so that only whole batches count (:func:`metric_states`,
+:func:`restore_metric_states`), the ranks' one agreement after the batch loop
+(:func:`agree_on_stop`), and what the record says about the part that did not run
+(:class:`StopInfo`)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass
@@ -35,6 +40,57 @@ class StopInfo:
                 "not_run": f"samples of batches {self.batches_done + 1}–{self.batches} "
                            f"({self.samples - self.samples_done} samples) under every member × ε; "
                            f"stopped before {at} of batch {self.batches_done + 1}"}
+
+
+class EvaluationStopped(Exception):
+    """The evaluation was asked to stop (:attr:`RobustnessEvaluator.should_stop`) before
+    ``attack`` at ``eps`` of the current batch; that batch's updates were undone."""
+
+    def __init__(self, attack: str, eps: float | None) -> None:
+        super().__init__(f"stopped before {attack}" + ("" if eps is None else f" at ε={eps:g}"))
+        self.attack, self.eps = attack, eps
+
+
+
+def _metric_members(collection: Any) -> list[Any]:
+    """Every torchmetrics ``Metric`` in a collection (a ``MetricCollection``, a dict of metrics,
+    or one metric), metrics nested inside metrics included (a metric built from others keeps
+    its state in them), without copying compute-group states."""
+    from torchmetrics import Metric
+
+    if isinstance(collection, nn.Module):
+        return [m for m in collection.modules() if isinstance(m, Metric)]
+    if isinstance(collection, dict):
+        return [m for v in collection.values() for m in _metric_members(v)]
+    return []
+
+
+def _copy_state(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def metric_states(collections: list[Any]) -> list[tuple[Any, dict[str, Any], int]]:
+    """Every torchmetrics state of ``collections``, copied (tensor states cloned, list states
+    shallow-copied: their tensors are never written in place), with each metric's update count."""
+    out = []
+    for collection in collections:
+        for metric in _metric_members(collection):
+            state = {k: _copy_state(v) for k, v in metric.metric_state.items()}
+            out.append((metric, state, metric._update_count))
+    return out
+
+
+def restore_metric_states(states: list[tuple[Any, dict[str, Any], int]]) -> None:
+    """Put back what :func:`metric_states` copied (and drop each metric's cached result)."""
+    for metric, state, count in states:
+        for k, v in state.items():
+            setattr(metric, k, v)
+        metric._update_count = count
+        metric._computed = None
 
 
 class StopSignal:

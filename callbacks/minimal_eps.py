@@ -163,7 +163,7 @@ def _minimal_norm_batch(task: Any, model: Any, batch: dict[str, Any], cfg: Minim
     loss_fn: Any = task.per_sample_loss
     if spec.loss is not None:
         from attacks.task_losses import make_attack_loss
-        from callbacks.evaluation_loop import task_loss_tensors
+        from callbacks.attack_loss import task_loss_tensors
 
         margin = make_attack_loss(spec.loss, None, int(spec.setting("steps") or 1), **spec.loss_args)
 

@@ -13,7 +13,8 @@ becomes an entry of ``robustness.json["sanity"]`` — ``{"flag": bool, "value", 
                     the samples
 ``black_box``       a gradient-free attack (Square) sets the worst case of more than 1% of the
                     samples that the white-box attacks did not break
-``randomness``      two eval-mode clean forwards of the same input differ (on any sample)
+``randomness``      two eval-mode clean forwards of the same input differ (on any sample;
+                    :func:`outputs_differ`)
 
 A fired flag changes what the numbers mean, so it is not left in a log:
 :func:`mark_unreliable` marks the affected robust numbers of the record as *unreliable upper
@@ -29,6 +30,8 @@ import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from callbacks.outcome import EvalOutcome
 
@@ -225,3 +228,83 @@ def unreliable_summary(record: Any) -> str:
     flags = ", ".join(u["flag"] for u in record.unreliable)
     nexts = "; ".join(dict.fromkeys(u["next"] for u in record.unreliable))
     return f"UNRELIABLE upper bounds (sanity flags: {flags}); next: {nexts}"
+
+
+def outputs_differ(a: Any, b: Any, size: int) -> torch.Tensor:
+    """``Bool[B]``: two outputs of one input differ (beyond float noise) for each sample."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.ndim == 0 or a.shape[0] != size:
+            return torch.zeros(size, dtype=torch.bool, device=a.device)
+        d = (a.float() - b.float()).abs().reshape(size, -1)
+        scale = a.float().abs().reshape(size, -1).amax(dim=1, keepdim=True).clamp_min(1.0)
+        return (d > 1e-4 * scale).any(dim=1)
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = torch.zeros(size, dtype=torch.bool)
+        for k in a:
+            if k in b:
+                r = outputs_differ(a[k], b[k], size)
+                out = out.to(r.device) | r
+        return out
+    return torch.zeros(size, dtype=torch.bool)
+
+
+class SanityCounts:
+    """What the attack × ε loop (:class:`callbacks.evaluation_loop.RobustnessEvaluator`, which
+    calls :meth:`_init_sanity`) measures for the checks above: samples whose two clean forwards
+    differ (``randomness``), worst cases won by a gradient-free member (``black_box``), samples
+    the large-ε APGD violates (``large_eps``). :func:`sanity_report` judges them."""
+
+    specs: list[Any]
+    eps: list[float]
+    attacks: dict[tuple[str, float], Any]
+    modes: tuple[str, str]
+
+    def _init_sanity(self, check_randomness: bool, large_eps: float | None, large_eps_steps: int,
+                     bounds: tuple[float, float]) -> None:
+        self.check_randomness = bool(check_randomness)
+        self._random_clean = 0
+        self._gradient_free = {i for i, sp in enumerate(self.specs)
+                               if getattr(self.attacks[(sp.label, self.eps[0])], "gradient_free", False)}
+        self.blackbox_wins = dict.fromkeys(self.eps, 0)
+        # A huge budget must break (almost) everything (Carlini et al. 2019, "On evaluating
+        # adversarial robustness"); APGD on the task loss, L∞.
+        self.large_eps = large_eps
+        self.large_eps_steps = int(large_eps_steps)
+        self.large_violated = 0
+        if large_eps is not None:
+            from attacks import APGD
+
+            # From x, not a random start: at such a budget a uniform start is a noise image,
+            # often far from every decision boundary the gradient could follow.
+            self._large_attack = APGD(eps=float(large_eps), norm="linf", steps=self.large_eps_steps,
+                                      random_start=False, bounds=bounds, bn_mode=self.modes[0],
+                                      dropout_mode=self.modes[1])
+
+    def _count_randomness(self, out_clean: Any, x: torch.Tensor, size: int) -> None:
+        """AutoAttack's check: a second clean forward of ``x`` must agree with ``out_clean``."""
+        if self.check_randomness:
+            self._random_clean += int(outputs_differ(out_clean, self.forward(x), size).sum())
+
+    def _count_blackbox_wins(self, eps: float, winner: torch.Tensor, worst_score: torch.Tensor | None,
+                             white: torch.Tensor | None) -> None:
+        """Samples whose worst case at ``eps`` a gradient-free member won (``winner[B]``: the
+        winning member's index, -1 clean) with a metric worse than every gradient member's and
+        the clean one's (``white[B]``; classification: it broke a sample no gradient attack broke)."""
+        if not self._gradient_free:
+            return
+        gf = torch.zeros_like(winner, dtype=torch.bool)
+        for i in self._gradient_free:
+            gf |= winner == i
+        if worst_score is not None and white is not None:
+            gf &= worst_score.float() > white.float()
+        self.blackbox_wins[eps] += int(gf.sum())
+
+    def _large_eps_check(self, batch_no: int, batch: dict[str, Any], counted: bool, task_loss: Any) -> None:
+        """APGD at the large ε on the batch; counts the samples it violates."""
+        if not counted:
+            return
+        x = batch["image"]
+        gen = self._generator(x.device, batch_no, -1, -1)
+        x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
+        out_big = self.forward(x_big)
+        self.large_violated += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0

@@ -9,6 +9,7 @@ the task and is resolved at ``setup``. A named classification suite is *sequenti
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from attacks.spec import parse_attack_specs
@@ -19,6 +20,21 @@ from attacks.spec import parse_attack_specs
 DEFAULT_ATTACKS: list[dict[str, Any]] = [
     {"name": "pgd", "norm": "linf", "steps": 3, "random_start": False},
 ]
+
+
+def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list[float]:
+    """Sorted, unique, positive ε values."""
+    if eps is None:
+        raise ValueError(f"{field_name}: give a list of budgets, e.g. [0.002, 0.004, 0.008]")
+    values = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not values:
+        raise ValueError(f"{field_name}: the ε grid is empty")
+    out: list[float] = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{field_name}: every ε must be a number > 0 (ε = 0 is the clean metric), got {v!r}")
+        out.append(float(v))
+    return sorted(set(out))
 
 
 class SuitePlan:

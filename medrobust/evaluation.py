@@ -388,7 +388,7 @@ def evaluate(
             clean output differs from the bare model's.
     """
     from callbacks import AdversarialEvaluation
-    from callbacks.evaluation_loop import check_eps_grid
+    from callbacks.suite_plan import check_eps_grid
     from datamodules.base import collate_batch
     from datamodules.info import DataInfo
     from lightning_modules.tasks import model_task, task_names

@@ -13,7 +13,8 @@ import callbacks.evaluation_loop as loop
 from attacks import APGD, PGD, AttackSpec, Square, losses, parse_attack_specs
 from attacks.task_losses import make_attack_loss
 from callbacks import AdversarialEvaluation
-from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
+from callbacks.attack_loss import task_loss_tensors
+from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules.tasks import suite_configs, suite_specs
 from tests.support.attack_models import trained

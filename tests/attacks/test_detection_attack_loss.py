@@ -20,7 +20,7 @@ import torch
 from attacks import APGD, PGD
 from attacks.spec import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
-from callbacks.evaluation_loop import task_loss_tensors
+from callbacks.attack_loss import task_loss_tensors
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules.detection_module import DetectionModule

@@ -129,7 +129,7 @@ def _square_reference(task: Any, model: Any, batch: dict[str, Any], loss: str, i
     x = batch["image"]
     gen = torch.Generator().manual_seed(_seed_for(0, 0, index, 0))
     fn = make_attack_loss(loss, None, 5000)
-    from callbacks.evaluation_loop import task_loss_tensors
+    from callbacks.attack_loss import task_loss_tensors
 
     return Square(eps=EPS, steps=5000, bounds=tuple(task.data_info.bounds))(
         model, x, batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b)),

@@ -40,7 +40,8 @@ from torch import nn
 
 from attacks import PGD, Square, parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
-from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
+from callbacks.attack_loss import task_loss_tensors
+from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules.detection_module import DetectionModule

@@ -11,7 +11,7 @@ from attacks import APGD, PGD
 from attacks.base import per_sample_norm
 from attacks.spec import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
-from callbacks.evaluation_loop import task_loss_tensors
+from callbacks.attack_loss import task_loss_tensors
 from tests.support.attack_models import trained
 
 SHIFT = (2.0, 2.0)  # the default shift

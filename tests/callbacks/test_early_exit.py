@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from attacks import parse_attack_specs
-from callbacks.evaluation_loop import ROW_BUCKET, RobustnessEvaluator
+from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.evaluation_shortcuts import ROW_BUCKET
 from tests.callbacks.test_accounting import Task
 from tests.support.attack_models import trained
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from attacks import parse_attack_specs
-from callbacks.evaluation_loop import EvaluationStopped, RobustnessEvaluator
+from callbacks.evaluation_loop import RobustnessEvaluator
+from callbacks.evaluation_stop import EvaluationStopped
 from datamodules.info import DataInfo
 from lightning_modules import ClassificationModule, SegmentationModule
 
