@@ -15,7 +15,7 @@ Example (the numbers of docs/corruptions.md)::
         --datasets pneumoniamnist --subset 624 --out /work/models/h25corr/corruptions
 
 mCE and relative mCE carry a paired, seeded percentile bootstrap interval over the test samples
-(:func:`callbacks.corruption_eval.mce_interval`: both runs' per-sample files resampled with the
+(:func:`callbacks.corruption_intervals.mce_interval`: both runs' per-sample files resampled with the
 same draw, the balanced error recomputed from the test split's labels, read by sample id from
 the run's datamodule). ``--from-saved`` recomputes the tables from the files an earlier run left
 under ``--out`` without loading or running any model (the labels still come from the dataset)::
@@ -135,8 +135,8 @@ def cost_side_by_side(module: Any, dm: Any, suite_name: str, n: int, repeats: in
 
 def panel(module: Any, dm: Any, suite_name: str, path: Path, index: int = 0) -> None:
     """One test image at severities 0–5 of every corruption, titled with the prediction
-    (:func:`callbacks.corruption_eval.plot_corruption_panel`)."""
-    from callbacks.corruption_eval import plot_corruption_panel
+    (:func:`callbacks.corruption_report.plot_corruption_panel`)."""
+    from callbacks.corruption_report import plot_corruption_panel
 
     dm.setup("test")
     loader = dm.test_dataloader()
@@ -162,7 +162,7 @@ def split_labels(config: Path, ids: Any) -> Any:
 
 
 def mce_intervals(records: dict[str, Path], metric: str, labels: Any, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per method after the first (the reference): :func:`callbacks.corruption_eval.mce_interval`
+    """Per method after the first (the reference): :func:`callbacks.corruption_intervals.mce_interval`
     of its mCE / relative mCE against the first, from both per-sample files aligned by sample id;
     ``labels``: ``{sample_id: label}`` (balanced error) or ``None`` (plain error). Checks that the
     estimate equals the record's mCE (same definition, same samples)."""
@@ -170,7 +170,7 @@ def mce_intervals(records: dict[str, Path], metric: str, labels: Any, seed: int 
 
     import numpy as np
 
-    from callbacks.corruption_eval import mce_interval
+    from callbacks.corruption_intervals import mce_interval
     from callbacks.per_sample import FILE_NAME, SampleTable
     from callbacks.record import RobustnessRecord
 

@@ -69,6 +69,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.common import check_robust_task, method_name, metric_direction
+from callbacks.corruption_eval import check_severities, resolve_suite
 from callbacks.evaluation_runner import EvaluationRunner
 from callbacks.evaluation_writers import build_record, log_scalars, robust_area, write_outputs
 from callbacks.minimal_eps import MinimalEpsConfig, summarise
@@ -139,7 +140,7 @@ class AdversarialEvaluation(Callback):
             evaluation (a modality name of :mod:`corruptions.suites` — ``"chest_xray"``,
             ``"dermoscopy"``, ``"microscopy"``, ``"xray"``, ``"retina"``, ``"ct"``, ``"mri"`` —
             or a list of corruptions); ``None``: none. Its results are the record's
-            ``corruptions`` section (:mod:`callbacks.corruption_eval`): metric per corruption ×
+            ``corruptions`` section (:mod:`callbacks.corruption_section`): metric per corruption ×
             severity, means, error, CE / mCE against ``corruption_reference``, cost; scalars
             ``<prefix>/corruption/…``; per-sample columns ``corruption-<name>/<severity>/<metric>``;
             a curve ``corruptions.png``; a section of ``report.md``.
@@ -210,15 +211,10 @@ class AdversarialEvaluation(Callback):
         self.num_workers, self.cache_mb = num_workers, float(cache_mb)
         #: the last record written (``robustness.json`` content), per split
         self.last_record: dict[str, RobustnessRecord] = {}
-        from callbacks.corruption_eval import resolve_suite
-
         self.corruptions = resolve_suite(corruptions, f"{who}.corruptions")
         self.test_corruptions = (self.corruptions if test_corruptions == "same"
                                  else resolve_suite(test_corruptions, f"{who}.test_corruptions"))
-        sev = [1, 2, 3, 4, 5] if corruption_severities is None else list(corruption_severities)
-        if not sev or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5 for s in sev):
-            raise ValueError(f"{who}.corruption_severities must be a non-empty list of ints in 1…5, got {sev!r}")
-        self.corruption_severities = sorted(set(sev))
+        self.corruption_severities = check_severities(corruption_severities, f"{who}.corruption_severities")
         self.corruption_reference = corruption_reference
 
     # --- when: the trigger ---------------------------------------------------------------------
@@ -358,7 +354,9 @@ class AdversarialEvaluation(Callback):
                           directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
                           samples=run.outcome.per_sample, evidence=run.outcome.evidence)
             if record.corruptions is not None:
-                self._write_corruption_outputs(trainer, record, Path(log_dir))
+                from callbacks.corruption_report import write_corruption_outputs
+
+                write_corruption_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.plot)
         if record.incomplete is not None:
             if split == "test":
                 self.on_test_end(trainer, pl_module)  # report.md, marked incomplete
@@ -369,44 +367,20 @@ class AdversarialEvaluation(Callback):
         return record
 
     def _corruption_section(self, record: RobustnessRecord, run: Any, task: Any, samples: Any) -> None:
-        """The record's ``corruptions`` section (with mCE against the reference, and intervals
-        where the attacks have theirs)."""
-        from callbacks.corruption_eval import (
-            build_section,
-            corruption_intervals,
-            error_metric_for,
-            load_reference,
-        )
+        """The record's ``corruptions`` section (:mod:`callbacks.corruption_section`: mCE against
+        the reference), with intervals where the attacks have theirs."""
+        from callbacks.corruption_intervals import corruption_intervals
+        from callbacks.corruption_section import error_metric_for, section_of
 
-        got = run.outcome.corruptions
         metric = error_metric_for(task)
-        if metric not in record.clean:
-            raise ValueError(f"AdversarialEvaluation.corruptions: the task's corruption metric {metric!r} is not "
-                             f"one of its metrics {record.metric_names()}")
-        section = build_section(got["suite"], got["severities"], got["metrics"], got["cost"], record.clean,
-                                metric, not bool(self._direction(task, metric)))
-        if self.corruption_reference is not None:
-            section.with_reference(load_reference(self.corruption_reference), str(self.corruption_reference))
-        record.corruptions = section
+        record.corruptions = section_of(run.outcome.corruptions, record.clean, metric,
+                                        not bool(self._direction(task, metric)), self.corruption_reference,
+                                        "AdversarialEvaluation.corruptions")
         if record.intervals is not None and samples is not None:
             from callbacks.per_sample import metric_name
 
-            record.intervals["corruptions"] = corruption_intervals(samples, metric_name(task), section,
+            record.intervals["corruptions"] = corruption_intervals(samples, metric_name(task), record.corruptions,
                                                                    self.interval_level, self.seed)
-
-    def _write_corruption_outputs(self, trainer: pl.Trainer, record: RobustnessRecord, log_dir: Path) -> None:
-        """Rank 0: the corruption curve and the logger table."""
-        from callbacks.corruption_eval import plot_corruption_curves
-        from callbacks.logger_outputs import log_image, log_table
-
-        section = record.corruptions
-        main = record.robust_area.metric if record.robust_area else record.metric_names()[0]
-        if self.plot:
-            path = plot_corruption_curves(section, record.clean, main, log_dir / self.file_name("corruptions.png"))
-            log_image(trainer, f"{self.prefix}/corruption_curve_{record.split}", path, caption=f"epoch {record.epoch}")
-        names = record.metric_names()
-        rows = [[e["corruption"], e["severity"], *(e["metrics"].get(m) for m in names)] for e in section.entries]
-        log_table(trainer, f"{self.prefix}/corruption_table_{record.split}", ["corruption", "severity", *names], rows)
 
     def _direction(self, task: Any, metric: str, *fallback: Any) -> Any:
         """:func:`~callbacks.common.metric_direction`, asked once per task and metric (the task

@@ -164,7 +164,7 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
             if ci is not None:
                 values[f"{key}_ci_low"], values[f"{key}_ci_high"] = ci.low, ci.high
     if record.corruptions is not None:
-        from callbacks.corruption_eval import scalar_values as corruption_scalars
+        from callbacks.corruption_report import scalar_values as corruption_scalars
 
         values.update(corruption_scalars(record.corruptions, prefix))
     values[f"{prefix}/eval_seconds"] = _num(record.eval_seconds)

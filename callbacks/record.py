@@ -98,7 +98,7 @@ class RobustnessRecord:
     #: ``None`` when not computed
     intervals: dict[str, Any] | None = None
     #: corruption × severity metrics, per-corruption means, mCE against a reference, cost
-    #: (:class:`callbacks.corruption_eval.CorruptionSection`); ``None`` when no corruption
+    #: (:class:`callbacks.corruption_section.CorruptionSection`); ``None`` when no corruption
     #: suite ran (and in files written before corruptions existed)
     corruptions: Any = None
     #: set when the evaluation was stopped before its end (SIGTERM): ``{reason,
@@ -286,7 +286,7 @@ class RobustnessRecord:
 def _corruptions(data: Any, source: str) -> Any:
     if data is None:
         return None
-    from callbacks.corruption_eval import CorruptionSection
+    from callbacks.corruption_section import CorruptionSection
 
     return CorruptionSection.from_dict(data, source)
 

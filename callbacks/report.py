@@ -226,7 +226,7 @@ def write_report(
     if plot_name:
         parts += [f"![metric vs ε]({plot_name})", ""]
     if record.corruptions is not None:
-        from callbacks.corruption_eval import report_section
+        from callbacks.corruption_report import report_section
 
         section = record.corruptions
         shown = section.error_metric if section.error_metric in record.clean else record.metric_names()[0]

@@ -1,4 +1,4 @@
-"""Corruptions in the evaluation and the record (callbacks/corruption_eval.py): metrics per
+"""Corruptions in the evaluation and the record (callbacks/corruption_*.py): metrics per
 corruption × severity on trained tiny models, per-sample columns, mCE, intervals, report,
 targets untouched, batch-independence, backward-compatible records."""
 
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from callbacks import AdversarialEvaluation
-from callbacks.corruption_eval import CorruptionEvaluator, condition, mean_corruption_error
+from callbacks.corruption_eval import CorruptionEvaluator, condition
+from callbacks.corruption_section import mean_corruption_error
 from callbacks.per_sample import FILE_NAME, SampleTable
 from callbacks.record import RobustnessRecord
 from corruptions import corruption_suite
@@ -144,7 +145,7 @@ def test_callback_record_per_sample_file_intervals_report_and_mce(tmp_path) -> N
     assert "## Corruptions" in report and "mCE **1.0000**" in report and "defocus_blur" in report
     # a bad reference: named
     with pytest.raises(ValueError, match="no corruption results"):
-        from callbacks.corruption_eval import load_reference
+        from callbacks.corruption_section import load_reference
 
         rec = RobustnessRecord.load(path)
         rec.corruptions = None
@@ -212,7 +213,7 @@ def test_medrobust_evaluate_runs_a_corruption_suite_from_the_command_line(tmp_pa
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_example_panel(task: str, tmp_path) -> None:
-    from callbacks.corruption_eval import plot_corruption_panel
+    from callbacks.corruption_report import plot_corruption_panel
 
     module, batch = trained(task)
     path = plot_corruption_panel(module, batch, SUITE, tmp_path / "panel.png", index=3)

@@ -1,4 +1,4 @@
-"""The paired bootstrap interval of mCE / relative mCE (``callbacks.corruption_eval.mce_interval``)
+"""The paired bootstrap interval of mCE / relative mCE (``callbacks.corruption_intervals.mce_interval``)
 on synthetic per-sample values: seconds, no model."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from callbacks.corruption_eval import mce_interval, mean_corruption_error
+from callbacks.corruption_intervals import mce_interval
+from callbacks.corruption_section import mean_corruption_error
 
 NAMES = ["blur", "noise", "flat"]
 SEV = [1, 2, 3]
