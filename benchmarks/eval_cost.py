@@ -15,7 +15,7 @@ alike.
 
 ``--compare`` runs, after every training epoch, the same evaluation several times side by side
 (each its own callback, same settings, same model): ``before`` with every reuse of
-:class:`callbacks.evaluation_runner.Speedups` off (the evaluation as it ran before them),
+:class:`callbacks.speedups.Speedups` off (the evaluation as it ran before them),
 ``+<name>`` with one of them on, ``-<name>`` (with ``--ablate``) with all but that one on, and
 ``after`` with all on (the default). It checks that, after every epoch, every variant's record
 has the same clean, per-attack (metrics and gradient health) and ensemble entries as
@@ -45,7 +45,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from callbacks import AdversarialEvaluation
-from callbacks.evaluation_runner import Speedups
+from callbacks.speedups import Speedups
 
 ROOT = Path(__file__).resolve().parents[1]
 

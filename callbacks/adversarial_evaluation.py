@@ -58,19 +58,17 @@ monitors them the same ``every_n_epochs`` (ModelCheckpoint uses the same convent
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.common import check_robust_task, method_name, metric_direction
 from callbacks.corruption_eval import check_severities, resolve_suite
-from callbacks.evaluation_runner import EvaluationRunner
+from callbacks.evaluation_runner import AttackMode, EvaluationRunner
+from callbacks.evaluation_stop import EvaluationInterrupted
 from callbacks.evaluation_writers import build_record, log_scalars, robust_area, write_outputs
 from callbacks.minimal_eps import MinimalEpsConfig, summarise
 from callbacks.record import MinimalEpsSummary, RobustnessRecord, json_safe
@@ -79,6 +77,8 @@ from callbacks.suite_plan import DEFAULT_ATTACKS, SuitePlan, check_eps_grid
 __all__ = ["DEFAULT_ATTACKS", "DEFAULT_EPS", "AdversarialEvaluation", "json_safe", "robust_area"]
 
 DEFAULT_EPS: list[float] = [0.002, 0.004]
+#: when an optional part of the evaluation runs: at validate / test only, at every evaluation, never
+When = Literal["test", "always", "never"]
 
 
 class AdversarialEvaluation(Callback):
@@ -156,8 +156,8 @@ class AdversarialEvaluation(Callback):
         eps: list[float] | None = None,
         subset: int | float | None = 64,
         every_n_epochs: int = 1,
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: AttackMode = "eval",
+        dropout_mode: AttackMode = "eval",
         batch_size: int | None = None,
         test_attacks: list[dict[str, Any]] | str | None = None,
         test_eps: list[float] | None = None,
@@ -172,8 +172,8 @@ class AdversarialEvaluation(Callback):
         cache_mb: float = 256.0,
         test_subset: int | float | None | str = "same",
         prefix: str = "adv",
-        sanity: str = "test",
-        intervals: str = "test",
+        sanity: When = "test",
+        intervals: When = "test",
         interval_level: float = 0.95,
         corruptions: str | list[dict[str, Any]] | None = None,
         test_corruptions: str | list[dict[str, Any]] | None = "same",
@@ -182,10 +182,9 @@ class AdversarialEvaluation(Callback):
     ) -> None:
         super().__init__()
         who = "AdversarialEvaluation"
-        if sanity not in ("test", "always", "never"):
-            raise ValueError(f"{who}.sanity must be 'test', 'always' or 'never', got {sanity!r}")
-        if intervals not in ("test", "always", "never"):
-            raise ValueError(f"{who}.intervals must be 'test', 'always' or 'never', got {intervals!r}")
+        for name, value in (("sanity", sanity), ("intervals", intervals)):
+            if value not in ("test", "always", "never"):
+                raise ValueError(f"{who}.{name} must be 'test', 'always' or 'never', got {value!r}")
         if not 0.0 < float(interval_level) < 1.0:
             raise ValueError(f"{who}.interval_level must be in (0, 1), e.g. 0.95; got {interval_level!r}")
         self.intervals, self.interval_level = intervals, float(interval_level)
@@ -321,23 +320,11 @@ class AdversarialEvaluation(Callback):
             mark_unreliable(record)  # a fired flag marks the numbers it makes upper bounds
         samples = run.outcome.per_sample
         if samples is not None and (self.intervals == "always" or (self.intervals == "test" and suite == "test")):
-            from callbacks.per_sample import metric_name
-            from callbacks.record_intervals import record_intervals
+            from callbacks.record_intervals import evaluation_intervals
 
-            # from the per-sample values, identical on every rank (gathered), seeded
-            record.intervals = record_intervals(
-                samples, metric_name(task), sorted({e.eps for e in record.attacks}),
-                [(e.attack, e.eps) for e in record.attacks], not self._direction(task, task.main_metric),
-                self.interval_level, self.seed)
-            evidence = run.outcome.evidence
-            if evidence is not None:
-                from callbacks.dataset_metrics import dataset_intervals
-
-                # AUROC, mAP…: percentile bootstrap over images from the evidence file, seeded
-                lower = {m: not d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
-                record.intervals["dataset_metrics"] = dataset_intervals(
-                    evidence, sorted({e.eps for e in record.attacks}), [(e.attack, e.eps) for e in record.attacks],
-                    lower, self.interval_level, self.seed)
+            # from the per-sample values and the evidence, identical on every rank (gathered), seeded
+            record.intervals = evaluation_intervals(record, samples, run.outcome.evidence, task, self._direction,
+                                                    self.interval_level, self.seed)
         if run.outcome.corruptions is not None:
             self._corruption_section(record, run, task, samples)
         if run.stopped is not None:
@@ -396,18 +383,3 @@ class AdversarialEvaluation(Callback):
     @staticmethod
     def _log_dir(trainer: pl.Trainer) -> str:
         return str(trainer.log_dir or trainer.default_root_dir)
-
-
-class EvaluationInterrupted(SIGTERMException):
-    """A SIGTERM stopped the evaluation: after the member × ε that was running, with the record of
-    the whole batches evaluated so far written (``incomplete`` set) when there was one. Exits
-    the process with status 143 (128 + SIGTERM), the shell's status of a process it ended."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(143)
-        self.message = message
-        if os.environ.get("LOCAL_RANK", "0") in ("", "0"):
-            print(f"[medrobust] {message}", file=sys.stderr, flush=True)
-
-    def __str__(self) -> str:
-        return self.message

@@ -103,7 +103,7 @@ class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, Eval
             main metric is the same or lower (a sample PGD broke at a smaller ε but not at a
             larger one now counts as violated at both), and score-based metrics (AUROC) see the
             violated samples' smaller-ε outputs. The runner uses it in fit's per-epoch
-            evaluation only (:attr:`callbacks.evaluation_runner.Speedups.early_exit`).
+            evaluation only (:attr:`callbacks.speedups.Speedups.early_exit`).
 
     Compute accounting: every forward and backward through the model, and the wall time, are
     charged by :attr:`meter` (:mod:`callbacks.accounting`) to the suite member × ε or to the

@@ -1,5 +1,6 @@
 """Stopping an evaluation on SIGTERM: the flag the evaluator asks before each member × ε
-(:class:`StopSignal`), the exception it raises then (:class:`EvaluationStopped`), the metric
+(:class:`StopSignal`), the exception it raises then (:class:`EvaluationStopped`) and the one the
+callback ends the process with (:class:`EvaluationInterrupted`), the metric
 states it puts back so that only whole batches count (:func:`metric_states`,
 :func:`restore_metric_states`), the ranks' one agreement after the batch loop
 (:func:`agree_on_stop`), and what the record says about the part that did not run
@@ -7,13 +8,16 @@ states it puts back so that only whole batches count (:func:`metric_states`,
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 
@@ -147,3 +151,18 @@ def agree_on_stop(stopped: StopInfo | None, batches: int, samples: int) -> StopI
     done = min(batches if p is None else p[2] for p in parts)
     return StopInfo(reason="SIGTERM", attack=first[0], eps=first[1], batches_done=done, batches=batches,
                     samples_done=samples if stopped is None else stopped.samples_done, samples=samples)
+
+
+class EvaluationInterrupted(SIGTERMException):
+    """A SIGTERM stopped the evaluation: after the member × ε that was running, with the record of
+    the whole batches evaluated so far written (``incomplete`` set) when there was one. Exits
+    the process with status 143 (128 + SIGTERM), the shell's status of a process it ended."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(143)
+        self.message = message
+        if os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+            print(f"[medrobust] {message}", file=sys.stderr, flush=True)
+
+    def __str__(self) -> str:
+        return self.message

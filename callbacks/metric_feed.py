@@ -2,7 +2,7 @@
 
 :class:`MetricFeed` gives each collection of an evaluation (clean, per attack × ε, worst case
 per ε: :class:`callbacks.outcome.EvalMetrics`) its ``(output, batch)`` updates, and does two
-things that save work without changing a number (``callbacks.evaluation_runner.Speedups``):
+things that save work without changing a number (``callbacks.speedups.Speedups``):
 
 * ``merge_updates``: for a task whose metric states do not depend on how the samples are cut
   into updates (``metrics_batch_invariant``: classification's integer counts and lists of

@@ -149,3 +149,23 @@ def interval_of(intervals: dict[str, Any] | None, kind: str, eps: float | None =
                 (kind == "worst" or row.get("attack") == attack):
             return Interval.from_dict(row)
     return None
+
+
+def evaluation_intervals(record: Any, table: SampleTable, evidence: Any, task: Any, direction: Any,
+                         level: float = DEFAULT_LEVEL, seed: int = 0) -> dict[str, Any]:
+    """The record's ``intervals`` of one evaluation: :func:`record_intervals` of the per-sample
+    ``table`` (the task's per-sample metric) and, with dataset-level ``evidence``, its
+    ``"dataset_metrics"`` (:func:`callbacks.dataset_metrics.dataset_intervals`: AUROC, mAP…, a
+    bootstrap over images). ``direction(task, metric, *fallback)``: whether higher is better
+    (:func:`callbacks.common.metric_direction`)."""
+    from callbacks.per_sample import metric_name
+
+    eps = sorted({e.eps for e in record.attacks})
+    attacks = [(e.attack, e.eps) for e in record.attacks]
+    out = record_intervals(table, metric_name(task), eps, attacks, not direction(task, task.main_metric), level, seed)
+    if evidence is not None:
+        from callbacks.dataset_metrics import dataset_intervals
+
+        lower = {m: not d for m in evidence.metrics if (d := direction(task, m, None)) is not None}
+        out["dataset_metrics"] = dataset_intervals(evidence, eps, attacks, lower, level, seed)
+    return out

@@ -176,7 +176,7 @@ class ClassificationModule(TaskModule):
     def violation_is_final(self) -> bool:
         """A misclassified sample's per-sample accuracy is 0, the worst it can be, so attacking it
         again at a larger ε cannot lower the main metric (the per-epoch evaluation's early exit,
-        :class:`callbacks.evaluation_runner.Speedups`). Not for multi-label: one wrong label
+        :class:`callbacks.speedups.Speedups`). Not for multi-label: one wrong label
         leaves the others to lose."""
         return not self.multilabel
 

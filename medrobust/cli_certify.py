@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for name in medrobust.PACKAGES:
         getattr(medrobust, name)
-    from callbacks.adversarial_evaluation import EvaluationInterrupted
+    from callbacks.evaluation_stop import EvaluationInterrupted
 
     try:
         from medrobust.smoothing import certify

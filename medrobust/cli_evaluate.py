@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # a --net class path may name the user's module here (as python -m does)
     for name in medrobust.PACKAGES:  # bind the framework's names before evaluation imports them
         getattr(medrobust, name)
-    from callbacks.adversarial_evaluation import EvaluationInterrupted
+    from callbacks.evaluation_stop import EvaluationInterrupted
 
     try:
         from callbacks.record import RobustnessRecord

@@ -187,7 +187,7 @@ def test_speedups_change_no_number_and_the_files_carry_the_accounting(tmp_path: 
     import lightning as L
 
     from callbacks import AdversarialEvaluation
-    from callbacks.evaluation_runner import Speedups
+    from callbacks.speedups import Speedups
     from tests.support.callback_models import make_datamodule, make_module
 
     fast = {"attacks": [{"name": "fgsm"}, {"name": "pgd", "norm": "linf", "steps": 2, "random_start": False}],
@@ -326,7 +326,7 @@ def test_metric_directions_are_asked_in_the_first_evaluation_only(tmp_path: Any)
     import lightning as L
 
     from callbacks import AdversarialEvaluation
-    from callbacks.evaluation_runner import Speedups
+    from callbacks.speedups import Speedups
     from tests.support.callback_models import make_datamodule, make_module
 
     per_epoch: dict[str, list[int]] = {}

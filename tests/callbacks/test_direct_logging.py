@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import AdversarialEvaluation
-from callbacks.evaluation_runner import Speedups
 from callbacks.evaluation_writers import publish_scalars, scalar_values
+from callbacks.speedups import Speedups
 from tests.support.callback_models import make_datamodule, make_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
