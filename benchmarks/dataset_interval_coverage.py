@@ -28,7 +28,8 @@ def coverage(n: int, auc: float, reps: int, resamples: int, positives: float = 0
     import numpy as np
     from scipy import stats
 
-    from callbacks.dataset_metrics import _interval, auroc_statistic, weight_rows
+    from callbacks.dataset_metrics import _interval, weight_rows
+    from callbacks.dataset_statistics import auroc_statistic
 
     d = np.sqrt(2) * stats.norm.ppf(auc)
     y = np.arange(n) < int(round(positives * n))

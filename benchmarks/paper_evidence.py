@@ -354,10 +354,12 @@ def dataset_estimate(entry: dict[str, Any] | None, metric: str, key: str = "clea
     shared by every seed, the same test set) and the seeds with repetition, and averages the
     drawn seeds' metrics on those images. Without evidence files: the record's
     ``dataset_metrics`` interval for one seed, else no interval (the reason says why)."""
-    from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
-    from callbacks.dataset_metrics import Evidence, statistics, weighted_bca_interval
+    from callbacks.dataset_metrics import weighted_bca_interval
+    from callbacks.dataset_statistics import statistics
+    from callbacks.evidence import FILE_NAME as EVIDENCE_FILE
+    from callbacks.evidence import Evidence
+    from callbacks.image_bootstrap import bootstrap_weights
     from callbacks.record import RobustnessRecord
-    from callbacks.uncertainty import bootstrap_weights
 
     if not entry or not entry.get(kind):
         return Estimate(None, reason=f"no {kind} record")

@@ -130,8 +130,9 @@ def measure(log_dir: Path, repeat: int, verdicts_too: bool = True) -> dict[str, 
 
     intervals_s = _median_time(lambda: record_intervals(table, metric, eps, attacks, lower), repeat)
     verdicts_s = _median_time(verdicts, repeat) if verdicts_too else math.nan
-    from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
-    from callbacks.dataset_metrics import Evidence, dataset_intervals
+    from callbacks.dataset_metrics import dataset_intervals
+    from callbacks.evidence import FILE_NAME as EVIDENCE_FILE
+    from callbacks.evidence import Evidence
 
     dataset_s = math.nan
     if (log_dir / EVIDENCE_FILE).is_file():

@@ -16,15 +16,12 @@ from lightning.pytorch.callbacks import Callback
 
 from attacks.spec import parse_attack_specs
 from callbacks.common import (
+    attack_ready,
     check_robust_task,
     format_eps,
-    gradients_enabled,
-    guarded_model,
     method_name,
-    preserved_rng,
     resolve_dataset,
     select_subset,
-    set_eval_mode,
     to_autograd_safe,
 )
 
@@ -102,8 +99,7 @@ class AdversarialExamples(Callback):
         model = task.attack_model()
         atk = self.spec.build(self.eps, tuple(task.data_info.bounds), self.bn_mode, self.dropout_mode)
 
-        with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model):
-            set_eval_mode(pl_module, model)
+        with attack_ready(device, pl_module, model):
             batch = to_autograd_safe(raw, device)
             x = batch["image"]
             gen = torch.Generator(device=device).manual_seed(self.seed)

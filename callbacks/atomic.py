@@ -19,7 +19,8 @@ write. This module itself needs only the standard library.
 
 Appending to a JSON-lines history is made atomic the same way: the file is rewritten whole
 (old lines + the new one) through a temporary file. Histories hold one line per evaluated epoch,
-so the copy is cheap, and a reader never sees half a line.
+so the copy is cheap, and a reader never sees half a line. The readers of these files open
+them through :func:`read_result_text` (one error naming the file and what it should hold).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["append_line_atomic", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["append_line_atomic", "atomic_write_bytes", "atomic_write_text", "read_result_text"]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -113,3 +114,12 @@ def append_line_atomic(path: str | os.PathLike[str], line: str, encoding: str = 
     if "\n" in line:
         raise ValueError("append_line_atomic: the line must not contain a newline")
     return atomic_write_bytes(path, old + (line + "\n").encode(encoding))
+
+
+def read_result_text(path: str | os.PathLike[str], what: str, error: type[Exception] = ValueError) -> str:
+    """The UTF-8 text of the result file ``path``; ``error("<path>: cannot read the <what>
+    (<reason>)")`` when it cannot be read (missing, a folder, no permission)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} ({err.strerror})") from None

@@ -55,17 +55,12 @@ from lightning.pytorch.callbacks import Callback
 from attacks.options import check_choice
 from attacks.spec import AttackSpec
 from callbacks.common import (
+    attack_ready,
     check_robust_task,
     compute_metrics,
-    gradients_enabled,
-    guarded_model,
-    preserved_rng,
     select_subset,
-    set_eval_mode,
-    shard_batches,
     subset_loader,
     to_autograd_safe,
-    world,
 )
 
 ACTIONS = ("warn", "stop", "restore")
@@ -190,8 +185,7 @@ class CatastrophicOverfittingWatchdog(Callback):
         device = pl_module.device
         metrics = {k: task.build_metrics().to(device) for k in ("clean", *attacks)}
         model = task.attack_model()
-        with guarded_model(pl_module), preserved_rng(device), gradients_enabled():
-            set_eval_mode(pl_module)
+        with attack_ready(device, pl_module):
             for batch_no, cpu_batch, counted in self._subset_batches(trainer):
                 batch = to_autograd_safe(cpu_batch, device)
                 x = batch["image"]
@@ -225,14 +219,11 @@ class CatastrophicOverfittingWatchdog(Callback):
 
     def _subset_batches(self, trainer: pl.Trainer) -> list[tuple[int, dict[str, Any], bool]]:
         if self._batches is None:
-            from callbacks.evaluation_runner import batch_size_for_world
+            from callbacks.evaluation_runner import subset_shard
 
             dataset, collate = _train_dataset(trainer)
-            indices = select_subset(len(dataset), self.subset, self.seed)
-            rank, size = world(trainer)
-            bs = batch_size_for_world(len(indices), self.batch_size, size, rank, "train",
-                                      type(self).__name__)
-            mine = shard_batches(indices, bs, rank, size)
+            *_, mine = subset_shard(trainer, len(dataset), self.subset, self.seed, self.batch_size, "train",
+                                    type(self).__name__)
             loader = subset_loader(dataset, [b for _, b, _ in mine], collate)
             self._batches = [(no, batch, counted)
                              for (no, _, counted), batch in zip(mine, loader, strict=True)]

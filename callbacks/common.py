@@ -275,6 +275,17 @@ def set_eval_mode(*modules: nn.Module) -> None:
                 m.training = False
 
 
+
+@contextmanager
+def attack_ready(device: torch.device, *modules: nn.Module) -> Iterator[ModelStateGuard]:
+    """What an evaluation callback attacks in: the training run's random streams kept
+    (:func:`preserved_rng`), gradients on inside Lightning's loops (:func:`gradients_enabled`),
+    ``modules`` frozen and in eval mode (:func:`guarded_model`, :func:`set_eval_mode`), and all
+    of it restored exactly on exit."""
+    with preserved_rng(device), gradients_enabled(), guarded_model(*modules) as guard:
+        set_eval_mode(*modules)
+        yield guard
+
 def scalar_metrics(values: dict[str, Any], prefix: str = "", postfix: str = "") -> dict[str, float]:
     """Plain ``{name: float}`` from a ``MetricCollection.compute()`` result.
 

@@ -5,7 +5,7 @@ restricted to the sample ids they share, and every column present in both is com
 difference of means A − B with a paired bootstrap interval, and McNemar's exact p-value for
 0/1 columns (accuracy). Pairing removes the samples' shared difficulty from the comparison, so
 it is far more sensitive than comparing two unpaired intervals. Where both runs also kept
-``robustness_evidence.json`` (:mod:`callbacks.dataset_metrics`), their dataset-level metrics
+``robustness_evidence.json`` (:mod:`callbacks.evidence`), their dataset-level metrics
 (AUROC, balanced accuracy, F1, mAP…) are compared too: the paired BCa bootstrap of A − B over one
 shared draw of images (rows ``clean/auroc``, ``worst/<ε>/map``…).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,17 @@ from typing import Any
 import numpy as np
 
 from callbacks.per_sample import FILE_NAME, SampleTable
-from callbacks.uncertainty import DEFAULT_LEVEL, Interval, decide, paired_difference
+from callbacks.uncertainty import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    Interval,
+    _check_level,
+    decide,
+    paired_difference,
+)
 
-__all__ = ["ComparisonRow", "compare_runs", "compare_tables", "format_comparison", "main", "samples_path"]
+__all__ = ["ComparisonRow", "compare_runs", "compare_tables", "format_comparison", "main",
+           "paired_dataset_differences", "samples_path", "shared_columns"]
 
 
 @dataclass(frozen=True)
@@ -65,16 +74,23 @@ def samples_path(run: str | Path) -> Path:
     return path
 
 
+def shared_columns(a: Any, b: Any, wanted: list[str] | Sequence[str] | None, what: str) -> list[str]:
+    """The columns of ``a`` that ``b`` has too (in ``a``'s order), or ``wanted`` once each of
+    them is checked to be in both (``ValueError`` naming ``what`` and the missing ones)."""
+    shared = [c for c in a if c in b]
+    if wanted is None:
+        return shared
+    missing = [c for c in wanted if c not in shared]
+    if missing:
+        raise ValueError(f"{what} {missing} are not in both runs; shared: {shared}")
+    return list(wanted)
+
+
 def compare_tables(a: SampleTable, b: SampleTable, columns: list[str] | None = None,
                    level: float = DEFAULT_LEVEL, seed: int = 0) -> list[ComparisonRow]:
     """Compare every column shared by ``a`` and ``b`` (or ``columns``) on their shared samples."""
     a, b = a.aligned(b)
-    shared = [c for c in a.columns if c in b.columns]
-    if columns is not None:
-        missing = [c for c in columns if c not in shared]
-        if missing:
-            raise ValueError(f"columns {missing} are not in both runs; shared columns: {shared}")
-        shared = list(columns)
+    shared = shared_columns(a.columns, b.columns, columns, "columns")
     if not shared:
         raise ValueError("the two runs share no per-sample column: were they evaluated with the same "
                          "attacks, ε and metrics?")
@@ -90,11 +106,38 @@ def compare_tables(a: SampleTable, b: SampleTable, columns: list[str] | None = N
     return rows
 
 
+def paired_dataset_differences(a: Any, b: Any, keys: Sequence[str] | None = None,
+                               level: float = DEFAULT_LEVEL, seed: int = 0,
+                               n_resamples: int = DEFAULT_RESAMPLES) -> list[tuple[str, float, float, Interval]]:
+    """Model A against model B on the same images, for every dataset-level metric of the columns
+    both evaluated (or ``keys``): ``(name, metric of A, metric of B, interval of A − B)`` with
+    ``name`` as in the per-sample file (``clean/auroc``, ``worst/0.004/map``).
+
+    Paired: both metrics are computed on every resample of one draw of image weights (the same
+    images for both models, :func:`callbacks.dataset_metrics.weight_rows` with the same seed), and the interval is the BCa
+    interval of the differences (the jackknife of the difference for the acceleration), so the
+    images' shared difficulty cancels as in :func:`callbacks.uncertainty.paired_difference`."""
+    from callbacks.dataset_metrics import _interval, metric_draws
+
+    level = _check_level(level)
+    a, b = a.aligned(b)
+    shared = shared_columns(a.columns, b.columns, keys, "dataset-level columns")
+    da, db = metric_draws(a, shared, n_resamples, seed), metric_draws(b, shared, n_resamples, seed)
+    out = []
+    for metric in [m for m in da if m in db]:
+        for key in shared:
+            xa, xb = da[metric][key], db[metric][key]
+            iv = _interval(xa - xb, level, a.n, n_resamples)
+            if iv is not None:
+                out.append((f"{key}/{metric}", float(xa[0]), float(xb[0]), iv))
+    return out
+
+
 def _evidence(run: str | Path) -> Any:
     """The run's dataset-level evidence (``robustness_evidence.json`` beside its per-sample
     file), or ``None`` when it has none (written before it, or a task without it)."""
-    from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
-    from callbacks.dataset_metrics import Evidence
+    from callbacks.evidence import FILE_NAME as EVIDENCE_FILE
+    from callbacks.evidence import Evidence
 
     path = Path(run)
     path = (path if path.is_dir() else path.parent) / EVIDENCE_FILE
@@ -105,10 +148,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, columns: list[str] | None
                  level: float = DEFAULT_LEVEL, seed: int = 0) -> list[ComparisonRow]:
     """:func:`compare_tables` on two runs' per-sample files (run folders or file paths), then,
     where both runs kept dataset-level evidence, the paired differences of their AUROC / mAP…
-    (:func:`callbacks.dataset_metrics.paired_dataset_differences`; rows ``clean/auroc``,
+    (:func:`paired_dataset_differences`; rows ``clean/auroc``,
     ``worst/<ε>/map``…, no McNemar p-value)."""
-    from callbacks.dataset_metrics import paired_dataset_differences
-
     ev_a, ev_b = _evidence(run_a), _evidence(run_b)
     diffs = []
     if ev_a is not None and ev_b is not None and ev_a.kind == ev_b.kind:

@@ -58,7 +58,7 @@ def mce_interval(columns: Mapping[str, np.ndarray], ref_columns: Mapping[str, np
     reference model (Hendrycks & Dietterich 2019), from both runs' per-sample values.
 
     Each resample draws the test samples with repetition (as multinomial weights,
-    :func:`callbacks.uncertainty.bootstrap_weights`) and applies the *same* draw to both models
+    :func:`callbacks.image_bootstrap.bootstrap_weights`) and applies the *same* draw to both models
     (paired: the samples are the same images), recomputes every corruption × severity error and
     the clean error of both, and passes them to :func:`mean_corruption_error`, so each resample's
     mCE has exactly the point estimate's definition. A corruption whose CE (or relative CE)
@@ -67,7 +67,7 @@ def mce_interval(columns: Mapping[str, np.ndarray], ref_columns: Mapping[str, np
     The interval is the percentile interval of the resamples whose mCE is defined: the mCE is a
     ratio of dataset-level errors (balanced error is not a mean of per-sample values), so the
     percentile bootstrap is used, as for the project's other dataset-level metrics
-    (:func:`callbacks.uncertainty.weighted_interval`); BCa would need a jackknife over samples of
+    (:func:`callbacks.image_bootstrap.weighted_interval`); BCa would need a jackknife over samples of
     the whole statistic and is not used.
 
     Args:
@@ -87,13 +87,9 @@ def mce_interval(columns: Mapping[str, np.ndarray], ref_columns: Mapping[str, np
         ``"estimate_undefined"`` / ``"estimate_relative_undefined"`` (the observed set's left-out
         corruptions), ``"resamples"`` and ``"defined"`` (resamples with a finite mCE / relative mCE).
     """
+    from callbacks.image_bootstrap import bootstrap_weights, weighted_balanced_accuracy
     from callbacks.per_sample import column_name
-    from callbacks.uncertainty import (
-        Interval,
-        _check_level,
-        bootstrap_weights,
-        weighted_balanced_accuracy,
-    )
+    from callbacks.uncertainty import Interval, _check_level
 
     level = _check_level(level)
     keys = [column_name("clean", metric)] + [column_name(condition(c), metric, s) for c in names for s in severities]

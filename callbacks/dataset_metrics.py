@@ -1,39 +1,14 @@
-"""Intervals for dataset-level metrics (AUROC, mAP): the evidence file and the bootstrap over images.
+"""Intervals for dataset-level metrics (AUROC, mAP): the bootstrap over images.
 
-AUROC, balanced accuracy, F1 and mAP are not means of per-sample values, so the per-sample file
-(``robustness_samples.csv``) cannot give them an interval. What can: each image's prediction in
-the form the metric consumes, kept for every condition of the evaluation, from which the metric
-is recomputed on any multiset of images. The evaluation writes it beside ``robustness.json`` as
-``robustness_evidence.json``::
-
-    {"format": "medrobust dataset-level evidence", "version": 1, "kind": "scores",
-     "metrics": ["auroc", "balanced_accuracy", "f1"], "info": {"classes": 2, "multilabel": false},
-     "sample_ids": [3, 17, …],
-     "targets": [1, 0, …],
-     "columns": {"clean": [0.91, 0.12, …], "pgd/0.004": […], "worst/0.004": […]}}
-
-* ``kind: "scores"`` (classification): per sample, the positive-class probability for two
-  classes, else the list of class probabilities (multi-label: per-label sigmoids); ``targets``:
-  the label (multi-label: the 0/1 list). Probabilities carry 9 significant digits (an exact
-  round trip of the float32 the metrics saw, so the ordering and the 0.5 threshold are kept).
-* ``kind: "matches"`` (detection): per image, its kept detections ``[class, score, tp_bits]``
-  matched to ground truth as COCOeval matches them (``tp_bits``: bit ``k`` set for a true
-  positive at ``info.iou_thresholds[k]``; :func:`lightning_modules.metrics.detection.coco_matches`);
-  ``targets``: ``[[class, count], …]`` ground-truth boxes per class. Matching is per image and
-  class, so these lists recompute AP on any multiset of images.
-* columns: ``clean``, ``<attack>/<ε>``, ``worst/<ε>``: the same conditions (and the same
-  candidate chosen for the worst case) as the per-sample file; rows sorted by sample id.
-
-The same evaluation gives a byte-identical file (fixed key order, floats printed by ``repr``).
-
-:func:`dataset_intervals` turns it into the record's ``intervals["dataset_metrics"]``::
+:func:`dataset_intervals` turns the evidence file (:mod:`callbacks.evidence`) into the
+record's ``intervals["dataset_metrics"]``::
 
     "dataset_metrics": {"auroc": {"clean": {"estimate", "low", "high", "level", "n", "method"},
                                   "worst": [{"eps", …}], "attacks": [{"attack", "eps", …}],
                                   "robust_area": {…} or null}, …}
 
 BCa bootstrap over images (Efron 1987), seeded. Each resample is a vector of multinomial image
-weights (:func:`callbacks.uncertainty.bootstrap_weights`), the same draws for every column of
+weights (:func:`callbacks.image_bootstrap.bootstrap_weights`), the same draws for every column of
 one evaluation, so the robust area's interval comes from the same resamples (its draws are the
 trapezoid of each resample's per-ε values). The acceleration comes from the jackknife, which
 is one more set of weights (``1 − I``: each image left out once; above 1000 images, 1000 groups
@@ -56,16 +31,14 @@ in torchmetrics (equal only when the subset is evaluated in id order, as the eva
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from callbacks.dataset_statistics import _CHUNK_VALUES, Statistic, statistics
+from callbacks.evidence import Evidence, evidence_key
 from callbacks.uncertainty import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
@@ -73,266 +46,14 @@ from callbacks.uncertainty import (
     _check_level,
 )
 
-__all__ = ["FILE_NAME", "Evidence", "auroc_statistic", "dataset_intervals", "evidence_key", "metric_draws",
-           "statistics"]
+__all__ = ["JACKKNIFE_GROUPS", "RECORD_RESAMPLES", "bca_bounds", "dataset_intervals", "metric_draws", "weight_rows",
+           "weighted_bca_interval"]
 
-#: the file's name inside a run's log directory (beside ``robustness.json``)
-FILE_NAME = "robustness_evidence.json"
-FORMAT = "medrobust dataset-level evidence"
-FORMAT_VERSION = 1
-KINDS = ("scores", "matches")
-#: statistics are vectorised over resamples; this bounds one chunk's image weights
-_CHUNK_VALUES = 4_000_000
 #: resamples of the intervals every evaluation writes (:func:`dataset_intervals`): 1000, the
 #: usual floor for BCa (Efron & Tibshirani 1993), to keep the statistics within 2 % of a quick
 #: detection evaluation (2000 cost 3.4 % of BCCD's PGD-10 test: mAP at 10 IoU thresholds per
 #: resample); paired comparisons and the paper verdicts keep :data:`DEFAULT_RESAMPLES`
 RECORD_RESAMPLES = 1000
-
-
-def evidence_key(condition: str, eps: float | None = None) -> str:
-    """``clean``, ``pgd/0.004``, ``worst/0.004`` (the per-sample file's column names, less the metric)."""
-    return condition if eps is None else f"{condition}/{float(eps):g}"
-
-
-def round9(value: float) -> float:
-    """9 significant digits: an exact round trip of a float32, printed short."""
-    return float(f"{float(value):.9g}")
-
-
-@dataclass
-class Evidence:
-    """Per-image predictions of one evaluation in the form its dataset-level metrics consume
-    (module docstring). ``columns[key][i]`` and ``targets[i]`` belong to ``sample_ids[i]``."""
-
-    kind: str
-    metrics: list[str]
-    sample_ids: np.ndarray
-    targets: list[Any]
-    columns: dict[str, list[Any]] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"dataset-level evidence: kind must be one of {KINDS}, got {self.kind!r}")
-        self.sample_ids = np.asarray(self.sample_ids, dtype=np.int64).reshape(-1)
-        n = self.sample_ids.size
-        if len(np.unique(self.sample_ids)) != n:
-            raise ValueError("dataset-level evidence: sample ids must be unique")
-        if len(self.targets) != n:
-            raise ValueError(f"dataset-level evidence: {len(self.targets)} targets for {n} samples")
-        for key, values in self.columns.items():
-            if len(values) != n:
-                raise ValueError(f"dataset-level evidence: column {key!r} has {len(values)} entries for {n} samples")
-
-    @property
-    def n(self) -> int:
-        return int(self.sample_ids.size)
-
-    def sorted(self) -> Evidence:
-        """Rows sorted by sample id."""
-        order = np.argsort(self.sample_ids, kind="stable").tolist()
-        return Evidence(self.kind, list(self.metrics), self.sample_ids[order], [self.targets[i] for i in order],
-                        {k: [v[i] for i in order] for k, v in self.columns.items()}, dict(self.info))
-
-    def to_dict(self) -> dict[str, Any]:
-        table = self.sorted()
-        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": table.kind, "metrics": table.metrics,
-                "info": table.info, "sample_ids": table.sample_ids.tolist(), "targets": table.targets,
-                "columns": table.columns}
-
-    def to_json(self) -> str:
-        # one line per column: compact, and a diff shows which column changed
-        d = self.to_dict()
-        head = {k: v for k, v in d.items() if k != "columns"}
-        lines = [json.dumps(head, allow_nan=False)[:-1] + ', "columns": {']
-        cols = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False, separators=(',', ':'))}"
-                for k, v in d["columns"].items()]
-        return "\n".join(lines + [",\n".join(cols), "}}"]) + "\n"
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + rename), like ``robustness.json``."""
-        from callbacks.atomic import atomic_write_text
-
-        return atomic_write_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Evidence:
-        """Read a file written by :meth:`save`; errors name the file and the key."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read the dataset-level evidence ({err.strerror})") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a medrobust dataset-level evidence file (key 'format' should be {FORMAT!r})")
-        if int(data.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {data.get('version')} is newer than this medrobust reads")
-        try:
-            return cls(data["kind"], list(data["metrics"]), np.asarray(data["sample_ids"], dtype=np.int64),
-                       list(data["targets"]), dict(data["columns"]), dict(data.get("info") or {}))
-        except KeyError as err:
-            raise ValueError(f"{path}: key {err} is missing") from None
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-
-
-# --- statistics: metric values of many image multisets at once ---------------------------------
-Statistic = Callable[[np.ndarray], np.ndarray]
-
-
-def _chunked(fn: Statistic, n: int, per_row: int) -> Statistic:
-    """``fn`` applied to row chunks of ``weights[R, n]`` (bounded memory)."""
-    def run(weights: np.ndarray) -> np.ndarray:
-        w = np.atleast_2d(weights)
-        step = max(1, int(_CHUNK_VALUES // max(1, n * per_row)))
-        return np.concatenate([np.asarray(fn(w[s:s + step]), dtype=np.float64) for s in range(0, w.shape[0], step)])
-    return run
-
-
-def auroc_statistic(scores: np.ndarray, positive: np.ndarray) -> Statistic:
-    """Binary AUROC (Mann–Whitney: P(score of a positive > score of a negative), ties ½; what
-    torchmetrics' exact ROC integrates) as a statistic of image weights ``[R, n] -> [R]``, NaN
-    where a multiset lacks a class. Equal to :func:`callbacks.uncertainty.weighted_auroc`, but
-    the sort and the tie groups are computed once: per call it is a cumulative sum of the
-    negatives' weights in score order and, per positive, the weight of the negatives below its
-    score and tied with it (two gathers) — no per-resample sort."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positive = np.asarray(positive, dtype=bool).reshape(-1)
-    order = np.argsort(scores, kind="stable")
-    s, pos = scores[order], positive[order]
-    new = np.r_[True, s[1:] != s[:-1]]
-    group = np.cumsum(new) - 1
-    starts = np.nonzero(new)[0]
-    ends = np.r_[starts[1:], s.size]                       # one past each tie group's end
-    neg_before = np.r_[0, np.cumsum(~pos)]                  # negatives at sorted positions < i
-    p_at = np.nonzero(pos)[0]
-    below_idx = neg_before[starts[group[p_at]]]            # negatives strictly below each positive
-    upto_idx = neg_before[ends[group[p_at]]]               # … below or tied with it
-    neg_cols, pos_cols = order[~pos], order[pos]
-
-    def stat(w: np.ndarray) -> np.ndarray:
-        w = np.atleast_2d(w)
-        wn = w[:, neg_cols]
-        c = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(wn, axis=1)], axis=1)
-        below, upto = c[:, below_idx], c[:, upto_idx]
-        wp = w[:, pos_cols]
-        num = (wp * (0.5 * (below + upto))).sum(axis=1)
-        den = wp.sum(axis=1) * c[:, -1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return _chunked(stat, scores.size, 4)
-
-
-def _mean_over(stats: list[Statistic]) -> Statistic:
-    """The macro average of per-class statistics; a class undefined in a multiset (absent) is
-    left out of that multiset's mean."""
-    def stat(w: np.ndarray) -> np.ndarray:
-        per = np.stack([f(w) for f in stats])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(per, axis=0)
-    return stat
-
-
-def _score_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
-    """``{metric: statistic(weights[R, n]) -> [R]}`` of one ``scores`` column, each as
-    torchmetrics computes it in :meth:`ClassificationModule.build_metrics`: binary AUROC of the
-    positive-class probability, balanced accuracy and F1 at ``p > 0.5``; multi-class macro
-    one-vs-rest AUROC, macro recall and macro F1 of the argmax; multi-label macro AUROC."""
-    info = evidence.info
-    k = int(info.get("classes", 2))
-    multilabel = bool(info.get("multilabel", False))
-    n = evidence.n
-    values = evidence.columns[key]
-    out: dict[str, Statistic] = {}
-    if multilabel:
-        probs = np.asarray(values, dtype=np.float64).reshape(n, k)
-        labels = np.asarray(evidence.targets, dtype=np.float64).reshape(n, k) > 0.5
-        out["auroc"] = _mean_over([auroc_statistic(probs[:, c], labels[:, c]) for c in range(k)])
-        return out
-    y = np.asarray(evidence.targets, dtype=np.int64).reshape(n)
-    if k == 2:
-        p1 = np.asarray(values, dtype=np.float64).reshape(n)
-        pred = (p1 > 0.5).astype(np.int64)
-        out["auroc"] = auroc_statistic(p1, y == 1)
-    else:
-        # torchmetrics' macro average keeps every class (an absent one counts 0 and warns); a
-        # class absent from a resample is left out there
-        probs = np.asarray(values, dtype=np.float64).reshape(n, k)
-        pred = probs.argmax(axis=1)
-        out["auroc"] = _mean_over([auroc_statistic(probs[:, c], y == c) for c in range(k)])
-    onehot_y = (y[:, None] == np.arange(k)[None, :]).astype(np.float64)       # [n, K]
-    onehot_p = (pred[:, None] == np.arange(k)[None, :]).astype(np.float64)
-    design = np.concatenate([onehot_y * onehot_p, onehot_y, onehot_p], axis=1)  # [n, 3K]
-    last: list[Any] = [None, None]
-
-    def counts(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """tp, support, predicted per class ``[R, K]``: one product, shared by both metrics."""
-        if last[0] is not w:
-            last[0], last[1] = w, np.atleast_2d(w) @ design
-        m = last[1]
-        return m[:, :k], m[:, k:2 * k], m[:, 2 * k:]
-
-    def balanced(w: np.ndarray) -> np.ndarray:
-        tp, sup, predicted = counts(w)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.where(sup > 0, tp / np.where(sup > 0, sup, 1.0), 0.0)
-        # torchmetrics' macro recall counts a class absent from the targets as 0 when it is
-        # predicted and leaves out a class neither present nor predicted
-        used = (sup + predicted) > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(used.any(axis=1), (recall * used).sum(axis=1) / used.sum(axis=1), np.nan)
-
-    def f1(w: np.ndarray) -> np.ndarray:
-        tp, sup, predicted = counts(w)
-        den = sup + predicted                                                  # 2tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1.0), 0.0)
-        if k == 2:
-            return per[:, 1]                                                   # binary: the positive class
-        present = den > 0
-        return np.where(present.any(axis=1), (per * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan)
-
-    out["balanced_accuracy"] = balanced
-    out["f1"] = f1
-    return out
-
-
-def _match_statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
-    """``{map, map_50, map_75: statistic(weights[R, n]) -> [R]}`` of one ``matches`` column
-    (:func:`lightning_modules.metrics.detection.ap_statistic`, the lists parsed once); the
-    three share one computation per weight matrix."""
-    from lightning_modules.metrics.detection import ap_statistic
-
-    info = evidence.info
-    names = [m for m in evidence.metrics if m in ("map", "map_50", "map_75")]
-    keys = [(m, None if m == "map" else {"map_50": 0.5, "map_75": 0.75}[m]) for m in names]
-    compute = ap_statistic(evidence.columns[key], evidence.targets, info["iou_thresholds"],
-                           info["rec_thresholds"], keys)
-    last: list[Any] = [None, None]
-
-    def one(name: str) -> Statistic:
-        def stat(w: np.ndarray) -> np.ndarray:
-            if last[0] is not w:
-                last[0], last[1] = w, compute(w)
-            return last[1][name]
-        return stat
-    return {m: one(m) for m in names}
-
-
-def statistics(evidence: Evidence, key: str) -> dict[str, Statistic]:
-    """``{metric: statistic(weights[R, n]) -> float64[R]}`` for one column ``key`` of
-    ``evidence``: the metric on the image multiset each weight row describes (NaN where it is
-    undefined, e.g. AUROC of a resample with one class); ``ones((1, n))`` gives the metric of
-    the evaluated set, the record's number."""
-    if key not in evidence.columns:
-        raise KeyError(f"dataset-level evidence has no column {key!r}; columns: {list(evidence.columns)[:6]}")
-    fn = _score_statistics if evidence.kind == "scores" else _match_statistics
-    return {m: s for m, s in fn(evidence, key).items() if m in evidence.metrics}
-
 
 #: the jackknife's groups at most: each image its own group up to this many images, above it
 #: images are dealt into this many groups (a grouped jackknife; memory and time stay bounded)
@@ -495,56 +216,3 @@ def weighted_bca_interval(statistic: Statistic, n: int, level: float = DEFAULT_L
     level = _check_level(level)
     draws = np.concatenate([np.asarray(statistic(w), dtype=np.float64) for w in weight_rows(n, n_resamples, seed)])
     return _interval(draws, level, n, n_resamples)
-
-
-__all__ += ["JACKKNIFE_GROUPS", "bca_bounds", "weight_rows", "weighted_bca_interval"]
-
-
-def aligned(a: Evidence, b: Evidence) -> tuple[Evidence, Evidence]:
-    """Both evidence tables restricted to the sample ids they share, sorted by id (for paired
-    comparisons); ``ValueError`` when they share none or are of different kinds."""
-    if a.kind != b.kind:
-        raise ValueError(f"dataset-level evidence of different kinds ({a.kind!r}, {b.kind!r}) cannot be paired")
-    common = np.intersect1d(a.sample_ids, b.sample_ids)
-    if common.size == 0:
-        raise ValueError("the two runs share no evaluated sample id: a paired comparison needs the same samples")
-
-    def take(ev: Evidence) -> Evidence:
-        pos = {int(s): i for i, s in enumerate(ev.sample_ids.tolist())}
-        rows = [pos[int(s)] for s in common]
-        return Evidence(ev.kind, list(ev.metrics), common.copy(), [ev.targets[i] for i in rows],
-                        {k: [v[i] for i in rows] for k, v in ev.columns.items()}, dict(ev.info))
-    return take(a), take(b)
-
-
-def paired_dataset_differences(a: Evidence, b: Evidence, keys: Sequence[str] | None = None,
-                               level: float = DEFAULT_LEVEL, seed: int = 0,
-                               n_resamples: int = DEFAULT_RESAMPLES) -> list[tuple[str, float, float, Interval]]:
-    """Model A against model B on the same images, for every dataset-level metric of the columns
-    both evaluated (or ``keys``): ``(name, metric of A, metric of B, interval of A − B)`` with
-    ``name`` as in the per-sample file (``clean/auroc``, ``worst/0.004/map``).
-
-    Paired: both metrics are computed on every resample of one draw of image weights (the same
-    images for both models, :func:`weight_rows` with the same seed), and the interval is the BCa
-    interval of the differences (the jackknife of the difference for the acceleration), so the
-    images' shared difficulty cancels as in :func:`callbacks.uncertainty.paired_difference`."""
-    level = _check_level(level)
-    a, b = aligned(a, b)
-    shared = [k for k in a.columns if k in b.columns]
-    if keys is not None:
-        missing = [k for k in keys if k not in shared]
-        if missing:
-            raise ValueError(f"dataset-level columns {missing} are not in both runs; shared: {shared}")
-        shared = list(keys)
-    da, db = metric_draws(a, shared, n_resamples, seed), metric_draws(b, shared, n_resamples, seed)
-    out = []
-    for metric in [m for m in da if m in db]:
-        for key in shared:
-            xa, xb = da[metric][key], db[metric][key]
-            iv = _interval(xa - xb, level, a.n, n_resamples)
-            if iv is not None:
-                out.append((f"{key}/{metric}", float(xa[0]), float(xb[0]), iv))
-    return out
-
-
-__all__ += ["aligned", "paired_dataset_differences"]

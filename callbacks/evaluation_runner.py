@@ -23,12 +23,9 @@ import torch.distributed as dist
 from attacks.tree import tree_leaves
 from callbacks.adapter import batch_for
 from callbacks.common import (
-    gradients_enabled,
-    guarded_model,
-    preserved_rng,
+    attack_ready,
     resolve_dataset,
     select_subset,
-    set_eval_mode,
     shard_batches,
     subset_loader,
     to_autograd_safe,
@@ -124,20 +121,16 @@ class EvaluationRunner:
         :attr:`Speedups.early_exit` applies to."""
         start = time.perf_counter()
         dataset, collate_fn, dm_bs = resolve_dataset(trainer, split)
-        indices = select_subset(len(dataset), subset, self.seed)
-        batch_size = self.batch_size or dm_bs or 32
-        rank, world_size = world(trainer)
-        batch_size = batch_size_for_world(len(indices), batch_size, world_size, rank, split, self.who)
-        mine = shard_batches(indices, batch_size, rank, world_size)
+        indices, batch_size, rank, world_size, mine = subset_shard(
+            trainer, len(dataset), subset, self.seed, self.batch_size or dm_bs or 32, split, self.who)
         key = (split, id(dataset), len(dataset), tuple(indices), batch_size, rank, world_size)
         device = pl_module.device
         model = task.attack_model()
         minimal: list[tuple[int, float]] = []
         position = {idx: pos for pos, idx in enumerate(indices)}
 
-        with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model), \
+        with attack_ready(device, pl_module, model), \
                 trainer.precision_plugin.forward_context():  # the trainer's autocast, if any
-            set_eval_mode(pl_module, model)
             lo, hi = (float(b) for b in task.data_info.bounds)
             fast = self.speedups
             metrics_key = (id(task), split, tuple(sp.label for sp in specs), tuple(eps), self.ensemble)
@@ -287,6 +280,18 @@ class EvaluationRunner:
             # one subset per split: a new subset (other dataset, batch size…) replaces the old
             self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
             self._cache[key] = kept
+
+
+def subset_shard(trainer: Any, n: int, subset: int | float | None, seed: int, batch_size: int, split: str,
+                 who: str = "AdversarialEvaluation") -> tuple[list[int], int, int, int, list[tuple[int, list[int], bool]]]:
+    """``(indices, batch_size, rank, world_size, batches)``: the fixed subset of a split of ``n``
+    samples (:func:`~callbacks.common.select_subset`), the batch size every process can use
+    (:func:`batch_size_for_world`) and this rank's ``(batch number, indices, counted)`` batches
+    (:func:`~callbacks.common.shard_batches`)."""
+    indices = select_subset(n, subset, seed)
+    rank, world_size = world(trainer)
+    batch_size = batch_size_for_world(len(indices), batch_size, world_size, rank, split, who)
+    return indices, batch_size, rank, world_size, shard_batches(indices, batch_size, rank, world_size)
 
 
 def batch_size_for_world(n: int, batch_size: int, world_size: int, rank: int, split: str,

@@ -250,7 +250,7 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
     """Rank 0: the files and logger outputs of one record (see the module docstring);
     ``samples``: the per-sample table (``callbacks.per_sample.SampleTable``) written beside
     ``robustness.json`` as ``robustness_samples.csv`` (with ``write_json``); ``evidence``: the
-    dataset-level evidence (``callbacks.dataset_metrics.Evidence``) written as
+    dataset-level evidence (``callbacks.evidence.Evidence``) written as
     ``robustness_evidence.json``."""
     from callbacks.logger_outputs import log_image, log_table
 
@@ -265,7 +265,7 @@ def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_na
 
             samples.save(log_dir / file_name(FILE_NAME))
         if evidence is not None:
-            from callbacks.dataset_metrics import FILE_NAME as EVIDENCE_FILE
+            from callbacks.evidence import FILE_NAME as EVIDENCE_FILE
 
             evidence.save(log_dir / file_name(EVIDENCE_FILE))
         append_history(log_dir / file_name("robustness_history.jsonl"), record)

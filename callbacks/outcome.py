@@ -49,7 +49,7 @@ class EvalOutcome:
     compute: Any = None
     #: per-sample metric values (``callbacks.per_sample.SampleTable``, all ranks), or None
     per_sample: Any = None
-    #: dataset-level evidence (``callbacks.dataset_metrics.Evidence``, all ranks): what AUROC /
+    #: dataset-level evidence (``callbacks.evidence.Evidence``, all ranks): what AUROC /
     #: mAP are recomputed from on resampled image sets; None when the task keeps none
     evidence: Any = None
     #: corruption × severity metrics and cost (``{"metrics", "cost", "suite", "severities"}``,

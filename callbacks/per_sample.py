@@ -61,6 +61,16 @@ def column_name(condition: str, metric: str, level: float | None = None) -> str:
     return f"{condition}/{float(level):g}/{metric}"
 
 
+def common_ids(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted sample ids of both ``a`` and ``b`` (two runs' evaluated samples, for a paired
+    comparison); ``ValueError`` when they share none."""
+    common = np.intersect1d(a, b)
+    if common.size == 0:
+        raise ValueError("the two runs share no evaluated sample id: a paired comparison needs the "
+                         "same samples (same split, subset and seed)")
+    return common
+
+
 @dataclass
 class SampleTable:
     """Per-sample values of one evaluation: ``columns[name][i]`` belongs to ``sample_ids[i]``.
@@ -111,10 +121,7 @@ class SampleTable:
     def aligned(self, other: SampleTable) -> tuple[SampleTable, SampleTable]:
         """Both tables restricted to the sample ids they share, in the same order (for paired
         comparisons). ``ValueError`` when they share none."""
-        common = np.intersect1d(self.sample_ids, other.sample_ids)
-        if common.size == 0:
-            raise ValueError("the two runs share no evaluated sample id: a paired comparison needs the "
-                             "same samples (same split, subset and seed)")
+        common = common_ids(self.sample_ids, other.sample_ids)
         return self._take(common), other._take(common)
 
     def _take(self, ids: np.ndarray) -> SampleTable:
@@ -143,12 +150,10 @@ class SampleTable:
     @classmethod
     def load(cls, path: str | Path) -> SampleTable:
         """Read a file written by :meth:`save`; errors name the file, line and column."""
+        from callbacks.atomic import read_result_text
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read the per-sample results ({err.strerror})") from None
-        lines = text.splitlines()
+        lines = read_result_text(path, "per-sample results").splitlines()
         if not lines or not lines[0].startswith("# medrobust per-sample results"):
             raise ValueError(f"{path}: not a medrobust per-sample file (first line should be {_HEADER!r})")
         reader = csv.reader(lines[1:])

@@ -175,12 +175,10 @@ class RobustnessRecord:
     @classmethod
     def load(cls, path: str | Path) -> RobustnessRecord:
         """Read ``robustness.json``; :class:`RecordError` naming the file and key when invalid."""
+        from callbacks.atomic import read_result_text
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise RecordError(f"{path}: cannot read the robustness record ({err.strerror})") from None
-        return cls.from_json(text, str(path))
+        return cls.from_json(read_result_text(path, "robustness record", RecordError), str(path))
 
     # -- writing ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -115,9 +115,9 @@ class SampleColumns:
 
     def evidence(self, ok: bool) -> Any:
         """The kept dataset-level evidence of every rank as a
-        :class:`callbacks.dataset_metrics.Evidence` sorted by sample id; ``None`` when none was
+        :class:`callbacks.evidence.Evidence` sorted by sample id; ``None`` when none was
         kept (no per-sample values, or the task offers no ``sample_evidence``). Call on every rank."""
-        from callbacks.dataset_metrics import Evidence, evidence_key, round9
+        from callbacks.evidence import Evidence, evidence_key, round9
         from lightning_modules.distributed import is_distributed
 
         ok = ok and self.evidence_ok and bool(self.ids) and len(self._targets) == len(self.ids)

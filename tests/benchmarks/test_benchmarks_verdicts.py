@@ -33,9 +33,9 @@ from benchmarks.paper_suites import (
     medmnist_check,
     xue_claims,
 )
+from callbacks.image_bootstrap import weighted_auroc
 from callbacks.per_sample import SampleTable, column_name
 from callbacks.record_intervals import record_intervals, sample_area
-from callbacks.uncertainty import weighted_auroc
 
 EPS = (0.001, JOEL_EPS)
 
@@ -257,7 +257,7 @@ def test_medmnist_auroc_without_evidence_has_no_interval_so_at_most_inconclusive
 def _with_scores(entry: dict[str, Any], separation: float, seed: int = 0) -> dict[str, Any]:
     """``entry`` with a binormal-score evidence file (600 samples, 40 % positive) and the AUROC
     of those scores in its record."""
-    from callbacks.dataset_metrics import FILE_NAME, Evidence
+    from callbacks.evidence import FILE_NAME, Evidence
 
     rng = np.random.default_rng(seed)
     y = (np.arange(600) % 5 < 2).astype(int)

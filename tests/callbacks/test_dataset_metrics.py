@@ -14,16 +14,10 @@ import pytest
 import torch
 from scipy import stats
 
-from callbacks.dataset_metrics import (
-    FILE_NAME,
-    Evidence,
-    auroc_statistic,
-    dataset_intervals,
-    metric_draws,
-    statistics,
-    weighted_bca_interval,
-)
-from callbacks.uncertainty import weighted_auroc
+from callbacks.dataset_metrics import dataset_intervals, metric_draws, weighted_bca_interval
+from callbacks.dataset_statistics import auroc_statistic, statistics
+from callbacks.evidence import FILE_NAME, Evidence
+from callbacks.image_bootstrap import weighted_auroc
 from lightning_modules.metrics.detection import (
     DetectionMAP,
     average_precision_from_matches,
@@ -143,7 +137,7 @@ def test_binary_scores_recompute_torchmetrics_and_intervals_contain_their_estima
 
 
 def test_auroc_statistic_equals_the_reference_with_ties_and_missing_classes() -> None:
-    """The one-sort AUROC equals :func:`callbacks.uncertainty.weighted_auroc` (a sort per call)
+    """The one-sort AUROC equals :func:`callbacks.image_bootstrap.weighted_auroc` (a sort per call)
     on scores with many ties, under bootstrap and jackknife weights (NaN where a class is
     missing), and torchmetrics' binary AUROC at unit weights."""
     from torchmetrics.classification import AUROC

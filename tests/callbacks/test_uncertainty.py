@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from callbacks.image_bootstrap import resampled_interval
 from callbacks.uncertainty import (
     Interval,
     decide,
@@ -21,7 +22,6 @@ from callbacks.uncertainty import (
     minimum_detectable_difference,
     paired_difference,
     proportion_interval,
-    resampled_interval,
     seeds_interval,
 )
 
@@ -235,7 +235,7 @@ def test_weighted_dataset_metrics_match_torchmetrics_at_unit_weights() -> None:
         multiclass_recall,
     )
 
-    from callbacks.uncertainty import (
+    from callbacks.image_bootstrap import (
         weighted_auroc,
         weighted_balanced_accuracy,
         weighted_macro_auroc,
@@ -257,7 +257,7 @@ def test_weighted_dataset_metrics_match_torchmetrics_at_unit_weights() -> None:
 
 def test_weighted_metrics_equal_the_metric_of_the_resampled_set() -> None:
     # a weight vector of counts is the same as repeating images: check against explicit repeats
-    from callbacks.uncertainty import bootstrap_weights, weighted_auroc, weighted_interval
+    from callbacks.image_bootstrap import bootstrap_weights, weighted_auroc, weighted_interval
 
     rng = np.random.default_rng(10)
     y = rng.random(50) < 0.5
