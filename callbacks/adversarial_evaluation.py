@@ -63,13 +63,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 
 from callbacks.common import check_robust_task, method_name, metric_direction
 from callbacks.corruption_eval import check_severities, resolve_suite
 from callbacks.evaluation_runner import AttackMode, EvaluationRunner
 from callbacks.evaluation_stop import EvaluationInterrupted
 from callbacks.evaluation_writers import build_record, log_scalars, robust_area, write_outputs
+from callbacks.logger_step import CountsLoggerStep
 from callbacks.minimal_eps import MinimalEpsConfig, summarise
 from callbacks.record import MinimalEpsSummary, RobustnessRecord, json_safe
 from callbacks.suite_plan import DEFAULT_ATTACKS, SuitePlan, check_eps_grid
@@ -81,7 +81,7 @@ DEFAULT_EPS: list[float] = [0.002, 0.004]
 When = Literal["test", "always", "never"]
 
 
-class AdversarialEvaluation(Callback):
+class AdversarialEvaluation(CountsLoggerStep):
     """Per-epoch (and validate/test) robustness evaluation on a fixed subset.
 
     Args:
@@ -229,6 +229,11 @@ class AdversarialEvaluation(Callback):
                 "the experiment's callback list instead of appending to it"
             )
 
+    @property
+    def state_key(self) -> str:
+        """One per prefix (two evaluations in a run keep their own logger-step count)."""
+        return self._generate_state_key(prefix=self.prefix)
+
     def resolve_suites(self, pl_module: Any) -> None:
         """Turn named suites into specs for this task (idempotent)."""
         self.suites.resolve(pl_module)
@@ -331,7 +336,7 @@ class AdversarialEvaluation(Callback):
             record.incomplete = run.stopped.to_dict()
         # fit: straight to the loggers and callback_metrics (Speedups.direct_logging)
         direct = self.runner.speedups.direct_logging and trainer.state.fn == "fit"
-        log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max, direct=direct)
+        log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max, direct=direct, step=self.logger_step)
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
         if trainer.is_global_zero:

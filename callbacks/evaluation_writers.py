@@ -176,13 +176,13 @@ def scalar_values(record: RobustnessRecord, prefix: str, minimal_eps_max: float 
 
 
 def log_scalars(pl_module: Any, record: RobustnessRecord, prefix: str, minimal_eps_max: float | None = None,
-                direct: bool = False) -> None:
+                direct: bool = False, step: int | None = None) -> None:
     """Log the record's scalars (:func:`scalar_values`): one ``pl_module.log`` each, or with
     ``direct`` (``fit``'s per-epoch evaluation, :attr:`Speedups.direct_logging`) all at once
-    through :func:`publish_scalars`."""
+    through :func:`publish_scalars` at the logger ``step``."""
     values = scalar_values(record, prefix, minimal_eps_max)
     if direct:
-        publish_scalars(pl_module.trainer, values, pl_module.device)
+        publish_scalars(pl_module.trainer, values, pl_module.device, step)
         return
     for key, value in values.items():
         # Metric values are already identical on every rank (torchmetrics synced them); a
@@ -198,7 +198,8 @@ def scalar_dtype() -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def publish_scalars(trainer: Any, values: dict[str, float], device: torch.device | str = "cpu") -> None:
+def publish_scalars(trainer: Any, values: dict[str, float], device: torch.device | str = "cpu",
+                    step: int | None = None) -> None:
     """What ``LightningModule.log(key, value, on_epoch=True, sync_dist=True, reduce_fx="max")``
     of each scalar in an ``on_validation_epoch_end`` hook of ``fit`` leads to, in one call.
 
@@ -207,10 +208,11 @@ def publish_scalars(trainer: Any, values: dict[str, float], device: torch.device
       ``EarlyStopping`` and a scheduler's monitor see it as they would a logged one;
     * the values are max-reduced over the ranks in one collective (they are equal on every
       rank, except ``eval_seconds``: the slowest rank's, as ``reduce_fx="max"`` gives);
-    * rank 0: each logger's ``log_metrics`` with ``epoch`` added, at the step Lightning logs the
-      epoch's own scalars with (:func:`logging_step`), in a row of their own — CSV, W&B and the
-      others write it at their next ``save`` (Lightning saves right after logging the epoch's
-      own scalars, in the same validation end).
+    * rank 0: each logger's ``log_metrics`` with ``epoch`` added, at ``step`` — the step Lightning
+      logs the epoch's own scalars with, as :class:`callbacks.logger_step.CountsLoggerStep` counts
+      it (``None``: ``trainer.global_step``) — in a row of their own; CSV, W&B and the others write
+      it at their next ``save`` (Lightning saves right after logging the epoch's own scalars, in
+      the same validation end).
 
     A tenth of the cost of the ``log`` calls: each ``log`` call copies Lightning's
     bookkeeping of its key (≈ 0.2 ms on the CPU; 22 scalars on the quickstart).
@@ -226,21 +228,8 @@ def publish_scalars(trainer: Any, values: dict[str, float], device: torch.device
     if trainer.loggers and trainer.is_global_zero:
         scalars: dict[str, float] = dict(zip(values, stacked.tolist()))
         scalars.setdefault("epoch", trainer.current_epoch)
-        step = logging_step(trainer)
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-
-
-def logging_step(trainer: Any) -> int:
-    """The step Lightning's logger connector gives scalars logged in ``fit`` (the batches that
-    stepped so far: during the validation after a batch, before that batch is counted; neither
-    ``global_step`` nor ``global_step − 1`` in every run — skipped steps, accumulation).
-    Lightning keeps it on the fit loop without a public accessor; it is read, never written,
-    and ``global_step`` stands in where a Lightning version lacks it.
-    ``tests/callbacks/test_direct_logging.py`` checks it equals the step of the epoch's ``val/*`` row."""
-    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    step = getattr(epoch_loop, "_batches_that_stepped", None)
-    return int(trainer.global_step if step is None else step)
+            logger.log_metrics(scalars, step=int(trainer.global_step if step is None else step))
 
 
 def write_outputs(trainer: Any, record: RobustnessRecord, log_dir: Path, file_name: Callable[[str], str],

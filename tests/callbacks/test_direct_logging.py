@@ -168,3 +168,41 @@ def test_publish_scalars_stores_lightnings_dtype(default: torch.dtype) -> None:
         torch.set_default_dtype(previous)
     assert trainer.callback_metrics["adv/robust_area"].dtype == default
     assert float(trainer.callback_metrics["adv/robust_area"]) == float(torch.tensor(0.1, dtype=default))
+
+
+def _steps(rows: list[dict[str, str]], prefix: str) -> list[tuple[int, int]]:
+    """``(epoch, step)`` of each CSV row with a non-empty cell whose key starts with ``prefix``."""
+    return [(int(r["epoch"]), int(r["step"])) for r in rows
+            if any(k.startswith(prefix) and v != "" for k, v in r.items())]
+
+
+def test_logger_step_is_lightnings_with_accumulation_mid_epoch_validation_and_resume(tmp_path: Path) -> None:
+    """The step the callback counts itself (:class:`callbacks.logger_step.CountsLoggerStep`, no
+    private Lightning attribute) is the step of Lightning's own ``val/*`` row at every validation:
+    with gradient accumulation over 2 of 3 batches and a validation after every batch — where
+    neither ``global_step`` nor ``global_step − 1`` is that step — and in a run resumed from the
+    last checkpoint (the count is the callback's state)."""
+    def fit(root: Path, epochs: int, ckpt_path: str | None = None) -> tuple[L.Trainer, list[dict[str, str]]]:
+        L.seed_everything(0)
+        ev = AdversarialEvaluation(**SETTINGS)
+        assert ev.runner.speedups.direct_logging
+        dm = make_datamodule(num_val=8, num_train=48)
+        tr = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=CSVLogger(root, name="csv", version=0),
+                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root),
+                       limit_train_batches=3, accumulate_grad_batches=2, val_check_interval=1,
+                       num_sanity_val_steps=0,
+                       callbacks=[ev, ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)])
+        tr.fit(make_module(dm), dm, ckpt_path=ckpt_path)
+        return tr, _rows(tr)[1]
+
+    tr, rows = fit(tmp_path / "a", 2)
+    val, adv = _steps(rows, "val/"), _steps(rows, "adv/")
+    assert len(val) == 6 and adv == val  # 3 validations per epoch, each at Lightning's own step
+    assert [s for _, s in val] == [0, 0, 1, 2, 2, 3]  # a window of 2 batches, the last batch steps alone
+    assert tr.global_step == 4
+    ckpt = tmp_path / "a" / "ckpt" / "last.ckpt"
+    assert ckpt.is_file()
+    _, resumed = fit(tmp_path / "b", 3, ckpt_path=str(ckpt))
+    val, adv = _steps(resumed, "val/"), _steps(resumed, "adv/")
+    assert len(val) == 3 and adv == val
+    assert [s for _, s in val] == [4, 4, 5]
