@@ -229,11 +229,6 @@ class AdversarialEvaluation(CountsLoggerStep):
                 "the experiment's callback list instead of appending to it"
             )
 
-    @property
-    def state_key(self) -> str:
-        """One per prefix (two evaluations in a run keep their own logger-step count)."""
-        return self._generate_state_key(prefix=self.prefix)
-
     def resolve_suites(self, pl_module: Any) -> None:
         """Turn named suites into specs for this task (idempotent)."""
         self.suites.resolve(pl_module)

@@ -24,6 +24,7 @@ from callbacks.common import (
     select_subset,
     to_autograd_safe,
 )
+from callbacks.evaluation_runner import AttackMode
 
 
 class AdversarialExamples(Callback):
@@ -46,8 +47,8 @@ class AdversarialExamples(Callback):
         num_samples: int = 4,
         attack: dict[str, Any] | None = None,
         eps: float = 0.004,
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: AttackMode = "eval",
+        dropout_mode: AttackMode = "eval",
         seed: int = 0,
         on_test: bool = True,
         min_score: float = 0.3,

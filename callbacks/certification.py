@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 
 __all__ = ["Certification"]
+
+#: the family-wise correction of segmentation's per-pixel tests
+Correction = Literal["holm", "bonferroni", "none"]
 
 
 class Certification(pl.Callback):
@@ -43,7 +46,7 @@ class Certification(pl.Callback):
     """
 
     def __init__(self, sigmas: Sequence[float], radii: Sequence[float] = (0.25, 0.5, 1.0), n0: int = 100,
-                 n: int = 500, alpha: float = 0.001, batch: int = 250, correction: str = "holm", seed: int = 0,
+                 n: int = 500, alpha: float = 0.001, batch: int = 250, correction: Correction = "holm", seed: int = 0,
                  prefix: str = "adv") -> None:
         super().__init__()
         if not sigmas or any(float(s) <= 0 for s in sigmas):

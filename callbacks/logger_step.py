@@ -13,10 +13,13 @@ without a public accessor (``fit_loop.epoch_loop._batches_that_stepped``, lightn
   (``trainer.num_training_batches``; unless the strategy accumulates on its own); it is counted
   when the next batch starts or the epoch ends (:meth:`CountsLoggerStep.on_train_epoch_end`
   also counts the last batch of an epoch of unknown length);
-* the count is the callback's ``state_dict``, so a resumed run goes on from it (a batch that had
-  ended but not yet been counted when the checkpoint was written is counted on loading, as
-  Lightning does); a run resumed from a checkpoint written without it starts from
-  ``trainer.global_step`` (the same number for one optimizer without skipped steps).
+* the count goes into the checkpoint (``on_save_checkpoint``: under :data:`CHECKPOINT_KEY`, one
+  entry per callback ``prefix``), so a resumed run goes on from it (a batch that had ended but
+  not yet been counted when the checkpoint was written is counted on loading, as Lightning
+  does); a run resumed from a checkpoint written without it starts from ``trainer.global_step``
+  (the same number for one optimizer without skipped steps). Not through ``state_dict``:
+  Lightning refuses two callbacks of one class with state before they are set up, and two
+  evaluations with the same prefix must reach the callback's own error, which names the prefix.
 
 ``tests/callbacks/test_direct_logging.py`` checks the count against the step of the rows
 Lightning writes itself (``val/*``), with and without gradient accumulation and after a resume.
@@ -28,6 +31,9 @@ import math
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+
+#: the checkpoint's entry of the counts: ``{prefix: {"logger_step": int, "ended": 0 | 1}}``
+CHECKPOINT_KEY = "medrobust_logger_step"
 
 
 class CountsLoggerStep(Callback):
@@ -68,10 +74,15 @@ class CountsLoggerStep(Callback):
         self._last_closed = True
         self._count()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"logger_step": self.logger_step, "ended": self._ended}
+    def _step_key(self) -> str:
+        return str(getattr(self, "prefix", type(self).__name__))
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "logger_step" in state_dict:
-            self.logger_step = int(state_dict["logger_step"]) + int(state_dict.get("ended", 0))
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault(CHECKPOINT_KEY, {})[self._step_key()] = {"logger_step": self.logger_step,
+                                                                       "ended": self._ended}
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        state = (checkpoint.get(CHECKPOINT_KEY) or {}).get(self._step_key())
+        if state is not None:
+            self.logger_step = int(state["logger_step"]) + int(state.get("ended", 0))
             self._ended, self._loaded = 0, True

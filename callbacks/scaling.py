@@ -25,7 +25,7 @@ adds them from ``--batch_scaling`` and ``--speed.*``; in Python, pass them in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -35,7 +35,9 @@ from torch import Tensor, nn
 
 from attacks.options import check_choice
 
-BATCH_SCALING_MODES = ("global", "linear", "per_device")
+#: how the batch size and learning rate follow the number of processes (see :class:`BatchScaling`)
+BatchScalingMode = Literal["global", "linear", "per_device"]
+BATCH_SCALING_MODES: tuple[str, ...] = get_args(BatchScalingMode)
 
 #: where the unscaled values are kept, so a second ``setup`` (fit then test) does not rescale
 _ORIGINAL_BATCH = "_medrobust_unscaled_batch_size"
@@ -71,7 +73,7 @@ class BatchScaling(Callback):
     LightningCLI's ``--optimizer``). A no-op with one process.
     """
 
-    def __init__(self, mode: str = "global") -> None:
+    def __init__(self, mode: BatchScalingMode = "global") -> None:
         check_choice("batch_scaling", mode, BATCH_SCALING_MODES)
         self.mode = mode
         self.applied: dict[str, Any] = {}
