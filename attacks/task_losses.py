@@ -393,7 +393,7 @@ def _vanishing(clean: Tensor | None, steps: int, score_thresh: float = 0.05) -> 
 
     Per image: ``Σ_{s_j >= score_thresh} log(1 − s_j)`` over the scores ``s_j`` of the
     detector's eval-mode, post-processed detections (``scores`` ``[B, N]`` in ``[0, 1]``,
-    zero-padded; see :func:`callbacks.evaluation_loop.task_loss_tensors`). It is ``<= 0`` and
+    zero-padded; see :func:`callbacks.attack_loss.task_loss_tensors`). It is ``<= 0`` and
     reaches 0 when nothing is detected above the threshold, so ascending it lowers every
     confident score, and an attack that keeps its highest-loss iterate (APGD) keeps the one
     with the fewest / weakest detections. The ``labels`` argument is not used.

@@ -26,15 +26,14 @@ beside ``robustness.json``. In a sequential suite a member's column is the worst
 and the members before it (the samples it skipped keep their earlier result), as its aggregate
 metric in the record is.
 
-Its parts, one job per file: the per-sample ranking (:mod:`callbacks.sample_ranking`), the
-sanity counts (:mod:`callbacks.sanity`), the shortcuts (:mod:`callbacks.evaluation_shortcuts`),
-the results (:mod:`callbacks.evaluation_results`), the stop (:mod:`callbacks.evaluation_stop`)
-and the members' losses (:mod:`callbacks.attack_loss`).
+Its parts, one job per file: :mod:`callbacks.sample_ranking`, :mod:`callbacks.sanity` (counts),
+:mod:`callbacks.evaluation_shortcuts`, :mod:`callbacks.evaluation_results`,
+:mod:`callbacks.evaluation_stop` and :mod:`callbacks.attack_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -380,7 +379,3 @@ class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, Eval
             self.meter.switch("sanity")
             self._large_eps_check(batch_no, batch, counted, task_loss)
         self.meter.end()
-
-    def run(self, batches: Iterable[tuple[int, dict[str, Any], bool]]) -> None:
-        for batch_no, batch, counted in batches:
-            self.run_batch(batch_no, batch, counted)

@@ -29,7 +29,7 @@ ROW_BUCKET = 4
 #: attacks whose result depends only on each sample and its ε when they have no random start
 STACKABLE = ("pgd", "bim", "fgsm")
 #: attacks whose first step, without a random start, takes the gradient at ``x`` (what
-#: :meth:`RobustnessEvaluator._shared_start` computes once for all of them)
+#: :meth:`EvaluationShortcuts._shared_start` computes once for all of them)
 SHARES_START = ("pgd", "bim", "fgsm", "mifgsm")
 
 
