@@ -170,7 +170,7 @@ class AdversarialEvaluation(CountsLoggerStep):
         report: bool = True,
         num_workers: int = 0,
         cache_mb: float = 256.0,
-        test_subset: int | float | None | str = "same",
+        test_subset: int | float | Literal["same"] | None = "same",
         prefix: str = "adv",
         sanity: When = "test",
         intervals: When = "test",
