@@ -178,27 +178,39 @@ def test_margins_survive_checkpoint_and_resume(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- DDP
 DDP_SCRIPT = textwrap.dedent('''
-    """Run by test_ddp_margins_match: one AMAT epoch, then every rank saves its margins."""
+    """Run by the DDP tests below: one AMAT epoch on 11 synthetic samples; every rank saves its
+    margins (and, on segmentation, the threshold taken from the clean checkpoint)."""
     import lightning as L
 
     from datamodules.synthetic import SyntheticDataModule
-    from lightning_modules import AMAT, ClassificationModule
+    from lightning_modules import AMAT, ClassificationModule, SegmentationModule
     from tests.support.ddp_runs import SaveAtTrainEnd, close_process_group, ddp_fit_trainer, script_main
 
+    # lr = 0 and no BatchNorm: each sample's margin depends on that sample only, so 1 and 2
+    # processes must agree; random_start=False removes the RNG from the attack.
+    SETUPS = {
+        "classification": (ClassificationModule, "SmallCNN", dict(delta=0.05, max_margin=1.0)),
+        "segmentation": (SegmentationModule, "SmallUNet", dict(delta=0.3, max_margin=3.0)),
+    }
 
-    def run(devices, out):
+
+    def state(module):
+        m = module.method
+        return {"margins": m.margins.cpu(), "threshold": m.threshold_value.cpu()}
+
+
+    def run(devices, out, task, clean=None):
         L.seed_everything(0)
-        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in.
-        dm = SyntheticDataModule(task="classification", num_train=11, num_val=4, num_test=4,
+        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in (also in the
+        # threshold's statistics pass).
+        dm = SyntheticDataModule(task=task, num_train=11, num_val=4, num_test=4,
                                  image_size=(16, 16), batch_size=4 // devices)
-        # lr = 0 and no BatchNorm: each sample's margin depends on that sample only, so 1 and 2
-        # processes must agree; random_start=False removes the RNG from the attack.
-        net = {"class_path": "lightning_modules.nets.SmallCNN",
+        module_class, net_class, margins = SETUPS[task]
+        net = {"class_path": f"lightning_modules.nets.{net_class}",
                "init_args": {"features": [4, 8], "norm": "none"}}
-        model = ClassificationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                     method=AMAT(delta=0.05, max_margin=1.0, attack={"steps": 3, "random_start": False}))
-        save = SaveAtTrainEnd(out, "margins", lambda module: module.method.margins.cpu())
-        ddp_fit_trainer(devices, [save]).fit(model, dm)
+        method = AMAT(**margins, attack={"steps": 3, "random_start": False}, clean_checkpoint=clean)
+        model = module_class(net=net, data_info=dm.info, optimizer="sgd", lr=0.0, method=method)
+        ddp_fit_trainer(devices, [SaveAtTrainEnd(out, "state", state)]).fit(model, dm)
         close_process_group()
 
 
@@ -209,10 +221,10 @@ DDP_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_ddp_margins_match(tmp_path: Path) -> None:
-    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_amat")
-    rank0, rank1 = (torch.load(out2 / f"margins_rank{r}.pt") for r in range(2))
+    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_amat", "classification")
+    rank0, rank1 = (torch.load(out2 / f"state_rank{r}.pt")["margins"] for r in range(2))
     assert torch.equal(rank0, rank1)  # identical on both ranks
-    single = torch.load(out1 / "margins_rank0.pt")
+    single = torch.load(out1 / "state_rank0.pt")["margins"]
     assert not torch.equal(single, torch.full_like(single, 0.05))  # margins moved
     assert torch.allclose(rank0, single, atol=1e-5)  # and as with one process
 
@@ -466,35 +478,6 @@ def test_clean_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         AMAT(adv_loss_on="some")
 
 
-DDP_SEG_SCRIPT = textwrap.dedent('''
-    """Run by test_ddp_segmentation_margins_and_threshold_match: one AMAT epoch on segmentation
-    with the threshold from a clean checkpoint; every rank saves margins and threshold."""
-    import lightning as L
-
-    from datamodules.synthetic import SyntheticDataModule
-    from lightning_modules import AMAT, SegmentationModule
-    from tests.support.ddp_runs import SaveAtTrainEnd, close_process_group, ddp_fit_trainer, script_main
-
-
-    def run(devices, out, clean):
-        L.seed_everything(0)
-        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in (also in the
-        # threshold's statistics pass).
-        dm = SyntheticDataModule(task="segmentation", num_train=11, num_val=4, num_test=4,
-                                 image_size=(16, 16), batch_size=4 // devices)
-        net = {"class_path": "lightning_modules.nets.SmallUNet",
-               "init_args": {"features": [4, 8], "norm": "none"}}
-        model = SegmentationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                   method=AMAT(delta=0.3, max_margin=3.0, attack={"steps": 3, "random_start": False}, clean_checkpoint=clean))
-        save = SaveAtTrainEnd(out, "state", lambda module: {"margins": module.method.margins.cpu(),
-                                                          "threshold": module.method.threshold_value.cpu()})
-        ddp_fit_trainer(devices, [save]).fit(model, dm)
-        close_process_group()
-
-
-    if __name__ == "__main__":
-        script_main(run)
-''')
 
 
 @pytest.mark.slow
@@ -509,7 +492,8 @@ def test_ddp_segmentation_margins_and_threshold_match(tmp_path: Path) -> None:
     clean_net = SegmentationModule(net=TINY_UNET, data_info=dm.info)
     clean = tmp_path / "clean.ckpt"
     torch.save({"state_dict": clean_net.state_dict()}, clean)
-    out2, out1 = run_on_two_processes_and_one(DDP_SEG_SCRIPT, tmp_path, "ddp_amat_seg", str(clean))
+    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_amat_seg", "segmentation",
+                                              str(clean))
     rank0, rank1 = (torch.load(out2 / f"state_rank{r}.pt") for r in range(2))
     single = torch.load(out1 / "state_rank0.pt")
     assert torch.equal(rank0["margins"], rank1["margins"])
