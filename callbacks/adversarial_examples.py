@@ -100,7 +100,7 @@ class AdversarialExamples(Callback):
         raw = collate_fn([dataset[i] for i in indices]) if collate_fn else None
         device = pl_module.device
         model = task.attack_model()
-        atk = self.spec.build(self.eps, tuple(task.data_info.bounds), self.bn_mode, self.dropout_mode)
+        atk = self.spec.build(self.eps, tuple(task.data_info.bounds), (self.bn_mode, self.dropout_mode))
 
         with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model):
             set_eval_mode(pl_module, model)

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import StartGradient, start_gradient
 from attacks.spec import AttackSpec
+from attacks.start import StartGradient, start_gradient
 from attacks.tree import select_rows
 from attacks.worst_case import Worst, badness, keep_worst
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
@@ -186,7 +186,7 @@ class RobustnessEvaluator:
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
-            (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
+            (s.label, e): s.build(e, bounds, (bn_mode, dropout_mode)) for s in self.specs for e in self.eps
         }
         self._violation_ok = True
         self._metric_ok = True
@@ -376,7 +376,7 @@ class RobustnessEvaluator:
             keys = [(spec.label, e) for e in self.eps]
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
-            attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            attack = spec.build(eps, tuple(self.task.data_info.bounds), self.modes)
             # each row's step exactly as its own ε's attack rounds it (a float step is rounded
             # to x's dtype once; rel·ε computed on the float32 ε tensor may differ by an ulp)
             own = [self.attacks[key] for key in keys]
