@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from attacks.seeding import seeded_generator
 from attacks.spec import parse_attack_specs
 from callbacks.common import (
     check_robust_task,
@@ -106,7 +107,7 @@ class AdversarialExamples(Callback):
             set_eval_mode(pl_module, model)
             batch = to_autograd_safe(raw, device)
             x = batch["image"]
-            gen = torch.Generator(device=device).manual_seed(self.seed)
+            gen = seeded_generator(self.seed, device=device)
             x_adv = atk(model, x, batch, loss_fn=lambda out, b: task.per_sample_loss(out, b), generator=gen)
             with torch.no_grad():
                 clean_pred = task.predict_for_display(model(x))

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
 from attacks.start import StartGradient, start_gradient
 from attacks.tree import select_rows
@@ -83,11 +84,6 @@ def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list
             raise ValueError(f"{field_name}: every ε must be a number > 0 (ε = 0 is the clean metric), got {v!r}")
         out.append(float(v))
     return sorted(set(out))
-
-
-def _seed_for(seed: int, batch_no: int, attack_i: int, eps_i: int) -> int:
-    """Seed of one (batch, attack, ε): depends on the global batch number, never on the rank."""
-    return hash((int(seed), int(batch_no), int(attack_i), int(eps_i))) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class RobustnessEvaluator:
@@ -384,7 +380,7 @@ class RobustnessEvaluator:
             if all(isinstance(v, float) for v in steps):
                 attack.step_size = torch.tensor(steps, dtype=torch.float64, device=x.device).repeat_interleave(size)
             many = {key: torch.cat([v] * k) for key, v in batch.items()}
-            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
+            gen = seeded_generator(self.seed, batch_no, a_i, 0, device=x.device)
             x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen,
                            start=None if start is None else start.repeat(k))
             with torch.no_grad():
@@ -546,7 +542,7 @@ class RobustnessEvaluator:
                 self._next_member(spec.label, eps)
                 self.meter.switch((spec.label, eps))
                 attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
-                gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
+                gen = seeded_generator(self.seed, batch_no, a_i, e_i, device=x.device)
                 if carried is not None:
                     x_adv, out = self._attack_remaining(attack, spec, batch, x, size, todo, carried,
                                                         out_clean, task_loss, gen, start)
@@ -626,7 +622,7 @@ class RobustnessEvaluator:
             self._next_member("sanity", None)
             self.meter.switch("sanity")
         if self.large_eps is not None and counted:
-            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
+            gen = seeded_generator(self.seed, batch_no, -1, -1, device=x.device)
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
             out_big = self.forward(x_big)
             self.large_violated += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
