@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .base import Attack
 from .call import AttackCall, Norm, Scalar
-from .checks import check_count
+from .checks import check_count, check_restarts
 from .mode import Mode
 from .projection import linf_box, project_l2, random_start, steepest_direction
 from .registry import register_attack
@@ -93,11 +93,9 @@ class APGD(Attack):
     ) -> None:
         super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts, bool(random_start))
         if not 0 < rho <= 1 or not 0 <= momentum <= 1:
             raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
-        if restarts > 1 and not random_start:
-            raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.steps = steps
         self.restarts = restarts
         self.rho = float(rho)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_bounds", "check_count", "check_loss", "check_scalar", "check_violated"]
+__all__ = ["check_bounds", "check_count", "check_loss", "check_restarts", "check_scalar", "check_violated"]
 
 
 def check_bounds(bounds: Any) -> tuple[float, float]:
@@ -30,6 +30,15 @@ def check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
+
+
+def check_restarts(restarts: Any, random_start: bool = True) -> int:
+    """A restart count (:func:`check_count`); more than one needs a random start, since restarts
+    from the same point would be identical."""
+    check_count("restarts", restarts)
+    if restarts > 1 and not random_start:
+        raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
+    return restarts
 
 
 def check_scalar(

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from .base import Attack, describe_value
 from .call import AttackCall, Norm, Scalar
-from .checks import check_count, check_scalar
+from .checks import check_count, check_restarts, check_scalar
 from .mode import Mode
 from .options import check_choice
 from .projection import linf_box, project_l2, random_start, steepest_direction
@@ -114,12 +114,10 @@ class PGD(Attack):
     ) -> None:
         super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts, bool(random_start))
         self.steps = steps
         self.step_size = check_scalar("step_size", step_size, allow_none=True)
         self.random_start = bool(random_start)
-        if restarts > 1 and not self.random_start:
-            raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.restarts = restarts
         self.init_radius = check_scalar("init_radius", init_radius, allow_none=True)
         check_choice("init_distribution", init_distribution, INIT_DISTRIBUTIONS)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .base import Attack
 from .call import AttackCall, Norm, Scalar
-from .checks import check_count
+from .checks import check_count, check_restarts
 from .mode import Mode
 from .projection import linf_box, per_sample_norm, project_l2
 from .registry import register_attack
@@ -83,7 +83,7 @@ class Square(Attack):
     ) -> None:
         super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.steps = steps

@@ -20,7 +20,7 @@ from torch import Tensor
 from . import losses
 from .call import AttackCall, LossFn, Model, ViolationFn, prepare_call
 from .checks import check_bounds
-from .mode import attack_mode
+from .mode import Mode, attack_mode
 from .tree import tree_map
 
 
@@ -100,7 +100,7 @@ class StartGradient:
                              pick(self.zero), self.model, self.loss_fn, self.is_violated,  # type: ignore[arg-type]
                              pick(self.violated))
 
-    def applies_to(self, call: AttackCall, bn_mode: str, dropout_mode: str) -> bool:
+    def applies_to(self, call: AttackCall, bn_mode: Mode, dropout_mode: Mode) -> bool:
         """Whether a call (of an attack with these modes) computes exactly this gradient at
         ``x`` (the values of its iterate are compared when it takes the gradient)."""
         return (self.model is call.model and self.loss_fn is call.loss_fn
