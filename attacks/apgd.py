@@ -128,7 +128,10 @@ class APGD(Attack):
                 # in place on a fresh tensor (APGD projects twice per step)
                 return project_l2(call, xa, eps_t)
 
-        x_k = project(random_start(call, self.norm, eps_t)) if self.random_start else x.clone()  # type: ignore[arg-type]
+        if self.random_start:
+            x_k = project(random_start(call, self.norm, eps_t))  # type: ignore[arg-type]
+        else:
+            x_k = x.clone()
 
         eta = 2.0 * eps_t  # [B]
         grad, loss, violated = self.input_gradient(call, x_k)

@@ -188,4 +188,5 @@ def _keep_smallest(call: AttackCall, delta: Tensor, adv: Tensor, best_norm: Tens
     ``(‖delta‖ [B], best_norm, best_delta)``."""
     size = per_sample_norm(delta, norm)
     smaller = adv & (size < best_norm)
-    return size, torch.where(smaller, size, best_norm), torch.where(call.per_sample(smaller), delta, best_delta)
+    best_delta = torch.where(call.per_sample(smaller), delta, best_delta)
+    return size, torch.where(smaller, size, best_norm), best_delta

@@ -93,7 +93,6 @@ class UniformNoise(Noise):
     """Additive uniform noise ``x + U(−eps, eps)`` (so always inside the L∞ ``eps`` ball)."""
 
     name = "uniform"
-
     needs_eps = True
 
     def __init__(self, eps: Scalar = 0.1, bounds: tuple[float, float] = (0.0, 1.0),

@@ -2,9 +2,9 @@
 
 A spec is an attack *without* its budget and range — ``{name, norm?, steps?, step_size? |
 rel_step_size?, restarts?, random_start?, init_radius? | rel_init_radius?, label?, loss?,
-**extras}`` — and ``spec.build(eps, bounds, (bn_mode, dropout_mode))`` makes the attack. The budget belongs to
-whoever uses the spec: the ε grid of an evaluation callback, the ε (and schedule) of a
-training method, AMAT's per-sample margins. So the same mapping can stand in a method's
+**extras}`` — and ``spec.build(eps, bounds, (bn_mode, dropout_mode))`` makes the attack. The
+budget belongs to whoever uses the spec: the ε grid of an evaluation callback, the ε (and
+schedule) of a training method, AMAT's per-sample margins. So the same mapping can stand in a method's
 ``attack:`` field (``SAT(attack={"name": "mifgsm", "steps": 5})``), in an evaluation callback's
 attack list and in a named suite (:mod:`attacks.suites`).
 
