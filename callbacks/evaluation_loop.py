@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import start_gradient
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
+from attacks.start import start_gradient
 from attacks.tree import select_rows
 from attacks.worst_case import Worst, keep_worst
 from callbacks.accounting import ComputeMeter, CountingModel
@@ -53,11 +54,6 @@ from callbacks.outcome import EvalMetrics
 from callbacks.sample_ranking import SampleRanking
 from callbacks.sanity import SanityCounts
 from lightning_modules.distributed import is_distributed
-
-
-def _seed_for(seed: int, batch_no: int, attack_i: int, eps_i: int) -> int:
-    """Seed of one (batch, attack, ε): depends on the global batch number, never on the rank."""
-    return hash((int(seed), int(batch_no), int(attack_i), int(eps_i))) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, EvaluationResults):
@@ -155,7 +151,7 @@ class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, Eval
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
-            (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
+            (s.label, e): s.build(e, bounds, (bn_mode, dropout_mode)) for s in self.specs for e in self.eps
         }
         self._init_ranking(task, higher, keep_per_sample)  # callbacks/sample_ranking.py
         #: asked before each member × ε: ``True`` stops the evaluation (:meth:`run_batch`)
@@ -186,10 +182,6 @@ class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, Eval
             g["nonfinite"] += int(stats.nonfinite.sum())
             g["zero"] += int(stats.zero.sum())
             attack.last_gradients = None
-
-    def _generator(self, device: torch.device, batch_no: int, attack_i: int, eps_i: int) -> torch.Generator:
-        """The random stream of one (batch, attack, ε) (:func:`_seed_for`)."""
-        return torch.Generator(device=device).manual_seed(_seed_for(self.seed, batch_no, attack_i, eps_i))
 
     def forward(self, x: torch.Tensor) -> Any:
         hit = self._scored.pop(id(x), None)
@@ -306,7 +298,7 @@ class RobustnessEvaluator(SampleRanking, SanityCounts, EvaluationShortcuts, Eval
                 self._next_member(spec.label, eps)
                 self.meter.switch((spec.label, eps))
                 attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
-                gen = self._generator(x.device, batch_no, a_i, e_i)
+                gen = seeded_generator(self.seed, batch_no, a_i, e_i, device=x.device)
                 if carried is not None:
                     x_adv, out = self._attack_remaining(attack, spec, batch, x, size, todo, carried,
                                                         out_clean, task_loss, gen, start)

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from attacks.base import StartGradient
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
+from attacks.start import StartGradient
 from attacks.tree import select_rows
 from callbacks.metric_feed import MAX_STACK_BYTES
 
@@ -61,8 +62,8 @@ def _rows_of(outputs: dict[int, torch.Tensor], winner: torch.Tensor) -> torch.Te
 class EvaluationShortcuts:
     """ε-stacking, the shared start and early exit's row selection (module docstring); the
     evaluator provides ``task``, ``model``, ``specs``, ``eps``, ``attacks``, ``meter``,
-    ``modes``, ``sequential``, ``stack_eps``, ``share_start``, ``forward``, ``_loss_fn`` and
-    ``_generator``."""
+    ``modes``, ``sequential``, ``stack_eps``, ``share_start``, ``seed``, ``forward`` and
+    ``_loss_fn``."""
 
     _scored: dict[int, tuple[torch.Tensor, Any]]
     _starts_at_x: bool | None
@@ -101,7 +102,7 @@ class EvaluationShortcuts:
             keys = [(spec.label, e) for e in self.eps]
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
-            attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            attack = spec.build(eps, tuple(self.task.data_info.bounds), self.modes)
             # each row's step exactly as its own ε's attack rounds it (a float step is rounded
             # to x's dtype once; rel·ε computed on the float32 ε tensor may differ by an ulp)
             own = [self.attacks[key] for key in keys]
@@ -109,7 +110,7 @@ class EvaluationShortcuts:
             if all(isinstance(v, float) for v in steps):
                 attack.step_size = torch.tensor(steps, dtype=torch.float64, device=x.device).repeat_interleave(size)
             many = {key: torch.cat([v] * k) for key, v in batch.items()}
-            gen = self._generator(x.device, batch_no, a_i, 0)
+            gen = seeded_generator(self.seed, batch_no, a_i, 0, device=x.device)
             x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen,
                            start=None if start is None else start.repeat(k))
             with torch.no_grad():

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from attacks.seeding import seeded_generator
 from callbacks.outcome import EvalOutcome
 
 
@@ -304,7 +305,7 @@ class SanityCounts:
         if not counted:
             return
         x = batch["image"]
-        gen = self._generator(x.device, batch_no, -1, -1)
+        gen = seeded_generator(self.seed, batch_no, -1, -1, device=x.device)
         x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
         out_big = self.forward(x_big)
         self.large_violated += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0
