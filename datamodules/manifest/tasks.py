@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamodules.imagefiles import BadSampleError, image_header_size
+from datamodules.imagefiles import image_header_size
 from datamodules.manifest.handler import RowOptions, TaskRows
 from datamodules.manifest.labels import Flag, resolve_labels
 from datamodules.manifest.rows import empty, is_nifti, json_cell
 from datamodules.manifest.sample import Sample, nifti_values, read_label_mask
-from datamodules.volumes import header_shape_dhw
+from datamodules.samples import BadSampleError
+from datamodules.volumes.nifti import header_shape_dhw
 
 __all__ = ["MANIFEST_TASKS", "TASK_ROWS", "ClassificationRows", "SegmentationRows", "manifest_tasks", "task_rows"]
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 
-from datamodules.imagefiles import BadSampleError
 from datamodules.manifest import (
     MANIFEST_TASKS,
     TASK_ROWS,
@@ -19,6 +18,7 @@ from datamodules.manifest import (
     write_example_manifest,
 )
 from datamodules.manifest.rows import empty, number
+from datamodules.samples import BadSampleError
 
 
 class RegressionRows(TaskRows):
