@@ -15,6 +15,7 @@ class's defaults and docs.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -51,6 +52,16 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
                     "resize images to a common size (image_size) in the datamodule"
                 ) from err
     return batch
+
+
+def delivered_size(wanted: Sequence[int] | None,
+                   sizes: Iterable[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The size images are delivered at: ``wanted`` (a datamodule's resize option) when given,
+    else the one size all ``sizes`` (the images' sizes on disk) share, else ``None``."""
+    if wanted is not None:
+        return tuple(int(s) for s in wanted)
+    found = set(sizes)
+    return next(iter(found)) if len(found) == 1 else None
 
 
 class BaseDataModule(L.LightningDataModule):

@@ -126,16 +126,9 @@ class ChestXrayFolderDataModule(BaseDataModule):
 
     def build_info(self) -> DataInfo:
         names = self.class_names()
-        return DataInfo(
-            task="classification",
-            in_channels=1,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=len(names),
-            class_names=names,
-            num_train=len(self._split_records("train")),
-        )
+        return DataInfo(task="classification", in_channels=1, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self._split_records("train")))
 
     def build_split(self, split: Split) -> ImageFileDataset:
         return screened_file_dataset(

@@ -247,16 +247,9 @@ class ISICDataModule(BaseDataModule):
 
     def build_info(self) -> DataInfo:
         names = self.class_names()
-        return DataInfo(
-            task=self.task,
-            in_channels=3,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=len(names),
-            class_names=names,
-            num_train=len(self._split_records("train")),
-        )
+        return DataInfo(task=self.task, in_channels=3, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self._split_records("train")))
 
     def build_split(self, split: Split) -> ImageFileDataset:
         seg = task_named(self.task).has_mask

@@ -253,7 +253,6 @@ class MedMNISTDataModule(BaseDataModule):
             task="classification",
             in_channels=meta["channels"],
             spatial_dims=meta["spatial_dims"],
-            bounds=(0.0, 1.0),
             image_size=self.image_size or meta["spatial"],
             num_classes=meta["num_classes"],
             class_names=list(meta["class_names"]),

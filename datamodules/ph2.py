@@ -196,16 +196,10 @@ class PH2DataModule(BaseDataModule):
 
     def build_info(self) -> DataInfo:
         seg = task_named(self.task).has_mask
-        return DataInfo(
-            task=self.task,
-            in_channels=3,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=2 if seg else 3,
-            class_names=["background", "lesion"] if seg else list(PH2_CLASSES),
-            num_train=len(self.split_ids()["train"]),
-        )
+        names = ["background", "lesion"] if seg else list(PH2_CLASSES)
+        return DataInfo(task=self.task, in_channels=3, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self.split_ids()["train"]))
 
     def build_split(self, split: Split) -> ImageFileDataset:
         seg = task_named(self.task).has_mask

@@ -38,9 +38,8 @@ class COCODetectionDataModule(DetectionDataModule):
         image_dirs: folder(s) the ``file_name`` entries are relative to: one path for all
             splits or ``{split: path}``; ``None`` = ``root/images`` if it exists, else ``root``.
         keep_crowd: keep ``iscrowd`` boxes as ordinary objects.
-        options: ``image_size``, ``channels``, ``split_fractions`` / ``seed`` / ``split_file``,
-            ``augment``, ``degenerate_boxes``, ``on_bad_sample`` and the loader options: see
-            :class:`~datamodules.detection.datamodule.DetectionDataModule`.
+        options: what every detection datamodule takes (size, channels, seeded split,
+            augment, bad boxes and samples, loader): see :class:`DetectionDataModule`.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from attacks.options import check_choice
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, delivered_size
 from datamodules.detection.boxes import BOX_POLICIES, BoxPolicy, sanitize_boxes
 from datamodules.detection.dataset import DetectionDataset, DetectionRecord
 from datamodules.imagefiles import image_hw
@@ -119,9 +119,7 @@ class DetectionDataModule(BaseDataModule):
 
     def build_info(self) -> DataInfo:
         splits = self.splits()
-        sizes = {r.image_hw for records in splits.values() for r in records}
-        out_hw = self.image_size or (next(iter(sizes)) if len(sizes) == 1 else ())
-        return DataInfo(task="detection", in_channels=self.channels, spatial_dims=2,
-                        bounds=(0.0, 1.0), image_size=tuple(out_hw),
+        out_hw = delivered_size(self.image_size, (r.image_hw for v in splits.values() for r in v))
+        return DataInfo(task="detection", in_channels=self.channels, image_size=out_hw or (),
                         num_classes=len(self.class_names), class_names=list(self.class_names),
                         num_train=len(splits["train"]))

@@ -100,9 +100,8 @@ class VOCDetectionDataModule(DetectionDataModule):
             no per-box flag; VOC evaluation would ignore them). ``False`` drops them and warns
             how many. BCCD has none.
         one_based: read VOC corners as 1-based inclusive pixel indices (the VOC convention).
-        options: ``image_size``, ``channels``, ``split_fractions`` / ``seed`` / ``split_file``,
-            ``augment``, ``degenerate_boxes``, ``on_bad_sample`` and the loader options: see
-            :class:`~datamodules.detection.datamodule.DetectionDataModule`.
+        options: what every detection datamodule takes (size, channels, seeded split,
+            augment, bad boxes and samples, loader): see :class:`DetectionDataModule`.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from attacks.options import check_choice
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, delivered_size
 from datamodules.imagefiles import image_hw
 from datamodules.info import DataInfo
 from datamodules.landmarks.dataset import (
@@ -151,7 +151,7 @@ class CephalometricDataModule(BaseDataModule):
     def build_info(self) -> DataInfo:
         splits = self.splits()
         sizes = {c.image_hw for cases in splits.values() for c in cases}
-        out_hw = self.image_size or (next(iter(sizes)) if len(sizes) == 1 else None)
+        out_hw = delivered_size(self.image_size, sizes)
         spacing = None
         if self.spacing_mm is not None and len(sizes) == 1 and out_hw is not None:
             disk_hw = next(iter(sizes))
@@ -161,7 +161,7 @@ class CephalometricDataModule(BaseDataModule):
                 warnings.warn(f"{self.name}: resizing {disk_hw} -> {out_hw} scales x by "
                               f"{1 / fx:.3f} and y by {1 / fy:.3f}; the delivered spacing "
                               f"{spacing:.4f} mm is their geometric mean", stacklevel=2)
-        return DataInfo(task="landmarks", in_channels=1, spatial_dims=2, bounds=(0.0, 1.0),
-                        image_size=tuple(out_hw) if out_hw else (),
+        return DataInfo(task="landmarks", in_channels=1,
+                        image_size=out_hw or (),
                         num_landmarks=len(self.landmark_names), pixel_spacing_mm=spacing,
                         class_names=list(self.landmark_names), num_train=len(splits["train"]))

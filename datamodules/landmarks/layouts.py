@@ -55,6 +55,7 @@ def _point_checks(dm: CephalometricDataModule, case_key: str, files: Sequence[Pa
     point_problems.update(found)
     return True
 
+
 def _warn_points(dm: CephalometricDataModule, point_problems: dict[str, list[str]], averaged: bool) -> None:
     """One warning listing every landmark delivered invisible (or from fewer annotators)."""
     if not point_problems:
@@ -66,6 +67,7 @@ def _warn_points(dm: CephalometricDataModule, point_problems: dict[str, list[str
     warnings.warn(f"{dm.name}: {n_points} landmark problem(s) in {len(point_problems)} "
                   f"file(s); {fallback} (bad_landmarks='invisible'):\n{listing}",
                   stacklevel=3)
+
 
 def index_labelme(dm: CephalometricDataModule) -> tuple[list[LandmarkCase], BadSamples]:
     """Every usable case of a LabelMe layout (one folder of ``NNN.json`` per annotator), and the
@@ -128,6 +130,7 @@ def index_labelme(dm: CephalometricDataModule) -> tuple[list[LandmarkCase], BadS
     _warn_points(dm, point_problems, averaged=len(chosen) > 1)
     bad.resolve()
     return cases, bad
+
 
 def index_isbi(dm: CephalometricDataModule) -> dict[str, list[LandmarkCase]]:
     """The cases of every split of an ISBI 2015 layout: ``TrainingData`` split into train / val,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from attacks.options import check_choice
-from datamodules.base import BaseDataModule
+from datamodules.base import BaseDataModule, delivered_size
 from datamodules.detection.boxes import BOX_POLICIES, BoxPolicy
 from datamodules.info import DataInfo
 from datamodules.manifest.handler import RowOptions, TaskRows
@@ -39,11 +39,12 @@ from datamodules.transforms import AugmentConfig
 from datamodules.volumes.datasets import DecathlonVolumeDataset
 from datamodules.volumes.nifti import VolumeCase, VolumeLoader
 
-__all__ = ["ManifestDataModule", "Task"]
+__all__ = ["ManifestDataModule", "ManifestTask"]
 
 log = logging.getLogger(__name__)
 
-Task = Literal["classification", "segmentation", "landmarks", "detection"]
+#: the built-in tasks a manifest holds (a registered task whose object names a row handler too)
+ManifestTask = Literal["classification", "segmentation", "landmarks", "detection"]
 
 
 class ManifestDataModule(BaseDataModule):
@@ -82,7 +83,7 @@ class ManifestDataModule(BaseDataModule):
     def __init__(
         self,
         manifest: str | None = None,
-        task: Task = "classification",
+        task: ManifestTask = "classification",
         image_size: tuple[int, int] | None = None,
         patch_size: tuple[int, int, int] | None = None,
         channels: Literal[1, 3] | None = None,
@@ -261,11 +262,9 @@ class ManifestDataModule(BaseDataModule):
     def _out_size(self) -> tuple[int, ...]:
         idx = self.index()
         sizes = {s.hw for v in idx["splits"].values() for s in v}
-        wanted = self.patch_size if idx["volumes"] else self.image_size
-        if wanted is not None:
-            return tuple(wanted)
-        if len(sizes) == 1:
-            return next(iter(sizes))
+        out = delivered_size(self.patch_size if idx["volumes"] else self.image_size, sizes)
+        if out is not None:
+            return out
         shown = sorted(sizes)[:5]
         raise ValueError(f"{self.what}: images have {len(sizes)} different sizes (e.g. {shown}); "
                          f"set {'patch_size' if idx['volumes'] else 'image_size'} to resize them "
@@ -280,7 +279,7 @@ class ManifestDataModule(BaseDataModule):
         every = [s for v in idx["splits"].values() for s in v]
         return DataInfo(
             task=self.task, in_channels=idx["channels"], spatial_dims=3 if idx["volumes"] else 2,
-            bounds=(0.0, 1.0), image_size=out, class_names=list(names),
+            image_size=out, class_names=list(names),
             multilabel=idx["multilabel"], num_train=len(train),
             **self.task_rows.info(names, every, out))
 

@@ -162,7 +162,6 @@ class SyntheticDataModule(BaseDataModule):
             task=self.task,
             in_channels=self.in_channels,
             spatial_dims=self.spatial_dims,
-            bounds=(0.0, 1.0),
             image_size=self.image_size,
             num_classes=self.num_classes,
             class_names=self.class_names(),

@@ -239,7 +239,7 @@ class DecathlonDataModule(BaseDataModule):
         num_train = (len(splits["train"]) if three_d
                      else sum(c.shape_dhw[0] for c in splits["train"]))
         return DataInfo(task="segmentation", in_channels=len(self.modalities),
-                        spatial_dims=3 if three_d else 2, bounds=(0.0, 1.0),
+                        spatial_dims=3 if three_d else 2,
                         image_size=self.patch_size if three_d else self.image_size,
                         num_classes=len(self.class_names), class_names=list(self.class_names),
                         num_train=num_train)
