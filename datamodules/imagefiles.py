@@ -25,6 +25,8 @@ from datamodules.tasks import task_named
 from datamodules.transforms import AugmentConfig, JointTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: the tasks an :class:`ImageFileDataset` delivers: a class label per image, or a mask
+ImageFileTask = Literal["classification", "segmentation"]
 # Errors PIL raises for missing, unreadable, truncated or absurd files.
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 Image.DecompressionBombError)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from attacks.options import check_choice
 from datamodules.base import BaseDataModule
@@ -31,6 +31,7 @@ from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
     FileRecord,
     ImageFileDataset,
+    ImageFileTask,
     require_dir,
     screened_file_dataset,
 )
@@ -42,6 +43,9 @@ from datamodules.tasks import task_named
 from datamodules.transforms import AugmentConfig
 
 _IMAGE_ID = re.compile(r"^ISIC_\d+$")
+ISICEdition = Literal["2017", "2018"]
+#: the challenge's own train / val / test folders, or a seeded split of its training folder
+ISICSplits = Literal["official", "seeded"]
 _SPLIT_WORDS = {"2017": {"train": "Training", "val": "Validation", "test": "Test_v2"},
                 "2018": {"train": "Training", "val": "Validation", "test": "Test"}}
 
@@ -136,9 +140,9 @@ class ISICDataModule(BaseDataModule):
     def __init__(
         self,
         root: str | None = None,
-        edition: Literal["2017", "2018"] = "2017",
-        task: Literal["classification", "segmentation"] = "classification",
-        splits: Literal["official", "seeded"] = "official",
+        edition: ISICEdition = "2017",
+        task: ImageFileTask = "classification",
+        splits: ISICSplits = "official",
         train_images: str | None = None,
         train_csv: str | None = None,
         train_masks: str | None = None,
@@ -160,9 +164,9 @@ class ISICDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, augment=augment, **loader)
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         edition = str(edition)
-        check_choice("ISIC edition", edition, tuple(_SPLIT_WORDS))
-        check_choice("ISIC task", task, ("classification", "segmentation"))
-        check_choice("ISIC splits", splits, ("official", "seeded"))
+        check_choice("ISIC edition", edition, get_args(ISICEdition))
+        check_choice("ISIC task", task, get_args(ImageFileTask))
+        check_choice("ISIC splits", splits, get_args(ISICSplits))
         self.root = root
         self.edition = edition
         self.task = task

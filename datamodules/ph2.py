@@ -18,13 +18,14 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 from attacks.options import check_choice
 from datamodules.base import BaseDataModule
 from datamodules.imagefiles import (
     FileRecord,
     ImageFileDataset,
+    ImageFileTask,
     require_dir,
     screened_file_dataset,
 )
@@ -127,7 +128,7 @@ class PH2DataModule(BaseDataModule):
     def __init__(
         self,
         root: str | None = None,
-        task: Literal["classification", "segmentation"] = "classification",
+        task: ImageFileTask = "classification",
         image_size: tuple[int, int] = (128, 128),
         augment: AugmentConfig | None = None,
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
@@ -139,7 +140,7 @@ class PH2DataModule(BaseDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, augment=augment, **loader)
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
-        check_choice("PH2 task", task, ("classification", "segmentation"))
+        check_choice("PH2 task", task, get_args(ImageFileTask))
         self.root = root
         self.task = task
         self.image_size = (int(image_size[0]), int(image_size[1]))

@@ -1,12 +1,6 @@
-"""Bad boxes: which boxes of an annotation file are usable, and the one warning about the rest.
-
-A box is *degenerate* when, as written in the file, ``xmax <= xmin`` or ``ymax <= ymin`` (COCO:
-``w <= 0`` or ``h <= 0``) — judged on the raw values, so a VOC box with ``xmin == xmax`` (a
-zero-size click, as in two BCCD files) is degenerate although the inclusive convention could
-read it as one pixel wide. It is *out of image* when it crosses the image border. The policy
-(``degenerate_boxes``) decides: ``"drop"`` the box, ``"fix"`` it (swap reversed corners, clip to
-the image, drop what is still empty) or make the file a bad sample (``"error"``).
-"""
+"""Bad boxes: which boxes of an annotation file are usable (a box is degenerate or crosses the
+image border, as :mod:`datamodules.detection` defines them; ``degenerate_boxes`` drops, fixes or
+rejects it), and the one warning that counts and names the rest."""
 
 from __future__ import annotations
 

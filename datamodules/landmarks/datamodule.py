@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from attacks.options import check_choice
 from datamodules.base import BaseDataModule, delivered_size
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 #: mm per pixel of the ISBI 2015 images (the challenge paper)
 ISBI_PIXEL_SPACING_MM = 0.1
+#: the two layouts on disk (:mod:`datamodules.landmarks`)
+LandmarkFormat = Literal["labelme", "isbi"]
+#: what a landmark that cannot be used makes of its point or its file
+BadLandmarks = Literal["invisible", "error"]
 
 
 class CephalometricDataModule(BaseDataModule):
@@ -70,7 +74,7 @@ class CephalometricDataModule(BaseDataModule):
     def __init__(
         self,
         root: str | None = None,
-        format: Literal["labelme", "isbi"] = "labelme",
+        format: LandmarkFormat = "labelme",
         annotator: str = "average",
         image_size: tuple[int, int] | None = (208, 168),
         num_landmarks: int = 19,
@@ -81,15 +85,15 @@ class CephalometricDataModule(BaseDataModule):
         split_file: str | None = None,
         isbi_test_sets: tuple[str, ...] = ("Test1Data", "Test2Data"),
         augment: AugmentConfig | None = None,
-        bad_landmarks: Literal["invisible", "error"] = "invisible",
+        bad_landmarks: BadLandmarks = "invisible",
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 8,
         **loader: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, augment=augment, **loader)
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
-        check_choice("format", format, ("labelme", "isbi"))
-        check_choice("bad_landmarks", bad_landmarks, ("invisible", "error"))
+        check_choice("format", format, get_args(LandmarkFormat))
+        check_choice("bad_landmarks", bad_landmarks, get_args(BadLandmarks))
         if num_landmarks < 1:
             raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
         names = list(landmark_names) if landmark_names else [f"l{k}" for k in

@@ -111,7 +111,7 @@ class DecathlonVolumeDataset(VolumeDatasetBase):
                  patch_size: tuple[int, int, int], spatial_mode: SpatialMode,
                  augment: AugmentConfig | None, train: bool, name: str,
                  cache_size: int = 0) -> None:
-        super().__init__(cases, loader, name, cache_size)
+        super().__init__(cases=cases, loader=loader, name=name, cache_size=cache_size)
         self.pipeline = build_3d_pipeline(patch_size, spatial_mode, augment, train)
         self.train = train
 
@@ -142,7 +142,7 @@ class DecathlonSliceDataset(VolumeDatasetBase):
 
     def __init__(self, cases: Sequence[VolumeCase], loader: VolumeLoader,
                  transform: JointTransform, name: str, cache_size: int = 2) -> None:
-        super().__init__(cases, loader, name, cache_size)
+        super().__init__(cases=cases, loader=loader, name=name, cache_size=cache_size)
         self.transform = transform
         self.slices = [(c, d) for c, case in enumerate(self.cases)
                        for d in range(case.shape_dhw[0])]

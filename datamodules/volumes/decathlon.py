@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from torch.utils.data import Dataset
 
@@ -31,6 +31,9 @@ from datamodules.volumes.nifti import (
 )
 
 log = logging.getLogger(__name__)
+
+#: one sample per volume, or one per axial slice
+VolumeMode = Literal["3d", "2d_slices"]
 
 
 def parse_decathlon_labels(labels: Any, source: Path) -> list[str]:
@@ -90,7 +93,7 @@ class DecathlonDataModule(BaseDataModule):
         self,
         root: str | None = None,
         task_dir: str | None = "Task04_Hippocampus",
-        mode: Literal["3d", "2d_slices"] = "3d",
+        mode: VolumeMode = "3d",
         patch_size: tuple[int, int, int] = (32, 64, 64),
         spatial_mode: SpatialMode = "resize",
         image_size: tuple[int, int] = (64, 64),
@@ -108,8 +111,8 @@ class DecathlonDataModule(BaseDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, augment=augment, **loader)
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
-        check_choice("mode", mode, ("3d", "2d_slices"))
-        check_choice("spatial_mode", spatial_mode, ("resize", "crop"))
+        check_choice("mode", mode, get_args(VolumeMode))
+        check_choice("spatial_mode", spatial_mode, get_args(SpatialMode))
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise ValueError(f"patch_size must be (D, H, W) positive, got {patch_size}")
         if len(image_size) != 2 or min(image_size) < 1:
