@@ -16,7 +16,7 @@ from datamodules.detection.datamodule import DetectionDataModule
 from datamodules.detection.dataset import DetectionRecord
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, BadSamples
-from datamodules.splits import SPLITS, load_or_create_split
+from datamodules.splits import SPLITS, split_by_id
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +184,6 @@ class COCODetectionDataModule(DetectionDataModule):
         ft = self.split_fractions[2] if "test" in missing else 0.0
         if fv + ft >= 1.0:
             raise ValueError(f"split_fractions leave nothing for train: val {fv}, test {ft}")
-        train = {r.image_id: r for r in by_split["train"]}
-        ids = load_or_create_split(self.split_file, sorted(train), None,
-                                   (1.0 - fv - ft, fv, ft), self.seed)
-        out = dict(by_split)
-        out["train"] = [train[i] for i in ids["train"]]
-        for split in missing:
-            out[split] = [train[i] for i in ids[split]]
-        return out
+        carved = split_by_id({r.image_id: r for r in by_split["train"]},
+                             (1.0 - fv - ft, fv, ft), self.seed, self.split_file)
+        return {**by_split, **{s: carved[s] for s in ("train", *missing)}}

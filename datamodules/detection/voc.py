@@ -19,11 +19,14 @@ from datamodules.detection.dataset import DetectionRecord
 from datamodules.imagefiles import IMAGE_EXTENSIONS
 from datamodules.paths import resolve_data_path
 from datamodules.samples import BadSampleError, BadSamples
-from datamodules.splits import SPLITS, load_or_create_split
+from datamodules.splits import SPLITS, load_or_create_split, split_items
 
 
 @dataclass
 class VOCObject:
+    """One ``<object>`` of a VOC file: its class name, ``<difficult>`` flag and ``<bndbox>``
+    corners as written (``xmin, ymin, xmax, ymax``)."""
+
     name: str
     difficult: bool
     raw_box: tuple[float, float, float, float]
@@ -227,4 +230,4 @@ class VOCDetectionDataModule(DetectionDataModule):
                           "(keep_difficult=False)", stacklevel=3)
         warn_box_problems(self.what, self.box_problems, self.degenerate_boxes)
         bad.resolve()
-        return {s: [records[i] for i in ids if i in records] for s, ids in split_ids.items()}
+        return split_items(split_ids, records)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
-from datamodules.splits import Split
+from datamodules.splits import SPLITS, Split
 from datamodules.tasks import DataTask, task_named
 from datamodules.transforms import (
     AugmentConfig,
@@ -20,8 +20,6 @@ from datamodules.transforms import (
     flip_volume,
     volume_augment_warning,
 )
-
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 class SyntheticDataset(Dataset):
@@ -46,7 +44,8 @@ class SyntheticDataset(Dataset):
         """The generated sample before any transform (numpy, channels-first image)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.split} split of {self.length}")
-        rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index])
+        # the split enters the seed as its position in SPLITS: train 0, val 1, test 2
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
         return self.kind.synthetic_sample(rng, index, self.params)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
