@@ -31,8 +31,11 @@ class DetectionDataModule(BaseDataModule):
         image_size: delivered ``(H, W)`` (boxes are scaled with the image); ``None`` keeps the
             size on disk, which must then be the same for every image of a batch.
         channels: 3 (RGB) or 1 (grey).
-        split_fractions / seed / split_file: the seeded split of the images that have no split
-            of their own (VOC without image sets; COCO splits without an annotation file).
+        split_fractions: train / val / test fractions of the seeded split of the images that
+            have no split of their own (VOC without image sets; COCO splits without an
+            annotation file).
+        seed: seed of that split.
+        split_file: JSON file holding that split: read if it exists, else written.
         augment: training augmentations applied jointly to the image and its boxes.
         degenerate_boxes: ``"drop"`` / ``"fix"`` / ``"error"`` (:mod:`datamodules.detection`).
         on_bad_sample: ``"error"`` raises one error listing every bad file (unreadable
