@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.paper_suites import JOEL_EPS
+from benchmarks.paper_joel import JOEL_EPS
 from lightning_modules import ClassificationModule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,7 +38,7 @@ def denoised_model(module: Any, denoiser_checkpoint: str | Path) -> nn.Module:
     smoothing with Xue et al. 2019's denoiser). Both must normalise their input the same way
     (the denoiser was trained on its own model's normalised images)."""
     from lightning_modules import Pipeline
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, den = load_model(str(denoiser_checkpoint))
     if den is None or getattr(den.method, "embedded_module", lambda: None)() is None:
@@ -105,7 +105,9 @@ def certify(
     from certification.run import add_certification, certify_samples, reuse_certification
     from certification.sampling import NoiseSampler
     from certification.tasks import certification_for
-    from medrobust.evaluation import as_datamodule, evaluate, load_model
+    from medrobust.evaluation import evaluate
+    from medrobust.evaluation_data import as_datamodule
+    from medrobust.model_loading import load_model
 
     if not sigmas:
         raise ValueError("certify: give at least one noise level sigma")
@@ -127,9 +129,10 @@ def certify(
             certificates_source(certificates_from, probe, [0.0, *sorted(float(r) for r in radii)], task, split)
     out = Path(out)
     if isinstance(data, (tuple, list)) and len(data) == 2:  # tensors (x, y), described by the checkpoint
-        from medrobust.evaluation import TensorDataModule, _check_tensors
+        from datamodules.tasks import task_named
+        from medrobust.evaluation_data import TensorDataModule
 
-        x, y = _check_tensors(data[0], data[1], task)
+        x, y = task_named(task, "evaluate").check_tensors(data[0], data[1], "evaluate")
         dm = TensorDataModule(x, y, task, module.data_info, batch)
     else:
         dm = as_datamodule(data, task)
