@@ -84,11 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     dm = SyntheticDataModule(task=args.task, num_train=args.num_train, num_val=8,
                              num_test=8, image_size=(args.image_size, args.image_size))
     items = [dm.dataset("train")[i] for i in range(args.num_train)]  # generated once
-    seg = args.task == "segmentation"
-    net = {"class_path": "lightning_modules.nets.SmallUNet" if seg else "lightning_modules.nets.SmallCNN",
-           "init_args": {"features": list(args.features)}}
     module = model_task(args.task).module
-    amat_extra = {"threshold": 0.5} if seg else {}
+    net = {"class_path": module.default_net, "init_args": {"features": list(args.features)}}  # SmallCNN / SmallUNet
+    # a task whose violation is a statistic crossing a threshold (Dice below it): a fixed one
+    amat_extra = {"threshold": 0.5} if module.violation_direction is not None else {}
     k = args.steps
     methods = {
         "clean": lambda: Clean(),
