@@ -30,10 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.attacks.test_masked_gradients import Quantised, Scaled  # noqa: E402
+from benchmarks.masking import Masked, Quantised, Scaled  # noqa: E402
 from tests.attacks.test_masked_gradients_dense import (  # noqa: E402
     EPS,
-    Masked,
     _metric,
     _pgd10,
     _saturated,
@@ -44,18 +43,23 @@ from tests.attacks.test_masked_gradients_dense import (  # noqa: E402
 )
 
 
-def cases(task: str) -> tuple[Any, ...]:
-    """``(module, batch, maskings {name: (module, wrap)}, metric, lower_is_better, Square loss,
-    its args)`` of ``task``."""
-    if task == "landmarks":
-        module, batch = landmark_model()
-        maskings = {"quantised": (module, Quantised), "x1000": (module, Scaled),
-                    "both": (module, lambda m: Scaled(Quantised(m)))}
-        return module, batch, maskings, "mre", True, "peak_margin", {}
+def _landmark_case() -> tuple[Any, ...]:
+    module, batch = landmark_model()
+    maskings = {"quantised": (module, Quantised), "x1000": (module, Scaled),
+                "both": (module, lambda m: Scaled(Quantised(m)))}
+    return module, batch, maskings, "mre", True, "peak_margin", {}
+
+
+def _detection_case() -> tuple[Any, ...]:
     base, batch = detector()
     sat = _saturated(base)
     maskings = {"quantised": (base, Quantised), "x1000": (sat, lambda m: m), "both": (sat, Quantised)}
     return base, batch, maskings, "map_50", False, "dag", {"target_shift": None, "kappa": None, "box_weight": 0.0}
+
+
+#: per task: ``() -> (module, batch, maskings {name: (module, wrap)}, metric, lower_is_better,
+#: Square loss, its args)``
+CASES = {"landmarks": _landmark_case, "detection": _detection_case}
 
 
 def main() -> None:
@@ -65,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for task in args.tasks.split(","):
-        _, batch, maskings, metric, lower, loss, loss_args = cases(task)
+        _, batch, maskings, metric, lower, loss, loss_args = CASES[task]()
         header = None
         for name, (module, wrap) in maskings.items():
             start = time.perf_counter()

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from attacks import Square
 from attacks.task_losses import make_attack_loss
+from benchmarks.masking import Masked, Quantised, Scaled
 from callbacks.evaluation_loop import RobustnessEvaluator, _seed_for
 from callbacks.evaluation_runner import RunResult
 from callbacks.evaluation_writers import build_record
@@ -34,46 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.03
 
 
-class Quantised(nn.Module):
-    """``round(x·k)/k`` first: a zero gradient almost everywhere (no straight-through)."""
-
-    def __init__(self, model: nn.Module, levels: int = 16) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * self.levels) / self.levels)
-
-
-class Scaled(nn.Module):
-    """Logits × 1000: the softmax saturates, cross-entropy is exactly 0 on confident samples."""
-
-    def __init__(self, model: nn.Module, scale: float = 1000.0) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
-
-
 MASKINGS = {
     "quantised": lambda m: Quantised(m),
     "logits_x1000": lambda m: Scaled(m),
     "both": lambda m: Scaled(Quantised(m)),
 }
-
-
-class Masked:
-    """A trained task whose attack model is wrapped in a masking (everything else delegated)."""
-
-    def __init__(self, module: Any, wrap: Any) -> None:
-        self._module, self._model = module, wrap(module.attack_model())
-
-    def attack_model(self) -> Any:
-        return self._model
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
 
 
 @functools.cache
