@@ -23,6 +23,7 @@ import sys
 import traceback
 
 import medrobust
+from medrobust.cli_errors import COMMAND_ERRORS, command_error
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         print("medrobust certify: stopped by SIGTERM during the empirical evaluation; no certificate computed",
               file=sys.stderr)
         return 143
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"medrobust certify: error: {err}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as err:
+        return command_error("certify", err, args.debug)
     return 0

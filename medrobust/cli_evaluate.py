@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 import medrobust
+from medrobust.cli_errors import COMMAND_ERRORS, command_error
 
 
 def parser() -> argparse.ArgumentParser:
@@ -119,9 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"[medrobust] {args.split}: {summarise_record(json.loads(written.read_text()), None)}")
         return int(stop.code) if isinstance(stop.code, int) else 143
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"medrobust evaluate: error: {err}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as err:
+        return command_error("evaluate", err, args.debug)
     return 0
