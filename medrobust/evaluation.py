@@ -52,6 +52,7 @@ import torch
 
 from medrobust.evaluation_data import TaskTensorDataset, TensorDataModule, as_datamodule
 from medrobust.model_loading import ExportedModel, load_model, normalizer
+from medrobust.options import Norm, Split, When, check_choice
 
 __all__ = ["evaluate"]
 
@@ -62,7 +63,7 @@ def evaluate(
     task: str = "classification",
     suite: str | list[dict[str, Any]] = "standard",
     eps: Sequence[float] = (0.002, 0.004),
-    norm: str = "linf",
+    norm: Norm = "linf",
     normalization: Any = None,
     out: str | Path | None = None,
     *,
@@ -70,12 +71,12 @@ def evaluate(
     trusted: bool = False,
     num_classes: int | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
-    split: str = "test",
+    split: Split = "test",
     subset: int | float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
-    sanity: str = "test",
-    intervals: str = "test",
+    sanity: When = "test",
+    intervals: When = "test",
     accelerator: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
@@ -130,10 +131,8 @@ def evaluate(
     if task not in task_names():
         raise ValueError(f"evaluate: task must be one of {task_names()}, got {task!r}")
     kind = model_task(task, "evaluate")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"evaluate: norm must be 'linf' or 'l2', got {norm!r}")
-    if split not in ("val", "test"):
-        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
+    check_choice(norm, Norm, "evaluate: norm")
+    check_choice(split, Split, "evaluate: split")
     eps_grid = check_eps_grid(list(eps), "evaluate.eps")
     bare, loaded = load_model(model, net, trusted)
     if loaded is not None:

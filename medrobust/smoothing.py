@@ -29,6 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from certification.statistics import Correction
+from medrobust.options import Split, When
+
 __all__ = ["certify", "denoised_model"]
 
 
@@ -68,11 +71,11 @@ def certify(
     *,
     denoiser: str | Path | None = None,
     suite: str | list[dict[str, Any]] = "standard",
-    correction: str = "holm",
-    split: str = "test",
+    correction: Correction = "holm",
+    split: Split = "test",
     subset: int | None = None,
     seed: int = 0,
-    sanity: str = "test",
+    sanity: When = "test",
     device: str = "cpu",
     progress: bool = True,
     certificates_from: str | Path | None = None,
