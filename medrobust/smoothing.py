@@ -101,11 +101,11 @@ def certify(
         device: where the model and the noise live (``cpu``, ``cuda``).
         certificates_from: an earlier certify output folder of the same model, samples and
             certification settings: its certificates are copied (checked field by field,
-            :func:`certification.run.reuse_certification`) instead of recomputed, and only the
+            :func:`callbacks.certified_record.reuse_certification`) instead of recomputed, and only the
             empirical suite runs — e.g. a stronger suite beside existing certificates.
     """
+    from callbacks.certified_record import add_certification, certify_samples, reuse_certification
     from callbacks.record import RobustnessRecord
-    from certification.run import add_certification, certify_samples, reuse_certification
     from certification.sampling import NoiseSampler
     from certification.tasks import certification_for
     from medrobust.evaluation import evaluate
@@ -124,7 +124,7 @@ def certify(
     module.eval()
     smoothed_model = denoised_model(module, denoiser) if denoiser is not None else module.attack_model()
     if certificates_from is not None:  # refuse a mismatch before the (long) evaluation
-        from certification.run import certificates_source
+        from callbacks.certified_record import certificates_source
 
         for sigma in sigmas:
             probe = certification_for(module, smoothed_model, NoiseSampler(float(sigma), batch, seed),  # type: ignore[arg-type]

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from callbacks.certified_record import certify_samples
 from callbacks.per_sample import SampleTable
 from callbacks.record import RobustnessRecord
 from certification import NoiseSampler, SmoothedClassifier, certification_for
-from certification.run import certify_samples
 from certification.statistics import clopper_pearson_lower
 from datamodules.info import DataInfo
 from lightning_modules import ClassificationModule, Denoise, LandmarkModule, SegmentationModule
@@ -243,7 +243,7 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
     """``certify(certificates_from=DIR)`` (``--certificates-from``): a stronger empirical suite
     beside the certificates of an earlier run, copied sample by sample without a noisy forward;
     refused, naming the field, when model, samples, σ, n0, n, α, batch or radii differ."""
-    import certification.run
+    import callbacks.certified_record
     from medrobust.cli_certify import main
 
     x, y = blobs(20, seed=5)
@@ -255,7 +255,7 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
     def no_noise(*args: object, **kwargs: object) -> None:
         raise AssertionError("certificates were recomputed")
 
-    monkeypatch.setattr(certification.run, "certify_samples", no_noise)
+    monkeypatch.setattr(callbacks.certified_record, "certify_samples", no_noise)
     stronger = [{"name": "pgd", "norm": "l2", "steps": 5, "random_start": False}, {"name": "fgsm", "norm": "l2"}]
     second = tmp_path / "second"
     after = certify(trained["noise"], (x, y), sigmas=[0.25], out=second, suite=stronger, certificates_from=first,
