@@ -37,8 +37,6 @@ from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import AMAT, SAT, Clean, TaskModule
 from lightning_modules.tasks import model_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def train_epoch(model: TaskModule, optimizer: torch.optim.Optimizer,
                 batches: list[dict]) -> tuple[float, float]:
