@@ -5,27 +5,14 @@ improve adversarial robustness of DNNs for medical image segmentation and detect
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import finite_mean, seed_entries, typed_record
 from benchmarks.paper_claims import claim_row, fmt3, sample_metric, seed_value, seeds_note
 from benchmarks.paper_spec import ADV_ARGS, CNN_ARGS, Group, Overrides, Run, Suite, main_metric
 
-# ------------------------------------------------------------------------------ Ma & Liang (AMAT)
-AMAT_SAT_EPS = {"segmentation": (0.5, 2.0), "landmarks": (0.25, 1.0), "detection": (0.5, 2.0)}
-
-
-#: --quick L2 scale per AMAT task (images halved for segmentation and landmarks)
-AMAT_QUICK_L2 = {"segmentation": 0.5, "landmarks": 0.5, "detection": 1.0}
-
-
 _AMAT_ARGS = "model.init_args.method.init_args"
-
-
-def _amat_budgets(task: str) -> Overrides:
-    """--quick: the MarginMonitor histogram marks the SAT ε as the quick runs use them."""
-    return {"trainer.callbacks[MarginMonitor].init_args.budgets":
-            [round(e * AMAT_QUICK_L2[task], 6) for e in AMAT_SAT_EPS[task]]}
 
 
 #: AMAT's cost rule: its training time per epoch at most this multiple of SAT's (a point comparison)
@@ -115,22 +102,6 @@ def amat_claims(results: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _amat_runs() -> list[Run]:
-    runs = []
-    for task, cfg in (("segmentation", "segmentation_ph2"), ("landmarks", "landmarks_cephalometric"),
-                      ("detection", "detection_bccd")):
-        runs.append(Run(f"{task}/clean", task, "clean", f"{cfg}_clean-maliang2022"))
-        for eps in AMAT_SAT_EPS[task]:
-            runs.append(Run(f"{task}/sat{eps:g}", task, "SAT ε={eps:g}", f"{cfg}_sat-maliang2022",
-                            {"model.init_args.method.init_args.eps": eps}))
-        # AMAT's threshold: the training statistics of this suite's clean run of the task
-        # (run before it), as the authors fix it from a clean model before AMAT starts.
-        runs.append(Run(f"{task}/amat", task, "AMAT", f"{cfg}_amat-maliang2022",
-                        {f"{_AMAT_ARGS}.clean_checkpoint":
-                         f"{{default_root_dir}}/{task}_clean/version_*/checkpoints/best-*.ckpt"}))
-    return runs
-
-
 #: --quick for every AMAT task: 3 PGD steps in training for both SAT and AMAT (same cost) instead
 #: of 20; the per-epoch check (which picks the checkpoint) every 2 epochs with L2 PGD-3; the test
 #: suite L2 PGD-10 instead of PGD-20 (same ε grid, scaled with the image).
@@ -143,33 +114,66 @@ _AMAT_QUICK_STEPS: Overrides = {
 }
 
 
+@dataclass
+class _Task:
+    """One task of the suite: its group, the configs' stem, SAT's ε (L2, full size) and the
+    --quick L2 scale (images halved for segmentation and landmarks)."""
+
+    group: Group
+    config: str
+    sat_eps: tuple[float, ...]
+
+    def quick_budgets(self) -> Overrides:
+        """--quick: the MarginMonitor histogram marks the SAT ε as the quick runs use them."""
+        return {"trainer.callbacks[MarginMonitor].init_args.budgets":
+                [round(e * self.group.quick_l2_scale, 6) for e in self.sat_eps]}
+
+    def runs(self) -> list[Run]:
+        """clean, SAT at each ε, then AMAT with its threshold from this suite's clean run of the
+        task (run before it), as the authors fix it from a clean model before AMAT starts."""
+        task, cfg = self.group.name, self.config
+        runs = [Run(f"{task}/clean", task, "clean", f"{cfg}_clean-maliang2022")]
+        runs += [Run(f"{task}/sat{eps:g}", task, "SAT ε={eps:g}", f"{cfg}_sat-maliang2022",
+                     {"model.init_args.method.init_args.eps": eps}) for eps in self.sat_eps]
+        runs.append(Run(f"{task}/amat", task, "AMAT", f"{cfg}_amat-maliang2022",
+                        {f"{_AMAT_ARGS}.clean_checkpoint":
+                         f"{{default_root_dir}}/{task}_clean/version_*/checkpoints/best-*.ckpt"}))
+        return runs
+
+
+def _task(name: str, title: str, config: str, sat_eps: tuple[float, ...], quick_l2_scale: float,
+          quick: Overrides, secondary: str | None = None) -> _Task:
+    """A task of the suite; its group's --quick overrides add the shared steps and the budgets."""
+    group = Group(name, title, main_metric(name), quick_l2_scale=quick_l2_scale, secondary=secondary)
+    task = _Task(group, config, sat_eps)
+    group.quick = {**quick, **_AMAT_QUICK_STEPS, **task.quick_budgets()}
+    return task
+
+
+_TASKS = [
+    _task("segmentation", "PH2 lesion segmentation (Dice ↑)", "segmentation_ph2", (0.5, 2.0), 0.5,
+          {"trainer.max_epochs": 10, "data.init_args.image_size": [64, 64],
+           f"{CNN_ARGS}.features": [8, 16, 32, 64]}, secondary="iou"),
+    _task("landmarks", "cephalometric landmarks (MRE in px ↓)", "landmarks_cephalometric", (0.25, 1.0), 0.5,
+          {"trainer.max_epochs": 12, "data.init_args.image_size": [80, 64],
+           f"{CNN_ARGS}.features": [8, 16, 32], "model.init_args.sigma": 1.5,
+           "model.init_args.lr": 0.003}),  # 12 epochs: lr 0.001 had not converged
+    # The shipped 144×192 images: at 72×96 platelets shrink to a few pixels and the quick
+    # detector did not learn (mAP@0.5 0.1; 0.54 at 144×192, same epochs).
+    _task("detection", "BCCD blood-cell detection (mAP ↑)", "detection_bccd", (0.5, 2.0), 1.0,
+          {"trainer.max_epochs": 6,
+           "trainer.limit_train_batches": 16,  # 128 of the 205 images per epoch
+           f"{CNN_ARGS}.widths": [8, 16, 32], f"{CNN_ARGS}.out_channels": 32,
+           "model.init_args.lr": 0.003}, secondary="map_50"),
+]
+
+
 AMAT = Suite(
     name="amat",
     title="Ma & Liang (AMAT) — clean vs SAT (several ε) vs AMAT on segmentation, landmarks, detection",
     paper="Ma & Liang: Adaptive adversarial training to improve adversarial robustness of DNNs for "
           "medical image segmentation and detection (2022)",
-    groups=[
-        Group("segmentation", "PH2 lesion segmentation (Dice ↑)", main_metric("segmentation"),
-              quick={"trainer.max_epochs": 10, "data.init_args.image_size": [64, 64],
-                     f"{CNN_ARGS}.features": [8, 16, 32, 64], **_AMAT_QUICK_STEPS,
-                     **_amat_budgets("segmentation")},
-              quick_l2_scale=AMAT_QUICK_L2["segmentation"], secondary="iou"),
-        Group("landmarks", "cephalometric landmarks (MRE in px ↓)", main_metric("landmarks"),
-              quick={"trainer.max_epochs": 12, "data.init_args.image_size": [80, 64],
-                     f"{CNN_ARGS}.features": [8, 16, 32], "model.init_args.sigma": 1.5,
-                     "model.init_args.lr": 0.003,  # 12 epochs: lr 0.001 had not converged
-                     **_AMAT_QUICK_STEPS, **_amat_budgets("landmarks")},
-              quick_l2_scale=AMAT_QUICK_L2["landmarks"]),
-        Group("detection", "BCCD blood-cell detection (mAP ↑)", main_metric("detection"),
-              # The shipped 144×192 images: at 72×96 platelets shrink to a few pixels and the
-              # quick detector did not learn (mAP@0.5 0.1; 0.54 at 144×192, same epochs).
-              quick={"trainer.max_epochs": 6,
-                     "trainer.limit_train_batches": 16,  # 128 of the 205 images per epoch
-                     f"{CNN_ARGS}.widths": [8, 16, 32], f"{CNN_ARGS}.out_channels": 32,
-                     "model.init_args.lr": 0.003,
-                     **_AMAT_QUICK_STEPS, **_amat_budgets("detection")},
-              quick_l2_scale=AMAT_QUICK_L2["detection"], secondary="map_50"),
-    ],
-    runs=_amat_runs(),
+    groups=[t.group for t in _TASKS],
+    runs=[r for t in _TASKS for r in t.runs()],
     claims=amat_claims,
 )

@@ -56,7 +56,7 @@ class Saturated(Scaled):
     one-hot in float32 and the cross-entropy gradient underflows to exactly zero."""
 
     def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
-        super().__init__(model, scale=scale)
+        super().__init__(model=model, scale=scale)
 
 
 class Noisy(nn.Module):
