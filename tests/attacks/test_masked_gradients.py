@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from attacks import Square
+from attacks.seeding import seeded_generator
 from attacks.task_losses import make_attack_loss
 from benchmarks.masking import Masked, Quantised, Scaled
-from callbacks.evaluation_loop import RobustnessEvaluator, _seed_for
+from callbacks.evaluation_loop import RobustnessEvaluator
 from callbacks.evaluation_runner import RunResult
 from callbacks.evaluation_writers import build_record
 from callbacks.report import write_report
@@ -92,7 +93,7 @@ def _square_reference(task: Any, model: Any, batch: dict[str, Any], loss: str, i
                       violated: Any = None) -> torch.Tensor:
     """A margin-loss Square with 5000 queries, seeded as the suite seeds its member ``index``."""
     x = batch["image"]
-    gen = torch.Generator().manual_seed(_seed_for(0, 0, index, 0))
+    gen = seeded_generator(0, 0, index, 0)
     fn = make_attack_loss(loss, None, 5000)
     from callbacks.evaluation_loop import task_loss_tensors
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from attacks import PGD, Square, parse_attack_specs
+from attacks.seeding import seeded_generator
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from callbacks.evaluation_loop import RobustnessEvaluator, task_loss_tensors
 from datamodules.base import collate_batch
@@ -339,7 +340,6 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
     scale-free loss, seeded as the evaluator seeds that member: the same inputs, so the member's
     number *is* "Square alone" (the 5000-query comparisons above differ only by the seed).
     50 queries here: the claim is about the wiring, not the budget."""
-    from callbacks.evaluation_loop import _seed_for
     from lightning_modules.tasks import model_task
 
     if task_name == "landmarks":
@@ -362,7 +362,7 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
     inputs = ATTACK_LOSSES[loss].inputs
     x = Square(eps=EPS, steps=50, bounds=tuple(task.data_info.bounds))(
         model, batch["image"], batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b, inputs)),
-        generator=torch.Generator().manual_seed(_seed_for(0, 0, 0, 0)))
+        generator=seeded_generator(0, 0, 0, 0))
     alone = _metric(module, model, batch, x, metric)
     assert member == pytest.approx(alone, abs=1e-6), (member, alone)
     clean = _metric(module, model, batch, batch["image"], metric)
