@@ -15,27 +15,20 @@ evaluation callback's attack list.
 
 from . import losses, task_losses
 from .apgd import APGD
-from .base import (
-    Attack,
-    AttackCall,
-    AttackResult,
-    GradientStats,
-    StartGradient,
-    check_count,
-    check_scalar,
-    input_gradient,
-    per_sample_norm,
-    start_gradient,
-)
+from .base import Attack
+from .call import AttackCall, AttackResult
+from .checks import check_count, check_scalar
 from .cw import CW
 from .fmn import FMN
 from .gradient import BIM, FGSM, MIFGSM, PGD
 from .losses import argmax_violated, loss_above
 from .mode import attack_mode
 from .noise import GaussianNoise, Noise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from .projection import per_sample_norm
 from .registry import ATTACKS, build_attack, register_attack
 from .spec import AttackSpec, parse_attack_specs
 from .square import Square
+from .start import GradientStats, StartGradient, input_gradient, start_gradient
 from .suites import SUITES, SuiteRecipe, suite_configs
 
 __all__ = [

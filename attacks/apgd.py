@@ -27,8 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackCall, Scalar, check_count, check_scalar, per_sample_norm
-from .gradient import _l2_normalise, _sign
+from .base import Attack
+from .call import AttackCall, Norm, Scalar
+from .checks import check_count, check_restarts
+from .mode import Mode
+from .projection import linf_box, project_l2, random_start, steepest_direction
 from .registry import register_attack
 
 
@@ -72,30 +75,27 @@ class APGD(Attack):
     """
 
     name = "apgd"
+    needs_norm = True
+    needs_eps = True
 
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 100,
         restarts: int = 1,
         rho: float = 0.75,
         momentum: float = 0.75,
         random_start: bool = True,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        if norm is None:
-            raise ValueError("norm must be 'linf' or 'l2' for APGD, got None")
-        super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        check_scalar("eps", eps)
+        super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts, bool(random_start))
         if not 0 < rho <= 1 or not 0 <= momentum <= 1:
             raise ValueError(f"rho must be in (0, 1] and momentum in [0, 1], got {rho}, {momentum}")
-        if restarts > 1 and not random_start:
-            raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.steps = steps
         self.restarts = restarts
         self.rho = float(rho)
@@ -112,43 +112,24 @@ class APGD(Attack):
         return {**super().describe(), "rho": self.rho, "momentum": self.momentum,
                 "step_size_rule": "2·eps, halved at checkpoints (Croce & Hein 2020)"}
 
-    def _validate_call(self, call: AttackCall) -> None:
-        if self.eps is None:
-            raise ValueError("eps must be a float or a tensor of shape [B], got None")
-        self._eps_tensor(call, self.eps, "eps")
-
     # -------------------------------------------------------------- the loop
     def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
-        eps = self._eps_tensor(call, self.eps, "eps")
-        eps_t = eps if isinstance(eps, Tensor) else torch.full((b,), eps, device=x.device, dtype=x.dtype)
+        eps_t = call.budget_tensor(self.eps, "eps")  # type: ignore[arg-type]
         view = call.per_sample
-        direction = _sign if self.norm == "linf" else _l2_normalise
+        direction = steepest_direction(self.norm)  # type: ignore[arg-type]
         if self.norm == "linf":
-            lower, upper = self._linf_box(call, eps)
+            lower, upper = linf_box(call, eps_t)
 
             def project(xa: Tensor) -> Tensor:
                 return xa.clamp_(lower, upper)
         else:
-            lo, hi = call.lo, call.hi
-            e_b = view(eps_t)
-            tiny = torch.finfo(x.dtype).tiny
-
             def project(xa: Tensor) -> Tensor:
-                # In place on a fresh tensor (APGD projects twice per step): the ε ball, then
-                # bounds; clamping only shrinks each coordinate, so the ball still holds.
-                d = xa.sub_(x)
-                n = per_sample_norm(d, "l2").clamp_min_(tiny)
-                d.mul_((e_b / view(n)).clamp_(max=1.0))
-                return d.add_(x).clamp_(lo, hi)
+                # in place on a fresh tensor (APGD projects twice per step)
+                return project_l2(call, xa, eps_t)
 
         if self.random_start:
-            if self.norm == "linf":
-                noise = self._rand(call, "uniform").mul_(2).sub_(1)
-            else:
-                noise = self._rand(call, "normal")
-                noise.div_(view(per_sample_norm(noise, "l2").clamp_min(torch.finfo(x.dtype).tiny)))
-            x_k = project(x + noise * view(eps_t))
+            x_k = project(random_start(call, self.norm, eps_t))  # type: ignore[arg-type]
         else:
             x_k = x.clone()
 

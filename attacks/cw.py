@@ -21,8 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackCall, Scalar, check_count, check_scalar
+from .base import Attack
+from .call import AttackCall, Scalar
+from .checks import check_count
 from .losses import unwrap_target
+from .mode import Mode
+from .projection import project_l2
 from .registry import register_attack
 
 
@@ -61,10 +65,10 @@ class CW(Attack):
         abort_early: bool = True,
         eps: Scalar | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        super().__init__(eps, "l2", bounds, bn_mode, dropout_mode)
+        super().__init__(eps=eps, norm="l2", bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         if not all(math.isfinite(b) for b in self.bounds):
             raise ValueError(f"CW needs finite bounds for its tanh mapping, got {self.bounds}")
         if not c > 0:
@@ -75,7 +79,6 @@ class CW(Attack):
             raise ValueError(f"lr must be > 0, got {lr}")
         check_count("steps", steps)
         check_count("binary_search_steps", binary_search_steps)
-        check_scalar("eps", eps, allow_none=True)
         self.c, self.kappa, self.lr = float(c), float(kappa), float(lr)
         self.steps, self.binary_search_steps = steps, binary_search_steps
         self.abort_early = abort_early
@@ -102,7 +105,7 @@ class CW(Attack):
     def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
         labels = self._labels(call).unsqueeze(1)
-        eps = self._eps_tensor(call, self.eps, "eps")
+        eps = call.budget(self.eps, "eps")
         mid, half = (call.hi + call.lo) / 2, (call.hi - call.lo) / 2
         # tanh-space start at x (clamped off ±1, where atanh is infinite).
         lim = 1 - 1e-6
@@ -139,8 +142,7 @@ class CW(Attack):
 
                 with torch.no_grad():
                     if call.is_violated is not None:
-                        violated = self._check_violated(call.is_violated(logits.detach(), call.target),
-                                                      call)
+                        violated = call.violated(logits.detach())
                     else:
                         violated = gap > self.kappa if self.kappa > 0 else gap > 0
                     l2 = l2.detach()
@@ -170,5 +172,5 @@ class CW(Attack):
 
         x_adv = best_adv.clamp_(call.lo, call.hi)
         if eps is not None:
-            x_adv = self._project_l2(call, x_adv, eps)
+            x_adv = project_l2(call, x_adv, eps)
         return x_adv

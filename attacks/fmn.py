@@ -37,16 +37,12 @@ import torch
 from torch import Tensor
 
 from . import losses
-from .base import Attack, AttackCall, LossFn, Scalar, check_count, per_sample_norm
+from .base import Attack
+from .call import AttackCall, LossFn, Norm, Scalar, ViolationFn
+from .checks import check_count
+from .mode import Mode
+from .projection import linf_box, per_sample_norm, project_l2
 from .registry import register_attack
-
-
-def _margin(output: Tensor, target: Any) -> Tensor:
-    """Default FMN loss: the CW logit margin (a single logit: the margin of the wrong side)."""
-    if isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] == 1:
-        y = losses.unwrap_target(target).float().reshape(-1)
-        return -(2 * y - 1) * output[:, 0].float()
-    return losses.margin_loss(output, target)
 
 
 @register_attack
@@ -80,25 +76,24 @@ class FMN(Attack):
     """
 
     name = "fmn"
+    needs_norm = True
     minimal_norm = True  # reports each sample's minimal ε (callbacks.minimal_eps uses it)
     last_min_eps: Tensor | None = None
 
     def __init__(
         self,
         eps: Scalar | None = None,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 100,
         alpha_init: float = 1.0,
         alpha_final: float | None = None,
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2' for FMN, got {norm!r}")
-        super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
+        super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
         alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
         for key, value in (("alpha_init", alpha_init), ("alpha_final", alpha_final),
@@ -117,10 +112,10 @@ class FMN(Attack):
                 "gamma_init": self.gamma_init, "gamma_final": self.gamma_final, "minimal_norm": True}
 
     def _default_loss(self) -> LossFn:
-        return _margin
+        return losses.logit_margin
 
     def minimal_eps(self, model: Any, x: Tensor, target: Any = None, loss_fn: LossFn | None = None,
-                    is_violated: Any = None, generator: torch.Generator | None = None) -> Tensor:
+                    is_violated: ViolationFn | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Each sample's minimal ε found, ``[B]`` float32 (``inf``: no adversarial point)."""
         self(model, x, target, loss_fn=loss_fn, is_violated=is_violated, generator=generator)
         assert self.last_min_eps is not None
@@ -143,7 +138,7 @@ class FMN(Attack):
 
     def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
-        norm = str(self.norm)
+        norm: Norm = self.norm  # type: ignore[assignment]
         # the largest perturbation the bounds allow: no radius beyond it makes sense
         room = torch.maximum(x - call.lo, call.hi - x)
         worst = per_sample_norm(torch.nan_to_num(room, posinf=1e30), norm)
@@ -158,10 +153,7 @@ class FMN(Attack):
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
             grad, loss, violated = self.input_gradient(call, x + delta)
             adv = violated if violated is not None else loss > 0
-            size = per_sample_norm(delta, norm)
-            smaller = adv & (size < best_norm)
-            best_norm = torch.where(smaller, size, best_norm)
-            best_delta = torch.where(call.per_sample(smaller), delta, best_delta)
+            size, best_norm, best_delta = _keep_smallest(call, delta, adv, best_norm, best_delta, norm)
             found |= adv
             to_boundary = loss.abs().to(x.dtype) / self._dual(grad).clamp_min(1e-12)
             # never-adversarial samples: the linear estimate, but at least a γ-growth, so a sample
@@ -173,21 +165,28 @@ class FMN(Attack):
             g2 = torch.linalg.vector_norm(grad.reshape(b, -1), dim=1).clamp_min(1e-12)
             delta = self._project(call, delta + alpha * grad / call.per_sample(g2), radius)
         # the last iterate was not checked by a forward yet
-        out, violated = self._evaluate(call, x + delta)
-        if out is not None:
-            adv = violated if violated is not None else out > 0
-            size = per_sample_norm(delta, norm)
-            smaller = adv & (size < best_norm)
-            best_norm = torch.where(smaller, size, best_norm)
-            best_delta = torch.where(call.per_sample(smaller), delta, best_delta)
+        last_loss, violated = self._evaluate(call, x + delta)
+        if last_loss is not None:
+            adv = violated if violated is not None else last_loss > 0
+            _, best_norm, best_delta = _keep_smallest(call, delta, adv, best_norm, best_delta, norm)
             found |= adv
         self.last_min_eps = best_norm.float().detach()
         chosen = torch.where(call.per_sample(found), best_delta, delta)
         if self.eps is None:
             return x + chosen
-        eps = self._eps_tensor(call, self.eps, "eps")
-        eps_t = eps if isinstance(eps, Tensor) else torch.full((b,), float(eps), device=x.device, dtype=x.dtype)
+        eps = call.budget(self.eps, "eps")
         if norm == "linf":
-            lower, upper = self._linf_box(call, eps)
+            lower, upper = linf_box(call, eps)  # type: ignore[arg-type]
             return (x + chosen).clamp(lower, upper)
-        return self._project_l2(call, x + chosen, eps_t)
+        return project_l2(call, x + chosen, eps)  # type: ignore[arg-type]
+
+
+def _keep_smallest(call: AttackCall, delta: Tensor, adv: Tensor, best_norm: Tensor, best_delta: Tensor,
+                   norm: Norm) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep each sample's smallest adversarial perturbation so far: ``delta`` ``[B, *]`` with
+    ``adv`` ``Bool[B]`` against the best ``[B]`` norms and ``[B, *]`` perturbations. Returns
+    ``(‖delta‖ [B], best_norm, best_delta)``."""
+    size = per_sample_norm(delta, norm)
+    smaller = adv & (size < best_norm)
+    best_delta = torch.where(call.per_sample(smaller), delta, best_delta)
+    return size, torch.where(smaller, size, best_norm), best_delta

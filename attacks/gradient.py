@@ -43,19 +43,24 @@ not hold — which is why evaluation suites refuse ``project: false``
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackCall, Scalar, _fmt, check_count, check_scalar, per_sample_norm
+from .base import Attack, describe_value
+from .call import AttackCall, Norm, Scalar
+from .checks import check_count, check_restarts, check_scalar
+from .mode import Mode
 from .options import check_choice
+from .projection import linf_box, project_l2, random_start, steepest_direction
 from .registry import register_attack
 
 #: the smallest default step of PGD / BIM, as a fraction of ``eps`` (see the module docstring)
 MIN_REL_STEP = 0.25
-#: random-start distributions of :class:`PGD`
-INIT_DISTRIBUTIONS = ("uniform", "normal")
+#: random-start distributions of :class:`PGD` (see :func:`attacks.projection.random_start`)
+InitDistribution = Literal["uniform", "normal"]
+INIT_DISTRIBUTIONS: tuple[InitDistribution, ...] = ("uniform", "normal")
 
 
 @register_attack
@@ -89,33 +94,30 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    needs_norm = True
+    needs_eps = True
 
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 10,
         step_size: Scalar | None = None,
         random_start: bool = True,
         restarts: int = 1,
         init_radius: Scalar | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
-        init_distribution: str = "uniform",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
+        init_distribution: InitDistribution = "uniform",
         project: bool = True,
     ) -> None:
-        if norm is None:
-            raise ValueError(f"norm must be 'linf' or 'l2' for {type(self).__name__}, got None")
-        super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        check_scalar("eps", eps)
+        super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts, bool(random_start))
         self.steps = steps
         self.step_size = check_scalar("step_size", step_size, allow_none=True)
         self.random_start = bool(random_start)
-        if restarts > 1 and not self.random_start:
-            raise ValueError("restarts > 1 needs random_start=True (restarts would be identical)")
         self.restarts = restarts
         self.init_radius = check_scalar("init_radius", init_radius, allow_none=True)
         check_choice("init_distribution", init_distribution, INIT_DISTRIBUTIONS)
@@ -139,15 +141,14 @@ class PGD(Attack):
         return self.restarts
 
     def _validate_call(self, call: AttackCall) -> None:
-        if self.eps is None:
-            raise ValueError("eps must be a float or a tensor of shape [B], got None")
-        for name in ("eps", "step_size", "init_radius"):
-            self._eps_tensor(call, getattr(self, name), name)
+        super()._validate_call(call)
+        for name in ("step_size", "init_radius"):
+            call.budget(getattr(self, name), name)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         if self.init_radius is not None:
-            d["init_radius"] = _fmt(self.init_radius)
+            d["init_radius"] = describe_value(self.init_radius)
         if self.init_distribution != "uniform":
             d["init_distribution"] = self.init_distribution
         if not self.project:
@@ -155,26 +156,18 @@ class PGD(Attack):
         return d
 
     # -------------------------------------------------------------- the loop
-    def _random_start(self, call: AttackCall, eps: Scalar) -> Tensor:
-        radius = self._eps_tensor(call, self.init_radius, "init_radius")
-        r = call.per_sample(eps if radius is None else radius)
-        if self.init_distribution == "normal":
-            return call.x + self._rand(call, "normal") * r
-        if self.norm == "linf":
-            noise = self._rand(call, "uniform").mul_(2).sub_(1)
-        else:
-            noise = self._rand(call, "normal")
-            n = per_sample_norm(noise, "l2").clamp_min(torch.finfo(noise.dtype).tiny)
-            noise.div_(call.per_sample(n))
-        return call.x + noise * r
-
     def _run(self, call: AttackCall) -> Tensor:
-        eps = self._eps_tensor(call, self.eps, "eps")
-        alpha = self._eps_tensor(call, self.step_size, "step_size")
+        eps = call.budget(self.eps, "eps")
+        alpha = call.budget(self.step_size, "step_size")
         if alpha is None:
-            alpha = self.default_step_size(eps)
+            alpha = self.default_step_size(eps)  # type: ignore[arg-type]
         alpha_b = call.per_sample(alpha)
-        x_adv = self._random_start(call, eps) if self.random_start else call.x.clone()
+        if self.random_start:
+            radius = call.budget(self.init_radius, "init_radius")
+            x_adv = random_start(call, self.norm, eps if radius is None else radius,  # type: ignore[arg-type]
+                                 self.init_distribution)
+        else:
+            x_adv = call.x.clone()
 
         direction = self._direction(call)
         if not self.project:  # N-FGSM: the valid range only
@@ -185,7 +178,7 @@ class PGD(Attack):
                 return xa.clamp_(lo, hi)
 
         elif self.norm == "linf":
-            lower, upper = self._linf_box(call, eps)
+            lower, upper = linf_box(call, eps)  # type: ignore[arg-type]
             x_adv.clamp_(lower, upper)
 
             def project(xa: Tensor) -> Tensor:
@@ -193,10 +186,10 @@ class PGD(Attack):
                 return xa.clamp_(lower, upper)
 
         else:
-            x_adv = self._project_l2(call, x_adv, eps)
+            x_adv = project_l2(call, x_adv, eps)  # type: ignore[arg-type]
 
             def project(xa: Tensor) -> Tensor:
-                return self._project_l2(call, xa, eps)
+                return project_l2(call, xa, eps)  # type: ignore[arg-type]
 
         def step(xa: Tensor, grad: Tensor, t: int) -> Tensor:
             d = direction(grad)
@@ -211,16 +204,7 @@ class PGD(Attack):
     def _direction(self, call: AttackCall) -> Callable[[Tensor], Tensor]:
         """Map a raw input gradient (a fresh tensor, safe to modify in place) to the step
         direction: its sign (L∞) or its per-sample L2-normalised version (L2)."""
-        return _sign if self.norm == "linf" else _l2_normalise
-
-
-def _sign(grad: Tensor) -> Tensor:
-    return grad.sign_()
-
-
-def _l2_normalise(grad: Tensor) -> Tensor:
-    n = per_sample_norm(grad, "l2").clamp_min(torch.finfo(grad.dtype).tiny)
-    return grad.div_(n.view(-1, *([1] * (grad.ndim - 1))))
+        return steepest_direction(self.norm)  # type: ignore[arg-type]
 
 
 @register_attack
@@ -234,15 +218,15 @@ class BIM(PGD):
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 10,
         step_size: Scalar | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        super().__init__(eps, norm, steps, step_size, False, 1, None, bounds, bn_mode,
-                         dropout_mode)
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=False,
+                         bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
 
 
 @register_attack
@@ -263,21 +247,22 @@ class FGSM(PGD):
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         step_size: Scalar | None = None,
         random_start: bool = False,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
         steps: int = 1,
         init_radius: Scalar | None = None,
-        init_distribution: str = "uniform",
+        init_distribution: InitDistribution = "uniform",
         project: bool = True,
     ) -> None:
         if steps != 1:  # accepted so configs can state steps uniformly for every attack
             raise ValueError(f"FGSM takes exactly one step, got steps={steps!r}; use BIM/PGD")
-        super().__init__(eps, norm, 1, step_size, random_start, 1, init_radius, bounds, bn_mode,
-                         dropout_mode, init_distribution, project)
+        super().__init__(eps=eps, norm=norm, steps=1, step_size=step_size, random_start=random_start,
+                         init_radius=init_radius, bounds=bounds, bn_mode=bn_mode,
+                         dropout_mode=dropout_mode, init_distribution=init_distribution, project=project)
 
     def default_step_size(self, eps: Scalar) -> Scalar:
         return eps * (1.25 if self.random_start else 1.0)
@@ -296,16 +281,16 @@ class MIFGSM(PGD):
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 10,
         step_size: Scalar | None = None,
         decay: float = 1.0,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        super().__init__(eps, norm, steps, step_size, False, 1, None, bounds, bn_mode,
-                         dropout_mode)
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=False,
+                         bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         if not decay >= 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
         self.decay = float(decay)

@@ -28,7 +28,9 @@ __all__ = [
     "dlr_loss",
     "dlr_targeted_loss",
     "heatmap_mse",
+    "logit_margin",
     "margin_loss",
+    "mean_per_sample",
     "argmax_violated",
     "loss_above",
     "unwrap_target",
@@ -73,7 +75,7 @@ def class_argmax(logits: Tensor) -> Tensor:
     return index
 
 
-def _mean_per_sample(t: Tensor) -> Tensor:
+def mean_per_sample(t: Tensor) -> Tensor:
     """Mean over every dim but the first: ``[B, *] -> [B]``."""
     return t.reshape(t.shape[0], -1).mean(dim=1) if t.ndim > 1 else t
 
@@ -95,7 +97,7 @@ def cross_entropy(output: Tensor, target: Any) -> Tensor:
     output = output.float()  # autocast may hand over bf16/fp16 logits; CE wants fp32
     b = output.shape[0]
     if target.shape == output.shape:  # binary [B] / multi-label [B, K, *]
-        return _mean_per_sample(
+        return mean_per_sample(
             F.binary_cross_entropy_with_logits(output, target.to(output.dtype), reduction="none")
         )
     if output.ndim >= 2 and output.shape[1] == 1 and target.numel() == output.numel():
@@ -116,7 +118,7 @@ def cross_entropy(output: Tensor, target: Any) -> Tensor:
             f"targets of the logits' shape for multi-label); got output {tuple(output.shape)}, "
             f"target {tuple(target.shape)} {target.dtype}"
         )
-    return _mean_per_sample(F.cross_entropy(output, target.long(), reduction="none"))
+    return mean_per_sample(F.cross_entropy(output, target.long(), reduction="none"))
 
 
 def _one_hot_like(target: Tensor, output: Tensor) -> Tensor:
@@ -193,7 +195,7 @@ def heatmap_mse(output: Tensor, target: Any) -> Tensor:
             "must have the same shape"
         )
     diff = output.float() - target.float()
-    return _mean_per_sample(diff * diff)
+    return mean_per_sample(diff * diff)
 
 
 def margin_loss(output: Tensor, target: Any, kappa: float = math.inf) -> Tensor:
@@ -214,7 +216,17 @@ def margin_loss(output: Tensor, target: Any, kappa: float = math.inf) -> Tensor:
     margin = (others.amax(dim=1, keepdim=True) - true).squeeze(1)
     if math.isfinite(kappa):
         margin = margin.clamp(max=kappa)
-    return _mean_per_sample(margin)
+    return mean_per_sample(margin)
+
+
+def logit_margin(output: Tensor, target: Any) -> Tensor:
+    """:func:`margin_loss` that also takes a single logit ``[B, 1]`` with 0/1 labels ``[B]``:
+    then the logit's margin on the wrong side, ``−(2y − 1)·z`` (positive exactly when
+    misclassified, as the CW margin). FMN's default loss and the ``margin`` attack loss."""
+    if isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] == 1:
+        y = unwrap_target(target).float().reshape(-1)
+        return -(2 * y - 1) * output[:, 0].float()
+    return margin_loss(output, target)
 
 
 def _dlr_inputs(output: Tensor, target: Any, min_classes: int, what: str) -> tuple[Tensor, Tensor]:
@@ -264,7 +276,7 @@ def ce_targeted_loss(output: Tensor, target: Any, target_class: Tensor) -> Tenso
     """Targeted cross-entropy, ``-> [B]``: ``−CE(z, t)``; increasing it pulls the prediction
     towards ``target_class`` ``[B]``. Logits ``[B, K, *spatial]`` (targets per position then)."""
     t = target_class.long().to(output.device)
-    return -_mean_per_sample(F.cross_entropy(output.float(), t, reduction="none"))
+    return -mean_per_sample(F.cross_entropy(output.float(), t, reduction="none"))
 
 
 def bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:

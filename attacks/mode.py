@@ -57,7 +57,7 @@ def check_mode(value: str, name: str) -> str:
     return value
 
 
-def _resolve(flag_now: bool, mode: str) -> bool:
+def _resolve(flag_now: bool, mode: Mode) -> bool:
     if mode == "keep":
         return flag_now
     return mode == "train"

@@ -18,7 +18,11 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import Attack, AttackCall, Scalar, _fmt, check_scalar
+from .base import Attack, describe_value
+from .call import AttackCall, Scalar
+from .checks import check_scalar
+from .mode import Mode
+from .projection import linf_box
 from .registry import register_attack
 
 
@@ -31,10 +35,11 @@ class Noise(Attack):
         self,
         eps: Scalar | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        super().__init__(eps, "linf" if eps is not None else None, bounds, bn_mode, dropout_mode)
+        super().__init__(eps=eps, norm="linf" if eps is not None else None, bounds=bounds,
+                         bn_mode=bn_mode, dropout_mode=dropout_mode)
 
     def _noisy(self, call: AttackCall) -> Tensor:
         raise NotImplementedError
@@ -44,35 +49,43 @@ class Noise(Attack):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "steps": 0, "step_size": None,
-                **{k: _fmt(v) for k, v in self._params().items()}}
+                **{k: describe_value(v) for k, v in self._params().items()}}
 
     def _run(self, call: AttackCall) -> Tensor:
         x_noisy = self._noisy(call)
-        eps = self._eps_tensor(call, self.eps, "eps")
+        eps = call.budget(self.eps, "eps")
         if eps is not None:
-            lower, upper = self._linf_box(call, eps)
+            lower, upper = linf_box(call, eps)
             return x_noisy.clamp_(lower, upper)
         return x_noisy.clamp_(call.lo, call.hi)
 
 
-@register_attack
-class GaussianNoise(Noise):
-    """Additive Gaussian noise ``x + std·N(0, 1)``; ``std`` float or ``[B]``, in input units."""
-
-    name = "gaussian"
+class _GaussianScaled(Noise):
+    """A noise drawn as ``std·N(0, 1)`` per coordinate (``std`` float or ``[B]``, in input
+    units), with the optional L∞ cap ``eps``; subclasses say how it meets ``x``."""
 
     def __init__(self, std: Scalar = 0.1, eps: Scalar | None = None,
-                 bounds: tuple[float, float] = (0.0, 1.0), bn_mode: str = "eval",
-                 dropout_mode: str = "eval") -> None:
-        super().__init__(eps, bounds, bn_mode, dropout_mode)
+                 bounds: tuple[float, float] = (0.0, 1.0), bn_mode: Mode = "eval",
+                 dropout_mode: Mode = "eval") -> None:
+        super().__init__(eps=eps, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         self.std = check_scalar("std", std)
 
     def _params(self) -> dict[str, Any]:
         return {"std": self.std}
 
+    def _scaled_normal(self, call: AttackCall) -> Tensor:
+        """``std·N(0, 1)`` of ``x``'s shape, from the call's generator."""
+        return call.rand("normal").mul_(call.per_sample(call.budget(self.std, "std")))
+
+
+@register_attack
+class GaussianNoise(_GaussianScaled):
+    """Additive Gaussian noise ``x + std·N(0, 1)``; ``std`` float or ``[B]``, in input units."""
+
+    name = "gaussian"
+
     def _noisy(self, call: AttackCall) -> Tensor:
-        std = call.per_sample(self._eps_tensor(call, self.std, "std"))
-        return self._rand(call, "normal").mul_(std).add_(call.x)
+        return self._scaled_normal(call).add_(call.x)
 
 
 @register_attack
@@ -80,15 +93,15 @@ class UniformNoise(Noise):
     """Additive uniform noise ``x + U(−eps, eps)`` (so always inside the L∞ ``eps`` ball)."""
 
     name = "uniform"
+    needs_eps = True
 
     def __init__(self, eps: Scalar = 0.1, bounds: tuple[float, float] = (0.0, 1.0),
-                 bn_mode: str = "eval", dropout_mode: str = "eval") -> None:
-        check_scalar("eps", eps)
-        super().__init__(eps, bounds, bn_mode, dropout_mode)
+                 bn_mode: Mode = "eval", dropout_mode: Mode = "eval") -> None:
+        super().__init__(eps=eps, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
 
     def _noisy(self, call: AttackCall) -> Tensor:
-        eps = call.per_sample(self._eps_tensor(call, self.eps, "eps"))
-        return self._rand(call, "uniform").mul_(2).sub_(1).mul_(eps).add_(call.x)
+        eps = call.per_sample(call.budget(self.eps, "eps"))
+        return call.rand("uniform").mul_(2).sub_(1).mul_(eps).add_(call.x)
 
 
 @register_attack
@@ -100,9 +113,9 @@ class SaltPepperNoise(Noise):
     name = "salt_pepper"
 
     def __init__(self, amount: float = 0.05, salt_ratio: float = 0.5,
-                 bounds: tuple[float, float] = (0.0, 1.0), bn_mode: str = "eval",
-                 dropout_mode: str = "eval") -> None:
-        super().__init__(None, bounds, bn_mode, dropout_mode)
+                 bounds: tuple[float, float] = (0.0, 1.0), bn_mode: Mode = "eval",
+                 dropout_mode: Mode = "eval") -> None:
+        super().__init__(eps=None, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         if not all(math.isfinite(b) for b in self.bounds):
             raise ValueError(f"salt-and-pepper noise needs finite bounds, got {self.bounds}")
         if not 0.0 <= amount <= 1.0:
@@ -117,28 +130,18 @@ class SaltPepperNoise(Noise):
     def _noisy(self, call: AttackCall) -> Tensor:
         x = call.x
         shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim > 2 else x.shape
-        u = self._rand(call, "uniform", shape)
+        u = call.rand("uniform", shape)
         salt = u < self.amount * self.salt_ratio
         pepper = (u < self.amount) & ~salt
         return x.masked_fill(salt, call.hi).masked_fill_(pepper, call.lo)
 
 
 @register_attack
-class SpeckleNoise(Noise):
+class SpeckleNoise(_GaussianScaled):
     """Multiplicative speckle noise ``x + x·std·N(0, 1)`` (ultrasound/OCT-like); ``std`` float
     or ``[B]``. Zero-valued pixels stay unchanged."""
 
     name = "speckle"
 
-    def __init__(self, std: Scalar = 0.1, eps: Scalar | None = None,
-                 bounds: tuple[float, float] = (0.0, 1.0), bn_mode: str = "eval",
-                 dropout_mode: str = "eval") -> None:
-        super().__init__(eps, bounds, bn_mode, dropout_mode)
-        self.std = check_scalar("std", std)
-
-    def _params(self) -> dict[str, Any]:
-        return {"std": self.std}
-
     def _noisy(self, call: AttackCall) -> Tensor:
-        std = call.per_sample(self._eps_tensor(call, self.std, "std"))
-        return self._rand(call, "normal").mul_(std).mul_(call.x).add_(call.x)
+        return self._scaled_normal(call).mul_(call.x).add_(call.x)

@@ -2,9 +2,9 @@
 
 A spec is an attack *without* its budget and range — ``{name, norm?, steps?, step_size? |
 rel_step_size?, restarts?, random_start?, init_radius? | rel_init_radius?, label?, loss?,
-**extras}`` — and ``spec.build(eps, bounds, modes)`` makes the attack. The budget belongs to
-whoever uses the spec: the ε grid of an evaluation callback, the ε (and schedule) of a
-training method, AMAT's per-sample margins. So the same mapping can stand in a method's
+**extras}`` — and ``spec.build(eps, bounds, (bn_mode, dropout_mode))`` makes the attack. The
+budget belongs to whoever uses the spec: the ε grid of an evaluation callback, the ε (and
+schedule) of a training method, AMAT's per-sample margins. So the same mapping can stand in a method's
 ``attack:`` field (``SAT(attack={"name": "mifgsm", "steps": 5})``), in an evaluation callback's
 attack list and in a named suite (:mod:`attacks.suites`).
 
@@ -38,7 +38,13 @@ import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .call import NORMS, Norm
+from .mode import Mode
+
+if TYPE_CHECKING:
+    from .base import Attack
 
 #: typed settings of a spec, in the order they are described
 SETTINGS = ("norm", "steps", "step_size", "rel_step_size", "restarts", "random_start",
@@ -79,7 +85,7 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return None
     bad = f"{where}.{key}"
     if key == "norm":
-        if value not in ("linf", "l2"):
+        if value not in NORMS:
             raise ValueError(f"{bad} must be 'linf' or 'l2', got {value!r}")
         return value
     if key in ("steps", "restarts"):
@@ -110,7 +116,7 @@ class AttackSpec:
     """
 
     name: str
-    norm: str | None = None
+    norm: Norm | None = None
     steps: int | None = None
     step_size: float | None = None
     rel_step_size: float | None = None
@@ -159,13 +165,11 @@ class AttackSpec:
         self,
         eps: Any,
         bounds: tuple[float, float],
-        modes: tuple[str, str] | str = ("eval", "eval"),
-        dropout_mode: str | None = None,
+        modes: tuple[Mode, Mode] = ("eval", "eval"),
         overrides: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Attack:
         """The attack at budget ``eps`` (float or ``[B]`` tensor) in ``bounds``, with BatchNorm
-        / Dropout ``modes = (bn_mode, dropout_mode)`` (``build(eps, bounds, bn, dropout)`` also
-        works).
+        / Dropout ``modes = (bn_mode, dropout_mode)``.
 
         ``rel_step_size`` / ``rel_init_radius`` become ``rel·eps`` (per sample for a tensor
         ``eps``). ``overrides`` are per-call settings that the *caller* owns and that replace
@@ -174,10 +178,9 @@ class AttackSpec:
         """
         from .registry import build_attack
 
-        if isinstance(modes, str):
-            bn_mode, dropout = modes, dropout_mode or "eval"
-        else:
-            bn_mode, dropout = modes
+        if isinstance(modes, str) or len(modes) != 2:
+            raise TypeError(f"modes must be a pair (bn_mode, dropout_mode), got {modes!r}")
+        bn_mode, dropout = modes
         params: dict[str, Any] = {"bn_mode": bn_mode, "dropout_mode": dropout, **self.params}
         for absolute in ("step_size", "init_radius"):
             rel = params.pop(f"rel_{absolute}", None)

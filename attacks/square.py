@@ -39,7 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Attack, AttackCall, Scalar, check_count, check_scalar, per_sample_norm
+from .base import Attack
+from .call import AttackCall, Norm, Scalar
+from .checks import check_count, check_restarts
+from .mode import Mode
+from .projection import linf_box, per_sample_norm, project_l2
 from .registry import register_attack
 
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -63,24 +67,23 @@ class Square(Attack):
 
     name = "square"
     gradient_free = True  # score-based: the evaluation counts its wins as a masking flag
+    needs_norm = True
+    needs_eps = True
 
     def __init__(
         self,
         eps: Scalar = 0.004,
-        norm: str = "linf",
+        norm: Norm = "linf",
         steps: int = 1000,
         p_init: float = 0.8,
         restarts: int = 1,
         bounds: tuple[float, float] = (0.0, 1.0),
-        bn_mode: str = "eval",
-        dropout_mode: str = "eval",
+        bn_mode: Mode = "eval",
+        dropout_mode: Mode = "eval",
     ) -> None:
-        if norm is None:
-            raise ValueError("norm must be 'linf' or 'l2' for Square, got None")
-        super().__init__(eps, norm, bounds, bn_mode, dropout_mode)
-        check_scalar("eps", eps)
+        super().__init__(eps=eps, norm=norm, bounds=bounds, bn_mode=bn_mode, dropout_mode=dropout_mode)
         check_count("steps", steps)
-        check_count("restarts", restarts)
+        check_restarts(restarts)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.steps = steps
@@ -95,11 +98,6 @@ class Square(Attack):
         return {**super().describe(), "p_init": self.p_init, "queries": self.steps + 1,
                 "gradient_free": True}
 
-    def _validate_call(self, call: AttackCall) -> None:
-        if self.eps is None:
-            raise ValueError("eps must be a float or a tensor of shape [B], got None")
-        self._eps_tensor(call, self.eps, "eps")
-
     def _p(self, t: int) -> float:
         """Window share at query ``t`` (the paper's schedule, rescaled to ``steps``)."""
         t_paper = int(t / self.steps * 10_000)
@@ -113,7 +111,7 @@ class Square(Attack):
 
     def _window_starts(self, call: AttackCall, side: list[int]) -> Tensor:
         """``Long[B, dims]``: random window origins (uniform over the valid positions)."""
-        cols = [(self._rand(call, "uniform", (call.batch,)) * (n - s + 1)).floor().long().clamp_(0, n - s)
+        cols = [(call.rand("uniform", (call.batch,)) * (n - s + 1)).floor().long().clamp_(0, n - s)
                 for n, s in zip(call.x.shape[2:], side)]
         return torch.stack(cols, dim=1)
 
@@ -144,7 +142,7 @@ class Square(Attack):
     def _eta(self, call: AttackCall, side: list[int]) -> Tensor:
         """The paper's unit-norm pattern ``η`` on a window of ``side``: a centred pattern on
         each half (split along a random spatial axis), the second half negated."""
-        axis = int(self._rand(call, "uniform", (1,)).item() * len(side)) % len(side)
+        axis = int(call.rand("uniform", (1,)).item() * len(side)) % len(side)
         h1 = side[axis] // 2
         first, second = list(side), list(side)
         first[axis], second[axis] = h1, side[axis] - h1
@@ -161,7 +159,7 @@ class Square(Attack):
         delta = torch.zeros_like(x)
         grid = torch.cartesian_prod(*[torch.arange(n // s) for n, s in zip(spatial, side)])
         for cell in grid.reshape(-1, len(spatial)):
-            rho = self._rand(call, "uniform", (x.shape[0], x.shape[1], *([1] * len(spatial))))
+            rho = call.rand("uniform", (x.shape[0], x.shape[1], *([1] * len(spatial))))
             rho = rho.lt(0.5).to(x.dtype).mul_(2).sub_(1)
             sl = tuple(slice(o + int(c) * s, o + (int(c) + 1) * s)
                        for o, c, s in zip(offsets, cell, side))
@@ -189,7 +187,7 @@ class Square(Attack):
         avail = ((delta * union) ** 2).sum(dim=dims) + (unused / c)[:, None]  # [B, C]
         old = delta * w1
         old = old / old.pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
-        rho = self._rand(call, "uniform", (b, c, *([1] * len(spatial)))).lt(0.5).to(x.dtype).mul_(2).sub_(1)
+        rho = call.rand("uniform", (b, c, *([1] * len(spatial)))).lt(0.5).to(x.dtype).mul_(2).sub_(1)
         eta = self._place(call, rho * self._eta(call, side).expand(b, c, *side), st1)
         new = eta + old
         new = new / new.pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-12)
@@ -198,31 +196,22 @@ class Square(Attack):
         # exactly on the sphere (the update preserves the norm up to rounding and overlaps)
         return cand * (eps_t / per_sample_norm(cand, "l2").clamp_min(1e-12)).view_as(e)
 
-    def _loss(self, call: AttackCall, xa: Tensor) -> tuple[Tensor, Tensor | None]:
-        with torch.no_grad():
-            out = call.model(xa)  # type: ignore[misc]
-            loss = self._check_loss(call.loss_fn(out, call.target), call.batch).float()
-            violated = None
-            if call.is_violated is not None:
-                violated = self._check_violated(call.is_violated(out, call.target), call)
-        return loss, violated
-
     def _run(self, call: AttackCall) -> Tensor:
         x, b = call.x, call.batch
         if x.ndim < 3:
             raise ValueError(f"Square needs [B, C, *spatial] inputs, got {tuple(x.shape)}")
-        eps = self._eps_tensor(call, self.eps, "eps")
-        eps_t = eps if isinstance(eps, Tensor) else torch.full((b,), eps, device=x.device, dtype=x.dtype)
+        eps = call.budget(self.eps, "eps")
+        eps_t = call.budget_tensor(self.eps, "eps")
         e = call.per_sample(eps_t)
         spatial = x.shape[2:]
         c = x.shape[1]
 
         def sign(shape: tuple[int, ...]) -> Tensor:
-            return self._rand(call, "uniform", shape).lt(0.5).to(x.dtype).mul_(2).sub_(1)
+            return call.rand("uniform", shape).lt(0.5).to(x.dtype).mul_(2).sub_(1)
 
         if self.norm == "linf":
             stripes = sign((b, c, *([1] * (len(spatial) - 1)), spatial[-1]))  # vertical stripes
-            lower, upper = self._linf_box(call, eps)
+            lower, upper = linf_box(call, eps)  # type: ignore[arg-type]
 
             def project(delta: Tensor) -> Tensor:
                 return (x + delta).clamp_(lower, upper)
@@ -230,12 +219,13 @@ class Square(Attack):
             delta = stripes * e
         else:
             def project(delta: Tensor) -> Tensor:
-                return self._project_l2(call, x + delta, eps)
+                return project_l2(call, x + delta, eps)  # type: ignore[arg-type]
 
             delta = self._l2_init(call, e)
         x_best = project(delta)
         delta = x_best - x
-        best_loss, violated = self._loss(call, x_best)
+        best_loss, violated = self._evaluate(call, x_best)
+        assert best_loss is not None  # Square always has a model
         active = ~violated if violated is not None else torch.ones(b, dtype=torch.bool, device=x.device)
 
         for t in range(self.steps):
@@ -251,7 +241,7 @@ class Square(Attack):
             else:
                 cand = self._l2_proposal(call, delta, eps_t, e, p)
             x_cand = project(cand)
-            loss, violated = self._loss(call, x_cand)
+            loss, violated = self._evaluate(call, x_cand)
             better = (loss > best_loss) & active
             if violated is not None:
                 better = better | (violated & active)

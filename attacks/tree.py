@@ -8,6 +8,7 @@ Lightning, a task or a dataset), so every layer above may use it.
 
 - :func:`tree_map` — apply a function to every tensor, keep the structure;
 - :func:`tree_leaves` — iterate over the tensors;
+- :func:`clone_inference` — clone the inference tensors (so autograd can save them);
 - :func:`select_rows` — the samples ``idx`` of a batch (per-sample tensors and lists).
 
 Containers: any ``Mapping`` (rebuilt as a ``dict``), ``list``, ``tuple`` and namedtuples (rebuilt
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["select_rows", "tree_leaves", "tree_map"]
+__all__ = ["clone_inference", "select_rows", "tree_leaves", "tree_map"]
 
 
 def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
@@ -54,6 +55,15 @@ def tree_leaves(tree: Any) -> Iterator[Tensor]:
     elif isinstance(tree, list | tuple):
         for v in tree:
             yield from tree_leaves(v)
+
+
+def clone_inference(tree: Any) -> Any:
+    """Clone the inference tensors of ``tree`` (e.g. a Lightning batch after leaving
+    ``inference_mode``) so autograd can save them; a structure without any is returned as is
+    (no copy)."""
+    if not any(t.is_inference() for t in tree_leaves(tree)):
+        return tree
+    return tree_map(lambda t: t.clone() if t.is_inference() else t, tree)
 
 
 def select_rows(batch: Any, idx: Tensor, size: int) -> Any:

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from attacks.seeding import seeded_generator
 from attacks.spec import parse_attack_specs
 from callbacks.common import (
     check_robust_task,
@@ -100,13 +101,13 @@ class AdversarialExamples(Callback):
         raw = collate_fn([dataset[i] for i in indices]) if collate_fn else None
         device = pl_module.device
         model = task.attack_model()
-        atk = self.spec.build(self.eps, tuple(task.data_info.bounds), self.bn_mode, self.dropout_mode)
+        atk = self.spec.build(self.eps, tuple(task.data_info.bounds), (self.bn_mode, self.dropout_mode))
 
         with preserved_rng(device), gradients_enabled(), guarded_model(pl_module, model):
             set_eval_mode(pl_module, model)
             batch = to_autograd_safe(raw, device)
             x = batch["image"]
-            gen = torch.Generator(device=device).manual_seed(self.seed)
+            gen = seeded_generator(self.seed, device=device)
             x_adv = atk(model, x, batch, loss_fn=lambda out, b: task.per_sample_loss(out, b), generator=gen)
             with torch.no_grad():
                 clean_pred = task.predict_for_display(model(x))

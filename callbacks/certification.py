@@ -13,7 +13,7 @@ List it *after* that callback (checked at setup)::
 At the end of ``test`` it certifies the tested model (the task module's ``attack_model()``) by the
 task's certification (:mod:`certification.tasks`) at every σ, and adds the ``certified`` entries,
 the per-sample columns, ``certified.png`` and the ``report.md`` section to that evaluation's files
-(:func:`certification.run.add_certification`). Rank 0 certifies (the certificates of a few hundred
+(:func:`callbacks.certified_record.add_certification`). Rank 0 certifies (the certificates of a few hundred
 samples; the other ranks wait at the end of ``test``). The same work from the command line, on
 any checkpoint: ``medrobust certify`` (docs/certification.md).
 """
@@ -78,7 +78,7 @@ class Certification(pl.Callback):
         evaluation = self._evaluation(trainer)
         if "test" not in evaluation.last_record or not trainer.is_global_zero:
             return
-        from certification.run import add_certification, certify_samples
+        from callbacks.certified_record import add_certification, certify_samples
         from certification.sampling import NoiseSampler
         from certification.tasks import certification_for
 

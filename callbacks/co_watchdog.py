@@ -53,6 +53,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from attacks.options import check_choice
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
 from callbacks.common import (
     check_robust_task,
@@ -200,8 +201,7 @@ class CatastrophicOverfittingWatchdog(Callback):
                 if counted:
                     task.update_metrics(metrics["clean"], out, batch)
                 for a_i, (name, atk) in enumerate(attacks.items()):
-                    gen = torch.Generator(device=device).manual_seed(
-                        self.seed * 1_000_003 + 7919 * batch_no + a_i)
+                    gen = seeded_generator(self.seed, batch_no, a_i, device=device)
                     x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss, generator=gen)
                     with torch.no_grad():
                         out = model(x_adv)

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.seeding import mix_seed
 from callbacks.common import compute_metrics
 from corruptions import CorruptionSuite, corruption_suite
-from corruptions.draw import mix_seed
 
 __all__ = ["CorruptionEvaluator", "CorruptionSection", "condition", "corruption_error",
            "mce_interval", "mean_corruption_error"]
@@ -55,7 +55,7 @@ def condition(name: str) -> str:
 
 
 def _seed(seed: int, sample: int, corruption: int, severity: int) -> int:
-    """The seed of one sample's corruption at one severity (:func:`corruptions.draw.mix_seed`)."""
+    """The seed of one sample's corruption at one severity (:func:`attacks.seeding.mix_seed`)."""
     return mix_seed(seed, sample, corruption, severity)
 
 

@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import StartGradient, start_gradient
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
+from attacks.start import StartGradient, start_gradient
 from attacks.tree import select_rows
 from attacks.worst_case import Worst, badness, keep_worst
 from callbacks.accounting import ComputeAccounting, ComputeMeter, CountingModel
@@ -83,11 +84,6 @@ def check_eps_grid(eps: Sequence[float] | float | None, field_name: str) -> list
             raise ValueError(f"{field_name}: every ε must be a number > 0 (ε = 0 is the clean metric), got {v!r}")
         out.append(float(v))
     return sorted(set(out))
-
-
-def _seed_for(seed: int, batch_no: int, attack_i: int, eps_i: int) -> int:
-    """Seed of one (batch, attack, ε): depends on the global batch number, never on the rank."""
-    return hash((int(seed), int(batch_no), int(attack_i), int(eps_i))) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class RobustnessEvaluator:
@@ -186,7 +182,7 @@ class RobustnessEvaluator:
         self._starts_at_x: bool | None = None  # some member takes the gradient at x first
         bounds = tuple(task.data_info.bounds)
         self.attacks = {
-            (s.label, e): s.build(e, bounds, bn_mode, dropout_mode) for s in self.specs for e in self.eps
+            (s.label, e): s.build(e, bounds, (bn_mode, dropout_mode)) for s in self.specs for e in self.eps
         }
         self._violation_ok = True
         self._metric_ok = True
@@ -376,7 +372,7 @@ class RobustnessEvaluator:
             keys = [(spec.label, e) for e in self.eps]
             self.meter.switch(("stacked", spec.label))
             eps = torch.tensor(self.eps, dtype=x.dtype, device=x.device).repeat_interleave(size)
-            attack = spec.build(eps, tuple(self.task.data_info.bounds), *self.modes)
+            attack = spec.build(eps, tuple(self.task.data_info.bounds), self.modes)
             # each row's step exactly as its own ε's attack rounds it (a float step is rounded
             # to x's dtype once; rel·ε computed on the float32 ε tensor may differ by an ulp)
             own = [self.attacks[key] for key in keys]
@@ -384,7 +380,7 @@ class RobustnessEvaluator:
             if all(isinstance(v, float) for v in steps):
                 attack.step_size = torch.tensor(steps, dtype=torch.float64, device=x.device).repeat_interleave(size)
             many = {key: torch.cat([v] * k) for key, v in batch.items()}
-            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, 0))
+            gen = seeded_generator(self.seed, batch_no, a_i, 0, device=x.device)
             x_adv = attack(self.model, torch.cat([x] * k), many, loss_fn=loss_fn, generator=gen,
                            start=None if start is None else start.repeat(k))
             with torch.no_grad():
@@ -546,7 +542,7 @@ class RobustnessEvaluator:
                 self._next_member(spec.label, eps)
                 self.meter.switch((spec.label, eps))
                 attack = stacked.get((spec.label, eps)) or self.attacks[(spec.label, eps)]
-                gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, a_i, e_i))
+                gen = seeded_generator(self.seed, batch_no, a_i, e_i, device=x.device)
                 if carried is not None:
                     x_adv, out = self._attack_remaining(attack, spec, batch, x, size, todo, carried,
                                                         out_clean, task_loss, gen, start)
@@ -626,7 +622,7 @@ class RobustnessEvaluator:
             self._next_member("sanity", None)
             self.meter.switch("sanity")
         if self.large_eps is not None and counted:
-            gen = torch.Generator(device=x.device).manual_seed(_seed_for(self.seed, batch_no, -1, -1))
+            gen = seeded_generator(self.seed, batch_no, -1, -1, device=x.device)
             x_big = self._large_attack(self.model, x, batch, loss_fn=task_loss, generator=gen)
             out_big = self.forward(x_big)
             self.large_violated += int(self.task.is_violated(out_big, batch).bool().sum()) if self._violation_ok else 0

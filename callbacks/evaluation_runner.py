@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from attacks.seeding import seeded_generator
 from attacks.tree import tree_leaves
 from callbacks.adapter import batch_for
 from callbacks.common import (
@@ -264,7 +265,7 @@ class EvaluationRunner:
                         evaluator.meter.end()
                     if self.minimal_eps.enabled:
                         evaluator.meter.begin(counted, "minimal_eps")
-                        gen = torch.Generator(device=device).manual_seed(self.seed + batch_no)
+                        gen = seeded_generator(self.seed, batch_no, device=device)
                         values = minimal_eps_batch(task, evaluator.model, batch, self.minimal_eps,
                                                    self.bn_mode, self.dropout_mode, gen)
                         evaluator.meter.end()

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import torch.distributed as dist
+from lightning_modules.distributed import all_gather_objects, is_distributed
 
 
 @dataclass
@@ -80,11 +80,9 @@ def agree_on_stop(stopped: StopInfo | None, batches: int, samples: int) -> StopI
     :class:`StopInfo` — the fewest batches any rank finished (a rank that stopped later, or
     finished all of its batches, evaluated more; the record counts the samples evaluated over the
     ranks) and the member × ε of the first rank that stopped. ``None`` when none did."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return stopped
-    mine = None if stopped is None else (stopped.attack, stopped.eps, stopped.batches_done)
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
+    parts = all_gather_objects(None if stopped is None else (stopped.attack, stopped.eps, stopped.batches_done))
     first = next((p for p in parts if p is not None), None)
     if first is None:
         return None

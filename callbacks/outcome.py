@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from lightning_modules.distributed import sum_over_ranks
 
 __all__ = ["EvalMetrics", "EvalOutcome", "sum_counts", "sum_values"]
 
@@ -61,28 +61,10 @@ class EvalOutcome:
 
 def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     """Sum integer counters over DDP ranks (identity without a process group)."""
-    import torch.distributed as dist
-
-    from lightning_modules.distributed import is_distributed
-
-    if not is_distributed():
-        return dict(counts)
-    keys = sorted(counts)
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(counts[k]) for k in keys], device=dev)
-    dist.all_reduce(t)
-    return {k: int(v) for k, v in zip(keys, t.tolist())}
+    return {k: int(v) for k, v in sum_over_ranks(counts).items()}
 
 
 def sum_values(values: dict[str, float]) -> dict[str, float]:
     """Sum float values (seconds, pass counts) over DDP ranks, in float64 (identity without a
     process group); every rank must pass the same keys."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return {k: float(v) for k, v in values.items()}
-    keys = sorted(values)
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(values[k]) for k in keys], device=dev, dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    return sum_over_ranks(values)

@@ -106,7 +106,7 @@ class RobustnessRecord:
     #: numbers rest on the evaluated samples only (whole batches, every member × ε)
     incomplete: dict[str, Any] | None = None
     #: randomized-smoothing certificates of the same model on the same samples, one entry per σ
-    #: (:func:`certification.run.certification_entry`: settings n0, n, α, σ, batch, correction,
+    #: (:func:`callbacks.certified_record.certification_entry`: settings n0, n, α, σ, batch, correction,
     #: seed, and the certified metric and abstain rate per L2 radius with intervals); ``None``
     #: when not certified
     certified: list[dict[str, Any]] | None = None

@@ -92,16 +92,13 @@ class SampleColumns:
         sorted by sample id; ``None`` when nothing was kept. ``ok``: this rank's values are valid
         (the task's per-sample metric worked). Call on every rank."""
         from callbacks.per_sample import SampleTable, column_name, metric_name
-        from lightning_modules.distributed import is_distributed
+        from lightning_modules.distributed import all_gather_objects, is_distributed
 
         ok = ok and bool(self.ids)
         ids = torch.cat(self.ids).numpy() if ok else None
         cols = {k: torch.cat(v).double().cpu().numpy() for k, v in self.values.items()} if ok else {}
         if is_distributed():
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (ids, cols))
+            parts = all_gather_objects((ids, cols))
             parts = [p for p in parts if p[0] is not None]  # a rank with no counted sample adds nothing
             if not parts:
                 return None
@@ -118,7 +115,7 @@ class SampleColumns:
         :class:`callbacks.dataset_metrics.Evidence` sorted by sample id; ``None`` when none was
         kept (no per-sample values, or the task offers no ``sample_evidence``). Call on every rank."""
         from callbacks.dataset_metrics import Evidence, evidence_key, round9
-        from lightning_modules.distributed import is_distributed
+        from lightning_modules.distributed import all_gather_objects, is_distributed
 
         ok = ok and self.evidence_ok and bool(self.ids) and len(self._targets) == len(self.ids)
         ids = torch.cat(self.ids).tolist() if ok else None
@@ -132,10 +129,7 @@ class SampleColumns:
                 cols[key] = _rounded(items, round9)
             targets = [t for chunk in self._targets for t in chunk]
         if is_distributed():
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (ids, cols, targets))
+            parts = all_gather_objects((ids, cols, targets))
             parts = [p for p in parts if p[0] is not None]
             if not parts:
                 return None

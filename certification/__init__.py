@@ -11,7 +11,7 @@ on one sampling engine.
   coordinates with certified boxes (Chiang et al. 2020);
 * :mod:`certification.statistics` — the exact binomial bounds, tests and order statistics;
 * :mod:`certification.tasks` — what each task module certifies (``task.certification``);
-* :mod:`certification.run` — certify a dataset's samples into ``robustness.json``, the per-sample
+* :mod:`callbacks.certified_record` (in the callbacks layer: it writes records) — certify a dataset's samples into ``robustness.json``, the per-sample
   file, ``certified.png`` and ``report.md`` (``medrobust certify``).
 
 Detection is not certified: see docs/certification.md.

@@ -20,12 +20,13 @@ images alike: ``x`` is ``[C, *spatial]``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from attacks.seeding import seeded_generator
 
 __all__ = ["HardPredictor", "NoiseSampler", "sample_generator"]
 
@@ -37,11 +38,7 @@ HardPredictor = Callable[[Tensor], Tensor]
 def sample_generator(seed: int, sample_id: int, device: torch.device | str) -> torch.Generator:
     """A generator on ``device`` seeded by ``(seed, sample_id)`` through a hash, so neighbouring
     ids do not get correlated streams."""
-    key = f"smoothing-{int(seed)}-{int(sample_id)}".encode()
-    value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-    gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(value)
-    return gen
+    return seeded_generator("smoothing", int(seed), int(sample_id), device=device)
 
 
 @dataclass

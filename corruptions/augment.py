@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attacks.seeding import seeded_generator
 from corruptions.suites import CorruptionSuite, corruption_suite
 
 __all__ = ["CorruptionAugment"]
@@ -59,7 +60,7 @@ class CorruptionAugment:
                  bounds: tuple[float, float] = (0.0, 1.0)) -> Tensor:
         """``x`` (``[B, C, *S]``) with each image corrupted with probability ``p`` (a new tensor)."""
         b = x.shape[0]
-        gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(0)
+        gen = generator if generator is not None else seeded_generator(0, device=x.device)
         u = torch.rand(b, generator=gen, device=x.device)
         which = torch.randint(len(self.corruptions), (b,), generator=gen, device=x.device)
         sev = torch.tensor(self.severities, device=x.device)[

@@ -6,12 +6,12 @@ touches the global RNG. Two sources:
 * ``generator``: one ``torch.Generator`` on the images' device; every draw is one batched call
   (training-time augmentation: fast).
 * ``seeds``: one integer per sample (``[B]``); sample ``i``'s draws come from its own
-  generator seeded with ``seeds[i]``, so a sample's corruption does not depend on the batch it
+  generator, :func:`attacks.seeding.seeded_generator` ``(seeds[i])``, so a sample's corruption does not depend on the batch it
   is in, its position there, or the number of DDP processes (evaluation: the seed is derived
   from the evaluation seed, the sample's dataset index, the corruption and the severity).
   A batch then equals the per-image application exactly (on the CPU).
 
-With neither, a fresh generator seeded 0 is used (deterministic, never the global RNG).
+With neither, a fresh generator seeded from key 0 is used (deterministic, never the global RNG).
 """
 
 from __future__ import annotations
@@ -21,22 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Draw", "mix_seed"]
+from attacks.seeding import seeded_generator
 
-_MASK = 0xFFFF_FFFF_FFFF_FFFF
-
-
-def mix_seed(*values: int) -> int:
-    """A seed in ``[0, 2⁶³)`` from integers (a splitmix64-style mix): the same in every process,
-    machine and Python version — unlike ``hash`` of a tuple, which is salted per process as soon
-    as it holds a string."""
-    h = 0x9E37_79B9_7F4A_7C15
-    for v in values:
-        h = ((h ^ (int(v) & _MASK)) * 0xBF58_476D_1CE4_E5B9) & _MASK
-        h = ((h ^ (h >> 27)) * 0x94D0_49BB_1331_11EB) & _MASK
-        h ^= h >> 31
-    return h & 0x7FFF_FFFF_FFFF_FFFF
-
+__all__ = ["Draw"]
 
 class Draw:
     """Per-sample random tensors for a batch of ``batch`` images on ``device``.
@@ -58,12 +45,11 @@ class Draw:
             values = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
             if len(values) != self.batch:
                 raise ValueError(f"Draw: {len(values)} seeds for a batch of {self.batch}")
-            self._per_sample = [torch.Generator(device=self.device).manual_seed(s & 0x7FFF_FFFF_FFFF_FFFF)
-                                for s in values]
+            self._per_sample = [seeded_generator(s, device=self.device) for s in values]
             self.generator = None
         else:
             if generator is None:
-                generator = torch.Generator(device=self.device).manual_seed(0)
+                generator = seeded_generator(0, device=self.device)
             if torch.device(generator.device).type != self.device.type:
                 raise ValueError(f"Draw: the generator is on {generator.device}, the images on {self.device}")
             self.generator = generator

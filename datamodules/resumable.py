@@ -23,7 +23,6 @@ checkpoint, so the augmentations after a resume differ from the uninterrupted ru
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterator, Sized
 from typing import Any
@@ -31,11 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-
-def epoch_seed(seed: int, epoch: int, salt: str = "") -> int:
-    """A 63-bit seed from ``(seed, epoch, salt)`` (stable across processes and versions)."""
-    key = f"{int(seed)}-{int(epoch)}-{salt}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+from attacks.seeding import seeded_generator
 
 
 class EpochRandomSampler(RandomSampler):
@@ -56,8 +51,7 @@ class EpochRandomSampler(RandomSampler):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator()
-        gen.manual_seed(epoch_seed(self.seed, self.epoch, "order"))
+        gen = seeded_generator(self.seed, self.epoch, "order")
         yield from torch.randperm(len(self.data_source), generator=gen).tolist()
 
 
@@ -120,8 +114,7 @@ class ResumableDataLoader(DataLoader):
             if resume_epoch == epoch:
                 skip = batches
         self._iter_epoch, self._epoch_taken, self._skip_now = epoch, skip, skip
-        gen = torch.Generator()
-        gen.manual_seed(epoch_seed(self._seed, epoch, "workers"))
+        gen = seeded_generator(self._seed, epoch, "workers")
         self.generator = gen  # worker base seeds of this epoch
         for batch in super().__iter__():
             self._epoch_taken += 1

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from attacks.options import check_choice
+from attacks.seeding import seeded_generator
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
 from lightning_modules.methods.base import TrainingMethod, upgrade_init_args
@@ -390,10 +391,7 @@ class TaskModule(L.LightningModule):
     def _corrupt_batch(self, batch: Batch) -> Batch:
         """The batch with its images corrupted by :attr:`corruption_augment` (targets kept)."""
         x = batch["image"]
-        from corruptions.draw import mix_seed
-
-        gen = torch.Generator(device=x.device).manual_seed(
-            mix_seed(self._augment_seed, int(self.global_step), int(self.global_rank)))
+        gen = seeded_generator(self._augment_seed, int(self.global_step), int(self.global_rank), device=x.device)
         return {**batch, "image": self.corruption_augment(x, gen, tuple(self.data_info.bounds))}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -1,14 +1,18 @@
-"""The DDP helpers every layer above uses: world size and rank, an OR over ranks, and a gather
-of per-rank rows of different lengths. Each is the identity without a process group, so the
-same code runs on one CPU process and on N GPUs."""
+"""The DDP helpers every layer above uses: world size and rank, an OR over ranks, a sum of named
+values over ranks, and gathers of per-rank rows of different lengths and of picklable objects.
+Each is the identity without a process group, so the same code runs on one CPU process and on
+N GPUs; the rest of the project calls no ``torch.distributed`` collective itself."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_gather_rows", "any_rank", "is_distributed", "rank", "world_size"]
+__all__ = ["all_gather_objects", "all_gather_rows", "any_rank", "is_distributed", "rank", "sum_over_ranks",
+           "world_size"]
 
 
 def is_distributed() -> bool:
@@ -54,3 +58,31 @@ def all_gather_rows(rows: Tensor) -> Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts)])
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor for a collective must live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each named value summed over ranks, in float64 (counts up to 2**53 stay exact); every
+    rank must pass the same keys. A copy of ``values`` (as floats) without a process group."""
+    if not is_distributed():
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], device=_collective_device(), dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (any picklable value), in rank order, on every rank; ``[obj]``
+    without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts

@@ -29,6 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from certification.statistics import Correction
+from medrobust.options import Split, When
+
 __all__ = ["certify", "denoised_model"]
 
 
@@ -38,7 +41,7 @@ def denoised_model(module: Any, denoiser_checkpoint: str | Path) -> nn.Module:
     smoothing with Xue et al. 2019's denoiser). Both must normalise their input the same way
     (the denoiser was trained on its own model's normalised images)."""
     from lightning_modules import Pipeline
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, den = load_model(str(denoiser_checkpoint))
     if den is None or getattr(den.method, "embedded_module", lambda: None)() is None:
@@ -68,11 +71,11 @@ def certify(
     *,
     denoiser: str | Path | None = None,
     suite: str | list[dict[str, Any]] = "standard",
-    correction: str = "holm",
-    split: str = "test",
+    correction: Correction = "holm",
+    split: Split = "test",
     subset: int | None = None,
     seed: int = 0,
-    sanity: str = "test",
+    sanity: When = "test",
     device: str = "cpu",
     progress: bool = True,
     certificates_from: str | Path | None = None,
@@ -98,14 +101,16 @@ def certify(
         device: where the model and the noise live (``cpu``, ``cuda``).
         certificates_from: an earlier certify output folder of the same model, samples and
             certification settings: its certificates are copied (checked field by field,
-            :func:`certification.run.reuse_certification`) instead of recomputed, and only the
+            :func:`callbacks.certified_record.reuse_certification`) instead of recomputed, and only the
             empirical suite runs — e.g. a stronger suite beside existing certificates.
     """
+    from callbacks.certified_record import add_certification, certify_samples, reuse_certification
     from callbacks.record import RobustnessRecord
-    from certification.run import add_certification, certify_samples, reuse_certification
     from certification.sampling import NoiseSampler
     from certification.tasks import certification_for
-    from medrobust.evaluation import as_datamodule, evaluate, load_model
+    from medrobust.evaluation import evaluate
+    from medrobust.evaluation_data import as_datamodule
+    from medrobust.model_loading import load_model
 
     if not sigmas:
         raise ValueError("certify: give at least one noise level sigma")
@@ -119,7 +124,7 @@ def certify(
     module.eval()
     smoothed_model = denoised_model(module, denoiser) if denoiser is not None else module.attack_model()
     if certificates_from is not None:  # refuse a mismatch before the (long) evaluation
-        from certification.run import certificates_source
+        from callbacks.certified_record import certificates_source
 
         for sigma in sigmas:
             probe = certification_for(module, smoothed_model, NoiseSampler(float(sigma), batch, seed),  # type: ignore[arg-type]
@@ -127,9 +132,10 @@ def certify(
             certificates_source(certificates_from, probe, [0.0, *sorted(float(r) for r in radii)], task, split)
     out = Path(out)
     if isinstance(data, (tuple, list)) and len(data) == 2:  # tensors (x, y), described by the checkpoint
-        from medrobust.evaluation import TensorDataModule, _check_tensors
+        from datamodules.tasks import task_named
+        from medrobust.evaluation_data import TensorDataModule
 
-        x, y = _check_tensors(data[0], data[1], task)
+        x, y = task_named(task, "evaluate").check_tensors(data[0], data[1], "evaluate")
         dm = TensorDataModule(x, y, task, module.data_info, batch)
     else:
         dm = as_datamodule(data, task)

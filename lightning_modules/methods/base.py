@@ -20,7 +20,6 @@ Hooks (all optional except :meth:`TrainingMethod.training_loss`):
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from attacks.mode import check_mode
 from attacks.options import check_choice as check_option
+from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
 from attacks.tree import tree_map
 from lightning_modules.protocol import Batch, RobustTask
@@ -163,11 +163,7 @@ class TrainingMethod(nn.Module):
         resumed from a checkpoint. ``seed=None``: ``None`` (the global RNG)."""
         if seed is None:
             return None
-        key = f"{seed}-{int(task.global_step)}-{int(task.global_rank)}".encode()
-        value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        gen = torch.Generator(device=device)
-        gen.manual_seed(value)
-        return gen
+        return seeded_generator(seed, int(task.global_step), int(task.global_rank), device=device)
 
 
 def upgrade_init_args(cls: type[TrainingMethod], init_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from attacks import (
     parse_attack_specs,
     register_attack,
 )
+from attacks.projection import linf_box
 from callbacks import AdversarialEvaluation
 from callbacks.minimal_eps import MinimalEpsConfig
 from datamodules.info import DataInfo
@@ -62,8 +63,8 @@ class SignFlip(Attack):
         self.steps = steps
 
     def _run(self, call: AttackCall) -> Tensor:
-        eps = self._eps_tensor(call, self.eps, "eps")
-        lower, upper = self._linf_box(call, eps)
+        eps = call.budget(self.eps, "eps")
+        lower, upper = linf_box(call, eps)
         x_adv = call.x.clone()
         for _ in range(self.steps):
             grad, _, _ = self.input_gradient(call, x_adv)

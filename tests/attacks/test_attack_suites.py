@@ -27,7 +27,8 @@ def test_spec_lives_in_attacks_and_builds() -> None:
     atk = spec.build(0.01, (0.0, 1.0), ("train", "eval"))
     assert isinstance(atk, APGD) and atk.steps == 7 and atk.bn_mode == "train"
     assert spec.label == "apgd-dlr" and spec.loss == "dlr"
-    assert isinstance(spec.build(0.01, (0.0, 1.0), "eval", "eval"), APGD)  # old call form
+    with pytest.raises(TypeError, match=r"modes must be a pair \(bn_mode, dropout_mode\)"):
+        spec.build(0.01, (0.0, 1.0), "eval")  # one call form: the modes are one pair
     with pytest.raises(ValueError, match=r"attacks\[0\].loss: unknown attack loss"):
         parse_attack_specs([{"name": "apgd", "loss": "nope"}], "attacks")
 

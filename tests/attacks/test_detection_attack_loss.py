@@ -20,6 +20,7 @@ import torch
 from attacks import APGD, PGD
 from attacks.spec import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
+from benchmarks.common import fit_plain
 from callbacks.evaluation_loop import task_loss_tensors
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
@@ -202,16 +203,10 @@ def _train_tiny_fcos(steps: int = 300, seed: int = 0) -> tuple[DetectionModule, 
             dm.setup("fit")
             module = DetectionModule(data_info=dm.info, net={
                 "class_path": TINY_FCOS, "init_args": {"widths": [16, 32], "out_channels": 32}})
-            train, model = dm.dataset("train"), module.attack_model()
-            opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4)
-            module.train()
-            for step in range(steps):
-                b = collate_batch([train[(step * 8 + i) % len(train)] for i in range(8)])
-                loss = module.per_sample_loss(model(b["image"]), b).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            module.eval()
+            train = dm.dataset("train")
+            fit_plain(module, (collate_batch([train[(step * 8 + i) % len(train)] for i in range(8)])
+                               for step in range(steps)),
+                      torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4))
             val = dm.dataset("val")
             batch = collate_batch([val[i] for i in range(len(val))])
         finally:

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from attacks import PGD
-from attacks.base import Attack, per_sample_norm
+from attacks import PGD, Attack, per_sample_norm
 from attacks.precision import HalfPrecisionAttackWarning
 from train import cli_main
 
@@ -36,7 +35,7 @@ class AttackProbe:
         self.grads: list[dict[str, Any]] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        perturb, input_gradient = Attack._perturb, Attack.input_gradient
+        perturb, input_gradient = Attack.perturb, Attack.input_gradient
         probe = self
 
         def recording_input_gradient(self: Attack, call: Any, x_adv: torch.Tensor) -> Any:
@@ -65,7 +64,7 @@ class AttackProbe:
             return res
 
         monkeypatch.setattr(Attack, "input_gradient", recording_input_gradient)
-        monkeypatch.setattr(Attack, "_perturb", recording_perturb)
+        monkeypatch.setattr(Attack, "perturb", recording_perturb)
 
 
 def tiny_run_args(task: str, method: str, root: Path, precision: str = "bf16-mixed") -> list[str]:
@@ -168,7 +167,7 @@ def test_fp16_input_gradients_underflow_where_bf16_do_not() -> None:
     exactly zero, while bf16 (float32's exponent range) keeps (nearly) every entry, like float32."""
     import torch.nn.functional as F
 
-    from attacks.base import input_gradient
+    from attacks.start import input_gradient
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from attacks import Square, losses
-from attacks.base import _Call, per_sample_norm
+from attacks import AttackCall, Square, losses, per_sample_norm
 from attacks.square import _centred
 from tests.support.attack_models import trained
 
@@ -19,20 +18,20 @@ class SimplifiedL2Square(Square):
     """The earlier L2 Square, kept here as the baseline: ±stripes init; a proposal redraws one
     window as Gaussian noise with the window's mass plus a share, then rescales to ε."""
 
-    def _l2_init(self, call: _Call, e: Tensor) -> Tensor:
+    def _l2_init(self, call: AttackCall, e: Tensor) -> Tensor:
         x = call.x
         shape = (x.shape[0], x.shape[1], *([1] * (x.ndim - 3)), x.shape[-1])
-        stripes = self._rand(call, "uniform", shape).lt(0.5).to(x.dtype).mul(2).sub(1)
+        stripes = call.rand("uniform", shape).lt(0.5).to(x.dtype).mul(2).sub(1)
         delta = stripes.expand_as(x).clone()
         return delta * (e / per_sample_norm(delta, "l2").clamp_min(1e-12).view_as(e))
 
-    def _l2_proposal(self, call: _Call, delta: Tensor, eps_t: Tensor, e: Tensor, p: float) -> Tensor:
+    def _l2_proposal(self, call: AttackCall, delta: Tensor, eps_t: Tensor, e: Tensor, p: float) -> Tensor:
         spatial = call.x.shape[2:]
         side = [max(1, min(max(n - 1, 1), round(n * p ** (1 / len(spatial))))) for n in spatial]
         win = self._window(call, side)
         inside = (delta * win).reshape(call.batch, -1).norm(dim=1)
         mass = torch.sqrt(inside**2 + (eps_t**2) / max(1.0, 1 / p))
-        noise = self._rand(call, "normal") * win
+        noise = call.rand("normal") * win
         noise *= (mass / per_sample_norm(noise, "l2").clamp_min(1e-12)).view_as(e)
         cand = torch.where(win, noise, delta)
         return cand * (eps_t / per_sample_norm(cand, "l2").clamp_min(1e-12)).view_as(e)

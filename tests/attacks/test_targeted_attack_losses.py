@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks import APGD, PGD
-from attacks.base import per_sample_norm
+from attacks import APGD, PGD, per_sample_norm
 from attacks.spec import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
 from callbacks.evaluation_loop import task_loss_tensors

@@ -73,13 +73,13 @@ def test_select_rows_picks_per_sample_entries_only() -> None:
 
 @pytest.mark.parametrize("inference", [True, False])
 def test_attacks_clone_only_inference_tensors(inference: bool) -> None:
-    from attacks.base import _clone_inference
+    from attacks.tree import clone_inference
 
     if inference:
         with torch.inference_mode():
             target = {"mask": torch.ones(2, 1, 4, 4), "label": [torch.tensor(1)]}
     else:
         target = {"mask": torch.ones(2, 1, 4, 4), "label": [torch.tensor(1)]}
-    out = _clone_inference(target)
+    out = clone_inference(target)
     assert not any(t.is_inference() for t in tree_leaves(out))
     assert (out is target) is (not inference)  # nothing to clone: the same object, no copy

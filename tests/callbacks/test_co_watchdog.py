@@ -4,9 +4,6 @@ pre-collapse weights), its state, and the same numbers on 1 and 2 DDP processes.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import torch
 from callbacks import CatastrophicOverfittingWatchdog
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import NFGSM, SAT, ClassificationModule
+from tests.support.ddp_runs import run_on_two_processes_and_one
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NET = {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [4, 8]}}
@@ -132,14 +130,13 @@ def test_pgd_trained_run_stays_quiet(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- DDP
 DDP_SCRIPT = textwrap.dedent('''
     """Run by test_two_processes_measure_what_one_does: the watchdog on 1 or 2 processes."""
-    import sys
-
     import lightning as L
     import torch
 
     from callbacks import CatastrophicOverfittingWatchdog
     from datamodules.synthetic import SyntheticDataModule
     from lightning_modules import FGSMRS, ClassificationModule
+    from tests.support.ddp_runs import close_process_group, ddp_fit_trainer, script_main
 
 
     def run(devices, out):
@@ -153,42 +150,21 @@ DDP_SCRIPT = textwrap.dedent('''
         model = ClassificationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
                                      method=FGSMRS(eps=0.05))
         dog = CatastrophicOverfittingWatchdog(subset=12, batch_size=4, plot=False)
-        trainer = L.Trainer(accelerator="cpu", devices=devices,
-                            strategy="ddp" if devices > 1 else "auto", max_epochs=2,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, callbacks=[dog], default_root_dir=out)
+        trainer = ddp_fit_trainer(devices, [dog], max_epochs=2, default_root_dir=out)
         trainer.fit(model, dm)
         torch.save(dog.history, f"{out}/history_rank{trainer.global_rank}.pt")
-        if torch.distributed.is_initialized():
-            # close gloo before the interpreter exits: its threads, torn down at exit, can abort
-            # the process ("terminate called without an active exception", seen once in CI-like runs)
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+        close_process_group()
 
 
     if __name__ == "__main__":
-        torch.set_num_threads(1)
-        run(int(sys.argv[1]), sys.argv[2])
+        script_main(run)
 ''')
 
 
 @pytest.mark.slow
 def test_two_processes_measure_what_one_does(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_watchdog.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    out2 = tmp_path / "out2"
-    out2.mkdir()
-    proc = subprocess.run([sys.executable, str(script), "2", str(out2)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_watchdog")
     rank0, rank1 = (torch.load(out2 / f"history_rank{r}.pt") for r in range(2))
-    out1 = tmp_path / "out1"
-    out1.mkdir()
-    namespace: dict = {"__name__": "ddp_watchdog"}
-    exec(compile(DDP_SCRIPT, str(script), "exec"), namespace)
-    namespace["run"](1, str(out1))
     single = torch.load(out1 / "history_rank0.pt")
     key = ("clean", "single_step", "multi_step")
     assert [[h[k] for k in key] for h in rank0] == [[h[k] for k in key] for h in rank1]

@@ -22,6 +22,7 @@ from attacks import parse_attack_specs
 from callbacks.evaluation_loop import EvaluationStopped, RobustnessEvaluator
 from datamodules.info import DataInfo
 from lightning_modules import ClassificationModule, SegmentationModule
+from tests.support.tiny_configs import tiny_experiment, write_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EPS = [0.02, 0.05]
@@ -152,20 +153,12 @@ def test_sigterm_writes_what_was_finished_and_exits_143(tmp_path: Path) -> None:
 
 def test_sigterm_during_train_py_validate(tmp_path: Path) -> None:
     """The same through the training CLI: the run folder keeps the incomplete record, exit 143."""
-    import yaml
-
-    from medrobust.config_pieces import load_config
-
-    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_clean.yaml")
-    cfg["data"]["init_args"].update(num_train=8, num_val=8, num_test=8, image_size=[8, 8], batch_size=2)
-    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
-                                   if cb["class_path"].endswith("AdversarialEvaluation")]
+    cfg = tiny_experiment("classification_synthetic_clean", features=[4], only_callback="AdversarialEvaluation",
+                          data=dict(num_train=8, num_val=8, num_test=8, image_size=[8, 8], batch_size=2))
     evaluation = cfg["trainer"]["callbacks"][0]["init_args"]
     evaluation.update(test_attacks=[{"name": "pgd", "steps": 4000, "random_start": False}], test_eps=[0.01],
                       batch_size=2, sanity="never", test_subset=None)
-    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_config(cfg, tmp_path / "tiny.yaml")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "MEDROBUST_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), "validate", "--config", str(path),
            "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.tiny_configs import tiny_experiment, write_config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
@@ -109,20 +111,12 @@ def test_sigterm_to_every_rank_of_a_ddp_evaluate(tmp_path: Path) -> None:
 
 
 def test_sigterm_to_every_rank_of_a_ddp_train_py_validate(tmp_path: Path) -> None:
-    import yaml
-
-    from medrobust.config_pieces import load_config
-
-    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_clean.yaml")
-    cfg["data"]["init_args"].update(num_train=8, num_val=12, num_test=8, image_size=[8, 8], batch_size=2)
-    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
-                                   if cb["class_path"].endswith("AdversarialEvaluation")]
+    cfg = tiny_experiment("classification_synthetic_clean", features=[4], only_callback="AdversarialEvaluation",
+                          data=dict(num_train=8, num_val=12, num_test=8, image_size=[8, 8], batch_size=2))
     evaluation = cfg["trainer"]["callbacks"][0]["init_args"]
     evaluation.update(test_attacks=[{"name": "pgd", "steps": 2000, "random_start": False}], test_eps=[0.01],
                       batch_size=2, sanity="never", test_subset=None)
-    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_config(cfg, tmp_path / "tiny.yaml")
     cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), "validate", "--config", str(path),
            "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"]

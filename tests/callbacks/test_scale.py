@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from attacks import PGD
-from attacks.base import input_gradient
+from attacks.start import input_gradient
 from callbacks.scaling import (
     BatchScaling,
     SpeedOptions,

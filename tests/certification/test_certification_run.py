@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from callbacks.certified_record import certify_samples
 from callbacks.per_sample import SampleTable
 from callbacks.record import RobustnessRecord
 from certification import NoiseSampler, SmoothedClassifier, certification_for
-from certification.run import certify_samples
 from certification.statistics import clopper_pearson_lower
 from datamodules.info import DataInfo
 from lightning_modules import ClassificationModule, Denoise, LandmarkModule, SegmentationModule
@@ -126,7 +126,7 @@ def test_certify_writes_record_samples_curve_and_report(trained: dict[str, Path]
 
 
 def test_denoised_smoothing_puts_the_denoiser_in_front_of_the_clean_net(trained: dict[str, Path], tmp_path: Path) -> None:
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, clean = load_model(str(trained["clean"]))
     _, den = load_model(str(trained["denoise"]))
@@ -179,7 +179,7 @@ def test_art_randomized_smoothing_agrees(trained: dict[str, Path]) -> None:
     certified accuracy within Monte-Carlo error."""
     art_rs = pytest.importorskip("art.estimators.certification.randomized_smoothing",
                                  reason="adversarial-robustness-toolbox is not installed")
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, module = load_model(str(trained["noise"]))
     model = module.attack_model().eval()
@@ -243,7 +243,7 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
     """``certify(certificates_from=DIR)`` (``--certificates-from``): a stronger empirical suite
     beside the certificates of an earlier run, copied sample by sample without a noisy forward;
     refused, naming the field, when model, samples, σ, n0, n, α, batch or radii differ."""
-    import certification.run
+    import callbacks.certified_record
     from medrobust.cli_certify import main
 
     x, y = blobs(20, seed=5)
@@ -255,7 +255,7 @@ def test_certificates_from_copies_checked_certificates_and_runs_only_the_suite(
     def no_noise(*args: object, **kwargs: object) -> None:
         raise AssertionError("certificates were recomputed")
 
-    monkeypatch.setattr(certification.run, "certify_samples", no_noise)
+    monkeypatch.setattr(callbacks.certified_record, "certify_samples", no_noise)
     stronger = [{"name": "pgd", "norm": "l2", "steps": 5, "random_start": False}, {"name": "fgsm", "norm": "l2"}]
     second = tmp_path / "second"
     after = certify(trained["noise"], (x, y), sigmas=[0.25], out=second, suite=stronger, certificates_from=first,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from medrobust.config_pieces import load_config
+from tests.support.tiny_configs import tiny_experiment, write_config
 from train import cli_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -59,14 +60,9 @@ def test_strong_suite_runs_beside_the_experiments_evaluation(tmp_path: Path) -> 
 
     import torch
 
-    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "quickstart.yaml")
-    cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[12, 12], batch_size=8)
-    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
-                                   if not cb["class_path"].endswith("MarginMonitor")]
-    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
-    cfg["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] = 1
-    path = tmp_path / "quickstart.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    cfg = tiny_experiment("quickstart", features=[4],
+                          data=dict(num_train=16, num_val=8, num_test=8, image_size=[12, 12], batch_size=8))
+    path = write_config(cfg, tmp_path / "quickstart.yaml")
     strong = yaml.safe_load(STRONG.read_text())
     strong["init_args"]["test_attacks"] = [{"name": "fgsm", "norm": "linf"},
                                            {"name": "pgd", "norm": "linf", "steps": 2, "restarts": 2}]
@@ -112,15 +108,10 @@ def test_standard_suite_header_command_runs_as_written(tmp_path: Path, monkeypat
     args = header_command(STANDARD)
     assert args[0] == "test" and "configs/experiment/<x>.yaml" in args and "<ckpt>" in args
     assert "--trainer.callbacks+=configs/callbacks/adversarial_eval_standard.yaml" in args
-    cfg = load_config(PROJECT_ROOT / "configs" / "experiment" / "classification_synthetic_sat.yaml")
-    cfg["data"]["init_args"].update(num_train=8, num_val=4, num_test=4, image_size=[12, 12], batch_size=4)
-    cfg["trainer"]["callbacks"] = [cb for cb in cfg["trainer"]["callbacks"]
-                                   if not cb["class_path"].endswith("MarginMonitor")]
-    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4]
-    cfg["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] = 1
-    (tmp_path / "configs" / "experiment").mkdir(parents=True)
+    cfg = tiny_experiment("classification_synthetic_sat", features=[4],
+                          data=dict(num_train=8, num_val=4, num_test=4, image_size=[12, 12], batch_size=4))
+    write_config(cfg, tmp_path / "configs" / "experiment" / "classification_synthetic_sat.yaml")
     (tmp_path / "configs" / "callbacks").mkdir()
-    (tmp_path / "configs" / "experiment" / "classification_synthetic_sat.yaml").write_text(yaml.safe_dump(cfg))
     standard = yaml.safe_load(STANDARD.read_text())
     assert standard["init_args"]["test_attacks"] == "standard"
     standard["init_args"].update(test_attacks="quick", test_eps=[0.05], test_subset=4)

@@ -319,9 +319,9 @@ def test_seeds_are_the_same_in_every_process() -> None:
     import subprocess
     import sys
 
-    from corruptions.draw import mix_seed
+    from attacks.seeding import mix_seed
 
-    code = "from corruptions.draw import mix_seed; print(mix_seed(0, 17, 3, 5))"
+    code = "from attacks.seeding import mix_seed; print(mix_seed(0, 17, 3, 5))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**__import__("os").environ, "PYTHONHASHSEED": s}).stdout.strip() for s in ("1", "2")}
     assert outs == {str(mix_seed(0, 17, 3, 5))}

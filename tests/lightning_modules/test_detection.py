@@ -18,6 +18,13 @@ from lightning_modules.metrics.detection import DetectionMAP
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectorWrapper, build_detector, label_offset_for
 from tests.conftest import PROJECT_ROOT
+from tests.support.task_checks import (
+    assert_method_step_trains,
+    checkpoint_round_trip,
+    first_val_batch,
+    fit_briefly,
+    metric_at,
+)
 
 SIZE = 64
 TINY_FCOS = "lightning_modules.nets.detectors.tiny_fcos"
@@ -215,12 +222,7 @@ def test_methods_step_without_knowing_the_task(method: str) -> None:
          "trades": TRADES(eps=0.02, attack={"steps": 2}),
          "denoise": Denoise(adversarial_fraction=0.5, attack={"steps": 1},
                             feature_layer="detector.backbone")}[method]
-    module = DetectionModule(data_info=_info(), method=m)
-    module.train()
-    loss, _ = module.method.training_loss(module, _batch())
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.net.parameters())
+    assert_method_step_trains(DetectionModule(data_info=_info(), method=m), _batch())
 
 
 # ----------------------------------------------------------------------------- learning
@@ -233,35 +235,22 @@ def trained() -> tuple[DetectionModule, SyntheticDataModule]:
     module = DetectionModule(data_info=dm.info, lr=3e-3,
                              net={"class_path": TINY_FCOS,
                                   "init_args": {"widths": [16, 32], "out_channels": 32}})
-    trainer = L.Trainer(max_epochs=1, max_steps=60, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, dm)
-    module.eval()
-    return module, dm
+    return fit_briefly(module, dm, max_steps=60), dm
 
 
 def _map50(module: DetectionModule, batch: dict, x: torch.Tensor) -> float:
-    metrics = module.build_metrics()
-    with torch.no_grad():
-        module.update_metrics(metrics, module(x), batch)
-    return float(metrics.compute()["map_50"])
-
-
-def _val_batch(dm: SyntheticDataModule) -> dict:
-    dm.setup("validate")
-    return next(iter(dm._loader("val", shuffle=False)))
+    return metric_at(module, batch, x, "map_50")
 
 
 def test_short_training_detects(trained) -> None:
     module, dm = trained
-    batch = _val_batch(dm)
+    batch = first_val_batch(dm)
     assert _map50(module, batch, batch["image"]) > 0.1
 
 
 def test_pgd_large_eps_degrades_and_zero_eps_keeps_map(trained) -> None:
     module, dm = trained
-    batch = _val_batch(dm)
+    batch = first_val_batch(dm)
     x = batch["image"]
     clean = _map50(module, batch, x)
     model = module.attack_model()
@@ -290,12 +279,8 @@ def test_model_pieces_build(piece) -> None:
 
 def test_checkpoint_round_trip(trained, tmp_path) -> None:
     module, dm = trained
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    path = tmp_path / "detection.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = DetectionModule.load_from_checkpoint(path, weights_only=True).eval()
-    batch = _val_batch(dm)
+    loaded = checkpoint_round_trip(module, tmp_path)
+    batch = first_val_batch(dm)
     with torch.no_grad():
         a = loaded.per_sample_loss(loaded(batch["image"]), batch)
         b = module.per_sample_loss(module(batch["image"]), batch)

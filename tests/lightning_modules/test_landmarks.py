@@ -32,6 +32,13 @@ from lightning_modules.nets.heatmap import (
     soft_argmax,
 )
 from tests.conftest import PROJECT_ROOT
+from tests.support.task_checks import (
+    assert_method_step_trains,
+    checkpoint_round_trip,
+    first_val_batch,
+    fit_briefly,
+    metric_at,
+)
 
 SIZE = 32
 
@@ -251,15 +258,10 @@ def test_methods_step_without_knowing_the_task(method: str) -> None:
     """One training step of each adversarial method through the task-agnostic protocol."""
     m = {"sat": SAT(eps=0.02, attack={"steps": 2}), "amat": AMAT(attack={"steps": 2}, initial_threshold=1e-3),
          "trades": TRADES(eps=0.02, attack={"steps": 2})}[method]
-    info = _info()
-    module = LandmarkModule(data_info=info, method=m,
+    module = LandmarkModule(data_info=_info(), method=m,
                             net={"class_path": "lightning_modules.nets.SmallUNet",
                                  "init_args": {"features": [8, 16]}})
-    module.train()
-    loss, logs = module.method.training_loss(module, _batch())
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.net.parameters())
+    assert_method_step_trains(module, _batch())
 
 
 # ----------------------------------------------------------------------------- learning
@@ -272,29 +274,16 @@ def trained() -> tuple[LandmarkModule, SyntheticDataModule]:
     module = LandmarkModule(data_info=dm.info, sigma=1.5, lr=3e-3,
                             net={"class_path": "lightning_modules.nets.SmallUNet",
                                  "init_args": {"features": [16, 32, 32]}})
-    trainer = L.Trainer(max_epochs=1, max_steps=50, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, dm)
-    module.eval()
-    return module, dm
-
-
-def _val_batch(dm: SyntheticDataModule) -> dict:
-    dm.setup("validate")
-    return next(iter(dm._loader("val", shuffle=False)))
+    return fit_briefly(module, dm, max_steps=50), dm
 
 
 def _mre(module: LandmarkModule, batch: dict, x: torch.Tensor) -> float:
-    metrics = module.build_metrics()
-    with torch.no_grad():
-        module.update_metrics(metrics, module(x), batch)
-    return float(metrics.compute()["mre"])
+    return metric_at(module, batch, x, "mre")
 
 
 def test_short_training_beats_centre_and_random_baselines(trained) -> None:
     module, dm = trained
-    batch = _val_batch(dm)
+    batch = first_val_batch(dm)
     mre = _mre(module, batch, batch["image"])
     centre = (batch["landmarks"] - (SIZE - 1) / 2).norm(dim=-1).mean().item()
     gen = torch.Generator().manual_seed(0)
@@ -306,7 +295,7 @@ def test_short_training_beats_centre_and_random_baselines(trained) -> None:
 
 def test_pgd_large_eps_degrades_and_zero_eps_keeps_mre(trained) -> None:
     module, dm = trained
-    batch = _val_batch(dm)
+    batch = first_val_batch(dm)
     x = batch["image"]
     clean = _mre(module, batch, x)
     model = module.attack_model()
@@ -337,12 +326,8 @@ def test_model_pieces_build(piece) -> None:
 
 def test_checkpoint_round_trip(trained, tmp_path) -> None:
     module, dm = trained
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    path = tmp_path / "landmarks.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = LandmarkModule.load_from_checkpoint(path, weights_only=True).eval()
-    x = _val_batch(dm)["image"][:4]
+    loaded = checkpoint_round_trip(module, tmp_path)
+    x = first_val_batch(dm)["image"][:4]
     with torch.no_grad():
         assert torch.allclose(loaded(x), module(x))
 

@@ -22,20 +22,30 @@ def _sources(*packages: str) -> list[Path]:
 
 
 def test_no_branch_on_a_task_name_outside_the_task_objects() -> None:
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in _sources("attacks", "datamodules", "lightning_modules",
-                                                             "callbacks", "medrobust")
+    sources = _sources("attacks", "corruptions", "datamodules", "lightning_modules", "certification",
+                       "callbacks", "medrobust", "benchmarks") + [ROOT / "train.py"]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sources
             if "tasks" not in p.relative_to(ROOT).parts
             for i, line in enumerate(p.read_text().splitlines(), 1) if NAME_BRANCH.search(line)]
     assert hits == []
 
 
-@pytest.mark.parametrize(("lower", "upper"), [
-    ("attacks", r"^\s*(from|import) (datamodules|lightning_modules|callbacks|medrobust)\b"),
-    ("datamodules", r"^\s*(from|import) (lightning_modules|callbacks|medrobust)\b"),
-    ("lightning_modules", r"^\s*(from|import) (callbacks|medrobust)\b"),
-])
-def test_imports_point_down(lower: str, upper: str) -> None:
-    pattern = re.compile(upper)
+#: the layers, lowest first; a package may import only from the ones before it (and itself)
+LAYERS = (("attacks", "corruptions"), ("datamodules",), ("lightning_modules",), ("certification",),
+          ("callbacks",), ("medrobust", "benchmarks", "train"))
+
+
+def _above(package: str) -> list[str]:
+    level = next(i for i, names in enumerate(LAYERS) if package in names)
+    return [name for names in LAYERS[level + 1:] for name in names]
+
+
+@pytest.mark.parametrize("lower", [name for names in LAYERS[:-1] for name in names])
+def test_imports_point_down(lower: str) -> None:
+    """Every import, module-level or inside a function, runs downwards: ``attacks`` /
+    ``corruptions`` ← ``datamodules`` ← ``lightning_modules`` ← ``certification`` ← ``callbacks``
+    ← ``medrobust`` / ``benchmarks`` / ``train.py``."""
+    pattern = re.compile(rf"^\s*(from|import) ({'|'.join(_above(lower))})\b")
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in _sources(lower)
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert hits == []
@@ -60,3 +70,13 @@ def test_one_object_per_builtin_task(name: str) -> None:
 def test_an_unknown_name_gets_the_closest_one() -> None:
     with pytest.raises(ValueError, match="unknown task 'landmark'; did you mean 'landmarks'"):
         task_named("landmark")
+
+
+def test_no_source_imports_the_tests() -> None:
+    """Benchmarks and the packages share models through the packages (e.g.
+    ``benchmarks/masked_models.py``), never by importing a test file."""
+    pattern = re.compile(r"^\s*(from|import) tests\b")
+    sources = _sources(*(name for names in LAYERS for name in names)) + [ROOT / "train.py"]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sources
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []

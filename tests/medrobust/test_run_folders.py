@@ -12,35 +12,24 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from medrobust.config_pieces import load_config
 from medrobust.run_folders import next_version, version_of
+from tests.support.tiny_configs import tiny_experiment, write_config
 from train import cli_main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = PROJECT_ROOT / "configs" / "experiment"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.accelerator", "cpu"]
 
 
 def tiny(tmp_path: Path, experiment: str) -> Path:
     """A shipped synthetic classification experiment with tiny sizes, same file name."""
-    cfg = load_config(EXPERIMENTS / f"{experiment}.yaml")
-    cfg["data"]["init_args"].update(num_train=16, num_val=8, num_test=8, image_size=[16, 16],
-                                    batch_size=8)
-    cfg["trainer"]["callbacks"] = [
-        cb for cb in cfg["trainer"]["callbacks"] if not cb["class_path"].endswith("MarginMonitor")]
+    cfg = tiny_experiment(experiment, features=[4, 8], data=dict(num_train=16, num_val=8, num_test=8,
+                                                                  image_size=[16, 16], batch_size=8))
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("AdversarialEvaluation"):
             cb["init_args"].update(subset=8, attacks=[{"name": "pgd", "norm": "linf", "steps": 1}])
-    cfg["model"]["init_args"]["net"]["init_args"]["features"] = [4, 8]
-    method = cfg["model"]["init_args"]["method"]["init_args"]
-    method["attack"]["steps"] = 1
-    path = tmp_path / "cfg" / f"{experiment}.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(cfg, tmp_path / "cfg" / f"{experiment}.yaml")
 
 
 def test_versions() -> None:
@@ -93,7 +82,7 @@ def test_failed_test_leaves_no_folder(tmp_path: Path) -> None:
 
 
 def test_a_folder_with_more_than_its_config_is_kept(tmp_path: Path) -> None:
-    from train import remove_unused_run_folder
+    from medrobust.run_folders import remove_unused_run_folder
 
     run = tmp_path / "x" / "version_0"
     run.mkdir(parents=True)

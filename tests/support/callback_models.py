@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
+from tests.support.ddp_runs import close_process_group
 
 
 class FeatureDataset(Dataset):
@@ -222,10 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[AdversarialEvaluation(**json.loads(args.callback))],
     )
     trainer.validate(model, datamodule=dm, ckpt_path=args.ckpt, verbose=False)
-    if torch.distributed.is_initialized():
-        # close gloo before the interpreter exits (as tests/callbacks/test_co_watchdog.py's script)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from lightning_modules import AMAT, ClassificationModule
 from lightning_modules.methods.amat import margin_update
 from lightning_modules.methods.amat_thresholds import CleanCheckpointThreshold, robust_threshold
 from lightning_modules.methods.per_sample_state import first_occurrence
+from tests.support.ddp_runs import run_on_two_processes_and_one
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TINY_CNN = {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [4, 8]}}
@@ -180,76 +178,53 @@ def test_margins_survive_checkpoint_and_resume(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- DDP
 DDP_SCRIPT = textwrap.dedent('''
-    """Run by test_ddp_margins_match: one AMAT epoch, then every rank saves its margins."""
-    import sys
-    from pathlib import Path
-
+    """Run by the DDP tests below: one AMAT epoch on 11 synthetic samples; every rank saves its
+    margins (and, on segmentation, the threshold taken from the clean checkpoint)."""
     import lightning as L
-    import torch
 
     from datamodules.synthetic import SyntheticDataModule
-    from lightning_modules import AMAT, ClassificationModule
+    from lightning_modules import AMAT, ClassificationModule, SegmentationModule
+    from tests.support.ddp_runs import SaveAtTrainEnd, close_process_group, ddp_fit_trainer, script_main
+
+    # lr = 0 and no BatchNorm: each sample's margin depends on that sample only, so 1 and 2
+    # processes must agree; random_start=False removes the RNG from the attack.
+    SETUPS = {
+        "classification": (ClassificationModule, "SmallCNN", dict(delta=0.05, max_margin=1.0)),
+        "segmentation": (SegmentationModule, "SmallUNet", dict(delta=0.3, max_margin=3.0)),
+    }
 
 
-    class Save(L.Callback):
-        def __init__(self, out):
-            self.out = Path(out)
-
-        def on_train_end(self, trainer, pl_module):
-            torch.save(pl_module.method.margins.cpu(), self.out / f"margins_rank{trainer.global_rank}.pt")
+    def state(module):
+        m = module.method
+        return {"margins": m.margins.cpu(), "threshold": m.threshold_value.cpu()}
 
 
-    def run(devices, out):
+    def run(devices, out, task, clean=None):
         L.seed_everything(0)
-        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in.
-        dm = SyntheticDataModule(task="classification", num_train=11, num_val=4, num_test=4,
+        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in (also in the
+        # threshold's statistics pass).
+        dm = SyntheticDataModule(task=task, num_train=11, num_val=4, num_test=4,
                                  image_size=(16, 16), batch_size=4 // devices)
-        # lr = 0 and no BatchNorm: each sample's margin depends on that sample only, so 1 and 2
-        # processes must agree; random_start=False removes the RNG from the attack.
-        net = {"class_path": "lightning_modules.nets.SmallCNN",
+        module_class, net_class, margins = SETUPS[task]
+        net = {"class_path": f"lightning_modules.nets.{net_class}",
                "init_args": {"features": [4, 8], "norm": "none"}}
-        model = ClassificationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                     method=AMAT(delta=0.05, max_margin=1.0, attack={"steps": 3, "random_start": False}))
-        trainer = L.Trainer(accelerator="cpu", devices=devices,
-                            strategy="ddp" if devices > 1 else "auto", max_epochs=1,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, callbacks=[Save(out)])
-        trainer.fit(model, dm)
-        if torch.distributed.is_initialized():
-            # close gloo before the interpreter exits (as tests/callbacks/test_co_watchdog.py's script)
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+        method = AMAT(**margins, attack={"steps": 3, "random_start": False}, clean_checkpoint=clean)
+        model = module_class(net=net, data_info=dm.info, optimizer="sgd", lr=0.0, method=method)
+        ddp_fit_trainer(devices, [SaveAtTrainEnd(out, "state", state)]).fit(model, dm)
+        close_process_group()
 
 
     if __name__ == "__main__":
-        torch.set_num_threads(1)
-        run(int(sys.argv[1]), sys.argv[2])
+        script_main(run)
 ''')
 
 
 @pytest.mark.slow
 def test_ddp_margins_match(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_amat.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    out2 = tmp_path / "out2"
-    out2.mkdir()
-    # 2 processes: Lightning's DDP launcher re-runs the script once per extra rank.
-    proc = subprocess.run([sys.executable, str(script), "2", str(out2)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {2: [torch.load(out2 / f"margins_rank{r}.pt") for r in range(2)]}
-    # 1 process: the same code, here.
-    out1 = tmp_path / "out1"
-    out1.mkdir()
-    namespace: dict = {"__name__": "ddp_amat"}
-    exec(compile(DDP_SCRIPT, str(script), "exec"), namespace)
-    namespace["run"](1, str(out1))
-    results[1] = [torch.load(out1 / "margins_rank0.pt")]
-    rank0, rank1 = results[2]
+    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_amat", "classification")
+    rank0, rank1 = (torch.load(out2 / f"state_rank{r}.pt")["margins"] for r in range(2))
     assert torch.equal(rank0, rank1)  # identical on both ranks
-    single = results[1][0]
+    single = torch.load(out1 / "state_rank0.pt")["margins"]
     assert not torch.equal(single, torch.full_like(single, 0.05))  # margins moved
     assert torch.allclose(rank0, single, atol=1e-5)  # and as with one process
 
@@ -503,55 +478,6 @@ def test_clean_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
         AMAT(adv_loss_on="some")
 
 
-DDP_SEG_SCRIPT = textwrap.dedent('''
-    """Run by test_ddp_segmentation_margins_and_threshold_match: one AMAT epoch on segmentation
-    with the threshold from a clean checkpoint; every rank saves margins and threshold."""
-    import sys
-    from pathlib import Path
-
-    import lightning as L
-    import torch
-
-    from datamodules.synthetic import SyntheticDataModule
-    from lightning_modules import AMAT, SegmentationModule
-
-
-    class Save(L.Callback):
-        def __init__(self, out):
-            self.out = Path(out)
-
-        def on_train_end(self, trainer, pl_module):
-            m = pl_module.method
-            torch.save({"margins": m.margins.cpu(), "threshold": m.threshold_value.cpu()},
-                       self.out / f"state_rank{trainer.global_rank}.pt")
-
-
-    def run(devices, out, clean):
-        L.seed_everything(0)
-        # 11 samples on 2 ranks: the distributed sampler pads one duplicate in (also in the
-        # threshold's statistics pass).
-        dm = SyntheticDataModule(task="segmentation", num_train=11, num_val=4, num_test=4,
-                                 image_size=(16, 16), batch_size=4 // devices)
-        net = {"class_path": "lightning_modules.nets.SmallUNet",
-               "init_args": {"features": [4, 8], "norm": "none"}}
-        model = SegmentationModule(net=net, data_info=dm.info, optimizer="sgd", lr=0.0,
-                                   method=AMAT(delta=0.3, max_margin=3.0, attack={"steps": 3, "random_start": False}, clean_checkpoint=clean))
-        trainer = L.Trainer(accelerator="cpu", devices=devices,
-                            strategy="ddp" if devices > 1 else "auto", max_epochs=1,
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0,
-                            num_sanity_val_steps=0, callbacks=[Save(out)])
-        trainer.fit(model, dm)
-        if torch.distributed.is_initialized():
-            # close gloo before the interpreter exits (as tests/callbacks/test_co_watchdog.py's script)
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-
-
-    if __name__ == "__main__":
-        torch.set_num_threads(1)
-        run(int(sys.argv[1]), sys.argv[2], sys.argv[3])
-''')
 
 
 @pytest.mark.slow
@@ -566,20 +492,9 @@ def test_ddp_segmentation_margins_and_threshold_match(tmp_path: Path) -> None:
     clean_net = SegmentationModule(net=TINY_UNET, data_info=dm.info)
     clean = tmp_path / "clean.ckpt"
     torch.save({"state_dict": clean_net.state_dict()}, clean)
-    script = tmp_path / "ddp_amat_seg.py"
-    script.write_text(DDP_SEG_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    out2 = tmp_path / "out2"
-    out2.mkdir()
-    proc = subprocess.run([sys.executable, str(script), "2", str(out2), str(clean)],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out2, out1 = run_on_two_processes_and_one(DDP_SCRIPT, tmp_path, "ddp_amat_seg", "segmentation",
+                                              str(clean))
     rank0, rank1 = (torch.load(out2 / f"state_rank{r}.pt") for r in range(2))
-    out1 = tmp_path / "out1"
-    out1.mkdir()
-    namespace: dict = {"__name__": "ddp_amat_seg"}
-    exec(compile(DDP_SEG_SCRIPT, str(script), "exec"), namespace)
-    namespace["run"](1, str(out1), str(clean))
     single = torch.load(out1 / "state_rank0.pt")
     assert torch.equal(rank0["margins"], rank1["margins"])
     assert torch.equal(rank0["threshold"], rank1["threshold"])

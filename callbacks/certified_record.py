@@ -20,6 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from callbacks.per_sample import SampleTable
+from callbacks.plotting import plot_certified_curves
+from callbacks.record import RobustnessRecord
+from callbacks.record_intervals import values_interval
+from callbacks.report import write_report
 from certification.sampling import NoiseSampler
 from certification.tasks import TaskCertification, condition_name
 
@@ -59,7 +64,6 @@ def certification_entry(cert: TaskCertification, columns: dict[str, np.ndarray],
     """The record's ``certified`` entry of one σ: the settings and, per radius, the mean of each
     certified per-sample value with its interval (:func:`callbacks.record_intervals.values_interval`:
     Agresti–Coull for 0/1 values, BCa bootstrap otherwise)."""
-    from callbacks.record_intervals import values_interval
 
     sampler: NoiseSampler = cert.sampler
     n_samples = len(next(iter(columns.values()))) if columns else 0
@@ -106,7 +110,6 @@ def add_certification(out: str | Path, cert: TaskCertification, sample_ids: np.n
     ``<stem>_samples.csv`` (condition :func:`condition_name`; the rows must be the file's
     samples), its entry into ``<stem>.json``'s ``certified`` (replacing one of the same σ), and
     redraw ``certified.png`` and ``report.md``. Returns the entry."""
-    from callbacks.record import RobustnessRecord
 
     record = RobustnessRecord.load(Path(out) / f"{file_stem}.json")
     level = float((record.intervals or {}).get("level", 0.95))
@@ -119,10 +122,6 @@ def _write_certification(out: str | Path, entry: dict[str, Any], sample_ids: np.
                          columns: dict[str, np.ndarray], file_stem: str = "robustness") -> dict[str, Any]:
     """Put one σ's ``entry`` and per-sample ``columns`` (``"<R>/<metric>"`` → ``float64 [N]``, rows
     in the order of ``sample_ids``) into the evaluation folder ``out``; redraw the curve and report."""
-    from callbacks.per_sample import SampleTable
-    from callbacks.plotting import plot_certified_curves
-    from callbacks.record import RobustnessRecord
-    from callbacks.report import write_report
 
     out = Path(out)
     record_path, table_path = out / f"{file_stem}.json", out / f"{file_stem}_samples.csv"
@@ -161,7 +160,6 @@ def certificates_source(source: str | Path, cert: TaskCertification, radii: Sequ
     once): ``ValueError`` naming the field unless its ``task`` and ``split`` (when given) and the
     entry's ``certificate``, ``n0``, ``n``, ``alpha``, ``batch``, ``correction``, noise ``seed`` and
     ``radii`` (``radii``: the full grid, 0 included) are the same."""
-    from callbacks.record import RobustnessRecord
 
     source = Path(source)
     for path in (source / f"{file_stem}.json", source / f"{file_stem}_samples.csv"):
@@ -204,8 +202,6 @@ def reuse_certification(out: str | Path, source: str | Path, cert: TaskCertifica
     ``batch``, ``correction``, noise ``seed``, ``certificate`` and ``radii``, and its per-sample
     columns. The entry gets ``reused_from`` (the source folder); its ``seconds`` and ``forwards`` are
     those of the run that computed it. Returns the entry."""
-    from callbacks.per_sample import SampleTable
-    from callbacks.record import RobustnessRecord
 
     out, source = Path(out), Path(source)
     for path in (source / f"{file_stem}.json", source / f"{file_stem}_samples.csv"):
