@@ -339,10 +339,10 @@ class AdversarialEvaluation(Callback):
                 from callbacks.dataset_metrics import dataset_intervals
 
                 # AUROC, mAP…: percentile bootstrap over images from the evidence file, seeded
-                lower = {m: not d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
+                higher = {m: d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
                 record.intervals["dataset_metrics"] = dataset_intervals(
                     evidence, sorted({e.eps for e in record.attacks}), [(e.attack, e.eps) for e in record.attacks],
-                    lower, self.interval_level, self.seed)
+                    higher, self.interval_level, self.seed)
         if run.outcome.corruptions is not None:
             self._corruption_section(record, run, task, samples)
         if run.stopped is not None:

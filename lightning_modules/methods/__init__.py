@@ -1,4 +1,4 @@
-"""Training methods, written once for every task (they use only the RobustTask protocol)."""
+"""Training methods, written once for every task (they use only the TrainableTask protocol)."""
 
 from lightning_modules.methods.amat import AMAT, margin_update
 from lightning_modules.methods.base import TrainingMethod

@@ -91,7 +91,7 @@ from lightning_modules.methods.base import (
     detach_output,
 )
 from lightning_modules.methods.per_sample_state import SampleRecords
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 #: what AMAT records per sample and batch: the new margin (NaN: no update, e.g. a warm-up
 #: batch), the clean violation statistic, whether it took the +δ branch, whether its clean
@@ -247,7 +247,7 @@ class AMAT(TrainingMethod):
         self.last_diagnostics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup / state
-    def setup(self, task: RobustTask) -> None:
+    def setup(self, task: TrainableTask) -> None:
         n = int(task.data_info.num_train)
         if n < 1:
             raise ValueError(
@@ -269,7 +269,7 @@ class AMAT(TrainingMethod):
         """The violation threshold in force (``None``: not needed, or not available yet)."""
         return self.thresholds.current(float(self.threshold_value))
 
-    def _warming_up(self, task: RobustTask) -> bool:
+    def _warming_up(self, task: TrainableTask) -> bool:
         if int(task.current_epoch) < self.warmup_epochs:
             return True
         return self._direction is not None and self.current_threshold() is None
@@ -283,7 +283,7 @@ class AMAT(TrainingMethod):
             out["threshold"] = thr
         return out
 
-    def on_train_epoch_start(self, task: RobustTask) -> None:
+    def on_train_epoch_start(self, task: TrainableTask) -> None:
         self.records.reset()
         value = self.thresholds.at_epoch_start(task, float(self.threshold_value),
                                                self.margins.shape[0], self.margins.device)
@@ -301,7 +301,7 @@ class AMAT(TrainingMethod):
         self.records.load_state(rows if isinstance(rows, Tensor) else None, self.margins.device)
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         index = batch.get("index")
         if not isinstance(index, Tensor):
@@ -387,7 +387,7 @@ class AMAT(TrainingMethod):
         return loss, logs
 
     # ------------------------------------------------------------------ epoch end
-    def on_train_epoch_end(self, task: RobustTask) -> Logs:
+    def on_train_epoch_end(self, task: TrainableTask) -> Logs:
         # every rank's records, each sample's first occurrence (a collective)
         rec = self.records.gather(self.margins.shape[0], self.margins.device)
         logs: Logs = {}

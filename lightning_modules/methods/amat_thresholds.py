@@ -35,7 +35,7 @@ from torch import Tensor
 
 from attacks.tree import tree_map
 from lightning_modules.methods.per_sample_state import SampleRecords
-from lightning_modules.protocol import RobustTask
+from lightning_modules.protocol import TrainableTask
 
 __all__ = ["MAD_TO_SIGMA", "CleanCheckpointThreshold", "FixedThreshold", "NoThreshold",
            "RunningThreshold", "ThresholdStrategy", "make_threshold", "robust_threshold",
@@ -80,7 +80,7 @@ class ThresholdStrategy:
         """The threshold in force (``None``: not needed, or not available yet)."""
         return None
 
-    def at_epoch_start(self, task: RobustTask, stored: float, size: int,
+    def at_epoch_start(self, task: TrainableTask, stored: float, size: int,
                        device: torch.device) -> float | None:
         """A value to store at the start of a training epoch, or ``None`` (keep)."""
         return None
@@ -151,7 +151,7 @@ class CleanCheckpointThreshold(RunningThreshold):
         self.checkpoint = str(checkpoint)
         self.running = False  # until the file turns out to be missing
 
-    def at_epoch_start(self, task: RobustTask, stored: float, size: int,
+    def at_epoch_start(self, task: TrainableTask, stored: float, size: int,
                        device: torch.device) -> float | None:
         if self.running or not math.isnan(stored):
             return None
@@ -168,7 +168,7 @@ class CleanCheckpointThreshold(RunningThreshold):
     def at_epoch_end(self, statistics: Tensor) -> float | None:
         return super().at_epoch_end(statistics) if self.running else None
 
-    def resolve_checkpoint(self, task: RobustTask) -> str:
+    def resolve_checkpoint(self, task: TrainableTask) -> str:
         """The file ``checkpoint`` names (``{default_root_dir}`` filled in; a glob picks its
         newest match).
 
@@ -185,7 +185,7 @@ class CleanCheckpointThreshold(RunningThreshold):
                                     f"{pattern!r} (a clean run's Lightning checkpoint is expected)")
         return matches[-1]
 
-    def from_clean_model(self, task: RobustTask, size: int, device: torch.device) -> float:
+    def from_clean_model(self, task: TrainableTask, size: int, device: torch.device) -> float:
         """``centre ± z·scale`` of the clean checkpoint's per-sample violation statistics on the
         training loader (eval mode, no gradients; all ranks, de-duplicated over ``size``
         training samples). The task's net weights, module modes and every RNG are restored."""

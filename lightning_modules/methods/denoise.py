@@ -42,12 +42,11 @@ from attacks import AttackSpec, GaussianNoise, SaltPepperNoise, SpeckleNoise, Un
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    batch_loss,
     check_choice,
     check_range,
 )
 from lightning_modules.nets.builder import build_net
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 NOISES = ("gaussian", "salt_pepper", "speckle", "uniform")
 DEFAULT_DENOISER = "lightning_modules.nets.DenoisingAutoEncoder"
@@ -129,7 +128,7 @@ class Denoise(TrainingMethod):
         self.seed = seed
 
     # ------------------------------------------------------------------ setup
-    def setup(self, task: RobustTask) -> None:
+    def setup(self, task: TrainableTask) -> None:
         info = task.data_info
         self.denoiser = build_net(self.denoiser_spec, info, info.in_channels, DEFAULT_DENOISER,
                                   field="method.denoiser")
@@ -174,7 +173,7 @@ class Denoise(TrainingMethod):
         return noisy
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         b = x.shape[0]
         bounds = tuple(task.data_info.bounds)
@@ -226,8 +225,8 @@ class Denoise(TrainingMethod):
                 "whose output is one"
             )
         inv = ((f_noisy.float() - f_clean.detach().float()) ** 2).mean()
-        loss_clean = batch_loss(task, out_clean, batch)
-        loss_noisy = batch_loss(task, out_noisy, batch)
+        loss_clean = task.batch_loss(out_clean, batch)
+        loss_noisy = task.batch_loss(out_noisy, batch)
         task_loss = 0.5 * (loss_clean + loss_noisy)
         loss = task_loss + self.lambda_rec * rec + self.lambda_inv * inv
         logs.update({"loss_clean": loss_clean.detach(), "loss_noisy": loss_noisy.detach(),

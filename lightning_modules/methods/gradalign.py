@@ -11,7 +11,7 @@ from torch import Tensor
 from attacks import AttackSpec, attack_mode
 from lightning_modules.methods.base import Logs, check_range
 from lightning_modules.methods.sat import SAT
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 
 class GradAlign(SAT):
@@ -56,7 +56,7 @@ class GradAlign(SAT):
         check_range(type(self).__name__, "align_weight", align_weight, 0.0)
         self.align_weight = float(align_weight)
 
-    def alignment(self, task: RobustTask, batch: Batch, eps: float,
+    def alignment(self, task: TrainableTask, batch: Batch, eps: float,
                   generator: torch.Generator | None) -> Tensor:
         """``[B]`` per-sample ``1 − cos(∇x ℓ(x), ∇x ℓ(x + η))``, differentiable w.r.t. the
         parameters (double backpropagation)."""
@@ -84,7 +84,7 @@ class GradAlign(SAT):
         cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=1, eps=1e-12)
         return 1.0 - cos
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         loss, logs = super().training_loss(task, batch)
         eps = self._current_eps
         if self.align_weight > 0 and eps > 0:

@@ -12,12 +12,11 @@ from attacks import AttackSpec, attack_mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    batch_loss,
     check_choice,
     check_range,
     detach_output,
 )
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 #: TRADES' training forwards: the authors' two forwards, or one joint forward
 FORWARDS = ("separate", "joint")
@@ -87,7 +86,7 @@ class TRADES(TrainingMethod):
     def signals(self) -> dict[str, float]:
         return {"eps": self.eps}
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         model = task.attack_model()
         with torch.no_grad(), attack_mode(model, bn=self.attack_bn_mode, dropout=self.attack_dropout_mode):
@@ -104,7 +103,7 @@ class TRADES(TrainingMethod):
             out_clean, out_adv = task.forward_joint([x, x_adv])
         else:
             out_clean, out_adv = model(x), model(x_adv)
-        natural = batch_loss(task, out_clean, batch)
+        natural = task.batch_loss(out_clean, batch)
         robust = task.output_divergence(out_adv, out_clean).mean()
         loss = natural + self.beta * robust
         return loss, {"eps": self.eps, "loss_clean": natural.detach(), "divergence": robust.detach()}
