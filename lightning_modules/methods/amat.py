@@ -24,7 +24,8 @@ At the end of the epoch the recorded margins are gathered from all ranks and app
 rank holds the same margins. A sample seen twice in an epoch (the distributed sampler pads the
 last round with repeats) keeps the record of its first occurrence in the global sample order
 (:mod:`lightning_modules.methods.per_sample_state`, which keeps these per-sample records). The
-threshold strategies (fixed, running, from a clean checkpoint) live in
+margin rule and its end-of-epoch application live in :mod:`lightning_modules.methods.amat_margins`,
+the threshold strategies (fixed, running, from a clean checkpoint) in
 :mod:`lightning_modules.methods.amat_thresholds`.
 
 Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/nnunet/AMAT``,
@@ -82,6 +83,12 @@ from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import AttackSpec, per_sample_norm
 from lightning_modules.distributed import world_size
+from lightning_modules.methods.amat_margins import (
+    RECORD_FIELDS,
+    adversarial_term,
+    apply_margins,
+    margin_update,
+)
 from lightning_modules.methods.amat_thresholds import ThresholdStrategy, make_threshold
 from lightning_modules.methods.base import (
     Logs,
@@ -92,43 +99,6 @@ from lightning_modules.methods.base import (
 )
 from lightning_modules.methods.per_sample_state import SampleRecords
 from lightning_modules.protocol import Batch, TrainableTask
-
-#: what AMAT records per sample and batch: the new margin (NaN: no update, e.g. a warm-up
-#: batch), the clean violation statistic, whether it took the +δ branch, whether its clean
-#: input violated (the last two 0/1; NaN in warm-up)
-RECORD_FIELDS = ("margin", "statistic", "grew", "clean_violated")
-
-
-def margin_update(
-    margins: Tensor,
-    violated: Tensor,
-    clean_correct: Tensor,
-    noise_norm: Tensor,
-    delta: float,
-    max_margin: float,
-) -> Tensor:
-    """AMAT's margin rule, per sample (all ``[B]``).
-
-    Expand by ``delta`` when the attack found no violation and the clean prediction is correct;
-    otherwise move halfway to the noise norm where the violation was found (or reached):
-    ``(E + ‖noise‖) / 2``. Result clamped to ``[0, max_margin]``.
-    """
-    grow = (~violated) & clean_correct
-    new = torch.where(grow, margins + delta, (margins + noise_norm.to(margins.dtype)) / 2)
-    return new.clamp(0.0, max_margin)
-
-
-def adversarial_term(loss_adv: Tensor, clean_correct: Tensor, on: str) -> Tensor:
-    """``L_adv`` of a batch from per-sample adversarial losses ``[B]``.
-
-    ``on="all"``: their mean. ``on="clean_correct"``: the mean over the samples with
-    ``clean_correct`` (Bool ``[B]``), 0 (still differentiable) when there are none — Ma &
-    Liang's ``loss3``.
-    """
-    if on == "all":
-        return loss_adv.mean()
-    mask = clean_correct.to(loss_adv.dtype)
-    return (loss_adv * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class AMAT(TrainingMethod):
@@ -393,22 +363,9 @@ class AMAT(TrainingMethod):
         logs: Logs = {}
         self.last_diagnostics = {}
         if len(rec):
-            new = rec["margin"]
-            upd = ~torch.isnan(new)
-            if bool(upd.any()):
-                index = rec.index[upd]
-                old = self.margins[index].clone()
-                self.margins[index] = new[upd].to(self.margins.dtype)
-                now = self.margins[index]
-                grew = rec["grew"][upd] > 0.5
-                # "shrunk": ended more than 1 % below the old margin (without early stopping a
-                # violated margin moves halfway to a final noise norm just under E: "held").
-                shrunk = (~grew) & (now < 0.99 * old)
-                diag = {"margin_grown": grew.float().mean(), "margin_shrunk": shrunk.float().mean(),
-                        "margin_held": ((~grew) & ~shrunk).float().mean(),
-                        "clean_violated": (rec["clean_violated"][upd] > 0.5).float().mean()}
-                self.last_diagnostics = {k: float(v) for k, v in diag.items()}
-                logs.update(diag)
+            diag = apply_margins(self.margins, rec)
+            self.last_diagnostics = {k: float(v) for k, v in diag.items()}
+            logs.update(diag)
             value = self.thresholds.at_epoch_end(rec["statistic"])
             if value is not None:
                 self.threshold_value.fill_(value)
