@@ -35,7 +35,7 @@ holds the batch's backbone features; losses and detections are computed from it 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,8 @@ from lightning_modules.nets.weights import load_weights, pop_weight_options
 from lightning_modules.panels import BoxesPanel
 from lightning_modules.protocol import Batch
 
-DIVERGENCES = ("auto", "dense", "pseudo_label")
+Divergence = Literal["auto", "dense", "pseudo_label"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 
 def detection_loss_inputs(output: DetectionOutput, batch: Batch, inputs: str = "default",
@@ -119,7 +120,7 @@ class DetectionModule(TaskModule):
         label_offset: int | None = None,
         sampling_seed: int | None = 0,
         violation_threshold: float = 1.5,
-        divergence: str = "auto",
+        divergence: Divergence = "auto",
         pseudo_label_score: float = 0.5,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,

@@ -66,22 +66,20 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
   diagnostics and write the reasoning in their headers.
 * β = 0.5 and α = 4 (step ``α·E/steps``) as in ``run_AMAT_training.py``; 20 steps there.
 
-Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`):
-``margin_grown`` / ``margin_shrunk`` / ``margin_held`` (fractions of the updated samples that
-took the +δ branch / ended more than 1 % below their old margin / neither) and
-``clean_violated`` (fraction whose clean input fails the threshold test, whether or not it
-counts as correct).
+Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`): see
+:func:`lightning_modules.methods.amat_margins.apply_margins`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import AttackSpec, per_sample_norm
+from attacks.mode import Mode
 from lightning_modules.distributed import world_size
 from lightning_modules.methods.amat_margins import (
     RECORD_FIELDS,
@@ -89,7 +87,12 @@ from lightning_modules.methods.amat_margins import (
     apply_margins,
     margin_update,
 )
-from lightning_modules.methods.amat_thresholds import ThresholdStrategy, make_threshold
+from lightning_modules.methods.amat_thresholds import (
+    Centre,
+    ThresholdFrom,
+    ThresholdStrategy,
+    make_threshold,
+)
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -99,6 +102,9 @@ from lightning_modules.methods.base import (
 )
 from lightning_modules.methods.per_sample_state import SampleRecords
 from lightning_modules.protocol import Batch, TrainableTask
+
+#: which samples' adversarial losses form the adversarial term
+AdvLossOn = Literal["clean_correct", "all"]
 
 
 class AMAT(TrainingMethod):
@@ -157,17 +163,17 @@ class AMAT(TrainingMethod):
         alpha: float = 4.0,
         beta: float = 0.5,
         clean_counts_as_correct: bool = True,
-        adv_loss_on: Literal["clean_correct", "all"] = "clean_correct",
+        adv_loss_on: AdvLossOn = "clean_correct",
         early_stop: bool = False,
-        threshold_from: Literal["clean_checkpoint", "running"] = "clean_checkpoint",
+        threshold_from: ThresholdFrom = "clean_checkpoint",
         clean_checkpoint: str | None = None,
         threshold: float | None = None,
         initial_threshold: float | None = None,
         threshold_z: float = 0.0,
-        threshold_centre: Literal["mean", "median"] = "mean",
+        threshold_centre: Centre = "mean",
         warmup_epochs: int = 0,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()
@@ -177,9 +183,9 @@ class AMAT(TrainingMethod):
         check_range(owner, "alpha", alpha, 0.0, lo_open=True)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
         check_range(owner, "warmup_epochs", warmup_epochs, 0)
-        check_choice(owner, "adv_loss_on", adv_loss_on, ("clean_correct", "all"))
-        check_choice(owner, "threshold_from", threshold_from, ("clean_checkpoint", "running"))
-        check_choice(owner, "threshold_centre", threshold_centre, ("mean", "median"))
+        check_choice(owner, "adv_loss_on", adv_loss_on, get_args(AdvLossOn))
+        check_choice(owner, "threshold_from", threshold_from, get_args(ThresholdFrom))
+        check_choice(owner, "threshold_centre", threshold_centre, get_args(Centre))
         spec = self.set_attack(attack, self.default_attack)
         for key in ("step_size", "rel_step_size", "init_radius", "rel_init_radius"):
             if getattr(spec, key) is not None:
@@ -201,11 +207,9 @@ class AMAT(TrainingMethod):
         self.clean_checkpoint = None if clean_checkpoint is None else str(clean_checkpoint)
         self.threshold = None if threshold is None else float(threshold)
         self.initial_threshold = None if initial_threshold is None else float(initial_threshold)
-        self.threshold_z = float(threshold_z)
-        self.threshold_centre = threshold_centre
-        self.warmup_epochs = int(warmup_epochs)
+        self.threshold_z, self.threshold_centre = float(threshold_z), threshold_centre
+        self.warmup_epochs, self.seed = int(warmup_epochs), seed
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
-        self.seed = seed
         self._direction: str | None = None
         #: where the violation threshold comes from (set in :meth:`setup`, knowing the task)
         self.thresholds: ThresholdStrategy = make_threshold(
@@ -231,9 +235,9 @@ class AMAT(TrainingMethod):
         self.register_buffer("margins", torch.full((n,), self.delta, dtype=torch.float32))
         self.register_buffer("threshold_value", torch.tensor(float("nan")))
         self.thresholds = make_threshold(
-            direction, threshold=self.threshold, threshold_from=self.threshold_from,  # type: ignore[arg-type]
+            direction, threshold=self.threshold, threshold_from=self.threshold_from,
             clean_checkpoint=self.clean_checkpoint, initial=self.initial_threshold,
-            z=self.threshold_z, centre=self.threshold_centre)  # type: ignore[arg-type]
+            z=self.threshold_z, centre=self.threshold_centre)
 
     def current_threshold(self) -> float | None:
         """The violation threshold in force (``None``: not needed, or not available yet)."""

@@ -44,6 +44,8 @@ __all__ = ["MAD_TO_SIGMA", "CleanCheckpointThreshold", "FixedThreshold", "NoThre
 MAD_TO_SIGMA = 1.4826
 Direction = Literal["above", "below"]
 Centre = Literal["mean", "median"]
+#: where the violation threshold comes from
+ThresholdFrom = Literal["clean_checkpoint", "running"]
 
 
 def robust_threshold(stats: Tensor, z: float, direction: str) -> float:
@@ -147,7 +149,7 @@ class CleanCheckpointThreshold(RunningThreshold):
 
     def __init__(self, checkpoint: str, direction: Direction, z: float, centre: Centre,
                  initial: float | None) -> None:
-        super().__init__(direction, z, centre, initial)
+        super().__init__(direction=direction, z=z, centre=centre, initial=initial)
         self.checkpoint = str(checkpoint)
         self.running = False  # until the file turns out to be missing
 
@@ -229,7 +231,7 @@ class CleanCheckpointThreshold(RunningThreshold):
 
 
 def make_threshold(direction: Direction | None, *, threshold: float | None,
-                   threshold_from: Literal["clean_checkpoint", "running"],
+                   threshold_from: ThresholdFrom,
                    clean_checkpoint: str | None, initial: float | None, z: float,
                    centre: Centre) -> ThresholdStrategy:
     """The strategy AMAT's options choose for a task whose violations go ``direction``

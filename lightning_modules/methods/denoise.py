@@ -33,12 +33,13 @@ pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from attacks import AttackSpec, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -48,7 +49,8 @@ from lightning_modules.methods.base import (
 from lightning_modules.nets.builder import build_net
 from lightning_modules.protocol import Batch, TrainableTask
 
-NOISES = ("gaussian", "salt_pepper", "speckle", "uniform")
+Noise = Literal["gaussian", "salt_pepper", "speckle", "uniform"]
+NOISES: tuple[str, ...] = get_args(Noise)
 DEFAULT_DENOISER = "lightning_modules.nets.DenoisingAutoEncoder"
 
 
@@ -88,7 +90,7 @@ class Denoise(TrainingMethod):
     def __init__(
         self,
         denoiser: dict | None = None,
-        noises: list[str] | None = None,
+        noises: list[Noise] | None = None,
         gaussian_std: float = 0.1,
         speckle_std: float = 0.2,
         uniform_eps: float = 0.1,
@@ -99,8 +101,8 @@ class Denoise(TrainingMethod):
         lambda_rec: float = 1.0,
         lambda_inv: float = 0.1,
         feature_layer: str | None = None,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()

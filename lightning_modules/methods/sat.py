@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from attacks import Attack, AttackSpec
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -16,7 +17,7 @@ from lightning_modules.methods.base import (
     check_range,
     detach_output,
 )
-from lightning_modules.methods.schedules import SCHEDULES, EpsSchedule
+from lightning_modules.methods.schedules import SCHEDULES, EpsSchedule, ScheduleKind
 from lightning_modules.protocol import Batch, TrainableTask
 
 
@@ -66,11 +67,11 @@ class SAT(TrainingMethod):
         eps: float = 0.004,
         attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 1.0,
-        schedule: str = "constant",
+        schedule: ScheduleKind = "constant",
         warmup_epochs: int = 0,
         stages: list[list[float]] | None = None,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()

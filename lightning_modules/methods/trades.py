@@ -3,12 +3,13 @@ Accuracy"), task-agnostic through the task's ``output_divergence``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from attacks import AttackSpec, attack_mode
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -19,7 +20,8 @@ from lightning_modules.methods.base import (
 from lightning_modules.protocol import Batch, TrainableTask
 
 #: TRADES' training forwards: the authors' two forwards, or one joint forward
-FORWARDS = ("separate", "joint")
+TradesForward = Literal["separate", "joint"]
+FORWARDS: tuple[str, ...] = get_args(TradesForward)
 
 
 class TRADES(TrainingMethod):
@@ -67,10 +69,10 @@ class TRADES(TrainingMethod):
         eps: float = 0.004,
         attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 6.0,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
-        forward: str = "separate",
+        forward: TradesForward = "separate",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
