@@ -114,8 +114,7 @@ class TrainableTask(RobustTask, Protocol):
     #: when it exceeds the threshold), ``"below"`` (a score such as Dice: violated under it) or
     #: ``None`` (no threshold, e.g. classification's misclassification)
     violation_direction: ViolationDirection
-    #: the pipeline's parts: ``attack_model() = net ∘ (method's embedded module) ∘ normalizer``
-    normalizer: nn.Module
+    #: the network inside ``attack_model()`` (a method may read or swap its weights)
     net: nn.Module
     #: Lightning's counters (0 without a trainer): schedules and seeding
     current_epoch: int
