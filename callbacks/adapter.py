@@ -57,6 +57,7 @@ label convention (nothing is shifted); batches are ``(images, targets)`` or a di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from torch import Tensor, nn
@@ -132,11 +133,9 @@ class RobustTaskAdapter(RobustTask):
         attack_loss_inputs: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None = None,
         violation_threshold: float = 1.5,
     ) -> None:
-        from lightning_modules.tasks import model_task, task_names
+        from lightning_modules.tasks import model_task
 
-        if not (isinstance(task, str) and task in task_names()):
-            raise ValueError(f"RobustTaskAdapter.task must be one of {task_names()}, got {task!r}")
-        kind = model_task(task, "RobustTaskAdapter.task")
+        kind = model_task(task, "RobustTaskAdapter.task")  # an unknown name: the closest known one
         rules = kind.adapter_rules(kind)
         keys = keys if keys is not None else rules.keys
         if len(tuple(keys)) < 2:
@@ -150,7 +149,7 @@ class RobustTaskAdapter(RobustTask):
             metrics = rules.default_metrics()
         self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(
             dict(metrics), compute_groups=rules.compute_groups)
-        self.task = task
+        self.task = kind.name
         #: detection's default violation test: the per-image loss above this (as DetectionModule)
         self.violation_threshold = float(violation_threshold)
         if per_sample_metric is None and rules.metric_column is not None:
@@ -162,8 +161,9 @@ class RobustTaskAdapter(RobustTask):
             raise TypeError("RobustTaskAdapter.per_sample_metric must be callable (output, target) -> [B]")
         self._metric = per_sample_metric
         self._prepare = prepare_metric_input or (lambda out: out)
-        self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
-        self.method = type("UserMethod", (), {"name": method})()
+        self.data_info = DataInfo(task=kind.name, in_channels=1, bounds=tuple(bounds))
+        #: what the record names as the method
+        self.method = SimpleNamespace(name=method)
         names = list(self._metrics.keys(keep_base=True))
         if main_metric is None:
             main_metric = rules.default_main_metric(names)
