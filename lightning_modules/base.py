@@ -76,7 +76,7 @@ from lightning_modules.optimization import (
 from lightning_modules.pipeline import Pipeline, forward_joint
 from lightning_modules.protocol import Batch, TrainableTask, ViolationDirection
 
-__all__ = ["OptimizerName", "SchedulerName", "TaskModule", "batch_size_of"]
+__all__ = ["TaskModule", "batch_size_of"]
 
 
 class TaskModule(L.LightningModule, TrainableTask):

@@ -45,13 +45,14 @@ from torchmetrics import MetricCollection
 from attacks.losses import bernoulli_kl
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.detection import DetectionMAP, per_image_ap50
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
 from lightning_modules.nets.weights import load_weights, pop_weight_options
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import BoxesPanel
 from lightning_modules.protocol import Batch
 

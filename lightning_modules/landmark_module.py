@@ -31,7 +31,7 @@ from torchmetrics import MetricCollection
 
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.landmarks import MeanRadialError, SuccessDetectionRate
@@ -45,6 +45,7 @@ from lightning_modules.nets.heatmap import (
     gaussian_heatmaps,
     masked_heatmap_loss,
 )
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import PointsPanel
 from lightning_modules.protocol import Batch
 

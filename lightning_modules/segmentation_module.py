@@ -15,9 +15,10 @@ from torchmetrics import Metric, MetricCollection
 
 from attacks.losses import categorical_kl, class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import MaskPanel
 from lightning_modules.protocol import Batch
 
