@@ -47,7 +47,7 @@ class DetectionRules(AdapterRules):
             super().check_main_metric(main_metric, names)
 
     def __init__(self, task: Task) -> None:
-        super().__init__(task)
+        super().__init__(task=task)
         self.wrapper: Any = None  # the DetectorWrapper around the user's detector (built once)
 
     def attack_model(self, model: nn.Module) -> nn.Module:
