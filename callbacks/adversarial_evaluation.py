@@ -339,10 +339,10 @@ class AdversarialEvaluation(Callback):
                 from callbacks.dataset_metrics import dataset_intervals
 
                 # AUROC, mAP…: percentile bootstrap over images from the evidence file, seeded
-                lower = {m: not d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
+                higher = {m: d for m in evidence.metrics if (d := self._direction(task, m, None)) is not None}
                 record.intervals["dataset_metrics"] = dataset_intervals(
                     evidence, sorted({e.eps for e in record.attacks}), [(e.attack, e.eps) for e in record.attacks],
-                    lower, self.interval_level, self.seed)
+                    higher, self.interval_level, self.seed)
         if run.outcome.corruptions is not None:
             self._corruption_section(record, run, task, samples)
         if run.stopped is not None:
@@ -350,13 +350,14 @@ class AdversarialEvaluation(Callback):
         # fit: straight to the loggers and callback_metrics (Speedups.direct_logging)
         direct = self.runner.speedups.direct_logging and trainer.state.fn == "fit"
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max, direct=direct)
+        record.higher_is_better = {m: d for m in record.metric_names()
+                                   if (d := self._direction(task, m, None)) is not None}
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
         if trainer.is_global_zero:
-            names = record.metric_names()
             write_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.write_json,
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
-                          directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
+                          directions=record.higher_is_better,
                           samples=run.outcome.per_sample, evidence=run.outcome.evidence)
             if record.corruptions is not None:
                 self._write_corruption_outputs(trainer, record, Path(log_dir))

@@ -134,7 +134,8 @@ def test_dag_inputs_shape_and_gradient(path: str) -> None:
     if path == TINY_FCOS:
         pred, target = task_loss_tensors(module, module(x), batch, "matched")
     else:
-        pred, target = module(x).matched_predictions(batch["boxes"], batch["labels"], iou_thresh=0.05)
+        out = module(x)
+        pred, target = out.family.matched_predictions(out, batch["boxes"], batch["labels"], iou_thresh=0.05)
     offset = module.net.label_offset
     k = module.num_classes + offset
     assert pred.shape[0] == 3 and pred.shape[2] == k + 4 and target.shape == (*pred.shape[:2], 5)
@@ -166,7 +167,8 @@ def test_dag_inputs_on_retinanet() -> None:
     wrapper = DetectorWrapper(det).eval()
     batch = _batch()
     x = batch["image"].clone().requires_grad_(True)
-    pred, target = wrapper(x).matched_predictions(batch["boxes"], batch["labels"], iou_thresh=0.3)
+    out = wrapper(x)
+    pred, target = out.family.matched_predictions(out, batch["boxes"], batch["labels"], iou_thresh=0.3)
     assert pred.shape == (3, 64 // 4 * 64 // 4 * 6, 3 + 4) and target.shape == (*pred.shape[:2], 5)
     matched = target[..., 0] >= 0
     assert matched[0].any() and matched[2].any() and not matched[1].any()
@@ -269,7 +271,8 @@ def test_vanishing_silences_the_detector_more_than_pgd(trained_fcos, one_thread)
 
     def confident(x_adv: torch.Tensor) -> int:
         with torch.no_grad():
-            dets = module._output(model(x_adv)).detections
+            out = module._output(model(x_adv))
+            dets = out.family.detections(out)
         return sum(int((d["scores"] >= 0.5).sum()) for d in dets)
 
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
