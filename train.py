@@ -111,7 +111,7 @@ class MedRobustCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # One folder per run for every logger, and `fit --ckpt_path last` continuing in the
         # resumed run's folder (see medrobust/run_folders.py). Nothing is created on disk here.
-        from medrobust.run_folders import configure_loggers, find_last_checkpoint
+        from medrobust.run_folders import configure_loggers, resolve_ckpt_path
 
         cfg = self._subconfig()
         problems = check_config(cfg)
@@ -120,20 +120,7 @@ class MedRobustCLI(LightningCLI):
         trainer_cfg = cfg.trainer
         root = Path(trainer_cfg.default_root_dir or os.getcwd())
         name = self.run_name()
-        resume: Path | None = None
-        if cfg.get("ckpt_path") == "last":  # fit resumes it; validate / test evaluate it
-            found = find_last_checkpoint([root / name, root])
-            if found is not None:
-                verb = "resuming from" if self.subcommand == "fit" else "checkpoint"
-                print(f"[medrobust] {verb} {found}", file=sys.stderr)
-                cfg["ckpt_path"] = str(found)
-            else:
-                print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
-                      "Lightning will look in this run's checkpoint folder", file=sys.stderr)
-        if cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
-            # fit continues in the checkpoint's run folder, if it is one of ours; validate /
-            # test write beside the training run that saved it (same version_<n>)
-            resume = Path(cfg["ckpt_path"])
+        resume = resolve_ckpt_path(cfg, root, name, str(self.subcommand))
         if trainer_cfg.logger in (None, True) and not trainer_cfg.get("fast_dev_run"):
             trainer_cfg.logger = csv_logger_config(root, name)
         self._run_folder = configure_loggers(trainer_cfg.logger, root, name, resume)
@@ -166,6 +153,8 @@ class MedRobustCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
+            from medrobust.run_folders import remove_unused_run_folder
+
             remove_unused_run_folder(getattr(self, "_new_folder", None))
             raise
 
@@ -177,58 +166,19 @@ class MedRobustCLI(LightningCLI):
         if "weights_only" in cfg and cfg.get("weights_only") is None:
             cfg["weights_only"] = True
 
-    def before_fit(self) -> None:
-        self._load_weights_only()
-
-    def before_validate(self) -> None:
-        self._load_weights_only()
-
-    def before_test(self) -> None:
-        self._load_weights_only()
-
-    def before_predict(self) -> None:
-        self._load_weights_only()
-
-    def after_fit(self) -> None:
-        self.print_robustness()
-
-    def after_validate(self) -> None:
-        self.print_robustness()
-
-    def after_test(self) -> None:
-        self.print_robustness()
+    before_fit = before_validate = before_test = before_predict = _load_weights_only
 
     def print_robustness(self) -> None:
         """One line per split (:func:`medrobust.cli_summary.print_robustness`)."""
         print_robustness(self.trainer, getattr(self.model, "main_metric", None))
 
-
-def remove_unused_run_folder(folder: str | os.PathLike[str] | None) -> bool:
-    """Remove ``folder`` (a run folder the failed command opened) when it holds nothing but
-    the resolved config(s) it saved: a failed ``test`` leaves no empty ``version_<n>``. A
-    folder with anything else in it (a checkpoint, metrics, a partial robustness record) is
-    kept. Rank 0 only. Returns whether it was removed."""
-    if folder is None or int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
-        return False
-    path = Path(folder)
-    if not path.is_dir():
-        return False
-    entries = list(path.iterdir())
-    if any(not (p.is_file() and p.name.startswith("config") and p.suffix == ".yaml") for p in entries):
-        return False
-    for p in entries:
-        p.unlink()
-    path.rmdir()
-    with contextlib.suppress(OSError):  # the experiment's folder too, when this run was its only one
-        path.parent.rmdir()
-    return True
+    after_fit = after_validate = after_test = print_robustness
 
 
 def resolved_config(config: str | os.PathLike[str], subcommand: str = "fit") -> dict[str, Any]:
     """The config that ``python train.py <subcommand> --config <config>`` runs with: every piece
     it references inlined and every default filled in, as ``--print_config`` prints it (without
     its ``# lightning.pytorch==…`` header). Nothing is instantiated and no data is read."""
-    import contextlib
     import io
 
     import yaml

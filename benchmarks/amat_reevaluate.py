@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT
 
 
 def record_settings(record: dict[str, Any]) -> tuple[list[float], str]:
@@ -92,7 +92,8 @@ def main() -> None:
     import torch
 
     import medrobust
-    from benchmarks.paper_suites import AMAT, _record
+    from benchmarks.common import typed_record
+    from benchmarks.paper_amat import AMAT
 
     torch.set_num_threads(args.threads)
     saved = json.loads(args.results.read_text())
@@ -114,7 +115,7 @@ def main() -> None:
     metric = AMAT.group(args.group).metric
     print(f"\n| run | clean {metric} | " + " | ".join(f"ε={e:g}" for e in eps) + " | robust area |")
     for entry in new.values():
-        rec = _record(entry["test"])
+        rec = typed_record(entry["test"])
         worst = [rec.value(metric, "ensemble", e) for e in eps]
         print(f"| {entry['label']} | {rec.value(metric, None, None):.3f} | "
               + " | ".join(f"{w:.3f}" for w in worst) + f" | {rec.robust_area.value:.3f} |")

@@ -11,7 +11,6 @@ Target: ratio ≤ 1.10. Square (k queries, no gradient) is reported beside it fo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -19,17 +18,11 @@ from collections.abc import Callable
 import torch
 
 from attacks import APGD, Square
-from benchmarks.attack_speed import floor_fn, small_cnn
+from benchmarks.attack_speed import floor_fn, small_cnn, speed_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--shape", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"))
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = speed_parser(__doc__.split("\n\n")[0], steps=100, repeats=7).parse_args()
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

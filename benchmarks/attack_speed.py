@@ -50,13 +50,19 @@ def floor_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int) -> Call
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def speed_parser(description: str, steps: int, repeats: int) -> argparse.ArgumentParser:
+    """The options of the attack speed benchmarks: batch, image shape, steps, repeats, threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--shape", type=int, nargs=3, default=(1, 28, 28), metavar=("C", "H", "W"))
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main() -> None:
+    parser = speed_parser(__doc__.split("\n\n")[0], steps=10, repeats=11)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 

@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -54,6 +55,52 @@ from lightning_modules.nets import SmallCNN, SmallUNet  # noqa: E402
 
 RADII = [0.0, 0.25, 0.5, 1.0]
 SIGMA = 0.25
+
+
+class Form:
+    """One kind of certificate as this benchmark runs it: the smoothed model, one image's
+    certificate and the statistics alone (``k``: ``[1, m]`` vote counts of ``m`` outputs)."""
+
+    def smoothed(self, hard_model: Callable[[Tensor], Tensor], sampler: NoiseSampler) -> Any:
+        raise NotImplementedError
+
+    def certify(self, smoothed: Any, x: Tensor, n0: int, n: int, sample_id: int) -> None:
+        raise NotImplementedError
+
+    def statistics(self, k: np.ndarray, n: int) -> None:
+        raise NotImplementedError
+
+
+class Certify(Form):
+    """CERTIFY (Cohen et al. 2019): one class per image, Clopper-Pearson lower bound."""
+
+    def smoothed(self, hard_model: Callable[[Tensor], Tensor], sampler: NoiseSampler) -> Any:
+        return SmoothedClassifier(hard_model, 2, sampler)
+
+    def certify(self, smoothed: Any, x: Tensor, n0: int, n: int, sample_id: int) -> None:
+        smoothed.certify(x, n0, n, 0.001, sample_id=sample_id)
+
+    def statistics(self, k: np.ndarray, n: int) -> None:
+        p = float(clopper_pearson_lower(int(k[0, 0]), n, 0.001))
+        if p > 0.5:
+            float(stats.norm.ppf(p))
+
+
+class SegCertify(Form):
+    """SegCertify (Fischer et al. 2021): one test per pixel at every radius of :data:`RADII`, Holm."""
+
+    def smoothed(self, hard_model: Callable[[Tensor], Tensor], sampler: NoiseSampler) -> Any:
+        return SmoothedSegmenter(hard_model, 2, sampler, "holm")
+
+    def certify(self, smoothed: Any, x: Tensor, n0: int, n: int, sample_id: int) -> None:
+        smoothed.certify(x, RADII, n0, n, 0.001, sample_id=sample_id)
+
+    def statistics(self, k: np.ndarray, n: int) -> None:
+        taus = stats.norm.cdf(np.asarray(RADII) / SIGMA)
+        reject(binomial_pvalue_greater(k, n, taus[:, None]), 0.001, "holm", axis=1)
+
+
+CERTIFY, SEG_CERTIFY = Certify(), SegCertify()
 
 
 def _sync(device: str) -> None:
@@ -87,7 +134,7 @@ def forward_time(model: nn.Module, x: Tensor, total: int, batch: int, device: st
     return _clock(run, device)
 
 
-def engine_parts(model: nn.Module, x: Tensor, task: str, n0: int, n: int, batch: int,
+def engine_parts(model: nn.Module, x: Tensor, form: Form, n0: int, n: int, batch: int,
                  hard: Callable[[Tensor], Tensor], device: str) -> dict[str, float]:
     """CPU seconds of the engine's own work for one certified image, each part alone: drawing the
     noisy batches, the hard decision on the network's outputs, counting the votes, the statistics."""
@@ -109,33 +156,18 @@ def engine_parts(model: nn.Module, x: Tensor, task: str, n0: int, n: int, batch:
     m = int(np.prod(labels[0].shape[1:])) if labels[0].dim() > 1 else 1
     k = np.random.default_rng(0).integers(int(0.9 * n), n + 1, size=(1, m))
 
-    def statistics() -> None:
-        if task == "classification":
-            p = float(clopper_pearson_lower(int(k[0, 0]), n, 0.001))
-            if p > 0.5:
-                float(stats.norm.ppf(p))
-        else:
-            taus = stats.norm.cdf(np.asarray(RADII) / SIGMA)
-            reject(binomial_pvalue_greater(k, n, taus[:, None]), 0.001, "holm", axis=1)
-    tests = _clock(statistics, device)
+    tests = _clock(lambda: form.statistics(k, n), device)
     return {"noise": noise, "hard decision": decide, "vote counting": votes, "statistics": tests}
 
 
-def measure(name: str, model: nn.Module, images: Tensor, task: str, n0: int, n: int, batch: int,
+def measure(name: str, model: nn.Module, images: Tensor, form: Form, n0: int, n: int, batch: int,
             device: str, hard: Callable[[Tensor], Tensor], parts: bool = True, repeats: int = 3) -> dict[str, float]:
     model = model.to(device).eval()
     images = images.to(device)
-    sampler = NoiseSampler(SIGMA, batch, seed=0)
-    if task == "classification":
-        smoothed = SmoothedClassifier(lambda z: hard(model(z)), 2, sampler)
+    smoothed = form.smoothed(lambda z: hard(model(z)), NoiseSampler(SIGMA, batch, seed=0))
 
-        def certify(i: int) -> None:
-            smoothed.certify(images[i], n0, n, 0.001, sample_id=i)
-    else:
-        seg = SmoothedSegmenter(lambda z: hard(model(z)), 2, sampler, "holm")
-
-        def certify(i: int) -> None:
-            seg.certify(images[i], RADII, n0, n, 0.001, sample_id=i)
+    def certify(i: int) -> None:
+        form.certify(smoothed, images[i], n0, n, i)
 
     # warm-up (first-call allocations, kernel selection) for both paths
     forward_time(model, images[0], batch, batch, device)
@@ -156,7 +188,7 @@ def measure(name: str, model: nn.Module, images: Tensor, task: str, n0: int, n: 
           f"certify/forward(n0+n) {row['vs_n0_plus_n']:.3f} | certify/forward(n) {row['vs_n']:.3f}", flush=True)
     if parts:
         per_image = t_fwd / len(images)
-        shares = engine_parts(model, images[0], task, n0, n, batch, hard, device)
+        shares = engine_parts(model, images[0], form, n0, n, batch, hard, device)
         print("    engine per image, share of forward(n0+n): " + " · ".join(
             f"{k} {100 * v / per_image:.2f} %" for k, v in shares.items())
             + f" · sum {100 * sum(shares.values()) / per_image:.2f} %", flush=True)
@@ -181,14 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     def cls_hard(z: Tensor) -> Tensor:  # ClassificationModule.hard_prediction
         return z.softmax(dim=1).argmax(dim=1)
     name = "classification SmallCNN 1x28x28 (PneumoniaMNIST)"
-    measure(name, cls, x_cls, "classification", 100, 1000, 500, args.device, cls_hard, repeats=args.repeats)
-    measure(name, cls, x_cls, "classification", 100, args.cohen_n, 500, args.device, cls_hard, repeats=args.repeats)
+    measure(name, cls, x_cls, CERTIFY, 100, 1000, 500, args.device, cls_hard, repeats=args.repeats)
+    measure(name, cls, x_cls, CERTIFY, 100, args.cohen_n, 500, args.device, cls_hard, repeats=args.repeats)
     seg = SmallUNet(in_channels=3, out_channels=2, features=[16, 32, 64, 128])
     x_seg = torch.rand(args.images, 3, 64, 64)
     name = "segmentation SmallUNet 3x64x64 (Holm, 4 radii)"
-    measure(name, seg, x_seg, "segmentation", 50, 250, 50, args.device, class_argmax, repeats=args.repeats)
-    measure(name, seg, x_seg, "segmentation", 50, 1000, 100, args.device, class_argmax, repeats=args.repeats)
-    measure(name + ", argmax(dim=1)", seg, x_seg, "segmentation", 50, 1000, 100, args.device,
+    measure(name, seg, x_seg, SEG_CERTIFY, 50, 250, 50, args.device, class_argmax, repeats=args.repeats)
+    measure(name, seg, x_seg, SEG_CERTIFY, 50, 1000, 100, args.device, class_argmax, repeats=args.repeats)
+    measure(name + ", argmax(dim=1)", seg, x_seg, SEG_CERTIFY, 50, 1000, 100, args.device,
             lambda z: z.argmax(dim=1), parts=False, repeats=args.repeats)
 
 

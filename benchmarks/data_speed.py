@@ -32,6 +32,7 @@ from torch import nn
 
 from datamodules import AugmentConfig, BaseDataModule, PH2DataModule, SyntheticDataModule
 from datamodules.manifest import ManifestDataModule
+from datamodules.tasks import task_named
 
 AUGMENT = AugmentConfig(hflip=0.5, rotate_deg=15.0, brightness=0.1, contrast=0.1, gamma=0.1,
                         p_intensity=0.5)
@@ -175,7 +176,7 @@ def main() -> None:
         rate, first, _ = loader_rate(dm, args.samples)
         info = dm.info
         model = float("nan")
-        if info.task == "classification":
+        if task_named(info.task).target_keys == ("label",):  # one class label per image: the CNN's step
             ds = dm.dataset("train")
             model = model_rate(
                 lambda ds=ds: {"image": torch.stack([ds[i]["image"] for i in range(args.batch_size)]),

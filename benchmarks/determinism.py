@@ -30,15 +30,16 @@ import numpy as np
 import torch
 
 from attacks import parse_attack_specs
+from benchmarks.common import fit_plain
 from callbacks.evaluation_loop import RobustnessEvaluator
 from callbacks.per_sample import SampleTable
 from callbacks.record_intervals import record_intervals
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
-from lightning_modules import ClassificationModule, SegmentationModule
+from lightning_modules.tasks import model_task
 
-NETS = {"classification": ("lightning_modules.nets.SmallCNN", ClassificationModule),
-        "segmentation": ("lightning_modules.nets.SmallUNet", SegmentationModule)}
+#: the synthetic data's arguments per task (classification: 4 classes; others: their defaults)
+DATA = {"classification": {"num_classes": 4}}
 EPS = [0.01, 0.02]
 SPECS = [{"name": "fgsm"}, {"name": "pgd", "steps": 10}]
 
@@ -48,23 +49,15 @@ def train(task: str, threads: int, steps: int, seed: int = 0) -> tuple[Any, dict
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     dm = SyntheticDataModule(task=task, num_train=512, num_val=256, num_test=8, image_size=(32, 32),
-                             seed=seed, batch_size=32, **({"num_classes": 4} if task == "classification" else {}))
+                             seed=seed, batch_size=32, **DATA.get(task, {}))
     dm.setup("fit")
-    path, cls = NETS[task]
-    module = cls(net={"class_path": path, "init_args": {"features": [8, 16, 32]}}, data_info=dm.info, lr=3e-3)
-    model = module.attack_model()
+    cls = model_task(task).module  # its default net (SmallCNN / SmallUNet), smaller
+    module = cls(net={"class_path": cls.default_net, "init_args": {"features": [8, 16, 32]}}, data_info=dm.info, lr=3e-3)
     train_set = dm.dataset("train")
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    module.train()
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(train_set), (32,), generator=g).tolist()
-        batch = collate_batch([train_set[i] for i in idx])
-        loss = module.per_sample_loss(model(batch["image"]), batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
+    batches = (collate_batch([train_set[i] for i in torch.randint(0, len(train_set), (32,), generator=g).tolist()])
+               for _ in range(steps))
+    fit_plain(module, batches, torch.optim.Adam(module.parameters(), lr=3e-3))
     val = dm.dataset("val")
     return module, collate_batch([val[i] for i in range(len(val))])
 

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,20 @@ class ModelSpec:
     reduced_batch: int
     eps: float  # L∞ budget of the PGD-10 attacks, pixel units of [0, 1]
     reduced_net: dict[str, Any] | None = None
+    #: further arguments of its synthetic datamodule (e.g. ``num_classes``)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS = {
     "quickstart_cnn": ModelSpec(
         "quickstart_cnn", "classification",
         {"class_path": "lightning_modules.nets.SmallCNN", "init_args": {"features": [8, 16, 32]}},
-        channels=1, size=(24, 24), batch=32, reduced_size=(24, 24), reduced_batch=8, eps=0.01),
+        channels=1, size=(24, 24), batch=32, reduced_size=(24, 24), reduced_batch=8, eps=0.01,
+        data={"num_classes": 2}),
     "resnet18": ModelSpec(
         "resnet18", "classification", {"class_path": "torchvision.models.resnet18"},
-        channels=3, size=(224, 224), batch=64, reduced_size=(32, 32), reduced_batch=4, eps=0.004),
+        channels=3, size=(224, 224), batch=64, reduced_size=(32, 32), reduced_batch=4, eps=0.004,
+        data={"num_classes": 2}),
     "unet": ModelSpec(
         "unet", "segmentation",
         {"class_path": "monai.networks.nets.BasicUNet",
@@ -104,9 +108,7 @@ def build(spec: ModelSpec, reduced: bool, n_train: int, n_val: int, seed: int = 
     size = spec.reduced_size if reduced else spec.size
     kw: dict[str, Any] = {"task": spec.task, "num_train": n_train, "num_val": n_val,
                           "num_test": 2, "image_size": size, "in_channels": spec.channels,
-                          "seed": seed}
-    if spec.task == "classification":
-        kw["num_classes"] = 2
+                          "seed": seed, **spec.data}
     dm = SyntheticDataModule(**kw)
     net = spec.reduced_net if (reduced and spec.reduced_net) else spec.net
     cls = model_task(spec.task).module

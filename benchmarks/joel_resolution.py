@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.paper_suites import JOEL_EPS
+from benchmarks.common import ROOT
+from benchmarks.paper_joel import JOEL_EPS
 from lightning_modules import ClassificationModule
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def gradient_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

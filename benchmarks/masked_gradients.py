@@ -33,48 +33,13 @@ import torch
 from torch import nn
 
 from attacks import PGD, parse_attack_specs
+from benchmarks.common import ROOT, fit_plain
+from benchmarks.masking import Masked, Quantised, Scaled
 from callbacks.evaluation_loop import RobustnessEvaluator
 from callbacks.sanity import sanity_report
 from datamodules.base import collate_batch
 from lightning_modules import ClassificationModule
 from lightning_modules.tasks import model_task
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Quantised(nn.Module):
-    """``round(x·k)/k``, then the model: zero gradient almost everywhere."""
-
-    def __init__(self, model: nn.Module, levels: int) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * self.levels) / self.levels)
-
-
-class Scaled(nn.Module):
-    """Logits × ``scale``: a saturated softmax."""
-
-    def __init__(self, model: nn.Module, scale: float = 1000.0) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
-
-
-class Masked:
-    """The trained task with its attack model wrapped (everything else delegated)."""
-
-    def __init__(self, module: Any, model: nn.Module) -> None:
-        self._module, self._model = module, model
-
-    def attack_model(self) -> nn.Module:
-        return self._model
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
 
 
 def datamodule(kind: str) -> Any:
@@ -96,25 +61,22 @@ def train(dm: Any, args: argparse.Namespace) -> ClassificationModule:
     torch.manual_seed(0)
     module = ClassificationModule(net={"class_path": "lightning_modules.nets.SmallCNN",
                                        "init_args": {"features": [16, 32]}}, data_info=dm.info, lr=3e-3)
-    model = module.attack_model()
     ds = dm.dataset("train")
     data = collate_batch([ds[i] for i in range(len(ds))])
     n = data["image"].shape[0]
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
     pgd = PGD(eps=args.train_eps, steps=args.train_steps, bounds=tuple(dm.info.bounds))
     g = torch.Generator().manual_seed(0)
-    for _ in range(args.epochs):
-        for idx in torch.randperm(n, generator=g).split(64):
-            batch = {k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in data.items()}
-            module.eval()
-            x_adv = pgd(model, batch["image"], batch, loss_fn=module.per_sample_loss,
-                        generator=torch.Generator().manual_seed(int(idx[0])))
-            module.train()
-            loss = module.per_sample_loss(model(x_adv), batch).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    module.eval()
+    batches = ({k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+               for _ in range(args.epochs) for idx in torch.randperm(n, generator=g).split(64))
+
+    def adversary(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        module.eval()  # the attack in eval mode, the step in train mode
+        x_adv = pgd(model, batch["image"], batch, loss_fn=module.per_sample_loss,
+                    generator=torch.Generator().manual_seed(int(batch["index"][0])))  # its first sample's position
+        module.train()
+        return x_adv
+
+    fit_plain(module, batches, torch.optim.Adam(module.parameters(), lr=3e-3), adversary)
     for p in module.parameters():
         p.requires_grad_(False)
     return module
@@ -164,14 +126,14 @@ def main() -> None:
     n = min(args.subset, len(ds))
     batches = [collate_batch([ds[i] for i in range(s, min(s + args.batch, n))]) for s in range(0, n, args.batch)]
     k = int(module.num_classes)
-    base = module.attack_model()
-    maskings = {"none": base, "quantised": Quantised(base, args.levels), "logits_x1000": Scaled(base),
-                "both": Scaled(Quantised(base, args.levels))}
+    maskings = {"none": lambda m: m, "quantised": lambda m: Quantised(m, args.levels), "logits_x1000": Scaled,
+                "both": lambda m: Scaled(Quantised(m, args.levels))}
     wanted = args.suites.split(",")
     lines = ["| masking | clean | " + " | ".join(wanted) + " | flags (standard) | seconds |",
              "|" + "---|" * (len(wanted) + 4)]
-    for name, model in maskings.items():
-        task = Masked(module, model)
+    for name, wrap in maskings.items():
+        task = Masked(module, wrap)
+        model = task.attack_model()
         cells: dict[str, str] = {}
         secs: dict[str, float] = {}
         flags = ""
@@ -181,7 +143,7 @@ def main() -> None:
                 cells[suite], secs[suite] = autoattack(model, batches, args.eps, k)
                 continue
             cfg: Any = [{"name": "pgd", "steps": 10}] if suite == "pgd10" else suite
-            specs = parse_attack_specs(cfg, suite, model_task("classification").suite, k)
+            specs = parse_attack_specs(cfg, suite, model_task(dm.info.task).suite, k)
             ev = RobustnessEvaluator(task, specs, [args.eps], sequential=suite != "pgd10",
                                      large_eps=0.25 if suite == "standard" else None)
             start = time.perf_counter()

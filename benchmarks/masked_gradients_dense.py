@@ -1,8 +1,8 @@
 """The landmark and detection ``standard`` suites behind masked gradients (issue 22): the tables
 of docs/attacks.md ("Masked gradients on landmarks and detection").
 
-The models, maskings and budget are those of ``tests/attacks/test_masked_gradients_dense.py`` (imported
-from there, so the tables describe exactly the tested models): a four-convolution heatmap net on
+The models, maskings and budget are those of ``tests/attacks/test_masked_gradients_dense.py`` (both
+take them from ``benchmarks/masked_models.py``, so the tables describe exactly the tested models): a four-convolution heatmap net on
 16 × 16 synthetic skulls (3 landmarks, 6 validation images) and a tiny FCOS on 32 × 32 synthetic
 cells (2 classes, 4 validation images), L∞ ε = 0.1, each wrapped in ``quantised``
 (``round(16·x)/16``), ``x1000`` (heatmaps / class logits × 1000) and ``both``. Per masking: the
@@ -30,32 +30,36 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.attacks.test_masked_gradients import Quantised, Scaled  # noqa: E402
-from tests.attacks.test_masked_gradients_dense import (  # noqa: E402
+from benchmarks.masked_models import (  # noqa: E402
     EPS,
-    Masked,
-    _metric,
-    _pgd10,
-    _saturated,
-    _square_alone,
-    _suite,
     detector,
     landmark_model,
+    pgd10,
+    saturated,
+    square_alone,
+    standard_suite,
+    task_metric,
 )
+from benchmarks.masking import Masked, Quantised, Scaled  # noqa: E402
 
 
-def cases(task: str) -> tuple[Any, ...]:
-    """``(module, batch, maskings {name: (module, wrap)}, metric, lower_is_better, Square loss,
-    its args)`` of ``task``."""
-    if task == "landmarks":
-        module, batch = landmark_model()
-        maskings = {"quantised": (module, Quantised), "x1000": (module, Scaled),
-                    "both": (module, lambda m: Scaled(Quantised(m)))}
-        return module, batch, maskings, "mre", True, "peak_margin", {}
+def _landmark_case() -> tuple[Any, ...]:
+    module, batch = landmark_model()
+    maskings = {"quantised": (module, Quantised), "x1000": (module, Scaled),
+                "both": (module, lambda m: Scaled(Quantised(m)))}
+    return module, batch, maskings, "mre", True, "peak_margin", {}
+
+
+def _detection_case() -> tuple[Any, ...]:
     base, batch = detector()
-    sat = _saturated(base)
+    sat = saturated(base)
     maskings = {"quantised": (base, Quantised), "x1000": (sat, lambda m: m), "both": (sat, Quantised)}
     return base, batch, maskings, "map_50", False, "dag", {"target_shift": None, "kappa": None, "box_weight": 0.0}
+
+
+#: per task: ``() -> (module, batch, maskings {name: (module, wrap)}, metric, lower_is_better,
+#: Square loss, its args)``
+CASES = {"landmarks": _landmark_case, "detection": _detection_case}
 
 
 def main() -> None:
@@ -65,16 +69,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for task in args.tasks.split(","):
-        _, batch, maskings, metric, lower, loss, loss_args = cases(task)
+        _, batch, maskings, metric, lower, loss, loss_args = CASES[task]()
         header = None
         for name, (module, wrap) in maskings.items():
             start = time.perf_counter()
             t = Masked(module, wrap)
             model = t.attack_model()
-            clean = _metric(module, model, batch, batch["image"], metric)
-            pgd = _metric(module, model, batch, _pgd10(t, model, batch), metric)
-            record, specs = _suite(t, batch, task, metric, lower)
-            ref = _metric(module, model, batch, _square_alone(t, model, batch, loss, **loss_args), metric)
+            clean = task_metric(module, model, batch, batch["image"], metric)
+            pgd = task_metric(module, model, batch, pgd10(t, model, batch), metric)
+            record, specs = standard_suite(t, batch, task, metric, lower)
+            ref = task_metric(module, model, batch, square_alone(t, model, batch, loss, **loss_args), metric)
             labels = [s.label for s in specs]
             if header is None:
                 header = (f"| {task} ({metric}) | clean | PGD-10 | " + " | ".join(labels)

@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import ROOT
 from callbacks.atomic import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
 PATH_FIELDS = ("log_dir", "ckpt", "derived_config")
 #: meta fields every part must share (the report states each once)
 SHARED_META = ("mode", "threads", "n_seeds")

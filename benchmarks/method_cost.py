@@ -37,8 +37,6 @@ from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import AMAT, SAT, Clean, TaskModule
 from lightning_modules.tasks import model_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def train_epoch(model: TaskModule, optimizer: torch.optim.Optimizer,
                 batches: list[dict]) -> tuple[float, float]:
@@ -84,11 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     dm = SyntheticDataModule(task=args.task, num_train=args.num_train, num_val=8,
                              num_test=8, image_size=(args.image_size, args.image_size))
     items = [dm.dataset("train")[i] for i in range(args.num_train)]  # generated once
-    seg = args.task == "segmentation"
-    net = {"class_path": "lightning_modules.nets.SmallUNet" if seg else "lightning_modules.nets.SmallCNN",
-           "init_args": {"features": list(args.features)}}
     module = model_task(args.task).module
-    amat_extra = {"threshold": 0.5} if seg else {}
+    net = {"class_path": module.default_net, "init_args": {"features": list(args.features)}}  # SmallCNN / SmallUNet
+    # a task whose violation is a statistic crossing a threshold (Dice below it): a fixed one
+    amat_extra = {"threshold": 0.5} if module.violation_direction is not None else {}
     k = args.steps
     methods = {
         "clean": lambda: Clean(),

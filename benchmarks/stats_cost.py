@@ -49,16 +49,16 @@ def make_run(out: Path, accelerator: str | None) -> dict[str, Any]:
     """A joel2022 PneumoniaMNIST naive run: quick settings, 2 training batches, full test split."""
     import yaml
 
-    from benchmarks import run as runner
-    from benchmarks.paper_suites import JOEL
+    from benchmarks import config_edit, paper_run
+    from benchmarks.paper_joel import JOEL
 
     run = next(r for r in JOEL.runs if r.key == "pneumoniamnist/naive")
-    cfg, _ = runner.derive_config(run, JOEL.group(run.group), "quick")
+    cfg, _ = config_edit.derive_config(run, JOEL.group(run.group), "quick")
     for key, value in {"trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1}.items():
-        runner.set_path(cfg, key, value)
+        config_edit.set_path(cfg, key, value)
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return runner.execute(path, out / "runs", accelerator, "stats_cost")
+    return paper_run.execute(path, out / "runs", accelerator, "stats_cost")
 
 
 def make_detection_run(out: Path, images: int, eps: list[float]) -> tuple[Path, float]:
@@ -107,8 +107,8 @@ def _median_time(fn: Any, repeat: int) -> float:
 
 def measure(log_dir: Path, repeat: int, verdicts_too: bool = True) -> dict[str, float]:
     from benchmarks import paper_evidence
-    from benchmarks.paper_report import uncertainty_table
-    from benchmarks.paper_suites import JOEL, joel_claims
+    from benchmarks.paper_joel import JOEL, joel_claims
+    from benchmarks.paper_tables import uncertainty_table
     from callbacks.per_sample import FILE_NAME, SampleTable
     from callbacks.record import RobustnessRecord
     from callbacks.record_intervals import record_intervals

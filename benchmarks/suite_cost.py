@@ -29,18 +29,15 @@ change the numbers.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, trained_checkpoint
+from lightning_modules.nets.builder import import_object
 
 
 def autoattack_budget(n: int = 100, t: int = 9, q: int = 5000) -> dict[str, int]:
@@ -48,23 +45,6 @@ def autoattack_budget(n: int = 100, t: int = 9, q: int = 5000) -> dict[str, int]
     member breaks (see the module docstring for the formula)."""
     grad_iters = n + t * n + t * n
     return {"forward": grad_iters + q, "backward": grad_iters}
-
-
-def _cls(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def train(config: Path, epochs: int, out: Path) -> Path:
-    ckpts = sorted(out.rglob("last.ckpt"))
-    if not ckpts:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
-                        "--trainer.max_epochs", str(epochs), "--trainer.accelerator", "cpu",
-                        "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"],
-                       check=True, env=env, cwd=ROOT)
-        ckpts = sorted(out.rglob("last.ckpt"))
-    return ckpts[-1]
 
 
 def specs_for(name: str, task: str, num_classes: int | None) -> tuple[list[Any], bool]:
@@ -125,12 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from medrobust.config_pieces import load_config
 
     run_dir = args.out / args.config.stem
-    ckpt = train(args.config, args.epochs, run_dir)
+    ckpt = trained_checkpoint(args.config, args.epochs, run_dir)
     cfg = load_config(args.config)
     data = cfg["data"]
-    dm = _cls(data["class_path"])(**data["init_args"])
+    dm = import_object(data["class_path"])(**data["init_args"])
     dm.setup("validate")
-    module = _cls(cfg["model"]["class_path"]).load_from_checkpoint(str(ckpt), map_location="cpu")
+    module = import_object(cfg["model"]["class_path"]).load_from_checkpoint(str(ckpt), map_location="cpu")
     module.eval()
     eps = args.eps or next(cb["init_args"]["eps"] for cb in cfg["trainer"]["callbacks"]
                            if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("AdversarialEvaluation"))

@@ -16,10 +16,6 @@ robust metric per ε, the gap, and seconds of each evaluation (suite / PGD-10 co
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,43 +23,30 @@ from typing import Any
 import torch
 
 from attacks import parse_attack_specs
+from benchmarks.common import ROOT, trained_checkpoint
 from callbacks.evaluation_loop import RobustnessEvaluator
 from datamodules.base import collate_batch
+from lightning_modules.nets.builder import import_object
 from lightning_modules.tasks import model_task, suite_specs
 from medrobust.config_pieces import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNS = [("classification", "clean"), ("classification", "sat"),
-        ("segmentation", "clean"), ("segmentation", "sat")]
-METRIC = {"classification": "accuracy", "segmentation": "dice"}
-
-
-def _cls(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+#: (task, method, the option giving its training epochs)
+RUNS = [("classification", "clean", "epochs"), ("classification", "sat", "epochs"),
+        ("segmentation", "clean", "seg_epochs"), ("segmentation", "sat", "seg_epochs")]
 
 
 def train(task: str, method: str, epochs: int, out: Path) -> tuple[Path, dict[str, Any]]:
     cfg_path = ROOT / "configs" / "experiment" / f"{task}_synthetic_{method}.yaml"
-    run_dir = out / f"{task}_{method}"
-    ckpts = sorted(run_dir.rglob("last.ckpt"))
-    if not ckpts:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(cfg_path),
-                        "--trainer.max_epochs", str(epochs), "--trainer.accelerator", "cpu",
-                        "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"],
-                       check=True, env=env, cwd=ROOT)
-        ckpts = sorted(run_dir.rglob("last.ckpt"))
-    return ckpts[-1], load_config(cfg_path)
+    return trained_checkpoint(cfg_path, epochs, out / f"{task}_{method}"), load_config(cfg_path)
 
 
-def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
-    epochs = args.epochs if task == "classification" else args.seg_epochs
+def evaluate(task: str, method: str, epochs: int, args: argparse.Namespace) -> dict[str, Any]:
     ckpt, cfg = train(task, method, epochs, args.out)
+    metric = model_task(task).module.main_metric
     data = cfg["data"]
-    dm = _cls(data["class_path"])(**data["init_args"])
+    dm = import_object(data["class_path"])(**data["init_args"])
     dm.setup("validate")
-    module = _cls(cfg["model"]["class_path"]).load_from_checkpoint(str(ckpt), map_location="cpu")
+    module = import_object(cfg["model"]["class_path"]).load_from_checkpoint(str(ckpt), map_location="cpu")
     module.eval()
     eps = next(cb["init_args"]["eps"] for cb in cfg["trainer"]["callbacks"]
                if cb["class_path"].endswith("AdversarialEvaluation"))
@@ -71,7 +54,7 @@ def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
     n = min(args.subset, len(ds))
     batches = [collate_batch([ds[i] for i in range(s, min(s + args.batch, n))]) for s in range(0, n, args.batch)]
     k = getattr(module, "num_classes", None)
-    rows: dict[str, Any] = {"task": task, "method": method, "eps": eps, "n": n}
+    rows: dict[str, Any] = {"task": task, "method": method, "metric": metric, "eps": eps, "n": n}
     for name, specs, seq in (
         ("pgd10", parse_attack_specs([{"name": "pgd", "steps": 10}], "pgd"), False),
         ("standard", suite_specs("standard", "standard", task, k), model_task(task).sequential_suite),
@@ -83,8 +66,8 @@ def evaluate(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
             for i, b in enumerate(batches):
                 ev.run_batch(i, b)
         out = ev.compute()
-        rows[name] = {"seconds": time.process_time() - t0, "clean": out.clean[METRIC[task]],
-                      "curve": {e: out.ensemble[e][METRIC[task]] for e in eps},
+        rows[name] = {"seconds": time.process_time() - t0, "clean": out.clean[metric],
+                      "curve": {e: out.ensemble[e][metric] for e in eps},
                       "members": [s.label for s in specs]}
     return rows
 
@@ -102,12 +85,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["| task | method | metric | clean | ε | PGD-10 | standard | PGD-10 − standard | "
              "PGD-10 s | standard s | cost ratio |", "|" + "---|" * 11]
-    for task, method in RUNS:
-        r = evaluate(task, method, args)
+    for task, method, epochs in RUNS:
+        r = evaluate(task, method, getattr(args, epochs), args)
         pg, st = r["pgd10"], r["standard"]
         for e in r["eps"]:
             lines.append(
-                f"| {task} | {method} | {METRIC[task]} | {pg['clean']:.3f} | {e:g} | {pg['curve'][e]:.3f} | "
+                f"| {task} | {method} | {r['metric']} | {pg['clean']:.3f} | {e:g} | {pg['curve'][e]:.3f} | "
                 f"{st['curve'][e]:.3f} | {pg['curve'][e] - st['curve'][e]:+.3f} | {pg['seconds']:.1f} | "
                 f"{st['seconds']:.1f} | {st['seconds'] / max(pg['seconds'], 1e-9):.1f} |")
         print("\n".join(lines[-len(r["eps"]):]), flush=True)

@@ -34,9 +34,8 @@ import torch
 import yaml
 
 from attacks import PGD
+from benchmarks.common import ROOT
 from lightning_modules.nets.builder import import_object
-
-ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("clean", "sat", "amat")
 #: the second metric shown beside each task's own main metric (``TaskModule.main_metric``)

@@ -57,17 +57,21 @@ label convention (nothing is shifted); batches are ``(images, targets)`` or a di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from datamodules.info import DataInfo
+from lightning_modules.protocol import RobustTask
 
 
-class RobustTaskAdapter:
-    """:class:`~lightning_modules.protocol.RobustTask` for a LightningModule of your own.
+class RobustTaskAdapter(RobustTask):
+    """:class:`~lightning_modules.protocol.RobustTask` for a LightningModule of your own (for
+    evaluation: training methods need a medrobust task module). The metrics' direction is the
+    protocol's (``metric_higher_is_better``); the task-specific defaults are the task object's
+    :class:`~lightning_modules.tasks.AdapterRules`.
 
     Args:
         module: your LightningModule (logging, device, rank come from it).
@@ -110,8 +114,6 @@ class RobustTaskAdapter:
             default of :class:`lightning_modules.DetectionModule`).
     """
 
-    violation_direction = None
-
     def __init__(
         self,
         module: nn.Module,
@@ -131,11 +133,9 @@ class RobustTaskAdapter:
         attack_loss_inputs: Callable[[Any, Any, Tensor], tuple[Tensor, Tensor]] | None = None,
         violation_threshold: float = 1.5,
     ) -> None:
-        from lightning_modules.tasks import model_task, task_names
+        from lightning_modules.tasks import model_task
 
-        if not (isinstance(task, str) and task in task_names()):
-            raise ValueError(f"RobustTaskAdapter.task must be one of {task_names()}, got {task!r}")
-        kind = model_task(task, "RobustTaskAdapter.task")
+        kind = model_task(task, "RobustTaskAdapter.task")  # an unknown name: the closest known one
         rules = kind.adapter_rules(kind)
         keys = keys if keys is not None else rules.keys
         if len(tuple(keys)) < 2:
@@ -149,10 +149,9 @@ class RobustTaskAdapter:
             metrics = rules.default_metrics()
         self._metrics = metrics if isinstance(metrics, MetricCollection) else MetricCollection(
             dict(metrics), compute_groups=rules.compute_groups)
-        self.task = task
+        self.task = kind.name
         #: detection's default violation test: the per-image loss above this (as DetectionModule)
         self.violation_threshold = float(violation_threshold)
-        self.violation_direction = rules.violation_direction
         if per_sample_metric is None and rules.metric_column is not None:
             #: the per-sample file's column (detection: the image's AP@0.5, not its mAP)
             self.per_sample_metric_name = rules.metric_column
@@ -162,8 +161,9 @@ class RobustTaskAdapter:
             raise TypeError("RobustTaskAdapter.per_sample_metric must be callable (output, target) -> [B]")
         self._metric = per_sample_metric
         self._prepare = prepare_metric_input or (lambda out: out)
-        self.data_info = DataInfo(task=task, in_channels=1, bounds=tuple(bounds))
-        self.method = type("UserMethod", (), {"name": method})()
+        self.data_info = DataInfo(task=kind.name, in_channels=1, bounds=tuple(bounds))
+        #: what the record names as the method
+        self.method = SimpleNamespace(name=method)
         names = list(self._metrics.keys(keep_base=True))
         if main_metric is None:
             main_metric = rules.default_main_metric(names)
@@ -226,10 +226,6 @@ class RobustTaskAdapter:
             return self._is_violated(self._rules.user_output(output), self._target(batch))
         return self._rules.is_violated(self, output, batch, threshold)
 
-    def violation_statistic(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
-        with torch.no_grad():
-            return self.per_sample_loss(output, batch).detach()
-
     def per_sample_metric(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
         target = self._target(batch)
         if self._metric is None:
@@ -252,11 +248,6 @@ class RobustTaskAdapter:
     def predict_for_display(self, output: Any) -> Any:
         return self._rules.display(output)
 
-    def metric_higher_is_better(self, name: str | None = None) -> bool:
-        from lightning_modules.protocol import higher_is_better
-
-        return higher_is_better(self._metrics, name or self.main_metric, "RobustTaskAdapter")
-
     def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any],
                            inputs: str = "default") -> tuple[Tensor, Tensor]:
         """``(logits, labels)`` for the named attack losses (see ``attack_loss_inputs`` above).
@@ -268,14 +259,6 @@ class RobustTaskAdapter:
 
     def attack_loss_reference(self, output: Any) -> Tensor | None:
         return self._rules.loss_reference(output)
-
-    def forward_joint(self, xs: Sequence[Tensor]) -> list[Any]:
-        model = self.attack_model()
-        return [model(x) for x in xs]
-
-    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
-        raise ValueError("RobustTaskAdapter has no output divergence, so TRADES cannot train through "
-                         "it; use a medrobust task module (lightning_modules) for TRADES")
 
 
 def _classes_of(metrics: MetricCollection) -> int | None:

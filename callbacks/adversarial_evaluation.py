@@ -332,13 +332,14 @@ class AdversarialEvaluation(CountsLoggerStep):
         # fit: straight to the loggers and callback_metrics (Speedups.direct_logging)
         direct = self.runner.speedups.direct_logging and trainer.state.fn == "fit"
         log_scalars(pl_module, record, self.prefix, self.minimal_eps.eps_max, direct=direct, step=self.logger_step)
+        record.higher_is_better = {m: d for m in record.metric_names()
+                                   if (d := self._direction(task, m, None)) is not None}
         self.last_record[split] = record
         log_dir = self._log_dir(trainer)  # collective
         if trainer.is_global_zero:
-            names = record.metric_names()
             write_outputs(trainer, record, Path(log_dir), self.file_name, self.prefix, self.write_json,
                           self.plot, bounds=getattr(task.data_info, "bounds", None),
-                          directions={m: d for m in names if (d := self._direction(task, m, None)) is not None},
+                          directions=record.higher_is_better,
                           samples=run.outcome.per_sample, evidence=run.outcome.evidence)
             if record.corruptions is not None:
                 from callbacks.corruption_report import write_corruption_outputs

@@ -8,7 +8,6 @@ Nothing here knows a task: a task module is reached only through
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -20,41 +19,20 @@ from torch.utils.data import DataLoader, Dataset
 from attacks.tree import tree_map
 from lightning_modules.protocol import RobustTask
 
-#: Metric-name stems that measure an error (smaller is better). Only the *fallback* of
-#: :func:`metric_direction` for a metric object that declares no ``higher_is_better``.
-LOWER_IS_BETTER_STEMS: tuple[str, ...] = ("mre", "error", "loss", "hausdorff", "hd95", "asd")
-_GUESS = object()
+_NO_FALLBACK = object()
 
 
-def lower_is_better(metric: str) -> bool:
-    """Name guess: true for error-like metrics (``mre``, ``*_error``, ``*loss``, distances).
-    A fallback only; the task's metric objects say it (:func:`metric_direction`)."""
-    name = metric.lower()
-    return any(name == s or name.startswith(s + "_") or name.endswith(s) for s in LOWER_IS_BETTER_STEMS)
-
-
-def metric_direction(task: Any, metric: str, fallback: Any = _GUESS) -> Any:
-    """``True`` when larger values of ``metric`` are better, as the task's torchmetrics object
-    declares it (``task.metric_higher_is_better``).
-
-    When the task cannot say (no such method, or a metric of the user's own without
-    ``higher_is_better``): ``fallback`` if given, else a guess from the name, with a warning
-    saying so.
-    """
-    ask = getattr(task, "metric_higher_is_better", None)
-    if callable(ask):
-        try:
-            return bool(ask(metric))
-        except ValueError as err:
-            reason = str(err)
-    else:
-        reason = f"{type(task).__name__} has no metric_higher_is_better"
-    if fallback is not _GUESS:
+def metric_direction(task: RobustTask, metric: str, fallback: Any = _NO_FALLBACK) -> Any:
+    """``True`` when larger values of ``metric`` are better, as the task's metric object
+    declares it (:meth:`~lightning_modules.protocol.RobustTask.metric_higher_is_better`; never
+    guessed from the name). Where the task cannot say (no metric object reports ``metric``, or
+    it declares no ``higher_is_better``): ``fallback`` if given, else the task's ``ValueError``."""
+    try:
+        return bool(task.metric_higher_is_better(metric))
+    except ValueError:
+        if fallback is _NO_FALLBACK:
+            raise
         return fallback
-    guess = not lower_is_better(metric)
-    warnings.warn(f"{reason}; guessing from its name that {metric!r} is "
-                  f"{'higher' if guess else 'lower'}-is-better", stacklevel=2)
-    return guess
 
 
 def check_robust_task(pl_module: Any, who: str) -> RobustTask:
@@ -66,7 +44,7 @@ def check_robust_task(pl_module: Any, who: str) -> RobustTask:
 
     pl_module = robust_task_of(pl_module)
     needed = ("task", "data_info", "attack_model", "per_sample_loss", "is_violated",
-              "build_metrics", "update_metrics", "predict_for_display")
+              "build_metrics", "update_metrics", "predict_for_display", "metric_higher_is_better")
     missing = [n for n in needed if not hasattr(pl_module, n)]
     if missing:
         raise TypeError(

@@ -159,13 +159,14 @@ def _interval(draws: np.ndarray, level: float, n: int, n_resamples: int) -> Inte
 
 
 def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequence[tuple[str, float]],
-                      lower_is_better: dict[str, bool] | None = None, level: float = DEFAULT_LEVEL,
+                      higher_is_better: dict[str, bool] | None = None, level: float = DEFAULT_LEVEL,
                       seed: int = 0, n_resamples: int = RECORD_RESAMPLES) -> dict[str, Any]:
     """The record's ``intervals["dataset_metrics"]`` (module docstring) from ``evidence``.
 
     Args:
         eps: the ε grid (worst-case columns); ``attacks``: the record's (attack label, ε) pairs.
-        lower_is_better: direction per metric for the robust area (default: higher is better).
+        higher_is_better: direction per metric for the robust area, as the task's metric objects
+            declare it (a metric missing here: higher is better).
         seed, n_resamples: the bootstrap's; one draw of image weights serves every column.
     """
     level = _check_level(level)
@@ -199,7 +200,7 @@ def dataset_intervals(evidence: Evidence, eps: Sequence[float], attacks: Sequenc
         if curve:
             # the trapezoid of each resample's clean and worst-case values (the record's area
             # from its per-ε numbers, computed on every resample)
-            area = sample_area(cols["clean"], curve, bool((lower_is_better or {}).get(metric, False)))
+            area = sample_area(cols["clean"], curve, not (higher_is_better or {}).get(metric, True))
             iv = _interval(area, level, n, n_resamples)
             entry["robust_area"] = iv.to_dict() if iv is not None else None
         out[metric] = entry

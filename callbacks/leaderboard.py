@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from callbacks.common import format_eps, lower_is_better
+from callbacks.common import format_eps
 from callbacks.record import RecordError, RobustnessRecord
 
 __all__ = ["Board", "build_board", "collect_records", "main"]
@@ -120,11 +120,14 @@ def _check_schema(records: list[tuple[str, RobustnessRecord]]) -> str:
 
 
 def _direction_lower(records: list[tuple[str, RobustnessRecord]], metric: str) -> bool:
+    """The direction of ``metric`` as the records state it (the task's metric object, written
+    with the robust area); never guessed from the name."""
     for _, r in records:
         said = r.lower_is_better(metric)
         if said is not None:
             return said
-    return lower_is_better(metric)
+    raise ValueError(f"leaderboard: the records do not state whether larger {metric!r} is better (a "
+                     "record states it for its robust-area metric); sort by robust_area or by that metric")
 
 
 def _interval(rec: RobustnessRecord, metric: str, kind: str, eps: float | None = None,

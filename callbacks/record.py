@@ -110,6 +110,9 @@ class RobustnessRecord:
     #: seed, and the certified metric and abstain rate per L2 radius with intervals); ``None``
     #: when not certified
     certified: list[dict[str, Any]] | None = None
+    #: each metric's direction ``{metric: higher_is_better}``, as the task's metric objects
+    #: declare it (``RobustTask.metric_higher_is_better``); ``None`` in older files
+    higher_is_better: dict[str, bool] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # -- reading ------------------------------------------------------------------------------
@@ -155,6 +158,7 @@ class RobustnessRecord:
             corruptions=_corruptions(data.get("corruptions"), f"{source}: corruptions"),
             incomplete=_need(data, "incomplete", dict, source, optional=True),
             certified=_need(data, "certified", list, source, optional=True),
+            higher_is_better=_need(data, "higher_is_better", dict, source, optional=True),
             schema_version=version,
         )
 
@@ -212,6 +216,8 @@ class RobustnessRecord:
             out["incomplete"] = self.incomplete
         if self.certified is not None:
             out["certified"] = self.certified
+        if self.higher_is_better is not None:
+            out["higher_is_better"] = self.higher_is_better
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -274,8 +280,11 @@ class RobustnessRecord:
         return [str(u.get("flag")) for u in self.unreliable or []]
 
     def lower_is_better(self, metric: str) -> bool | None:
-        """The direction of ``metric`` as the task stated it for the robust area, or ``None``
-        when the record does not say (another metric than the area's)."""
+        """The direction of ``metric`` as the task stated it (:attr:`higher_is_better`; in an
+        older file, the robust area's flag for its metric), or ``None`` when the record does
+        not say."""
+        if self.higher_is_better and metric in self.higher_is_better:
+            return not self.higher_is_better[metric]
         if self.robust_area is not None and self.robust_area.metric == metric:
             return self.robust_area.metric_lower_is_better
         return None

@@ -166,6 +166,6 @@ def evaluation_intervals(record: Any, table: SampleTable, evidence: Any, task: A
     if evidence is not None:
         from callbacks.dataset_metrics import dataset_intervals
 
-        lower = {m: not d for m in evidence.metrics if (d := direction(task, m, None)) is not None}
-        out["dataset_metrics"] = dataset_intervals(evidence, eps, attacks, lower, level, seed)
+        higher = {m: d for m in evidence.metrics if (d := direction(task, m, None)) is not None}
+        out["dataset_metrics"] = dataset_intervals(evidence, eps, attacks, higher, level, seed)
     return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
@@ -73,8 +74,9 @@ class SmoothedSegmenter:
 
     def __init__(self, predict: HardPredictor, num_classes: int, sampler: NoiseSampler,
                  correction: Correction = "holm") -> None:
-        if correction not in ("holm", "bonferroni", "none"):
-            raise ValueError(f"SmoothedSegmenter.correction must be 'holm', 'bonferroni' or 'none', got {correction!r}")
+        if correction not in get_args(Correction):
+            raise ValueError(f"SmoothedSegmenter.correction must be one of {list(get_args(Correction))}, "
+                             f"got {correction!r}")
         if int(num_classes) < 2:
             raise ValueError(f"SmoothedSegmenter.num_classes must be >= 2, got {num_classes!r}")
         self.predict_fn, self.num_classes = predict, int(num_classes)

@@ -75,6 +75,12 @@ class TaskCertification(ABC):
         self.task, self.model, self.sampler = task, model, sampler
         self.n0, self.n, self.alpha, self.correction = int(n0), int(n), float(alpha), correction
         self.metric = str(task.main_metric)
+        self.smoothed = self.smoothed_model()
+
+    @abstractmethod
+    def smoothed_model(self) -> Any:
+        """The task's smoothed model around :meth:`predict` and the sampler (built once, by
+        ``__init__``; a task may set its own fields here too)."""
 
     def predict(self, x: Tensor) -> Tensor:
         """The base model's hard decision on a noisy batch."""
@@ -98,9 +104,8 @@ class ClassificationCertification(TaskCertification):
 
     reference = "Cohen, Rosenfeld & Kolter 2019 (CERTIFY, Clopper-Pearson)"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.smoothed = SmoothedClassifier(self.predict, max(int(self.task.data_info.num_classes), 2), self.sampler)
+    def smoothed_model(self) -> SmoothedClassifier:
+        return SmoothedClassifier(self.predict, max(int(self.task.data_info.num_classes), 2), self.sampler)
 
     def sample_values(self, item: Mapping[str, Any], radii: Sequence[float], sample_id: int) -> dict[str, float]:
         x = item["image"]
@@ -121,10 +126,9 @@ class SegmentationCertification(TaskCertification):
     uses_correction = True
     reference = "Fischer, Baader & Vechev 2021 (SegCertify, per-pixel tests)"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def smoothed_model(self) -> SmoothedSegmenter:
         self.num_classes = int(self.task.data_info.num_classes)
-        self.smoothed = SmoothedSegmenter(self.predict, self.num_classes, self.sampler, self.correction)
+        return SmoothedSegmenter(self.predict, self.num_classes, self.sampler, self.correction)
 
     def sample_values(self, item: Mapping[str, Any], radii: Sequence[float], sample_id: int) -> dict[str, float]:
         cert = self.smoothed.certify(item["image"], radii, self.n0, self.n, self.alpha, sample_id)
@@ -146,16 +150,15 @@ class LandmarkCertification(TaskCertification):
     uses_selection = False
     reference = "Chiang et al. 2020 (median smoothing, order statistics)"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def smoothed_model(self) -> MedianSmoothedLandmarks:
         info = self.task.data_info
         size = info.image_size
         if not size:
             raise ValueError("landmark certification needs data_info.image_size (the clip to the image)")
-        self.smoothed = MedianSmoothedLandmarks(self.predict, size, self.sampler)
         self.has_mm = info.pixel_spacing_mm is not None
         if self.has_mm:
             self.extra_metrics = ("mre_mm",)
+        return MedianSmoothedLandmarks(self.predict, size, self.sampler)
 
     def sample_values(self, item: Mapping[str, Any], radii: Sequence[float], sample_id: int) -> dict[str, float]:
         cert = self.smoothed.certify(item["image"], radii, self.n, self.alpha, sample_id)

@@ -3,7 +3,6 @@
 from datamodules.base import BaseDataModule, collate_batch
 from datamodules.chest_xray import ChestXrayFolderDataModule
 from datamodules.detection import COCODetectionDataModule, VOCDetectionDataModule
-from datamodules.imagefiles import BadSampleError
 from datamodules.info import DataInfo
 from datamodules.isic import ISICDataModule
 from datamodules.landmarks import CephalometricDataModule
@@ -11,6 +10,7 @@ from datamodules.manifest import ManifestDataModule, PairedFoldersDataModule
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.paths import resolve_data_path
 from datamodules.ph2 import PH2DataModule
+from datamodules.samples import BadSampleError
 from datamodules.splits import load_or_create_split, stratified_split
 from datamodules.synthetic import SyntheticDataModule
 from datamodules.transforms import AugmentConfig, JointTransform

@@ -3,12 +3,19 @@
 A concrete datamodule implements :meth:`BaseDataModule.build_split` (returning a map-style
 ``Dataset`` whose items are dicts following the batch contract in :mod:`datamodules.info`) and
 :meth:`BaseDataModule.build_info`. Everything else — batch size, workers, DDP sharding (left to
-Lightning's distributed sampler), collation of ragged detection targets — lives here once.
+Lightning's distributed sampler), collation of ragged detection targets, the training
+augmentations every datamodule stores — lives here once.
+
+The loader options are declared once, here: a datamodule names its own ``batch_size`` default
+and forwards the rest as ``**loader`` to ``super().__init__``; LightningCLI (jsonargparse)
+follows that call and offers ``num_workers`` / ``pin_memory`` / ``eval_batch_size`` with this
+class's defaults and docs.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -17,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.info import DataInfo
 from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
-
-SPLITS = ("train", "val", "test")
+from datamodules.splits import SPLITS, Split
+from datamodules.transforms import AugmentConfig, as_augment_config
 
 
 def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -47,6 +54,16 @@ def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def delivered_size(wanted: Sequence[int] | None,
+                   sizes: Iterable[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The size images are delivered at: ``wanted`` (a datamodule's resize option) when given,
+    else the one size all ``sizes`` (the images' sizes on disk) share, else ``None``."""
+    if wanted is not None:
+        return tuple(int(s) for s in wanted)
+    found = set(sizes)
+    return next(iter(found)) if len(found) == 1 else None
+
+
 class BaseDataModule(L.LightningDataModule):
     """Base of all medrobust datamodules.
 
@@ -55,14 +72,18 @@ class BaseDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster GPU transfer.
         eval_batch_size: batch size for val/test/predict (defaults to ``batch_size``).
+        augment: training augmentations (an :class:`AugmentConfig` or a dict of its fields),
+            kept as :attr:`augment` (``None`` = none).
     """
 
     def __init__(
         self,
+        *,
         batch_size: int = 32,
         num_workers: int = 0,
         pin_memory: bool = False,
         eval_batch_size: int | None = None,
+        augment: AugmentConfig | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -71,12 +92,13 @@ class BaseDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.augment = as_augment_config(augment) if augment is not None else None
         self._datasets: dict[str, Dataset] = {}
         self._info: DataInfo | None = None
 
     # --- what subclasses provide -------------------------------------------------------------
     @abstractmethod
-    def build_split(self, split: str) -> Dataset:
+    def build_split(self, split: Split) -> Dataset:
         """Return the map-style dataset of ``split`` (one of ``train``, ``val``, ``test``)."""
 
     @abstractmethod
@@ -91,7 +113,7 @@ class BaseDataModule(L.LightningDataModule):
             self._info = self.build_info()
         return self._info
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: Split) -> Dataset:
         """The dataset of ``split``, built on first use and cached."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -108,7 +130,7 @@ class BaseDataModule(L.LightningDataModule):
         for split in wanted:
             self.dataset(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
         dataset, cls, order = self.dataset(split), DataLoader, {"shuffle": shuffle}
         if split == "train":  # order fixed by (seed, epoch), resumable mid-epoch: resumable.py
             cls = ResumableDataLoader

@@ -14,20 +14,21 @@ Files whose extension is not an image extension (``.DS_Store``…) are not sampl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import BaseDataModule
 from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
     FileRecord,
     ImageFileDataset,
-    check_record,
     require_dir,
+    screened_file_dataset,
 )
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import OnBadSample, check_on_bad_sample, screen
-from datamodules.splits import load_or_create_split
-from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
+from datamodules.samples import OnBadSample, check_on_bad_sample
+from datamodules.splits import Split, split_by_id
+from datamodules.transforms import AugmentConfig
 
 
 class ChestXrayFolderDataModule(BaseDataModule):
@@ -57,24 +58,20 @@ class ChestXrayFolderDataModule(BaseDataModule):
         split_file: str | None = None,
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, augment=augment, **loader)
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         if val_fraction is not None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.root = root
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.augment = as_augment_config(augment) if augment is not None else None
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.split_file = split_file
-        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self._classes: list[str] | None = None
         self._folders: dict[str, list[FileRecord]] = {}
-        self._carved: dict[str, list[str]] | None = None
+        self._carved: dict[str, list[FileRecord]] | None = None
 
     @property
     def data_root(self) -> Path:
@@ -117,39 +114,25 @@ class ChestXrayFolderDataModule(BaseDataModule):
         self._folders[folder] = records
         return records
 
-    def _split_records(self, split: str) -> list[FileRecord]:
+    def _split_records(self, split: Split) -> list[FileRecord]:
         if self.val_fraction is None or split == "test":
             return self.folder_records(split)
-        pool = {r.id: r for r in self.folder_records("train")}
         if self._carved is None:
-            ids = sorted(pool)
-            fractions = (1.0 - self.val_fraction, self.val_fraction, 0.0)
-            self._carved = load_or_create_split(self.split_file, ids,
-                                                [pool[i].label for i in ids],  # type: ignore[misc]
-                                                fractions, self.split_seed)
-        return [pool[i] for i in self._carved[split]]
+            self._carved = split_by_id({r.id: r for r in self.folder_records("train")},
+                                       (1.0 - self.val_fraction, self.val_fraction, 0.0),
+                                       self.split_seed, self.split_file,
+                                       stratum=lambda r: r.label)  # type: ignore[arg-type,return-value]
+        return self._carved[split]
 
     def build_info(self) -> DataInfo:
         names = self.class_names()
-        return DataInfo(
-            task="classification",
-            in_channels=1,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=len(names),
-            class_names=names,
-            num_train=len(self._split_records("train")),
-        )
+        return DataInfo(task="classification", in_channels=1, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self._split_records("train")))
 
-    def build_split(self, split: str) -> ImageFileDataset:
-        num_classes = len(self.class_names())
-        decode = self.on_bad_sample == "skip"
-        what = f"chest X-ray {split} split"
-        records = screen(self._split_records(split),
-                         lambda r: check_record(r, num_classes, decode),
-                         self.on_bad_sample, what, describe=lambda r: str(r.image))
-        if not records:
-            raise ValueError(f"{what}: no usable images")
-        transform = JointTransform(self.image_size, self.augment, train=split == "train")
-        return ImageFileDataset(records, "classification", 1, transform, f"chest X-ray {split}")
+    def build_split(self, split: Split) -> ImageFileDataset:
+        return screened_file_dataset(
+            self._split_records(split), task="classification", channels=1,
+            num_classes=len(self.class_names()), image_size=self.image_size,
+            augment=self.augment, split=split, on_bad_sample=self.on_bad_sample,
+            name="chest X-ray", describe=lambda r: str(r.image))

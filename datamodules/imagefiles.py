@@ -1,28 +1,32 @@
-"""Reading image files safely and a dataset over image/mask files.
+"""Reading image files safely, and the datasets whose items are read from image files.
 
 Shared by the folder-based loaders (PH2, ISIC, chest X-ray folders) and the manifest, VOC / COCO
-and landmark loaders (image headers). Every failure is a :class:`BadSampleError` naming the file
-and what was expected; what a loader then does with bad samples (one error listing all, or
+and landmark loaders. Every failure is a :class:`~datamodules.samples.BadSampleError` naming the
+file and what was expected; what a loader then does with bad samples (one error listing all, or
 ``on_bad_sample="skip"`` with one warning) is :mod:`datamodules.samples`.
+:class:`IndexedImageDataset` is the one "record → batch item" path (read the image, check its
+size, transform, wrap any failure as a bad sample) that every such dataset specialises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from datamodules.samples import BadSampleError  # also importable from here, as it always was
+from datamodules.samples import BadSampleError, OnBadSample, screen
 from datamodules.tasks import task_named
-from datamodules.transforms import JointTransform
+from datamodules.transforms import AugmentConfig, JointTransform
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: the tasks an :class:`ImageFileDataset` delivers: a class label per image, or a mask
+ImageFileTask = Literal["classification", "segmentation"]
 # Errors PIL raises for missing, unreadable, truncated or absurd files.
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 Image.DecompressionBombError)
@@ -168,50 +172,125 @@ def check_record(record: FileRecord, num_classes: int | None, decode: bool) -> N
             read_binary_mask(record.mask)
 
 
-class ImageFileDataset(Dataset):
-    """Classification or segmentation samples read from image (and mask) files on demand.
+class IndexedImageDataset(Dataset):
+    """Base of the map-style datasets whose items are read from disk on demand, one indexed
+    record each (a file record, a detection record, a landmark case, a manifest sample).
 
-    Items: ``image`` float32 ``[C, H, W]`` in [0, 1]; ``label`` int64 scalar (classification) or
-    ``mask`` int64 ``[H, W]`` in {0, 1} (segmentation); ``index`` int64 scalar (position in
-    ``records``). A failure while reading or transforming raises :class:`BadSampleError`
-    naming the sample's files, also from inside a DataLoader worker.
+    A subclass says how a record's files are read and transformed (:meth:`load`, returning the
+    :class:`JointTransform`'s dict), which target entries the item gets (:meth:`targets`) and how
+    a record is named in messages (:meth:`describe`). Items: ``image`` float32 ``[C, H, W]`` in
+    [0, 1], the targets, ``index`` int64 ``[]`` (position in ``records``). Any failure while
+    loading raises :class:`BadSampleError` naming the dataset, the sample and its files, also
+    from inside a DataLoader worker.
     """
 
-    def __init__(self, records: Sequence[FileRecord], task: str, channels: Literal[1, 3],
-                 transform: JointTransform, name: str) -> None:
-        if task not in ("classification", "segmentation"):
-            raise ValueError(f"ImageFileDataset supports classification and segmentation, "
-                             f"not {task!r}")
+    def __init__(self, records: Sequence[Any], transform: JointTransform, channels: int,
+                 name: str) -> None:
         self.records = list(records)
-        self.task = task
-        self.kind = task_named(task, "ImageFileDataset")
-        self.channels = channels
         self.transform = transform
+        self.channels = channels
         self.name = name
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def load(self, record: Any) -> dict[str, Any]:
+        """Read ``record``'s files and return the transform's output (``image`` and what moved)."""
+        raise NotImplementedError
+
+    def targets(self, record: Any, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The item's target entries from the transform's output ``out``."""
+        raise NotImplementedError
+
+    def describe(self, record: Any) -> str:
+        """How a failure message names ``record`` (its id and files)."""
+        return str(record)
+
+    def read(self, path: Path, hw: tuple[int, int] | None = None) -> np.ndarray:
+        """Decode ``path`` as float32 ``[H, W, channels]``; ``hw``: the ``(H, W)`` found when the
+        dataset was indexed, which the decoded image must still have."""
+        image = read_image(path, self.channels)  # type: ignore[arg-type]
+        if hw is not None and image.shape[:2] != tuple(hw):
+            raise BadSampleError(f"image is {image.shape[:2]} (H, W) but was {tuple(hw)} when "
+                                 "the dataset was indexed")
+        return image
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rec = self.records[index]
+        record = self.records[index]
         try:
-            image = read_image(rec.image, self.channels)
-            mask = None
-            if self.kind.has_mask:
-                if rec.mask is None:
-                    raise BadSampleError(f"no mask for image {rec.image}")
-                mask = read_binary_mask(rec.mask)
-                if mask.shape != image.shape[:2]:
-                    raise BadSampleError(f"mask {rec.mask} has shape {mask.shape} but image "
-                                         f"{rec.image} has {image.shape[:2]}")
-            res = self.transform(image, mask=mask)
-        except Exception as err:
-            raise BadSampleError(f"{self.name}: sample {index} ({rec.id}, {rec.image}"
-                                 f"{', ' + str(rec.mask) if rec.mask else ''}): {err}") from err
-        out = {"image": res["image"]}
+            out = self.load(record)
+        except Exception as err:  # name the file, also from inside a DataLoader worker
+            raise BadSampleError(f"{self.name}: sample {index} ({self.describe(record)}): "
+                                 f"{err}") from err
+        return {"image": out["image"], **self.targets(record, out),
+                "index": torch.tensor(index, dtype=torch.int64)}
+
+
+class ImageFileDataset(IndexedImageDataset):
+    """Classification or segmentation samples read from image (and mask) files on demand.
+
+    Items: ``image`` float32 ``[C, H, W]`` in [0, 1]; ``label`` int64 scalar (a task whose target
+    is one class label) or ``mask`` int64 ``[H, W]`` in {0, 1} (a task whose joint transform
+    moves a mask); ``index`` int64 scalar (position in ``records``).
+    """
+
+    def __init__(self, records: Sequence[FileRecord], task: str, channels: Literal[1, 3],
+                 transform: JointTransform, name: str) -> None:
+        super().__init__(records=records, transform=transform, channels=channels, name=name)
+        self.kind = task_named(task, "ImageFileDataset")
+        if self.kind.target_keys not in (("label",), ("mask",)):
+            raise ValueError(f"ImageFileDataset delivers a class label or a mask, not the targets "
+                             f"{self.kind.target_keys} of task {self.kind.name!r}")
+        self.task = self.kind.name
+
+    def load(self, record: FileRecord) -> dict[str, Any]:
+        image = self.read(record.image)
+        mask = None
         if self.kind.has_mask:
-            out["mask"] = res["mask"]
-        else:
-            out["label"] = torch.tensor(int(rec.label), dtype=torch.int64)  # type: ignore[arg-type]
-        out["index"] = torch.tensor(index, dtype=torch.int64)
-        return out
+            if record.mask is None:
+                raise BadSampleError(f"no mask for image {record.image}")
+            mask = read_binary_mask(record.mask)
+            if mask.shape != image.shape[:2]:
+                raise BadSampleError(f"mask {record.mask} has shape {mask.shape} but image "
+                                     f"{record.image} has {image.shape[:2]}")
+        return self.transform(image, mask=mask)
+
+    def targets(self, record: FileRecord, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.kind.has_mask:
+            return {"mask": out["mask"]}
+        return {"label": torch.tensor(int(record.label), dtype=torch.int64)}  # type: ignore[arg-type]
+
+    def describe(self, record: FileRecord) -> str:
+        return f"{record.id}, {record.image}{', ' + str(record.mask) if record.mask else ''}"
+
+
+def screened_file_dataset(records: Sequence[FileRecord], *, task: str, channels: Literal[1, 3],
+                          num_classes: int | None, image_size: tuple[int, int] | None,
+                          augment: AugmentConfig | None, split: str, on_bad_sample: OnBadSample,
+                          name: str, describe: Callable[[FileRecord], str] = lambda r: r.id,
+                          ) -> ImageFileDataset:
+    """One split's :class:`ImageFileDataset` from its file records, screened first: every record
+    must pass :func:`check_record` (files readable, a mask of its image's size, a label in
+    ``[0, num_classes)`` unless the task's target is a mask; every pixel decoded under
+    ``on_bad_sample="skip"``), and the bad ones are handled by ``on_bad_sample``.
+
+    ``name`` names the data in messages (``"PH2"``); ``describe`` names one record.
+
+    Raises:
+        BadSampleError: bad records under ``on_bad_sample="error"`` (all of them listed).
+        ValueError: no record is usable.
+    """
+    seg = task_named(task).has_mask
+    decode = on_bad_sample == "skip"
+
+    def check(record: FileRecord) -> None:
+        check_record(record, None if seg else num_classes, decode)
+        if seg and record.mask is None:
+            raise BadSampleError(f"{record.id}: no mask")
+
+    what = f"{name} {split} split"
+    kept = screen(records, check, on_bad_sample, what, describe=describe)
+    if not kept:
+        raise ValueError(f"{what}: no usable samples")
+    transform = JointTransform(image_size, augment, train=split == "train", has_mask=seg)
+    return ImageFileDataset(kept, task, channels, transform, f"{name} {split}")

@@ -23,24 +23,29 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
+from attacks.options import check_choice
 from datamodules.base import BaseDataModule
 from datamodules.imagefiles import (
     IMAGE_EXTENSIONS,
     FileRecord,
     ImageFileDataset,
-    check_record,
+    ImageFileTask,
     require_dir,
+    screened_file_dataset,
 )
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
-from datamodules.splits import load_or_create_split
+from datamodules.samples import OnBadSample, check_on_bad_sample
+from datamodules.splits import Split, split_by_id
 from datamodules.tasks import task_named
-from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
+from datamodules.transforms import AugmentConfig
 
 _IMAGE_ID = re.compile(r"^ISIC_\d+$")
+ISICEdition = Literal["2017", "2018"]
+#: the challenge's own train / val / test folders, or a seeded split of its training folder
+ISICSplits = Literal["official", "seeded"]
 _SPLIT_WORDS = {"2017": {"train": "Training", "val": "Validation", "test": "Test_v2"},
                 "2018": {"train": "Training", "val": "Validation", "test": "Test"}}
 
@@ -135,9 +140,9 @@ class ISICDataModule(BaseDataModule):
     def __init__(
         self,
         root: str | None = None,
-        edition: Literal["2017", "2018"] = "2017",
-        task: Literal["classification", "segmentation"] = "classification",
-        splits: Literal["official", "seeded"] = "official",
+        edition: ISICEdition = "2017",
+        task: ImageFileTask = "classification",
+        splits: ISICSplits = "official",
         train_images: str | None = None,
         train_csv: str | None = None,
         train_masks: str | None = None,
@@ -154,19 +159,14 @@ class ISICDataModule(BaseDataModule):
         split_file: str | None = None,
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, augment=augment, **loader)
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         edition = str(edition)
-        if edition not in _SPLIT_WORDS:
-            raise ValueError(f"ISIC edition must be '2017' or '2018', got {edition!r}")
-        if task not in ("classification", "segmentation"):
-            raise ValueError(f"ISIC task must be 'classification' or 'segmentation', got {task!r}")
-        if splits not in ("official", "seeded"):
-            raise ValueError(f"ISIC splits must be 'official' or 'seeded', got {splits!r}")
+        check_choice("ISIC edition", edition, get_args(ISICEdition))
+        check_choice("ISIC task", task, get_args(ImageFileTask))
+        check_choice("ISIC splits", splits, get_args(ISICSplits))
         self.root = root
         self.edition = edition
         self.task = task
@@ -182,14 +182,12 @@ class ISICDataModule(BaseDataModule):
             for split, paths in given.items()
         }
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.augment = as_augment_config(augment) if augment is not None else None
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.split_file = split_file
-        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self._records: dict[str, list[FileRecord]] = {}
         self._class_names: list[str] | None = None
-        self._seeded: dict[str, list[str]] | None = None
+        self._seeded: dict[str, list[FileRecord]] | None = None
 
     @property
     def data_root(self) -> Path:
@@ -242,45 +240,25 @@ class ISICDataModule(BaseDataModule):
         assert self._class_names is not None
         return list(self._class_names)
 
-    def _split_records(self, split: str) -> list[FileRecord]:
+    def _split_records(self, split: Split) -> list[FileRecord]:
         if self.splits == "official":
             return self.records(split)
-        pool = {r.id: r for r in self.records("train")}
         if self._seeded is None:
-            ids = sorted(pool)
-            strata = [pool[i].label if pool[i].label is not None else 0 for i in ids]
-            self._seeded = load_or_create_split(self.split_file, ids, strata,
-                                                self.split_fractions, self.split_seed)
-        return [pool[i] for i in self._seeded[split]]
+            self._seeded = split_by_id({r.id: r for r in self.records("train")},
+                                       self.split_fractions, self.split_seed, self.split_file,
+                                       stratum=lambda r: r.label if r.label is not None else 0)
+        return self._seeded[split]
 
     def build_info(self) -> DataInfo:
         names = self.class_names()
-        return DataInfo(
-            task=self.task,
-            in_channels=3,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=len(names),
-            class_names=names,
-            num_train=len(self._split_records("train")),
-        )
+        return DataInfo(task=self.task, in_channels=3, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self._split_records("train")))
 
-    def build_split(self, split: str) -> ImageFileDataset:
+    def build_split(self, split: Split) -> ImageFileDataset:
         seg = task_named(self.task).has_mask
-        num_classes = None if seg else len(self.class_names())
-        decode = self.on_bad_sample == "skip"
-
-        def check(record: FileRecord) -> None:
-            check_record(record, num_classes, decode)
-            if seg and record.mask is None:
-                raise BadSampleError(f"{record.id}: no segmentation mask")
-
-        what = f"ISIC {self.edition} {split} split"
-        records = screen(self._split_records(split), check, self.on_bad_sample, what,
-                         describe=lambda r: r.id)
-        if not records:
-            raise ValueError(f"{what}: no usable samples")
-        transform = JointTransform(self.image_size, self.augment, train=split == "train",
-                                   has_mask=seg)
-        return ImageFileDataset(records, self.task, 3, transform, f"ISIC {self.edition} {split}")
+        return screened_file_dataset(
+            self._split_records(split), task=self.task, channels=3,
+            num_classes=None if seg else len(self.class_names()), image_size=self.image_size,
+            augment=self.augment, split=split, on_bad_sample=self.on_bad_sample,
+            name=f"ISIC {self.edition}")

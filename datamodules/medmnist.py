@@ -11,7 +11,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,10 +21,10 @@ from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
 from datamodules.samples import OnBadSample, check_on_bad_sample
+from datamodules.splits import Split
 from datamodules.transforms import (
     AugmentConfig,
     JointTransform,
-    as_augment_config,
     flip_volume,
     volume_augment_warning,
 )
@@ -59,9 +59,9 @@ CLASS_NAMES: dict[str, list[str]] = {
     "vesselmnist3d": ["vessel", "aneurysm"],
     "synapsemnist3d": ["inhibitory synapse", "excitatory synapse"],
 }
-MULTILABEL = {"chestmnist"}
+MedMNISTSize = Literal[28, 64, 128, 224]
 #: image sides of the official files: MedMNIST v2 (28) and MedMNIST+ (64, 128, 224)
-MEDMNIST_SIZES = (28, 64, 128, 224)
+MEDMNIST_SIZES: tuple[MedMNISTSize, ...] = (28, 64, 128, 224)
 
 
 def base_flag(name: str) -> str:
@@ -154,17 +154,15 @@ class MedMNISTDataModule(BaseDataModule):
         self,
         root: str | None = None,
         flag: str = "pneumoniamnist",
-        size: int | None = None,
+        size: MedMNISTSize | None = None,
         image_size: tuple[int, int] | None = None,
         augment: AugmentConfig | None = None,
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, augment=augment, **loader)
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self.root = root
         self.flag = flag
         if size is not None and size not in MEDMNIST_SIZES:
@@ -172,8 +170,6 @@ class MedMNISTDataModule(BaseDataModule):
                              f"<flag>_<size>.npz; 28 = <flag>.npz), got {size}")
         self.size = size
         self.image_size = tuple(image_size) if image_size is not None else None
-        self.augment = as_augment_config(augment) if augment is not None else None
-        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self._file: Path | None = None
         self._meta: dict[str, Any] | None = None
 
@@ -257,7 +253,6 @@ class MedMNISTDataModule(BaseDataModule):
             task="classification",
             in_channels=meta["channels"],
             spatial_dims=meta["spatial_dims"],
-            bounds=(0.0, 1.0),
             image_size=self.image_size or meta["spatial"],
             num_classes=meta["num_classes"],
             class_names=list(meta["class_names"]),
@@ -266,7 +261,7 @@ class MedMNISTDataModule(BaseDataModule):
         )
 
     # --- loading a split ---------------------------------------------------------------------
-    def build_split(self, split: str) -> ArrayDataset:
+    def build_split(self, split: Split) -> ArrayDataset:
         meta = self._metadata()
         path = self.file
         images = load_npz_array(path, f"{split}_images")

@@ -18,16 +18,23 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, get_args
 
+from attacks.options import check_choice
 from datamodules.base import BaseDataModule
-from datamodules.imagefiles import FileRecord, ImageFileDataset, check_record, require_dir
+from datamodules.imagefiles import (
+    FileRecord,
+    ImageFileDataset,
+    ImageFileTask,
+    require_dir,
+    screened_file_dataset,
+)
 from datamodules.info import DataInfo
 from datamodules.paths import resolve_data_path
-from datamodules.samples import BadSampleError, OnBadSample, check_on_bad_sample, screen
-from datamodules.splits import load_or_create_split
+from datamodules.samples import OnBadSample, check_on_bad_sample
+from datamodules.splits import Split, load_or_create_split
 from datamodules.tasks import task_named
-from datamodules.transforms import AugmentConfig, JointTransform, as_augment_config
+from datamodules.transforms import AugmentConfig
 
 PH2_CLASSES = ["common_nevus", "atypical_nevus", "melanoma"]
 IMAGES_DIR = "PH2 Dataset images"
@@ -121,7 +128,7 @@ class PH2DataModule(BaseDataModule):
     def __init__(
         self,
         root: str | None = None,
-        task: Literal["classification", "segmentation"] = "classification",
+        task: ImageFileTask = "classification",
         image_size: tuple[int, int] = (128, 128),
         augment: AugmentConfig | None = None,
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
@@ -129,22 +136,17 @@ class PH2DataModule(BaseDataModule):
         split_file: str | None = None,
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         eval_batch_size=eval_batch_size)
-        if task not in ("classification", "segmentation"):
-            raise ValueError(f"PH2 task must be 'classification' or 'segmentation', got {task!r}")
+        super().__init__(batch_size=batch_size, augment=augment, **loader)
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
+        check_choice("PH2 task", task, get_args(ImageFileTask))
         self.root = root
         self.task = task
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.augment = as_augment_config(augment) if augment is not None else None
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.split_file = split_file
-        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self._cases: dict[str, FileRecord] | None = None
         self._split: dict[str, list[str]] | None = None
 
@@ -195,34 +197,18 @@ class PH2DataModule(BaseDataModule):
 
     def build_info(self) -> DataInfo:
         seg = task_named(self.task).has_mask
-        return DataInfo(
-            task=self.task,
-            in_channels=3,
-            spatial_dims=2,
-            bounds=(0.0, 1.0),
-            image_size=self.image_size,
-            num_classes=2 if seg else 3,
-            class_names=["background", "lesion"] if seg else list(PH2_CLASSES),
-            num_train=len(self.split_ids()["train"]),
-        )
+        names = ["background", "lesion"] if seg else list(PH2_CLASSES)
+        return DataInfo(task=self.task, in_channels=3, image_size=self.image_size,
+                        num_classes=len(names), class_names=names,
+                        num_train=len(self.split_ids()["train"]))
 
-    def build_split(self, split: str) -> ImageFileDataset:
-        cases = self.cases()
+    def build_split(self, split: Split) -> ImageFileDataset:
         seg = task_named(self.task).has_mask
+        cases = self.cases()
         records = [cases[c] for c in self.split_ids()[split]]
         if not seg:  # the diagnosis is the target; the mask is not read
             records = [FileRecord(r.id, r.image, None, r.label) for r in records]
-        decode = self.on_bad_sample == "skip"
-
-        def check(record: FileRecord) -> None:
-            check_record(record, None if seg else len(PH2_CLASSES), decode)
-            if seg and record.mask is None:
-                raise BadSampleError(f"{record.id}: no lesion mask")
-
-        records = screen(records, check, self.on_bad_sample, f"PH2 {split} split",
-                         describe=lambda r: r.id)
-        if not records:
-            raise ValueError(f"PH2: the {split!r} split has no usable cases")
-        transform = JointTransform(self.image_size, self.augment, train=split == "train",
-                                   has_mask=seg)
-        return ImageFileDataset(records, self.task, 3, transform, f"PH2 {split}")
+        return screened_file_dataset(
+            records, task=self.task, channels=3, num_classes=None if seg else len(PH2_CLASSES),
+            image_size=self.image_size, augment=self.augment, split=split,
+            on_bad_sample=self.on_bad_sample, name="PH2")

@@ -43,7 +43,7 @@ class EpochRandomSampler(RandomSampler):
     """
 
     def __init__(self, data_source: Sized, seed: int | None = None) -> None:
-        super().__init__(data_source)
+        super().__init__(data_source=data_source)
         self.seed = int(torch.initial_seed() if seed is None else seed) & ((1 << 63) - 1)
         self.epoch = 0
 

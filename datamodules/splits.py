@@ -12,14 +12,17 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+T = TypeVar("T")
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -67,13 +70,13 @@ def stratified_split(
     for case, label in sorted(zip(ids, labels_list)):
         by_class.setdefault(label, []).append(case)
     rng = np.random.default_rng(seed)
-    out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    out: dict[str, list[str]] = {name: [] for name in SPLITS}
     for label in sorted(by_class):
         members = by_class[label]
         perm = rng.permutation(len(members))
         counts = _allocate(len(members), fr)
         start = 0
-        for name, count in zip(SPLIT_NAMES, counts):
+        for name, count in zip(SPLITS, counts):
             out[name].extend(members[j] for j in perm[start:start + count])
             start += count
     return {name: sorted(v) for name, v in out.items()}
@@ -98,12 +101,12 @@ def load_or_create_split(
     if path.exists():
         try:
             stored = json.loads(path.read_text())
-            split = {name: [str(i) for i in stored[name]] for name in SPLIT_NAMES}
+            split = {name: [str(i) for i in stored[name]] for name in SPLITS}
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"split file {path} is not a JSON object with lists "
-                             f"{SPLIT_NAMES}: {err}") from err
+                             f"{SPLITS}: {err}") from err
         seen: dict[str, str] = {}
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             for case in split[name]:
                 if case in seen:
                     raise ValueError(f"split file {path}: case {case!r} is in both "
@@ -135,3 +138,22 @@ def load_or_create_split(
     log.info("wrote new split to %s (%s)", path,
              ", ".join(f"{k}: {len(v)}" for k, v in split.items()))
     return split
+
+
+def split_items(split_ids: Mapping[str, Sequence[str]], by_id: Mapping[str, T]) -> dict[str, list[T]]:
+    """Each split's items in the order of its ids, leaving out ids without an item.
+
+    Loaders split over every case they found, bad ones too, and then drop the bad ones here, so
+    that skipping (or fixing) a broken file never moves another case to another split.
+    """
+    return {name: [by_id[i] for i in ids if i in by_id] for name, ids in split_ids.items()}
+
+
+def split_by_id(items: Mapping[str, T], fractions: Sequence[float], seed: int,
+                split_file: str | os.PathLike[str] | None,
+                stratum: Callable[[T], int] | None = None) -> dict[str, list[T]]:
+    """``items`` (``{id: item}``) split by :func:`load_or_create_split` over their sorted ids,
+    stratified by ``stratum(item)`` when given; each split's items in the order of its ids."""
+    ids = sorted(items)
+    strata = None if stratum is None else [stratum(items[i]) for i in ids]
+    return split_items(load_or_create_split(split_file, ids, strata, fractions, seed), items)

@@ -9,7 +9,7 @@ networks in :mod:`lightning_modules.nets`. A task's module is named by its task 
 (:mod:`lightning_modules.tasks`: ``model_task("segmentation").module``).
 """
 
-from lightning_modules.base import Pipeline, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.classification_module import ClassificationModule
 from lightning_modules.detection_module import DetectionModule
 from lightning_modules.landmark_module import LandmarkModule
@@ -25,7 +25,8 @@ from lightning_modules.methods import (
     GradAlign,
     TrainingMethod,
 )
-from lightning_modules.protocol import RobustTask
+from lightning_modules.pipeline import Pipeline
+from lightning_modules.protocol import RobustTask, TrainableTask
 from lightning_modules.segmentation_module import SegmentationModule
 
 __all__ = [
@@ -45,5 +46,6 @@ __all__ = [
     "RobustTask",
     "SegmentationModule",
     "TaskModule",
+    "TrainableTask",
     "TrainingMethod",
 ]

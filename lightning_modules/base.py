@@ -1,10 +1,12 @@
 """The base LightningModule of every task: network, normalization, training method, logging.
 
 A task (classification, segmentation, landmarks, detection) is one subclass of
-:class:`TaskModule` that implements the :class:`~lightning_modules.protocol.RobustTask`
-methods (``per_sample_loss``, ``is_violated``, ``violation_statistic``, ``output_divergence``,
-``build_metrics``, ``update_metrics``, ``predict_for_display``) and says what its network must
-output (:meth:`TaskModule.output_channels`). Everything else lives here once:
+:class:`TaskModule` that implements the abstract methods of
+:class:`~lightning_modules.protocol.TrainableTask` (``per_sample_loss``, ``is_violated``,
+``per_sample_metric``, ``violation_statistic``, ``output_divergence``, ``build_metrics``,
+``update_metrics``, ``predict_for_display``; a subclass missing one cannot be instantiated) and
+says what its network must output (:meth:`TaskModule.output_channels`). Everything else lives
+here once:
 
 * the model is ``Normalize → (the method's embedded module, e.g. a denoiser) → net``; images
   arrive in their natural range ``data_info.bounds`` and :meth:`TaskModule.attack_model`
@@ -14,8 +16,9 @@ output (:meth:`TaskModule.output_channels`). Everything else lives here once:
   validation and checkpointing, on every rank;
 * validation/test log ``val/loss`` and the task's torchmetrics (synchronised across ranks);
 * hyperparameters are stored as plain values (``data_info`` as a dict, the method as
-  ``{class_path, init_args}``), so ``Module.load_from_checkpoint(path)`` and
-  ``train.py test --ckpt_path`` rebuild the model without unpickling objects.
+  ``{class_path, init_args}``; :mod:`lightning_modules.hparams`), so
+  ``Module.load_from_checkpoint(path)`` and ``train.py test --ckpt_path`` rebuild the model
+  without unpickling objects; the optimizer and schedule: :mod:`lightning_modules.optimization`.
 
 Writing a subclass::
 
@@ -40,12 +43,11 @@ List every argument explicitly (no ``**kwargs``) so LightningCLI can show and ch
 
 from __future__ import annotations
 
-import dataclasses
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import lightning as L
-import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -53,33 +55,31 @@ from attacks.options import check_choice
 from attacks.seeding import seeded_generator
 from datamodules.info import DataInfo
 from lightning_modules import fault_tolerance
-from lightning_modules.methods.base import TrainingMethod, upgrade_init_args
-from lightning_modules.nets.builder import build_net, import_object, net_instance_marker
+from lightning_modules.hparams import (
+    as_data_info,
+    as_method,
+    corruption_augment_from,
+    data_info_to_dict,
+    input_normalization,
+)
+from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.nets.builder import build_net, net_instance_marker
 from lightning_modules.nets.normalize import Normalize
-from lightning_modules.protocol import Batch
+from lightning_modules.optimization import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    OptimizerName,
+    SchedulerName,
+    make_optimizer,
+    with_schedule,
+)
+from lightning_modules.pipeline import Pipeline, forward_joint
+from lightning_modules.protocol import Batch, TrainableTask, ViolationDirection
 
-OptimizerName = Literal["adam", "adamw", "sgd"]
-SchedulerName = Literal["none", "cosine", "onecycle"]
-OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
-
-
-class Pipeline(nn.Module):
-    """``net(embedded(normalizer(x)))``: the model an attacker faces. Holds references to the
-    task's own modules (no copies), so it is always the current model."""
-
-    def __init__(self, normalizer: nn.Module, embedded: nn.Module | None, net: nn.Module) -> None:
-        super().__init__()
-        self.normalizer = normalizer
-        self.embedded = embedded if embedded is not None else nn.Identity()
-        self.net = net
-        object.__setattr__(self, "parts", (normalizer, embedded, net))
-
-    def forward(self, x: Tensor) -> Any:
-        return self.net(self.embedded(self.normalizer(x)))
+__all__ = ["TaskModule", "batch_size_of"]
 
 
-class TaskModule(L.LightningModule):
+class TaskModule(L.LightningModule, TrainableTask):
     """Base of the task modules (see the module docstring for how to write one).
 
     Args:
@@ -127,8 +127,8 @@ class TaskModule(L.LightningModule):
     task: ClassVar[str] = ""
     #: ``class_path`` of the network used when ``net`` is ``None``
     default_net: ClassVar[str] = ""
-    #: see :attr:`lightning_modules.protocol.RobustTask.violation_direction`
-    violation_direction: ClassVar[str | None] = None
+    #: see :attr:`lightning_modules.protocol.TrainableTask.violation_direction`
+    violation_direction: ClassVar[ViolationDirection] = None
 
     def __init__(
         self,
@@ -162,20 +162,7 @@ class TaskModule(L.LightningModule):
         self._net_spec = net
         self.optimizer_name, self.lr, self.weight_decay = optimizer, float(lr), float(weight_decay)
         self.momentum, self.scheduler_name = float(momentum), scheduler
-        lo, hi = self.data_info.bounds
-        if isinstance(net, nn.Module) and (mean is None or std is None):
-            # A built network comes from elsewhere (trained in plain PyTorch, a MONAI bundle…):
-            # guessing its input normalisation silently changes its predictions.
-            raise ValueError(
-                f"{owner}(net=<{type(net).__name__} instance>): state the input normalisation the "
-                "network expects, mean=… and std=… (one value or one per channel; mean=0.0, "
-                "std=1.0: it takes the images as they are, in data_info.bounds). The default "
-                f"(mean {(lo + hi) / 2:g}, std {(hi - lo) / 4:g}) is only for networks medrobust "
-                "builds from a config and trains behind it. Loading an older checkpoint of such "
-                "a module: load_from_checkpoint(path, net=…, mean=0.5, std=0.25) keeps what it "
-                "was trained with.")
-        self._norm_mean = (lo + hi) / 2 if mean is None else mean
-        self._norm_std = (hi - lo) / 4 if std is None else std
+        self._norm_mean, self._norm_std = input_normalization(net, mean, std, self.data_info.bounds, owner)
 
         # Plain-value hyperparameters: the method as {class_path, init_args}, data_info as a
         # dict. Checkpoints are then loadable with weights_only=True (LightningCLI does that).
@@ -193,20 +180,7 @@ class TaskModule(L.LightningModule):
         self._pipeline: Pipeline | None = None
         #: the ``nonfinite="skip"`` policy (its count is checkpointed); None = an error
         self.nonfinite_policy = fault_tolerance.nonfinite_policy(nonfinite, max_nonfinite_skips, owner)
-        self.corruption_augment = None
-        if corruption_augment is not None:
-            from corruptions import CorruptionAugment
-
-            if not isinstance(corruption_augment, dict):
-                raise ValueError(f"{owner}.corruption_augment must be a mapping like {{suite: chest_xray, p: 0.5}}, "
-                                 f"got {corruption_augment!r}")
-            unknown = set(corruption_augment) - {"suite", "p", "severities", "exclude", "seed"}
-            if unknown:
-                raise ValueError(f"{owner}.corruption_augment: unknown keys {sorted(unknown)} (suite, p, severities, "
-                                 "exclude, seed)")
-            args = {k: v for k, v in corruption_augment.items() if k != "seed"}
-            self.corruption_augment = CorruptionAugment(**args)
-            self._augment_seed = int(corruption_augment.get("seed", 0))
+        self.corruption_augment, self._augment_seed = corruption_augment_from(corruption_augment, owner)
 
     # ------------------------------------------------------------------ construction
     def build(self) -> None:
@@ -224,9 +198,9 @@ class TaskModule(L.LightningModule):
         self.test_metrics = self.build_metrics()
         self._built = True
 
+    @abstractmethod
     def output_channels(self) -> int:
         """What the network must output along dim 1 (logits, classes, heatmaps…)."""
-        raise NotImplementedError
 
     def build_network(self, spec: dict | None) -> nn.Module:
         """The network ``self.net`` from the ``net`` config ``spec``. Default: :func:`build_net`
@@ -252,89 +226,16 @@ class TaskModule(L.LightningModule):
         return self.attack_model()(x)
 
     def forward_joint(self, xs: Sequence[Tensor]) -> list[Any]:
-        """One forward over ``torch.cat(xs)``, split back (see the protocol). Falls back to
-        separate forwards when the output cannot be split along the batch."""
-        model = self.attack_model()
-        if len(xs) == 1:
-            return [model(xs[0])]
-        sizes = [int(x.shape[0]) for x in xs]
-        out = model(torch.cat(list(xs), dim=0))
-        parts = split_output(out, sizes)
-        if parts is None:
-            return [model(x) for x in xs]
-        return parts
+        """One forward over ``torch.cat(xs)``, split back (:func:`lightning_modules.pipeline.
+        forward_joint`)."""
+        return forward_joint(self.attack_model(), xs)
 
-    @property
-    def world_size(self) -> int:
-        """Number of processes (1 without a trainer)."""
-        trainer = self._trainer
-        return int(trainer.world_size) if trainer is not None else 1
-
-    # ------------------------------------------------------------------ task interface
-    def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
-        raise NotImplementedError
-
-    def batch_loss(self, output: Any, batch: Batch) -> Tensor:
-        """``[]``: the training loss of the whole batch (what methods train on; attacks use
-        :meth:`per_sample_loss`). The mean of the per-sample losses, except where a task's
-        reference implementation reduces differently (detection)."""
-        return self.per_sample_loss(output, batch).mean()
-
-    def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> Tensor:
-        raise NotImplementedError
-
-    def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
-        raise NotImplementedError
-
-    def per_sample_metric(self, output: Any, batch: Batch) -> Tensor:
-        raise NotImplementedError
-
-    def output_divergence(self, out_adv: Any, out_clean: Any) -> Tensor:
-        raise NotImplementedError
-
-    def build_metrics(self) -> MetricCollection:
-        raise NotImplementedError
-
-    def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def predict_for_display(self, output: Any) -> Any:
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------ evaluation face
-    def metric_higher_is_better(self, name: str | None = None) -> bool:
-        """Direction of metric ``name`` (default :attr:`main_metric`), from the torchmetrics
-        object that computes it (``Metric.higher_is_better``), not from the name."""
-        from lightning_modules.protocol import higher_is_better
-
-        return higher_is_better(self.build_metrics(), name or self.main_metric, type(self).__name__)
-
-    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``(logits, labels)`` for the named attack losses of :mod:`attacks.task_losses`."""
-        raise ValueError(
-            f"no named attack losses for task {self.task!r}; drop `loss:` to use the task's own loss"
-        )
-
-    def attack_loss_reference(self, output: Any) -> Tensor | None:
-        """Clean logits ``[B, K]`` for targeted attack losses; ``None``: the task has none."""
-        return None
-
+    # ------------------------------------------------------------------ task facts
     #: how a panel draws this task's predictions and ground truth (lightning_modules/panels.py)
     panel: ClassVar[Any] = None
     #: the task's randomized-smoothing certification (a class path in :mod:`certification.tasks`,
     #: built by :func:`certification.tasks.certification_for`); ``None``: the task has none
     certification: ClassVar[str | None] = None
-
-    def hard_prediction(self, output: Any) -> Tensor:
-        """The task's hard decision from a model output (a class per image, a label map, decoded
-        points), what randomized smoothing votes on or takes the median of."""
-        raise NotImplementedError(f"{type(self).__name__} has no hard_prediction (no certification)")
-
-    def metric_names_per_class(self) -> list[str]:
-        """Names used for per-class metric entries (class names, else indices)."""
-        k = max(self.data_info.num_classes, 0)
-        names = list(self.data_info.class_names)
-        return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
 
     # ------------------------------------------------------------------ batches
     # The batch contract at the boundary: a dict with the task's keys, else a clear error naming
@@ -416,32 +317,8 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.optimizer_name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-            )
-        elif self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.scheduler_name == "cosine":
-            epochs = self.trainer.max_epochs if self._trainer is not None else None
-            if epochs is None or epochs < 1:
-                raise ValueError(
-                    f"{type(self).__name__}.scheduler='cosine' needs trainer.max_epochs >= 1, got {epochs}"
-                )
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if self.scheduler_name == "onecycle":
-            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
-            if total < 2:
-                raise ValueError(f"{type(self).__name__}.scheduler='onecycle' needs a trainer with a "
-                                 f"known number of training steps (>= 2), got {total}")
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=self.lr, total_steps=total, pct_start=0.4, anneal_strategy="linear",
-                cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        return opt
+        opt = make_optimizer(params, self.optimizer_name, self.lr, self.weight_decay, self.momentum)
+        return with_schedule(opt, self.scheduler_name, self.lr, self._trainer, type(self).__name__)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -495,70 +372,3 @@ def batch_size_of(batch: Batch) -> int:
     if not isinstance(image, Tensor):
         raise ValueError("a batch must be a dict with an 'image' tensor [B, C, *spatial]")
     return int(image.shape[0])
-
-
-def split_output(out: Any, sizes: list[int]) -> list[Any] | None:
-    """Split a batched output (tensor, dict / list / tuple of tensors) into chunks of ``sizes``
-    along dim 0; ``None`` when its structure does not allow it. An output object may split
-    itself: ``out.split_batch(sizes) -> list`` (e.g. the detection output)."""
-    total = sum(sizes)
-    if callable(getattr(out, "split_batch", None)):
-        return out.split_batch(sizes)
-    if isinstance(out, Tensor):
-        return list(out.split(sizes)) if out.ndim and out.shape[0] == total else None
-    if isinstance(out, Mapping):
-        pieces = {k: split_output(v, sizes) for k, v in out.items()}
-        if any(p is None for p in pieces.values()):
-            return None
-        return [{k: p[i] for k, p in pieces.items()} for i in range(len(sizes))]  # type: ignore[index]
-    if isinstance(out, list | tuple) and not hasattr(out, "_fields"):
-        elems = [split_output(v, sizes) for v in out]
-        if any(e is None for e in elems):
-            return None
-        return [type(out)(e[i] for e in elems) for i in range(len(sizes))]  # type: ignore[index]
-    return None
-
-
-def data_info_to_dict(info: DataInfo) -> dict[str, Any]:
-    """``DataInfo`` as plain values (tuples become lists) for hyperparameters and YAML."""
-    out = dataclasses.asdict(info)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-def as_data_info(value: Any, owner: str) -> DataInfo:
-    """A :class:`DataInfo` from itself or its dict; a clear error when missing."""
-    if isinstance(value, DataInfo):
-        return value
-    if value is None:
-        raise ValueError(
-            f"{owner}: data_info is required. train.py links it from the datamodule "
-            "(data.info); in Python pass data_info=datamodule.info"
-        )
-    if isinstance(value, Mapping):
-        fields = {f.name for f in dataclasses.fields(DataInfo)}
-        unknown = set(value) - fields
-        if unknown:
-            raise ValueError(f"{owner}.data_info has unknown fields {sorted(unknown)}")
-        return DataInfo(**dict(value))
-    raise ValueError(f"{owner}.data_info must be a DataInfo or a dict, got {type(value).__name__}")
-
-
-def as_method(value: Any, owner: str) -> TrainingMethod:
-    """A :class:`TrainingMethod` from itself, its ``{class_path, init_args}``, or ``None``
-    (clean training)."""
-    if value is None:
-        from lightning_modules.methods.clean import Clean
-
-        return Clean()
-    if isinstance(value, TrainingMethod):
-        return value
-    if isinstance(value, Mapping) and "class_path" in value:
-        cls = import_object(value["class_path"], f"{owner}.method.class_path")
-        if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
-            raise ValueError(
-                f"{owner}.method.class_path={value['class_path']!r} is not a TrainingMethod subclass"
-            )
-        return cls(**upgrade_init_args(cls, value.get("init_args") or {}))
-    raise ValueError(
-        f"{owner}.method must be a TrainingMethod or {{class_path, init_args}}, got {value!r}"
-    )

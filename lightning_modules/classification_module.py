@@ -23,9 +23,10 @@ from torchmetrics.classification import (
 
 from attacks.losses import bernoulli_kl, categorical_kl
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import LabelPanel
 from lightning_modules.protocol import Batch
 

@@ -35,7 +35,7 @@ holds the batch's backbone features; losses and detections are computed from it 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -45,17 +45,19 @@ from torchmetrics import MetricCollection
 from attacks.losses import bernoulli_kl
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.detection import DetectionMAP, per_image_ap50
 from lightning_modules.nets.builder import import_object
 from lightning_modules.nets.detectors import DetectionOutput, DetectorWrapper, build_detector
 from lightning_modules.nets.weights import load_weights, pop_weight_options
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import BoxesPanel
 from lightning_modules.protocol import Batch
 
-DIVERGENCES = ("auto", "dense", "pseudo_label")
+Divergence = Literal["auto", "dense", "pseudo_label"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 
 def detection_loss_inputs(output: DetectionOutput, batch: Batch, inputs: str = "default",
@@ -64,10 +66,10 @@ def detection_loss_inputs(output: DetectionOutput, batch: Batch, inputs: str = "
     batch with ``boxes`` / ``labels`` lists (see :meth:`DetectionModule.attack_loss_inputs`; the
     own-model path's :class:`callbacks.RobustTaskAdapter` uses it too)."""
     if inputs == "matched":
-        return output.matched_predictions(batch["boxes"], batch["labels"])
+        return output.family.matched_predictions(output, batch["boxes"], batch["labels"])
     if inputs != "default":
         raise ValueError(f"{who}: unknown attack loss inputs {inputs!r}; expected 'default' or 'matched'")
-    dets = output.detections
+    dets = output.family.detections(output)
     n = max([1] + [d["scores"].numel() for d in dets])
     pad = [n - d["scores"].numel() for d in dets]
     scores = torch.stack([F.pad(d["scores"], (0, p)) for d, p in zip(dets, pad)])
@@ -119,7 +121,7 @@ class DetectionModule(TaskModule):
         label_offset: int | None = None,
         sampling_seed: int | None = 0,
         violation_threshold: float = 1.5,
-        divergence: str = "auto",
+        divergence: Divergence = "auto",
         pseudo_label_score: float = 0.5,
         optimizer: OptimizerName = "adamw",
         lr: float = 1e-3,
@@ -195,8 +197,14 @@ class DetectionModule(TaskModule):
         ``[B, N]`` (``-1`` in the padding). ``inputs="matched"`` (DAG): the class logits and
         decoded boxes of the locations / proposals ``[B, L, K + 4]`` and the ground-truth class
         and box each covers ``[B, L, 5]`` (class ``-1`` where none), from
-        ``DetectionOutput.matched_predictions``."""
+        the detector family's ``matched_predictions``."""
         return detection_loss_inputs(self._output(output), batch, inputs)
+
+    @classmethod
+    def _detections(cls, output: Any) -> list[dict[str, Tensor]]:
+        """The output's detections, detached (asked of its detector family)."""
+        out = cls._output(output)
+        return out.family.detached_detections(out)
 
     @staticmethod
     def _output(output: Any) -> DetectionOutput:
@@ -210,11 +218,12 @@ class DetectionModule(TaskModule):
     # ------------------------------------------------------------------ protocol
     def per_sample_loss(self, output: Any, batch: Batch) -> Tensor:
         """``[B]``: sum of the detector's training losses of each image."""
-        return self._output(output).loss(batch["boxes"], batch["labels"])
+        out = self._output(output)
+        return out.family.loss(out, batch["boxes"], batch["labels"])
 
     def batch_loss(self, output: Any, batch: Batch) -> Tensor:
         """``[]``: the detector's training loss of the batch as torchvision reduces it
-        (:meth:`DetectionOutput.batch_loss`), not the mean of :meth:`per_sample_loss`.
+        (the detector family's ``batch_loss``), not the mean of :meth:`per_sample_loss`.
 
         Why: FCOS normalises its summed terms by the foreground locations of the *batch*
         (Faster R-CNN by the anchors / proposals sampled in the batch), so in torchvision an
@@ -223,7 +232,8 @@ class DetectionModule(TaskModule):
         and gradient direction (measured: ``benchmarks/detection_batch_loss.py``, numbers in
         ``docs/fast_at.md``). Training follows torchvision; attacks and AMAT keep the exact
         per-image losses ``[B]``."""
-        return self._output(output).batch_loss(batch["boxes"], batch["labels"])
+        out = self._output(output)
+        return out.family.batch_loss(out, batch["boxes"], batch["labels"])
 
     def violation_statistic(self, output: Any, batch: Batch) -> Tensor:
         """The per-image loss ``[B]`` (violated when *above* the threshold)."""
@@ -239,7 +249,7 @@ class DetectionModule(TaskModule):
         per_image_ap50`; NaN for an image without objects). Why AP and not recall: it is the
         per-image form of the ``map_50`` the task reports, so a candidate that adds confident
         false positives of an object's class counts as worse, and it needs no score threshold."""
-        preds = self._output(output).detached_detections()
+        preds = self._detections(output)
         target = [{"boxes": b.detach().to(p["boxes"].device).float().reshape(-1, 4),
                    "labels": lab.detach().to(p["boxes"].device).long().reshape(-1)}
                   for b, lab, p in zip(batch["boxes"], batch["labels"], preds)]
@@ -262,7 +272,7 @@ class DetectionModule(TaskModule):
         from lightning_modules.metrics.detection import coco_matches, coco_thresholds
 
         iou, _ = coco_thresholds()
-        preds = self._output(output).detached_detections()
+        preds = self._detections(output)
         return [coco_matches(p, {"boxes": b, "labels": lab}, iou)[0]
                 for p, b, lab in zip(preds, batch["boxes"], batch["labels"])]
 
@@ -285,21 +295,21 @@ class DetectionModule(TaskModule):
                     f"DetectionModule.divergence='dense' needs a single-stage detector (FCOS, "
                     f"RetinaNet); this one is {adv.family.name!r}: use 'pseudo_label'"
                 )
-            ha, hc = adv.head_outputs(), clean.head_outputs()
+            ha, hc = adv.family.head_outputs(adv), clean.family.head_outputs(clean)
             div = bernoulli_kl(hc["cls_logits"], ha["cls_logits"]).sum(dim=2).mean(dim=1)
             if "bbox_ctrness" in ha:
                 div = div + bernoulli_kl(hc["bbox_ctrness"], ha["bbox_ctrness"]).sum(dim=2).mean(dim=1)
             return div
-        dets = clean.detached_detections()
+        dets = clean.family.detached_detections(clean)
         boxes = [d["boxes"][d["scores"] >= self.pseudo_label_score] for d in dets]
         labels = [d["labels"][d["scores"] >= self.pseudo_label_score] for d in dets]
-        return adv.loss(boxes, labels)
+        return adv.family.loss(adv, boxes, labels)
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({"detection": DetectionMAP()}, compute_groups=False)
 
     def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
-        preds = self._output(output).detached_detections()
+        preds = self._detections(output)
         target = [{"boxes": b.detach().to(p["boxes"].device).float().reshape(-1, 4),
                    "labels": lab.detach().to(p["boxes"].device).long().reshape(-1)}
                   for b, lab, p in zip(batch["boxes"], batch["labels"], preds)]
@@ -308,6 +318,6 @@ class DetectionModule(TaskModule):
 
     def predict_for_display(self, output: Any) -> list[dict[str, Tensor]]:
         """Per image ``{"boxes": [N, 4] xyxy pixels, "labels": [N] in [0, C), "scores": [N]}``."""
-        return self._output(output).detached_detections()
+        return self._detections(output)
 
 

@@ -23,7 +23,7 @@ and TRADES train landmarks without knowing the task:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from torchmetrics import MetricCollection
 
 from attacks.options import check_choice
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.metrics.landmarks import MeanRadialError, SuccessDetectionRate
@@ -45,10 +45,13 @@ from lightning_modules.nets.heatmap import (
     gaussian_heatmaps,
     masked_heatmap_loss,
 )
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import PointsPanel
 from lightning_modules.protocol import Batch
 
-DECODERS = ("local_soft_argmax", "soft_argmax", "argmax")
+Decoder = Literal["local_soft_argmax", "soft_argmax", "argmax"]
+DECODERS: tuple[str, ...] = get_args(Decoder)
+PredictFrom = Literal["heatmap", "regression"]
 
 
 class HeatmapWithRegression(nn.Module):
@@ -113,13 +116,13 @@ class LandmarkModule(TaskModule):
         data_info: DataInfo | None = None,
         method: TrainingMethod | None = None,
         sigma: float = 2.0,
-        decode: str = "local_soft_argmax",
+        decode: Decoder = "local_soft_argmax",
         decode_beta: float | None = None,
         decode_window: int | None = None,
         coord_loss_weight: float = 0.0,
         regression_head: bool = False,
         regression_loss_weight: float = 1.0,
-        predict_from: str = "heatmap",
+        predict_from: PredictFrom = "heatmap",
         violation_threshold: float | None = None,
         violation_radius: float = 4.0,
         sdr_radii: list[float] | None = None,
@@ -149,7 +152,7 @@ class LandmarkModule(TaskModule):
         if sigma <= 0:
             raise ValueError(f"{owner}.sigma must be > 0, got {sigma}")
         check_choice(f"{owner}.decode", decode, DECODERS)
-        if predict_from not in ("heatmap", "regression"):
+        if predict_from not in get_args(PredictFrom):
             raise ValueError(f"{owner}.predict_from must be 'heatmap' or 'regression', got {predict_from!r}")
         if predict_from == "regression" and not regression_head:
             raise ValueError(f"{owner}.predict_from='regression' needs regression_head=True")

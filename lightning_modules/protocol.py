@@ -1,15 +1,33 @@
-"""The interface every task module offers to training methods and evaluation callbacks.
+"""What a task offers the code written once for every task: one definition of each contract.
 
-Methods (``lightning_modules/methods``) and callbacks (``callbacks/``) are written once for all
-tasks; they talk to a task module only through this protocol. The module is one fact of its
-task object (:mod:`lightning_modules.tasks`: ``model_task(name).module``), which also holds what
-is asked before a module exists (batch keys, attack suites, how a foreign model is wrapped).
+* :class:`RobustTask` — what evaluation callbacks (``callbacks/``), attack suites and
+  ``medrobust.evaluate`` ask of a task: the model an attacker faces, a per-sample loss, a
+  violation test, the per-sample metric and the metrics with their direction, and how a
+  prediction is drawn. medrobust's task modules implement it (:mod:`lightning_modules.base`), and
+  so does :class:`callbacks.RobustTaskAdapter` for a LightningModule of the user's own.
+* :class:`TrainableTask` — what a training method (:mod:`lightning_modules.methods`) asks in
+  addition: the violation statistic and its direction (AMAT's thresholds), the divergence of two
+  outputs (TRADES), a joint forward, the batch loss and Lightning's counters. Only the task
+  modules implement it; a user's own module is evaluated, never trained, through the adapter.
+
+The direction of a metric is decided once, here: :meth:`RobustTask.metric_higher_is_better`
+reads the ``higher_is_better`` flag of the torchmetrics object that computes it (never the
+metric's name); implementers inherit it by subclassing the protocol.
+
+Optional members, asked with ``getattr`` by the callers that use them (absent: the feature is
+off for the task): ``attack_loss_inputs(output, batch[, inputs=])`` (the named attack losses),
+``attack_loss_reference(output)`` (targeted losses' clean logits), ``violation_is_final``
+(``Speedups.early_exit``), ``per_sample_metric_name``, ``metrics_batch_invariant``,
+``num_classes``, ``corruption_metric``, ``evidence_spec`` / ``sample_evidence`` /
+``evidence_targets`` (dataset-level intervals), ``certification`` / ``hard_prediction``
+(randomized smoothing) and ``method`` (its ``name`` goes into the record).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -19,118 +37,109 @@ from datamodules.info import DataInfo
 
 Batch = dict[str, Any]
 
+#: how a task's violation statistic relates to a violation (:attr:`TrainableTask.violation_direction`)
+ViolationDirection = Literal["above", "below"] | None
+
 
 @runtime_checkable
 class RobustTask(Protocol):
-    """What a task LightningModule exposes (in addition to being a ``LightningModule``)."""
+    """What a task exposes to evaluation (besides being, or wrapping, a ``LightningModule``)."""
 
     #: the task's name, a key of the task registry (:func:`datamodules.tasks.task_named`), or the
-    #: name of a module of the user's own
+    #: name of a task of the user's own
     task: str
     #: the metric (a key of ``build_metrics().compute()``) that picks the robust area, the
-    #: checkpoint and the progress-bar value; its direction is :meth:`metric_higher_is_better`
+    #: checkpoint and the progress-bar value; its direction: :meth:`metric_higher_is_better`
     main_metric: str
     #: the data description the model was built from (bounds, classes, number of samples…)
     data_info: DataInfo
-    #: how :meth:`violation_statistic` relates to a violation: ``"above"`` (a loss: violated
-    #: when it exceeds the threshold), ``"below"`` (a score such as Dice: violated under it) or
-    #: ``None`` (the test needs no threshold, e.g. classification's misclassification).
-    violation_direction: str | None
-    #: the pipeline's parts: ``attack_model() = net ∘ (method's embedded module) ∘ normalizer``
-    normalizer: nn.Module
-    net: nn.Module
-    #: Lightning's counters (0 without a trainer); methods use them for schedules and seeding
-    current_epoch: int
-    global_step: int
-    global_rank: int
+    #: how predictions and ground truth are drawn (:class:`lightning_modules.panels.Panel`;
+    #: ``None``: the panel of the registered task of this name)
+    panel: Any
 
+    @abstractmethod
     def attack_model(self) -> nn.Module:
-        """The whole differentiable pipeline an attacker faces, as an ``nn.Module``.
+        """The whole differentiable pipeline an attacker faces, as an ``nn.Module``: images in
+        ``data_info.bounds`` (``[B, C, *spatial]``) to the task's output; normalization and any
+        embedded denoiser are inside it."""
 
-        ``attack_model()(x)`` maps images in ``data_info.bounds`` (``[B, C, *spatial]``) to the
-        task's output; normalization and any embedded denoiser are inside it. For detection it
-        is a wrapper returning whatever :meth:`per_sample_loss` consumes.
-        """
-
+    @abstractmethod
     def per_sample_loss(self, output: Any, batch: Batch) -> torch.Tensor:
-        """Per-sample task loss ``[B]`` of ``output`` against the targets in ``batch``.
+        """``[B]`` task loss of ``output`` against the targets in ``batch``; what attacks ascend
+        (``loss_fn(output, target=batch)``), differentiable w.r.t. the input."""
 
-        Used as the attack's ``loss_fn(output, target=batch)``; differentiable w.r.t. the input.
-        """
-
-    # Optional: ``violation_is_final: bool`` — a violated sample's per-sample metric is already
-    # the worst it can be (classification: misclassified, accuracy 0), so the per-epoch
-    # evaluation need not attack it again at a larger ε (``Speedups.early_exit``). Absent: False.
-    #
-    # Optional (not required of a task, so adapters and test doubles need not have it):
-    # ``batch_loss(output, batch) -> Tensor[]``, the training loss of a whole batch when the
-    # task's reference implementation does not reduce by the mean of ``per_sample_loss``
-    # (detection: torchvision's batch normalisation). Methods ask for it through
-    # ``lightning_modules.methods.base.batch_loss``.
-
+    @abstractmethod
     def is_violated(self, output: Any, batch: Batch, threshold: float | None = None) -> torch.Tensor:
-        """Bool ``[B]``: the sample is no longer "correct" (AMAT's loss-defined margin test).
+        """Bool ``[B]``: the sample is no longer "correct" (an adversarial success).
 
-        Classification: misclassified (``threshold`` unused). Other tasks: the task's violation
-        statistic crosses ``threshold`` (e.g. Dice below it, loss above it) in the sense of
-        :attr:`violation_direction`; ``threshold=None`` uses the task's own default (a module
-        hyperparameter, e.g. ``violation_threshold`` of the segmentation module), so callers
-        that have no threshold (evaluation callbacks) still get a meaningful test.
-        """
+        Classification: misclassified (``threshold`` unused). Other tasks: the violation
+        statistic crosses ``threshold`` in the sense of :attr:`TrainableTask.violation_direction`;
+        ``None`` uses the task's own default, so evaluation (which has no threshold) still gets
+        a meaningful test."""
 
-    def violation_statistic(self, output: Any, batch: Batch) -> torch.Tensor:
-        """Per-sample statistic ``[B]`` from which a violation threshold is computed."""
-
+    @abstractmethod
     def per_sample_metric(self, output: Any, batch: Batch) -> torch.Tensor:
-        """``[B]`` float: the task's main metric on each sample alone, in the direction of
-        :meth:`metric_higher_is_better` (the single source of the direction). It is what the
-        evaluation's per-sample worst case is judged by (``attacks/worst_case.py``): the suite
-        keeps, per sample, the candidate with the worst value of it, the loss only breaking ties.
+        """``[B]`` float: the main metric on each sample alone, in the direction of
+        :meth:`metric_higher_is_better`; the evaluation's per-sample worst case is judged by it
+        (``attacks/worst_case.py``). Classification: correct 1 / wrong 0; segmentation: hard
+        Dice; landmarks: mean radial error (pixels); detection: the image's AP@0.5. NaN where
+        undefined. Computed on detached outputs."""
 
-        Classification: correct (1.0) / wrong (0.0) — accuracy (multi-label: the fraction of
-        labels right); segmentation: hard Dice over the foreground classes; landmarks: mean
-        radial error over the visible landmarks, image pixels; detection: AP@0.5 of the image.
-        NaN where undefined (the candidate then never wins on the metric, only on the loss).
-        Not differentiable; computed on detached outputs.
-        """
-
-    def output_divergence(self, out_adv: Any, out_clean: Any) -> torch.Tensor:
-        """Per-sample divergence ``[B]`` of ``out_adv`` from ``out_clean`` (TRADES' robust term).
-
-        Classification: ``KL(p_clean ‖ p_adv)``; segmentation: the per-pixel KL averaged over
-        pixels; landmarks: MSE of heatmaps. Differentiable w.r.t. both outputs.
-        """
-
-    def forward_joint(self, xs: Sequence[torch.Tensor]) -> list[Any]:
-        """``[attack_model()(x) for x in xs]`` computed as *one* forward over the concatenated
-        batch where the task's outputs allow it (one set of BatchNorm batch statistics: correct
-        under DDP and cheaper); a task whose outputs cannot be split runs them one by one."""
-
+    @abstractmethod
     def build_metrics(self) -> MetricCollection:
-        """A fresh collection of the task's torchmetrics (synced across DDP ranks)."""
+        """A fresh collection of the task's torchmetrics (synchronised across DDP ranks); each
+        metric object declares ``higher_is_better``."""
 
+    @abstractmethod
     def update_metrics(self, metrics: MetricCollection, output: Any, batch: Batch) -> None:
         """Update ``metrics`` with one batch of predictions ``output``."""
 
+    @abstractmethod
     def predict_for_display(self, output: Any) -> Any:
         """Predictions in a drawable form (class + confidence, mask, points, boxes) for panels."""
 
     def metric_higher_is_better(self, name: str | None = None) -> bool:
-        """Whether larger values of metric ``name`` (default :attr:`main_metric`) are better,
-        read from the torchmetrics object that computes it (``Metric.higher_is_better``)."""
+        """Whether larger values of metric ``name`` (default :attr:`main_metric`) are better: the
+        ``higher_is_better`` of the metric object of :meth:`build_metrics` that reports it (see
+        :func:`higher_is_better`). The one place a metric's direction is decided."""
+        return higher_is_better(self.build_metrics(), name or self.main_metric, type(self).__name__)
 
-    def attack_loss_inputs(self, output: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits, labels)`` that the named attack losses (:mod:`attacks.task_losses`) take;
-        ``ValueError`` for a task that has none. A task may take an ``inputs`` keyword for other
-        kinds of loss inputs (detection: ``"matched"``, for DAG)."""
 
-    def attack_loss_reference(self, output: Any) -> torch.Tensor | None:
-        """The clean output's logits ``[B, K]`` from which targeted attack losses pick their
-        target class, or ``None`` where the task has no per-sample class logits."""
+@runtime_checkable
+class TrainableTask(RobustTask, Protocol):
+    """What a training method asks of the task module it trains (in addition to
+    :class:`RobustTask`)."""
 
-    #: how predictions and ground truth are drawn on an image panel
-    #: (:class:`lightning_modules.panels.Panel`)
-    panel: Any
+    #: how :meth:`violation_statistic` relates to a violation: ``"above"`` (a loss: violated
+    #: when it exceeds the threshold), ``"below"`` (a score such as Dice: violated under it) or
+    #: ``None`` (no threshold, e.g. classification's misclassification)
+    violation_direction: ViolationDirection
+    #: the network inside ``attack_model()`` (a method may read or swap its weights)
+    net: nn.Module
+    #: Lightning's counters (0 without a trainer): schedules and seeding
+    current_epoch: int
+    global_step: int
+    global_rank: int
+
+    @abstractmethod
+    def violation_statistic(self, output: Any, batch: Batch) -> torch.Tensor:
+        """``[B]`` statistic from which a violation threshold is computed (AMAT)."""
+
+    @abstractmethod
+    def output_divergence(self, out_adv: Any, out_clean: Any) -> torch.Tensor:
+        """``[B]`` divergence of ``out_adv`` from ``out_clean`` (TRADES' robust term),
+        differentiable w.r.t. both. Classification: ``KL(p_clean ‖ p_adv)``; segmentation: the
+        per-pixel KL averaged over pixels; landmarks: MSE of heatmaps."""
+
+    @abstractmethod
+    def forward_joint(self, xs: Sequence[torch.Tensor]) -> list[Any]:
+        """``[attack_model()(x) for x in xs]`` as *one* forward over the concatenated batch
+        where the outputs allow it (one set of BatchNorm statistics: correct under DDP)."""
+
+    def batch_loss(self, output: Any, batch: Batch) -> torch.Tensor:
+        """``[]``: the training loss of the whole batch: the mean of :meth:`per_sample_loss`,
+        unless the task's reference implementation reduces differently (detection)."""
+        return self.per_sample_loss(output, batch).mean()
 
 
 def metric_of(metrics: MetricCollection, name: str) -> Metric | None:

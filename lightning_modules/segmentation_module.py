@@ -15,9 +15,10 @@ from torchmetrics import Metric, MetricCollection
 
 from attacks.losses import categorical_kl, class_argmax, dice_ce_loss
 from datamodules.info import DataInfo
-from lightning_modules.base import OptimizerName, SchedulerName, TaskModule
+from lightning_modules.base import TaskModule
 from lightning_modules.fault_tolerance import NonFiniteMode
 from lightning_modules.methods.base import TrainingMethod
+from lightning_modules.optimization import OptimizerName, SchedulerName
 from lightning_modules.panels import MaskPanel
 from lightning_modules.protocol import Batch
 
@@ -224,9 +225,15 @@ class SegmentationModule(TaskModule):
         kl = categorical_kl(self._logits(out_clean), self._logits(out_adv), dim=1)
         return kl.reshape(kl.shape[0], -1).mean(dim=1)
 
+    def class_names(self) -> list[str]:
+        """Names of the per-class metric entries (``data_info.class_names``, else indices)."""
+        k = max(self.data_info.num_classes, 0)
+        names = list(self.data_info.class_names)
+        return [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
+
     def build_metrics(self) -> MetricCollection:
         return MetricCollection(
-            {"overlap": DiceIoU(self.num_classes, self.metric_names_per_class())},
+            {"overlap": DiceIoU(self.num_classes, self.class_names())},
             compute_groups=False,
         )
 

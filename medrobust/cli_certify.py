@@ -23,6 +23,9 @@ import sys
 import traceback
 
 import medrobust
+from certification.statistics import Correction
+from medrobust.cli_errors import COMMAND_ERRORS, command_error
+from medrobust.options import Split, When, choices
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,11 +47,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--denoiser", default=None, help="Denoise-method checkpoint: denoised smoothing")
     p.add_argument("--suite", default="standard",
                    help="empirical attack suite: standard, quick, or a JSON list of attack specs")
-    p.add_argument("--correction", default="holm", choices=["holm", "bonferroni", "none"])
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--correction", default="holm", choices=choices(Correction))
+    p.add_argument("--split", default="test", choices=choices(Split))
     p.add_argument("--subset", type=int, default=None, help="this many samples (seeded)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sanity", default="test", choices=["test", "never"],
+    p.add_argument("--sanity", default="test", choices=choices(When),
                    help="gradient-masking checks of the empirical evaluation (default) or not")
     p.add_argument("--device", default="cpu")
     p.add_argument("--certificates-from", default=None, metavar="DIR",
@@ -87,9 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         print("medrobust certify: stopped by SIGTERM during the empirical evaluation; no certificate computed",
               file=sys.stderr)
         return 143
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"medrobust certify: error: {err}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as err:
+        return command_error("certify", err, args.debug)
     return 0

@@ -11,15 +11,20 @@ exception (a bug, out of memory) is never shortened.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_cli", "strip_debug", "user_error"]
+__all__ = ["COMMAND_ERRORS", "command_error", "run_cli", "strip_debug", "user_error"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, FileNotFoundError)
+#: what ``medrobust evaluate`` / ``certify`` report as one line with exit status 2
+COMMAND_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, RuntimeError,
+                                                   json.JSONDecodeError)
 #: the folder holding medrobust's packages (its frames are "our code")
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +77,12 @@ def run_cli(main: Callable[[list[str]], Any], args: list[str], debug: bool) -> A
         text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         print(f"medrobust: error: {text}\n(add --debug for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def command_error(command: str, err: BaseException, debug: bool) -> int:
+    """``medrobust <command>: error: <err>`` on stderr (after the traceback with ``debug``);
+    returns the exit status 2."""
+    if debug:
+        traceback.print_exc()
+    print(f"medrobust {command}: error: {err}", file=sys.stderr)
+    return 2

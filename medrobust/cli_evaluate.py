@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 
 import medrobust
+from medrobust.cli_errors import COMMAND_ERRORS, command_error
+from medrobust.options import Norm, Split, When, choices
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
                    help='named suite (standard, quick, aa_budget) or a JSON attack list, e.g. '
                         '\'[{"name": "pgd", "steps": 50}]\'')
     p.add_argument("--eps", type=float, nargs="+", required=True, help="budgets in pixel units")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--norm", default="linf", choices=choices(Norm))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mean", type=float, nargs="+", default=None, help="input normalisation mean (per channel)")
     p.add_argument("--std", type=float, nargs="+", default=None, help="input normalisation std (per channel)")
@@ -48,13 +50,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--net", default=None,
                    help='for a state dict: the network as JSON {"class_path": …, "init_args": {…}}')
     p.add_argument("--trusted", action="store_true", help="allow unpickling a whole nn.Module (runs its code)")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--split", default="test", choices=choices(Split))
     p.add_argument("--subset", type=int, default=None, help="evaluate this many samples (seeded)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sanity", default="test", choices=["test", "never"],
+    p.add_argument("--sanity", default="test", choices=choices(When),
                    help="run the gradient-masking checks (default) or not")
-    p.add_argument("--intervals", default="test", choices=["test", "never"],
+    p.add_argument("--intervals", default="test", choices=choices(When),
                    help="confidence intervals from the per-sample file (default) or not")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="1")
@@ -119,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"[medrobust] {args.split}: {summarise_record(json.loads(written.read_text()), None)}")
         return int(stop.code) if isinstance(stop.code, int) else 143
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, json.JSONDecodeError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"medrobust evaluate: error: {err}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as err:
+        return command_error("evaluate", err, args.debug)
     return 0

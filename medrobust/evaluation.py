@@ -43,292 +43,27 @@ from __future__ import annotations
 
 import math
 import tempfile
-import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.tasks.base import NormalizedModel
-from lightning_modules.tasks.detection import detector_classes
+from medrobust.evaluation_data import TaskTensorDataset, TensorDataModule, as_datamodule
+from medrobust.model_loading import ExportedModel, load_model, normalizer
+from medrobust.options import Norm, Split, When, check_choice
 
-__all__ = ["NormalizedModel", "TensorDataModule", "as_datamodule", "detector_classes", "evaluate",
-           "load_model", "normalizer"]
+__all__ = ["evaluate"]
 
 
-
-# ------------------------------------------------------------------------------ the model
-def load_model(model: Any, net: Any = None, trusted: bool = False) -> tuple[nn.Module, Any]:
-    """``(bare model, medrobust task module or None)`` from any accepted model form.
-
-    Args:
-        model: an ``nn.Module`` or a path to a TorchScript, ``torch.export``, medrobust
-            checkpoint, state dict or (with ``trusted``) pickled ``nn.Module`` file.
-        net: for a state dict: the network to load it into — an ``nn.Module``, a zero-argument
-            callable returning one, or ``{class_path, init_args}``.
-        trusted: allow unpickling a whole ``nn.Module`` (runs code from the file).
-
-    A medrobust checkpoint comes back as its task module (second element; the first is its
-    whole model, normalisation included).
-    """
-    if isinstance(model, nn.Module):
-        return model, None
-    if not isinstance(model, (str, Path)):
-        raise TypeError(f"evaluate: model must be an nn.Module or a file path, got {type(model).__name__}")
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluate: model file {str(path)!r} does not exist")
-    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
-    if any("/code/__torch__" in n for n in names):
-        return torch.jit.load(str(path), map_location="cpu"), None
-    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
-        return ExportedModel(torch.export.load(str(path)).module()), None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — an UnpicklingError, or not a torch file at all
-        if not names and not _is_pickle(path):
-            raise ValueError(f"evaluate: {str(path)!r} is not a model file (not TorchScript, torch.export, "
-                             f"a checkpoint or a state dict): {err}") from None
-        if not trusted:
-            raise ValueError(
-                f"evaluate: {str(path)!r} holds pickled Python objects (a whole nn.Module?), and "
-                "unpickling runs code from the file. Load it only if you trust its source, with "
-                "trusted=True (CLI: --trusted); better, save it as TorchScript, torch.export or a "
-                "state dict + net spec") from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(obj, nn.Module):
-            raise ValueError(f"evaluate: {str(path)!r} unpickled to a {type(obj).__name__}, not an nn.Module") from None
-        return obj, None
-    if isinstance(obj, Mapping) and "state_dict" in obj and "hyper_parameters" in obj:
-        return _from_checkpoint(path, obj, net)
-    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
-    if not (isinstance(state, Mapping) and state and all(isinstance(v, Tensor) for v in state.values())):
-        raise ValueError(f"evaluate: {str(path)!r} holds a {type(obj).__name__}, not a model: expected "
-                         "TorchScript, torch.export, a medrobust checkpoint or a state dict")
-    if net is None:
-        raise ValueError(f"evaluate: {str(path)!r} is a state dict; give the network it belongs to as "
-                         "net= (an nn.Module, or {class_path, init_args}; CLI: --net)")
-    module = _build_net(net)
-    module.load_state_dict(dict(state), strict=True)
-    return module, None
-
-
-def _is_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # pickle protocol >= 2
-
-
-def _build_net(net: Any) -> nn.Module:
-    if isinstance(net, nn.Module):
-        return net
-    if isinstance(net, Mapping):
-        from lightning_modules.nets.builder import import_object
-
-        if "class_path" not in net:
-            raise ValueError(f"evaluate: net spec needs class_path, got keys {sorted(net)}")
-        built = import_object(str(net["class_path"]))(**dict(net.get("init_args", {})))
-    elif callable(net):
-        built = net()
-    else:
-        raise TypeError(f"evaluate: net must be an nn.Module, a callable or {{class_path, init_args}}, "
-                        f"got {type(net).__name__}")
-    if not isinstance(built, nn.Module):
-        raise TypeError(f"evaluate: net built a {type(built).__name__}, not an nn.Module")
-    return built
-
-
-def _from_checkpoint(path: Path, ckpt: Mapping[str, Any], net: Any) -> tuple[nn.Module, Any]:
-    from lightning_modules.tasks import model_task, task_names
-
-    info = ckpt["hyper_parameters"].get("data_info") or {}
-    task = info.get("task") if isinstance(info, Mapping) else None
-    if task not in task_names():
-        raise ValueError(f"evaluate: checkpoint {str(path)!r} is for task {task!r}; evaluate takes "
-                         f"{sorted(task_names())}")
-    extra = {"net": _build_net(net)} if net is not None else {}
-    module = model_task(task).module.load_from_checkpoint(str(path), map_location="cpu", weights_only=True, **extra)
-    return module.attack_model(), module
-
-
-# ------------------------------------------------------------------------------ normalisation
-def normalizer(normalization: Any, channels: int) -> nn.Module:
-    """The user's stated input normalisation as a module over images in ``bounds``.
-
-    ``normalization``: ``"none"`` (the model takes the images as they are), ``{"mean": m,
-    "std": s}`` or ``(mean, std)`` (one value or one per channel), or a callable ``x -> x'``.
-    ``None`` is an error: a model's normalisation is stated, never assumed."""
-    from lightning_modules.nets.normalize import Normalize
-
-    if normalization is None:
-        raise ValueError(
-            "evaluate: state the input normalisation the model expects: normalization='none' "
-            "(it takes the images as they are), {'mean': m, 'std': s} or a callable "
-            "(CLI: --mean/--std or --no-normalization); it is never assumed")
-    if isinstance(normalization, str):
-        if normalization != "none":
-            raise ValueError(f"evaluate: normalization={normalization!r}: the only name is 'none'")
-        return nn.Identity()
-    if isinstance(normalization, Mapping):
-        if set(normalization) != {"mean", "std"}:
-            raise ValueError(f"evaluate: normalization needs exactly 'mean' and 'std', got {sorted(normalization)}")
-        return Normalize(normalization["mean"], normalization["std"], channels)
-    if isinstance(normalization, (tuple, list)) and len(normalization) == 2:
-        return Normalize(normalization[0], normalization[1], channels)
-    if callable(normalization):
-        return _CallableModule(normalization)
-    raise TypeError(f"evaluate: normalization must be 'none', {{mean, std}}, (mean, std) or a callable, "
-                    f"got {type(normalization).__name__}")
-
-
-class ExportedModel(nn.Module):
-    """A ``torch.export`` program as a module whose mode switches do not reach the program
-    (``train()``/``eval()`` are not supported on it; it runs as it was exported, normally in
-    eval mode). Registered as a child, so it moves with ``.to(device)``."""
-
-    def __init__(self, program: nn.Module) -> None:
-        super().__init__()
-        self.program = program
-
-    def train(self, mode: bool = True) -> ExportedModel:
-        self.training = mode
-        return self
-
-    def forward(self, x: Tensor) -> Any:
-        return self.program(x)
-
-
-class _CallableModule(nn.Module):
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-
-# ------------------------------------------------------------------------------ the data
-class _TensorDataset(Dataset):
-    """Items of a task's batch contract from tensors (``index`` = position; the targets as the
-    task object builds them: :meth:`datamodules.tasks.DataTask.tensor_item`)."""
-
-    def __init__(self, x: Tensor, y: Any, task: Any) -> None:
-        from datamodules.tasks import task_named
-
-        self.x, self.y, self.task = x, y, task_named(task, "evaluate")
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.x[i], "index": torch.tensor(i), **self.task.tensor_item(self.y[i])}
-
-
-class TensorDataModule(L.LightningDataModule):
-    """Tensors ``(x, y)`` as a datamodule whose ``test`` split (also ``val``) holds them all."""
-
-    def __init__(self, x: Tensor, y: Any, task: Any, info: Any, batch_size: int = 32) -> None:
-        super().__init__()
-        self._dataset = _TensorDataset(x, y, task)
-        self.info, self.batch_size, self.eval_batch_size = info, batch_size, batch_size
-
-    def dataset(self, split: str) -> Dataset:
-        return self._dataset
-
-    def test_dataloader(self) -> DataLoader:
-        from datamodules.base import collate_batch
-
-        return DataLoader(self._dataset, batch_size=self.batch_size, collate_fn=collate_batch)
-
-    val_dataloader = test_dataloader
-
-
-def _check_tensors(x: Any, y: Any, task: Any) -> tuple[Tensor, Any]:
-    """``(x, y)`` checked and converted by the task object
-    (:meth:`datamodules.tasks.DataTask.check_tensors`)."""
-    from datamodules.tasks import task_named
-
-    return task_named(task, "evaluate").check_tensors(x, y, "evaluate")
-
-
-def as_datamodule(data: Any, task: str, batch_size: int | None = None, split: str = "test") -> Any:
-    """A medrobust datamodule (returned as is), a manifest path (a
-    :class:`~datamodules.manifest.ManifestDataModule`), a data folder (a manifest in it, or
-    segmentation's ``images/`` + ``masks/``: :func:`_datamodule_from_folder`) or a YAML datamodule
-    config (``{class_path, init_args}``). Tensors are handled by :func:`evaluate` (they need the model).
-
-    A manifest path is the evaluation set: without a ``split`` column every row is in ``split``
-    (no seeded train / val / test split, no split file written beside it); with one, its
-    ``split`` rows are evaluated. Images keep their size (the manifest's common size)."""
-    if isinstance(data, L.LightningDataModule):
-        return data
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        kwargs: dict[str, Any] = {"eval_batch_size": batch_size} if batch_size else {}
-        # the evaluation set: every sample in the evaluated split, no split file written
-        kwargs.update(split_fractions=(0.0, 0.0, 1.0) if split == "test" else (0.0, 1.0, 0.0), split_file=None)
-        if path.is_dir():
-            return _datamodule_from_folder(path, task, kwargs)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluate: data file {str(path)!r} does not exist")
-        if path.suffix in (".yaml", ".yml"):
-            return _datamodule_from_config(path)
-        from datamodules.manifest import ManifestDataModule
-
-        return ManifestDataModule(manifest=str(path), task=task, **kwargs)
-    raise TypeError(f"evaluate: data must be a datamodule, a manifest / config path or tensors (x, y), "
-                    f"got {type(data).__name__}")
-
-
-#: manifest names :func:`as_datamodule` looks for in a data folder
-FOLDER_MANIFESTS = ("manifest.csv", "manifest.tsv", "manifest.json")
-
-
-def _datamodule_from_folder(path: Path, task: str, kwargs: dict[str, Any]) -> Any:
-    """A data folder in a layout medrobust reads: one holding a manifest (``manifest.csv`` /
-    ``.tsv`` / ``.json``), or, for segmentation, ``images/`` and ``masks/`` folders paired by
-    file stem (:class:`~datamodules.manifest.folders.PairedFoldersDataModule`)."""
-    from datamodules.manifest import ManifestDataModule
-
-    for name in FOLDER_MANIFESTS:
-        if (path / name).is_file():
-            return ManifestDataModule(manifest=str(path / name), task=task, **kwargs)
-    from datamodules.tasks import task_named
-
-    found = task_named(task, "evaluate").folder_datamodule(path, kwargs)
-    if found is not None:
-        return found
-    raise FileNotFoundError(
-        f"evaluate: data folder {str(path)!r} has no layout medrobust reads: a manifest "
-        f"({' / '.join(FOLDER_MANIFESTS)}) or, for segmentation, images/ and masks/ folders paired by "
-        "file stem; or give a manifest or datamodule config file")
-
-
-def _datamodule_from_config(path: Path) -> Any:
-    import yaml
-
-    from lightning_modules.nets.builder import import_object
-
-    cfg = yaml.safe_load(path.read_text())
-    if isinstance(cfg, Mapping) and "data" in cfg:
-        cfg = cfg["data"]
-    if not (isinstance(cfg, Mapping) and "class_path" in cfg):
-        raise ValueError(f"evaluate: {str(path)!r} is not a datamodule config ({{class_path, init_args}}, "
-                         "or a run config with a data: section)")
-    return import_object(str(cfg["class_path"]))(**dict(cfg.get("init_args") or {}))
-
-
-# ------------------------------------------------------------------------------ evaluate
 def evaluate(
     model: Any,
     data: Any,
     task: str = "classification",
     suite: str | list[dict[str, Any]] = "standard",
     eps: Sequence[float] = (0.002, 0.004),
-    norm: str = "linf",
+    norm: Norm = "linf",
     normalization: Any = None,
     out: str | Path | None = None,
     *,
@@ -336,12 +71,12 @@ def evaluate(
     trusted: bool = False,
     num_classes: int | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
-    split: str = "test",
+    split: Split = "test",
     subset: int | float | None = None,
     batch_size: int | None = None,
     seed: int = 0,
-    sanity: str = "test",
-    intervals: str = "test",
+    sanity: When = "test",
+    intervals: When = "test",
     accelerator: str = "auto",
     devices: int | str = 1,
     strategy: str = "auto",
@@ -396,10 +131,8 @@ def evaluate(
     if task not in task_names():
         raise ValueError(f"evaluate: task must be one of {task_names()}, got {task!r}")
     kind = model_task(task, "evaluate")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"evaluate: norm must be 'linf' or 'l2', got {norm!r}")
-    if split not in ("val", "test"):
-        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
+    check_choice(norm, Norm, "evaluate: norm")
+    check_choice(split, Split, "evaluate: split")
     eps_grid = check_eps_grid(list(eps), "evaluate.eps")
     bare, loaded = load_model(model, net, trusted)
     if loaded is not None:
@@ -413,7 +146,7 @@ def evaluate(
         x, y = kind.check_tensors(data[0], data[1], "evaluate")
         dm = None
         channels = int(x.shape[1])
-        tensors = _TensorDataset(x, y, kind)
+        tensors = TaskTensorDataset(x, y, kind)
         probe = collate_batch([tensors[i] for i in range(min(len(x), batch_size or 32))])
     else:
         dm = as_datamodule(data, task, batch_size, split)

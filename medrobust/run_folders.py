@@ -21,8 +21,10 @@ rank agrees even when rank 0 has already created the folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,45 @@ def keep_csv_history(loggers: list[Any]) -> None:
             continue
         Path(writer.metrics_file_path).write_text(text)
         writer.metrics_keys = sorted(header)
+
+
+
+def resolve_ckpt_path(cfg: Any, root: Path, name: str, subcommand: str) -> Path | None:
+    """``--ckpt_path last`` (in ``cfg``, replaced in place): the newest ``last*.ckpt`` of earlier
+    runs of experiment ``name`` under ``root`` (``fit`` resumes it; ``validate`` / ``test``
+    evaluate it). Returns the checkpoint whose run folder this command continues (``fit``, if
+    it is one of ours) or writes beside (``validate`` / ``test``: the same ``version_<n>``), or
+    ``None``."""
+    if cfg.get("ckpt_path") == "last":
+        found = find_last_checkpoint([root / name, root])
+        if found is not None:
+            verb = "resuming from" if subcommand == "fit" else "checkpoint"
+            print(f"[medrobust] {verb} {found}", file=sys.stderr)
+            cfg["ckpt_path"] = str(found)
+        else:
+            print("[medrobust] --ckpt_path last: no last.ckpt of an earlier run found; "
+                  "Lightning will look in this run's checkpoint folder", file=sys.stderr)
+    if cfg.get("ckpt_path") not in (None, "last", "best", "hpc"):
+        return Path(cfg["ckpt_path"])
+    return None
+
+
+def remove_unused_run_folder(folder: str | os.PathLike[str] | None) -> bool:
+    """Remove ``folder`` (a run folder the failed command opened) when it holds nothing but
+    the resolved config(s) it saved: a failed ``test`` leaves no empty ``version_<n>``. A
+    folder with anything else in it (a checkpoint, metrics, a partial robustness record) is
+    kept. Rank 0 only. Returns whether it was removed."""
+    if folder is None or int(os.environ.get("LOCAL_RANK", "0") or 0) > 0:
+        return False
+    path = Path(folder)
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if any(not (p.is_file() and p.name.startswith("config") and p.suffix == ".yaml") for p in entries):
+        return False
+    for p in entries:
+        p.unlink()
+    path.rmdir()
+    with contextlib.suppress(OSError):  # the experiment's folder too, when this run was its only one
+        path.parent.rmdir()
+    return True

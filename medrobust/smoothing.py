@@ -29,6 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from certification.statistics import Correction
+from medrobust.options import Split, When
+
 __all__ = ["certify", "denoised_model"]
 
 
@@ -38,7 +41,7 @@ def denoised_model(module: Any, denoiser_checkpoint: str | Path) -> nn.Module:
     smoothing with Xue et al. 2019's denoiser). Both must normalise their input the same way
     (the denoiser was trained on its own model's normalised images)."""
     from lightning_modules import Pipeline
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, den = load_model(str(denoiser_checkpoint))
     if den is None or getattr(den.method, "embedded_module", lambda: None)() is None:
@@ -68,11 +71,11 @@ def certify(
     *,
     denoiser: str | Path | None = None,
     suite: str | list[dict[str, Any]] = "standard",
-    correction: str = "holm",
-    split: str = "test",
+    correction: Correction = "holm",
+    split: Split = "test",
     subset: int | None = None,
     seed: int = 0,
-    sanity: str = "test",
+    sanity: When = "test",
     device: str = "cpu",
     progress: bool = True,
     certificates_from: str | Path | None = None,
@@ -105,7 +108,9 @@ def certify(
     from callbacks.record import RobustnessRecord
     from certification.sampling import NoiseSampler
     from certification.tasks import certification_for
-    from medrobust.evaluation import as_datamodule, evaluate, load_model
+    from medrobust.evaluation import evaluate
+    from medrobust.evaluation_data import as_datamodule
+    from medrobust.model_loading import load_model
 
     if not sigmas:
         raise ValueError("certify: give at least one noise level sigma")
@@ -127,9 +132,10 @@ def certify(
             certificates_source(certificates_from, probe, [0.0, *sorted(float(r) for r in radii)], task, split)
     out = Path(out)
     if isinstance(data, (tuple, list)) and len(data) == 2:  # tensors (x, y), described by the checkpoint
-        from medrobust.evaluation import TensorDataModule, _check_tensors
+        from datamodules.tasks import task_named
+        from medrobust.evaluation_data import TensorDataModule
 
-        x, y = _check_tensors(data[0], data[1], task)
+        x, y = task_named(task, "evaluate").check_tensors(data[0], data[1], "evaluate")
         dm = TensorDataModule(x, y, task, module.data_info, batch)
     else:
         dm = as_datamodule(data, task)

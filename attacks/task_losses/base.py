@@ -20,7 +20,7 @@ class AttackLoss:
     task: str
     factory: Callable[..., Loss]
     doc: str
-    #: which ``(logits, labels)`` the evaluator hands over (``callbacks.evaluation_loop.
+    #: which ``(logits, labels)`` the evaluator hands over (``callbacks.attack_loss.
     #: task_loss_tensors``): ``"default"``, or ``"matched"`` (detection: class logits of the
     #: locations matched to ground-truth objects, for DAG)
     inputs: Literal["default", "matched"] = "default"

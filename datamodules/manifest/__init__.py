@@ -48,16 +48,16 @@ Layout, one job per module: :mod:`~datamodules.manifest.rows` reads CSV / JSON r
 reads paired folders; :mod:`~datamodules.manifest.example` writes a synthetic example.
 """
 
-from datamodules.manifest.datamodule import ManifestDataModule, Task
+from datamodules.manifest.datamodule import ManifestDataModule, ManifestTask
 from datamodules.manifest.dataset import ManifestDataset
 from datamodules.manifest.example import write_example_manifest
 from datamodules.manifest.folders import FOLDER_EXTENSIONS, PairedFoldersDataModule
 from datamodules.manifest.handler import RowOptions, TaskRows
 from datamodules.manifest.rows import ManifestRow, is_nifti, read_manifest
 from datamodules.manifest.sample import Sample, read_label_mask
-from datamodules.manifest.tasks import MANIFEST_TASKS, TASK_ROWS
+from datamodules.manifest.tasks import MANIFEST_TASKS
 
-__all__ = ["FOLDER_EXTENSIONS", "MANIFEST_TASKS", "TASK_ROWS", "ManifestDataModule",
+__all__ = ["FOLDER_EXTENSIONS", "MANIFEST_TASKS", "ManifestDataModule",
            "ManifestDataset", "ManifestRow", "PairedFoldersDataModule", "RowOptions", "Sample",
-           "Task", "TaskRows", "is_nifti", "read_label_mask", "read_manifest",
+           "ManifestTask", "TaskRows", "is_nifti", "read_label_mask", "read_manifest",
            "write_example_manifest"]

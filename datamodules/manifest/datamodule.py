@@ -14,8 +14,8 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from attacks.options import check_choice
-from datamodules.base import BaseDataModule
-from datamodules.imagefiles import BadSampleError
+from datamodules.base import BaseDataModule, delivered_size
+from datamodules.detection.boxes import BOX_POLICIES, BoxPolicy
 from datamodules.info import DataInfo
 from datamodules.manifest.handler import RowOptions, TaskRows
 from datamodules.manifest.rows import (
@@ -28,16 +28,23 @@ from datamodules.manifest.rows import (
 )
 from datamodules.manifest.sample import Sample, check_image
 from datamodules.manifest.tasks import manifest_tasks, task_rows
-from datamodules.samples import BadSamples, OnBadSample, check_on_bad_sample
-from datamodules.splits import load_or_create_split
+from datamodules.samples import (
+    BadSampleError,
+    BadSamples,
+    OnBadSample,
+    check_on_bad_sample,
+)
+from datamodules.splits import Split, load_or_create_split
 from datamodules.transforms import AugmentConfig
-from datamodules.volumes import DecathlonVolumeDataset, VolumeCase, VolumeLoader
+from datamodules.volumes.datasets import DecathlonVolumeDataset
+from datamodules.volumes.nifti import VolumeCase, VolumeLoader
 
-__all__ = ["ManifestDataModule", "Task"]
+__all__ = ["ManifestDataModule", "ManifestTask"]
 
 log = logging.getLogger(__name__)
 
-Task = Literal["classification", "segmentation", "landmarks", "detection"]
+#: the built-in tasks a manifest holds (a registered task whose object names a row handler too)
+ManifestTask = Literal["classification", "segmentation", "landmarks", "detection"]
 
 
 class ManifestDataModule(BaseDataModule):
@@ -76,31 +83,28 @@ class ManifestDataModule(BaseDataModule):
     def __init__(
         self,
         manifest: str | None = None,
-        task: Task = "classification",
+        task: ManifestTask = "classification",
         image_size: tuple[int, int] | None = None,
         patch_size: tuple[int, int, int] | None = None,
-        channels: int | None = None,
+        channels: Literal[1, 3] | None = None,
         class_names: list[str] | None = None,
         num_classes: int | None = None,
         multilabel: bool | None = None,
         mask_threshold: float | None = None,
         pixel_spacing_mm: float | None = None,
-        degenerate_boxes: Literal["error", "drop", "fix"] = "error",
+        degenerate_boxes: BoxPolicy = "error",
         augment: AugmentConfig | None = None,
         split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         split_seed: int = 0,
         split_file: str | None = "auto",
         on_bad_sample: OnBadSample = "error",
         batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                         eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, augment=augment, **loader)
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         check_choice("task", task, manifest_tasks())  # the built-ins: MANIFEST_TASKS
-        check_on_bad_sample(on_bad_sample)
-        check_choice("degenerate_boxes", degenerate_boxes, ("error", "drop", "fix"))
+        check_choice("degenerate_boxes", degenerate_boxes, BOX_POLICIES)
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or None (inferred), got {channels}")
         if num_classes is not None and num_classes < 1:
@@ -121,11 +125,9 @@ class ManifestDataModule(BaseDataModule):
         self.mask_threshold = mask_threshold
         self.pixel_spacing_mm = pixel_spacing_mm
         self.degenerate_boxes = degenerate_boxes
-        self.augment = augment
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.split_file = split_file
-        self.on_bad_sample = on_bad_sample
         #: how this task's rows become samples and items
         self.task_rows: TaskRows = task_rows(task, RowOptions(
             class_names=self.class_names, num_classes=num_classes, multilabel=multilabel,
@@ -260,11 +262,9 @@ class ManifestDataModule(BaseDataModule):
     def _out_size(self) -> tuple[int, ...]:
         idx = self.index()
         sizes = {s.hw for v in idx["splits"].values() for s in v}
-        wanted = self.patch_size if idx["volumes"] else self.image_size
-        if wanted is not None:
-            return tuple(wanted)
-        if len(sizes) == 1:
-            return next(iter(sizes))
+        out = delivered_size(self.patch_size if idx["volumes"] else self.image_size, sizes)
+        if out is not None:
+            return out
         shown = sorted(sizes)[:5]
         raise ValueError(f"{self.what}: images have {len(sizes)} different sizes (e.g. {shown}); "
                          f"set {'patch_size' if idx['volumes'] else 'image_size'} to resize them "
@@ -279,11 +279,11 @@ class ManifestDataModule(BaseDataModule):
         every = [s for v in idx["splits"].values() for s in v]
         return DataInfo(
             task=self.task, in_channels=idx["channels"], spatial_dims=3 if idx["volumes"] else 2,
-            bounds=(0.0, 1.0), image_size=out, class_names=list(names),
+            image_size=out, class_names=list(names),
             multilabel=idx["multilabel"], num_train=len(train),
             **self.task_rows.info(names, every, out))
 
-    def build_split(self, split: str) -> Dataset:
+    def build_split(self, split: Split) -> Dataset:
         idx = self.index()
         samples = idx["splits"][split]
         out = self._out_size()

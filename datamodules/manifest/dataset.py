@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import Dataset
+from typing import Any
 
-from datamodules.imagefiles import BadSampleError, read_image
+import torch
+
+from datamodules.imagefiles import IndexedImageDataset
 from datamodules.manifest.handler import TaskRows
 from datamodules.manifest.sample import Sample
 from datamodules.transforms import JointTransform
@@ -13,7 +14,7 @@ from datamodules.transforms import JointTransform
 __all__ = ["ManifestDataset"]
 
 
-class ManifestDataset(Dataset):
+class ManifestDataset(IndexedImageDataset):
     """2-D samples of a manifest through a :class:`JointTransform`; the task's row handler
     reads what moves with the image (mask, points) and names the item's target keys.
 
@@ -25,26 +26,16 @@ class ManifestDataset(Dataset):
 
     def __init__(self, samples: list[Sample], rows: TaskRows, channels: int,
                  transform: JointTransform, num_classes: int, multilabel: bool, name: str) -> None:
-        self.samples, self.rows, self.channels = samples, rows, channels
-        self.transform, self.num_classes, self.multilabel = transform, num_classes, multilabel
-        self.name = name
+        super().__init__(records=samples, transform=transform, channels=channels, name=name)
+        self.rows, self.num_classes, self.multilabel = rows, num_classes, multilabel
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def load(self, s: Sample) -> dict[str, Any]:
+        image = self.read(s.image, s.hw)  # type: ignore[arg-type]
+        moving = self.rows.load_targets(s, image, self.num_classes)
+        return self.transform(image, mask=moving.get("mask"), keypoints=moving.get("keypoints"))
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        s = self.samples[index]
-        try:
-            image = read_image(s.image, self.channels)  # type: ignore[arg-type]
-            if image.shape[:2] != s.hw:
-                raise BadSampleError(f"image is {image.shape[:2]} (H, W) but was {s.hw} when "
-                                     "the manifest was indexed")
-            moving = self.rows.load_targets(s, image, self.num_classes)
-            out = self.transform(image, mask=moving.get("mask"), keypoints=moving.get("keypoints"))
-        except Exception as err:
-            raise BadSampleError(f"{self.name}: sample {index} (row {', '.join(map(str, s.rows))}, "
-                                 f"{s.image}): {err}") from err
-        item: dict[str, torch.Tensor] = {"image": out["image"]}
-        item.update(self.rows.item(s, out, self.num_classes, self.multilabel))
-        item["index"] = torch.tensor(index, dtype=torch.int64)
-        return item
+    def targets(self, s: Sample, out: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.rows.item(s, out, self.num_classes, self.multilabel)
+
+    def describe(self, s: Sample) -> str:
+        return f"row {', '.join(map(str, s.rows))}, {s.image}"

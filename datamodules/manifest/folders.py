@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
-from datamodules.imagefiles import IMAGE_EXTENSIONS, BadSampleError, require_dir
+from datamodules.imagefiles import IMAGE_EXTENSIONS, require_dir
 from datamodules.manifest.datamodule import ManifestDataModule
 from datamodules.manifest.rows import NIFTI_SUFFIXES, ManifestRow, file_stem
-from datamodules.samples import BadSamples, OnBadSample, format_listing
-from datamodules.transforms import AugmentConfig
+from datamodules.samples import BadSampleError, BadSamples, format_listing
 
 __all__ = ["FOLDER_EXTENSIONS", "PairedFoldersDataModule"]
 
@@ -28,7 +28,9 @@ class PairedFoldersDataModule(ManifestDataModule):
     stem). Every image without a mask and every mask without an image is reported by name —
     an error, or with ``on_bad_sample="skip"`` a warning listing them; none is dropped silently.
     Files whose extension is not an image (or NIfTI) extension are not samples and are ignored.
-    Other arguments: see :class:`ManifestDataModule` (``split_file="auto"`` writes
+    ``options``: the arguments of :class:`ManifestDataModule` that segmentation folders use
+    (``mask_threshold``, ``image_size``, ``patch_size``, ``channels``, ``class_names``,
+    ``num_classes``, ``augment``, the split and loader options; ``split_file="auto"`` writes
     ``<images_dir>.split.json`` beside the images folder).
     """
 
@@ -38,30 +40,12 @@ class PairedFoldersDataModule(ManifestDataModule):
         masks_dir: str | None = None,
         image_suffix: str = "",
         mask_suffix: str = "",
-        mask_threshold: float | None = None,
-        image_size: tuple[int, int] | None = None,
-        patch_size: tuple[int, int, int] | None = None,
-        channels: int | None = None,
-        class_names: list[str] | None = None,
-        num_classes: int | None = None,
-        augment: AugmentConfig | None = None,
-        split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-        split_seed: int = 0,
-        split_file: str | None = "auto",
-        on_bad_sample: OnBadSample = "error",
-        batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        eval_batch_size: int | None = None,
+        **options: Any,
     ) -> None:
-        # Explicit arguments (not **kwargs): the CLI builds its options from this signature.
-        super().__init__(
-            manifest=None, task="segmentation", image_size=image_size, patch_size=patch_size,
-            channels=channels, class_names=class_names, num_classes=num_classes,
-            mask_threshold=mask_threshold, augment=augment, split_fractions=split_fractions,
-            split_seed=split_seed, split_file=split_file, on_bad_sample=on_bad_sample,
-            batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            eval_batch_size=eval_batch_size)
+        # The other options are ManifestDataModule's (LightningCLI reads them from there); the
+        # ones that do not apply to segmentation folders are fixed here, so the CLI leaves them out.
+        super().__init__(manifest=None, task="segmentation", multilabel=None,
+                         pixel_spacing_mm=None, degenerate_boxes="error", **options)
         if not images_dir or not masks_dir:
             raise ValueError("PairedFoldersDataModule needs images_dir and masks_dir")
         self.images_dir = Path(os.path.expandvars(os.path.expanduser(images_dir))).resolve()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from datamodules.imagefiles import BadSampleError
 from datamodules.manifest.sample import Sample
+from datamodules.samples import BadSampleError
 
 __all__ = ["Flag", "check_contiguous", "resolve_labels"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.imagefiles import BadSampleError
+from datamodules.samples import BadSampleError
 
 __all__ = ["NIFTI_SUFFIXES", "SPLIT_ALIASES", "ManifestRow", "empty", "file_stem", "is_nifti",
            "json_cell", "number", "read_manifest"]

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datamodules.imagefiles import BadSampleError, image_header, read_image
+from datamodules.imagefiles import image_header, read_image
 from datamodules.manifest.rows import is_nifti
-from datamodules.volumes import header_shape_dhw
+from datamodules.samples import BadSampleError
+from datamodules.volumes.nifti import header_shape_dhw
 
 __all__ = ["Sample", "check_image", "nifti_values", "read_label_mask"]
 

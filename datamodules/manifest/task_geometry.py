@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.detection import DetectionDataset, DetectionRecord, sanitize_box
-from datamodules.imagefiles import BadSampleError
-from datamodules.landmarks import delivered_spacing
+from datamodules.detection.boxes import sanitize_box
+from datamodules.detection.dataset import DetectionDataset, DetectionRecord
+from datamodules.landmarks.dataset import delivered_spacing
 from datamodules.manifest.handler import TaskRows
 from datamodules.manifest.labels import Flag, resolve_labels
 from datamodules.manifest.rows import empty, json_cell, number
 from datamodules.manifest.sample import Sample
-from datamodules.samples import format_listing
+from datamodules.samples import BadSampleError, format_listing
 from datamodules.transforms import AugmentConfig, JointTransform
 
 __all__ = ["DetectionRows", "LandmarkRows"]

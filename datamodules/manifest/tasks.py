@@ -6,7 +6,7 @@ interface in :mod:`datamodules.manifest.handler`);
 :class:`~datamodules.manifest.datamodule.ManifestDataModule` and
 :class:`~datamodules.manifest.dataset.ManifestDataset` ask it instead of switching on the
 task's name. A new task's data-side object names its own
-:class:`~datamodules.manifest.handler.TaskRows` subclass (or one is added to :data:`TASK_ROWS`).
+:class:`~datamodules.manifest.handler.TaskRows` subclass.
 
 Classification and segmentation are here; landmarks and detection (points and boxes, with more
 column forms) are in :mod:`datamodules.manifest.task_geometry`.
@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamodules.imagefiles import BadSampleError, image_header_size
+from datamodules.imagefiles import image_header_size
 from datamodules.manifest.handler import RowOptions, TaskRows
 from datamodules.manifest.labels import Flag, resolve_labels
 from datamodules.manifest.rows import empty, is_nifti, json_cell
 from datamodules.manifest.sample import Sample, nifti_values, read_label_mask
-from datamodules.volumes import header_shape_dhw
+from datamodules.samples import BadSampleError
+from datamodules.volumes.nifti import header_shape_dhw
 
-__all__ = ["MANIFEST_TASKS", "TASK_ROWS", "ClassificationRows", "SegmentationRows", "manifest_tasks", "task_rows"]
+__all__ = ["MANIFEST_TASKS", "ClassificationRows", "SegmentationRows", "manifest_tasks", "task_rows"]
 
 
 class ClassificationRows(TaskRows):
@@ -147,18 +148,11 @@ class SegmentationRows(TaskRows):
         return {"mask": out["mask"]}
 
 
-#: row handlers of tasks whose task object names none (e.g. one of a test's own); the built-in
-#: tasks' handlers are named by their task objects (``DataTask.manifest_rows``)
-TASK_ROWS: dict[str, type[TaskRows]] = {}
-
-
 def manifest_tasks() -> tuple[str, ...]:
-    """The tasks a manifest can hold: the registry's tasks with a row handler, then
-    :data:`TASK_ROWS`'."""
+    """The tasks a manifest can hold: the registered tasks whose object names a row handler."""
     from datamodules.tasks import task_named, task_names
 
-    names = [n for n in task_names() if task_named(n).manifest_rows() is not None]
-    return (*names, *(n for n in TASK_ROWS if n not in names))
+    return tuple(n for n in task_names() if task_named(n).manifest_rows() is not None)
 
 
 #: the built-in tasks a manifest holds, in the order the docs list them
@@ -169,7 +163,7 @@ def task_rows(task: str, options: RowOptions) -> TaskRows:
     """The handler of ``task`` (one of :func:`manifest_tasks`)."""
     from datamodules.tasks import task_named
 
-    handler = TASK_ROWS.get(task) or task_named(task, "ManifestDataModule.task").manifest_rows()
+    handler = task_named(task, "ManifestDataModule.task").manifest_rows()
     if handler is None:
         raise ValueError(f"ManifestDataModule.task: task {task!r} has no manifest row handler")
     return handler(options)

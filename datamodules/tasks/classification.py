@@ -33,7 +33,7 @@ class ClassificationData(DataTask):
         return ClassificationRows
 
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
-        from datamodules.synthetic import make_classification
+        from datamodules.synthetic.samples import make_classification
 
         return make_classification(rng, index, params)
 

@@ -66,7 +66,7 @@ class DetectionData(DataTask):
         return DetectionRows
 
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
-        from datamodules.synthetic import make_detection
+        from datamodules.synthetic.samples import make_detection
 
         return make_detection(rng, index, params)
 

@@ -51,6 +51,6 @@ class LandmarksData(DataTask):
         return LandmarkRows
 
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
-        from datamodules.synthetic import make_landmarks
+        from datamodules.synthetic.samples import make_landmarks
 
         return make_landmarks(rng, index, params)

@@ -44,7 +44,7 @@ class SegmentationData(DataTask):
         return SegmentationRows
 
     def synthetic_sample(self, rng: np.random.Generator, index: int, params: dict[str, Any]) -> dict[str, Any]:
-        from datamodules.synthetic import make_segmentation
+        from datamodules.synthetic.samples import make_segmentation
 
         return make_segmentation(rng, index, params)
 

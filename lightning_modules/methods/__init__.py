@@ -1,6 +1,7 @@
-"""Training methods, written once for every task (they use only the RobustTask protocol)."""
+"""Training methods, written once for every task (they use only the TrainableTask protocol)."""
 
-from lightning_modules.methods.amat import AMAT, margin_update
+from lightning_modules.methods.amat import AMAT
+from lightning_modules.methods.amat_margins import margin_update
 from lightning_modules.methods.base import TrainingMethod
 from lightning_modules.methods.clean import Clean
 from lightning_modules.methods.denoise import Denoise

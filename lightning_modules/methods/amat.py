@@ -24,7 +24,8 @@ At the end of the epoch the recorded margins are gathered from all ranks and app
 rank holds the same margins. A sample seen twice in an epoch (the distributed sampler pads the
 last round with repeats) keeps the record of its first occurrence in the global sample order
 (:mod:`lightning_modules.methods.per_sample_state`, which keeps these per-sample records). The
-threshold strategies (fixed, running, from a clean checkpoint) live in
+margin rule and its end-of-epoch application live in :mod:`lightning_modules.methods.amat_margins`,
+the threshold strategies (fixed, running, from a clean checkpoint) in
 :mod:`lightning_modules.methods.amat_thresholds`.
 
 Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/nnunet/AMAT``,
@@ -65,24 +66,33 @@ Choices, against the paper and the authors' code (SarielMa/amat_conf: ``nnUNet/n
   diagnostics and write the reasoning in their headers.
 * β = 0.5 and α = 4 (step ``α·E/steps``) as in ``run_AMAT_training.py``; 20 steps there.
 
-Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`):
-``margin_grown`` / ``margin_shrunk`` / ``margin_held`` (fractions of the updated samples that
-took the +δ branch / ended more than 1 % below their old margin / neither) and
-``clean_violated`` (fraction whose clean input fails the threshold test, whether or not it
-counts as correct).
+Diagnostics (per epoch, in :meth:`on_train_epoch_end`'s logs and :attr:`last_diagnostics`): see
+:func:`lightning_modules.methods.amat_margins.apply_margins`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import SyncBatchNorm
 
 from attacks import AttackSpec, per_sample_norm
+from attacks.mode import Mode
 from lightning_modules.distributed import world_size
-from lightning_modules.methods.amat_thresholds import ThresholdStrategy, make_threshold
+from lightning_modules.methods.amat_margins import (
+    RECORD_FIELDS,
+    adversarial_term,
+    apply_margins,
+    margin_update,
+)
+from lightning_modules.methods.amat_thresholds import (
+    Centre,
+    ThresholdFrom,
+    ThresholdStrategy,
+    make_threshold,
+)
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
@@ -91,44 +101,10 @@ from lightning_modules.methods.base import (
     detach_output,
 )
 from lightning_modules.methods.per_sample_state import SampleRecords
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
-#: what AMAT records per sample and batch: the new margin (NaN: no update, e.g. a warm-up
-#: batch), the clean violation statistic, whether it took the +δ branch, whether its clean
-#: input violated (the last two 0/1; NaN in warm-up)
-RECORD_FIELDS = ("margin", "statistic", "grew", "clean_violated")
-
-
-def margin_update(
-    margins: Tensor,
-    violated: Tensor,
-    clean_correct: Tensor,
-    noise_norm: Tensor,
-    delta: float,
-    max_margin: float,
-) -> Tensor:
-    """AMAT's margin rule, per sample (all ``[B]``).
-
-    Expand by ``delta`` when the attack found no violation and the clean prediction is correct;
-    otherwise move halfway to the noise norm where the violation was found (or reached):
-    ``(E + ‖noise‖) / 2``. Result clamped to ``[0, max_margin]``.
-    """
-    grow = (~violated) & clean_correct
-    new = torch.where(grow, margins + delta, (margins + noise_norm.to(margins.dtype)) / 2)
-    return new.clamp(0.0, max_margin)
-
-
-def adversarial_term(loss_adv: Tensor, clean_correct: Tensor, on: str) -> Tensor:
-    """``L_adv`` of a batch from per-sample adversarial losses ``[B]``.
-
-    ``on="all"``: their mean. ``on="clean_correct"``: the mean over the samples with
-    ``clean_correct`` (Bool ``[B]``), 0 (still differentiable) when there are none — Ma &
-    Liang's ``loss3``.
-    """
-    if on == "all":
-        return loss_adv.mean()
-    mask = clean_correct.to(loss_adv.dtype)
-    return (loss_adv * mask).sum() / mask.sum().clamp(min=1.0)
+#: which samples' adversarial losses form the adversarial term
+AdvLossOn = Literal["clean_correct", "all"]
 
 
 class AMAT(TrainingMethod):
@@ -187,17 +163,17 @@ class AMAT(TrainingMethod):
         alpha: float = 4.0,
         beta: float = 0.5,
         clean_counts_as_correct: bool = True,
-        adv_loss_on: Literal["clean_correct", "all"] = "clean_correct",
+        adv_loss_on: AdvLossOn = "clean_correct",
         early_stop: bool = False,
-        threshold_from: Literal["clean_checkpoint", "running"] = "clean_checkpoint",
+        threshold_from: ThresholdFrom = "clean_checkpoint",
         clean_checkpoint: str | None = None,
         threshold: float | None = None,
         initial_threshold: float | None = None,
         threshold_z: float = 0.0,
-        threshold_centre: Literal["mean", "median"] = "mean",
+        threshold_centre: Centre = "mean",
         warmup_epochs: int = 0,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()
@@ -207,9 +183,9 @@ class AMAT(TrainingMethod):
         check_range(owner, "alpha", alpha, 0.0, lo_open=True)
         check_range(owner, "beta", beta, 0.0, 1.0, lo_open=True)
         check_range(owner, "warmup_epochs", warmup_epochs, 0)
-        check_choice(owner, "adv_loss_on", adv_loss_on, ("clean_correct", "all"))
-        check_choice(owner, "threshold_from", threshold_from, ("clean_checkpoint", "running"))
-        check_choice(owner, "threshold_centre", threshold_centre, ("mean", "median"))
+        check_choice(owner, "adv_loss_on", adv_loss_on, get_args(AdvLossOn))
+        check_choice(owner, "threshold_from", threshold_from, get_args(ThresholdFrom))
+        check_choice(owner, "threshold_centre", threshold_centre, get_args(Centre))
         spec = self.set_attack(attack, self.default_attack)
         for key in ("step_size", "rel_step_size", "init_radius", "rel_init_radius"):
             if getattr(spec, key) is not None:
@@ -231,11 +207,9 @@ class AMAT(TrainingMethod):
         self.clean_checkpoint = None if clean_checkpoint is None else str(clean_checkpoint)
         self.threshold = None if threshold is None else float(threshold)
         self.initial_threshold = None if initial_threshold is None else float(initial_threshold)
-        self.threshold_z = float(threshold_z)
-        self.threshold_centre = threshold_centre
-        self.warmup_epochs = int(warmup_epochs)
+        self.threshold_z, self.threshold_centre = float(threshold_z), threshold_centre
+        self.warmup_epochs, self.seed = int(warmup_epochs), seed
         self.set_attack_modes(attack_bn_mode, attack_dropout_mode)
-        self.seed = seed
         self._direction: str | None = None
         #: where the violation threshold comes from (set in :meth:`setup`, knowing the task)
         self.thresholds: ThresholdStrategy = make_threshold(
@@ -247,7 +221,7 @@ class AMAT(TrainingMethod):
         self.last_diagnostics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup / state
-    def setup(self, task: RobustTask) -> None:
+    def setup(self, task: TrainableTask) -> None:
         n = int(task.data_info.num_train)
         if n < 1:
             raise ValueError(
@@ -261,15 +235,15 @@ class AMAT(TrainingMethod):
         self.register_buffer("margins", torch.full((n,), self.delta, dtype=torch.float32))
         self.register_buffer("threshold_value", torch.tensor(float("nan")))
         self.thresholds = make_threshold(
-            direction, threshold=self.threshold, threshold_from=self.threshold_from,  # type: ignore[arg-type]
+            direction, threshold=self.threshold, threshold_from=self.threshold_from,
             clean_checkpoint=self.clean_checkpoint, initial=self.initial_threshold,
-            z=self.threshold_z, centre=self.threshold_centre)  # type: ignore[arg-type]
+            z=self.threshold_z, centre=self.threshold_centre)
 
     def current_threshold(self) -> float | None:
         """The violation threshold in force (``None``: not needed, or not available yet)."""
         return self.thresholds.current(float(self.threshold_value))
 
-    def _warming_up(self, task: RobustTask) -> bool:
+    def _warming_up(self, task: TrainableTask) -> bool:
         if int(task.current_epoch) < self.warmup_epochs:
             return True
         return self._direction is not None and self.current_threshold() is None
@@ -283,7 +257,7 @@ class AMAT(TrainingMethod):
             out["threshold"] = thr
         return out
 
-    def on_train_epoch_start(self, task: RobustTask) -> None:
+    def on_train_epoch_start(self, task: TrainableTask) -> None:
         self.records.reset()
         value = self.thresholds.at_epoch_start(task, float(self.threshold_value),
                                                self.margins.shape[0], self.margins.device)
@@ -301,7 +275,7 @@ class AMAT(TrainingMethod):
         self.records.load_state(rows if isinstance(rows, Tensor) else None, self.margins.device)
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         index = batch.get("index")
         if not isinstance(index, Tensor):
@@ -387,28 +361,15 @@ class AMAT(TrainingMethod):
         return loss, logs
 
     # ------------------------------------------------------------------ epoch end
-    def on_train_epoch_end(self, task: RobustTask) -> Logs:
+    def on_train_epoch_end(self, task: TrainableTask) -> Logs:
         # every rank's records, each sample's first occurrence (a collective)
         rec = self.records.gather(self.margins.shape[0], self.margins.device)
         logs: Logs = {}
         self.last_diagnostics = {}
         if len(rec):
-            new = rec["margin"]
-            upd = ~torch.isnan(new)
-            if bool(upd.any()):
-                index = rec.index[upd]
-                old = self.margins[index].clone()
-                self.margins[index] = new[upd].to(self.margins.dtype)
-                now = self.margins[index]
-                grew = rec["grew"][upd] > 0.5
-                # "shrunk": ended more than 1 % below the old margin (without early stopping a
-                # violated margin moves halfway to a final noise norm just under E: "held").
-                shrunk = (~grew) & (now < 0.99 * old)
-                diag = {"margin_grown": grew.float().mean(), "margin_shrunk": shrunk.float().mean(),
-                        "margin_held": ((~grew) & ~shrunk).float().mean(),
-                        "clean_violated": (rec["clean_violated"][upd] > 0.5).float().mean()}
-                self.last_diagnostics = {k: float(v) for k, v in diag.items()}
-                logs.update(diag)
+            diag = apply_margins(self.margins, rec)
+            self.last_diagnostics = {k: float(v) for k, v in diag.items()}
+            logs.update(diag)
             value = self.thresholds.at_epoch_end(rec["statistic"])
             if value is not None:
                 self.threshold_value.fill_(value)

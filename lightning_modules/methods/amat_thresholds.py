@@ -35,7 +35,7 @@ from torch import Tensor
 
 from attacks.tree import tree_map
 from lightning_modules.methods.per_sample_state import SampleRecords
-from lightning_modules.protocol import RobustTask
+from lightning_modules.protocol import TrainableTask
 
 __all__ = ["MAD_TO_SIGMA", "CleanCheckpointThreshold", "FixedThreshold", "NoThreshold",
            "RunningThreshold", "ThresholdStrategy", "make_threshold", "robust_threshold",
@@ -44,6 +44,8 @@ __all__ = ["MAD_TO_SIGMA", "CleanCheckpointThreshold", "FixedThreshold", "NoThre
 MAD_TO_SIGMA = 1.4826
 Direction = Literal["above", "below"]
 Centre = Literal["mean", "median"]
+#: where the violation threshold comes from
+ThresholdFrom = Literal["clean_checkpoint", "running"]
 
 
 def robust_threshold(stats: Tensor, z: float, direction: str) -> float:
@@ -80,7 +82,7 @@ class ThresholdStrategy:
         """The threshold in force (``None``: not needed, or not available yet)."""
         return None
 
-    def at_epoch_start(self, task: RobustTask, stored: float, size: int,
+    def at_epoch_start(self, task: TrainableTask, stored: float, size: int,
                        device: torch.device) -> float | None:
         """A value to store at the start of a training epoch, or ``None`` (keep)."""
         return None
@@ -147,11 +149,11 @@ class CleanCheckpointThreshold(RunningThreshold):
 
     def __init__(self, checkpoint: str, direction: Direction, z: float, centre: Centre,
                  initial: float | None) -> None:
-        super().__init__(direction, z, centre, initial)
+        super().__init__(direction=direction, z=z, centre=centre, initial=initial)
         self.checkpoint = str(checkpoint)
         self.running = False  # until the file turns out to be missing
 
-    def at_epoch_start(self, task: RobustTask, stored: float, size: int,
+    def at_epoch_start(self, task: TrainableTask, stored: float, size: int,
                        device: torch.device) -> float | None:
         if self.running or not math.isnan(stored):
             return None
@@ -168,7 +170,7 @@ class CleanCheckpointThreshold(RunningThreshold):
     def at_epoch_end(self, statistics: Tensor) -> float | None:
         return super().at_epoch_end(statistics) if self.running else None
 
-    def resolve_checkpoint(self, task: RobustTask) -> str:
+    def resolve_checkpoint(self, task: TrainableTask) -> str:
         """The file ``checkpoint`` names (``{default_root_dir}`` filled in; a glob picks its
         newest match).
 
@@ -185,7 +187,7 @@ class CleanCheckpointThreshold(RunningThreshold):
                                     f"{pattern!r} (a clean run's Lightning checkpoint is expected)")
         return matches[-1]
 
-    def from_clean_model(self, task: RobustTask, size: int, device: torch.device) -> float:
+    def from_clean_model(self, task: TrainableTask, size: int, device: torch.device) -> float:
         """``centre ± z·scale`` of the clean checkpoint's per-sample violation statistics on the
         training loader (eval mode, no gradients; all ranks, de-duplicated over ``size``
         training samples). The task's net weights, module modes and every RNG are restored."""
@@ -229,7 +231,7 @@ class CleanCheckpointThreshold(RunningThreshold):
 
 
 def make_threshold(direction: Direction | None, *, threshold: float | None,
-                   threshold_from: Literal["clean_checkpoint", "running"],
+                   threshold_from: ThresholdFrom,
                    clean_checkpoint: str | None, initial: float | None, z: float,
                    centre: Centre) -> ThresholdStrategy:
     """The strategy AMAT's options choose for a task whose violations go ``direction``

@@ -3,7 +3,9 @@
 A method is an ``nn.Module`` so that its state (AMAT's margins, the denoiser's weights) lives in
 the task module's ``state_dict`` and is checkpointed, moved to the device and synchronised like
 any other parameter or buffer. It talks to the task only through
-:class:`lightning_modules.protocol.RobustTask` — it never knows which task it trains.
+:class:`lightning_modules.protocol.TrainableTask` — it never knows which task it trains. What a
+method trains on is ``task.batch_loss`` (the mean of the per-sample losses, except where the task
+reduces its own way: detection); attacks keep the per-sample loss ``[B]``.
 
 Hooks (all optional except :meth:`TrainingMethod.training_loss`):
 
@@ -32,20 +34,9 @@ from attacks.options import check_choice as check_option
 from attacks.seeding import seeded_generator
 from attacks.spec import AttackSpec
 from attacks.tree import tree_map
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 Logs = dict[str, float | Tensor]
-
-
-def batch_loss(task: RobustTask, output: Any, batch: Batch) -> Tensor:
-    """``[]``: the training loss of a whole batch — ``task.batch_loss`` where the task reduces
-    its loss its own way (detection: torchvision's batch normalisation), else the mean of
-    :meth:`~lightning_modules.protocol.RobustTask.per_sample_loss`. Attacks keep the per-sample
-    loss ``[B]``; what the network is trained on is this."""
-    reduce = getattr(task, "batch_loss", None)
-    if reduce is None:  # a task without the optional hook (adapters, test doubles)
-        return task.per_sample_loss(output, batch).mean()
-    return reduce(output, batch)
 
 
 class TrainingMethod(nn.Module):
@@ -123,18 +114,18 @@ class TrainingMethod(nn.Module):
         return spec
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, task: RobustTask) -> None:
+    def setup(self, task: TrainableTask) -> None:
         """Called once by the task module's constructor (``task.net`` and ``task.data_info``
         exist). Allocate data-sized buffers and embedded modules here."""
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         """The scalar training loss of ``batch`` and the method's signals to log."""
         raise NotImplementedError
 
-    def on_train_epoch_start(self, task: RobustTask) -> None:
+    def on_train_epoch_start(self, task: TrainableTask) -> None:
         """Called at the start of every training epoch, on every rank."""
 
-    def on_train_epoch_end(self, task: RobustTask) -> Logs:
+    def on_train_epoch_end(self, task: TrainableTask) -> Logs:
         """Called once per epoch after the last training batch, on every rank (collective
         operations are allowed); returns epoch-level signals to log."""
         return {}
@@ -157,7 +148,7 @@ class TrainingMethod(nn.Module):
         """Inverse of :meth:`epoch_state` (``{}`` for checkpoints without it)."""
 
     # ------------------------------------------------------------------ helpers
-    def generator(self, task: RobustTask, device: torch.device, seed: int | None) -> torch.Generator | None:
+    def generator(self, task: TrainableTask, device: torch.device, seed: int | None) -> torch.Generator | None:
         """A generator for this step's attack randomness, seeded by ``(seed, global step,
         rank)``: reproducible, different on every rank and step, and identical when a run is
         resumed from a checkpoint. ``seed=None``: ``None`` (the global RNG)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_modules.methods.base import Logs, TrainingMethod, batch_loss
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.methods.base import Logs, TrainingMethod
+from lightning_modules.protocol import Batch, TrainableTask
 
 
 class Clean(TrainingMethod):
@@ -16,7 +16,7 @@ class Clean(TrainingMethod):
     def __init__(self) -> None:
         super().__init__()
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         out = task.attack_model()(batch["image"])
-        loss = batch_loss(task, out, batch)
+        loss = task.batch_loss(out, batch)
         return loss, {}

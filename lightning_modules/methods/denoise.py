@@ -33,23 +33,24 @@ pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from attacks import AttackSpec, GaussianNoise, SaltPepperNoise, SpeckleNoise, UniformNoise
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    batch_loss,
     check_choice,
     check_range,
 )
 from lightning_modules.nets.builder import build_net
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
-NOISES = ("gaussian", "salt_pepper", "speckle", "uniform")
+Noise = Literal["gaussian", "salt_pepper", "speckle", "uniform"]
+NOISES: tuple[str, ...] = get_args(Noise)
 DEFAULT_DENOISER = "lightning_modules.nets.DenoisingAutoEncoder"
 
 
@@ -89,7 +90,7 @@ class Denoise(TrainingMethod):
     def __init__(
         self,
         denoiser: dict | None = None,
-        noises: list[str] | None = None,
+        noises: list[Noise] | None = None,
         gaussian_std: float = 0.1,
         speckle_std: float = 0.2,
         uniform_eps: float = 0.1,
@@ -100,8 +101,8 @@ class Denoise(TrainingMethod):
         lambda_rec: float = 1.0,
         lambda_inv: float = 0.1,
         feature_layer: str | None = None,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()
@@ -129,7 +130,7 @@ class Denoise(TrainingMethod):
         self.seed = seed
 
     # ------------------------------------------------------------------ setup
-    def setup(self, task: RobustTask) -> None:
+    def setup(self, task: TrainableTask) -> None:
         info = task.data_info
         self.denoiser = build_net(self.denoiser_spec, info, info.in_channels, DEFAULT_DENOISER,
                                   field="method.denoiser")
@@ -174,7 +175,7 @@ class Denoise(TrainingMethod):
         return noisy
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         b = x.shape[0]
         bounds = tuple(task.data_info.bounds)
@@ -226,8 +227,8 @@ class Denoise(TrainingMethod):
                 "whose output is one"
             )
         inv = ((f_noisy.float() - f_clean.detach().float()) ** 2).mean()
-        loss_clean = batch_loss(task, out_clean, batch)
-        loss_noisy = batch_loss(task, out_noisy, batch)
+        loss_clean = task.batch_loss(out_clean, batch)
+        loss_noisy = task.batch_loss(out_noisy, batch)
         task_loss = 0.5 * (loss_clean + loss_noisy)
         loss = task_loss + self.lambda_rec * rec + self.lambda_inv * inv
         logs.update({"loss_clean": loss_clean.detach(), "loss_noisy": loss_noisy.detach(),

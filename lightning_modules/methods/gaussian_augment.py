@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_modules.methods.base import Logs, TrainingMethod, batch_loss, check_range
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.methods.base import Logs, TrainingMethod, check_range
+from lightning_modules.protocol import Batch, TrainableTask
 
 
 class GaussianAugment(TrainingMethod):
@@ -57,12 +57,12 @@ class GaussianAugment(TrainingMethod):
         mask = pick.view(-1, *[1] * (x.ndim - 1)).to(x.dtype)
         return x + self.sigma * noise * mask, pick
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         gen = self.generator(task, x.device, self.seed)
         x_noisy, pick = self.noisy(x, gen)
         out = task.attack_model()(x_noisy)
-        loss = batch_loss(task, out, batch)
+        loss = task.batch_loss(out, batch)
         return loss, {"sigma": torch.tensor(self.sigma), "noisy_fraction": pick.float().mean()}
 
     def signals(self) -> dict[str, float]:

@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from attacks import AttackSpec, attack_mode
+from attacks.mode import Mode
 from lightning_modules.methods.base import Logs, check_range
 from lightning_modules.methods.sat import SAT
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.methods.schedules import ScheduleKind
+from lightning_modules.protocol import Batch, TrainableTask
 
 
 class GradAlign(SAT):
@@ -43,20 +45,21 @@ class GradAlign(SAT):
         eps: float = 0.004,
         attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 1.0,
-        schedule: str = "constant",
+        schedule: ScheduleKind = "constant",
         warmup_epochs: int = 0,
         stages: list[list[float]] | None = None,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
         align_weight: float = 0.2,
     ) -> None:
-        super().__init__(eps, attack, beta, schedule, warmup_epochs, stages, attack_bn_mode,
-                         attack_dropout_mode, seed)
+        super().__init__(eps=eps, attack=attack, beta=beta, schedule=schedule, warmup_epochs=warmup_epochs,
+                         stages=stages, attack_bn_mode=attack_bn_mode, attack_dropout_mode=attack_dropout_mode,
+                         seed=seed)
         check_range(type(self).__name__, "align_weight", align_weight, 0.0)
         self.align_weight = float(align_weight)
 
-    def alignment(self, task: RobustTask, batch: Batch, eps: float,
+    def alignment(self, task: TrainableTask, batch: Batch, eps: float,
                   generator: torch.Generator | None) -> Tensor:
         """``[B]`` per-sample ``1 − cos(∇x ℓ(x), ∇x ℓ(x + η))``, differentiable w.r.t. the
         parameters (double backpropagation)."""
@@ -84,7 +87,7 @@ class GradAlign(SAT):
         cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=1, eps=1e-12)
         return 1.0 - cos
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         loss, logs = super().training_loss(task, batch)
         eps = self._current_eps
         if self.align_weight > 0 and eps > 0:

@@ -9,16 +9,16 @@ import torch
 from torch import Tensor
 
 from attacks import Attack, AttackSpec
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    batch_loss,
     check_choice,
     check_range,
     detach_output,
 )
-from lightning_modules.methods.schedules import SCHEDULES, EpsSchedule
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.methods.schedules import SCHEDULES, EpsSchedule, ScheduleKind
+from lightning_modules.protocol import Batch, TrainableTask
 
 
 class SAT(TrainingMethod):
@@ -67,11 +67,11 @@ class SAT(TrainingMethod):
         eps: float = 0.004,
         attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 1.0,
-        schedule: str = "constant",
+        schedule: ScheduleKind = "constant",
         warmup_epochs: int = 0,
         stages: list[list[float]] | None = None,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
     ) -> None:
         super().__init__()
@@ -94,22 +94,22 @@ class SAT(TrainingMethod):
     def signals(self) -> dict[str, float]:
         return {"eps": self._current_eps}
 
-    def on_train_epoch_start(self, task: RobustTask) -> None:
+    def on_train_epoch_start(self, task: TrainableTask) -> None:
         self._current_eps = self.schedule(int(task.current_epoch))
 
-    def make_attack(self, task: RobustTask, eps: float) -> Attack:
+    def make_attack(self, task: TrainableTask, eps: float) -> Attack:
         """The attack of this step (budget ``eps``)."""
         return self.attack.build(eps, tuple(task.data_info.bounds),
                                  (self.attack_bn_mode, self.attack_dropout_mode))
 
     # ------------------------------------------------------------------ training
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         eps = self.schedule(int(task.current_epoch))
         self._current_eps = eps
         x = batch["image"]
         model = task.attack_model()
         if eps <= 0:  # a schedule may start at 0: plain training, no attack cost
-            loss = batch_loss(task, model(x), batch)
+            loss = task.batch_loss(model(x), batch)
             return loss, {"eps": 0.0, "loss_clean": loss.detach()}
         atk = self.make_attack(task, eps)
         x_adv = atk(model, x, batch, loss_fn=task.per_sample_loss,
@@ -117,12 +117,12 @@ class SAT(TrainingMethod):
         logs: Logs = {"eps": eps}
         if self.beta >= 1.0:
             out_adv = model(x_adv)
-            loss_adv = batch_loss(task, out_adv, batch)
+            loss_adv = task.batch_loss(out_adv, batch)
             loss = loss_adv
         else:
             out_clean, out_adv = task.forward_joint([x, x_adv])
-            loss_clean = batch_loss(task, out_clean, batch)
-            loss_adv = batch_loss(task, out_adv, batch)
+            loss_clean = task.batch_loss(out_clean, batch)
+            loss_adv = task.batch_loss(out_adv, batch)
             loss = (1 - self.beta) * loss_clean + self.beta * loss_adv
             logs["loss_clean"] = loss_clean.detach()
         logs["loss_adv"] = loss_adv.detach()

@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from attacks.options import check_choice
 
-SCHEDULES = ("constant", "linear", "staged")
+#: how ε follows the epochs
+ScheduleKind = Literal["constant", "linear", "staged"]
+SCHEDULES: tuple[str, ...] = get_args(ScheduleKind)
 
 
 class EpsSchedule:
@@ -23,7 +26,7 @@ class EpsSchedule:
 
     def __init__(
         self,
-        kind: str = "constant",
+        kind: ScheduleKind = "constant",
         eps: float = 0.0,
         warmup_epochs: int = 0,
         stages: Sequence[Sequence[float]] | None = None,

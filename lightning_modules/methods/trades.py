@@ -3,24 +3,25 @@ Accuracy"), task-agnostic through the task's ``output_divergence``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from attacks import AttackSpec, attack_mode
+from attacks.mode import Mode
 from lightning_modules.methods.base import (
     Logs,
     TrainingMethod,
-    batch_loss,
     check_choice,
     check_range,
     detach_output,
 )
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 
 #: TRADES' training forwards: the authors' two forwards, or one joint forward
-FORWARDS = ("separate", "joint")
+TradesForward = Literal["separate", "joint"]
+FORWARDS: tuple[str, ...] = get_args(TradesForward)
 
 
 class TRADES(TrainingMethod):
@@ -68,10 +69,10 @@ class TRADES(TrainingMethod):
         eps: float = 0.004,
         attack: dict[str, Any] | AttackSpec | None = None,
         beta: float = 6.0,
-        attack_bn_mode: str = "eval",
-        attack_dropout_mode: str = "eval",
+        attack_bn_mode: Mode = "eval",
+        attack_dropout_mode: Mode = "eval",
         seed: int | None = 0,
-        forward: str = "separate",
+        forward: TradesForward = "separate",
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -87,7 +88,7 @@ class TRADES(TrainingMethod):
     def signals(self) -> dict[str, float]:
         return {"eps": self.eps}
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         model = task.attack_model()
         with torch.no_grad(), attack_mode(model, bn=self.attack_bn_mode, dropout=self.attack_dropout_mode):
@@ -104,7 +105,7 @@ class TRADES(TrainingMethod):
             out_clean, out_adv = task.forward_joint([x, x_adv])
         else:
             out_clean, out_adv = model(x), model(x_adv)
-        natural = batch_loss(task, out_clean, batch)
+        natural = task.batch_loss(out_clean, batch)
         robust = task.output_divergence(out_adv, out_clean).mean()
         loss = natural + self.beta * robust
         return loss, {"eps": self.eps, "loss_clean": natural.detach(), "divergence": robust.detach()}

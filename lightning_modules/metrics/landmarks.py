@@ -14,6 +14,7 @@ Inputs of ``update`` (the batch contract, :mod:`datamodules.info`):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -21,7 +22,9 @@ from torchmetrics import Metric
 
 __all__ = ["MeanRadialError", "SuccessDetectionRate", "radial_errors", "radius_name"]
 
-UNITS = ("px", "mm")
+#: the unit of a radial error
+Unit = Literal["px", "mm"]
+UNITS: tuple[str, ...] = get_args(Unit)
 
 
 def radius_name(radius: float, unit: str) -> str:
@@ -35,7 +38,7 @@ def radial_errors(
     target: Tensor,
     visible: Tensor | None = None,
     spacing: Tensor | None = None,
-    unit: str = "px",
+    unit: Unit = "px",
 ) -> tuple[Tensor, Tensor]:
     """Radial error per landmark and which of them count.
 
@@ -70,7 +73,7 @@ class _RadialMetric(Metric):
     is_differentiable = False
     full_state_update = False
 
-    def __init__(self, num_landmarks: int, unit: str = "px", per_landmark: bool = False,
+    def __init__(self, num_landmarks: int, unit: Unit = "px", per_landmark: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if num_landmarks < 1:
@@ -101,9 +104,9 @@ class MeanRadialError(_RadialMetric):
 
     higher_is_better = False  # an error in pixels / mm
 
-    def __init__(self, num_landmarks: int, unit: str = "px", per_landmark: bool = False,
+    def __init__(self, num_landmarks: int, unit: Unit = "px", per_landmark: bool = False,
                  **kwargs) -> None:
-        super().__init__(num_landmarks, unit, per_landmark, **kwargs)
+        super().__init__(num_landmarks=num_landmarks, unit=unit, per_landmark=per_landmark, **kwargs)
         self.add_state("error_sum", default=torch.zeros(num_landmarks), dist_reduce_fx="sum")
 
     @property
@@ -142,8 +145,8 @@ class SuccessDetectionRate(_RadialMetric):
     higher_is_better = True  # a success rate
 
     def __init__(self, num_landmarks: int, radii: Sequence[float] = (2.0, 2.5, 3.0, 4.0),
-                 unit: str = "mm", per_landmark: bool = False, **kwargs) -> None:
-        super().__init__(num_landmarks, unit, per_landmark, **kwargs)
+                 unit: Unit = "mm", per_landmark: bool = False, **kwargs) -> None:
+        super().__init__(num_landmarks=num_landmarks, unit=unit, per_landmark=per_landmark, **kwargs)
         radii = [float(r) for r in radii]
         if not radii or min(radii) < 0:
             raise ValueError(f"radii must be a non-empty list of non-negative numbers, got {radii}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_modules.nets.layers import conv_block, max_pool_nd
+from lightning_modules.nets.layers import Norm, conv_block, max_pool_nd
 
 
 class SmallCNN(nn.Module):
@@ -34,7 +34,7 @@ class SmallCNN(nn.Module):
         in_channels: int = 1,
         num_classes: int = 2,
         features: Sequence[int] = (16, 32, 64),
-        norm: str = "batch",
+        norm: Norm = "batch",
         convs_per_stage: int = 1,
         dropout: float = 0.0,
     ) -> None:

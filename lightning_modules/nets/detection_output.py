@@ -3,10 +3,10 @@
 A :class:`DetectionOutput` holds the batch's detector input, the shared backbone features and
 the caches the heads fill lazily; it has no reference to the wrapper and computes nothing
 itself. Each reading (per-image losses, the batch loss, detections, the DAG inputs, dense head
-outputs) is the job of the **detector family** that made it
-(:mod:`lightning_modules.nets.detector_families`), recorded in :attr:`DetectionOutput.family`;
-the methods below only name that family's method, so a consumer holding the output alone
-(an attack's ``loss_fn``, a task's metric update) can ask for it.
+outputs) is asked of the **detector family** that made it
+(:mod:`lightning_modules.nets.detector_families`), recorded in :attr:`DetectionOutput.family`,
+so a consumer holding the output alone (an attack's ``loss_fn``, a task's metric update) asks
+``out.family.loss(out, boxes, labels)``, ``out.family.detections(out)``…
 """
 
 from __future__ import annotations
@@ -89,37 +89,3 @@ class DetectionOutput:
                                          self.original_sizes[sl], heads))
             start += n
         return parts
-
-    # ---------------------------------------------------------- the family's readings
-    def per_image_losses(self, boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> dict[str, Tensor]:
-        """``{loss name: [B]}`` for targets in the batch contract (labels in ``[0, C)``)."""
-        return self.family.per_image_losses(self, boxes, labels)
-
-    def loss(self, boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
-        """``[B]``: the sum of the detector's training losses for each image."""
-        return self.family.loss(self, boxes, labels)
-
-    def batch_loss(self, boxes: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
-        """``[]``: the detector's training loss of the whole batch, normalised as torchvision
-        normalises it (see the family's ``batch_loss``)."""
-        return self.family.batch_loss(self, boxes, labels)
-
-    def head_outputs(self) -> dict[str, Tensor]:
-        """Dense head outputs of a single-stage detector (computed once)."""
-        return self.family.head_outputs(self)
-
-    def matched_predictions(self, boxes: Sequence[Tensor], labels: Sequence[Tensor],
-                            iou_thresh: float = 0.5) -> tuple[Tensor, Tensor]:
-        """``(pred [B, L, K + 4], target [B, L, 5])``: the DAG inputs (see the family's
-        ``matched_predictions``)."""
-        return self.family.matched_predictions(self, boxes, labels, iou_thresh)
-
-    @property
-    def detections(self) -> Targets:
-        """Per image ``{"boxes" [N, 4], "scores" [N], "labels" [N] in [0, C)}`` (cached)."""
-        return self.family.detections(self)
-
-    def detached_detections(self) -> Targets:
-        """:attr:`detections` (``boxes``, ``scores``, ``labels``) with every tensor detached
-        (for metrics, displays, pseudo-labels)."""
-        return [{k: d[k].detach() for k in ("boxes", "scores", "labels")} for d in self.detections]

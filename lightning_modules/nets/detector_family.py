@@ -129,6 +129,11 @@ class DetectorFamily(ABC):
             out.cached_detections = self.postprocess(out)
         return out.cached_detections
 
+    def detached_detections(self, out: DetectionOutput) -> Targets:
+        """:meth:`detections` (``boxes``, ``scores``, ``labels``) with every tensor detached
+        (for metrics, displays, pseudo-labels)."""
+        return [{k: d[k].detach() for k in ("boxes", "scores", "labels")} for d in self.detections(out)]
+
     def matched_predictions(self, out: DetectionOutput, boxes: Sequence[Tensor], labels: Sequence[Tensor],
                             iou_thresh: float = 0.5) -> tuple[Tensor, Tensor]:
         """Class logits and boxes of the eval-mode locations / proposals / detections, with the

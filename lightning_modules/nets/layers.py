@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import nn
 
-NORMS = ("batch", "instance", "group", "none")
+#: the normalisation layer of the default networks
+Norm = Literal["batch", "instance", "group", "none"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.nets.layers import conv_block, conv_nd, max_pool_nd
+from lightning_modules.nets.layers import Norm, conv_block, conv_nd, max_pool_nd
 
 
 class SmallUNet(nn.Module):
@@ -34,7 +34,7 @@ class SmallUNet(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         features: Sequence[int] = (16, 32, 64),
-        norm: str = "batch",
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -94,7 +94,7 @@ class DenoisingAutoEncoder(nn.Module):
         in_channels: int = 1,
         out_channels: int | None = None,
         features: Sequence[int] = (16, 32),
-        norm: str = "group",
+        norm: Norm = "group",
     ) -> None:
         super().__init__()
         if out_channels is not None and out_channels != in_channels:

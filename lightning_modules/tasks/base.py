@@ -5,7 +5,7 @@ A :class:`Task` subclasses its data-side class and is registered under the same 
 (:func:`datamodules.tasks.register_task`), so ``task_named("segmentation")`` returns one object
 that owns every fact about segmentation. Modules, callbacks and ``medrobust.evaluate`` ask it;
 none switches on the name. The per-sample loss, metrics, violation test and their direction are
-the module's (:class:`lightning_modules.protocol.RobustTask`); a user's own module gets them
+the module's (:class:`lightning_modules.protocol.TrainableTask`); a user's own module gets them
 through :class:`callbacks.RobustTaskAdapter`, whose task-specific defaults are the task's
 :class:`AdapterRules`.
 """
@@ -78,8 +78,6 @@ class AdapterRules:
     #: torchmetrics' compute groups for the user's metrics
     compute_groups: ClassVar[bool] = True
 
-    #: the default violation test's direction (:attr:`RobustTask.violation_direction`)
-    violation_direction: ClassVar[str | None] = None
     #: the per-sample file's column for the default per-sample metric (``None``: the main metric)
     metric_column: ClassVar[str | None] = None
 

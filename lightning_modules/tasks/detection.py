@@ -36,7 +36,6 @@ class DetectionRules(AdapterRules):
 
         return {"detection": DetectionMAP()}
 
-    violation_direction: ClassVar[str | None] = "above"
     #: the per-sample file's column: the image's AP@0.5, not its mAP
     metric_column: ClassVar[str | None] = "ap50"
 
@@ -48,7 +47,7 @@ class DetectionRules(AdapterRules):
             super().check_main_metric(main_metric, names)
 
     def __init__(self, task: Task) -> None:
-        super().__init__(task)
+        super().__init__(task=task)
         self.wrapper: Any = None  # the DetectorWrapper around the user's detector (built once)
 
     def attack_model(self, model: nn.Module) -> nn.Module:
@@ -73,32 +72,35 @@ class DetectionRules(AdapterRules):
         return [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
 
     def user_output(self, output: Any) -> Any:
-        return detection_output(output).detections
+        out = detection_output(output)
+        return out.family.detections(out)
 
     def loss(self, output: Any, batch: Mapping[str, Any]) -> Tensor:
-        return detection_output(output).loss(batch["boxes"], batch["labels"])
+        out = detection_output(output)
+        return out.family.loss(out, batch["boxes"], batch["labels"])
 
     def is_violated(self, adapter: Any, output: Any, batch: Any, threshold: float | None) -> Tensor:
         # DetectionModule's test: the image's loss above a threshold
         thr = adapter.violation_threshold if threshold is None else float(threshold)
-        return adapter.violation_statistic(output, batch) > thr
+        with torch.no_grad():
+            return adapter.per_sample_loss(output, batch).detach() > thr
 
     def metric_output(self, output: Any) -> Any:
-        return detection_output(output).detached_detections()
+        return detached_detections(output)
 
     def per_sample_metric(self, output: Any, target: Any) -> Tensor:
         from lightning_modules.metrics.detection import per_image_ap50
 
-        preds = detection_output(output).detached_detections()
+        preds = detached_detections(output)
         return per_image_ap50(preds, detached_targets(target, preds))
 
     def metric_inputs(self, output: Any, target: Any) -> tuple[Any, Any]:
         # torchmetrics' MeanAveragePrecision form
-        preds = detection_output(output).detached_detections()
+        preds = detached_detections(output)
         return preds, detached_targets(target, preds)
 
     def display(self, output: Any) -> Any:
-        return detection_output(output).detached_detections()
+        return detached_detections(output)
 
     def attack_loss_inputs(self, output: Any, batch: Mapping[str, Any], keys: Sequence[str],
                            given: Any, inputs: str) -> tuple[Tensor, Tensor]:
@@ -150,7 +152,7 @@ class DetectionTask(Task, DetectionData):
                              "as class 0 besides them)")
 
     def comparable_output(self, output: Any) -> Any:
-        return [{k: v.detach() for k, v in d.items()} for d in output.detections]
+        return [{k: v.detach() for k, v in d.items()} for d in output.family.detections(output)]
 
 
 def detector_classes(detector: nn.Module) -> tuple[int, int]:
@@ -179,6 +181,12 @@ def detection_output(output: Any) -> Any:
         raise ValueError("RobustTaskAdapter(task='detection'): expected the output of the adapter's "
                          f"attack_model() (a DetectionOutput), got {type(output).__name__}")
     return output
+
+
+def detached_detections(output: Any) -> list[dict[str, Tensor]]:
+    """The detections of the adapter's output, detached (asked of its detector family)."""
+    out = detection_output(output)
+    return out.family.detached_detections(out)
 
 
 def detached_targets(target: list[dict[str, Tensor]], preds: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:

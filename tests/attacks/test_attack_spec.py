@@ -312,6 +312,6 @@ def test_checkpoints_with_the_old_flat_fields_still_load() -> None:
                                            "rel_init_radius": 0.3, "init_distribution": "uniform"}
     old_denoise = {"class_path": "lightning_modules.methods.Denoise",
                    "init_args": {"adv_eps": 0.02, "adv_norm": "l2", "adv_steps": 2}}
-    from lightning_modules.base import as_method
+    from lightning_modules.hparams import as_method
 
     assert as_method(old_denoise, "t").attack.to_config() == {"name": "pgd", "norm": "l2", "steps": 2}

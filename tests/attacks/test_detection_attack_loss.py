@@ -20,6 +20,7 @@ import torch
 from attacks import APGD, PGD
 from attacks.spec import parse_attack_specs
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
+from benchmarks.common import fit_plain
 from callbacks.attack_loss import task_loss_tensors
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
@@ -133,7 +134,8 @@ def test_dag_inputs_shape_and_gradient(path: str) -> None:
     if path == TINY_FCOS:
         pred, target = task_loss_tensors(module, module(x), batch, "matched")
     else:
-        pred, target = module(x).matched_predictions(batch["boxes"], batch["labels"], iou_thresh=0.05)
+        out = module(x)
+        pred, target = out.family.matched_predictions(out, batch["boxes"], batch["labels"], iou_thresh=0.05)
     offset = module.net.label_offset
     k = module.num_classes + offset
     assert pred.shape[0] == 3 and pred.shape[2] == k + 4 and target.shape == (*pred.shape[:2], 5)
@@ -165,7 +167,8 @@ def test_dag_inputs_on_retinanet() -> None:
     wrapper = DetectorWrapper(det).eval()
     batch = _batch()
     x = batch["image"].clone().requires_grad_(True)
-    pred, target = wrapper(x).matched_predictions(batch["boxes"], batch["labels"], iou_thresh=0.3)
+    out = wrapper(x)
+    pred, target = out.family.matched_predictions(out, batch["boxes"], batch["labels"], iou_thresh=0.3)
     assert pred.shape == (3, 64 // 4 * 64 // 4 * 6, 3 + 4) and target.shape == (*pred.shape[:2], 5)
     matched = target[..., 0] >= 0
     assert matched[0].any() and matched[2].any() and not matched[1].any()
@@ -202,16 +205,10 @@ def _train_tiny_fcos(steps: int = 300, seed: int = 0) -> tuple[DetectionModule, 
             dm.setup("fit")
             module = DetectionModule(data_info=dm.info, net={
                 "class_path": TINY_FCOS, "init_args": {"widths": [16, 32], "out_channels": 32}})
-            train, model = dm.dataset("train"), module.attack_model()
-            opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4)
-            module.train()
-            for step in range(steps):
-                b = collate_batch([train[(step * 8 + i) % len(train)] for i in range(8)])
-                loss = module.per_sample_loss(model(b["image"]), b).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            module.eval()
+            train = dm.dataset("train")
+            fit_plain(module, (collate_batch([train[(step * 8 + i) % len(train)] for i in range(8)])
+                               for step in range(steps)),
+                      torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4))
             val = dm.dataset("val")
             batch = collate_batch([val[i] for i in range(len(val))])
         finally:
@@ -274,7 +271,8 @@ def test_vanishing_silences_the_detector_more_than_pgd(trained_fcos, one_thread)
 
     def confident(x_adv: torch.Tensor) -> int:
         with torch.no_grad():
-            dets = module._output(model(x_adv)).detections
+            out = module._output(model(x_adv))
+            dets = out.family.detections(out)
         return sum(int((d["scores"] >= 0.5).sum()) for d in dets)
 
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731

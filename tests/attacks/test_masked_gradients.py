@@ -9,22 +9,19 @@ candidates the same on logits × 1000, where cross-entropy is exactly 0."""
 from __future__ import annotations
 
 import functools
-import warnings
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from attacks import Square
 from attacks.seeding import seeded_generator
 from attacks.task_losses import make_attack_loss
+from benchmarks.common import fit_plain
+from benchmarks.masked_models import frozen, record_of
+from benchmarks.masking import Masked, Quantised, Scaled
 from callbacks.evaluation_loop import RobustnessEvaluator
-from callbacks.evaluation_runner import RunResult
-from callbacks.evaluation_writers import build_record
 from callbacks.report import write_report
-from callbacks.sanity import mark_unreliable, sanity_report
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import ClassificationModule, SegmentationModule
@@ -35,46 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 0.03
 
 
-class Quantised(nn.Module):
-    """``round(x·k)/k`` first: a zero gradient almost everywhere (no straight-through)."""
-
-    def __init__(self, model: nn.Module, levels: int = 16) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * self.levels) / self.levels)
-
-
-class Scaled(nn.Module):
-    """Logits × 1000: the softmax saturates, cross-entropy is exactly 0 on confident samples."""
-
-    def __init__(self, model: nn.Module, scale: float = 1000.0) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
-
-
 MASKINGS = {
     "quantised": lambda m: Quantised(m),
     "logits_x1000": lambda m: Scaled(m),
     "both": lambda m: Scaled(Quantised(m)),
 }
-
-
-class Masked:
-    """A trained task whose attack model is wrapped in a masking (everything else delegated)."""
-
-    def __init__(self, module: Any, wrap: Any) -> None:
-        self._module, self._model = module, wrap(module.attack_model())
-
-    def attack_model(self) -> Any:
-        return self._model
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
 
 
 @functools.cache
@@ -90,38 +52,13 @@ def tiny(task: str) -> tuple[Any, dict[str, Any]]:
     cls = ClassificationModule if task == "classification" else SegmentationModule
     lr = 3e-3 if task == "classification" else 1e-2
     module = cls(net=net, data_info=dm.info, lr=lr)
-    model = module.attack_model()
     train = collate_batch([dm.dataset("train")[i] for i in range(256)])
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    module.train()
     g = torch.Generator().manual_seed(0)
-    for _ in range(200 if task == "classification" else 120):
-        idx = torch.randint(0, 256, (32,), generator=g)
-        batch = {k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in train.items()}
-        loss = module.per_sample_loss(model(batch["image"]), batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    val = collate_batch([dm.dataset("val")[i] for i in range(8)])
-    return module, val
-
-
-def _record(task: Any, ev: RobustnessEvaluator, specs: list[Any], monitor: str, lower: bool) -> Any:
-    """The record the callback would write (same builder, sanity checks and marks)."""
-    out = ev.compute()
-    run = RunResult(out, list(range(out.num_samples)), out.num_samples, out.num_samples, 1, 0.0)
-    trainer = SimpleNamespace(current_epoch=0, global_step=0, precision="32-true")
-    record = build_record(run, task=task, trainer=trainer, split="test", suite="test",
-                          suite_name="standard", specs=specs, monitor=monitor, lower=lower,
-                          method="clean", requested_subset=None, settings={"seed": 0})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        record.sanity = sanity_report(out, monitor, lower)
-    mark_unreliable(record)
-    return record
+    steps = 200 if task == "classification" else 120
+    batches = ({k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in train.items()}
+               for idx in (torch.randint(0, 256, (32,), generator=g) for _ in range(steps)))
+    fit_plain(module, batches, torch.optim.Adam(module.parameters(), lr=lr))
+    return frozen(module), collate_batch([dm.dataset("val")[i] for i in range(8)])
 
 
 def _square_reference(task: Any, model: Any, batch: dict[str, Any], loss: str, index: int,
@@ -146,7 +83,7 @@ def test_classification_standard_suite_breaks_what_square_5000_breaks_and_is_mar
     specs = suite_specs("standard", "test_attacks", "classification", 2)
     ev = RobustnessEvaluator(task, specs, [EPS], sequential=True, large_eps=0.25)
     ev.run_batch(0, batch)
-    record = _record(task, ev, specs, "accuracy", False)
+    record = record_of(task, ev, specs, "accuracy", False)
     suite_acc = record.value("accuracy", "ensemble", EPS)
     y = batch["label"]
 
@@ -176,6 +113,7 @@ def test_classification_standard_suite_breaks_what_square_5000_breaks_and_is_mar
     # the report and the CLI summary carry the mark and what to run next
     text = write_report(record, tmp_path / "report.md", plot_name=None).read_text()
     assert "⚠ upper bound" in text and "Unreliable numbers" in text and fired[0] in text
+
     from medrobust.cli_summary import summarise_record
 
     line = summarise_record(record.to_dict(), "accuracy")
@@ -191,7 +129,7 @@ def test_segmentation_standard_suite_breaks_what_square_5000_breaks_and_is_marke
     labels = [s.label for s in specs]
     ev = RobustnessEvaluator(task, specs, [EPS], sequential=False, large_eps=0.25)
     ev.run_batch(0, batch)
-    record = _record(task, ev, specs, "dice", False)
+    record = record_of(task, ev, specs, "dice", False)
     suite_dice = record.value("dice", "ensemble", EPS)
     strongest = min(record.value("dice", label, EPS) for label in labels)
     # an independent reference: another seed than the suite's own Square member

@@ -30,164 +30,36 @@ Measured numbers: docs/attacks.md, "Masked gradients on landmarks and detection"
 
 from __future__ import annotations
 
-import copy
-import functools
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from attacks import PGD, Square, parse_attack_specs
+from attacks import Square, parse_attack_specs
 from attacks.seeding import seeded_generator
 from attacks.task_losses import ATTACK_LOSSES, make_attack_loss
+from benchmarks.masked_models import (
+    EPS,
+    detector,
+    landmark_model,
+    pgd10,
+    saturated,
+    square_alone,
+    standard_suite,
+    task_metric,
+)
+from benchmarks.masking import Masked, Quantised, Scaled
 from callbacks.attack_loss import task_loss_tensors
 from callbacks.evaluation_loop import RobustnessEvaluator
-from datamodules.base import collate_batch
-from datamodules.synthetic import SyntheticDataModule
-from lightning_modules.detection_module import DetectionModule
-from lightning_modules.landmark_module import LandmarkModule
 from lightning_modules.tasks import suite_specs
-from tests.attacks.test_masked_gradients import Masked, Quantised, Scaled, _record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-#: L∞ budget on [0, 1] images: above half a quantisation step (1/32), so a perturbation can
-#: move a pixel across a rounding boundary
-EPS = 0.1
-#: an independent reference: the seed of no suite member
-REFERENCE_SEED = 12345
-
-
-class TinyHeatmapNet(nn.Module):
-    """Four 3×3 convolutions (dilations 1, 2, 4, 1: a 17-px receptive field), ``[B, 1, H, W] ->
-    [B, K, H, W]`` heatmaps: cheap enough for 5000 Square queries in a test."""
-
-    def __init__(self, landmarks: int, width: int = 8) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.ReLU(),
-            nn.Conv2d(width, landmarks, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-class ScaledClassHead(nn.Module):
-    """An FCOS head whose class logits are × ``scale`` (a saturated sigmoid); box regression
-    and centre-ness untouched, so the detections keep their boxes and their ranking by
-    centre-ness among saturated class scores."""
-
-    def __init__(self, head: nn.Module, scale: float = 1000.0) -> None:
-        super().__init__()
-        self.head, self.scale = head, scale
-
-    def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.head(x)
-        return {**out, "cls_logits": out["cls_logits"] * self.scale}
-
-    def compute_loss(self, *args: Any) -> dict[str, torch.Tensor]:
-        return self.head.compute_loss(*args)
-
-
-def _frozen(module: Any) -> Any:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-@functools.cache
-def landmark_model() -> tuple[LandmarkModule, dict[str, Any]]:
-    """The tiny heatmap net trained 300 Adam steps on 16 × 16 synthetic skulls (3 landmarks,
-    σ = 1 px), and 6 validation images."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        dm = SyntheticDataModule(task="landmarks", num_train=512, num_val=6, num_test=4,
-                                 image_size=(16, 16), num_landmarks=3, seed=0, batch_size=32)
-        dm.setup("fit")
-        # the normalisation it was measured with (stated: a built network gets none by default)
-        module = LandmarkModule(net=TinyHeatmapNet(3), data_info=dm.info, sigma=1.0, lr=1e-2, mean=0.5, std=0.25)
-        model = module.attack_model()
-        train = collate_batch([dm.dataset("train")[i] for i in range(512)])
-        opt = torch.optim.Adam(module.parameters(), lr=1e-2)
-        module.train()
-        g = torch.Generator().manual_seed(0)
-        for _ in range(300):
-            idx = torch.randint(0, 512, (32,), generator=g)
-            batch = {k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in train.items()}
-            loss = module.per_sample_loss(model(batch["image"]), batch).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return _frozen(module), collate_batch([dm.dataset("val")[i] for i in range(6)])
-
-
-@functools.cache
-def detector() -> tuple[DetectionModule, dict[str, Any]]:
-    """A tiny FCOS (one 8/16-channel backbone, no head tower) trained 200 AdamW steps on 32 × 32
-    synthetic cells (2 classes, at most 3 per image), and 4 validation images."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        dm = SyntheticDataModule(task="detection", num_train=480, num_val=4, num_test=4,
-                                 image_size=(32, 32), in_channels=3, num_classes=2, max_objects=3,
-                                 batch_size=8, seed=0)
-        dm.setup("fit")
-        module = DetectionModule(data_info=dm.info, net={
-            "class_path": "lightning_modules.nets.detectors.tiny_fcos",
-            "init_args": {"widths": [8, 16], "out_channels": 16, "head_convs": 0}})
-        model = module.attack_model()
-        train = collate_batch([dm.dataset("train")[i] for i in range(480)])
-        opt = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=1e-4)
-        module.train()
-        for step in range(200):
-            idx = [(step * 8 + i) % 480 for i in range(8)]
-            batch = {k: [v[i] for i in idx] if isinstance(v, list) else v[idx] for k, v in train.items()}
-            loss = module.per_sample_loss(model(batch["image"]), batch).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return _frozen(module), collate_batch([dm.dataset("val")[i] for i in range(4)])
-
 
 LANDMARK_MASKINGS = {
     "quantised": lambda m: Quantised(m),
     "x1000": lambda m: Scaled(m),
     "both": lambda m: Scaled(Quantised(m)),
 }
-
-
-def _metric(module: Any, model: Any, batch: dict[str, Any], x: torch.Tensor, name: str) -> float:
-    """The task's own dataset-level metric ``name`` of ``model(x)`` (what the record reports)."""
-    metrics = module.build_metrics()
-    with torch.no_grad():
-        module.update_metrics(metrics, model(x), batch)
-    return float(metrics.compute()[name])
-
-
-def _square_alone(task: Any, model: Any, batch: dict[str, Any], loss: str, **args: Any) -> torch.Tensor:
-    """Square, 5000 queries, L∞ ``EPS``, on the named scale-free loss alone; seed ``REFERENCE_SEED``."""
-    fn = make_attack_loss(loss, None, 5000, **args)
-    inputs = ATTACK_LOSSES[loss].inputs
-    return Square(eps=EPS, steps=5000, bounds=tuple(task.data_info.bounds))(
-        model, batch["image"], batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b, inputs)),
-        generator=torch.Generator().manual_seed(REFERENCE_SEED))
-
-
-def _pgd10(task: Any, model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    return PGD(eps=EPS, steps=10, bounds=tuple(task.data_info.bounds))(
-        model, batch["image"], batch, loss_fn=task.per_sample_loss, generator=torch.Generator().manual_seed(0))
-
-
-def _suite(task: Any, batch: dict[str, Any], name: str, monitor: str, lower: bool) -> tuple[Any, list[Any]]:
-    specs = suite_specs("standard", "test_attacks", name)
-    square = [s for s in specs if s.label == "square"]
-    assert len(square) == 1 and square[0].params.get("steps") == 5000, specs  # the claim's budget
-    ev = RobustnessEvaluator(task, specs, [EPS], sequential=False, large_eps=0.25)
-    ev.run_batch(0, batch)
-    return _record(task, ev, specs, monitor, lower), specs
 
 
 def _assert_marked(record: Any) -> None:
@@ -210,14 +82,14 @@ def test_landmark_standard_suite_breaks_what_square_5000_breaks_and_is_marked(ma
     module, batch = landmark_model()
     task = Masked(module, LANDMARK_MASKINGS[masking])
     model, x = task.attack_model(), batch["image"]
-    clean = _metric(module, model, batch, x, "mre")
+    clean = task_metric(module, model, batch, x, "mre")
     assert clean < 1.0, clean  # the masked model still finds the landmarks (sub-pixel)
 
-    record, specs = _suite(task, batch, "landmarks", "mre", True)
+    record, specs = standard_suite(task, batch, "landmarks", "mre", True)
     suite = record.value("mre", "ensemble", EPS)
     square_member = record.value("mre", "square", EPS)
-    pgd = _metric(module, model, batch, _pgd10(task, model, batch), "mre")
-    reference = _metric(module, model, batch, _square_alone(task, model, batch, "peak_margin"), "mre")
+    pgd = task_metric(module, model, batch, pgd10(task, model, batch), "mre")
+    reference = task_metric(module, model, batch, square_alone(task, model, batch, "peak_margin"), "mre")
     # (a) the gradient attacks are fooled: PGD-10 and the best gradient member of the suite
     # stay within a pixel of the clean error; Square moves the points by several pixels
     best_gradient = max(record.value("mre", s.label, EPS) for s in specs if s.label != "square")
@@ -234,29 +106,22 @@ def test_landmark_standard_suite_breaks_what_square_5000_breaks_and_is_marked(ma
     _assert_marked(record)
 
 
-def _saturated(module: DetectionModule) -> DetectionModule:
-    """A copy of the detector whose class logits are × 1000 (:class:`ScaledClassHead`)."""
-    out = copy.deepcopy(module)
-    out.net.detector.head = ScaledClassHead(out.net.detector.head)
-    return _frozen(out)
-
-
 @pytest.mark.slow
 def test_detection_standard_suite_breaks_what_square_5000_breaks_and_is_marked() -> None:
     """Quantised input and class logits × 1000 ("both"; the full 5000-query budget costs ~20 s
     per Square run on the tiny FCOS, so this is the one masking at the claim's budget; the
     quantisation alone zeroes the same gradients)."""
     base, batch = detector()
-    module = _saturated(base)
+    module = saturated(base)
     task = Masked(module, lambda m: Quantised(m))
     model, x = task.attack_model(), batch["image"]
-    clean = _metric(module, model, batch, x, "map_50")
+    clean = task_metric(module, model, batch, x, "map_50")
     assert clean > 0.5, clean  # the masked detector still finds the cells
 
-    record, specs = _suite(task, batch, "detection", "map_50", False)
+    record, specs = standard_suite(task, batch, "detection", "map_50", False)
     suite = record.value("map_50", "ensemble", EPS)
     square_member = record.value("map_50", "square", EPS)
-    pgd = _metric(module, model, batch, _pgd10(task, model, batch), "map_50")
+    pgd = task_metric(module, model, batch, pgd10(task, model, batch), "map_50")
     # (a) PGD-10 leaves mAP@0.5 near where it was, and every gradient member stays far above
     # Square (two random starts of a member move it by noise alone: measured 0.50 from 0.75)
     worst_gradient = min(record.value("map_50", s.label, EPS) for s in specs if s.label != "square")
@@ -270,8 +135,8 @@ def test_detection_standard_suite_breaks_what_square_5000_breaks_and_is_marked()
     # pooling: hence the tolerance against the suite's own member too.)
     assert suite <= square_member + 0.05, (suite, square_member)
     if suite > 0:
-        ref_x = _square_alone(task, model, batch, "dag", target_shift=None, kappa=None, box_weight=0.0)
-        reference = _metric(module, model, batch, ref_x, "map_50")
+        ref_x = square_alone(task, model, batch, "dag", target_shift=None, kappa=None, box_weight=0.0)
+        reference = task_metric(module, model, batch, ref_x, "map_50")
         assert suite <= reference + 0.05, (suite, reference)
     assert "metric" in record.ensemble_rule
     # (c)
@@ -284,13 +149,13 @@ def test_saturated_class_logits_do_not_mask_the_detection_loss() -> None:
     and the GIoU box and centre-ness terms are not scaled), so PGD-10 on the task loss still
     breaks the saturated tiny FCOS; only the quantised input fools the gradient attacks there."""
     base, batch = detector()
-    module = _saturated(base)
+    module = saturated(base)
     model, x = module.attack_model(), batch["image"]
-    clean = _metric(module, model, batch, x, "map_50")
-    pgd = _metric(module, model, batch, _pgd10(module, model, batch), "map_50")
+    clean = task_metric(module, model, batch, x, "map_50")
+    pgd = task_metric(module, model, batch, pgd10(module, model, batch), "map_50")
     assert clean > 0.5 and pgd < clean - 0.3, (clean, pgd)
     quantised = Quantised(model)
-    pgd_q = _metric(module, quantised, batch, _pgd10(module, quantised, batch), "map_50")
+    pgd_q = task_metric(module, quantised, batch, pgd10(module, quantised, batch), "map_50")
     assert pgd_q > clean - 0.2, (clean, pgd_q)
 
 
@@ -348,7 +213,7 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
         task: Any = Masked(module, LANDMARK_MASKINGS["both"])
         loss, args, metric = "peak_margin", {}, "mre"
     else:
-        module = _saturated(detector()[0])
+        module = saturated(detector()[0])
         batch = detector()[1]
         task = Masked(module, lambda m: Quantised(m))
         loss, args, metric = "dag", {"target_shift": None, "kappa": None, "box_weight": 0.0}, "map_50"
@@ -364,7 +229,7 @@ def test_the_suites_square_member_is_square_alone_with_its_seed_and_loss(task_na
     x = Square(eps=EPS, steps=50, bounds=tuple(task.data_info.bounds))(
         model, batch["image"], batch, loss_fn=lambda o, b: fn(*task_loss_tensors(task, o, b, inputs)),
         generator=seeded_generator(0, 0, 0, 0))
-    alone = _metric(module, model, batch, x, metric)
+    alone = task_metric(module, model, batch, x, metric)
     assert member == pytest.approx(alone, abs=1e-6), (member, alone)
-    clean = _metric(module, model, batch, batch["image"], metric)
+    clean = task_metric(module, model, batch, batch["image"], metric)
     assert alone != pytest.approx(clean, abs=1e-3)  # the 50 queries did move the metric

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import run as runner
-from benchmarks.paper_suites import JOEL, JOEL_EPS, JOEL_PH2_SIZES, joel_claims, joel_size_claim
+from benchmarks import config_edit
+from benchmarks.paper_joel import JOEL, JOEL_EPS, JOEL_PH2_SIZES, joel_claims, joel_size_claim
 
 
 @pytest.mark.parametrize("mode", ["full", "quick"])
@@ -16,7 +16,7 @@ def test_ph2_groups_differ_only_in_image_size(mode: str) -> None:
     derived = {}
     for run in JOEL.runs:
         if run.group.startswith("ph2"):
-            cfg, _ = runner.derive_config(run, JOEL.group(run.group), mode)
+            cfg, _ = config_edit.derive_config(run, JOEL.group(run.group), mode)
             derived[run.key] = cfg
     want = {name: (full if mode == "full" else quick) for name, full, quick in JOEL_PH2_SIZES}
     for method in ("naive", "staged"):

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import merge_results
-from benchmarks import run as runner
+from benchmarks import common, merge_results, paper_run
 from benchmarks.paper_evidence import run_tables
 from callbacks.per_sample import SampleTable
 
@@ -41,12 +40,12 @@ def _two_seeds(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_repo_path_is_relative_inside_the_checkout_and_absolute_outside(tmp_path: Path) -> None:
-    inside = runner.ROOT / "results" / "joel2022" / "runs"
-    assert runner.repo_path(inside) == str(Path("results") / "joel2022" / "runs")
+    inside = common.ROOT / "results" / "joel2022" / "runs"
+    assert paper_run.repo_path(inside) == str(Path("results") / "joel2022" / "runs")
     outside = tmp_path / "out" / "runs"
-    assert runner.repo_path(outside) == str(outside.resolve())
+    assert paper_run.repo_path(outside) == str(outside.resolve())
     for p in (inside, outside):  # readers join with their root: both give the file back
-        assert (runner.ROOT / runner.repo_path(p)).resolve() == p.resolve()
+        assert (common.ROOT / paper_run.repo_path(p)).resolve() == p.resolve()
 
 
 def test_merge_makes_paths_absolute_and_finds_every_per_sample_file(tmp_path: Path) -> None:
@@ -58,7 +57,7 @@ def test_merge_makes_paths_absolute_and_finds_every_per_sample_file(tmp_path: Pa
     # (run.py before repo_path, with --out outside its checkout): an error; then absolute, as now
     b = [_entry(tmp_path / "out" / "s" / "runs" / f"seed{s}" / "b", f"../../../out/s/runs/seed{s}/b", s)
          for s in (0, 1)]
-    assert not (runner.ROOT / b[0]["log_dir"]).exists()
+    assert not (common.ROOT / b[0]["log_dir"]).exists()
     part_b = _part(tmp_path / "out" / "s" / "results.json", {"g2/naive": _two_seeds(b)}, wall_s=5.0, note="busy")
     # the folders above part B do not hold "../../../out/…" either: the merge must say so
     with pytest.raises(SystemExit, match="g2/naive.*log_dir"):

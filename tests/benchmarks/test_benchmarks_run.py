@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import config_edit
 from benchmarks import run as runner
-from benchmarks.paper_report import fmt
-from benchmarks.paper_suites import AMAT, JOEL, SUITES, XUE
+from benchmarks.paper_amat import AMAT
+from benchmarks.paper_joel import JOEL
+from benchmarks.paper_suites import SUITES
+from benchmarks.paper_tables import fmt
+from benchmarks.paper_xue import XUE
 from callbacks.uncertainty import Interval
 from medrobust.config_pieces import load_config
 from tests.conftest import PROJECT_ROOT
@@ -29,12 +33,12 @@ def test_every_suite_run_names_a_shipped_config() -> None:
 
 def test_set_path_selects_callbacks_and_skips_missing_parents() -> None:
     cfg = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_clean-xue2019.yaml")
-    assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation:noise].init_args.test_subset", 5)
-    assert runner.set_path(cfg, "trainer.callbacks[AdversarialEvaluation].init_args.subset", 3)
-    assert not runner.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)  # Clean has no args
+    assert config_edit.set_path(cfg, "trainer.callbacks[AdversarialEvaluation:noise].init_args.test_subset", 5)
+    assert config_edit.set_path(cfg, "trainer.callbacks[AdversarialEvaluation].init_args.subset", 3)
+    assert not config_edit.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)  # Clean has no args
     sat = load_config(PROJECT_ROOT / "configs/experiment/classification_ph2_sat-xue2019.yaml")
-    assert not runner.set_path(sat, "model.init_args.method[Denoise].init_args.denoiser", {})
-    assert runner.set_path(sat, "model.init_args.method[SAT].init_args.attack.steps", 2)
+    assert not config_edit.set_path(sat, "model.init_args.method[Denoise].init_args.denoiser", {})
+    assert config_edit.set_path(sat, "model.init_args.method[SAT].init_args.attack.steps", 2)
     assert "denoiser" not in sat["model"]["init_args"]["method"]["init_args"]
     assert sat["model"]["init_args"]["method"]["init_args"]["attack"]["steps"] == 2
     adv, noise = [cb["init_args"] for cb in cfg["trainer"]["callbacks"][1:]]
@@ -50,27 +54,27 @@ def test_attack_overrides_fill_in_the_method_default_attack() -> None:
 
     cfg = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.AMAT",
                                               "init_args": {"delta": 0.1}}}}}
-    assert runner.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)
+    assert config_edit.set_path(cfg, "model.init_args.method.init_args.attack.steps", 3)
     assert cfg["model"]["init_args"]["method"]["init_args"]["attack"] == {**AMAT.default_attack, "steps": 3}
     assert AMAT.default_attack["steps"] == 20  # the class default itself is not modified
     sat = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.SAT",
                                               "init_args": {"eps": 0.01}}}}}
-    assert runner.set_attack_steps(sat, 4) == {}  # no attack spec written: nothing to change
-    assert runner.set_path(sat, "model.init_args.method.init_args.attack.norm", "l2")
+    assert config_edit.set_attack_steps(sat, 4) == {}  # no attack spec written: nothing to change
+    assert config_edit.set_path(sat, "model.init_args.method.init_args.attack.norm", "l2")
     assert sat["model"]["init_args"]["method"]["init_args"]["attack"] == {**SAT.default_attack, "norm": "l2"}
-    assert runner.set_attack_steps(sat, 4) == {"method.attack.steps": 4}
+    assert config_edit.set_attack_steps(sat, 4) == {"method.attack.steps": 4}
     clean = {"model": {"init_args": {"method": {"class_path": "lightning_modules.methods.Clean",
                                                 "init_args": {}}}}}
-    assert not runner.set_path(clean, "model.init_args.method.init_args.attack.steps", 3)
-    assert not runner.set_path({"trainer": {}}, "trainer.attack.steps", 3)
+    assert not config_edit.set_path(clean, "model.init_args.method.init_args.attack.steps", 3)
+    assert not config_edit.set_path({"trainer": {}}, "trainer.attack.steps", 3)
 
 
 def test_quick_scales_l2_budgets_with_the_image() -> None:
     """--quick halves the PH2 segmentation image side: every L2 budget is halved with it, the
     L∞ ones of the classification suites are untouched."""
     run = next(r for r in AMAT.runs if r.key == "segmentation/amat")
-    full, _ = runner.derive_config(run, AMAT.group("segmentation"), "full")
-    quick, applied = runner.derive_config(run, AMAT.group("segmentation"), "quick")
+    full, _ = config_edit.derive_config(run, AMAT.group("segmentation"), "full")
+    quick, applied = config_edit.derive_config(run, AMAT.group("segmentation"), "quick")
     f_m, q_m = full["model"]["init_args"]["method"]["init_args"], quick["model"]["init_args"]["method"]["init_args"]
     assert q_m["delta"] == pytest.approx(f_m["delta"] / 2) and q_m["max_margin"] == pytest.approx(f_m["max_margin"] / 2)
     f_eps = full["trainer"]["callbacks"][1]["init_args"]["test_eps"]
@@ -78,7 +82,7 @@ def test_quick_scales_l2_budgets_with_the_image() -> None:
     assert q_eps == pytest.approx([e / 2 for e in f_eps])
     assert quick["data"]["init_args"]["image_size"] == [64, 64] and "trainer.max_epochs" in applied
     sat = next(r for r in XUE.runs if r.key == "ph2/sat")
-    q_sat, _ = runner.derive_config(sat, XUE.group("ph2"), "quick")
+    q_sat, _ = config_edit.derive_config(sat, XUE.group("ph2"), "quick")
     assert q_sat["model"]["init_args"]["method"]["init_args"]["eps"] == 0.004
     assert q_sat["trainer"]["callbacks"][1]["init_args"]["test_eps"] == [0.001, 0.002, 0.004, 0.008]
 

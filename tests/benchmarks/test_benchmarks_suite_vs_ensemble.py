@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.suite_vs_ensemble import combine, spread
+from benchmarks.ensemble_models import spread
+from benchmarks.ensemble_rules import combine
 
 
 class _Points:
@@ -69,7 +70,7 @@ def _args(**kw: Any) -> Any:
 def test_bccd_option_sets_its_own_eps_and_file_names_and_is_detection_only() -> None:
     import pytest
 
-    from benchmarks.suite_vs_ensemble import (
+    from benchmarks.ensemble_models import (
         BCCD_EPS,
         SETTINGS,
         attack_eps,
@@ -100,7 +101,7 @@ def test_bccd_option_sets_its_own_eps_and_file_names_and_is_detection_only() -> 
 
 
 def test_warmup_is_ten_epochs_for_long_runs_and_a_third_of_short_ones() -> None:
-    from benchmarks.suite_vs_ensemble import warmup_epochs
+    from benchmarks.ensemble_models import warmup_epochs
 
     assert [warmup_epochs(e) for e in (40, 30, 24, 12, 2)] == [10, 10, 8, 4, 1]
 
@@ -120,7 +121,7 @@ class _AugDM:
 
 
 def test_attacked_training_images_are_built_without_augmentation_and_the_setting_is_restored() -> None:
-    from benchmarks.suite_vs_ensemble import plain_split
+    from benchmarks.ensemble_models import plain_split
     from datamodules.transforms import AugmentConfig
 
     aug = AugmentConfig(hflip=0.5, brightness=0.1)

@@ -12,27 +12,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.paper_evidence import (
-    Term,
+from benchmarks.paper_amat import AMAT, amat_claims
+from benchmarks.paper_claims import medmnist_check
+from benchmarks.paper_evidence import Term, column, run_tables
+from benchmarks.paper_intervals import (
     all_of,
     any_of,
-    column,
     dataset_estimate,
     linear_estimate,
     negate,
-    run_tables,
     statistic_interval,
 )
+from benchmarks.paper_joel import JOEL_EPS, joel_claims, joel_size_claim
 from benchmarks.paper_report import verdict_summary
-from benchmarks.paper_suites import (
-    AMAT,
-    JOEL_EPS,
-    amat_claims,
-    joel_claims,
-    joel_size_claim,
-    medmnist_check,
-    xue_claims,
-)
+from benchmarks.paper_xue import xue_claims
 from callbacks.image_bootstrap import weighted_auroc
 from callbacks.per_sample import SampleTable, column_name
 from callbacks.record_intervals import record_intervals, sample_area

@@ -241,8 +241,8 @@ def test_a_record_without_dataset_intervals_still_loads_and_reports(tmp_path: Pa
 
 
 def test_paper_report_tables_show_the_auroc_interval_of_a_one_seed_run(validated: Path) -> None:
-    from benchmarks.paper_report import metric_table
-    from benchmarks.paper_suites import JOEL
+    from benchmarks.paper_joel import JOEL
+    from benchmarks.paper_tables import metric_table
     from callbacks.record import RobustnessRecord
 
     rec = RobustnessRecord.load(validated / "robustness.json")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from attacks import parse_attack_specs
-from benchmarks.fault_resume import strip_timing
+from benchmarks.fault_compare import strip_timing
 from callbacks import AdversarialEvaluation
 from callbacks.evaluation_loop import RobustnessEvaluator
 from callbacks.per_sample import FILE_NAME, SampleTable

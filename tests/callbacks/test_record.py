@@ -31,7 +31,7 @@ DESIGN_ATTACK_KEYS = {"attack", "norm", "eps", "steps", "metrics"}
 FILE_KEYS = DESIGN_KEYS | {
     "schema_version", "global_step", "suite", "suite_name", "sequential", "members", "ensemble",
     "ensemble_rule", "robust_area", "eval_seconds", "subset", "settings", "minimal_eps", "sanity",
-    "compute",
+    "compute", "higher_is_better",
     "unreliable",  # the fired sanity flags (they fire on this untrained model)
     "intervals",  # confidence intervals from the per-sample file (validate: intervals="test")
 }
@@ -70,6 +70,9 @@ def test_round_trip_and_exact_keys(written: tuple[Path, RobustnessRecord], tmp_p
     assert set(data["robust_area"]) == {"value", "metric", "higher_is_better", "metric_lower_is_better",
                                         "definition"}
     assert data["schema_version"] == SCHEMA_VERSION
+    # every metric's direction, from the task's metric objects (classification: all scores)
+    assert data["higher_is_better"] == {m: True for m in data["clean"]}
+    assert loaded.lower_is_better("balanced_accuracy") is False
     assert loaded.robust_area is not None and loaded.robust_area.metric == "accuracy"
     assert loaded.value("accuracy", "pgd", 0.03) == data["attacks"][-1]["metrics"]["accuracy"]
 

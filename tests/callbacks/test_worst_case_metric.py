@@ -175,16 +175,21 @@ class _StubDetections:
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x
+        self.family = _StubFamily()
 
-    def detached_detections(self) -> list[dict[str, torch.Tensor]]:
-        out = []
-        for v in self.x.detach().reshape(-1, 3):
+
+class _StubFamily:
+    """What the stub output's detector family reads from it (as a ``DetectorFamily``)."""
+
+    def detached_detections(self, out: _StubDetections) -> list[dict[str, torch.Tensor]]:
+        dets = []
+        for v in out.x.detach().reshape(-1, 3):
             box = torch.tensor([[10.0, 10.0, 20.0, 20.0]]) + torch.tensor([v[0], 0.0, v[0], 0.0])
-            out.append({"boxes": box, "scores": v[1:2].clone(), "labels": torch.zeros(1, dtype=torch.long)})
-        return out
+            dets.append({"boxes": box, "scores": v[1:2].clone(), "labels": torch.zeros(1, dtype=torch.long)})
+        return dets
 
-    def loss(self, boxes: Any, labels: Any) -> torch.Tensor:
-        return self.x.reshape(-1, 3)[:, 2]
+    def loss(self, out: _StubDetections, boxes: Any, labels: Any) -> torch.Tensor:
+        return out.x.reshape(-1, 3)[:, 2]
 
 
 class _StubModule(DetectionModule):

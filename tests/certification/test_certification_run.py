@@ -126,7 +126,7 @@ def test_certify_writes_record_samples_curve_and_report(trained: dict[str, Path]
 
 
 def test_denoised_smoothing_puts_the_denoiser_in_front_of_the_clean_net(trained: dict[str, Path], tmp_path: Path) -> None:
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, clean = load_model(str(trained["clean"]))
     _, den = load_model(str(trained["denoise"]))
@@ -179,7 +179,7 @@ def test_art_randomized_smoothing_agrees(trained: dict[str, Path]) -> None:
     certified accuracy within Monte-Carlo error."""
     art_rs = pytest.importorskip("art.estimators.certification.randomized_smoothing",
                                  reason="adversarial-robustness-toolbox is not installed")
-    from medrobust.evaluation import load_model
+    from medrobust.model_loading import load_model
 
     _, module = load_model(str(trained["noise"]))
     model = module.attack_model().eval()

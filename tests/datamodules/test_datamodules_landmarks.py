@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.imagefiles import BadSampleError
 from datamodules.landmarks import CephalometricDataModule, average_points
+from datamodules.samples import BadSampleError
 from datamodules.transforms import AugmentConfig
 
 K = 5

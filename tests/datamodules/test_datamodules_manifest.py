@@ -16,7 +16,6 @@ import torch
 import yaml
 from PIL import Image
 
-from datamodules.imagefiles import BadSampleError
 from datamodules.manifest import (
     MANIFEST_TASKS,
     ManifestDataModule,
@@ -25,6 +24,7 @@ from datamodules.manifest import (
 )
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.ph2 import PH2DataModule
+from datamodules.samples import BadSampleError
 from tests.conftest import PROJECT_ROOT
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.imagefiles import BadSampleError
+from datamodules.samples import BadSampleError
 from datamodules.transforms import AugmentConfig
 from datamodules.volumes import DecathlonDataModule, header_shape_dhw
 

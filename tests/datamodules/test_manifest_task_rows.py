@@ -1,5 +1,5 @@
 """The manifest datamodule asks a per-task row handler: a new task on the data side is one
-:class:`TaskRows` subclass in the table, with no change to the datamodule."""
+:class:`TaskRows` subclass named by its task object, with no change to the datamodule."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 import torch
 
-from datamodules.imagefiles import BadSampleError
 from datamodules.manifest import (
     MANIFEST_TASKS,
-    TASK_ROWS,
     ManifestDataModule,
     TaskRows,
     write_example_manifest,
 )
 from datamodules.manifest.rows import empty, number
+from datamodules.samples import BadSampleError
+from datamodules.tasks import DataTask
+from datamodules.tasks.base import _REGISTRY
 
 
 class RegressionRows(TaskRows):
@@ -43,6 +44,16 @@ class RegressionRows(TaskRows):
         return {"target": torch.tensor(s.raw_labels[0], dtype=torch.float32)}
 
 
+class RegressionData(DataTask):
+    """The fifth task's data side: its object names its row handler."""
+
+    name = "regression"
+    target_keys = ("target",)
+
+    def manifest_rows(self) -> type | None:
+        return RegressionRows
+
+
 def _regression_manifest(tmp: Path, values: list[str]) -> Path:
     src = write_example_manifest(tmp, "classification", n=len(values))
     with open(src, newline="") as fh:
@@ -58,7 +69,7 @@ def _regression_manifest(tmp: Path, values: list[str]) -> Path:
 
 def test_a_fifth_task_is_one_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert MANIFEST_TASKS == ("classification", "segmentation", "landmarks", "detection")
-    monkeypatch.setitem(TASK_ROWS, "regression", RegressionRows)
+    monkeypatch.setitem(_REGISTRY, "regression", RegressionData())
     values = ["0.5", "1.25", "-2", "3.5"]
     dm = ManifestDataModule(manifest=str(_regression_manifest(tmp_path, values)), task="regression")
     dm.setup("fit")

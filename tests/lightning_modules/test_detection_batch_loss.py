@@ -12,7 +12,7 @@ import torch
 from benchmarks.detection_batch_loss import torchvision_loss
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import Clean, DetectionModule
-from lightning_modules.methods.base import batch_loss
+from lightning_modules.protocol import TrainableTask
 
 SIZE = 64
 NETS = {"fcos": "lightning_modules.nets.detectors.tiny_fcos",
@@ -68,13 +68,13 @@ def test_fcos_batch_loss_is_not_the_per_image_mean() -> None:
 
 def test_methods_train_on_the_batch_loss() -> None:
     """Clean training's loss is torchvision's (it was the per-image mean); tasks without the
-    optional hook (adapters, test doubles) get the per-sample mean."""
+    own reduction get the protocol's default, the per-sample mean."""
     module, batch = _module("fcos"), _batch()
     loss, _ = Clean().training_loss(module, batch)
     assert float(loss) == pytest.approx(float(torchvision_loss(module, batch)), rel=1e-5)
 
-    class NoHook:
+    class NoHook:  # the default is the protocol's, inherited by every TaskModule
         def per_sample_loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
             return output
 
-    assert float(batch_loss(NoHook(), torch.tensor([1.0, 2.0, 6.0]), {})) == pytest.approx(3.0)
+    assert float(TrainableTask.batch_loss(NoHook(), torch.tensor([1.0, 2.0, 6.0]), {})) == pytest.approx(3.0)

@@ -102,16 +102,16 @@ def test_output_is_plain_data_its_family_reads() -> None:
     assert out.original_sizes == [(SIZE, SIZE)] * 3 and len(out) == 3
     # the heads' outputs and the detections are cached on the output by its family
     assert out.heads is None and out.cached_detections is None
-    dets = out.detections
-    assert out.cached_detections is dets and out.detections is dets and out.heads is not None
+    dets = out.family.detections(out)
+    assert out.cached_detections is dets and out.family.detections(out) is dets and out.heads is not None
     # a split keeps the family, slices the data and the cached heads
     first, rest = out.split_batch([1, 2])
     assert first.family is out.family and torch.equal(rest.z, out.z[1:])
     assert rest.heads is not None and torch.equal(rest.heads["cls_logits"], out.heads["cls_logits"][1:])
     boxes = [torch.tensor([[2.0, 2.0, 12.0, 14.0]])] * 3
     labels = [torch.tensor([1])] * 3
-    whole = out.loss(boxes, labels)
-    assert torch.allclose(torch.cat([first.loss(boxes[:1], labels[:1]), rest.loss(boxes[1:], labels[1:])]),
+    whole = out.family.loss(out, boxes, labels)
+    assert torch.allclose(torch.cat([first.family.loss(first, boxes[:1], labels[:1]), rest.family.loss(rest, boxes[1:], labels[1:])]),
                           whole, atol=1e-6)
 
 
@@ -128,14 +128,15 @@ def test_readings_a_family_lacks_are_clear_errors() -> None:
     torch.manual_seed(0)
     out = DetectorWrapper(_rcnn(), label_offset=1).eval()(torch.rand(1, 3, SIZE, SIZE))
     with pytest.raises(ValueError, match="rcnn detector has no dense head outputs"):
-        out.head_outputs()
+        out.family.head_outputs(out)
     generic = DetectorWrapper(BoxPerImage()).eval()(torch.rand(2, 3, SIZE, SIZE))
     assert generic.image_list is None and generic.features is None
     with pytest.raises(ValueError, match="generic detector has no dense head outputs"):
-        generic.head_outputs()
+        generic.family.head_outputs(generic)
     # the generic family's readings: detections with their logits, DAG inputs matched by IoU
-    pred, target = generic.matched_predictions([torch.tensor([[1.0, 1.0, 9.0, 9.0]]), torch.zeros(0, 4)],
-                                               [torch.tensor([0]), torch.zeros(0, dtype=torch.long)])
+    pred, target = generic.family.matched_predictions(
+        generic, [torch.tensor([[1.0, 1.0, 9.0, 9.0]]), torch.zeros(0, 4)],
+        [torch.tensor([0]), torch.zeros(0, dtype=torch.long)])
     assert pred.shape == (2, 1, 2 + 4) and target[:, 0, 0].tolist() == [0.0, -1.0]
 
 

@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader
 from callbacks.atomic import append_line_atomic, atomic_write_text
 from callbacks.checkpoint import AtomicCheckpointIO, ModelCheckpoint
 from datamodules.base import collate_batch
-from datamodules.imagefiles import BadSampleError, read_image
+from datamodules.imagefiles import read_image
 from datamodules.info import DataInfo
 from datamodules.resumable import EpochRandomSampler, ResumableDataLoader
+from datamodules.samples import BadSampleError
 from lightning_modules import ClassificationModule
 from lightning_modules.fault_tolerance import NonFiniteError, rng_state, set_rng_state
 

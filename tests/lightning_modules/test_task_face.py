@@ -70,6 +70,36 @@ def test_adapter_main_metric_and_direction() -> None:
         RobustTaskAdapter(module, module, lambda o, y: o.sum(1), metrics, main_metric="dice")
 
 
+def test_one_protocol_implemented_once() -> None:
+    """Modules and the adapter subclass the protocol (the direction is its one implementation);
+    a task module missing a protocol method cannot be built, and callbacks never guess a
+    direction from a metric's name."""
+    from callbacks import RobustTaskAdapter
+    from callbacks.common import metric_direction
+    from lightning_modules import ClassificationModule, TaskModule
+    from lightning_modules.protocol import RobustTask, TrainableTask
+
+    assert TrainableTask in TaskModule.__mro__ and RobustTask in RobustTaskAdapter.__mro__
+    for cls in (TaskModule, ClassificationModule, RobustTaskAdapter):
+        assert cls.metric_higher_is_better is RobustTask.metric_higher_is_better
+
+    class Forgetful(ClassificationModule):
+        output_divergence = TaskModule.output_divergence  # back to the abstract declaration
+
+    with pytest.raises(TypeError, match="abstract method.*output_divergence"):
+        Forgetful(data_info=make_datamodule(num_val=4, num_train=4).info)
+
+    module = nn.Linear(4, 2)
+    adapter = RobustTaskAdapter(module, module, lambda o, y: o.sum(1), {"mre_error": _Undeclared()})
+    with pytest.raises(ValueError, match="declares no direction"):  # not guessed from "error"
+        metric_direction(adapter, "mre_error")
+    assert metric_direction(adapter, "mre_error", None) is None
+
+
+class _Undeclared(MeanAbsoluteError):
+    higher_is_better = None  # type: ignore[assignment]
+
+
 # --- a new task in one file -------------------------------------------------------------------
 class BrightnessData(Dataset):
     """Images ``[1, 8, 8]`` in [0, 1]; target ``value`` = mean brightness (a regression task)."""

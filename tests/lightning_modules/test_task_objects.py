@@ -22,8 +22,9 @@ def _sources(*packages: str) -> list[Path]:
 
 
 def test_no_branch_on_a_task_name_outside_the_task_objects() -> None:
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in _sources("attacks", "datamodules", "lightning_modules",
-                                                             "callbacks", "medrobust")
+    sources = _sources("attacks", "corruptions", "datamodules", "lightning_modules", "certification",
+                       "callbacks", "medrobust", "benchmarks") + [ROOT / "train.py"]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sources
             if "tasks" not in p.relative_to(ROOT).parts
             for i, line in enumerate(p.read_text().splitlines(), 1) if NAME_BRANCH.search(line)]
     assert hits == []
@@ -69,3 +70,13 @@ def test_one_object_per_builtin_task(name: str) -> None:
 def test_an_unknown_name_gets_the_closest_one() -> None:
     with pytest.raises(ValueError, match="unknown task 'landmark'; did you mean 'landmarks'"):
         task_named("landmark")
+
+
+def test_no_source_imports_the_tests() -> None:
+    """Benchmarks and the packages share models through the packages (e.g.
+    ``benchmarks/masked_models.py``), never by importing a test file."""
+    pattern = re.compile(r"^\s*(from|import) tests\b")
+    sources = _sources(*(name for names in LAYERS for name in names)) + [ROOT / "train.py"]
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in sources
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []

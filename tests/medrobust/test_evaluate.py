@@ -16,7 +16,8 @@ from callbacks import AdversarialEvaluation
 from datamodules.info import DataInfo
 from lightning_modules import ClassificationModule
 from lightning_modules.batch import DictDataset
-from medrobust.evaluation import evaluate, load_model
+from medrobust.evaluation import evaluate
+from medrobust.model_loading import load_model
 
 MEAN_STD = {"mean": 0.5, "std": 0.25}
 

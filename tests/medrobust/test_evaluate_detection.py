@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from medrobust.evaluation import detector_classes, evaluate
+from lightning_modules.tasks.detection import detector_classes
+from medrobust.evaluation import evaluate
 
 #: a new user's own detector file: torchvision's FCOS on a two-layer backbone (its classes only)
 USER_DETECTOR = textwrap.dedent('''

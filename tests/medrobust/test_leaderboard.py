@@ -4,6 +4,7 @@ medrobust training code) and ``medrobust leaderboard`` over several records."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -59,6 +60,16 @@ def test_leaderboard_sorts_and_shows_intervals(tmp_path: Path, capsys: pytest.Ca
     vals = [r.value("accuracy", "ensemble", 0.02) for r in
             (RobustnessRecord.load(tmp_path / n / "robustness.json") for n, _, _ in by_eps.rows)]
     assert vals == sorted(vals, reverse=True)
+    # any metric the records state the direction of (their task's metric objects) sorts; a
+    # record without directions (an older file) states only its robust-area metric's
+    by_bacc = build_board(records, sort="balanced_accuracy@0.02")
+    bacc = [r.value("balanced_accuracy", "ensemble", 0.02) for r in
+            (RobustnessRecord.load(tmp_path / n / "robustness.json") for n, _, _ in by_bacc.rows)]
+    assert bacc == sorted(bacc, reverse=True)
+    older = [(n, dataclasses.replace(r, higher_is_better=None)) for n, r in records]
+    assert [n for n, _, _ in build_board(older, sort="accuracy@0.02").rows] == [n for n, _, _ in by_eps.rows]
+    with pytest.raises(ValueError, match="do not state whether larger 'balanced_accuracy' is better"):
+        build_board(older, sort="balanced_accuracy@0.02")
     # a record file given directly is named by its folder
     assert collect_records([dirs[1] / "robustness.json"])[0][0] == "model_1"
     # CSV: value and interval columns, one row per record

@@ -82,7 +82,7 @@ def test_failed_test_leaves_no_folder(tmp_path: Path) -> None:
 
 
 def test_a_folder_with_more_than_its_config_is_kept(tmp_path: Path) -> None:
-    from train import remove_unused_run_folder
+    from medrobust.run_folders import remove_unused_run_folder
 
     run = tmp_path / "x" / "version_0"
     run.mkdir(parents=True)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.common import fit_plain
+from benchmarks.masking import Quantised, Scaled  # noqa: F401 - the maskings' one home, used by the tests
 from datamodules.base import collate_batch
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import ClassificationModule, SegmentationModule
@@ -39,46 +41,22 @@ def trained(task: str, num_classes: int = 4, steps: int = 150, seed: int = 0) ->
     cls = {"classification": ClassificationModule, "segmentation": SegmentationModule,
            "landmarks": LandmarkModule}[task]
     module = cls(net=NETS[task], data_info=dm.info, lr=3e-3)
-    model = module.attack_model()
     train = _batches(dm, "train", 256)
-    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
-    module.train()
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, train["image"].shape[0], (32,), generator=g)
-        batch = {k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in train.items()}
-        loss = module.per_sample_loss(model(batch["image"]), batch).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    module.eval()
+    batches = ({k: v[idx] if isinstance(v, torch.Tensor) else v for k, v in train.items()}
+               for idx in (torch.randint(0, train["image"].shape[0], (32,), generator=g) for _ in range(steps)))
+    fit_plain(module, batches, torch.optim.Adam(module.parameters(), lr=3e-3))
     for p in module.parameters():
         p.requires_grad_(False)
     return module, _batches(dm, "val", 32)
 
 
-class Quantised(nn.Module):
-    """Gradient masking by a non-differentiable first layer: ``round(x·levels)/levels`` (its
-    gradient is zero almost everywhere), then the wrapped model."""
-
-    def __init__(self, model: nn.Module, levels: int = 4) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * self.levels) / self.levels)
-
-
-class Saturated(nn.Module):
+class Saturated(Scaled):
     """Gradient masking by a saturated softmax: logits scaled by 1e4, so the softmax is
     one-hot in float32 and the cross-entropy gradient underflows to exactly zero."""
 
     def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
+        super().__init__(model=model, scale=scale)
 
 
 class Noisy(nn.Module):

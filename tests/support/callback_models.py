@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from datamodules.base import BaseDataModule
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
+from lightning_modules.protocol import RobustTask
 from tests.support.ddp_runs import close_process_group
 
 
@@ -81,6 +82,9 @@ class ToyClassifier(L.LightningModule):
     """Tiny CNN implementing ``RobustTask`` for classification; ``method`` clean or sat (PGD)."""
 
     task = "classification"
+    main_metric = "accuracy"
+    #: the protocol's one implementation (the direction read from the metric objects)
+    metric_higher_is_better = RobustTask.metric_higher_is_better
 
     def __init__(self, data_info: DataInfo, method: str = "clean", eps: float = 0.03,
                  steps: int = 3, lr: float = 0.01, dropout: float = 0.1) -> None:

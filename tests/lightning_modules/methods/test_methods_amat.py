@@ -20,7 +20,7 @@ from datamodules.base import collate_batch
 from datamodules.info import DataInfo
 from datamodules.synthetic import SyntheticDataModule
 from lightning_modules import AMAT, ClassificationModule
-from lightning_modules.methods.amat import margin_update
+from lightning_modules.methods.amat_margins import margin_update
 from lightning_modules.methods.amat_thresholds import CleanCheckpointThreshold, robust_threshold
 from lightning_modules.methods.per_sample_state import first_occurrence
 from tests.support.ddp_runs import run_on_two_processes_and_one

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lightning_modules import ClassificationModule
 from lightning_modules.methods.base import Logs, TrainingMethod, check_range
-from lightning_modules.protocol import Batch, RobustTask
+from lightning_modules.protocol import Batch, TrainableTask
 from medrobust.config_pieces import load_config
 from train import cli_main
 
@@ -41,7 +41,7 @@ class GaussianAugmentation(TrainingMethod):
         check_range(type(self).__name__, "sigma", sigma, 0.0)
         self.sigma, self.seed = float(sigma), seed
 
-    def training_loss(self, task: RobustTask, batch: Batch) -> tuple[Tensor, Logs]:
+    def training_loss(self, task: TrainableTask, batch: Batch) -> tuple[Tensor, Logs]:
         x = batch["image"]
         gen = self.generator(task, x.device, self.seed)
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
