@@ -91,6 +91,9 @@ def select_subset(num_samples: int, subset: int | float | None, seed: int) -> li
         if not 0.0 < float(subset) <= 1.0:
             raise ValueError(f"subset: a fraction must be in (0, 1], got {subset}")
         n = max(1, round(float(subset) * num_samples))
+    # The one generator not made by attacks.seeding.seeded_generator: the subset is part of
+    # what a record states (``subset``, ``seed``), and a plain ``manual_seed(seed)`` keeps the
+    # samples of every earlier record reproducible (and paired comparisons with them possible).
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(num_samples, generator=gen)[:n]
     # Sorted: the subset is a set; its order only fixes the batch composition.
