@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,18 +58,21 @@ RADII = [0.0, 0.25, 0.5, 1.0]
 SIGMA = 0.25
 
 
-class Form:
+class Form(ABC):
     """One kind of certificate as this benchmark runs it: the smoothed model, one image's
     certificate and the statistics alone (``k``: ``[1, m]`` vote counts of ``m`` outputs)."""
 
+    @abstractmethod
     def smoothed(self, hard_model: Callable[[Tensor], Tensor], sampler: NoiseSampler) -> Any:
-        raise NotImplementedError
+        """The smoothed model of ``hard_model`` under ``sampler``'s noise."""
 
+    @abstractmethod
     def certify(self, smoothed: Any, x: Tensor, n0: int, n: int, sample_id: int) -> None:
-        raise NotImplementedError
+        """One image's certificate (the timed unit of the benchmark)."""
 
+    @abstractmethod
     def statistics(self, k: np.ndarray, n: int) -> None:
-        raise NotImplementedError
+        """The certificate's statistics alone on vote counts ``k`` ``[1, m]`` of ``n`` draws."""
 
 
 class Certify(Form):

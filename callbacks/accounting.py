@@ -23,7 +23,7 @@ backward at ``x`` that every ε's first step of PGD-like members shares, which t
 are then not charged), ``ensemble`` (forwards of the per-sample worst case), ``sanity``
 (the large-ε check) and ``minimal_eps``. Seconds are wall time on this process (synchronised
 with the GPU at each switch); under DDP counts and seconds are summed over the processes
-(:func:`callbacks.outcome.sum_values`), so seconds are device-seconds. DDP padding copies (a
+(:func:`lightning_modules.distributed.sum_over_ranks`), so seconds are device-seconds. DDP padding copies (a
 rank's repeated last batch, discarded from every metric) are not charged: 1 and N processes
 report the same passes.
 

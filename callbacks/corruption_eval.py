@@ -113,10 +113,11 @@ class CorruptionEvaluator:
     def compute(self) -> tuple[dict[tuple[str, int], dict[str, float]], dict[str, Any]]:
         """``(metrics per (corruption, severity), {"seconds", "forwards", "samples"})``, summed
         over ranks (a collective under DDP)."""
-        from callbacks.outcome import sum_counts, sum_values
+        from callbacks.outcome import sum_counts
+        from lightning_modules.distributed import sum_over_ranks
 
         metrics = {k: compute_metrics(m) for k, m in self.metrics.items()}
-        cost = {**sum_values({"seconds": self.seconds}),
+        cost = {**sum_over_ranks({"seconds": self.seconds}),
                 **sum_counts({"forwards": self.forwards, "samples": self.num_samples})}
         return metrics, cost
 

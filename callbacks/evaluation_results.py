@@ -13,7 +13,8 @@ from typing import Any
 
 from callbacks.accounting import ComputeAccounting
 from callbacks.common import compute_metrics
-from callbacks.outcome import EvalOutcome, sum_counts, sum_values
+from callbacks.outcome import EvalOutcome, sum_counts
+from lightning_modules.distributed import sum_over_ranks
 
 
 class EvaluationResults:
@@ -66,7 +67,7 @@ class EvaluationResults:
         keys = [*self.attacks, "clean", "ensemble", "sanity", "minimal_eps", "corruptions"]
         flat = {f"{i}.{k}": mine.get(key, {}).get(k, 0.0)
                 for i, key in enumerate(keys) for k in ("forward", "backward", "seconds")}
-        summed = sum_values(flat)
+        summed = sum_over_ranks(flat)
         totals = {key: {k: summed[f"{i}.{k}"] for k in ("forward", "backward", "seconds")}
                   for i, key in enumerate(keys)
                   if key in self.attacks or any(summed[f"{i}.{k}"] for k in ("forward", "seconds"))}

@@ -2,7 +2,8 @@
 
 :class:`EvalOutcome` is the rank-synchronised result of
 :class:`callbacks.evaluation_loop.RobustnessEvaluator`; :func:`sum_counts` sums the integer
-counters (gradient health, sanity checks) over DDP ranks, :func:`sum_values` floats (seconds).
+counters (gradient health, sanity checks) over DDP ranks (floats such as seconds go through
+:func:`lightning_modules.distributed.sum_over_ranks` directly).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from lightning_modules.distributed import sum_over_ranks
 
-__all__ = ["EvalMetrics", "EvalOutcome", "sum_counts", "sum_values"]
+__all__ = ["EvalMetrics", "EvalOutcome", "sum_counts"]
 
 
 @dataclass
@@ -63,8 +64,3 @@ def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     """Sum integer counters over DDP ranks (identity without a process group)."""
     return {k: int(v) for k, v in sum_over_ranks(counts).items()}
 
-
-def sum_values(values: dict[str, float]) -> dict[str, float]:
-    """Sum float values (seconds, pass counts) over DDP ranks, in float64 (identity without a
-    process group); every rank must pass the same keys."""
-    return sum_over_ranks(values)

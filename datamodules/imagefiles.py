@@ -10,6 +10,7 @@ size, transform, wrap any failure as a bad sample) that every such dataset speci
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,7 @@ def check_record(record: FileRecord, num_classes: int | None, decode: bool) -> N
             read_binary_mask(record.mask)
 
 
-class IndexedImageDataset(Dataset):
+class IndexedImageDataset(Dataset, ABC):
     """Base of the map-style datasets whose items are read from disk on demand, one indexed
     record each (a file record, a detection record, a landmark case, a manifest sample).
 
@@ -194,13 +195,13 @@ class IndexedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @abstractmethod
     def load(self, record: Any) -> dict[str, Any]:
         """Read ``record``'s files and return the transform's output (``image`` and what moved)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def targets(self, record: Any, out: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The item's target entries from the transform's output ``out``."""
-        raise NotImplementedError
 
     def describe(self, record: Any) -> str:
         """How a failure message names ``record`` (its id and files)."""
